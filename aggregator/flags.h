@@ -1,0 +1,34 @@
+// Command-line options shared by flotilla-aggregator and flotilla-sim.
+// Header-only so the aggregator library itself does not depend on CLI11.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include "aggregator/server.h"
+
+namespace flotilla::aggregator {
+
+inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
+  app->add_option("--arch", c->model_arch, "Model architecture: 2nn, cnn or logreg")->capture_default_str();
+  app->add_option("--rounds", c->rounds, "Number of federated rounds")->capture_default_str()->check(CLI::PositiveNumber);
+  app->add_option("--fraction", c->fraction, "Fraction of clients sampled per round (0,1]")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-9, 1.0));
+  app->add_option("--epochs", c->epochs, "Local epochs per round (E)")->capture_default_str()->check(CLI::PositiveNumber);
+  app->add_option("--batch", c->batch_size, "Local batch size (B)")->capture_default_str()->check(CLI::PositiveNumber);
+  app->add_option("--lr", c->learning_rate, "Local learning rate")->capture_default_str();
+  app->add_option("--momentum", c->momentum, "Local SGD momentum [0,1)")->capture_default_str();
+  app->add_option("--weight-decay", c->weight_decay, "Local L2 weight decay")->capture_default_str();
+  app->add_option("--server-lr", c->server_learning_rate, "Server learning rate applied to the mean delta")
+      ->capture_default_str();
+  app->add_option("--min-updates", c->min_updates, "Fewer updates than this by the deadline fails the round")
+      ->capture_default_str();
+  app->add_option("--deadline", c->round_deadline_seconds, "Per-round deadline in seconds")->capture_default_str();
+  app->add_option("--seed", c->seed, "Run seed: sampling, initialization, batch order, partitions")
+      ->capture_default_str();
+  app->add_option("--max-message-bytes", c->socket.max_message_bytes,
+                  "Largest accepted message in bytes (ZMQ_MAXMSGSIZE)")
+      ->capture_default_str();
+}
+
+}  // namespace flotilla::aggregator

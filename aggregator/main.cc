@@ -1,0 +1,93 @@
+// flotilla-aggregator: serve a federation on a TCP endpoint.
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <cstdio>
+
+#include "aggregator/flags.h"
+#include "aggregator/server.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "training/dataset.h"
+#include "training/model.h"
+
+namespace {
+flotilla::aggregator::Aggregator* g_aggregator = nullptr;
+void OnSignal(int) {
+  if (g_aggregator) g_aggregator->RequestStop();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace flotilla;
+  aggregator::AggregatorConfig config;
+  std::string data_dir = training::kDefaultFashionMnistDir;
+  int64_t test_limit = 0;
+  bool no_eval = false;
+  std::string log_level = "info";
+  CLI::App app{"Flotilla aggregator: runs synchronous FedAvg rounds for the clients that connect, stores every "
+               "model version and round in RocksDB, and evaluates each new model on the Fashion-MNIST test set."};
+  app.add_option("--endpoint", config.endpoint, "ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:7400")
+      ->capture_default_str();
+  app.add_option("--store", config.store_path, "RocksDB directory for models, rounds and updates")->capture_default_str();
+  app.add_option("--federation", config.federation, "Federation name sent to clients")->capture_default_str();
+  app.add_option("--min-clients", config.min_clients, "Clients that must join before the first round")
+      ->capture_default_str();
+  app.add_option("--data-dir", data_dir, "Fashion-MNIST directory for evaluation")->capture_default_str();
+  app.add_option("--test-limit", test_limit, "Evaluate on the first N test examples (0 = all)")->capture_default_str();
+  app.add_flag("--no-eval", no_eval, "Do not evaluate models on the test set");
+  app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
+  aggregator::AddRoundFlags(&app, &config);
+  CLI11_PARSE(app, argc, argv);
+  LogLevel level;
+  if (!ParseLogLevel(log_level, &level)) {
+    std::fprintf(stderr, "error: unknown --log level '%s'\n", log_level.c_str());
+    return 2;
+  }
+  SetLogLevel(level);
+
+  auto runner = training::ModelRunner::Create(config.model_arch, DeriveSeed(config.seed, "init"));
+  if (!runner.ok()) {
+    std::fprintf(stderr, "flotilla-aggregator: %s\n", runner.status().ToString().c_str());
+    return 1;
+  }
+  std::shared_ptr<const training::Dataset> test;
+  if (!no_eval) {
+    auto loaded = training::LoadFashionMnist(data_dir, training::Split::kTest, test_limit);
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "flotilla-aggregator: %s (or pass --no-eval)\n", loaded.status().ToString().c_str());
+      return 1;
+    }
+    test = std::make_shared<const training::Dataset>(std::move(loaded).value());
+  }
+  training::ModelRunner* eval_runner = runner->get();
+  aggregator::EvalFn eval;
+  if (test) {
+    eval = [eval_runner, test](const Weights& w) -> StatusOr<aggregator::EvalMetrics> {
+      RETURN_IF_ERROR(eval_runner->SetWeights(w));
+      ASSIGN_OR_RETURN(training::EvalResult r, eval_runner->Evaluate(training::DataView::All(test)));
+      return aggregator::EvalMetrics{r.loss, r.accuracy};
+    };
+  }
+  aggregator::RoundFn on_round = [&config](const aggregator::RoundSummary& r) {
+    LOG_INFO("aggregator", "round " << r.round << "/" << config.rounds << (r.completed ? "" : " FAILED")
+                                    << ": " << r.received << "/" << r.selected << " updates, train_loss "
+                                    << r.mean_train_loss << ", test_acc " << r.test_accuracy.value_or(NAN)
+                                    << ", " << r.seconds << " s, model v" << r.model_version);
+  };
+  net::Context context;
+  auto agg = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), eval, on_round);
+  if (!agg.ok()) {
+    std::fprintf(stderr, "flotilla-aggregator: %s\n", agg.status().ToString().c_str());
+    return 1;
+  }
+  g_aggregator = agg->get();
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  Status st = (*agg)->Run();
+  g_aggregator = nullptr;
+  if (!st.ok()) {
+    std::fprintf(stderr, "flotilla-aggregator: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,456 @@
+#include "aggregator/server.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "aggregator/strategy.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "proto/codec.h"
+
+namespace flotilla::aggregator {
+namespace {
+
+constexpr auto kPollInterval = std::chrono::milliseconds(50);
+// A held TaskRequest is answered with Wait after this long, so clients can
+// tell a live aggregator from a dead one.
+constexpr auto kParkKeepalive = std::chrono::seconds(5);
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+uint64_t HashString(const std::string& s) { return DeriveSeed(0, s); }
+
+}  // namespace
+
+Status AggregatorConfig::Validate() const {
+  if (rounds == 0) return InvalidArgument("rounds must be at least 1");
+  if (min_clients < 1) return InvalidArgument("min_clients must be at least 1");
+  if (!(fraction > 0.0 && fraction <= 1.0)) return InvalidArgument("fraction must be in (0, 1]");
+  if (min_updates < 1) return InvalidArgument("min_updates must be at least 1");
+  if (!(round_deadline_seconds > 0)) return InvalidArgument("round deadline must be positive");
+  if (epochs == 0) return InvalidArgument("epochs must be at least 1");
+  if (batch_size == 0) return InvalidArgument("batch size must be at least 1");
+  if (!(learning_rate > 0) || !std::isfinite(learning_rate)) return InvalidArgument("learning rate must be positive");
+  if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
+  if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
+  return Status::Ok();
+}
+
+StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig& config, net::Context* context,
+                                                         Weights initial, EvalFn eval, RoundFn on_round) {
+  RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(initial.Validate().WithContext("initial model"));
+  ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(config.store_path));
+  ASSIGN_OR_RETURN(std::unique_ptr<net::ServerSocket> socket,
+                   net::ServerSocket::Bind(context, config.endpoint, config.socket));
+  std::unique_ptr<Aggregator> agg(new Aggregator(config, std::move(store), std::move(socket),
+                                                 std::move(initial), std::move(eval), std::move(on_round)));
+  ASSIGN_OR_RETURN(std::optional<uint64_t> latest, agg->store_->LatestModelVersion());
+  if (latest) {
+    // Continue from the stored model. Rounds left running by a crash are
+    // abandoned here; resuming them is the crash-safety work (issue 4).
+    ASSIGN_OR_RETURN(records::ModelRecord record, agg->store_->GetModel(*latest));
+    if (record.arch() != config.model_arch) {
+      return FailedPrecondition("store " + config.store_path + " holds a '" + record.arch() +
+                                "' model, not '" + config.model_arch + "'; use another --store");
+    }
+    ASSIGN_OR_RETURN(Weights stored, proto::WeightsFromProto(record.weights(), agg->global_.layout));
+    agg->global_ = std::move(stored);
+    agg->model_version_ = *latest;
+    ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, agg->store_->ListRounds());
+    for (const auto& r : rounds) {
+      agg->round_ = std::max(agg->round_, r.round());
+      if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED) ++agg->rounds_done_;
+    }
+    LOG_INFO("aggregator", "resuming from model version " << *latest << " after " << agg->rounds_done_
+                                                          << " completed rounds");
+  } else {
+    records::ModelRecord record;
+    record.set_version(1);
+    record.set_round(0);
+    record.set_arch(config.model_arch);
+    proto::WeightsToProto(agg->global_, record.mutable_weights());
+    record.set_created_unix_ms(NowUnixMs());
+    RETURN_IF_ERROR(agg->store_->PutModel(record));
+    agg->model_version_ = 1;
+  }
+  return agg;
+}
+
+Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store,
+                       std::unique_ptr<net::ServerSocket> socket, Weights initial, EvalFn eval, RoundFn on_round)
+    : config_(config),
+      store_(std::move(store)),
+      socket_(std::move(socket)),
+      global_(std::move(initial)),
+      eval_(std::move(eval)),
+      on_round_(std::move(on_round)) {}
+
+Aggregator::~Aggregator() = default;
+
+const std::string& Aggregator::endpoint() const { return socket_->endpoint(); }
+
+Status Aggregator::Run() {
+  LOG_INFO("aggregator", "serving '" << config_.federation << "' on " << endpoint() << ": " << config_.rounds
+                                     << " rounds of " << config_.model_arch << " ("
+                                     << global_.layout->Describe() << "), waiting for " << config_.min_clients
+                                     << " clients");
+  while (!stop_.load()) {
+    ASSIGN_OR_RETURN(std::optional<net::Incoming> in, socket_->Receive(kPollInterval));
+    if (in) RETURN_IF_ERROR(HandleMessage(*in));
+    RETURN_IF_ERROR(MaybeStartRound());
+    RETURN_IF_ERROR(MaybeFinishRound());
+    AnswerParked(/*keepalive_only=*/true);
+    if (federation_done()) {
+      const auto now = Clock::now();
+      if (!finished_at_) {
+        finished_at_ = now;
+        AnswerParked(false);
+      }
+      bool all_told = std::all_of(clients_.begin(), clients_.end(),
+                                  [](const auto& kv) { return kv.second.told_finished; });
+      if (all_told || now - *finished_at_ > std::chrono::duration<double>(config_.finish_grace_seconds)) break;
+    }
+  }
+  LOG_INFO("aggregator", "stopped after " << rounds_done_ << " rounds; final model version " << model_version_);
+  return Status::Ok();
+}
+
+Status Aggregator::HandleMessage(const net::Incoming& in) {
+  StatusOr<wire::Envelope> parsed = proto::ParseEnvelope(in.payload.data(), in.payload.size());
+  if (!parsed.ok()) {
+    ++rejected_messages_;
+    LOG_WARN("aggregator", "rejected message: " << parsed.status().message());
+    ReplyError(in.peer, 0, wire::ERROR_MALFORMED, parsed.status().message());
+    return Status::Ok();
+  }
+  const wire::Envelope& env = *parsed;
+  if (env.body_case() == wire::Envelope::kHello) {
+    HandleHello(in, env);
+    return Status::Ok();
+  }
+  // Identity: the transport-authenticated key when there is one, else the
+  // client that said Hello from this routing id.
+  std::string client_id;
+  if (!in.user_id.empty()) {
+    client_id = in.user_id;
+    if (!clients_.count(client_id)) client_id.clear();
+  } else {
+    for (const auto& [id, state] : clients_) {
+      if (state.peer == in.peer) {
+        client_id = id;
+        break;
+      }
+    }
+  }
+  if (client_id.empty()) {
+    ReplyError(in.peer, env.request_id(), wire::ERROR_NOT_REGISTERED, "send Hello first");
+    return Status::Ok();
+  }
+  switch (env.body_case()) {
+    case wire::Envelope::kTaskRequest:
+      HandleTaskRequest(client_id, env.request_id());
+      return Status::Ok();
+    case wire::Envelope::kUpdate:
+      return HandleUpdate(client_id, env);
+    default:
+      ++rejected_messages_;
+      ReplyError(in.peer, env.request_id(), wire::ERROR_UNEXPECTED,
+                 std::string(proto::BodyName(env)) + " is not a client-to-aggregator message");
+      return Status::Ok();
+  }
+}
+
+void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env) {
+  const wire::Hello& hello = env.hello();
+  std::string client_id = !in.user_id.empty() ? in.user_id : hello.client_name();
+  if (client_id.empty()) {
+    ReplyError(in.peer, env.request_id(), wire::ERROR_MALFORMED, "hello without a client name");
+    return;
+  }
+  const bool is_new = !clients_.count(client_id);
+  ClientState& state = clients_[client_id];
+  state.peer = in.peer;
+  state.name = hello.client_name();
+  state.num_examples = hello.num_examples();
+  state.parked_request.reset();
+  records::ClientRecord record;
+  record.set_client_id(client_id);
+  record.set_name(hello.client_name());
+  record.set_num_examples(hello.num_examples());
+  record.set_last_seen_unix_ms(NowUnixMs());
+  if (Status st = store_->PutClient(record); !st.ok()) LOG_WARN("aggregator", st.ToString());
+  if (is_new) {
+    LOG_INFO("aggregator", "client '" << client_id << "' joined (" << clients_.size() << "/"
+                                      << config_.min_clients << ")");
+  }
+  wire::Envelope reply;
+  reply.mutable_welcome()->set_federation(config_.federation);
+  reply.mutable_welcome()->set_model_arch(config_.model_arch);
+  reply.mutable_welcome()->set_current_round(round_);
+  Reply(in.peer, env.request_id(), std::move(reply));
+}
+
+void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t request_id) {
+  ClientState& state = clients_[client_id];
+  if (federation_done()) {
+    wire::Envelope reply;
+    reply.mutable_finished()->set_rounds_completed(rounds_done_);
+    reply.mutable_finished()->set_final_model_version(model_version_);
+    reply.mutable_finished()->set_reason("all rounds completed");
+    Reply(state.peer, request_id, std::move(reply));
+    state.told_finished = true;
+    return;
+  }
+  if (round_active_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
+      !received_.count(client_id)) {
+    SendTask(client_id, request_id);
+    return;
+  }
+  // Nothing for this client now: hold the request until a round selects it.
+  state.parked_request = request_id;
+  state.parked_since = Clock::now();
+}
+
+void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
+  ClientState& state = clients_[client_id];
+  state.parked_request.reset();
+  wire::Envelope env;
+  wire::TrainTask* task = env.mutable_train_task();
+  task->set_round(round_);
+  task->set_model_version(model_version_);
+  task->set_model_arch(config_.model_arch);
+  proto::WeightsToProto(global_, task->mutable_weights());
+  wire::TrainConfig* tc = task->mutable_config();
+  tc->set_epochs(config_.epochs);
+  tc->set_batch_size(config_.batch_size);
+  tc->set_learning_rate(config_.learning_rate);
+  tc->set_momentum(config_.momentum);
+  tc->set_weight_decay(config_.weight_decay);
+  tc->set_seed(DeriveSeed(config_.seed, "train", round_, HashString(client_id)));
+  task->set_deadline_seconds(std::chrono::duration<double>(round_deadline_ - Clock::now()).count());
+  Reply(state.peer, request_id, std::move(env));
+}
+
+void Aggregator::AnswerParked(bool keepalive_only) {
+  const auto now = Clock::now();
+  for (auto& [id, state] : clients_) {
+    if (!state.parked_request) continue;
+    const uint64_t request_id = *state.parked_request;
+    if (!keepalive_only) {
+      state.parked_request.reset();
+      HandleTaskRequest(id, request_id);
+    } else if (now - state.parked_since > kParkKeepalive) {
+      state.parked_request.reset();
+      wire::Envelope env;
+      env.mutable_wait()->set_retry_ms(0);
+      env.mutable_wait()->set_reason(round_active_ ? "not selected for this round" : "waiting for clients");
+      Reply(state.peer, request_id, std::move(env));
+    }
+  }
+}
+
+Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelope& env) {
+  const wire::Update& update = env.update();
+  const std::string& peer = clients_[client_id].peer;
+  auto reject = [&](wire::ErrorCode code, const std::string& why) {
+    ++rejected_messages_;
+    LOG_WARN("aggregator", "rejected update from '" << client_id << "' for round " << update.round() << ": "
+                                                    << why);
+    ReplyError(peer, env.request_id(), code, why);
+    return Status::Ok();
+  };
+  if (!round_active_ || update.round() != round_) {
+    return reject(wire::ERROR_WRONG_ROUND, "round " + std::to_string(update.round()) + " is not open (current " +
+                                               std::to_string(round_) + (round_active_ ? ", open)" : ", closed)"));
+  }
+  if (!std::binary_search(selected_.begin(), selected_.end(), client_id)) {
+    return reject(wire::ERROR_WRONG_ROUND, "client was not selected for round " + std::to_string(round_));
+  }
+  if (received_.count(client_id)) {
+    return reject(wire::ERROR_DUPLICATE, "an update for round " + std::to_string(round_) + " is already recorded");
+  }
+  if (update.model_version() != model_version_) {
+    return reject(wire::ERROR_WRONG_ROUND, "update is against model version " +
+                                               std::to_string(update.model_version()) + ", current is " +
+                                               std::to_string(model_version_));
+  }
+  if (update.num_examples() > config_.max_examples_per_update) {
+    return reject(wire::ERROR_BAD_UPDATE, "num_examples " + std::to_string(update.num_examples()) + " over limit");
+  }
+  StatusOr<Weights> delta = proto::WeightsFromProto(update.delta(), global_.layout);
+  if (!delta.ok()) return reject(wire::ERROR_BAD_UPDATE, delta.status().message());
+
+  records::UpdateRecord record;
+  record.set_round(round_);
+  record.set_client_id(client_id);
+  record.set_num_examples(update.num_examples());
+  *record.mutable_delta() = update.delta();
+  for (const auto& [k, v] : update.metrics()) (*record.mutable_metrics())[k] = v;
+  record.set_received_unix_ms(NowUnixMs());
+  // Durable before acknowledged.
+  if (Status st = store_->PutUpdate(record); !st.ok()) {
+    if (st.code() == StatusCode::kAlreadyExists) return reject(wire::ERROR_DUPLICATE, st.message());
+    LOG_ERROR("aggregator", "could not store update: " << st.ToString());
+    ReplyError(peer, env.request_id(), wire::ERROR_INTERNAL, "aggregator could not store the update; retry");
+    return st.retryable() ? Status::Ok() : st;
+  }
+  received_.insert(client_id);
+  auto loss = update.metrics().find("train_loss");
+  train_loss_[client_id] = {update.num_examples(), loss != update.metrics().end() ? loss->second : 0.0};
+  wire::Envelope ack;
+  ack.mutable_ack()->set_round(round_);
+  Reply(peer, env.request_id(), std::move(ack));
+  LOG_DEBUG("aggregator", "round " << round_ << ": update " << received_.size() << "/" << selected_.size()
+                                   << " from '" << client_id << "'");
+  return Status::Ok();
+}
+
+Status Aggregator::MaybeStartRound() {
+  if (round_active_ || federation_done()) return Status::Ok();
+  if (static_cast<int>(clients_.size()) < config_.min_clients) return Status::Ok();
+  ++round_;
+  std::vector<std::string> ids;
+  for (const auto& kv : clients_) ids.push_back(kv.first);  // sorted
+  const size_t k = std::max<size_t>(1, static_cast<size_t>(std::ceil(config_.fraction * ids.size() - 1e-9)));
+  Rng rng(DeriveSeed(config_.seed, "sample", round_));
+  rng.Shuffle(&ids);
+  ids.resize(std::min(k, ids.size()));
+  std::sort(ids.begin(), ids.end());
+  selected_ = std::move(ids);
+  received_.clear();
+  train_loss_.clear();
+  round_active_ = true;
+  round_started_ = Clock::now();
+  round_deadline_ = round_started_ + std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(config_.round_deadline_seconds));
+  records::RoundRecord record;
+  record.set_round(round_);
+  record.set_outcome(records::RoundRecord::OUTCOME_RUNNING);
+  for (const auto& id : selected_) record.add_selected(id);
+  record.set_base_model_version(model_version_);
+  record.set_started_unix_ms(NowUnixMs());
+  RETURN_IF_ERROR(store_->PutRound(record));
+  LOG_DEBUG("aggregator", "round " << round_ << " started with " << selected_.size() << " clients");
+  // Hand tasks to the selected clients that are already waiting.
+  for (const auto& id : selected_) {
+    ClientState& state = clients_[id];
+    if (state.parked_request) SendTask(id, *state.parked_request);
+  }
+  return Status::Ok();
+}
+
+Status Aggregator::MaybeFinishRound() {
+  if (!round_active_) return Status::Ok();
+  if (received_.size() == selected_.size()) return FinishRound(false);
+  if (Clock::now() >= round_deadline_) return FinishRound(true);
+  return Status::Ok();
+}
+
+Status Aggregator::FinishRound(bool deadline_passed) {
+  round_active_ = false;
+  RoundSummary summary;
+  summary.round = round_;
+  summary.selected = static_cast<int>(selected_.size());
+  summary.received = static_cast<int>(received_.size());
+  records::RoundRecord record;
+  record.set_round(round_);
+  for (const auto& id : selected_) record.add_selected(id);
+  for (const auto& id : received_) record.add_received(id);
+  record.set_base_model_version(model_version_);
+
+  if (static_cast<int>(received_.size()) < config_.min_updates) {
+    record.set_outcome(records::RoundRecord::OUTCOME_FAILED);
+    record.set_note("only " + std::to_string(received_.size()) + " of " + std::to_string(selected_.size()) +
+                    " updates by the deadline (min " + std::to_string(config_.min_updates) + ")");
+    LOG_WARN("aggregator", "round " << round_ << " failed: " << record.note());
+    summary.seconds = std::chrono::duration<double>(Clock::now() - round_started_).count();
+    record.set_seconds(summary.seconds);
+    RETURN_IF_ERROR(store_->CommitRound(record, nullptr));
+    summary.model_version = model_version_;
+    history_.push_back(summary);
+    if (on_round_) on_round_(summary);
+    AnswerParked(false);
+    return Status::Ok();
+  }
+  if (deadline_passed) {
+    LOG_WARN("aggregator", "round " << round_ << " deadline passed with " << received_.size() << " of "
+                                    << selected_.size() << " updates; aggregating those");
+  }
+  // Stream the round's updates from the store in client-id order.
+  WeightedMean mean(global_.layout);
+  Status merge = store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
+    ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
+    return mean.Add(delta, static_cast<double>(u.num_examples()));
+  });
+  RETURN_IF_ERROR(merge.WithContext("merging round " + std::to_string(round_)));
+  ASSIGN_OR_RETURN(Weights mean_delta, mean.Mean());
+  ASSIGN_OR_RETURN(Weights next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
+
+  double loss_sum = 0.0;
+  int64_t examples = 0;
+  for (const auto& [id, el] : train_loss_) {
+    loss_sum += el.second * static_cast<double>(el.first);
+    examples += el.first;
+  }
+  summary.total_examples = examples;
+  summary.mean_train_loss = examples > 0 ? loss_sum / static_cast<double>(examples) : 0.0;
+
+  records::ModelRecord model;
+  model.set_version(model_version_ + 1);
+  model.set_round(round_);
+  model.set_parent_version(model_version_);
+  model.set_arch(config_.model_arch);
+  proto::WeightsToProto(next, model.mutable_weights());
+  model.set_created_unix_ms(NowUnixMs());
+  (*model.mutable_metrics())["train_loss"] = summary.mean_train_loss;
+  if (eval_) {
+    StatusOr<EvalMetrics> metrics = eval_(next);
+    if (metrics.ok()) {
+      summary.test_loss = metrics->loss;
+      summary.test_accuracy = metrics->accuracy;
+      (*model.mutable_metrics())["test_loss"] = metrics->loss;
+      (*model.mutable_metrics())["test_accuracy"] = metrics->accuracy;
+      record.set_test_loss(metrics->loss);
+      record.set_test_accuracy(metrics->accuracy);
+    } else {
+      LOG_WARN("aggregator", "evaluation failed: " << metrics.status().ToString());
+    }
+  }
+  summary.seconds = std::chrono::duration<double>(Clock::now() - round_started_).count();
+  record.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);
+  record.set_result_model_version(model_version_ + 1);
+  record.set_mean_train_loss(summary.mean_train_loss);
+  record.set_total_examples(examples);
+  record.set_seconds(summary.seconds);
+  RETURN_IF_ERROR(store_->CommitRound(record, &model));
+
+  global_ = std::move(next);
+  ++model_version_;
+  ++rounds_done_;
+  summary.completed = true;
+  summary.model_version = model_version_;
+  history_.push_back(summary);
+  if (on_round_) on_round_(summary);
+  AnswerParked(false);
+  return Status::Ok();
+}
+
+void Aggregator::Reply(const std::string& peer, uint64_t request_id, wire::Envelope env) {
+  env.set_request_id(request_id);
+  const std::string bytes = proto::SerializeEnvelope(&env);
+  if (Status st = socket_->Send(peer, bytes); !st.ok()) {
+    LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " not delivered: " << st.message());
+  }
+}
+
+void Aggregator::ReplyError(const std::string& peer, uint64_t request_id, wire::ErrorCode code,
+                            const std::string& msg) {
+  Reply(peer, request_id, proto::MakeError(code, msg));
+}
+
+}  // namespace flotilla::aggregator

@@ -1,0 +1,156 @@
+// The aggregator: a single-threaded round engine behind a ROUTER socket.
+//
+// Synchronous FedAvg rounds: wait for min_clients, sample a fraction, hand
+// each sampled client a TrainTask when it asks for work, record each valid
+// update durably before acknowledging it, and close the round when every
+// sampled client reported or the deadline passed. The merge streams the
+// round's updates from the store in client-id order, so the result does not
+// depend on arrival order. See docs/protocol.md for the message flow.
+//
+// Thread-safety: Run() owns the object until it returns; RequestStop() may be
+// called from any thread (or a signal handler, via the atomic flag).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "aggregator/store.h"
+#include "core/status.h"
+#include "core/weights.h"
+#include "net/transport.h"
+#include "proto/flotilla.pb.h"
+
+namespace flotilla::aggregator {
+
+struct AggregatorConfig {
+  std::string endpoint = "tcp://127.0.0.1:7400";
+  std::string store_path = "flotilla-aggregator.db";
+  std::string federation = "flotilla";
+  std::string model_arch = "2nn";
+  uint32_t rounds = 10;
+  int min_clients = 2;           // registered clients needed before a round starts
+  double fraction = 1.0;         // of registered clients sampled per round
+  int min_updates = 1;           // fewer by the deadline fails the round
+  double round_deadline_seconds = 600.0;
+  double server_learning_rate = 1.0;
+  uint64_t seed = 1;
+  // Local training settings sent with every task (seed is derived per client).
+  uint32_t epochs = 1;
+  uint32_t batch_size = 32;
+  double learning_rate = 0.05;
+  double momentum = 0.0;
+  double weight_decay = 0.0;
+  // Largest num_examples a client may claim for one update.
+  int64_t max_examples_per_update = int64_t{1} << 30;
+  // After the last round, keep answering Finished this long so clients learn
+  // the federation is over.
+  double finish_grace_seconds = 3.0;
+  net::SocketOptions socket;
+
+  // InvalidArgument naming the first bad field.
+  Status Validate() const;
+};
+
+struct RoundSummary {
+  uint32_t round = 0;
+  bool completed = false;     // false: failed, too few updates
+  int selected = 0;
+  int received = 0;
+  int64_t total_examples = 0;
+  double mean_train_loss = 0.0;  // example-weighted
+  std::optional<double> test_loss, test_accuracy;
+  double seconds = 0.0;
+  uint64_t model_version = 0;
+};
+
+struct EvalMetrics {
+  double loss = 0.0;
+  double accuracy = 0.0;
+};
+
+// Evaluates a global model (e.g. on a held-out test set). Called on the
+// aggregator's thread after each round.
+using EvalFn = std::function<StatusOr<EvalMetrics>(const Weights&)>;
+using RoundFn = std::function<void(const RoundSummary&)>;
+
+class Aggregator {
+ public:
+  // Opens the store, binds the socket and stores `initial` as model version
+  // 1 if the store has no model yet.
+  static StatusOr<std::unique_ptr<Aggregator>> Create(const AggregatorConfig& config, net::Context* context,
+                                                      Weights initial, EvalFn eval, RoundFn on_round);
+  ~Aggregator();
+
+  // The bound endpoint (useful with "tcp://127.0.0.1:*").
+  const std::string& endpoint() const;
+
+  // Serves until all rounds are done (then the finish grace period) or
+  // RequestStop(). Returns the first fatal error (a store failure); bad
+  // peer input is never fatal.
+  Status Run();
+  void RequestStop() { stop_.store(true); }
+
+  const Weights& global_model() const { return global_; }
+  uint64_t model_version() const { return model_version_; }
+  const std::vector<RoundSummary>& history() const { return history_; }
+  uint64_t rejected_messages() const { return rejected_messages_; }
+
+ private:
+  struct ClientState {
+    std::string peer;  // current routing id
+    std::string name;
+    int64_t num_examples = 0;
+    std::optional<uint64_t> parked_request;  // request id of a held TaskRequest
+    std::chrono::steady_clock::time_point parked_since;
+    bool told_finished = false;
+  };
+  using Clock = std::chrono::steady_clock;
+
+  Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store,
+             std::unique_ptr<net::ServerSocket> socket, Weights initial, EvalFn eval, RoundFn on_round);
+
+  Status HandleMessage(const net::Incoming& in);
+  void HandleHello(const net::Incoming& in, const wire::Envelope& env);
+  void HandleTaskRequest(const std::string& client_id, uint64_t request_id);
+  Status HandleUpdate(const std::string& client_id, const wire::Envelope& env);
+  void Reply(const std::string& peer, uint64_t request_id, wire::Envelope env);
+  void ReplyError(const std::string& peer, uint64_t request_id, wire::ErrorCode code, const std::string& msg);
+  void SendTask(const std::string& client_id, uint64_t request_id);
+  void AnswerParked(bool keepalive_only);
+
+  Status MaybeStartRound();
+  Status MaybeFinishRound();
+  Status FinishRound(bool deadline_passed);
+  bool federation_done() const { return rounds_done_ >= config_.rounds; }
+
+  AggregatorConfig config_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<net::ServerSocket> socket_;
+  Weights global_;
+  uint64_t model_version_ = 0;
+  EvalFn eval_;
+  RoundFn on_round_;
+  std::atomic<bool> stop_{false};
+
+  std::map<std::string, ClientState> clients_;  // by client id, sorted
+  uint32_t round_ = 0;                          // current or last round number
+  uint32_t rounds_done_ = 0;                    // completed rounds
+  bool round_active_ = false;
+  std::vector<std::string> selected_;           // sorted client ids
+  std::set<std::string> received_;
+  std::map<std::string, std::pair<int64_t, double>> train_loss_;  // client -> (examples, loss)
+  Clock::time_point round_started_, round_deadline_;
+  std::optional<Clock::time_point> finished_at_;
+  std::vector<RoundSummary> history_;
+  uint64_t rejected_messages_ = 0;
+};
+
+}  // namespace flotilla::aggregator

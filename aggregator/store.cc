@@ -1,0 +1,209 @@
+#include "aggregator/store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+
+namespace flotilla::aggregator {
+namespace {
+
+// Column family indices; order matches kFamilies.
+enum Family { kDefault = 0, kModels, kRounds, kUpdates, kClients, kPrivacyLedger, kMetrics, kNumFamilies };
+const char* const kFamilies[kNumFamilies] = {"default", "models", "rounds", "updates",
+                                             "clients", "privacy_ledger", "metrics"};
+
+void AppendBigEndian(std::string* out, uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+std::string RoundKey(uint32_t round) {
+  std::string key;
+  AppendBigEndian(&key, round, 4);
+  return key;
+}
+
+std::string ModelKey(uint64_t version) {
+  std::string key;
+  AppendBigEndian(&key, version, 8);
+  return key;
+}
+
+std::string UpdateKey(uint32_t round, const std::string& client_id) {
+  return RoundKey(round) + client_id;
+}
+
+uint64_t ReadBigEndian(const rocksdb::Slice& s, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v = (v << 8) | static_cast<unsigned char>(s[i]);
+  return v;
+}
+
+Status FromRocks(const rocksdb::Status& st, const std::string& what) {
+  if (st.ok()) return Status::Ok();
+  if (st.IsNoSpace()) {
+    return ResourceExhausted(what + ": disk full (" + st.ToString() +
+                             "); free space and restart, nothing acknowledged was lost");
+  }
+  if (st.IsIOError()) return Unavailable(what + ": " + st.ToString());
+  if (st.IsCorruption()) return DataLoss(what + ": " + st.ToString());
+  return Internal(what + ": " + st.ToString());
+}
+
+template <typename Record>
+Status ParseRecord(const std::string& bytes, Record* record, const std::string& what) {
+  if (!record->ParseFromString(bytes)) return DataLoss("corrupt " + what + " record in store");
+  return Status::Ok();
+}
+
+rocksdb::WriteOptions SyncWrite() {
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  return w;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.create_missing_column_families = true;
+  options.max_open_files = 256;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const char* name : kFamilies) {
+    rocksdb::ColumnFamilyOptions cf_options;
+    if (std::string(name) == "updates" || std::string(name) == "models") {
+      // Model-sized values: keep them out of the LSM tree's compactions.
+      cf_options.enable_blob_files = true;
+      cf_options.min_blob_size = 4096;
+    }
+    families.emplace_back(name, cf_options);
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status st = rocksdb::DB::Open(options, path, families, &handles, &db);
+  if (!st.ok()) {
+    if (st.IsIOError() && st.ToString().find("lock") != std::string::npos) {
+      return FailedPrecondition("store " + path +
+                                " is locked by another process (is another aggregator running on it?): " +
+                                st.ToString());
+    }
+    return FromRocks(st, "opening store " + path);
+  }
+  return std::unique_ptr<Store>(new Store(path, db, std::move(handles)));
+}
+
+Store::Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles)
+    : path_(std::move(path)), db_(db), handles_(std::move(handles)) {}
+
+Store::~Store() {
+  for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
+  db_->Close();
+  delete db_;
+}
+
+Status Store::PutUpdate(const records::UpdateRecord& update) {
+  if (HasUpdate(update.round(), update.client_id())) {
+    return AlreadyExists("update for round " + std::to_string(update.round()) + " from " +
+                         update.client_id() + " already recorded");
+  }
+  return FromRocks(db_->Put(SyncWrite(), cf(kUpdates), UpdateKey(update.round(), update.client_id()),
+                            update.SerializeAsString()),
+                   "writing update");
+}
+
+bool Store::HasUpdate(uint32_t round, const std::string& client_id) const {
+  std::string value;
+  return db_->Get(rocksdb::ReadOptions(), cf(kUpdates), UpdateKey(round, client_id), &value).ok();
+}
+
+Status Store::ForEachUpdate(uint32_t round,
+                            const std::function<Status(const records::UpdateRecord&)>& visit) const {
+  const std::string prefix = RoundKey(round);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kUpdates)));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    records::UpdateRecord record;
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return DataLoss("corrupt update record in store for round " + std::to_string(round));
+    }
+    RETURN_IF_ERROR(visit(record));
+  }
+  return FromRocks(it->status(), "reading updates");
+}
+
+Status Store::CommitRound(const records::RoundRecord& round, const records::ModelRecord* model) {
+  rocksdb::WriteBatch batch;
+  if (model != nullptr) batch.Put(cf(kModels), ModelKey(model->version()), model->SerializeAsString());
+  batch.Put(cf(kRounds), RoundKey(round.round()), round.SerializeAsString());
+  batch.DeleteRange(cf(kUpdates), RoundKey(round.round()), RoundKey(round.round() + 1));
+  return FromRocks(db_->Write(SyncWrite(), &batch), "committing round " + std::to_string(round.round()));
+}
+
+Status Store::PutRound(const records::RoundRecord& round) {
+  return FromRocks(db_->Put(SyncWrite(), cf(kRounds), RoundKey(round.round()), round.SerializeAsString()),
+                   "writing round record");
+}
+
+StatusOr<std::optional<records::RoundRecord>> Store::GetRound(uint32_t round) const {
+  std::string value;
+  rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), cf(kRounds), RoundKey(round), &value);
+  if (st.IsNotFound()) return std::optional<records::RoundRecord>();
+  RETURN_IF_ERROR(FromRocks(st, "reading round record"));
+  records::RoundRecord record;
+  RETURN_IF_ERROR(ParseRecord(value, &record, "round"));
+  return std::optional<records::RoundRecord>(std::move(record));
+}
+
+StatusOr<std::vector<records::RoundRecord>> Store::ListRounds() const {
+  std::vector<records::RoundRecord> rounds;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kRounds)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    records::RoundRecord record;
+    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &record, "round"));
+    rounds.push_back(std::move(record));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "listing rounds"));
+  return rounds;
+}
+
+Status Store::PutModel(const records::ModelRecord& model) {
+  return FromRocks(db_->Put(SyncWrite(), cf(kModels), ModelKey(model.version()), model.SerializeAsString()),
+                   "writing model version " + std::to_string(model.version()));
+}
+
+StatusOr<records::ModelRecord> Store::GetModel(uint64_t version) const {
+  std::string value;
+  rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), cf(kModels), ModelKey(version), &value);
+  if (st.IsNotFound()) return NotFound("model version " + std::to_string(version) + " is not in " + path_);
+  RETURN_IF_ERROR(FromRocks(st, "reading model"));
+  records::ModelRecord record;
+  RETURN_IF_ERROR(ParseRecord(value, &record, "model"));
+  return record;
+}
+
+StatusOr<std::optional<uint64_t>> Store::LatestModelVersion() const {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kModels)));
+  it->SeekToLast();
+  if (!it->Valid()) {
+    RETURN_IF_ERROR(FromRocks(it->status(), "reading models"));
+    return std::optional<uint64_t>();
+  }
+  if (it->key().size() != 8) return DataLoss("bad model key in store " + path_);
+  return std::optional<uint64_t>(ReadBigEndian(it->key(), 8));
+}
+
+Status Store::PutClient(const records::ClientRecord& client) {
+  return FromRocks(db_->Put(rocksdb::WriteOptions(), cf(kClients), client.client_id(), client.SerializeAsString()),
+                   "writing client record");
+}
+
+StatusOr<std::optional<records::ClientRecord>> Store::GetClient(const std::string& client_id) const {
+  std::string value;
+  rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), cf(kClients), client_id, &value);
+  if (st.IsNotFound()) return std::optional<records::ClientRecord>();
+  RETURN_IF_ERROR(FromRocks(st, "reading client record"));
+  records::ClientRecord record;
+  RETURN_IF_ERROR(ParseRecord(value, &record, "client"));
+  return std::optional<records::ClientRecord>(std::move(record));
+}
+
+}  // namespace flotilla::aggregator

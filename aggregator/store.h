@@ -1,0 +1,70 @@
+// The aggregator's durable state in RocksDB, one column family per kind of
+// record: models, rounds, updates, clients, privacy_ledger, metrics. Keys
+// sort so that iteration order is the merge order (round, then client id).
+//
+// Writes that acknowledge something to a peer use WriteOptions.sync = true.
+// Thread-safety: all methods may be called from any thread (RocksDB is).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "proto/records.pb.h"
+
+namespace rocksdb {
+class DB;
+class ColumnFamilyHandle;
+}  // namespace rocksdb
+
+namespace flotilla::aggregator {
+
+class Store {
+ public:
+  // Opens (creating if needed) the store in directory `path`. A store locked
+  // by another process gives FailedPrecondition naming the path.
+  static StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Durably records one accepted update (sync write). AlreadyExists if that
+  // client already has an update for that round.
+  Status PutUpdate(const records::UpdateRecord& update);
+  bool HasUpdate(uint32_t round, const std::string& client_id) const;
+  // Visits the updates of `round` in client-id order. Stops at the first
+  // error, from RocksDB, a corrupt record, or `visit`.
+  Status ForEachUpdate(uint32_t round,
+                       const std::function<Status(const records::UpdateRecord&)>& visit) const;
+
+  // Atomically (one synced WriteBatch): stores the new model version (if
+  // given), the round record, and deletes that round's updates.
+  Status CommitRound(const records::RoundRecord& round, const records::ModelRecord* model);
+  Status PutRound(const records::RoundRecord& round);
+  StatusOr<std::optional<records::RoundRecord>> GetRound(uint32_t round) const;
+  StatusOr<std::vector<records::RoundRecord>> ListRounds() const;
+
+  Status PutModel(const records::ModelRecord& model);
+  StatusOr<records::ModelRecord> GetModel(uint64_t version) const;
+  // The highest stored version, or nullopt for an empty store.
+  StatusOr<std::optional<uint64_t>> LatestModelVersion() const;
+
+  Status PutClient(const records::ClientRecord& client);
+  StatusOr<std::optional<records::ClientRecord>> GetClient(const std::string& client_id) const;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles);
+  rocksdb::ColumnFamilyHandle* cf(int index) const { return handles_[index]; }
+
+  std::string path_;
+  rocksdb::DB* db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+};
+
+}  // namespace flotilla::aggregator

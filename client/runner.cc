@@ -1,0 +1,48 @@
+#include "client/runner.h"
+
+#include <algorithm>
+
+#include "client/local_trainer.h"
+#include "core/log.h"
+
+namespace flotilla::client {
+
+StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
+                                const std::atomic<bool>* stop) {
+  std::unique_ptr<training::ModelRunner> runner;
+  net::Context context;
+  ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
+  ClientStats stats;
+  while (!session->finished() && !(stop && stop->load())) {
+    const auto wait = std::clamp(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     session->NextDeadline() - Session::Clock::now()),
+                                 std::chrono::milliseconds(0), std::chrono::milliseconds(200));
+    ASSIGN_OR_RETURN(std::vector<size_t> ready, net::PollReadable({session->socket()}, wait));
+    if (!ready.empty()) RETURN_IF_ERROR(session->OnReadable());
+    RETURN_IF_ERROR(session->OnTick());
+    if (std::optional<wire::TrainTask> task = session->TakeTask()) {
+      LOG_INFO("client", config.name << ": training round " << task->round() << " on " << data.size()
+                                     << " examples");
+      if (!runner || runner->arch() != task->model_arch()) {
+        StatusOr<std::unique_ptr<training::ModelRunner>> made = training::ModelRunner::Create(task->model_arch(), 0);
+        if (!made.ok()) {
+          RETURN_IF_ERROR(session->AbandonTask(made.status()));
+          continue;
+        }
+        runner = std::move(made).value();
+      }
+      StatusOr<wire::Update> update = RunTrainTask(runner.get(), data, *task);
+      if (update.ok()) {
+        ++stats.rounds_trained;
+        RETURN_IF_ERROR(session->SubmitUpdate(std::move(update).value()));
+      } else {
+        RETURN_IF_ERROR(session->AbandonTask(update.status()));
+      }
+    }
+  }
+  stats.updates_acked = session->updates_acked();
+  stats.reconnects = session->reconnects();
+  return stats;
+}
+
+}  // namespace flotilla::client

@@ -1,0 +1,25 @@
+// RunClient: the device runtime's main loop for one client: connect, train
+// when asked, upload, until the aggregator says the federation is over.
+#pragma once
+
+#include <atomic>
+
+#include "client/session.h"
+#include "core/status.h"
+#include "training/dataset.h"
+#include "training/model.h"
+
+namespace flotilla::client {
+
+struct ClientStats {
+  int rounds_trained = 0;
+  int updates_acked = 0;
+  int reconnects = 0;
+};
+
+// Blocks until Finished, `*stop` becomes true, or a fatal error. The model
+// is built for the architecture each task names.
+StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
+                                const std::atomic<bool>* stop);
+
+}  // namespace flotilla::client

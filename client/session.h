@@ -1,0 +1,97 @@
+// Session: a device's conversation with the aggregator, as an event-driven
+// state machine that does no training itself. The caller polls socket(),
+// feeds events in, runs the tasks it hands out (on any thread) and submits
+// the results. One thread can drive thousands of sessions (the simulator);
+// RunClient() in client/runner.h drives one.
+//
+//   Hello -> Welcome -> TaskRequest -> (Wait | TrainTask | Finished)
+//   TrainTask -> [caller trains] -> Update -> (Ack | Error) -> TaskRequest ...
+//
+// A request with no reply within request_timeout is treated as a lost
+// connection: the socket is recreated and the session says Hello again
+// (resending an unacknowledged update afterwards), with exponential backoff.
+//
+// Thread-safety: not thread-safe; one thread drives a session.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/status.h"
+#include "net/transport.h"
+#include "proto/flotilla.pb.h"
+
+namespace flotilla::client {
+
+struct SessionConfig {
+  std::string endpoint = "tcp://127.0.0.1:7400";
+  std::string name;          // display name (and identity without CURVE)
+  int64_t num_examples = 0;  // announced in Hello
+  std::chrono::milliseconds request_timeout{30000};
+  std::chrono::milliseconds max_backoff{10000};
+  net::SocketOptions socket;
+};
+
+class Session {
+ public:
+  using Clock = std::chrono::steady_clock;
+  enum class State { kHello, kRequesting, kWaiting, kTraining, kUploading, kFinished };
+
+  // Creates the socket and sends Hello (queued until the aggregator is up).
+  static StatusOr<std::unique_ptr<Session>> Create(net::Context* context, const SessionConfig& config);
+
+  net::ClientSocket* socket() const { return socket_.get(); }
+  State state() const { return state_; }
+  bool finished() const { return state_ == State::kFinished; }
+  const std::string& name() const { return config_.name; }
+
+  // Reads and handles every message waiting on the socket.
+  Status OnReadable();
+  // Handles timers (retry after Wait, request timeouts). Call at least as
+  // often as NextDeadline() says.
+  Status OnTick();
+  Clock::time_point NextDeadline() const;
+
+  // A task handed out by the aggregator, once; the session is then in
+  // kTraining until SubmitUpdate() or AbandonTask().
+  std::optional<wire::TrainTask> TakeTask();
+  Status SubmitUpdate(wire::Update update);
+  // Training failed locally: tell nobody, ask for new work.
+  Status AbandonTask(const Status& why);
+
+  // Counters for reports.
+  int updates_acked() const { return updates_acked_; }
+  int reconnects() const { return reconnects_; }
+  const std::optional<wire::Finished>& finished_message() const { return finished_msg_; }
+
+ private:
+  Session(net::Context* context, const SessionConfig& config) : context_(context), config_(config) {}
+  Status Reconnect();
+  Status SendHello();
+  Status SendTaskRequest();
+  Status SendUpdate();
+  Status Send(wire::Envelope* env, State next);
+  Status Handle(const wire::Envelope& env);
+
+  net::Context* context_;
+  SessionConfig config_;
+  std::unique_ptr<net::ClientSocket> socket_;
+  State state_ = State::kHello;
+  uint64_t next_request_id_ = 1;
+  uint64_t outstanding_id_ = 0;
+  Clock::time_point reply_deadline_{};
+  Clock::time_point retry_at_{};
+  std::chrono::milliseconds backoff_{0};
+  std::optional<wire::TrainTask> pending_task_;
+  std::optional<wire::Update> pending_update_;  // sent, not yet acknowledged
+  std::optional<wire::Finished> finished_msg_;
+  int updates_acked_ = 0;
+  int reconnects_ = 0;
+};
+
+const char* StateName(Session::State state);
+
+}  // namespace flotilla::client

@@ -1,0 +1,203 @@
+#include "net/transport.h"
+
+#include <zmq.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/log.h"
+
+namespace flotilla::net {
+namespace {
+
+Status ZmqError(const std::string& what) {
+  const int err = zmq_errno();
+  const std::string message = what + ": " + zmq_strerror(err);
+  if (err == EAGAIN || err == EHOSTUNREACH || err == ETERM) return Unavailable(message);
+  if (err == EADDRINUSE) return Unavailable(message + " (is another aggregator running on this port?)");
+  return Internal(message);
+}
+
+Status SetInt(void* socket, int option, int value, const char* name) {
+  if (zmq_setsockopt(socket, option, &value, sizeof(value)) != 0) {
+    return ZmqError(std::string("setting ") + name);
+  }
+  return Status::Ok();
+}
+
+Status ApplyCommon(void* socket, const SocketOptions& options) {
+  if (options.max_message_bytes <= 0) return InvalidArgument("max_message_bytes must be positive");
+  const int64_t max_size = options.max_message_bytes;
+  if (zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max_size, sizeof(max_size)) != 0) {
+    return ZmqError("setting ZMQ_MAXMSGSIZE");
+  }
+  RETURN_IF_ERROR(SetInt(socket, ZMQ_SNDHWM, options.send_high_water_mark, "ZMQ_SNDHWM"));
+  RETURN_IF_ERROR(SetInt(socket, ZMQ_RCVHWM, options.send_high_water_mark, "ZMQ_RCVHWM"));
+  RETURN_IF_ERROR(SetInt(socket, ZMQ_LINGER, options.linger_ms, "ZMQ_LINGER"));
+  return Status::Ok();
+}
+
+// Polls one socket for input. Returns true when readable.
+StatusOr<bool> WaitReadable(void* socket, std::chrono::milliseconds timeout) {
+  zmq_pollitem_t item{socket, 0, ZMQ_POLLIN, 0};
+  const int rc = zmq_poll(&item, 1, static_cast<long>(timeout.count()));
+  if (rc < 0) {
+    if (zmq_errno() == EINTR) return false;
+    return ZmqError("zmq_poll");
+  }
+  return rc > 0 && (item.revents & ZMQ_POLLIN);
+}
+
+// Receives one frame into `out`; sets *more. Returns false on EAGAIN.
+StatusOr<bool> ReceiveFrame(void* socket, std::string* out, bool* more, std::string* user_id) {
+  zmq_msg_t msg;
+  zmq_msg_init(&msg);
+  if (zmq_msg_recv(&msg, socket, ZMQ_DONTWAIT) < 0) {
+    zmq_msg_close(&msg);
+    if (zmq_errno() == EAGAIN) return false;
+    return ZmqError("receive");
+  }
+  out->assign(static_cast<const char*>(zmq_msg_data(&msg)), zmq_msg_size(&msg));
+  *more = zmq_msg_more(&msg) != 0;
+  if (user_id != nullptr) {
+    const char* uid = zmq_msg_gets(&msg, "User-Id");
+    user_id->assign(uid != nullptr ? uid : "");
+  }
+  zmq_msg_close(&msg);
+  return true;
+}
+
+}  // namespace
+
+Context::Context(int io_threads) : ctx_(zmq_ctx_new()) {
+  zmq_ctx_set(ctx_, ZMQ_IO_THREADS, io_threads);
+  // Fleets of simulated clients need many sockets in one process.
+  zmq_ctx_set(ctx_, ZMQ_MAX_SOCKETS, 65536);
+}
+
+Context::~Context() { zmq_ctx_term(ctx_); }
+
+StatusOr<std::unique_ptr<ServerSocket>> ServerSocket::Bind(Context* context, const std::string& endpoint,
+                                                           const SocketOptions& options) {
+  void* socket = zmq_socket(context->raw(), ZMQ_ROUTER);
+  if (socket == nullptr) return ZmqError("creating ROUTER socket");
+  auto fail = [socket](Status st) {
+    zmq_close(socket);
+    return st;
+  };
+  if (Status st = ApplyCommon(socket, options); !st.ok()) return fail(st);
+  // Report unroutable peers instead of dropping replies silently.
+  if (Status st = SetInt(socket, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY"); !st.ok()) return fail(st);
+  if (zmq_bind(socket, endpoint.c_str()) != 0) return fail(ZmqError("binding " + endpoint));
+  char actual[256] = {0};
+  size_t len = sizeof(actual);
+  if (zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, actual, &len) != 0) {
+    return fail(ZmqError("reading bound endpoint"));
+  }
+  return std::unique_ptr<ServerSocket>(new ServerSocket(socket, actual));
+}
+
+ServerSocket::ServerSocket(void* socket, std::string endpoint)
+    : socket_(socket), endpoint_(std::move(endpoint)) {}
+
+ServerSocket::~ServerSocket() { zmq_close(socket_); }
+
+StatusOr<std::optional<Incoming>> ServerSocket::Receive(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    ASSIGN_OR_RETURN(bool readable, WaitReadable(socket_, std::max(left, std::chrono::milliseconds(0))));
+    if (!readable) return std::optional<Incoming>();
+    Incoming in;
+    bool more = false;
+    ASSIGN_OR_RETURN(bool got, ReceiveFrame(socket_, &in.peer, &more, nullptr));
+    if (!got) continue;
+    int frames = 1;
+    while (more) {
+      std::string frame;
+      std::string uid;
+      ASSIGN_OR_RETURN(bool got_part, ReceiveFrame(socket_, &frame, &more, &uid));
+      if (!got_part) break;
+      ++frames;
+      if (frames == 2) {
+        in.payload = std::move(frame);
+        in.user_id = std::move(uid);
+      }
+    }
+    if (frames == 2) return std::optional<Incoming>(std::move(in));
+    ++dropped_;
+    LOG_WARN("net", "dropped a message with " << frames - 1 << " payload frames (expected 1)");
+  }
+}
+
+Status ServerSocket::Send(const std::string& peer, const std::string& payload) {
+  if (zmq_send(socket_, peer.data(), peer.size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    return ZmqError("sending to peer");
+  }
+  if (zmq_send(socket_, payload.data(), payload.size(), ZMQ_DONTWAIT) < 0) {
+    return ZmqError("sending to peer");
+  }
+  return Status::Ok();
+}
+
+StatusOr<std::unique_ptr<ClientSocket>> ClientSocket::Connect(Context* context, const std::string& endpoint,
+                                                              const SocketOptions& options) {
+  void* socket = zmq_socket(context->raw(), ZMQ_DEALER);
+  if (socket == nullptr) return ZmqError("creating DEALER socket");
+  auto fail = [socket](Status st) {
+    zmq_close(socket);
+    return st;
+  };
+  if (Status st = ApplyCommon(socket, options); !st.ok()) return fail(st);
+  if (Status st = SetInt(socket, ZMQ_RECONNECT_IVL, options.reconnect_ms, "ZMQ_RECONNECT_IVL"); !st.ok()) {
+    return fail(st);
+  }
+  if (Status st = SetInt(socket, ZMQ_RECONNECT_IVL_MAX, options.reconnect_max_ms, "ZMQ_RECONNECT_IVL_MAX");
+      !st.ok()) {
+    return fail(st);
+  }
+  if (zmq_connect(socket, endpoint.c_str()) != 0) return fail(ZmqError("connecting to " + endpoint));
+  return std::unique_ptr<ClientSocket>(new ClientSocket(socket));
+}
+
+ClientSocket::~ClientSocket() { zmq_close(socket_); }
+
+Status ClientSocket::Send(const std::string& payload) {
+  if (zmq_send(socket_, payload.data(), payload.size(), ZMQ_DONTWAIT) < 0) return ZmqError("send");
+  return Status::Ok();
+}
+
+StatusOr<std::optional<std::string>> ClientSocket::Receive(std::chrono::milliseconds timeout) {
+  ASSIGN_OR_RETURN(bool readable, WaitReadable(socket_, timeout));
+  if (!readable) return std::optional<std::string>();
+  std::string payload;
+  bool more = false;
+  ASSIGN_OR_RETURN(bool got, ReceiveFrame(socket_, &payload, &more, nullptr));
+  if (!got) return std::optional<std::string>();
+  // The aggregator sends single-frame messages; discard any extra frames.
+  while (more) {
+    std::string extra;
+    ASSIGN_OR_RETURN(bool got_part, ReceiveFrame(socket_, &extra, &more, nullptr));
+    if (!got_part) break;
+  }
+  return std::optional<std::string>(std::move(payload));
+}
+
+StatusOr<std::vector<size_t>> PollReadable(const std::vector<ClientSocket*>& sockets,
+                                           std::chrono::milliseconds timeout) {
+  std::vector<zmq_pollitem_t> items(sockets.size());
+  for (size_t i = 0; i < sockets.size(); ++i) items[i] = {sockets[i]->raw(), 0, ZMQ_POLLIN, 0};
+  const int rc = zmq_poll(items.data(), static_cast<int>(items.size()), static_cast<long>(timeout.count()));
+  std::vector<size_t> ready;
+  if (rc < 0) {
+    if (zmq_errno() == EINTR) return ready;
+    return ZmqError("zmq_poll");
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].revents & ZMQ_POLLIN) ready.push_back(i);
+  }
+  return ready;
+}
+
+}  // namespace flotilla::net

@@ -1,0 +1,108 @@
+// ZeroMQ transport: a ROUTER socket for the aggregator, DEALER sockets for
+// clients. One Envelope per message. ZeroMQ stays private to this folder.
+//
+// Security (CURVE, ZAP allowlist) slots into SocketOptions::security; see
+// docs/protocol.md. Until it lands, TransportSecurity::kNone is the only mode.
+//
+// Thread-safety: a Context may be shared; each socket must be used by one
+// thread at a time (ZeroMQ sockets are not thread-safe).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace flotilla::net {
+
+enum class TransportSecurity { kNone };
+
+struct SocketOptions {
+  // Larger inbound messages make ZeroMQ drop the connection (ZMQ_MAXMSGSIZE).
+  int64_t max_message_bytes = int64_t{256} << 20;
+  // Queued outbound messages per peer before sends fail (ZMQ_SNDHWM).
+  int send_high_water_mark = 1000;
+  // Milliseconds unsent messages are kept after close (ZMQ_LINGER).
+  int linger_ms = 0;
+  // Client reconnect backoff (ZMQ_RECONNECT_IVL / ZMQ_RECONNECT_IVL_MAX).
+  int reconnect_ms = 100;
+  int reconnect_max_ms = 5000;
+  TransportSecurity security = TransportSecurity::kNone;
+};
+
+// Owns a ZeroMQ context (I/O threads). Sockets must be closed before it.
+class Context {
+ public:
+  explicit Context(int io_threads = 1);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  void* raw() const { return ctx_; }
+
+ private:
+  void* ctx_;
+};
+
+struct Incoming {
+  std::string peer;     // ROUTER routing id: where to send a reply
+  std::string user_id;  // transport-authenticated identity ("" without CURVE)
+  std::string payload;
+};
+
+// The aggregator's socket.
+class ServerSocket {
+ public:
+  // Binds `endpoint` (e.g. "tcp://127.0.0.1:5555" or "tcp://127.0.0.1:*").
+  static StatusOr<std::unique_ptr<ServerSocket>> Bind(Context* context, const std::string& endpoint,
+                                                      const SocketOptions& options);
+  ~ServerSocket();
+
+  // The endpoint actually bound (with the chosen port for ":*").
+  const std::string& endpoint() const { return endpoint_; }
+
+  // Waits up to `timeout` for one well-formed message. Returns nullopt on
+  // timeout. Messages that do not have exactly one payload frame are dropped
+  // (and counted in dropped_messages()); they never reach the caller.
+  StatusOr<std::optional<Incoming>> Receive(std::chrono::milliseconds timeout);
+  // Sends without blocking. Unavailable when the peer is gone or its queue
+  // is full; the caller decides whether that matters.
+  Status Send(const std::string& peer, const std::string& payload);
+
+  uint64_t dropped_messages() const { return dropped_; }
+
+ private:
+  ServerSocket(void* socket, std::string endpoint);
+  void* socket_;
+  std::string endpoint_;
+  uint64_t dropped_ = 0;
+};
+
+// A client's socket. ZeroMQ connects in the background and reconnects with
+// backoff; messages sent before the server is up are queued.
+class ClientSocket {
+ public:
+  static StatusOr<std::unique_ptr<ClientSocket>> Connect(Context* context, const std::string& endpoint,
+                                                         const SocketOptions& options);
+  ~ClientSocket();
+
+  Status Send(const std::string& payload);
+  // Waits up to `timeout`; nullopt on timeout.
+  StatusOr<std::optional<std::string>> Receive(std::chrono::milliseconds timeout);
+
+  void* raw() const { return socket_; }
+
+ private:
+  explicit ClientSocket(void* socket) : socket_(socket) {}
+  void* socket_;
+};
+
+// Waits until at least one socket is readable or `timeout` passes; returns
+// the indices of the readable ones (empty on timeout).
+StatusOr<std::vector<size_t>> PollReadable(const std::vector<ClientSocket*>& sockets,
+                                           std::chrono::milliseconds timeout);
+
+}  // namespace flotilla::net

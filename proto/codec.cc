@@ -1,0 +1,150 @@
+#include "proto/codec.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace flotilla::proto {
+namespace {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "the wire format stores little-endian floats; add byte swapping for this target");
+
+Status CheckString(const std::string& s, const char* what, const ParseLimits& limits) {
+  if (s.size() > limits.max_string) {
+    return InvalidArgument(std::string(what) + " is " + std::to_string(s.size()) +
+                           " bytes, limit " + std::to_string(limits.max_string));
+  }
+  return Status::Ok();
+}
+
+Status CheckBody(const wire::Envelope& env, const ParseLimits& limits) {
+  switch (env.body_case()) {
+    case wire::Envelope::kHello:
+      RETURN_IF_ERROR(CheckString(env.hello().client_name(), "hello.client_name", limits));
+      RETURN_IF_ERROR(CheckString(env.hello().software(), "hello.software", limits));
+      if (env.hello().num_examples() < 0) return InvalidArgument("hello.num_examples is negative");
+      return Status::Ok();
+    case wire::Envelope::kUpdate: {
+      const auto& u = env.update();
+      if (u.num_examples() <= 0) return InvalidArgument("update.num_examples must be positive");
+      if (static_cast<size_t>(u.metrics_size()) > limits.max_metrics) {
+        return InvalidArgument("update has " + std::to_string(u.metrics_size()) +
+                               " metrics, limit " + std::to_string(limits.max_metrics));
+      }
+      for (const auto& [key, value] : u.metrics()) {
+        RETURN_IF_ERROR(CheckString(key, "metric name", limits));
+        if (!std::isfinite(value)) return InvalidArgument("metric '" + key + "' is not finite");
+      }
+      if (static_cast<size_t>(u.delta().layout_size()) > limits.max_tensors) {
+        return InvalidArgument("update delta has too many tensors");
+      }
+      return Status::Ok();
+    }
+    case wire::Envelope::kError:
+      return CheckString(env.error().message(), "error.message", limits);
+    case wire::Envelope::BODY_NOT_SET:
+      return InvalidArgument("envelope has no body");
+    default:
+      return Status::Ok();
+  }
+}
+
+}  // namespace
+
+StatusOr<wire::Envelope> ParseEnvelope(const void* data, size_t size, const ParseLimits& limits) {
+  if (size > static_cast<size_t>(INT32_MAX)) return InvalidArgument("message over 2 GiB");
+  wire::Envelope env;
+  if (!env.ParseFromArray(data, static_cast<int>(size))) {
+    return InvalidArgument("message is not a valid Envelope (" + std::to_string(size) + " bytes)");
+  }
+  if (env.version() != kProtocolVersion) {
+    return InvalidArgument("unsupported protocol version " + std::to_string(env.version()) +
+                           " (this build speaks " + std::to_string(kProtocolVersion) + ")");
+  }
+  RETURN_IF_ERROR(CheckBody(env, limits));
+  return env;
+}
+
+std::string SerializeEnvelope(wire::Envelope* envelope) {
+  envelope->set_version(kProtocolVersion);
+  return envelope->SerializeAsString();
+}
+
+void WeightsToProto(const Weights& weights, wire::WeightsProto* out) {
+  out->Clear();
+  for (const TensorSpec& t : weights.layout->tensors()) {
+    wire::TensorSpec* spec = out->add_layout();
+    spec->set_name(t.name);
+    for (int64_t d : t.shape) spec->add_shape(d);
+  }
+  out->mutable_data()->assign(reinterpret_cast<const char*>(weights.data.data()),
+                              weights.data.size() * sizeof(float));
+}
+
+StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
+                                   const std::shared_ptr<const Layout>& expected,
+                                   const ParseLimits& limits) {
+  if (static_cast<size_t>(proto.layout_size()) > limits.max_tensors) {
+    return InvalidArgument("weights have " + std::to_string(proto.layout_size()) +
+                           " tensors, limit " + std::to_string(limits.max_tensors));
+  }
+  std::vector<std::pair<std::string, std::vector<int64_t>>> specs;
+  specs.reserve(proto.layout_size());
+  for (const wire::TensorSpec& t : proto.layout()) {
+    RETURN_IF_ERROR(CheckString(t.name(), "tensor name", limits));
+    if (static_cast<size_t>(t.shape_size()) > limits.max_dims) {
+      return InvalidArgument("tensor '" + t.name() + "' has " + std::to_string(t.shape_size()) +
+                             " dimensions, limit " + std::to_string(limits.max_dims));
+    }
+    specs.emplace_back(t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end()));
+  }
+  // Layout::Create rejects negative dimensions and overflowing totals.
+  ASSIGN_OR_RETURN(Layout layout, Layout::Create(specs));
+  std::shared_ptr<const Layout> shared;
+  if (expected) {
+    RETURN_IF_ERROR(expected->CheckSame(layout));
+    shared = expected;
+  } else {
+    shared = std::make_shared<const Layout>(std::move(layout));
+  }
+  const size_t n = static_cast<size_t>(shared->total_numel());
+  if (proto.data().size() != n * sizeof(float)) {
+    return InvalidArgument("weights payload is " + std::to_string(proto.data().size()) +
+                           " bytes, layout needs " + std::to_string(n * sizeof(float)));
+  }
+  Weights w;
+  w.layout = std::move(shared);
+  w.data.resize(n);
+  std::memcpy(w.data.data(), proto.data().data(), n * sizeof(float));
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(w.data[i])) {
+      return InvalidArgument("weights value " + std::to_string(i) + " is not finite");
+    }
+  }
+  return w;
+}
+
+wire::Envelope MakeError(wire::ErrorCode code, const std::string& message) {
+  wire::Envelope env;
+  env.mutable_error()->set_code(code);
+  env.mutable_error()->set_message(message);
+  return env;
+}
+
+const char* BodyName(const wire::Envelope& envelope) {
+  switch (envelope.body_case()) {
+    case wire::Envelope::kHello: return "Hello";
+    case wire::Envelope::kWelcome: return "Welcome";
+    case wire::Envelope::kTaskRequest: return "TaskRequest";
+    case wire::Envelope::kTrainTask: return "TrainTask";
+    case wire::Envelope::kWait: return "Wait";
+    case wire::Envelope::kUpdate: return "Update";
+    case wire::Envelope::kAck: return "Ack";
+    case wire::Envelope::kError: return "Error";
+    case wire::Envelope::kFinished: return "Finished";
+    case wire::Envelope::BODY_NOT_SET: return "(empty)";
+  }
+  return "(unknown)";
+}
+
+}  // namespace flotilla::proto

@@ -1,0 +1,49 @@
+// Codec between wire messages (proto/flotilla.proto) and core types. Every
+// parse is bounded and checked: nothing received is trusted.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+#include "core/weights.h"
+#include "proto/flotilla.pb.h"
+
+namespace flotilla::proto {
+
+inline constexpr wire::ProtocolVersion kProtocolVersion = wire::PROTOCOL_VERSION_1;
+
+struct ParseLimits {
+  size_t max_tensors = 4096;
+  size_t max_dims = 8;
+  size_t max_metrics = 64;
+  size_t max_string = 4096;  // names, messages, metric keys
+};
+
+// Parses one Envelope from `size` bytes. Fails (kInvalidArgument) on bytes
+// that are not a valid Envelope, an unsupported protocol version, an empty
+// body, or strings and maps over `limits`. Weight payloads are checked
+// separately by WeightsFromProto, against the layout the caller expects.
+StatusOr<wire::Envelope> ParseEnvelope(const void* data, size_t size,
+                                       const ParseLimits& limits = ParseLimits());
+
+// Serializes with the protocol version set.
+std::string SerializeEnvelope(wire::Envelope* envelope);
+
+void WeightsToProto(const Weights& weights, wire::WeightsProto* out);
+
+// Decodes weights. When `expected` is given, names and shapes must equal it
+// and the result shares that layout object; otherwise the layout is built
+// from the message. Checks: tensor and dimension counts within limits, no
+// negative dimension, element count computed without overflow and equal to
+// data.size() / 4, every value finite.
+StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
+                                   const std::shared_ptr<const Layout>& expected,
+                                   const ParseLimits& limits = ParseLimits());
+
+// Convenience builders.
+wire::Envelope MakeError(wire::ErrorCode code, const std::string& message);
+const char* BodyName(const wire::Envelope& envelope);
+
+}  // namespace flotilla::proto

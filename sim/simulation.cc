@@ -1,0 +1,326 @@
+#include "sim/simulation.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "client/local_trainer.h"
+#include "client/session.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "training/dataset.h"
+#include "training/model.h"
+#include "training/partition.h"
+
+namespace flotilla::sim {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Job {
+  size_t client;
+  wire::TrainTask task;
+};
+struct JobResult {
+  size_t client;
+  StatusOr<wire::Update> update;
+};
+
+// Trainer threads, each with its own model, fed through a queue.
+class TrainerPool {
+ public:
+  TrainerPool(int workers, const std::string& arch, const std::vector<training::DataView>* views)
+      : views_(views) {
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this, arch] { Work(arch); });
+  }
+  ~TrainerPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void Submit(Job job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+  }
+  std::vector<JobResult> TakeResults() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<JobResult> out(std::make_move_iterator(results_.begin()), std::make_move_iterator(results_.end()));
+    results_.clear();
+    return out;
+  }
+
+ private:
+  void Work(const std::string& arch) {
+    training::SetTorchThreads(1);
+    StatusOr<std::unique_ptr<training::ModelRunner>> runner = training::ModelRunner::Create(arch, 0);
+    while (true) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+        if (stopping_) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client], job.task)
+                                               : StatusOr<wire::Update>(runner.status())};
+      std::lock_guard<std::mutex> lock(mu_);
+      results_.push_back(std::move(result));
+    }
+  }
+
+  const std::vector<training::DataView>* views_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  std::deque<JobResult> results_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
+  char line[256];
+  if (!r.completed) {
+    std::snprintf(line, sizeof(line), "round %3u/%u  clients %3d/%-3d  FAILED (too few updates)  %6.1fs", r.round,
+                  rounds, r.received, r.selected, r.seconds);
+    return line;
+  }
+  std::snprintf(line, sizeof(line), "round %3u/%u  clients %3d/%-3d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %6.1fs",
+                r.round, rounds, r.received, r.selected, r.mean_train_loss, r.test_loss.value_or(NAN),
+                r.test_accuracy.value_or(NAN), r.seconds);
+  return line;
+}
+
+Status WriteOutputs(const SimConfig& config, const SimResult& result) {
+  const std::filesystem::path dir(config.out_dir);
+  std::ofstream csv(dir / "metrics.csv");
+  csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_version\n";
+  for (const auto& r : result.rounds) {
+    csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
+        << r.total_examples << "," << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << ","
+        << r.test_accuracy.value_or(NAN) << "," << r.seconds << "," << r.model_version << "\n";
+  }
+  if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
+  const auto& a = config.aggregator;
+  nlohmann::json summary = {
+      {"mode", config.central_epochs > 0 ? "central" : "federated"},
+      {"arch", a.model_arch},
+      {"clients", config.clients},
+      {"partition", config.partition},
+      {"rounds", a.rounds},
+      {"fraction", a.fraction},
+      {"epochs", a.epochs},
+      {"batch_size", a.batch_size},
+      {"learning_rate", a.learning_rate},
+      {"momentum", a.momentum},
+      {"seed", a.seed},
+      {"central_epochs", config.central_epochs},
+      {"train_examples", result.train_examples},
+      {"final_test_accuracy", result.final_accuracy},
+      {"final_test_loss", result.final_loss},
+      {"seconds", result.seconds},
+  };
+  std::ofstream js(dir / "summary.json");
+  js << summary.dump(2) << "\n";
+  if (!js) return Unavailable("could not write " + (dir / "summary.json").string());
+  return Status::Ok();
+}
+
+struct Data {
+  std::shared_ptr<const training::Dataset> train, test;
+  training::Partition partition;
+};
+
+StatusOr<Data> LoadData(const SimConfig& config) {
+  Data data;
+  ASSIGN_OR_RETURN(training::Dataset train,
+                   training::LoadFashionMnist(config.data_dir, training::Split::kTrain, config.train_limit));
+  ASSIGN_OR_RETURN(training::Dataset test,
+                   training::LoadFashionMnist(config.data_dir, training::Split::kTest, config.test_limit));
+  ASSIGN_OR_RETURN(data.partition,
+                   training::PartitionByName(config.partition, train.labels, train.num_classes, config.clients,
+                                             DeriveSeed(config.aggregator.seed, "partition")));
+  data.train = std::make_shared<const training::Dataset>(std::move(train));
+  data.test = std::make_shared<const training::Dataset>(std::move(test));
+  return data;
+}
+
+StatusOr<SimResult> RunCentral(const SimConfig& config, const Data& data) {
+  const auto& a = config.aggregator;
+  const auto start = Clock::now();
+  training::SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  ASSIGN_OR_RETURN(std::unique_ptr<training::ModelRunner> runner,
+                   training::ModelRunner::Create(a.model_arch, DeriveSeed(a.seed, "init")));
+  training::DataView train_view{data.train, {}};
+  for (const auto& part : data.partition) train_view.indices.insert(train_view.indices.end(), part.begin(), part.end());
+  std::sort(train_view.indices.begin(), train_view.indices.end());
+  const training::DataView test_view = training::DataView::All(data.test);
+  SimResult result;
+  result.train_examples = train_view.size();
+  for (int epoch = 1; epoch <= config.central_epochs; ++epoch) {
+    const auto epoch_start = Clock::now();
+    training::TrainConfig tc;
+    tc.epochs = 1;
+    tc.batch_size = static_cast<int>(a.batch_size);
+    tc.learning_rate = a.learning_rate;
+    tc.momentum = a.momentum;
+    tc.weight_decay = a.weight_decay;
+    tc.seed = DeriveSeed(a.seed, "central", static_cast<uint64_t>(epoch));
+    ASSIGN_OR_RETURN(training::TrainResult tr, runner->Train(train_view, tc));
+    ASSIGN_OR_RETURN(training::EvalResult ev, runner->Evaluate(test_view));
+    aggregator::RoundSummary r;
+    r.round = static_cast<uint32_t>(epoch);
+    r.completed = true;
+    r.selected = r.received = 1;
+    r.total_examples = tr.examples;
+    r.mean_train_loss = tr.mean_loss;
+    r.test_loss = ev.loss;
+    r.test_accuracy = ev.accuracy;
+    r.seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
+    result.rounds.push_back(r);
+    if (!config.quiet) {
+      std::printf("epoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %6.1fs\n", epoch,
+                  config.central_epochs, tr.mean_loss, ev.loss, ev.accuracy, r.seconds);
+      std::fflush(stdout);
+    }
+    result.final_accuracy = ev.accuracy;
+    result.final_loss = ev.loss;
+  }
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return result;
+}
+
+}  // namespace
+
+StatusOr<SimResult> RunSimulation(const SimConfig& config) {
+  if (config.clients < 1) return InvalidArgument("need at least one client");
+  std::error_code ec;
+  std::filesystem::create_directories(config.out_dir, ec);
+  if (ec) return Unavailable("cannot create output directory " + config.out_dir + ": " + ec.message());
+  const auto start = Clock::now();
+  ASSIGN_OR_RETURN(Data data, LoadData(config));
+  if (config.central_epochs > 0) {
+    ASSIGN_OR_RETURN(SimResult central, RunCentral(config, data));
+    RETURN_IF_ERROR(WriteOutputs(config, central));
+    return central;
+  }
+
+  aggregator::AggregatorConfig agg_config = config.aggregator;
+  agg_config.store_path = (std::filesystem::path(config.out_dir) / "store").string();
+  std::filesystem::remove_all(agg_config.store_path, ec);  // a simulation always starts fresh
+  agg_config.min_clients = config.clients;
+
+  // The aggregator's evaluation model runs on its own thread with all cores
+  // (trainers are idle while a round is merged and evaluated).
+  ASSIGN_OR_RETURN(std::unique_ptr<training::ModelRunner> eval_runner,
+                   training::ModelRunner::Create(agg_config.model_arch, DeriveSeed(agg_config.seed, "init")));
+  const training::DataView test_view = training::DataView::All(data.test);
+  training::ModelRunner* eval_ptr = eval_runner.get();
+  aggregator::EvalFn eval = [eval_ptr, &test_view](const Weights& w) -> StatusOr<aggregator::EvalMetrics> {
+    RETURN_IF_ERROR(eval_ptr->SetWeights(w));
+    ASSIGN_OR_RETURN(training::EvalResult r, eval_ptr->Evaluate(test_view));
+    return aggregator::EvalMetrics{r.loss, r.accuracy};
+  };
+  SimResult result;
+  std::mutex print_mu;
+  aggregator::RoundFn on_round = [&](const aggregator::RoundSummary& r) {
+    std::lock_guard<std::mutex> lock(print_mu);
+    result.rounds.push_back(r);
+    if (!config.quiet) {
+      std::printf("%s\n", FormatRound(r, agg_config.rounds).c_str());
+      std::fflush(stdout);
+    }
+  };
+
+  net::Context context(1);
+  ASSIGN_OR_RETURN(std::unique_ptr<aggregator::Aggregator> agg,
+                   aggregator::Aggregator::Create(agg_config, &context, eval_runner->GetWeights(), eval, on_round));
+  Status agg_status;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::thread agg_thread([&] {
+    training::SetTorchThreads(cores);
+    agg_status = agg->Run();
+  });
+
+  std::vector<training::DataView> views;
+  for (const auto& part : data.partition) {
+    views.push_back(training::DataView{data.train, part});
+    result.train_examples += static_cast<int64_t>(part.size());
+  }
+  std::vector<std::unique_ptr<client::Session>> sessions;
+  Status client_status;
+  for (int i = 0; i < config.clients && client_status.ok(); ++i) {
+    client::SessionConfig sc;
+    sc.endpoint = agg->endpoint();
+    char name[32];
+    std::snprintf(name, sizeof(name), "client-%05d", i);
+    sc.name = name;
+    sc.num_examples = views[i].size();
+    sc.request_timeout = std::chrono::seconds(120);
+    StatusOr<std::unique_ptr<client::Session>> s = client::Session::Create(&context, sc);
+    if (s.ok()) sessions.push_back(std::move(s).value());
+    else client_status = s.status();
+  }
+  {
+    const int workers = std::min(config.workers > 0 ? config.workers : cores, config.clients);
+    TrainerPool pool(workers, agg_config.model_arch, &views);
+    std::vector<net::ClientSocket*> sockets;
+    size_t done = 0;
+    while (client_status.ok() && done < sessions.size()) {
+      sockets.clear();
+      for (auto& s : sessions) sockets.push_back(s->socket());
+      StatusOr<std::vector<size_t>> ready = net::PollReadable(sockets, std::chrono::milliseconds(20));
+      if (!ready.ok()) {
+        client_status = ready.status();
+        break;
+      }
+      for (size_t i : *ready) {
+        if (Status st = sessions[i]->OnReadable(); !st.ok()) client_status = st;
+      }
+      for (auto& r : pool.TakeResults()) {
+        Status st = r.update.ok() ? sessions[r.client]->SubmitUpdate(std::move(r.update).value())
+                                  : sessions[r.client]->AbandonTask(r.update.status());
+        if (!st.ok()) client_status = st;
+      }
+      done = 0;
+      for (size_t i = 0; i < sessions.size(); ++i) {
+        if (Status st = sessions[i]->OnTick(); !st.ok()) client_status = st;
+        if (std::optional<wire::TrainTask> task = sessions[i]->TakeTask()) pool.Submit(Job{i, std::move(*task)});
+        if (sessions[i]->finished()) ++done;
+      }
+    }
+  }
+  if (!client_status.ok()) agg->RequestStop();
+  agg_thread.join();
+  sessions.clear();
+  RETURN_IF_ERROR(agg_status.WithContext("aggregator"));
+  RETURN_IF_ERROR(client_status.WithContext("simulated clients"));
+  agg.reset();
+
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  for (auto it = result.rounds.rbegin(); it != result.rounds.rend(); ++it) {
+    if (it->test_accuracy) {
+      result.final_accuracy = *it->test_accuracy;
+      result.final_loss = it->test_loss.value_or(0.0);
+      break;
+    }
+  }
+  RETURN_IF_ERROR(WriteOutputs(config, result));
+  return result;
+}
+
+}  // namespace flotilla::sim

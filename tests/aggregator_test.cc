@@ -1,0 +1,139 @@
+#include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "aggregator/store.h"
+#include "aggregator/strategy.h"
+#include "proto/codec.h"
+
+using namespace flotilla;
+using namespace flotilla::aggregator;
+
+namespace {
+
+std::shared_ptr<const Layout> SmallLayout() {
+  return std::make_shared<const Layout>(*Layout::Create({{"w", {2, 2}}, {"b", {1}}}));
+}
+
+Weights Make(const std::shared_ptr<const Layout>& layout, std::vector<float> values) {
+  Weights w;
+  w.layout = layout;
+  w.data = std::move(values);
+  return w;
+}
+
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    path = std::filesystem::temp_directory_path() /
+           ("flotilla-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    std::filesystem::remove_all(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  static inline int counter = 0;
+};
+
+}  // namespace
+
+TEST_CASE("FedAvg equals the hand-computed example-weighted mean", "[aggregator]") {
+  auto layout = SmallLayout();
+  Weights global = Make(layout, {1, 2, 3, 4, 5});
+  // Three clients with 10, 30 and 60 examples.
+  Weights d1 = Make(layout, {1, 0, 0, 0, -1});
+  Weights d2 = Make(layout, {0, 1, 0, 2, 0});
+  Weights d3 = Make(layout, {0, 0, -1, 1, 0.5f});
+  WeightedMean mean(layout);
+  REQUIRE(mean.Add(d1, 10).ok());
+  REQUIRE(mean.Add(d2, 30).ok());
+  REQUIRE(mean.Add(d3, 60).ok());
+  auto m = mean.Mean();
+  REQUIRE(m.ok());
+  auto next = ApplyDelta(global, *m, 1.0);
+  REQUIRE(next.ok());
+  // By hand: global + (10*d1 + 30*d2 + 60*d3) / 100.
+  const std::vector<double> expected = {1 + 0.1, 2 + 0.3, 3 - 0.6, 4 + (0.6 + 0.6), 5 + (-0.1 + 0.3)};
+  for (size_t i = 0; i < expected.size(); ++i) CHECK(next->data[i] == Approx(expected[i]).epsilon(1e-6));
+  // Equivalently, the weighted mean of the local models.
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const double local_mean = (10.0 * (global.data[i] + d1.data[i]) + 30.0 * (global.data[i] + d2.data[i]) +
+                               60.0 * (global.data[i] + d3.data[i])) / 100.0;
+    CHECK(next->data[i] == Approx(local_mean).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("WeightedMean refuses bad input and keeps its sum", "[aggregator]") {
+  auto layout = SmallLayout();
+  WeightedMean mean(layout);
+  CHECK_FALSE(mean.Mean().ok());
+  auto other = std::make_shared<const Layout>(*Layout::Create({{"w", {4}}, {"b", {1}}}));
+  CHECK_FALSE(mean.Add(Make(other, {1, 1, 1, 1, 1}), 1).ok());
+  CHECK_FALSE(mean.Add(Make(layout, {1, NAN, 1, 1, 1}), 1).ok());
+  CHECK_FALSE(mean.Add(Make(layout, {1, 1, 1, 1, 1}), 0).ok());
+  CHECK(mean.count() == 0);
+  REQUIRE(mean.Add(Make(layout, {2, 2, 2, 2, 2}), 3).ok());
+  CHECK(mean.Mean()->data[0] == 2.0f);
+}
+
+TEST_CASE("Store keeps updates durable, sorted by client, and commits rounds atomically", "[aggregator][store]") {
+  TempDir dir;
+  auto layout = SmallLayout();
+  {
+    auto store = Store::Open(dir.path.string());
+    REQUIRE(store.ok());
+    for (const char* id : {"zeta", "alpha", "mid"}) {
+      records::UpdateRecord u;
+      u.set_round(3);
+      u.set_client_id(id);
+      u.set_num_examples(7);
+      proto::WeightsToProto(Make(layout, {1, 2, 3, 4, 5}), u.mutable_delta());
+      REQUIRE((*store)->PutUpdate(u).ok());
+    }
+    records::UpdateRecord dup;
+    dup.set_round(3);
+    dup.set_client_id("mid");
+    CHECK((*store)->PutUpdate(dup).code() == StatusCode::kAlreadyExists);
+    records::UpdateRecord other_round;
+    other_round.set_round(4);
+    other_round.set_client_id("aaa");
+    REQUIRE((*store)->PutUpdate(other_round).ok());
+  }
+  // Reopen: everything acknowledged is still there.
+  auto store = Store::Open(dir.path.string());
+  REQUIRE(store.ok());
+  std::vector<std::string> order;
+  REQUIRE((*store)->ForEachUpdate(3, [&](const records::UpdateRecord& u) {
+    order.push_back(u.client_id());
+    return Status::Ok();
+  }).ok());
+  CHECK(order == std::vector<std::string>{"alpha", "mid", "zeta"});
+
+  SECTION("a second process cannot open a locked store") {
+    auto second = Store::Open(dir.path.string());
+    CHECK_FALSE(second.ok());
+  }
+  SECTION("committing a round stores the model and drops its updates") {
+    records::RoundRecord round;
+    round.set_round(3);
+    round.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);
+    records::ModelRecord model;
+    model.set_version(2);
+    model.set_arch("test");
+    REQUIRE((*store)->CommitRound(round, &model).ok());
+    int left = 0;
+    REQUIRE((*store)->ForEachUpdate(3, [&](const records::UpdateRecord&) {
+      ++left;
+      return Status::Ok();
+    }).ok());
+    CHECK(left == 0);
+    CHECK((*store)->HasUpdate(4, "aaa"));
+    auto latest = (*store)->LatestModelVersion();
+    REQUIRE(latest.ok());
+    CHECK(latest->value() == 2);
+    CHECK((*store)->GetModel(2)->arch() == "test");
+    CHECK((*store)->GetModel(9).status().code() == StatusCode::kNotFound);
+    auto r = (*store)->GetRound(3);
+    REQUIRE(r.ok());
+    CHECK(r->value().outcome() == records::RoundRecord::OUTCOME_COMPLETED);
+  }
+}

@@ -1,0 +1,74 @@
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "core/rng.h"
+#include "core/status.h"
+#include "core/weights.h"
+
+using namespace flotilla;
+
+TEST_CASE("Status carries code and message", "[core]") {
+  Status ok;
+  CHECK(ok.ok());
+  Status st = InvalidArgument("bad shape");
+  CHECK_FALSE(st.ok());
+  CHECK(st.ToString() == "INVALID_ARGUMENT: bad shape");
+  CHECK(st.WithContext("update").message() == "update: bad shape");
+  CHECK(Unavailable("x").retryable());
+  CHECK_FALSE(InvalidArgument("x").retryable());
+  StatusOr<int> v = 3;
+  CHECK(*v == 3);
+  StatusOr<int> e = NotFound("nope");
+  CHECK(e.status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("Layout checks names, shapes and sizes", "[core]") {
+  auto layout = Layout::Create({{"w", {2, 3}}, {"b", {3}}});
+  REQUIRE(layout.ok());
+  CHECK(layout->total_numel() == 9);
+  CHECK(layout->tensors()[1].offset == 6);
+  CHECK_FALSE(Layout::Create({{"w", {2}}, {"w", {3}}}).ok());
+  CHECK_FALSE(Layout::Create({{"w", {-1}}}).ok());
+  CHECK_FALSE(Layout::Create({{"w", {1 << 20, 1 << 20}}}).ok());
+  auto other = Layout::Create({{"w", {3, 2}}, {"b", {3}}});
+  REQUIRE(other.ok());
+  Status diff = layout->CheckSame(*other);
+  CHECK_FALSE(diff.ok());
+  CHECK(diff.message().find("'w'") != std::string::npos);
+}
+
+TEST_CASE("Weights validation rejects wrong sizes and non-finite values", "[core]") {
+  auto layout = std::make_shared<const Layout>(*Layout::Create({{"w", {4}}}));
+  Weights w = Weights::Zeros(layout);
+  CHECK(w.Validate().ok());
+  w.data[2] = NAN;
+  CHECK_FALSE(w.Validate().ok());
+  w.data[2] = INFINITY;
+  CHECK_FALSE(w.Validate().ok());
+  w.data.pop_back();
+  CHECK_FALSE(w.Validate().ok());
+}
+
+TEST_CASE("Rng is deterministic and roughly uniform", "[core]") {
+  Rng a(42), b(42), c(43);
+  for (int i = 0; i < 100; ++i) {
+    uint64_t x = a.NextU64();
+    CHECK(x == b.NextU64());
+    (void)c;
+  }
+  CHECK(Rng(42).NextU64() != Rng(43).NextU64());
+  CHECK(DeriveSeed(1, "train", 2, 3) != DeriveSeed(1, "train", 3, 2));
+  Rng r(7);
+  std::vector<int> counts(10, 0);
+  for (int i = 0; i < 100000; ++i) counts[r.UniformInt(10)]++;
+  for (int n : counts) CHECK(std::abs(n - 10000) < 500);
+  double sum = 0, sumsq = 0;
+  for (int i = 0; i < 100000; ++i) {
+    double g = r.Gamma(2.5);
+    sum += g;
+    sumsq += g * g;
+  }
+  const double mean = sum / 100000, var = sumsq / 100000 - mean * mean;
+  CHECK(mean == Approx(2.5).epsilon(0.02));
+  CHECK(var == Approx(2.5).epsilon(0.05));
+}

@@ -1,0 +1,167 @@
+// End-to-end federations over real TCP on loopback, on real Fashion-MNIST.
+#include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "aggregator/server.h"
+#include "client/local_trainer.h"
+#include "client/runner.h"
+#include "core/rng.h"
+#include "net/transport.h"
+#include "proto/codec.h"
+#include "sim/simulation.h"
+#include "training/dataset.h"
+#include "training/model.h"
+
+using namespace flotilla;
+
+namespace {
+
+std::filesystem::path TempPath(const std::string& name) {
+  auto p = std::filesystem::temp_directory_path() / ("flotilla-fed-" + std::to_string(::getpid()) + "-" + name);
+  std::filesystem::remove_all(p);
+  return p;
+}
+
+sim::SimConfig SmallSim(const std::string& out) {
+  sim::SimConfig c;
+  c.clients = 3;
+  c.partition = "iid";
+  c.train_limit = 3000;
+  c.test_limit = 1000;
+  c.out_dir = out;
+  c.quiet = true;
+  c.aggregator.endpoint = "tcp://127.0.0.1:*";
+  c.aggregator.model_arch = "2nn";
+  c.aggregator.rounds = 3;
+  c.aggregator.epochs = 1;
+  c.aggregator.batch_size = 32;
+  c.aggregator.learning_rate = 0.02;
+  c.aggregator.seed = 7;
+  return c;
+}
+
+// Reads one reply on a raw socket or fails the test.
+wire::Envelope ReadReply(net::ClientSocket* socket) {
+  auto bytes = socket->Receive(std::chrono::seconds(30));
+  REQUIRE(bytes.ok());
+  REQUIRE(bytes->has_value());
+  auto env = proto::ParseEnvelope(bytes->value().data(), bytes->value().size());
+  REQUIRE(env.ok());
+  return *env;
+}
+
+void SendEnvelope(net::ClientSocket* socket, wire::Envelope env) {
+  REQUIRE(socket->Send(proto::SerializeEnvelope(&env)).ok());
+}
+
+}  // namespace
+
+TEST_CASE("A 3-client federation over loopback finishes 3 rounds with improving accuracy", "[integration]") {
+  const auto out = TempPath("three");
+  auto result = sim::RunSimulation(SmallSim(out.string()));
+  REQUIRE(result.ok());
+  REQUIRE(result->rounds.size() == 3);
+  for (const auto& r : result->rounds) {
+    CHECK(r.completed);
+    CHECK(r.received == 3);
+    REQUIRE(r.test_accuracy.has_value());
+  }
+  CHECK(*result->rounds[2].test_accuracy > *result->rounds[0].test_accuracy);
+  CHECK(result->final_accuracy > 0.6);  // chance is 0.1
+  CHECK(std::filesystem::exists(out / "metrics.csv"));
+  CHECK(std::filesystem::exists(out / "summary.json"));
+  std::filesystem::remove_all(out);
+}
+
+TEST_CASE("Two runs with the same seed give the same accuracies", "[integration]") {
+  const auto out1 = TempPath("det1"), out2 = TempPath("det2");
+  auto c1 = SmallSim(out1.string());
+  auto c2 = SmallSim(out2.string());
+  c1.aggregator.rounds = c2.aggregator.rounds = 2;
+  auto r1 = sim::RunSimulation(c1);
+  auto r2 = sim::RunSimulation(c2);
+  REQUIRE(r1.ok());
+  REQUIRE(r2.ok());
+  REQUIRE(r1->rounds.size() == r2->rounds.size());
+  for (size_t i = 0; i < r1->rounds.size(); ++i) {
+    CHECK(*r1->rounds[i].test_accuracy == *r2->rounds[i].test_accuracy);
+    CHECK(r1->rounds[i].mean_train_loss == r2->rounds[i].mean_train_loss);
+  }
+  std::filesystem::remove_all(out1);
+  std::filesystem::remove_all(out2);
+}
+
+TEST_CASE("A wrong-shaped update gets an error reply and the round completes with the others", "[integration]") {
+  const auto store = TempPath("badshape");
+  aggregator::AggregatorConfig config;
+  config.endpoint = "tcp://127.0.0.1:*";
+  config.store_path = store.string();
+  config.model_arch = "logreg";
+  config.rounds = 1;
+  config.min_clients = 3;
+  config.min_updates = 2;
+  config.round_deadline_seconds = 4.0;
+  config.finish_grace_seconds = 1.0;
+  auto runner = training::ModelRunner::Create("logreg", 1);
+  REQUIRE(runner.ok());
+  net::Context context;
+  auto agg = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
+  REQUIRE(agg.ok());
+  std::thread server([&] { REQUIRE((*agg)->Run().ok()); });
+
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(200, 3));
+  std::vector<std::thread> honest;
+  for (int i = 0; i < 2; ++i) {
+    honest.emplace_back([&, i] {
+      client::SessionConfig sc;
+      sc.endpoint = (*agg)->endpoint();
+      sc.name = "honest-" + std::to_string(i);
+      sc.num_examples = 100;
+      training::DataView view{data, {}};
+      for (int k = 0; k < 100; ++k) view.indices.push_back(i * 100 + k);
+      auto stats = client::RunClient(sc, view, nullptr);
+      REQUIRE(stats.ok());
+      CHECK(stats->updates_acked == 1);
+    });
+  }
+
+  // The hostile client: follows the protocol, then sends a delta of the wrong shape.
+  auto socket = net::ClientSocket::Connect(&context, (*agg)->endpoint(), net::SocketOptions());
+  REQUIRE(socket.ok());
+  wire::Envelope hello;
+  hello.mutable_hello()->set_client_name("mallory");
+  hello.mutable_hello()->set_num_examples(100);
+  SendEnvelope(socket->get(), hello);
+  CHECK(ReadReply(socket->get()).has_welcome());
+  wire::Envelope request;
+  request.mutable_task_request();
+  SendEnvelope(socket->get(), request);
+  wire::Envelope task = ReadReply(socket->get());
+  REQUIRE(task.has_train_task());
+  wire::Envelope update;
+  update.mutable_update()->set_round(task.train_task().round());
+  update.mutable_update()->set_model_version(task.train_task().model_version());
+  update.mutable_update()->set_num_examples(100);
+  auto wrong = std::make_shared<const Layout>(*Layout::Create({{"fc.weight", {10, 783}}, {"fc.bias", {10}}}));
+  proto::WeightsToProto(Weights::Zeros(wrong), update.mutable_update()->mutable_delta());
+  SendEnvelope(socket->get(), update);
+  wire::Envelope reply = ReadReply(socket->get());
+  REQUIRE(reply.has_error());
+  CHECK(reply.error().code() == wire::ERROR_BAD_UPDATE);
+
+  for (auto& t : honest) t.join();
+  server.join();
+  const auto& history = (*agg)->history();
+  REQUIRE(history.size() == 1);
+  CHECK(history[0].completed);
+  CHECK(history[0].received == 2);
+  CHECK(history[0].selected == 3);
+  CHECK((*agg)->model_version() == 2);
+  CHECK((*agg)->rejected_messages() >= 1);
+  socket->reset();
+  agg->reset();
+  std::filesystem::remove_all(store);
+}

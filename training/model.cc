@@ -1,0 +1,348 @@
+#include "training/model.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+#include <utility>
+
+#include "core/rng.h"
+
+namespace flotilla::training {
+namespace {
+
+namespace F = torch::nn::functional;
+
+constexpr int64_t kChannels = 1, kHeight = 28, kWidth = 28, kClasses = 10;
+
+// A classifier over [N, 1, 28, 28] float images returning [N, 10] logits.
+struct Net : torch::nn::Module {
+  virtual torch::Tensor Forward(torch::Tensor x) = 0;
+};
+
+struct Mlp2nn : Net {
+  Mlp2nn()
+      : fc1(register_module("fc1", torch::nn::Linear(784, 200))),
+        fc2(register_module("fc2", torch::nn::Linear(200, 200))),
+        fc3(register_module("fc3", torch::nn::Linear(200, 10))) {}
+  torch::Tensor Forward(torch::Tensor x) override {
+    x = x.flatten(1);
+    x = torch::relu(fc1->forward(x));
+    x = torch::relu(fc2->forward(x));
+    return fc3->forward(x);
+  }
+  torch::nn::Linear fc1, fc2, fc3;
+};
+
+struct Cnn : Net {
+  Cnn()
+      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 32, 5).padding(2)))),
+        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 5).padding(2)))),
+        fc1(register_module("fc1", torch::nn::Linear(3136, 512))),
+        fc2(register_module("fc2", torch::nn::Linear(512, 10))) {}
+  torch::Tensor Forward(torch::Tensor x) override {
+    x = torch::max_pool2d(torch::relu(conv1->forward(x)), 2);
+    x = torch::max_pool2d(torch::relu(conv2->forward(x)), 2);
+    x = torch::relu(fc1->forward(x.flatten(1)));
+    return fc2->forward(x);
+  }
+  torch::nn::Conv2d conv1, conv2;
+  torch::nn::Linear fc1, fc2;
+};
+
+struct LogReg : Net {
+  LogReg() : fc(register_module("fc", torch::nn::Linear(784, 10))) {}
+  torch::Tensor Forward(torch::Tensor x) override { return fc->forward(x.flatten(1)); }
+  torch::nn::Linear fc;
+};
+
+std::shared_ptr<Net> MakeNet(const std::string& arch) {
+  if (arch == "2nn") return std::make_shared<Mlp2nn>();
+  if (arch == "cnn") return std::make_shared<Cnn>();
+  if (arch == "logreg") return std::make_shared<LogReg>();
+  return nullptr;
+}
+
+// Overwrites every parameter like Torch's default Linear/Conv2d init
+// (kaiming_uniform with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+// for weights and biases alike), but drawn from flotilla::Rng seeded per
+// tensor, so the result depends on nothing but `seed` and the tensor names.
+void InitParameters(Net& net, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  int64_t fan_in = 1;
+  for (auto& item : net.named_parameters()) {
+    torch::Tensor& p = item.value();
+    if (p.dim() >= 2) fan_in = p.numel() / p.size(0);  // weights precede their bias
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    Rng rng(DeriveSeed(seed, "init:" + item.key()));
+    std::vector<float> values(static_cast<size_t>(p.numel()));
+    for (float& v : values) v = static_cast<float>((2.0 * rng.UniformDouble() - 1.0) * bound);
+    p.copy_(torch::from_blob(values.data(), p.sizes(), torch::kFloat));
+  }
+}
+
+std::string ShapeText(const Dataset& d) {
+  std::ostringstream out;
+  out << "[" << d.channels << "," << d.height << "," << d.width << "]";
+  return out.str();
+}
+
+// Checks that `data` is non-empty, consistent and fits a 1x28x28, 10-class
+// model.
+Status CheckData(const DataView& data, const char* what) {
+  if (!data.base) return InvalidArgument(std::string(what) + ": the data view has no dataset");
+  if (data.indices.empty()) return InvalidArgument(std::string(what) + ": the data view is empty");
+  const Dataset& d = *data.base;
+  if (d.channels != kChannels || d.height != kHeight || d.width != kWidth) {
+    return InvalidArgument(std::string(what) + ": examples have shape " + ShapeText(d) +
+                           ", the model needs [1,28,28]");
+  }
+  if (static_cast<int64_t>(d.features.size()) != d.size() * d.example_numel()) {
+    return InvalidArgument(std::string(what) + ": dataset has " + std::to_string(d.features.size()) +
+                           " feature values for " + std::to_string(d.size()) + " examples of " +
+                           std::to_string(d.example_numel()));
+  }
+  for (int64_t i : data.indices) {
+    if (i < 0 || i >= d.size()) {
+      return InvalidArgument(std::string(what) + ": index " + std::to_string(i) + " is outside the dataset of " +
+                             std::to_string(d.size()) + " examples");
+    }
+    const int64_t y = d.labels[static_cast<size_t>(i)];
+    if (y < 0 || y >= kClasses) {
+      return InvalidArgument(std::string(what) + ": example " + std::to_string(i) + " has label " +
+                             std::to_string(y) + ", the model has 10 classes");
+    }
+  }
+  return Status::Ok();
+}
+
+// Tensors over the shared dataset's memory. They are only ever read
+// (index_select copies), so the const_cast never leads to a write.
+struct DataTensors {
+  torch::Tensor features;  // [N, C, H, W]
+  torch::Tensor labels;    // [N] int64
+};
+
+DataTensors WrapDataset(const Dataset& d) {
+  DataTensors t;
+  t.features = torch::from_blob(const_cast<float*>(d.features.data()),
+                                {d.size(), d.channels, d.height, d.width}, torch::kFloat);
+  t.labels = torch::from_blob(const_cast<int64_t*>(d.labels.data()), {d.size()}, torch::kLong);
+  return t;
+}
+
+torch::Tensor IndexTensor(const std::vector<int64_t>& indices, size_t begin, size_t end) {
+  return torch::from_blob(const_cast<int64_t*>(indices.data() + begin), {static_cast<int64_t>(end - begin)},
+                          torch::kLong);
+}
+
+}  // namespace
+
+struct ModelRunner::Impl {
+  std::string arch;
+  std::shared_ptr<Net> net;
+  std::vector<torch::Tensor> params;  // named_parameters() order; share storage with net
+  std::shared_ptr<const Layout> layout;
+
+  std::vector<torch::Tensor> Snapshot() const {
+    std::vector<torch::Tensor> copy;
+    copy.reserve(params.size());
+    for (const auto& p : params) copy.push_back(p.detach().clone());
+    return copy;
+  }
+  void Restore(const std::vector<torch::Tensor>& snapshot) {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(snapshot[i]);
+  }
+};
+
+std::vector<std::string> KnownArchitectures() { return {"2nn", "cnn", "logreg"}; }
+
+StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const std::string& arch, uint64_t init_seed) {
+  try {
+    std::shared_ptr<Net> net = MakeNet(arch);
+    if (!net) {
+      std::string known;
+      for (const auto& name : KnownArchitectures()) known += (known.empty() ? "" : ", ") + name;
+      return InvalidArgument("unknown model architecture '" + arch + "'; known: " + known);
+    }
+    InitParameters(*net, init_seed);
+    auto impl = std::make_unique<Impl>();
+    std::vector<std::pair<std::string, std::vector<int64_t>>> specs;
+    for (auto& item : net->named_parameters()) {
+      specs.emplace_back(item.key(), item.value().sizes().vec());
+      impl->params.push_back(item.value());
+    }
+    ASSIGN_OR_RETURN(Layout layout, Layout::Create(specs));
+    impl->arch = arch;
+    impl->net = std::move(net);
+    impl->layout = std::make_shared<const Layout>(std::move(layout));
+    return std::unique_ptr<ModelRunner>(new ModelRunner(std::move(impl)));
+  } catch (const std::exception& e) {  // c10::Error derives from std::exception
+    return Internal("building model '" + arch + "' failed in LibTorch: " + e.what());
+  }
+}
+
+ModelRunner::ModelRunner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ModelRunner::~ModelRunner() = default;
+
+const std::string& ModelRunner::arch() const { return impl_->arch; }
+
+std::shared_ptr<const Layout> ModelRunner::layout() const { return impl_->layout; }
+
+Weights ModelRunner::GetWeights() const {
+  Weights w = Weights::Zeros(impl_->layout);
+  const auto& specs = impl_->layout->tensors();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const torch::Tensor p = impl_->params[i].detach().contiguous();
+    std::memcpy(w.data.data() + specs[i].offset, p.data_ptr<float>(),
+                static_cast<size_t>(specs[i].numel) * sizeof(float));
+  }
+  return w;
+}
+
+Status ModelRunner::SetWeights(const Weights& w) {
+  RETURN_IF_ERROR(w.Validate().WithContext("SetWeights"));
+  RETURN_IF_ERROR(impl_->layout->CheckSame(*w.layout).WithContext("SetWeights for '" + impl_->arch + "'"));
+  try {
+    torch::NoGradGuard no_grad;
+    const auto& specs = w.layout->tensors();
+    for (size_t i = 0; i < specs.size(); ++i) {
+      impl_->params[i].copy_(torch::from_blob(const_cast<float*>(w.data.data() + specs[i].offset),
+                                              specs[i].shape, torch::kFloat));
+    }
+  } catch (const std::exception& e) {
+    return Internal(std::string("SetWeights: LibTorch failed to copy parameters: ") + e.what());
+  }
+  return Status::Ok();
+}
+
+StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig& config) {
+  if (config.epochs < 1) return InvalidArgument("Train: epochs must be >= 1, got " + std::to_string(config.epochs));
+  if (config.batch_size < 1) {
+    return InvalidArgument("Train: batch_size must be >= 1, got " + std::to_string(config.batch_size));
+  }
+  if (!(config.learning_rate > 0.0) || !std::isfinite(config.learning_rate)) {
+    return InvalidArgument("Train: learning_rate must be a positive number, got " +
+                           std::to_string(config.learning_rate));
+  }
+  if (!(config.momentum >= 0.0 && config.momentum < 1.0)) {
+    return InvalidArgument("Train: momentum must be in [0, 1), got " + std::to_string(config.momentum));
+  }
+  if (!(config.weight_decay >= 0.0) || !std::isfinite(config.weight_decay)) {
+    return InvalidArgument("Train: weight_decay must be >= 0, got " + std::to_string(config.weight_decay));
+  }
+  RETURN_IF_ERROR(CheckData(data, "Train"));
+
+  const auto start_time = std::chrono::steady_clock::now();
+  std::vector<torch::Tensor> before;
+  try {
+    before = impl_->Snapshot();
+  } catch (const std::exception& e) {
+    return Internal(std::string("Train: LibTorch failed to snapshot parameters: ") + e.what());
+  }
+
+  TrainResult result;
+  result.examples = data.size();
+  try {
+    const DataTensors all = WrapDataset(*data.base);
+    torch::optim::SGD optimizer(impl_->net->parameters(),
+                                torch::optim::SGDOptions(config.learning_rate)
+                                    .momentum(config.momentum)
+                                    .weight_decay(config.weight_decay));
+    Rng rng(config.seed);
+    std::vector<int64_t> order = data.indices;
+    const size_t n = order.size();
+    const size_t batch = static_cast<size_t>(config.batch_size);
+    for (int epoch = 0; epoch < config.epochs; ++epoch) {
+      impl_->net->train();
+      rng.Shuffle(&order);
+      double loss_sum = 0.0;
+      int64_t epoch_steps = 0;
+      for (size_t begin = 0; begin < n; begin += batch) {
+        const size_t end = std::min(n, begin + batch);
+        const torch::Tensor idx = IndexTensor(order, begin, end);
+        const torch::Tensor x = all.features.index_select(0, idx);
+        const torch::Tensor y = all.labels.index_select(0, idx);
+
+        optimizer.zero_grad();
+        const torch::Tensor output = impl_->net->Forward(x);
+        const torch::Tensor loss = F::cross_entropy(output, y);
+        const double loss_value = loss.item<double>();
+        if (!std::isfinite(loss_value)) {
+          impl_->Restore(before);
+          return InvalidArgument("Train: the loss became " + std::to_string(loss_value) + " at epoch " +
+                                 std::to_string(epoch + 1) + ", step " + std::to_string(epoch_steps + 1) +
+                                 "; the model was left as before training. Lower the learning rate (was " +
+                                 std::to_string(config.learning_rate) + ") or check the data");
+        }
+        loss.backward();
+        optimizer.step();
+        loss_sum += loss_value;
+        ++epoch_steps;
+        ++result.steps;
+      }
+      result.mean_loss = loss_sum / static_cast<double>(epoch_steps);
+    }
+  } catch (const std::exception& e) {
+    try {
+      impl_->Restore(before);
+    } catch (const std::exception&) {
+      // Restoring copies same-shaped CPU tensors; nothing sensible is left to do if it fails.
+    }
+    return Internal("Train: LibTorch failed while training '" + impl_->arch + "': " + e.what() +
+                    "; the model was left as before training");
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+  return result;
+}
+
+StatusOr<EvalResult> ModelRunner::Evaluate(const DataView& data, int batch_size) {
+  if (batch_size < 1) return InvalidArgument("Evaluate: batch_size must be >= 1, got " + std::to_string(batch_size));
+  RETURN_IF_ERROR(CheckData(data, "Evaluate"));
+  EvalResult result;
+  result.examples = data.size();
+  try {
+    torch::NoGradGuard no_grad;
+    impl_->net->eval();
+    const DataTensors all = WrapDataset(*data.base);
+    double loss_sum = 0.0;
+    int64_t correct = 0;
+    const size_t n = data.indices.size();
+    const size_t batch = static_cast<size_t>(batch_size);
+    for (size_t begin = 0; begin < n; begin += batch) {
+      const size_t end = std::min(n, begin + batch);
+      const torch::Tensor idx = IndexTensor(data.indices, begin, end);
+      const torch::Tensor x = all.features.index_select(0, idx);
+      const torch::Tensor y = all.labels.index_select(0, idx);
+      const torch::Tensor output = impl_->net->Forward(x);
+      loss_sum += F::cross_entropy(output, y, F::CrossEntropyFuncOptions().reduction(torch::kSum)).item<double>();
+      correct += output.argmax(1).eq(y).sum().item<int64_t>();
+    }
+    result.loss = loss_sum / static_cast<double>(n);
+    result.accuracy = static_cast<double>(correct) / static_cast<double>(n);
+  } catch (const std::exception& e) {
+    return Internal("Evaluate: LibTorch failed while evaluating '" + impl_->arch + "': " + e.what());
+  }
+  return result;
+}
+
+void SetTorchThreads(int n) {
+  n = std::max(n, 1);
+  try {
+    at::set_num_threads(n);
+  } catch (const std::exception&) {
+    // Torch rejects only n <= 0, which cannot happen here.
+  }
+  try {
+    at::set_num_interop_threads(n);
+  } catch (const std::exception&) {
+    // The inter-op pool can be sized once per process, before first use;
+    // later calls throw and the existing pool stays.
+  }
+}
+
+}  // namespace flotilla::training
