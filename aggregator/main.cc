@@ -7,13 +7,19 @@
 #include "aggregator/server.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "privacy/keys.h"
 #include "training/dataset.h"
 #include "training/model.h"
 
 namespace {
 flotilla::aggregator::Aggregator* g_aggregator = nullptr;
-void OnSignal(int) {
-  if (g_aggregator) g_aggregator->RequestStop();
+void OnSignal(int sig) {
+  if (!g_aggregator) return;
+  if (sig == SIGHUP) {
+    g_aggregator->RequestReload();
+  } else {
+    g_aggregator->RequestStop();
+  }
 }
 }  // namespace
 
@@ -24,6 +30,10 @@ int main(int argc, char** argv) {
   int64_t test_limit = 0;
   bool no_eval = false;
   std::string log_level = "info";
+  std::string curve_key_path = "keys/aggregator.curve.key";
+  std::string signing_key_path = "keys/aggregator.sign.key";
+  bool insecure = false;
+  config.allowlist_path = "keys/allowlist";
   CLI::App app{"Flotilla aggregator: runs synchronous FedAvg rounds for the clients that connect, stores every "
                "model version and round in RocksDB, and evaluates each new model on the Fashion-MNIST test set."};
   app.add_option("--endpoint", config.endpoint, "ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:7400")
@@ -35,6 +45,15 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", data_dir, "Fashion-MNIST directory for evaluation")->capture_default_str();
   app.add_option("--test-limit", test_limit, "Evaluate on the first N test examples (0 = all)")->capture_default_str();
   app.add_flag("--no-eval", no_eval, "Do not evaluate models on the test set");
+  app.add_option("--curve-key", curve_key_path, "The aggregator's CURVE secret key file (flotilla-keygen)")
+      ->capture_default_str();
+  app.add_option("--allowlist", config.allowlist_path,
+                 "Allowed client public keys, one per line; reloaded when it changes or on SIGHUP")
+      ->capture_default_str();
+  app.add_option("--signing-key", signing_key_path, "Ed25519 model-signing secret key (flotilla-keygen --signing)")
+      ->capture_default_str();
+  app.add_flag("--insecure", insecure,
+               "DEBUGGING ONLY: no encryption and no allowlist (models are still signed)");
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   aggregator::AddRoundFlags(&app, &config);
   CLI11_PARSE(app, argc, argv);
@@ -45,6 +64,25 @@ int main(int argc, char** argv) {
   }
   SetLogLevel(level);
 
+  auto signing = privacy::ReadSigningSecretFile(signing_key_path);
+  if (!signing.ok()) {
+    std::fprintf(stderr, "flotilla-aggregator: %s\n", signing.status().ToString().c_str());
+    return 1;
+  }
+  config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing).value());
+  if (insecure) {
+    std::fprintf(stderr, "WARNING: --insecure: traffic is NOT encrypted and ANY client may join. Debugging only.\n");
+    config.socket.security = net::TransportSecurity::kNone;
+    config.allowlist_path.clear();
+  } else {
+    auto curve = privacy::ReadCurveSecretFile(curve_key_path);
+    if (!curve.ok()) {
+      std::fprintf(stderr, "flotilla-aggregator: %s\n", curve.status().ToString().c_str());
+      return 1;
+    }
+    config.socket.curve.public_key = curve->public_z85;
+    config.socket.curve.secret_key = curve->SecretZ85();
+  }
   auto runner = training::ModelRunner::Create(config.model_arch, DeriveSeed(config.seed, "init"));
   if (!runner.ok()) {
     std::fprintf(stderr, "flotilla-aggregator: %s\n", runner.status().ToString().c_str());
@@ -83,6 +121,7 @@ int main(int argc, char** argv) {
   g_aggregator = agg->get();
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  std::signal(SIGHUP, OnSignal);
   Status st = (*agg)->Run();
   g_aggregator = nullptr;
   if (!st.ok()) {

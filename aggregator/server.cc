@@ -6,6 +6,7 @@
 #include "aggregator/strategy.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "privacy/signing.h"
 #include "proto/codec.h"
 
 namespace flotilla::aggregator {
@@ -37,6 +38,10 @@ Status AggregatorConfig::Validate() const {
   if (!(learning_rate > 0) || !std::isfinite(learning_rate)) return InvalidArgument("learning rate must be positive");
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
   if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
+  if (!signing_key) return InvalidArgument("a model-signing key is required (create one with flotilla-keygen --signing)");
+  if (socket.security == net::TransportSecurity::kCurve && allowlist_path.empty() && allowed_clients.empty()) {
+    return InvalidArgument("CURVE is on but no client is allowed: pass an allowlist file");
+  }
   return Status::Ok();
 }
 
@@ -45,10 +50,26 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
   RETURN_IF_ERROR(config.Validate());
   RETURN_IF_ERROR(initial.Validate().WithContext("initial model"));
   ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(config.store_path));
+  std::unique_ptr<net::ZapHandler> zap;
+  if (config.socket.security == net::TransportSecurity::kCurve) {
+    std::set<std::string> allowed = config.allowed_clients;
+    if (!config.allowlist_path.empty()) {
+      ASSIGN_OR_RETURN(std::set<std::string> from_file, net::ReadAllowlist(config.allowlist_path));
+      allowed.insert(from_file.begin(), from_file.end());
+    }
+    // The handler must run before the socket binds (see net/zap.h).
+    ASSIGN_OR_RETURN(zap, net::ZapHandler::Start(context, config.socket.zap_domain, std::move(allowed)));
+  } else {
+    LOG_WARN("aggregator", "INSECURE MODE: no encryption and no client allowlist. Use only for local debugging.");
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<net::ServerSocket> socket,
                    net::ServerSocket::Bind(context, config.endpoint, config.socket));
-  std::unique_ptr<Aggregator> agg(new Aggregator(config, std::move(store), std::move(socket),
+  std::unique_ptr<Aggregator> agg(new Aggregator(config, std::move(store), std::move(zap), std::move(socket),
                                                  std::move(initial), std::move(eval), std::move(on_round)));
+  if (!config.allowlist_path.empty()) {
+    std::error_code ec;
+    agg->allowlist_mtime_ = std::filesystem::last_write_time(config.allowlist_path, ec);
+  }
   ASSIGN_OR_RETURN(std::optional<uint64_t> latest, agg->store_->LatestModelVersion());
   if (latest) {
     // Continue from the stored model. Rounds left running by a crash are
@@ -59,8 +80,14 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
                                 "' model, not '" + config.model_arch + "'; use another --store");
     }
     ASSIGN_OR_RETURN(Weights stored, proto::WeightsFromProto(record.weights(), agg->global_.layout));
+    const privacy::Digest digest = privacy::ModelDigest(stored);
+    RETURN_IF_ERROR(privacy::VerifyModel(config.signing_key->public_key, *latest, record.round(), digest,
+                                         record.signature())
+                        .WithContext("stored model (was the store written with another signing key?)"));
     agg->global_ = std::move(stored);
     agg->model_version_ = *latest;
+    agg->model_round_ = record.round();
+    agg->model_signature_ = record.signature();
     ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, agg->store_->ListRounds());
     for (const auto& r : rounds) {
       agg->round_ = std::max(agg->round_, r.round());
@@ -75,22 +102,56 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     record.set_arch(config.model_arch);
     proto::WeightsToProto(agg->global_, record.mutable_weights());
     record.set_created_unix_ms(NowUnixMs());
-    RETURN_IF_ERROR(agg->store_->PutModel(record));
+    RETURN_IF_ERROR(agg->SignAndStore(&record, agg->global_));
     agg->model_version_ = 1;
   }
   return agg;
 }
 
 Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store,
-                       std::unique_ptr<net::ServerSocket> socket, Weights initial, EvalFn eval, RoundFn on_round)
+                       std::unique_ptr<net::ZapHandler> zap, std::unique_ptr<net::ServerSocket> socket,
+                       Weights initial, EvalFn eval, RoundFn on_round)
     : config_(config),
       store_(std::move(store)),
+      zap_(std::move(zap)),
       socket_(std::move(socket)),
       global_(std::move(initial)),
       eval_(std::move(eval)),
       on_round_(std::move(on_round)) {}
 
-Aggregator::~Aggregator() = default;
+Aggregator::~Aggregator() {
+  socket_.reset();  // close the socket before its authenticator
+  zap_.reset();
+}
+
+Status Aggregator::SignAndStore(records::ModelRecord* record, const Weights& weights) {
+  ASSIGN_OR_RETURN(std::string signature, privacy::SignModel(*config_.signing_key, record->version(), record->round(),
+                                                             privacy::ModelDigest(weights)));
+  record->set_signature(signature);
+  model_round_ = record->round();
+  model_signature_ = std::move(signature);
+  return store_->PutModel(*record);
+}
+
+void Aggregator::MaybeReloadAllowlist() {
+  if (!zap_ || config_.allowlist_path.empty()) return;
+  const auto now = Clock::now();
+  bool reload = reload_.exchange(false);
+  if (!reload && now - last_allowlist_check_ < std::chrono::seconds(1)) return;
+  last_allowlist_check_ = now;
+  std::error_code ec;
+  const auto mtime = std::filesystem::last_write_time(config_.allowlist_path, ec);
+  if (!reload && !ec && allowlist_mtime_ && mtime == *allowlist_mtime_) return;
+  if (!ec) allowlist_mtime_ = mtime;
+  StatusOr<std::set<std::string>> allowed = net::ReadAllowlist(config_.allowlist_path);
+  if (!allowed.ok()) {
+    LOG_ERROR("aggregator", "allowlist not reloaded, keeping the previous one: " << allowed.status().message());
+    return;
+  }
+  allowed->insert(config_.allowed_clients.begin(), config_.allowed_clients.end());
+  LOG_INFO("aggregator", "allowlist reloaded: " << allowed->size() << " client keys");
+  zap_->SetAllowed(std::move(allowed).value());
+}
 
 const std::string& Aggregator::endpoint() const { return socket_->endpoint(); }
 
@@ -105,6 +166,7 @@ Status Aggregator::Run() {
     RETURN_IF_ERROR(MaybeStartRound());
     RETURN_IF_ERROR(MaybeFinishRound());
     AnswerParked(/*keepalive_only=*/true);
+    MaybeReloadAllowlist();
     if (federation_done()) {
       const auto now = Clock::now();
       if (!finished_at_) {
@@ -136,9 +198,21 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
   // Identity: the transport-authenticated key when there is one, else the
   // client that said Hello from this routing id.
   std::string client_id;
-  if (!in.user_id.empty()) {
+  if (zap_) {
+    // A key removed from the allowlist loses access at once, not only on
+    // its next connection.
+    if (!zap_->IsAllowed(in.user_id)) {
+      ++rejected_messages_;
+      ReplyError(in.peer, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
+      return Status::Ok();
+    }
     client_id = in.user_id;
-    if (!clients_.count(client_id)) client_id.clear();
+    auto it = clients_.find(client_id);
+    if (it == clients_.end()) {
+      client_id.clear();
+    } else {
+      it->second.peer = in.peer;  // replies go to the connection the key spoke on
+    }
   } else {
     for (const auto& [id, state] : clients_) {
       if (state.peer == in.peer) {
@@ -167,7 +241,12 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
 
 void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env) {
   const wire::Hello& hello = env.hello();
-  std::string client_id = !in.user_id.empty() ? in.user_id : hello.client_name();
+  if (zap_ && !zap_->IsAllowed(in.user_id)) {
+    ++rejected_messages_;
+    ReplyError(in.peer, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
+    return;
+  }
+  std::string client_id = zap_ ? in.user_id : hello.client_name();
   if (client_id.empty()) {
     ReplyError(in.peer, env.request_id(), wire::ERROR_MALFORMED, "hello without a client name");
     return;
@@ -233,6 +312,8 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   tc->set_weight_decay(config_.weight_decay);
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, HashString(client_id)));
   task->set_deadline_seconds(std::chrono::duration<double>(round_deadline_ - Clock::now()).count());
+  task->set_model_signature(model_signature_);
+  task->set_model_round(model_round_);
   Reply(state.peer, request_id, std::move(env));
 }
 
@@ -408,6 +489,9 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   proto::WeightsToProto(next, model.mutable_weights());
   model.set_created_unix_ms(NowUnixMs());
   (*model.mutable_metrics())["train_loss"] = summary.mean_train_loss;
+  ASSIGN_OR_RETURN(std::string signature,
+                   privacy::SignModel(*config_.signing_key, model.version(), round_, privacy::ModelDigest(next)));
+  model.set_signature(signature);
   if (eval_) {
     StatusOr<EvalMetrics> metrics = eval_(next);
     if (metrics.ok()) {
@@ -431,6 +515,8 @@ Status Aggregator::FinishRound(bool deadline_passed) {
 
   global_ = std::move(next);
   ++model_version_;
+  model_round_ = round_;
+  model_signature_ = std::move(signature);
   ++rounds_done_;
   summary.completed = true;
   summary.model_version = model_version_;

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -26,6 +27,8 @@
 #include "core/status.h"
 #include "core/weights.h"
 #include "net/transport.h"
+#include "net/zap.h"
+#include "privacy/keys.h"
 #include "proto/flotilla.pb.h"
 
 namespace flotilla::aggregator {
@@ -53,7 +56,14 @@ struct AggregatorConfig {
   // After the last round, keep answering Finished this long so clients learn
   // the federation is over.
   double finish_grace_seconds = 3.0;
+  // Transport: CURVE keys (socket.curve) and security mode. With CURVE on
+  // (the default) the allowlist comes from allowlist_path, reloaded when the
+  // file changes or on RequestReload(), or else from allowed_clients.
   net::SocketOptions socket;
+  std::string allowlist_path;
+  std::set<std::string> allowed_clients;
+  // Every model version is signed with this key (required).
+  std::shared_ptr<const privacy::SigningKeyPair> signing_key;
 
   // InvalidArgument naming the first bad field.
   Status Validate() const;
@@ -97,6 +107,10 @@ class Aggregator {
   // peer input is never fatal.
   Status Run();
   void RequestStop() { stop_.store(true); }
+  // Re-reads the allowlist file on the next loop iteration (SIGHUP).
+  void RequestReload() { reload_.store(true); }
+  // Number of keys currently allowed (0 without CURVE).
+  size_t allowed_count() const { return zap_ ? zap_->allowed_count() : 0; }
 
   const Weights& global_model() const { return global_; }
   uint64_t model_version() const { return model_version_; }
@@ -114,8 +128,10 @@ class Aggregator {
   };
   using Clock = std::chrono::steady_clock;
 
-  Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store,
+  Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store, std::unique_ptr<net::ZapHandler> zap,
              std::unique_ptr<net::ServerSocket> socket, Weights initial, EvalFn eval, RoundFn on_round);
+  Status SignAndStore(records::ModelRecord* record, const Weights& weights);
+  void MaybeReloadAllowlist();
 
   Status HandleMessage(const net::Incoming& in);
   void HandleHello(const net::Incoming& in, const wire::Envelope& env);
@@ -133,9 +149,15 @@ class Aggregator {
 
   AggregatorConfig config_;
   std::unique_ptr<Store> store_;
+  std::unique_ptr<net::ZapHandler> zap_;  // started before the socket binds
   std::unique_ptr<net::ServerSocket> socket_;
   Weights global_;
   uint64_t model_version_ = 0;
+  uint32_t model_round_ = 0;     // the round that produced model_version_
+  std::string model_signature_;  // of model_version_
+  std::atomic<bool> reload_{false};
+  std::optional<std::filesystem::file_time_type> allowlist_mtime_;
+  Clock::time_point last_allowlist_check_{};
   EvalFn eval_;
   RoundFn on_round_;
   std::atomic<bool> stop_{false};

@@ -2,6 +2,8 @@
 // load the global weights, train, delta = local - global.
 #pragma once
 
+#include <vector>
+
 #include "core/status.h"
 #include "proto/flotilla.pb.h"
 #include "training/dataset.h"
@@ -9,9 +11,13 @@
 
 namespace flotilla::client {
 
-// Fails (without touching the network) when the task's architecture or
-// weights do not fit `runner`, or training fails.
+// Verifies the task's model signature with `model_public_key` (the
+// aggregator's Ed25519 key) before loading anything: a tampered or unsigned
+// model gives PermissionDenied and leaves `runner` holding the model it had.
+// Also fails when the task's architecture or weights do not fit `runner`,
+// or training fails.
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
-                                    const wire::TrainTask& task);
+                                    const wire::TrainTask& task,
+                                    const std::vector<unsigned char>& model_public_key);
 
 }  // namespace flotilla::client

@@ -7,6 +7,7 @@
 #include "client/runner.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "privacy/keys.h"
 #include "training/partition.h"
 
 namespace {
@@ -23,6 +24,9 @@ int main(int argc, char** argv) {
   uint64_t seed = 1;
   int64_t train_limit = 0;
   std::string log_level = "info";
+  std::string curve_key_path, server_key_path = "keys/aggregator.curve.pub",
+                              model_key_path = "keys/aggregator.sign.pub";
+  bool insecure = false;
   CLI::App app{"Flotilla client: connects to an aggregator and trains on its local share of Fashion-MNIST. "
                "The share is partition INDEX of CLIENTS made with --partition and --seed, the same split "
                "flotilla-sim makes."};
@@ -35,6 +39,11 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "Partition seed (use the aggregator's --seed)")->capture_default_str();
   app.add_option("--train-limit", train_limit, "Use only the first N training examples (0 = all)")
       ->capture_default_str();
+  app.add_option("--curve-key", curve_key_path, "This client's CURVE secret key file (default keys/NAME.curve.key)");
+  app.add_option("--server-key", server_key_path, "The aggregator's CURVE public key file")->capture_default_str();
+  app.add_option("--model-key", model_key_path, "The aggregator's model-signing public key file")
+      ->capture_default_str();
+  app.add_flag("--insecure", insecure, "DEBUGGING ONLY: connect without encryption");
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   LogLevel level;
@@ -46,6 +55,27 @@ int main(int argc, char** argv) {
   if (index < 0 || index >= clients) {
     std::fprintf(stderr, "error: --index must be in [0, --clients)\n");
     return 2;
+  }
+  auto model_key = privacy::ReadSigningPublicFile(model_key_path);
+  if (!model_key.ok()) {
+    std::fprintf(stderr, "flotilla-client: %s\n", model_key.status().ToString().c_str());
+    return 1;
+  }
+  if (insecure) {
+    std::fprintf(stderr, "WARNING: --insecure: traffic is NOT encrypted. Debugging only.\n");
+    config.socket.security = net::TransportSecurity::kNone;
+  } else {
+    if (curve_key_path.empty()) curve_key_path = "keys/" + config.name + ".curve.key";
+    auto own = privacy::ReadCurveSecretFile(curve_key_path);
+    auto server = privacy::ReadCurvePublicFile(server_key_path);
+    if (!own.ok() || !server.ok()) {
+      std::fprintf(stderr, "flotilla-client: %s\n",
+                   (!own.ok() ? own.status() : server.status()).ToString().c_str());
+      return 1;
+    }
+    config.socket.curve.public_key = own->public_z85;
+    config.socket.curve.secret_key = own->SecretZ85();
+    config.socket.curve.server_public_key = *server;
   }
   auto train = training::LoadFashionMnist(data_dir, training::Split::kTrain, train_limit);
   if (!train.ok()) {
@@ -63,7 +93,7 @@ int main(int argc, char** argv) {
   config.num_examples = view.size();
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  auto stats = client::RunClient(config, view, &g_stop);
+  auto stats = client::RunClient(config, view, *model_key, &g_stop);
   if (!stats.ok()) {
     std::fprintf(stderr, "flotilla-client: %s\n", stats.status().ToString().c_str());
     return 1;

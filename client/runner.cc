@@ -8,7 +8,7 @@
 namespace flotilla::client {
 
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
-                                const std::atomic<bool>* stop) {
+                                const std::vector<unsigned char>& model_public_key, const std::atomic<bool>* stop) {
   std::unique_ptr<training::ModelRunner> runner;
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
@@ -31,7 +31,8 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
         }
         runner = std::move(made).value();
       }
-      StatusOr<wire::Update> update = RunTrainTask(runner.get(), data, *task);
+      StatusOr<wire::Update> update = RunTrainTask(runner.get(), data, *task, model_public_key);
+      if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
       if (update.ok()) {
         ++stats.rounds_trained;
         RETURN_IF_ERROR(session->SubmitUpdate(std::move(update).value()));

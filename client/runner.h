@@ -15,11 +15,13 @@ struct ClientStats {
   int rounds_trained = 0;
   int updates_acked = 0;
   int reconnects = 0;
+  int models_refused = 0;  // failed signature verification
 };
 
 // Blocks until Finished, `*stop` becomes true, or a fatal error. The model
 // is built for the architecture each task names.
+// Every model is verified with `model_public_key` before it is loaded.
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
-                                const std::atomic<bool>* stop);
+                                const std::vector<unsigned char>& model_public_key, const std::atomic<bool>* stop);
 
 }  // namespace flotilla::client

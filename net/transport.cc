@@ -2,6 +2,12 @@
 
 #include <zmq.h>
 
+// libzmq 4.3 declares this option only in its draft API, but Debian's build
+// implements it; setting it fails (and Bind fails closed) where it does not.
+#ifndef ZMQ_ZAP_ENFORCE_DOMAIN
+#define ZMQ_ZAP_ENFORCE_DOMAIN 93
+#endif
+
 #include <cerrno>
 #include <cstring>
 
@@ -34,6 +40,43 @@ Status ApplyCommon(void* socket, const SocketOptions& options) {
   RETURN_IF_ERROR(SetInt(socket, ZMQ_SNDHWM, options.send_high_water_mark, "ZMQ_SNDHWM"));
   RETURN_IF_ERROR(SetInt(socket, ZMQ_RCVHWM, options.send_high_water_mark, "ZMQ_RCVHWM"));
   RETURN_IF_ERROR(SetInt(socket, ZMQ_LINGER, options.linger_ms, "ZMQ_LINGER"));
+  return Status::Ok();
+}
+
+Status SetString(void* socket, int option, const std::string& value, const char* name) {
+  if (zmq_setsockopt(socket, option, value.data(), value.size()) != 0) {
+    return ZmqError(std::string("setting ") + name);
+  }
+  return Status::Ok();
+}
+
+Status CheckKey(const std::string& key, const char* what) {
+  if (key.size() != 40) {
+    return InvalidArgument(std::string(what) + " must be a 40-character Z85 CURVE key (see flotilla-keygen)");
+  }
+  return Status::Ok();
+}
+
+Status ApplyServerSecurity(void* socket, const SocketOptions& options) {
+  if (options.security == TransportSecurity::kNone) return Status::Ok();
+  RETURN_IF_ERROR(CheckKey(options.curve.secret_key, "server secret key"));
+  RETURN_IF_ERROR(SetInt(socket, ZMQ_CURVE_SERVER, 1, "ZMQ_CURVE_SERVER"));
+  RETURN_IF_ERROR(SetString(socket, ZMQ_CURVE_SECRETKEY, options.curve.secret_key, "ZMQ_CURVE_SECRETKEY"));
+  // Without a ZAP handler libzmq would accept every client; with the domain
+  // enforced, a missing handler refuses them instead.
+  RETURN_IF_ERROR(SetString(socket, ZMQ_ZAP_DOMAIN, options.zap_domain, "ZMQ_ZAP_DOMAIN"));
+  RETURN_IF_ERROR(SetInt(socket, ZMQ_ZAP_ENFORCE_DOMAIN, 1, "ZMQ_ZAP_ENFORCE_DOMAIN"));
+  return Status::Ok();
+}
+
+Status ApplyClientSecurity(void* socket, const SocketOptions& options) {
+  if (options.security == TransportSecurity::kNone) return Status::Ok();
+  RETURN_IF_ERROR(CheckKey(options.curve.public_key, "client public key"));
+  RETURN_IF_ERROR(CheckKey(options.curve.secret_key, "client secret key"));
+  RETURN_IF_ERROR(CheckKey(options.curve.server_public_key, "aggregator public key"));
+  RETURN_IF_ERROR(SetString(socket, ZMQ_CURVE_SERVERKEY, options.curve.server_public_key, "ZMQ_CURVE_SERVERKEY"));
+  RETURN_IF_ERROR(SetString(socket, ZMQ_CURVE_PUBLICKEY, options.curve.public_key, "ZMQ_CURVE_PUBLICKEY"));
+  RETURN_IF_ERROR(SetString(socket, ZMQ_CURVE_SECRETKEY, options.curve.secret_key, "ZMQ_CURVE_SECRETKEY"));
   return Status::Ok();
 }
 
@@ -86,6 +129,7 @@ StatusOr<std::unique_ptr<ServerSocket>> ServerSocket::Bind(Context* context, con
     return st;
   };
   if (Status st = ApplyCommon(socket, options); !st.ok()) return fail(st);
+  if (Status st = ApplyServerSecurity(socket, options); !st.ok()) return fail(st);
   // Report unroutable peers instead of dropping replies silently.
   if (Status st = SetInt(socket, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY"); !st.ok()) return fail(st);
   if (zmq_bind(socket, endpoint.c_str()) != 0) return fail(ZmqError("binding " + endpoint));
@@ -150,6 +194,7 @@ StatusOr<std::unique_ptr<ClientSocket>> ClientSocket::Connect(Context* context, 
     return st;
   };
   if (Status st = ApplyCommon(socket, options); !st.ok()) return fail(st);
+  if (Status st = ApplyClientSecurity(socket, options); !st.ok()) return fail(st);
   if (Status st = SetInt(socket, ZMQ_RECONNECT_IVL, options.reconnect_ms, "ZMQ_RECONNECT_IVL"); !st.ok()) {
     return fail(st);
   }

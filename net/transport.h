@@ -1,8 +1,11 @@
 // ZeroMQ transport: a ROUTER socket for the aggregator, DEALER sockets for
 // clients. One Envelope per message. ZeroMQ stays private to this folder.
 //
-// Security (CURVE, ZAP allowlist) slots into SocketOptions::security; see
-// docs/protocol.md. Until it lands, TransportSecurity::kNone is the only mode.
+// Security: every socket runs CURVE (encryption and server authentication)
+// unless SocketOptions::security is kNone, which exists only for local
+// debugging. The aggregator's socket enforces a ZAP domain, so a connection
+// is accepted only when a ZapHandler (net/zap.h) is running and approves
+// the client's key; with no handler, every connection is refused.
 //
 // Thread-safety: a Context may be shared; each socket must be used by one
 // thread at a time (ZeroMQ sockets are not thread-safe).
@@ -19,7 +22,17 @@
 
 namespace flotilla::net {
 
-enum class TransportSecurity { kNone };
+enum class TransportSecurity {
+  kCurve,  // the default: encrypted, server and client authenticated
+  kNone,   // plaintext, no authentication: local debugging only
+};
+
+// CURVE keys are Z85 strings (40 characters).
+struct CurveKeys {
+  std::string public_key;
+  std::string secret_key;
+  std::string server_public_key;  // client sockets: the aggregator's key
+};
 
 struct SocketOptions {
   // Larger inbound messages make ZeroMQ drop the connection (ZMQ_MAXMSGSIZE).
@@ -31,7 +44,10 @@ struct SocketOptions {
   // Client reconnect backoff (ZMQ_RECONNECT_IVL / ZMQ_RECONNECT_IVL_MAX).
   int reconnect_ms = 100;
   int reconnect_max_ms = 5000;
-  TransportSecurity security = TransportSecurity::kNone;
+  TransportSecurity security = TransportSecurity::kCurve;
+  CurveKeys curve;
+  // The ZAP domain the aggregator's socket enforces.
+  std::string zap_domain = "flotilla";
 };
 
 // Owns a ZeroMQ context (I/O threads). Sockets must be closed before it.

@@ -43,10 +43,12 @@ struct PrivacySpent {
 //
 // Special cases (as in TF Privacy): q == 0 or steps == 0 gives 0 at every
 // order; q == 1 gives steps * a / (2 sigma^2); sigma == 0 (with q > 0 and
-// steps > 0) gives +inf.
+// steps > 0) gives +inf, as does a sigma so small (below ~1e-150) that the
+// series would overflow. Values below ~1e-12 carry absolute rounding error of
+// order 1e-16 from the log-space summation, which is immaterial for epsilon.
 //
 // Fails with InvalidArgument unless q is in [0, 1], noise_multiplier >= 0,
-// steps >= 0, all values are finite and every order is finite and > 1.
+// steps >= 0, all values are finite and every order is in (1, 1e4].
 // Fails with Internal if the fractional-order series does not converge
 // (not observed for valid inputs).
 StatusOr<std::vector<double>> ComputeRdp(
@@ -61,8 +63,8 @@ StatusOr<std::vector<double>> ComputeRdp(
 // +inf), the result has epsilon = +inf and the first usable order.
 //
 // Fails with InvalidArgument unless delta is in (0, 1), orders and rdp have
-// the same non-zero length, every order is finite and > 1, and every rdp value
-// is >= 0 (+inf allowed), and at least one order is > 1.01.
+// the same non-zero length, every order is in (1, 1e4], at least one order is
+// > 1.01, and every rdp value is >= 0 (+inf allowed).
 StatusOr<PrivacySpent> GetPrivacySpent(const std::vector<double>& orders,
                                        const std::vector<double>& rdp,
                                        double delta);
@@ -71,7 +73,8 @@ StatusOr<PrivacySpent> GetPrivacySpent(const std::vector<double>& orders,
 // 1e-6) for which `steps` steps of the subsampled Gaussian mechanism with
 // sampling rate q are (target_epsilon, delta)-DP according to ComputeRdp and
 // GetPrivacySpent over `orders`. The returned sigma always satisfies the
-// target (its epsilon is <= target_epsilon); sigma * (1 - 1e-6) does not.
+// target (its epsilon is <= target_epsilon); since epsilon does not increase
+// with sigma, sigma * (1 - 1e-6) does not meet it.
 // Returns 0 when no noise is needed (q == 0 or steps == 0).
 //
 // Fails with InvalidArgument on the same input checks as ComputeRdp and
@@ -92,7 +95,7 @@ class RdpAccountant {
   RdpAccountant();
 
   // Uses the given orders. Fails with InvalidArgument if `orders` is empty or
-  // holds an order that is not finite and > 1.
+  // holds an order outside (1, 1e4].
   static StatusOr<RdpAccountant> Create(std::vector<double> orders);
 
   // Adds `steps` steps of the Gaussian mechanism with `noise_multiplier` on a

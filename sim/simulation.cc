@@ -16,6 +16,7 @@
 #include "client/session.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "privacy/keys.h"
 #include "training/dataset.h"
 #include "training/model.h"
 #include "training/partition.h"
@@ -37,8 +38,9 @@ struct JobResult {
 // Trainer threads, each with its own model, fed through a queue.
 class TrainerPool {
  public:
-  TrainerPool(int workers, const std::string& arch, const std::vector<training::DataView>* views)
-      : views_(views) {
+  TrainerPool(int workers, const std::string& arch, const std::vector<training::DataView>* views,
+              std::vector<unsigned char> model_key)
+      : views_(views), model_key_(std::move(model_key)) {
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this, arch] { Work(arch); });
   }
   ~TrainerPool() {
@@ -76,7 +78,7 @@ class TrainerPool {
         job = std::move(jobs_.front());
         jobs_.pop_front();
       }
-      JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client], job.task)
+      JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client], job.task, model_key_)
                                                : StatusOr<wire::Update>(runner.status())};
       std::lock_guard<std::mutex> lock(mu_);
       results_.push_back(std::move(result));
@@ -84,6 +86,7 @@ class TrainerPool {
   }
 
   const std::vector<training::DataView>* views_;
+  const std::vector<unsigned char> model_key_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;
@@ -224,6 +227,26 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   std::filesystem::remove_all(agg_config.store_path, ec);  // a simulation always starts fresh
   agg_config.min_clients = config.clients;
 
+  // Keys: a signing pair for the aggregator, CURVE pairs for everyone.
+  ASSIGN_OR_RETURN(privacy::SigningKeyPair signing, privacy::GenerateSigningKeyPair());
+  const std::vector<unsigned char> model_key = signing.public_key;
+  agg_config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing));
+  std::vector<privacy::CurveKeyPair> client_keys;
+  if (config.insecure) {
+    LOG_WARN("sim", "INSECURE MODE: simulated traffic is not encrypted and no allowlist is enforced");
+    agg_config.socket.security = net::TransportSecurity::kNone;
+  } else {
+    ASSIGN_OR_RETURN(privacy::CurveKeyPair server_keys, privacy::GenerateCurveKeyPair());
+    agg_config.socket.security = net::TransportSecurity::kCurve;
+    agg_config.socket.curve.public_key = server_keys.public_z85;
+    agg_config.socket.curve.secret_key = server_keys.SecretZ85();
+    for (int i = 0; i < config.clients; ++i) {
+      ASSIGN_OR_RETURN(privacy::CurveKeyPair k, privacy::GenerateCurveKeyPair());
+      agg_config.allowed_clients.insert(k.public_z85);
+      client_keys.push_back(std::move(k));
+    }
+  }
+
   // The aggregator's evaluation model runs on its own thread with all cores
   // (trainers are idle while a round is merged and evaluated).
   ASSIGN_OR_RETURN(std::unique_ptr<training::ModelRunner> eval_runner,
@@ -271,13 +294,19 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     sc.name = name;
     sc.num_examples = views[i].size();
     sc.request_timeout = std::chrono::seconds(120);
+    sc.socket.security = agg_config.socket.security;
+    if (!config.insecure) {
+      sc.socket.curve.public_key = client_keys[i].public_z85;
+      sc.socket.curve.secret_key = client_keys[i].SecretZ85();
+      sc.socket.curve.server_public_key = agg_config.socket.curve.public_key;
+    }
     StatusOr<std::unique_ptr<client::Session>> s = client::Session::Create(&context, sc);
     if (s.ok()) sessions.push_back(std::move(s).value());
     else client_status = s.status();
   }
   {
     const int workers = std::min(config.workers > 0 ? config.workers : cores, config.clients);
-    TrainerPool pool(workers, agg_config.model_arch, &views);
+    TrainerPool pool(workers, agg_config.model_arch, &views, model_key);
     std::vector<net::ClientSocket*> sockets;
     size_t done = 0;
     while (client_status.ok() && done < sessions.size()) {

@@ -24,6 +24,10 @@ struct SimConfig {
   int workers = 0;          // trainer threads; 0 = number of cores
   std::string out_dir = "flotilla-run";  // store/, metrics.csv, summary.json
   bool quiet = false;       // no per-round lines on stdout
+  // DEBUGGING ONLY: no CURVE, no allowlist. By default every client gets its
+  // own CURVE key pair, the aggregator an allowlist of exactly those keys,
+  // and every model is signed and verified.
+  bool insecure = false;
   // Central baseline instead of a federation: train one model on the union
   // of the clients' data for this many epochs (0 = federated run).
   int central_epochs = 0;

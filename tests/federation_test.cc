@@ -14,6 +14,7 @@
 #include "sim/simulation.h"
 #include "training/dataset.h"
 #include "training/model.h"
+#include "tests/test_keys.h"
 
 using namespace flotilla;
 
@@ -105,6 +106,8 @@ TEST_CASE("A wrong-shaped update gets an error reply and the round completes wit
   config.min_updates = 2;
   config.round_deadline_seconds = 4.0;
   config.finish_grace_seconds = 1.0;
+  testing::TestKeys keys(3);
+  keys.Apply(&config);
   auto runner = training::ModelRunner::Create("logreg", 1);
   REQUIRE(runner.ok());
   net::Context context;
@@ -120,16 +123,17 @@ TEST_CASE("A wrong-shaped update gets an error reply and the round completes wit
       sc.endpoint = (*agg)->endpoint();
       sc.name = "honest-" + std::to_string(i);
       sc.num_examples = 100;
+      sc.socket = keys.ClientSocket(i);
       training::DataView view{data, {}};
       for (int k = 0; k < 100; ++k) view.indices.push_back(i * 100 + k);
-      auto stats = client::RunClient(sc, view, nullptr);
+      auto stats = client::RunClient(sc, view, keys.signing->public_key, nullptr);
       REQUIRE(stats.ok());
       CHECK(stats->updates_acked == 1);
     });
   }
 
   // The hostile client: follows the protocol, then sends a delta of the wrong shape.
-  auto socket = net::ClientSocket::Connect(&context, (*agg)->endpoint(), net::SocketOptions());
+  auto socket = net::ClientSocket::Connect(&context, (*agg)->endpoint(), keys.ClientSocket(2));
   REQUIRE(socket.ok());
   wire::Envelope hello;
   hello.mutable_hello()->set_client_name("mallory");
@@ -145,7 +149,11 @@ TEST_CASE("A wrong-shaped update gets an error reply and the round completes wit
   update.mutable_update()->set_round(task.train_task().round());
   update.mutable_update()->set_model_version(task.train_task().model_version());
   update.mutable_update()->set_num_examples(100);
-  auto wrong = std::make_shared<const Layout>(*Layout::Create({{"fc.weight", {10, 783}}, {"fc.bias", {10}}}));
+  // The model's own layout with the first tensor's shape changed.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> specs;
+  for (const auto& t : (*runner)->layout()->tensors()) specs.emplace_back(t.name, t.shape);
+  specs[0].second[0] += 1;
+  auto wrong = std::make_shared<const Layout>(*Layout::Create(specs));
   proto::WeightsToProto(Weights::Zeros(wrong), update.mutable_update()->mutable_delta());
   SendEnvelope(socket->get(), update);
   wire::Envelope reply = ReadReply(socket->get());

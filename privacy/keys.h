@@ -1,0 +1,80 @@
+// Key material: CURVE (X25519) key pairs for transport encryption and
+// Ed25519 key pairs for model signatures, their generation with libsodium,
+// and their files. Secret bytes live in SecretBytes, which wipes them
+// (sodium_memzero) when destroyed.
+//
+// Files are text, one "name = value" per line, '#' comments:
+//   NAME.curve.pub   public = <Z85>                       (mode 0644)
+//   NAME.curve.key   public = <Z85>, secret = <Z85>       (mode 0600)
+//   NAME.sign.pub    public = <hex>                       (mode 0644)
+//   NAME.sign.key    public = <hex>, secret = <hex>       (mode 0600)
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace flotilla::privacy {
+
+// Initializes libsodium once; Internal if it cannot.
+Status EnsureSodium();
+
+// A heap buffer that is zeroed on destruction and on move-from.
+class SecretBytes {
+ public:
+  SecretBytes() = default;
+  explicit SecretBytes(size_t size);
+  ~SecretBytes();
+  SecretBytes(SecretBytes&& other) noexcept;
+  SecretBytes& operator=(SecretBytes&& other) noexcept;
+  SecretBytes(const SecretBytes&) = delete;
+  SecretBytes& operator=(const SecretBytes&) = delete;
+
+  unsigned char* data() { return bytes_.data(); }
+  const unsigned char* data() const { return bytes_.data(); }
+  size_t size() const { return bytes_.size(); }
+  void Wipe();
+
+ private:
+  std::vector<unsigned char> bytes_;
+};
+
+struct CurveKeyPair {
+  std::string public_z85;  // 40 characters
+  SecretBytes secret;      // 32 bytes
+  std::string SecretZ85() const;
+};
+
+struct SigningKeyPair {
+  std::vector<unsigned char> public_key;  // 32 bytes
+  SecretBytes secret;                     // 64 bytes (libsodium's seed || public)
+};
+
+StatusOr<CurveKeyPair> GenerateCurveKeyPair();
+StatusOr<SigningKeyPair> GenerateSigningKeyPair();
+
+// Writes DIR/NAME.curve.pub and DIR/NAME.curve.key (0600, created with that
+// mode so the secret is never world-readable). Refuses to overwrite unless
+// `overwrite`.
+Status WriteCurveKeyFiles(const std::string& dir, const std::string& name, const CurveKeyPair& pair,
+                          bool overwrite);
+Status WriteSigningKeyFiles(const std::string& dir, const std::string& name, const SigningKeyPair& pair,
+                            bool overwrite);
+
+// Reads a secret key file (*.curve.key); warns in the error if the file is
+// readable by group or others.
+StatusOr<CurveKeyPair> ReadCurveSecretFile(const std::string& path);
+// Reads the public key from a *.curve.pub or *.curve.key file.
+StatusOr<std::string> ReadCurvePublicFile(const std::string& path);
+StatusOr<SigningKeyPair> ReadSigningSecretFile(const std::string& path);
+StatusOr<std::vector<unsigned char>> ReadSigningPublicFile(const std::string& path);
+
+// Validates a Z85 CURVE public key (40 characters, decodes to 32 bytes).
+Status CheckCurvePublicKey(const std::string& z85);
+
+std::string HexEncode(const unsigned char* data, size_t size);
+StatusOr<std::vector<unsigned char>> HexDecode(const std::string& hex);
+
+}  // namespace flotilla::privacy
