@@ -110,6 +110,27 @@ StatusOr<CurveKeyPair> GenerateCurveKeyPair() {
   return pair;
 }
 
+StatusOr<CurveKeyPair> DeriveCurveKeyPairForSimulation(uint64_t seed) {
+  RETURN_IF_ERROR(EnsureSodium());
+  unsigned char input[24] = "flotilla-sim-curve-key";
+  SecretBytes key_seed(crypto_box_SEEDBYTES);
+  crypto_generichash_state state;
+  crypto_generichash_init(&state, nullptr, 0, key_seed.size());
+  crypto_generichash_update(&state, input, sizeof(input));
+  unsigned char le[8];
+  for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(seed >> (8 * i));
+  crypto_generichash_update(&state, le, sizeof(le));
+  crypto_generichash_final(&state, key_seed.data(), key_seed.size());
+  CurveKeyPair pair;
+  pair.secret = SecretBytes(crypto_box_SECRETKEYBYTES);
+  std::vector<unsigned char> pub(crypto_box_PUBLICKEYBYTES);
+  if (crypto_box_seed_keypair(pub.data(), pair.secret.data(), key_seed.data()) != 0) {
+    return Internal("crypto_box_seed_keypair failed");
+  }
+  pair.public_z85 = Z85Encode(pub);
+  return pair;
+}
+
 StatusOr<SigningKeyPair> GenerateSigningKeyPair() {
   RETURN_IF_ERROR(EnsureSodium());
   SigningKeyPair pair;

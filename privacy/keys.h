@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,10 @@ struct SigningKeyPair {
 };
 
 StatusOr<CurveKeyPair> GenerateCurveKeyPair();
+// A key pair derived from `seed` (crypto_box_seed_keypair over BLAKE2b of
+// the seed). Only for the simulator and tests, where reproducible runs need
+// reproducible client identities; never for a real device.
+StatusOr<CurveKeyPair> DeriveCurveKeyPairForSimulation(uint64_t seed);
 StatusOr<SigningKeyPair> GenerateSigningKeyPair();
 
 // Writes DIR/NAME.curve.pub and DIR/NAME.curve.key (0600, created with that

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 exec build/sim/flotilla-sim \
-  --arch 2nn --clients 10 --partition iid --rounds 10 --fraction 1.0 \
-  --epochs 1 --batch 32 --lr 0.05 --momentum 0.5 --seed 1 --out runs/demo "$@"
+  --arch 2nn --clients 10 --partition iid --rounds 30 --fraction 1.0 \
+  --epochs 2 --batch 32 --lr 0.02 --momentum 0.9 --seed 1 --out runs/demo "$@"

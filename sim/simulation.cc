@@ -241,7 +241,10 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     agg_config.socket.curve.public_key = server_keys.public_z85;
     agg_config.socket.curve.secret_key = server_keys.SecretZ85();
     for (int i = 0; i < config.clients; ++i) {
-      ASSIGN_OR_RETURN(privacy::CurveKeyPair k, privacy::GenerateCurveKeyPair());
+      // Client identities (and so sampling and merge order) must be
+      // reproducible from the run's seed.
+      ASSIGN_OR_RETURN(privacy::CurveKeyPair k, privacy::DeriveCurveKeyPairForSimulation(
+                                                    DeriveSeed(agg_config.seed, "client-key", static_cast<uint64_t>(i))));
       agg_config.allowed_clients.insert(k.public_z85);
       client_keys.push_back(std::move(k));
     }

@@ -457,7 +457,7 @@ TEST_CASE("SetWeights rejects bad weights and leaves the module unchanged", "[tr
   CHECK(runner->GetWeights().data == original.data);
 }
 
-TEST_CASE("Initialization is deterministic in the seed, also across threads", "[training][model]") {
+TEST_CASE("Initialization is deterministic in the seed even across threads", "[training][model]") {
   for (const std::string arch : {"2nn", "cnn"}) {
     std::vector<float> a, b;
     std::thread ta([&] { a = ModelRunner::Create(arch, 77).value()->GetWeights().data; });
