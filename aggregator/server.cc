@@ -182,7 +182,14 @@ Status Aggregator::Run() {
   return Status::Ok();
 }
 
+std::vector<std::string> Aggregator::client_ids() const {
+  std::vector<std::string> ids;
+  for (const auto& kv : clients_) ids.push_back(kv.first);
+  return ids;
+}
+
 Status Aggregator::HandleMessage(const net::Incoming& in) {
+  ++messages_handled_;
   StatusOr<wire::Envelope> parsed = proto::ParseEnvelope(in.payload.data(), in.payload.size());
   if (!parsed.ok()) {
     ++rejected_messages_;
@@ -264,8 +271,9 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
   record.set_last_seen_unix_ms(NowUnixMs());
   if (Status st = store_->PutClient(record); !st.ok()) LOG_WARN("aggregator", st.ToString());
   if (is_new) {
-    LOG_INFO("aggregator", "client '" << client_id << "' joined (" << clients_.size() << "/"
-                                      << config_.min_clients << ")");
+    LOG_INFO("aggregator", "client '" << hello.client_name() << "'"
+                                      << (zap_ ? " (key " + client_id + ")" : std::string())
+                                      << " joined (" << clients_.size() << "/" << config_.min_clients << ")");
   }
   wire::Envelope reply;
   reply.mutable_welcome()->set_federation(config_.federation);

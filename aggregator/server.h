@@ -112,7 +112,15 @@ class Aggregator {
   // Number of keys currently allowed (0 without CURVE).
   size_t allowed_count() const { return zap_ ? zap_->allowed_count() : 0; }
 
+  // Processes one message as if it had arrived on the socket (replies are
+  // sent to in.peer). Run() calls it; fuzzers and tests may call it instead
+  // of Run(), never concurrently with it.
+  Status Handle(const net::Incoming& in) { return HandleMessage(in); }
+
+  // Read these after Run() returns (or from the thread that calls Handle).
   const Weights& global_model() const { return global_; }
+  std::vector<std::string> client_ids() const;
+  uint64_t messages_handled() const { return messages_handled_; }
   uint64_t model_version() const { return model_version_; }
   const std::vector<RoundSummary>& history() const { return history_; }
   uint64_t rejected_messages() const { return rejected_messages_; }
@@ -173,6 +181,7 @@ class Aggregator {
   std::optional<Clock::time_point> finished_at_;
   std::vector<RoundSummary> history_;
   uint64_t rejected_messages_ = 0;
+  uint64_t messages_handled_ = 0;
 };
 
 }  // namespace flotilla::aggregator

@@ -31,9 +31,16 @@ Status SetInt(void* socket, int option, int value, const char* name) {
   return Status::Ok();
 }
 
+// libzmq applies ZMQ_MAXMSGSIZE to the frame on the wire, which under CURVE
+// carries a MESSAGE command around the payload: "\x07MESSAGE" (8 bytes),
+// an 8-byte nonce, a 16-byte MAC and a flags byte.
+constexpr int64_t kCurveMessageOverhead = 8 + 8 + 16 + 1;
+
 Status ApplyCommon(void* socket, const SocketOptions& options) {
   if (options.max_message_bytes <= 0) return InvalidArgument("max_message_bytes must be positive");
-  const int64_t max_size = options.max_message_bytes;
+  // The limit is on the payload the application sees, whatever the mechanism.
+  const int64_t max_size =
+      options.max_message_bytes + (options.security == TransportSecurity::kCurve ? kCurveMessageOverhead : 0);
   if (zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max_size, sizeof(max_size)) != 0) {
     return ZmqError("setting ZMQ_MAXMSGSIZE");
   }
@@ -195,6 +202,11 @@ StatusOr<std::unique_ptr<ClientSocket>> ClientSocket::Connect(Context* context, 
   };
   if (Status st = ApplyCommon(socket, options); !st.ok()) return fail(st);
   if (Status st = ApplyClientSecurity(socket, options); !st.ok()) return fail(st);
+  if (!options.routing_id.empty()) {
+    if (Status st = SetString(socket, ZMQ_ROUTING_ID, options.routing_id, "ZMQ_ROUTING_ID"); !st.ok()) {
+      return fail(st);
+    }
+  }
   if (Status st = SetInt(socket, ZMQ_RECONNECT_IVL, options.reconnect_ms, "ZMQ_RECONNECT_IVL"); !st.ok()) {
     return fail(st);
   }

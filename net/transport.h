@@ -46,6 +46,9 @@ struct SocketOptions {
   int reconnect_max_ms = 5000;
   TransportSecurity security = TransportSecurity::kCurve;
   CurveKeys curve;
+  // Client sockets: an explicit ROUTER routing id (ZMQ_ROUTING_ID); empty
+  // lets the aggregator assign one. Identity never comes from it.
+  std::string routing_id;
   // The ZAP domain the aggregator's socket enforces.
   std::string zap_domain = "flotilla";
 };

@@ -3,6 +3,7 @@
 #include <zmq.h>
 
 #include <fstream>
+#include <sstream>
 #include <vector>
 
 #include "core/log.h"
@@ -46,22 +47,24 @@ StatusOr<std::set<std::string>> ReadAllowlist(const std::string& path) {
   int line_no = 0;
   while (std::getline(in, line)) {
     ++line_no;
-    const auto hash = line.find('#');
-    if (hash != std::string::npos) line.resize(hash);
-    const auto start = line.find_first_not_of(" \t\r");
-    if (start == std::string::npos) continue;
-    const auto end = line.find_first_of(" \t\r", start);
-    std::string key = line.substr(start, end == std::string::npos ? std::string::npos : end - start);
-    if (key.rfind("public", 0) == 0 && line.find('=') != std::string::npos) {
-      // Accept a pasted "public = KEY" line from a .curve.pub file.
-      const auto eq = line.find('=');
-      const auto k = line.find_first_not_of(" \t", eq + 1);
-      key = k == std::string::npos ? "" : line.substr(k, 40);
+    std::istringstream tokens(line);
+    std::string key;
+    if (!(tokens >> key)) continue;  // blank line
+    if (key == "public") {
+      // A pasted "public = KEY" line from a .curve.pub file.
+      std::string eq;
+      tokens >> eq >> key;
+      if (eq != "=") key.clear();
     }
+    // Z85 uses '#', so a key may contain or even start with it: a line is a
+    // comment only when its first word is not a key and starts with '#'.
     auto decoded = Z85Decode(key);
-    if (key.size() != 40 || !decoded.ok() || decoded->size() != 32) {
+    const bool is_key = key.size() == 40 && decoded.ok() && decoded->size() == 32;
+    if (!is_key && !key.empty() && key[0] == '#') continue;
+    if (!is_key) {
       return InvalidArgument(path + ":" + std::to_string(line_no) +
-                             ": not a 40-character Z85 CURVE public key");
+                             ": not a 40-character Z85 CURVE public key (a line is a key, optionally followed "
+                             "by a label, or a comment starting with '#')");
     }
     keys.insert(key);
   }

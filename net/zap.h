@@ -22,7 +22,8 @@
 namespace flotilla::net {
 
 // Parses an allowlist file: one Z85 CURVE public key per line, optionally
-// followed by whitespace and a label; '#' starts a comment. A malformed line
+// followed by whitespace and a label; a line whose first word is not a key
+// and starts with '#' is a comment (Z85 itself uses '#'). A malformed line
 // is an error naming the file and line (nothing is half-loaded).
 StatusOr<std::set<std::string>> ReadAllowlist(const std::string& path);
 
