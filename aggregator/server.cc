@@ -162,9 +162,12 @@ Status Aggregator::Run() {
                                      << " clients");
   while (!stop_.load()) {
     ASSIGN_OR_RETURN(std::optional<net::Incoming> in, socket_->Receive(kPollInterval));
-    if (in) RETURN_IF_ERROR(HandleMessage(*in));
-    RETURN_IF_ERROR(MaybeStartRound());
-    RETURN_IF_ERROR(MaybeFinishRound());
+    if (in) {
+      RETURN_IF_ERROR(Step(*in));
+    } else {
+      RETURN_IF_ERROR(MaybeStartRound());
+      RETURN_IF_ERROR(MaybeFinishRound());
+    }
     AnswerParked(/*keepalive_only=*/true);
     MaybeReloadAllowlist();
     if (federation_done()) {
@@ -180,6 +183,12 @@ Status Aggregator::Run() {
   }
   LOG_INFO("aggregator", "stopped after " << rounds_done_ << " rounds; final model version " << model_version_);
   return Status::Ok();
+}
+
+Status Aggregator::Step(const net::Incoming& in) {
+  RETURN_IF_ERROR(HandleMessage(in));
+  RETURN_IF_ERROR(MaybeStartRound());
+  return MaybeFinishRound();
 }
 
 std::vector<std::string> Aggregator::client_ids() const {

@@ -112,10 +112,11 @@ class Aggregator {
   // Number of keys currently allowed (0 without CURVE).
   size_t allowed_count() const { return zap_ ? zap_->allowed_count() : 0; }
 
-  // Processes one message as if it had arrived on the socket (replies are
-  // sent to in.peer). Run() calls it; fuzzers and tests may call it instead
-  // of Run(), never concurrently with it.
-  Status Handle(const net::Incoming& in) { return HandleMessage(in); }
+  // One step of the loop without the socket read: processes `in` as if it
+  // had arrived (replies go to in.peer), then starts or closes rounds as
+  // due. Run() does the same; fuzzers and tests may call Step() instead of
+  // Run(), never concurrently with it.
+  Status Step(const net::Incoming& in);
 
   // Read these after Run() returns (or from the thread that calls Handle).
   const Weights& global_model() const { return global_; }

@@ -1,7 +1,10 @@
 #include "proto/codec.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+
+#include <google/protobuf/stubs/logging.h>
 
 namespace flotilla::proto {
 namespace {
@@ -51,7 +54,24 @@ Status CheckBody(const wire::Envelope& env, const ParseLimits& limits) {
 
 }  // namespace
 
+// Protobuf logs every malformed string field to stderr; a hostile peer
+// could use that to flood the aggregator's logs. Parse failures are reported
+// through Status (and logged once by the caller) instead.
+void SilenceProtobufLogs() {
+  static const bool done = [] {
+    google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file, int line,
+                                       const std::string& message) {
+      if (level >= google::protobuf::LOGLEVEL_FATAL) {
+        std::fprintf(stderr, "protobuf fatal %s:%d: %s\n", file, line, message.c_str());
+      }
+    });
+    return true;
+  }();
+  (void)done;
+}
+
 StatusOr<wire::Envelope> ParseEnvelope(const void* data, size_t size, const ParseLimits& limits) {
+  SilenceProtobufLogs();
   if (size > static_cast<size_t>(INT32_MAX)) return InvalidArgument("message over 2 GiB");
   wire::Envelope env;
   if (!env.ParseFromArray(data, static_cast<int>(size))) {
