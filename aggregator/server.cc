@@ -70,41 +70,7 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     std::error_code ec;
     agg->allowlist_mtime_ = std::filesystem::last_write_time(config.allowlist_path, ec);
   }
-  ASSIGN_OR_RETURN(std::optional<uint64_t> latest, agg->store_->LatestModelVersion());
-  if (latest) {
-    // Continue from the stored model. Rounds left running by a crash are
-    // abandoned here; resuming them is the crash-safety work (issue 4).
-    ASSIGN_OR_RETURN(records::ModelRecord record, agg->store_->GetModel(*latest));
-    if (record.arch() != config.model_arch) {
-      return FailedPrecondition("store " + config.store_path + " holds a '" + record.arch() +
-                                "' model, not '" + config.model_arch + "'; use another --store");
-    }
-    ASSIGN_OR_RETURN(Weights stored, proto::WeightsFromProto(record.weights(), agg->global_.layout));
-    const privacy::Digest digest = privacy::ModelDigest(stored);
-    RETURN_IF_ERROR(privacy::VerifyModel(config.signing_key->public_key, *latest, record.round(), digest,
-                                         record.signature())
-                        .WithContext("stored model (was the store written with another signing key?)"));
-    agg->global_ = std::move(stored);
-    agg->model_version_ = *latest;
-    agg->model_round_ = record.round();
-    agg->model_signature_ = record.signature();
-    ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, agg->store_->ListRounds());
-    for (const auto& r : rounds) {
-      agg->round_ = std::max(agg->round_, r.round());
-      if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED) ++agg->rounds_done_;
-    }
-    LOG_INFO("aggregator", "resuming from model version " << *latest << " after " << agg->rounds_done_
-                                                          << " completed rounds");
-  } else {
-    records::ModelRecord record;
-    record.set_version(1);
-    record.set_round(0);
-    record.set_arch(config.model_arch);
-    proto::WeightsToProto(agg->global_, record.mutable_weights());
-    record.set_created_unix_ms(NowUnixMs());
-    RETURN_IF_ERROR(agg->SignAndStore(&record, agg->global_));
-    agg->model_version_ = 1;
-  }
+  RETURN_IF_ERROR(agg->Recover());
   return agg;
 }
 
@@ -122,6 +88,100 @@ Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> st
 Aggregator::~Aggregator() {
   socket_.reset();  // close the socket before its authenticator
   zap_.reset();
+}
+
+Status Aggregator::Recover() {
+  ASSIGN_OR_RETURN(stored_versions_, store_->ListModelVersions());
+  if (stored_versions_.empty()) {
+    records::ModelRecord record;
+    record.set_version(1);
+    record.set_round(0);
+    record.set_arch(config_.model_arch);
+    proto::WeightsToProto(global_, record.mutable_weights());
+    record.set_created_unix_ms(NowUnixMs());
+    RETURN_IF_ERROR(SignAndStore(&record, global_));
+    model_version_ = 1;
+    stored_versions_.push_back(1);
+    return Status::Ok();
+  }
+  const uint64_t latest = stored_versions_.back();
+  ASSIGN_OR_RETURN(records::ModelRecord record, store_->GetModel(latest));
+  if (record.arch() != config_.model_arch) {
+    return FailedPrecondition("store " + config_.store_path + " holds a '" + record.arch() + "' model, not '" +
+                              config_.model_arch + "'; use another --store");
+  }
+  ASSIGN_OR_RETURN(Weights stored, proto::WeightsFromProto(record.weights(), global_.layout));
+  RETURN_IF_ERROR(privacy::VerifyModel(config_.signing_key->public_key, latest, record.round(),
+                                       privacy::ModelDigest(stored), record.signature())
+                      .WithContext("stored model (was the store written with another signing key?)"));
+  global_ = std::move(stored);
+  model_version_ = latest;
+  model_round_ = record.round();
+  model_signature_ = record.signature();
+
+  // The sampling population: every client that ever said Hello here. They
+  // reconnect on their own; their routing ids are learned again then.
+  ASSIGN_OR_RETURN(std::vector<records::ClientRecord> known, store_->ListClients());
+  for (const auto& c : known) {
+    ClientState& state = clients_[c.client_id()];
+    state.name = c.name();
+    state.num_examples = c.num_examples();
+  }
+
+  ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds());
+  const records::RoundRecord* running = nullptr;
+  for (const auto& r : rounds) {
+    round_ = std::max(round_, r.round());
+    if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED) ++rounds_done_;
+    if (r.outcome() == records::RoundRecord::OUTCOME_RUNNING) running = &r;
+  }
+  if (running != nullptr && running->round() == round_) {
+    if (running->base_model_version() != model_version_) {
+      // Cannot happen with atomic commits; refuse to guess.
+      return DataLoss("round " + std::to_string(round_) + " was running on model " +
+                      std::to_string(running->base_model_version()) + " but the latest model is " +
+                      std::to_string(model_version_));
+    }
+    selected_.assign(running->selected().begin(), running->selected().end());
+    std::sort(selected_.begin(), selected_.end());
+    RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
+      received_.insert(u.client_id());
+      auto loss = u.metrics().find("train_loss");
+      train_loss_[u.client_id()] = {u.num_examples(), loss != u.metrics().end() ? loss->second : 0.0};
+      return Status::Ok();
+    }));
+    round_active_ = true;
+    const auto now = Clock::now();
+    const double elapsed = std::max(0.0, (NowUnixMs() - running->started_unix_ms()) / 1000.0);
+    round_started_ = now - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(elapsed));
+    const auto original_deadline =
+        round_started_ + std::chrono::duration_cast<Clock::duration>(
+                             std::chrono::duration<double>(config_.round_deadline_seconds));
+    if (original_deadline > now) {
+      round_deadline_ = original_deadline;
+    } else if (config_.deadline_policy == AggregatorConfig::DeadlinePolicy::kClose) {
+      round_deadline_ = now;
+    } else {
+      round_deadline_ = now + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(config_.round_deadline_seconds));
+    }
+    LOG_INFO("aggregator", "resuming round " << round_ << " with " << received_.size() << "/" << selected_.size()
+                                             << " updates already recorded");
+  }
+  LOG_INFO("aggregator", "recovered model version " << model_version_ << " after " << rounds_done_
+                                                    << " completed rounds; " << clients_.size() << " known clients");
+  return Status::Ok();
+}
+
+std::vector<uint64_t> Aggregator::ExpiredVersions(uint64_t newest) const {
+  std::vector<uint64_t> expired;
+  if (config_.retain_last == 0) return expired;
+  for (uint64_t v : stored_versions_) {
+    const bool recent = v + config_.retain_last > newest;
+    const bool milestone = config_.retain_every > 0 && v % config_.retain_every == 0;
+    if (!recent && !milestone && v != 1) expired.push_back(v);
+  }
+  return expired;
 }
 
 Status Aggregator::SignAndStore(records::ModelRecord* record, const Weights& weights) {
@@ -176,8 +236,9 @@ Status Aggregator::Run() {
         finished_at_ = now;
         AnswerParked(false);
       }
-      bool all_told = std::all_of(clients_.begin(), clients_.end(),
-                                  [](const auto& kv) { return kv.second.told_finished; });
+      bool all_told = std::all_of(clients_.begin(), clients_.end(), [](const auto& kv) {
+        return kv.second.told_finished || kv.second.peer.empty();  // never reconnected since a restart
+      });
       if (all_told || now - *finished_at_ > std::chrono::duration<double>(config_.finish_grace_seconds)) break;
     }
   }
@@ -411,9 +472,13 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
 Status Aggregator::MaybeStartRound() {
   if (round_active_ || federation_done()) return Status::Ok();
   if (static_cast<int>(clients_.size()) < config_.min_clients) return Status::Ok();
-  ++round_;
   std::vector<std::string> ids;
-  for (const auto& kv : clients_) ids.push_back(kv.first);  // sorted
+  for (const auto& kv : clients_) {
+    // Revoked keys stay in the registry but are never sampled.
+    if (!zap_ || zap_->IsAllowed(kv.first)) ids.push_back(kv.first);  // sorted
+  }
+  if (static_cast<int>(ids.size()) < config_.min_clients) return Status::Ok();
+  ++round_;
   const size_t k = std::max<size_t>(1, static_cast<size_t>(std::ceil(config_.fraction * ids.size() - 1e-9)));
   Rng rng(DeriveSeed(config_.seed, "sample", round_));
   rng.Shuffle(&ids);
@@ -528,7 +593,10 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   record.set_mean_train_loss(summary.mean_train_loss);
   record.set_total_examples(examples);
   record.set_seconds(summary.seconds);
-  RETURN_IF_ERROR(store_->CommitRound(record, &model));
+  const std::vector<uint64_t> expired = ExpiredVersions(model_version_ + 1);
+  RETURN_IF_ERROR(store_->CommitRound(record, &model, expired));
+  stored_versions_.push_back(model_version_ + 1);
+  for (uint64_t v : expired) stored_versions_.erase(std::find(stored_versions_.begin(), stored_versions_.end(), v));
 
   global_ = std::move(next);
   ++model_version_;

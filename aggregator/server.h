@@ -56,6 +56,15 @@ struct AggregatorConfig {
   // After the last round, keep answering Finished this long so clients learn
   // the federation is over.
   double finish_grace_seconds = 3.0;
+  // A round whose deadline passed while the aggregator was down: kExtend
+  // gives it a fresh deadline from the restart, kClose closes it at once
+  // with the updates it has (or fails it below min_updates).
+  enum class DeadlinePolicy { kExtend, kClose };
+  DeadlinePolicy deadline_policy = DeadlinePolicy::kExtend;
+  // Model registry retention: keep the newest `retain_last` versions plus
+  // every version divisible by `retain_every`. 0 = keep everything.
+  uint64_t retain_last = 0;
+  uint64_t retain_every = 0;
   // Transport: CURVE keys (socket.curve) and security mode. With CURVE on
   // (the default) the allowlist comes from allowlist_path, reloaded when the
   // file changes or on RequestReload(), or else from allowed_clients.
@@ -140,6 +149,8 @@ class Aggregator {
   Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store, std::unique_ptr<net::ZapHandler> zap,
              std::unique_ptr<net::ServerSocket> socket, Weights initial, EvalFn eval, RoundFn on_round);
   Status SignAndStore(records::ModelRecord* record, const Weights& weights);
+  Status Recover();
+  std::vector<uint64_t> ExpiredVersions(uint64_t newest) const;
   void MaybeReloadAllowlist();
 
   Status HandleMessage(const net::Incoming& in);
@@ -181,6 +192,7 @@ class Aggregator {
   Clock::time_point round_started_, round_deadline_;
   std::optional<Clock::time_point> finished_at_;
   std::vector<RoundSummary> history_;
+  std::vector<uint64_t> stored_versions_;  // ascending, for retention
   uint64_t rejected_messages_ = 0;
   uint64_t messages_handled_ = 0;
 };

@@ -8,9 +8,19 @@ namespace flotilla::aggregator {
 namespace {
 
 // Column family indices; order matches kFamilies.
-enum Family { kDefault = 0, kModels, kRounds, kUpdates, kClients, kPrivacyLedger, kMetrics, kNumFamilies };
-const char* const kFamilies[kNumFamilies] = {"default", "models", "rounds", "updates",
-                                             "clients", "privacy_ledger", "metrics"};
+enum Family {
+  kDefault = 0,
+  kModels,
+  kRounds,
+  kUpdates,
+  kClients,
+  kPrivacyLedger,
+  kMetrics,
+  kStrategyState,
+  kNumFamilies
+};
+const char* const kFamilies[kNumFamilies] = {"default", "models",         "rounds",  "updates",
+                                             "clients", "privacy_ledger", "metrics", "strategy_state"};
 
 void AppendBigEndian(std::string* out, uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -63,10 +73,14 @@ rocksdb::WriteOptions SyncWrite() {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) { return OpenImpl(path, false); }
+
+StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& path) { return OpenImpl(path, true); }
+
+StatusOr<std::unique_ptr<Store>> Store::OpenImpl(const std::string& path, bool read_only) {
   rocksdb::Options options;
-  options.create_if_missing = true;
-  options.create_missing_column_families = true;
+  options.create_if_missing = !read_only;
+  options.create_missing_column_families = !read_only;
   options.max_open_files = 256;
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   for (const char* name : kFamilies) {
@@ -80,7 +94,8 @@ StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
-  rocksdb::Status st = rocksdb::DB::Open(options, path, families, &handles, &db);
+  rocksdb::Status st = read_only ? rocksdb::DB::OpenForReadOnly(options, path, families, &handles, &db)
+                                : rocksdb::DB::Open(options, path, families, &handles, &db);
   if (!st.ok()) {
     if (st.IsIOError() && st.ToString().find("lock") != std::string::npos) {
       return FailedPrecondition("store " + path +
@@ -130,9 +145,11 @@ Status Store::ForEachUpdate(uint32_t round,
   return FromRocks(it->status(), "reading updates");
 }
 
-Status Store::CommitRound(const records::RoundRecord& round, const records::ModelRecord* model) {
+Status Store::CommitRound(const records::RoundRecord& round, const records::ModelRecord* model,
+                          const std::vector<uint64_t>& expire) {
   rocksdb::WriteBatch batch;
   if (model != nullptr) batch.Put(cf(kModels), ModelKey(model->version()), model->SerializeAsString());
+  for (uint64_t v : expire) batch.Delete(cf(kModels), ModelKey(v));
   batch.Put(cf(kRounds), RoundKey(round.round()), round.SerializeAsString());
   batch.DeleteRange(cf(kUpdates), RoundKey(round.round()), RoundKey(round.round() + 1));
   return FromRocks(db_->Write(SyncWrite(), &batch), "committing round " + std::to_string(round.round()));
@@ -189,6 +206,40 @@ StatusOr<std::optional<uint64_t>> Store::LatestModelVersion() const {
   }
   if (it->key().size() != 8) return DataLoss("bad model key in store " + path_);
   return std::optional<uint64_t>(ReadBigEndian(it->key(), 8));
+}
+
+StatusOr<std::vector<uint64_t>> Store::ListModelVersions() const {
+  std::vector<uint64_t> versions;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kModels)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (it->key().size() != 8) return DataLoss("bad model key in store " + path_);
+    versions.push_back(ReadBigEndian(it->key(), 8));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "listing models"));
+  return versions;
+}
+
+StatusOr<std::vector<records::ClientRecord>> Store::ListClients() const {
+  std::vector<records::ClientRecord> clients;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kClients)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    records::ClientRecord record;
+    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &record, "client"));
+    clients.push_back(std::move(record));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "listing clients"));
+  return clients;
+}
+
+uint64_t Store::ApproximateSize() const {
+  uint64_t total = 0;
+  for (const char* property : {"rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"}) {
+    for (auto* h : handles_) {
+      uint64_t v = 0;
+      if (db_->GetIntProperty(h, property, &v)) total += v;
+    }
+  }
+  return total;
 }
 
 Status Store::PutClient(const records::ClientRecord& client) {

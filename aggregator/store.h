@@ -1,5 +1,6 @@
 // The aggregator's durable state in RocksDB, one column family per kind of
-// record: models, rounds, updates, clients, privacy_ledger, metrics. Keys
+// record: models, rounds, updates, clients, privacy_ledger, strategy_state,
+// metrics. See docs/operations.md for the key layout. Keys
 // sort so that iteration order is the merge order (round, then client id).
 //
 // Writes that acknowledge something to a peer use WriteOptions.sync = true.
@@ -28,6 +29,9 @@ class Store {
   // Opens (creating if needed) the store in directory `path`. A store locked
   // by another process gives FailedPrecondition naming the path.
   static StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  // Opens an existing store for reading only, without taking its lock, so
+  // tools can inspect the store of a running aggregator. Writes fail.
+  static StatusOr<std::unique_ptr<Store>> OpenReadOnly(const std::string& path);
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -42,8 +46,10 @@ class Store {
                        const std::function<Status(const records::UpdateRecord&)>& visit) const;
 
   // Atomically (one synced WriteBatch): stores the new model version (if
-  // given), the round record, and deletes that round's updates.
-  Status CommitRound(const records::RoundRecord& round, const records::ModelRecord* model);
+  // given), the round record, deletes that round's updates and the model
+  // versions in `expire`.
+  Status CommitRound(const records::RoundRecord& round, const records::ModelRecord* model,
+                     const std::vector<uint64_t>& expire = {});
   Status PutRound(const records::RoundRecord& round);
   StatusOr<std::optional<records::RoundRecord>> GetRound(uint32_t round) const;
   StatusOr<std::vector<records::RoundRecord>> ListRounds() const;
@@ -52,14 +58,21 @@ class Store {
   StatusOr<records::ModelRecord> GetModel(uint64_t version) const;
   // The highest stored version, or nullopt for an empty store.
   StatusOr<std::optional<uint64_t>> LatestModelVersion() const;
+  // All stored versions, ascending.
+  StatusOr<std::vector<uint64_t>> ListModelVersions() const;
 
   Status PutClient(const records::ClientRecord& client);
   StatusOr<std::optional<records::ClientRecord>> GetClient(const std::string& client_id) const;
+  StatusOr<std::vector<records::ClientRecord>> ListClients() const;
+
+  // Approximate bytes on disk (SST and blob files).
+  uint64_t ApproximateSize() const;
 
   const std::string& path() const { return path_; }
 
  private:
   Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles);
+  static StatusOr<std::unique_ptr<Store>> OpenImpl(const std::string& path, bool read_only);
   rocksdb::ColumnFamilyHandle* cf(int index) const { return handles_[index]; }
 
   std::string path_;

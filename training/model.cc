@@ -10,54 +10,25 @@
 #include <utility>
 
 #include "core/rng.h"
+#include "training/model_impl.h"
 
 namespace flotilla::training {
 namespace {
 
 namespace F = torch::nn::functional;
 
-constexpr int64_t kChannels = 1, kHeight = 28, kWidth = 28, kClasses = 10;
-
-// A classifier over [N, 1, 28, 28] float images returning [N, 10] logits.
-struct Net : torch::nn::Module {
-  virtual torch::Tensor Forward(torch::Tensor x) = 0;
-};
-
-struct Mlp2nn : Net {
-  Mlp2nn()
-      : fc1(register_module("fc1", torch::nn::Linear(784, 200))),
-        fc2(register_module("fc2", torch::nn::Linear(200, 200))),
-        fc3(register_module("fc3", torch::nn::Linear(200, 10))) {}
-  torch::Tensor Forward(torch::Tensor x) override {
-    x = x.flatten(1);
-    x = torch::relu(fc1->forward(x));
-    x = torch::relu(fc2->forward(x));
-    return fc3->forward(x);
-  }
-  torch::nn::Linear fc1, fc2, fc3;
-};
-
-struct Cnn : Net {
-  Cnn()
-      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 32, 5).padding(2)))),
-        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 5).padding(2)))),
-        fc1(register_module("fc1", torch::nn::Linear(3136, 512))),
-        fc2(register_module("fc2", torch::nn::Linear(512, 10))) {}
-  torch::Tensor Forward(torch::Tensor x) override {
-    x = torch::max_pool2d(torch::relu(conv1->forward(x)), 2);
-    x = torch::max_pool2d(torch::relu(conv2->forward(x)), 2);
-    x = torch::relu(fc1->forward(x.flatten(1)));
-    return fc2->forward(x);
-  }
-  torch::nn::Conv2d conv1, conv2;
-  torch::nn::Linear fc1, fc2;
-};
-
-struct LogReg : Net {
-  LogReg() : fc(register_module("fc", torch::nn::Linear(784, 10))) {}
-  torch::Tensor Forward(torch::Tensor x) override { return fc->forward(x.flatten(1)); }
-  torch::nn::Linear fc;
-};
+using internal::CheckData;
+using internal::Cnn;
+using internal::DataTensors;
+using internal::IndexTensor;
+using internal::LogReg;
+using internal::Mlp2nn;
+using internal::Net;
+using internal::kChannels;
+using internal::kClasses;
+using internal::kHeight;
+using internal::kWidth;
+using internal::WrapDataset;
 
 std::shared_ptr<Net> MakeNet(const std::string& arch) {
   if (arch == "2nn") return std::make_shared<Mlp2nn>();
@@ -90,8 +61,10 @@ std::string ShapeText(const Dataset& d) {
   return out.str();
 }
 
-// Checks that `data` is non-empty, consistent and fits a 1x28x28, 10-class
-// model.
+}  // namespace
+
+namespace internal {
+
 Status CheckData(const DataView& data, const char* what) {
   if (!data.base) return InvalidArgument(std::string(what) + ": the data view has no dataset");
   if (data.indices.empty()) return InvalidArgument(std::string(what) + ": the data view is empty");
@@ -119,13 +92,6 @@ Status CheckData(const DataView& data, const char* what) {
   return Status::Ok();
 }
 
-// Tensors over the shared dataset's memory. They are only ever read
-// (index_select copies), so the const_cast never leads to a write.
-struct DataTensors {
-  torch::Tensor features;  // [N, C, H, W]
-  torch::Tensor labels;    // [N] int64
-};
-
 DataTensors WrapDataset(const Dataset& d) {
   DataTensors t;
   t.features = torch::from_blob(const_cast<float*>(d.features.data()),
@@ -139,25 +105,7 @@ torch::Tensor IndexTensor(const std::vector<int64_t>& indices, size_t begin, siz
                           torch::kLong);
 }
 
-}  // namespace
-
-struct ModelRunner::Impl {
-  std::string arch;
-  std::shared_ptr<Net> net;
-  std::vector<torch::Tensor> params;  // named_parameters() order; share storage with net
-  std::shared_ptr<const Layout> layout;
-
-  std::vector<torch::Tensor> Snapshot() const {
-    std::vector<torch::Tensor> copy;
-    copy.reserve(params.size());
-    for (const auto& p : params) copy.push_back(p.detach().clone());
-    return copy;
-  }
-  void Restore(const std::vector<torch::Tensor>& snapshot) {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(snapshot[i]);
-  }
-};
+}  // namespace internal
 
 std::vector<std::string> KnownArchitectures() { return {"2nn", "cnn", "logreg"}; }
 

@@ -1,0 +1,102 @@
+// Private to training/: the Torch modules behind ModelRunner and the state
+// of ModelRunner::Impl, shared by model.cc (ordinary training) and dp_sgd.cc
+// (DP-SGD, which runs its own forward pass over these modules' parameters).
+// Includes Torch; never include it from outside training/.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/weights.h"
+#include "training/dataset.h"
+#include "training/model.h"
+
+namespace flotilla::training {
+namespace internal {
+
+inline constexpr int64_t kChannels = 1, kHeight = 28, kWidth = 28, kClasses = 10;
+
+// A classifier over [N, 1, 28, 28] float images returning [N, 10] logits.
+struct Net : torch::nn::Module {
+  virtual torch::Tensor Forward(torch::Tensor x) = 0;
+};
+
+struct Mlp2nn : Net {
+  Mlp2nn()
+      : fc1(register_module("fc1", torch::nn::Linear(784, 200))),
+        fc2(register_module("fc2", torch::nn::Linear(200, 200))),
+        fc3(register_module("fc3", torch::nn::Linear(200, 10))) {}
+  torch::Tensor Forward(torch::Tensor x) override {
+    x = x.flatten(1);
+    x = torch::relu(fc1->forward(x));
+    x = torch::relu(fc2->forward(x));
+    return fc3->forward(x);
+  }
+  torch::nn::Linear fc1, fc2, fc3;
+};
+
+struct Cnn : Net {
+  Cnn()
+      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 32, 5).padding(2)))),
+        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 64, 5).padding(2)))),
+        fc1(register_module("fc1", torch::nn::Linear(3136, 512))),
+        fc2(register_module("fc2", torch::nn::Linear(512, 10))) {}
+  torch::Tensor Forward(torch::Tensor x) override {
+    x = torch::max_pool2d(torch::relu(conv1->forward(x)), 2);
+    x = torch::max_pool2d(torch::relu(conv2->forward(x)), 2);
+    x = torch::relu(fc1->forward(x.flatten(1)));
+    return fc2->forward(x);
+  }
+  torch::nn::Conv2d conv1, conv2;
+  torch::nn::Linear fc1, fc2;
+};
+
+struct LogReg : Net {
+  LogReg() : fc(register_module("fc", torch::nn::Linear(784, 10))) {}
+  torch::Tensor Forward(torch::Tensor x) override { return fc->forward(x.flatten(1)); }
+  torch::nn::Linear fc;
+};
+
+// Checks that `data` is non-empty, consistent and fits a 1x28x28, 10-class
+// model. `what` prefixes error messages (the calling method's name).
+Status CheckData(const DataView& data, const char* what);
+
+// Tensors over the shared dataset's memory. They are only ever read
+// (index_select copies), so the const_cast in WrapDataset never leads to a
+// write. Valid while the dataset lives.
+struct DataTensors {
+  torch::Tensor features;  // [N, C, H, W]
+  torch::Tensor labels;    // [N] int64
+};
+DataTensors WrapDataset(const Dataset& d);
+
+// A [end - begin] int64 tensor over indices[begin, end) (no copy; valid while
+// `indices` is unchanged).
+torch::Tensor IndexTensor(const std::vector<int64_t>& indices, size_t begin, size_t end);
+
+}  // namespace internal
+
+struct ModelRunner::Impl {
+  std::string arch;
+  std::shared_ptr<internal::Net> net;
+  std::vector<torch::Tensor> params;  // named_parameters() order; share storage with net
+  std::shared_ptr<const Layout> layout;
+
+  std::vector<torch::Tensor> Snapshot() const {
+    std::vector<torch::Tensor> copy;
+    copy.reserve(params.size());
+    for (const auto& p : params) copy.push_back(p.detach().clone());
+    return copy;
+  }
+  void Restore(const std::vector<torch::Tensor>& snapshot) {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(snapshot[i]);
+  }
+};
+
+}  // namespace flotilla::training
