@@ -45,6 +45,18 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", data_dir, "Fashion-MNIST directory for evaluation")->capture_default_str();
   app.add_option("--test-limit", test_limit, "Evaluate on the first N test examples (0 = all)")->capture_default_str();
   app.add_flag("--no-eval", no_eval, "Do not evaluate models on the test set");
+  std::string deadline_policy = "extend";
+  app.add_option("--deadline-policy", deadline_policy,
+                 "A round whose deadline passed while the aggregator was down: extend (fresh deadline) or close")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"extend", "close"}));
+  app.add_option("--finish-grace", config.finish_grace_seconds,
+                 "Seconds to keep telling clients the federation is over after the last round")
+      ->capture_default_str();
+  app.add_option("--retain-last", config.retain_last, "Keep the newest N model versions (0 = keep all)")
+      ->capture_default_str();
+  app.add_option("--retain-every", config.retain_every, "Also keep every Kth version (with --retain-last)")
+      ->capture_default_str();
   app.add_option("--curve-key", curve_key_path, "The aggregator's CURVE secret key file (flotilla-keygen)")
       ->capture_default_str();
   app.add_option("--allowlist", config.allowlist_path,
@@ -57,6 +69,8 @@ int main(int argc, char** argv) {
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   aggregator::AddRoundFlags(&app, &config);
   CLI11_PARSE(app, argc, argv);
+  config.deadline_policy = deadline_policy == "close" ? aggregator::AggregatorConfig::DeadlinePolicy::kClose
+                                                      : aggregator::AggregatorConfig::DeadlinePolicy::kExtend;
   LogLevel level;
   if (!ParseLogLevel(log_level, &level)) {
     std::fprintf(stderr, "error: unknown --log level '%s'\n", log_level.c_str());

@@ -272,6 +272,18 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
     HandleHello(in, env);
     return Status::Ok();
   }
+  // Status and pull need no Hello, only an enrolled key.
+  if (env.body_case() == wire::Envelope::kStatusRequest || env.body_case() == wire::Envelope::kPullRequest) {
+    if (zap_ && !zap_->IsAllowed(in.user_id)) {
+      ++rejected_messages_;
+      ReplyError(in.peer, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
+    } else if (env.body_case() == wire::Envelope::kStatusRequest) {
+      HandleStatus(in, env.request_id());
+    } else {
+      HandlePull(in, env);
+    }
+    return Status::Ok();
+  }
   // Identity: the transport-authenticated key when there is one, else the
   // client that said Hello from this routing id.
   std::string client_id;
@@ -349,6 +361,74 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
   reply.mutable_welcome()->set_federation(config_.federation);
   reply.mutable_welcome()->set_model_arch(config_.model_arch);
   reply.mutable_welcome()->set_current_round(round_);
+  Reply(in.peer, env.request_id(), std::move(reply));
+}
+
+void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
+  wire::Envelope env;
+  wire::StatusReply* r = env.mutable_status_reply();
+  r->set_federation(config_.federation);
+  r->set_model_arch(config_.model_arch);
+  r->set_round(round_);
+  r->set_round_active(round_active_);
+  r->set_rounds_completed(rounds_done_);
+  r->set_rounds_total(config_.rounds);
+  r->set_model_version(model_version_);
+  r->set_known_clients(static_cast<uint32_t>(clients_.size()));
+  r->set_connected_clients(static_cast<uint32_t>(
+      std::count_if(clients_.begin(), clients_.end(), [](const auto& kv) { return !kv.second.peer.empty(); })));
+  r->set_updates_received(static_cast<uint32_t>(received_.size()));
+  r->set_updates_expected(round_active_ ? static_cast<uint32_t>(selected_.size()) : 0);
+  r->set_store_bytes(store_->ApproximateSize());
+  r->set_uptime_seconds(std::chrono::duration<double>(Clock::now() - started_).count());
+  Reply(in.peer, request_id, std::move(env));
+}
+
+void Aggregator::HandlePull(const net::Incoming& in, const wire::Envelope& env) {
+  const wire::PullRequest& req = env.pull_request();
+  const uint64_t version = req.version() == 0 ? model_version_ : req.version();
+  wire::Envelope reply;
+  wire::PullReply* r = reply.mutable_pull_reply();
+  r->set_version(version);
+  if (req.have_version() == version) {
+    r->set_up_to_date(true);
+    Reply(in.peer, env.request_id(), std::move(reply));
+    return;
+  }
+  StatusOr<records::ModelRecord> model = store_->GetModel(version);
+  if (!model.ok()) {
+    ReplyError(in.peer, env.request_id(),
+               model.status().code() == StatusCode::kNotFound ? wire::ERROR_NOT_FOUND : wire::ERROR_INTERNAL,
+               model.status().message());
+    return;
+  }
+  r->set_round(model->round());
+  r->set_model_arch(model->arch());
+  r->set_signature(model->signature());
+  // Send only the tensors that differ from the device's copy, when we still
+  // hold that version.
+  StatusOr<records::ModelRecord> base =
+      req.have_version() != 0 ? store_->GetModel(req.have_version()) : StatusOr<records::ModelRecord>(NotFound(""));
+  if (!base.ok()) {
+    *r->mutable_weights() = model->weights();
+    Reply(in.peer, env.request_id(), std::move(reply));
+    return;
+  }
+  const auto& tensors = global_.layout->tensors();
+  const std::string& target = model->weights().data();
+  const std::string& have = base->weights().data();
+  *r->mutable_weights()->mutable_layout() = model->weights().layout();
+  r->set_base_version(req.have_version());
+  std::string* data = r->mutable_weights()->mutable_data();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const size_t offset = static_cast<size_t>(tensors[i].offset) * sizeof(float);
+    const size_t bytes = static_cast<size_t>(tensors[i].numel) * sizeof(float);
+    if (offset + bytes > target.size() || offset + bytes > have.size() ||
+        target.compare(offset, bytes, have, offset, bytes) != 0) {
+      r->add_changed_tensors(static_cast<uint32_t>(i));
+      data->append(target, offset, bytes);
+    }
+  }
   Reply(in.peer, env.request_id(), std::move(reply));
 }
 

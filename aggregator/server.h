@@ -156,6 +156,8 @@ class Aggregator {
   Status HandleMessage(const net::Incoming& in);
   void HandleHello(const net::Incoming& in, const wire::Envelope& env);
   void HandleTaskRequest(const std::string& client_id, uint64_t request_id);
+  void HandleStatus(const net::Incoming& in, uint64_t request_id);
+  void HandlePull(const net::Incoming& in, const wire::Envelope& env);
   Status HandleUpdate(const std::string& client_id, const wire::Envelope& env);
   void Reply(const std::string& peer, uint64_t request_id, wire::Envelope env);
   void ReplyError(const std::string& peer, uint64_t request_id, wire::ErrorCode code, const std::string& msg);
@@ -195,6 +197,7 @@ class Aggregator {
   std::vector<uint64_t> stored_versions_;  // ascending, for retention
   uint64_t rejected_messages_ = 0;
   uint64_t messages_handled_ = 0;
+  Clock::time_point started_ = Clock::now();
 };
 
 }  // namespace flotilla::aggregator

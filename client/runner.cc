@@ -8,11 +8,22 @@
 namespace flotilla::client {
 
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
-                                const std::vector<unsigned char>& model_public_key, const std::atomic<bool>* stop) {
+                                const std::vector<unsigned char>& model_public_key, const std::atomic<bool>* stop,
+                                DeviceStore* store) {
   std::unique_ptr<training::ModelRunner> runner;
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
   ClientStats stats;
+  if (store != nullptr) {
+    ASSIGN_OR_RETURN(std::vector<wire::Update> outbox, store->ListOutbox());
+    if (!outbox.empty()) {
+      // Only the newest can still matter; older rounds are long closed.
+      for (size_t i = 0; i + 1 < outbox.size(); ++i) RETURN_IF_ERROR(store->RemoveOutbox(outbox[i].round()));
+      LOG_INFO("client", config.name << ": re-sending the update for round " << outbox.back().round()
+                                     << " from the outbox");
+      RETURN_IF_ERROR(session->ResumeUpdate(outbox.back()));
+    }
+  }
   while (!session->finished() && !(stop && stop->load())) {
     const auto wait = std::clamp(std::chrono::duration_cast<std::chrono::milliseconds>(
                                      session->NextDeadline() - Session::Clock::now()),
@@ -20,6 +31,10 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
     ASSIGN_OR_RETURN(std::vector<size_t> ready, net::PollReadable({session->socket()}, wait));
     if (!ready.empty()) RETURN_IF_ERROR(session->OnReadable());
     RETURN_IF_ERROR(session->OnTick());
+    for (const Session::Settled& settled : session->TakeSettled()) {
+      if (settled.recorded) stats.recorded_rounds.push_back(settled.round);
+      if (store != nullptr) RETURN_IF_ERROR(store->RemoveOutbox(settled.round));
+    }
     if (std::optional<wire::TrainTask> task = session->TakeTask()) {
       LOG_INFO("client", config.name << ": training round " << task->round() << " on " << data.size()
                                      << " examples");
@@ -35,6 +50,8 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
       if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
       if (update.ok()) {
         ++stats.rounds_trained;
+        // Durable before it leaves the device.
+        if (store != nullptr) RETURN_IF_ERROR(store->PutOutbox(*update));
         RETURN_IF_ERROR(session->SubmitUpdate(std::move(update).value()));
       } else {
         RETURN_IF_ERROR(session->AbandonTask(update.status()));

@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "client/device_store.h"
 #include "client/session.h"
 #include "core/status.h"
 #include "training/dataset.h"
@@ -16,12 +17,17 @@ struct ClientStats {
   int updates_acked = 0;
   int reconnects = 0;
   int models_refused = 0;  // failed signature verification
+  std::vector<uint32_t> recorded_rounds;  // rounds whose update the aggregator confirmed
 };
 
 // Blocks until Finished, `*stop` becomes true, or a fatal error. The model
 // is built for the architecture each task names.
 // Every model is verified with `model_public_key` before it is loaded.
+// With a `store`, each update is written to its outbox (synced) before it is
+// sent and removed once settled; an update left there by a crash is sent
+// again first thing.
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
-                                const std::vector<unsigned char>& model_public_key, const std::atomic<bool>* stop);
+                                const std::vector<unsigned char>& model_public_key, const std::atomic<bool>* stop,
+                                DeviceStore* store = nullptr);
 
 }  // namespace flotilla::client

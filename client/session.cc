@@ -96,7 +96,7 @@ Status Session::Handle(const wire::Envelope& env) {
       state_ = State::kTraining;
       return Status::Ok();
     case wire::Envelope::kAck:
-      pending_update_.reset();
+      Settle(true);
       ++updates_acked_;
       return SendTaskRequest();
     case wire::Envelope::kFinished:
@@ -111,7 +111,7 @@ Status Session::Handle(const wire::Envelope& env) {
           return SendHello();
         case wire::ERROR_DUPLICATE:
           // Already recorded (our earlier copy got through): same as an Ack.
-          pending_update_.reset();
+          Settle(true);
           ++updates_acked_;
           return SendTaskRequest();
         case wire::ERROR_INTERNAL:
@@ -123,7 +123,7 @@ Status Session::Handle(const wire::Envelope& env) {
           if (pending_update_) {
             LOG_WARN("client", config_.name << ": update for round " << pending_update_->round()
                                             << " refused: " << err.message());
-            pending_update_.reset();
+            Settle(false);
           } else {
             LOG_WARN("client", config_.name << ": aggregator error: " << err.message());
           }
@@ -176,6 +176,23 @@ Status Session::SubmitUpdate(wire::Update update) {
   if (state_ != State::kTraining) return FailedPrecondition("no task is being trained");
   pending_update_ = std::move(update);
   return SendUpdate();
+}
+
+void Session::Settle(bool recorded) {
+  if (pending_update_) settled_.push_back({pending_update_->round(), recorded});
+  pending_update_.reset();
+}
+
+std::vector<Session::Settled> Session::TakeSettled() {
+  std::vector<Settled> out;
+  out.swap(settled_);
+  return out;
+}
+
+Status Session::ResumeUpdate(wire::Update update) {
+  if (state_ != State::kHello) return FailedPrecondition("ResumeUpdate must come before the Welcome");
+  pending_update_ = std::move(update);
+  return Status::Ok();
 }
 
 Status Session::AbandonTask(const Status& why) {

@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "net/transport.h"
@@ -61,6 +62,16 @@ class Session {
   Status SubmitUpdate(wire::Update update);
   // Training failed locally: tell nobody, ask for new work.
   Status AbandonTask(const Status& why);
+  // Queues an update recovered from the device's outbox, to be sent right
+  // after the next Welcome. REQUIRES: state() == kHello.
+  Status ResumeUpdate(wire::Update update);
+  // Updates settled since the last call: acknowledged or already recorded
+  // (recorded = true), or refused for good (false). Drop them from the outbox.
+  struct Settled {
+    uint32_t round;
+    bool recorded;
+  };
+  std::vector<Settled> TakeSettled();
 
   // Counters for reports.
   int updates_acked() const { return updates_acked_; }
@@ -88,6 +99,8 @@ class Session {
   std::optional<wire::TrainTask> pending_task_;
   std::optional<wire::Update> pending_update_;  // sent, not yet acknowledged
   std::optional<wire::Finished> finished_msg_;
+  std::vector<Settled> settled_;
+  void Settle(bool recorded);
   int updates_acked_ = 0;
   int reconnects_ = 0;
 };

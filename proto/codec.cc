@@ -162,6 +162,10 @@ const char* BodyName(const wire::Envelope& envelope) {
     case wire::Envelope::kAck: return "Ack";
     case wire::Envelope::kError: return "Error";
     case wire::Envelope::kFinished: return "Finished";
+    case wire::Envelope::kStatusRequest: return "StatusRequest";
+    case wire::Envelope::kStatusReply: return "StatusReply";
+    case wire::Envelope::kPullRequest: return "PullRequest";
+    case wire::Envelope::kPullReply: return "PullReply";
     case wire::Envelope::BODY_NOT_SET: return "(empty)";
   }
   return "(unknown)";

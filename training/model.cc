@@ -18,6 +18,7 @@ namespace {
 namespace F = torch::nn::functional;
 
 using internal::CheckData;
+using internal::CheckTrainConfig;
 using internal::Cnn;
 using internal::DataTensors;
 using internal::IndexTensor;
@@ -88,6 +89,25 @@ Status CheckData(const DataView& data, const char* what) {
       return InvalidArgument(std::string(what) + ": example " + std::to_string(i) + " has label " +
                              std::to_string(y) + ", the model has 10 classes");
     }
+  }
+  return Status::Ok();
+}
+
+Status CheckTrainConfig(const TrainConfig& config, const char* what) {
+  const std::string prefix = std::string(what) + ": ";
+  if (config.epochs < 1) return InvalidArgument(prefix + "epochs must be >= 1, got " + std::to_string(config.epochs));
+  if (config.batch_size < 1) {
+    return InvalidArgument(prefix + "batch_size must be >= 1, got " + std::to_string(config.batch_size));
+  }
+  if (!(config.learning_rate > 0.0) || !std::isfinite(config.learning_rate)) {
+    return InvalidArgument(prefix + "learning_rate must be a positive number, got " +
+                           std::to_string(config.learning_rate));
+  }
+  if (!(config.momentum >= 0.0 && config.momentum < 1.0)) {
+    return InvalidArgument(prefix + "momentum must be in [0, 1), got " + std::to_string(config.momentum));
+  }
+  if (!(config.weight_decay >= 0.0) || !std::isfinite(config.weight_decay)) {
+    return InvalidArgument(prefix + "weight_decay must be >= 0, got " + std::to_string(config.weight_decay));
   }
   return Status::Ok();
 }
@@ -169,20 +189,7 @@ Status ModelRunner::SetWeights(const Weights& w) {
 }
 
 StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig& config) {
-  if (config.epochs < 1) return InvalidArgument("Train: epochs must be >= 1, got " + std::to_string(config.epochs));
-  if (config.batch_size < 1) {
-    return InvalidArgument("Train: batch_size must be >= 1, got " + std::to_string(config.batch_size));
-  }
-  if (!(config.learning_rate > 0.0) || !std::isfinite(config.learning_rate)) {
-    return InvalidArgument("Train: learning_rate must be a positive number, got " +
-                           std::to_string(config.learning_rate));
-  }
-  if (!(config.momentum >= 0.0 && config.momentum < 1.0)) {
-    return InvalidArgument("Train: momentum must be in [0, 1), got " + std::to_string(config.momentum));
-  }
-  if (!(config.weight_decay >= 0.0) || !std::isfinite(config.weight_decay)) {
-    return InvalidArgument("Train: weight_decay must be >= 0, got " + std::to_string(config.weight_decay));
-  }
+  RETURN_IF_ERROR(CheckTrainConfig(config, "Train"));
   RETURN_IF_ERROR(CheckData(data, "Train"));
 
   const auto start_time = std::chrono::steady_clock::now();

@@ -39,6 +39,27 @@ struct TrainResult {
   double seconds = 0.0;
 };
 
+// DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy"):
+// each step samples a batch, clips every example's gradient (over all
+// parameters together) to L2 norm `l2_clip`, sums, adds N(0, (sigma C)^2)
+// to each coordinate and divides by the expected batch size. The (q, sigma,
+// steps) of a run are what privacy::RdpAccountant::Compose takes.
+struct DpSgdConfig {
+  double noise_multiplier = 1.0;  // sigma: noise stddev / l2_clip; >= 0 (0 is not private)
+  double l2_clip = 1.0;           // C: per-example gradient norm bound; > 0
+  // true: each step includes every example independently with probability
+  // q, from a CSPRNG (the sampling the RDP accountant analyses). false:
+  // shuffle with TrainConfig.seed and take consecutive batches of
+  // round(q * N) examples, dividing by the actual batch size; this mode is
+  // deterministic given the seed (with zero noise) but the Poisson
+  // accountant does NOT cover it; for experiments and tests only.
+  bool poisson_sampling = true;
+  // q in (0, 1]; 0 means TrainConfig.batch_size / N (capped at 1).
+  double sampling_rate = 0.0;
+  // Number of steps; 0 means ceil(TrainConfig.epochs / q).
+  int64_t steps = 0;
+};
+
 struct EvalResult {
   double loss = 0.0;      // mean cross-entropy
   double accuracy = 0.0;  // in [0, 1]
@@ -68,7 +89,25 @@ class ModelRunner {
   StatusOr<TrainResult> Train(const DataView& data, const TrainConfig& config);
   StatusOr<EvalResult> Evaluate(const DataView& data, int batch_size = 1000);
 
+  // DP-SGD over `data` (see DpSgdConfig) with config's learning rate,
+  // momentum and weight decay (applied to the noised gradient, like SGD).
+  // Each entry of data.indices is one example for privacy purposes: a
+  // record listed k times has sensitivity k * l2_clip, which the
+  // accountant does not know about.
+  // Per-example gradients are computed in one batched pass (no loop of
+  // single-example backward passes); noise and Poisson sampling come from
+  // libsodium's CSPRNG, so runs are not bit-reproducible.
+  // The result's steps is the number of noised steps taken (an empty
+  // Poisson batch still takes a pure-noise step, as the accountant assumes).
+  // Its mean_loss (mean over the last ceil(1/q) steps) is computed from the
+  // private data WITHOUT noise: it is not covered by the DP guarantee and
+  // must not leave the device in a DP deployment.
+  // Fails like Train (the module is then left as before), and with
+  // InvalidArgument on a bad DpSgdConfig.
+  StatusOr<TrainResult> TrainDpSgd(const DataView& data, const TrainConfig& config, const DpSgdConfig& dp);
+
  private:
+  friend class DpSgdTestPeer;  // training/dp_sgd_testing.h
   struct Impl;
   explicit ModelRunner(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

@@ -66,6 +66,10 @@ struct LogReg : Net {
 // model. `what` prefixes error messages (the calling method's name).
 Status CheckData(const DataView& data, const char* what);
 
+// Checks the fields of `config` (epochs, batch size, learning rate,
+// momentum, weight decay); `what` prefixes error messages.
+Status CheckTrainConfig(const TrainConfig& config, const char* what);
+
 // Tensors over the shared dataset's memory. They are only ever read
 // (index_select copies), so the const_cast in WrapDataset never leads to a
 // write. Valid while the dataset lives.

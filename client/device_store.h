@@ -1,0 +1,56 @@
+// A device's durable state in RocksDB: the outbox (updates sent but not yet
+// acknowledged, so a crash or reboot does not lose finished training), the
+// models it pulled (verified), and small state values.
+//
+// Thread-safety: all methods may be called from any thread.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "proto/flotilla.pb.h"
+
+namespace rocksdb {
+class DB;
+class ColumnFamilyHandle;
+}  // namespace rocksdb
+
+namespace flotilla::client {
+
+// A verified model held by the device.
+struct HeldModel {
+  uint64_t version = 0;
+  uint32_t round = 0;
+  std::string arch;
+  wire::WeightsProto weights;  // full
+  std::string signature;
+};
+
+class DeviceStore {
+ public:
+  // Opens (creating) the store in `path`; a store locked by another process
+  // gives FailedPrecondition naming the path.
+  static StatusOr<std::unique_ptr<DeviceStore>> Open(const std::string& path);
+  ~DeviceStore();
+  DeviceStore(const DeviceStore&) = delete;
+  DeviceStore& operator=(const DeviceStore&) = delete;
+
+  // Outbox: at most one pending update per round; synced writes.
+  Status PutOutbox(const wire::Update& update);
+  Status RemoveOutbox(uint32_t round);
+  StatusOr<std::vector<wire::Update>> ListOutbox() const;
+
+  // The latest verified model (replaces the previous one atomically).
+  Status PutModel(const HeldModel& model);
+  StatusOr<std::optional<HeldModel>> GetModel() const;
+
+ private:
+  DeviceStore(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles);
+  rocksdb::DB* db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+};
+
+}  // namespace flotilla::client

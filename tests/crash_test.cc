@@ -1,0 +1,207 @@
+// kill -9 the aggregator process at random moments while real client
+// processes train; after every restart nothing acknowledged is lost or
+// counted twice, every round completes, and the final model is bit for bit
+// the one an uninterrupted run reaches. Kills: FLOTILLA_CRASH_KILLS (default 5).
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "aggregator/store.h"
+#include "core/rng.h"
+#include "privacy/keys.h"
+#include "proto/codec.h"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kClients = 3;
+constexpr int kRounds = 8;
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+pid_t Spawn(const std::vector<std::string>& args, const fs::path& log) {
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    FILE* out = std::fopen(log.c_str(), "a");
+    if (out) {
+      ::dup2(fileno(out), 1);
+      ::dup2(fileno(out), 2);
+    }
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    std::_Exit(127);
+  }
+  return pid;
+}
+
+int Wait(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+struct Fleet {
+  fs::path dir;
+  int port;
+  explicit Fleet(const std::string& name) {
+    dir = fs::temp_directory_path() / ("flotilla-crash-" + std::to_string(::getpid()) + "-" + name);
+    fs::remove_all(dir);
+    fs::create_directories(dir / "keys");
+    port = FreePort();
+    const std::string keys = (dir / "keys").string();
+    auto server = privacy::GenerateCurveKeyPair();
+    auto signing = privacy::GenerateSigningKeyPair();
+    REQUIRE(server.ok());
+    REQUIRE(signing.ok());
+    REQUIRE(privacy::WriteCurveKeyFiles(keys, "aggregator", *server, false).ok());
+    REQUIRE(privacy::WriteSigningKeyFiles(keys, "aggregator", *signing, false).ok());
+    std::ofstream allow(dir / "keys" / "allowlist");
+    for (int i = 0; i < kClients; ++i) {
+      // Same device identities in every run: merge order and seeds follow them.
+      auto k = privacy::DeriveCurveKeyPairForSimulation(7000 + i);
+      REQUIRE(k.ok());
+      REQUIRE(privacy::WriteCurveKeyFiles(keys, "dev" + std::to_string(i), *k, false).ok());
+      allow << k->public_z85 << " dev" << i << "\n";
+    }
+  }
+  ~Fleet() { fs::remove_all(dir); }
+
+  std::vector<std::string> AggregatorArgs() const {
+    const std::string k = (dir / "keys").string();
+    return {FLOTILLA_AGGREGATOR_BIN, "--endpoint", "tcp://127.0.0.1:" + std::to_string(port), "--store",
+            (dir / "store").string(), "--curve-key", k + "/aggregator.curve.key", "--signing-key",
+            k + "/aggregator.sign.key", "--allowlist", k + "/allowlist", "--arch", "logreg", "--min-clients",
+            std::to_string(kClients), "--rounds", std::to_string(kRounds), "--epochs", "1", "--batch", "32", "--lr",
+            "0.05", "--seed", "3", "--no-eval", "--log", "warning", "--finish-grace", "3"};
+  }
+  std::vector<std::string> ClientArgs(int i) const {
+    const std::string k = (dir / "keys").string();
+    const std::string name = "dev" + std::to_string(i);
+    return {FLOTILLA_CLIENT_BIN, "--connect", "tcp://127.0.0.1:" + std::to_string(port), "--name", name,
+            "--curve-key", k + "/" + name + ".curve.key", "--server-key", k + "/aggregator.curve.pub",
+            "--model-key", k + "/aggregator.sign.pub", "--state-dir", (dir / name).string(),
+            "--request-timeout-ms", "1500", "--log", "warning", "train", "--clients", std::to_string(kClients),
+            "--index", std::to_string(i), "--train-limit", "1500", "--seed", "3", "--threads", "1"};
+  }
+};
+
+// Rounds each client saw recorded, parsed from its "recorded rounds:" line.
+std::vector<uint32_t> RecordedRounds(const fs::path& log) {
+  std::ifstream in(log);
+  std::string line;
+  std::vector<uint32_t> rounds;
+  while (std::getline(in, line)) {
+    if (line.rfind("recorded rounds:", 0) != 0) continue;
+    std::istringstream words(line.substr(16));
+    uint32_t r;
+    while (words >> r) rounds.push_back(r);
+  }
+  return rounds;
+}
+
+struct RunResult {
+  std::string final_weights;
+  uint64_t final_version = 0;
+  int kills = 0;
+};
+
+RunResult RunFleet(Fleet& fleet, int kills_wanted, uint64_t seed) {
+  std::vector<pid_t> clients;
+  pid_t agg = Spawn(fleet.AggregatorArgs(), fleet.dir / "aggregator.log");
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(Spawn(fleet.ClientArgs(i), fleet.dir / ("dev" + std::to_string(i) + ".log")));
+  }
+  RunResult result;
+  Rng rng(seed);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+  while (true) {
+    REQUIRE(std::chrono::steady_clock::now() < give_up);
+    if (result.kills < kills_wanted) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng.UniformInt(1300)));
+      int status = 0;
+      if (::waitpid(agg, &status, WNOHANG) == agg) {
+        REQUIRE(WIFEXITED(status));
+        REQUIRE(WEXITSTATUS(status) == 0);
+        break;  // finished before we could kill it again
+      }
+      ::kill(agg, SIGKILL);
+      Wait(agg);
+      ++result.kills;
+      agg = Spawn(fleet.AggregatorArgs(), fleet.dir / "aggregator.log");
+    } else {
+      INFO("aggregator log: " << (fleet.dir / "aggregator.log").string());
+      REQUIRE(Wait(agg) == 0);
+      break;
+    }
+  }
+  for (pid_t c : clients) REQUIRE(Wait(c) == 0);
+
+  auto store = aggregator::Store::OpenReadOnly((fleet.dir / "store").string());
+  REQUIRE(store.ok());
+  auto rounds = (*store)->ListRounds();
+  REQUIRE(rounds.ok());
+  REQUIRE(rounds->size() == static_cast<size_t>(kRounds));
+  std::map<uint32_t, std::multiset<std::string>> received;
+  for (const auto& r : *rounds) {
+    CHECK(r.outcome() == records::RoundRecord::OUTCOME_COMPLETED);
+    CHECK(r.received_size() == kClients);
+    received[r.round()].insert(r.received().begin(), r.received().end());
+  }
+  // Every update a client saw acknowledged is in its round exactly once.
+  for (int i = 0; i < kClients; ++i) {
+    const std::string key = *privacy::ReadCurvePublicFile((fleet.dir / "keys" / ("dev" + std::to_string(i) + ".curve.pub")).string());
+    const auto recorded = RecordedRounds(fleet.dir / ("dev" + std::to_string(i) + ".log"));
+    CHECK(recorded.size() == static_cast<size_t>(kRounds));
+    for (uint32_t r : recorded) CHECK(received[r].count(key) == 1);
+  }
+  auto latest = (*store)->LatestModelVersion();
+  REQUIRE(latest.ok());
+  auto model = (*store)->GetModel(latest->value());
+  REQUIRE(model.ok());
+  result.final_weights = model->weights().data();
+  result.final_version = latest->value();
+  return result;
+}
+
+}  // namespace
+
+TEST_CASE("kill -9 of the aggregator loses nothing acknowledged and changes nothing", "[crash][integration]") {
+  const char* env = std::getenv("FLOTILLA_CRASH_KILLS");
+  const int kills = env ? std::atoi(env) : 5;
+  Fleet reference_fleet("reference");
+  const RunResult reference = RunFleet(reference_fleet, 0, 1);
+  Fleet crash_fleet("crash");
+  const RunResult crashed = RunFleet(crash_fleet, kills, 42);
+  INFO("aggregator killed " << crashed.kills << " times");
+  CHECK(crashed.kills >= std::min(kills, 1));
+  CHECK(crashed.final_version == reference.final_version);
+  CHECK(crashed.final_weights == reference.final_weights);
+}
