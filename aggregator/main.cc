@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
   app.add_option("--finish-grace", config.finish_grace_seconds,
                  "Seconds to keep telling clients the federation is over after the last round")
       ->capture_default_str();
+  app.add_flag("--keep-serving", config.keep_serving,
+               "After the last round keep serving status and model pulls until SIGTERM");
   app.add_option("--retain-last", config.retain_last, "Keep the newest N model versions (0 = keep all)")
       ->capture_default_str();
   app.add_option("--retain-every", config.retain_every, "Also keep every Kth version (with --retain-last)")

@@ -239,7 +239,10 @@ Status Aggregator::Run() {
       bool all_told = std::all_of(clients_.begin(), clients_.end(), [](const auto& kv) {
         return kv.second.told_finished || kv.second.peer.empty();  // never reconnected since a restart
       });
-      if (all_told || now - *finished_at_ > std::chrono::duration<double>(config_.finish_grace_seconds)) break;
+      if (!config_.keep_serving &&
+          (all_told || now - *finished_at_ > std::chrono::duration<double>(config_.finish_grace_seconds))) {
+        break;
+      }
     }
   }
   LOG_INFO("aggregator", "stopped after " << rounds_done_ << " rounds; final model version " << model_version_);

@@ -56,6 +56,9 @@ struct AggregatorConfig {
   // After the last round, keep answering Finished this long so clients learn
   // the federation is over.
   double finish_grace_seconds = 3.0;
+  // Keep serving after the last round (status, pull, Finished) until
+  // RequestStop() / SIGTERM, instead of exiting after the grace period.
+  bool keep_serving = false;
   // A round whose deadline passed while the aggregator was down: kExtend
   // gives it a fresh deadline from the restart, kClose closes it at once
   // with the updates it has (or fails it below min_updates).

@@ -78,7 +78,8 @@ int BenchModel(const std::string& arch, const training::DataView& data, int batc
   // sees q * N examples per step in expectation.
   const double plain_rate = static_cast<double>(data.size()) / plain->seconds;
   const double q = static_cast<double>(batch) / static_cast<double>(data.size());
-  const double dp_rate = q * static_cast<double>(data.size()) * static_cast<double>(priv->steps) / priv->seconds;
+  const double dp_rate =
+      q * static_cast<double>(data.size()) * static_cast<double>(priv->steps) / priv->seconds;
   std::printf("%-6s batch %3d  SGD %8.0f ex/s   DP-SGD %8.0f ex/s   DP/SGD %.2f  (DP slowdown %.2fx)\n",
               arch.c_str(), batch, plain_rate, dp_rate, dp_rate / plain_rate, plain_rate / dp_rate);
   return 0;
@@ -94,10 +95,12 @@ int Main(int argc, char** argv) {
   }
   training::SetTorchThreads(threads);
   std::shared_ptr<const training::Dataset> dataset;
-  auto loaded = training::LoadFashionMnist(training::kDefaultFashionMnistDir, training::Split::kTrain, examples);
+  auto loaded =
+      training::LoadFashionMnist(training::kDefaultFashionMnistDir, training::Split::kTrain, examples);
   if (loaded.ok()) {
     dataset = std::make_shared<const training::Dataset>(std::move(loaded).value());
-    std::printf("Fashion-MNIST, %lld examples, %d thread(s)\n", static_cast<long long>(dataset->size()), threads);
+    std::printf("Fashion-MNIST, %lld examples, %d thread(s)\n", static_cast<long long>(dataset->size()),
+                threads);
   } else {
     dataset = std::make_shared<const training::Dataset>(training::MakeSynthetic(examples, 1));
     std::printf("synthetic data (%s), %lld examples, %d thread(s)\n", loaded.status().ToString().c_str(),

@@ -89,8 +89,8 @@ StatusOr<AdaptiveClipper> AdaptiveClipper::Create(double initial_clip_norm, doub
 StatusOr<double> AdaptiveClipper::Update(int64_t count_below, int64_t n, GaussianNoise& noise) {
   if (n <= 0) return InvalidArgument("AdaptiveClipper::Update: n must be > 0, got " + std::to_string(n));
   if (count_below < 0 || count_below > n) {
-    return InvalidArgument("AdaptiveClipper::Update: count_below must be in [0, " + std::to_string(n) + "], got " +
-                           std::to_string(count_below));
+    return InvalidArgument("AdaptiveClipper::Update: count_below must be in [0, " + std::to_string(n) +
+                           "], got " + std::to_string(count_below));
   }
   const double noisy_fraction =
       (static_cast<double>(count_below) + noise.Sample(bit_noise_stddev_)) / static_cast<double>(n);
@@ -111,8 +111,8 @@ StatusOr<double> AdaptiveClippingNoiseMultiplier(double z, double sigma_b) {
                            std::to_string(sigma_b));
   }
   if (!(2.0 * sigma_b > z)) {
-    return OutOfRange("AdaptiveClippingNoiseMultiplier: the count noise sigma_b = " + std::to_string(sigma_b) +
-                      " must exceed z / 2 = " + std::to_string(z / 2.0) +
+    return OutOfRange("AdaptiveClippingNoiseMultiplier: the count noise sigma_b = " +
+                      std::to_string(sigma_b) + " must exceed z / 2 = " + std::to_string(z / 2.0) +
                       "; otherwise releasing the count alone uses the whole privacy budget");
   }
   const double inv = 1.0 / (z * z) - 1.0 / (4.0 * sigma_b * sigma_b);

@@ -56,8 +56,8 @@ class AdaptiveClipper {
   // Fails with InvalidArgument unless initial_clip_norm > 0,
   // target_quantile in [0, 1], learning_rate >= 0 and bit_noise_stddev >= 0,
   // all finite.
-  static StatusOr<AdaptiveClipper> Create(double initial_clip_norm, double target_quantile, double learning_rate,
-                                          double bit_noise_stddev);
+  static StatusOr<AdaptiveClipper> Create(double initial_clip_norm, double target_quantile,
+                                          double learning_rate, double bit_noise_stddev);
 
   // The clip norm to use this round.
   double clip_norm() const { return clip_norm_; }

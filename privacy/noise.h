@@ -80,8 +80,8 @@ class SecureRng {
   SecureRng();
   void Refill();
 
-  SecretBytes key_;     // 32 bytes
-  SecretBytes buffer_;  // kBufferWords * 8 bytes of keystream
+  SecretBytes key_;             // 32 bytes
+  SecretBytes buffer_;          // kBufferWords * 8 bytes of keystream
   uint64_t block_counter_ = 0;  // nonce of the next refill
   size_t next_word_ = kBufferWords;
 };

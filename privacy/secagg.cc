@@ -22,7 +22,7 @@ constexpr uint8_t kTagMasked = 0x4d;
 constexpr uint8_t kTagUnmaskRequest = 0x55;
 constexpr uint8_t kTagUnmaskResponse = 0x56;
 
-constexpr size_t kParamsBytes = 47;
+constexpr size_t kParamsBytes = 44;
 constexpr size_t kAdvertiseBodyBytes = 4 + 32 + 32 + 64;
 constexpr size_t kEncryptedEntryBytes = 4 + 4 + 24 + kEncryptedSharesCiphertextBytes;
 constexpr size_t kShareBytes = 6 + 8 * 5;  // a Shamir share of a 32-byte secret
@@ -951,6 +951,7 @@ Status SecAggServer::Abort(const std::string& message) {
   stage_ = Stage::kAborted;
   clients_.clear();
   sum_.clear();
+  advertised_keys_.clear();
   return abort_status_;
 }
 
@@ -970,13 +971,11 @@ Status SecAggServer::HandleAdvertiseKeys(const AdvertiseKeysMessage& m) {
                             " does not verify with its long-term key (tampered, wrong round or wrong parameters)");
   }
   if (m.c_public == m.s_public) return InvalidArgument("client " + Str(m.sender) + " advertised the same key twice");
-  for (const ClientState& other : clients_) {
-    if (!other.advertised) continue;
-    const auto& a = other.advertisement;
-    if (a.c_public == m.c_public || a.s_public == m.s_public || a.c_public == m.s_public || a.s_public == m.c_public) {
-      return InvalidArgument("client " + Str(m.sender) + " advertised a key already used by client " + Str(a.sender));
-    }
+  if (advertised_keys_.count(m.c_public) || advertised_keys_.count(m.s_public)) {
+    return InvalidArgument("client " + Str(m.sender) + " advertised a key already used by another client");
   }
+  advertised_keys_.insert(m.c_public);
+  advertised_keys_.insert(m.s_public);
   c.advertised = true;
   c.advertisement = m;
   return Status::Ok();

@@ -58,6 +58,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -101,7 +102,7 @@ struct SecAggParams {
   // Neighbours per client: n - 1 for kComplete, `degree` for kHarary.
   uint32_t EffectiveDegree() const;
 
-  // Wire form (47 bytes): tag 0x50 | version 1 | n u32 | t u32 | k u8 |
+  // Wire form (44 bytes): tag 0x50 | version 1 | n u32 | t u32 | k u8 |
   // graph u8 | degree u32 | seed u64 | length u32 | round u32 | 12 zero bytes
   // reserved. Little-endian.
   std::string Serialize() const;
@@ -434,6 +435,7 @@ class SecAggServer {
   Stage stage_ = Stage::kAdvertiseKeys;
   Status abort_status_;
   std::vector<ClientState> clients_;
+  std::set<SecAggPublicKey> advertised_keys_;  // every key in U1, to refuse reuse
   std::vector<uint32_t> sum_;
 };
 

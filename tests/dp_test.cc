@@ -2,9 +2,8 @@
 // privacy/clipping.h and ModelRunner::TrainDpSgd (training/dp_sgd.cc),
 // including per-example gradients checked against one backward pass per
 // example.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -28,8 +27,8 @@ namespace {
 using privacy::AdaptiveClipper;
 using privacy::GaussianNoise;
 using privacy::SecureRng;
-using training::DataView;
 using training::Dataset;
+using training::DataView;
 using training::DpSgdConfig;
 using training::DpSgdTestPeer;
 using training::ModelRunner;
@@ -108,9 +107,9 @@ TEST_CASE("GaussianNoise has mean 0 and the requested standard deviation", "[pri
     INFO("sigma " << sigma << " mean/sigma " << mean << " sd/sigma " << sd);
     CHECK(std::fabs(mean) < 5.0 / std::sqrt(static_cast<double>(kN)));  // 5 standard errors
     CHECK(std::fabs(sd - 1.0) < 0.005);
-    CHECK(std::fabs(sum_4 / kN - 3.0) < 0.05);                 // kurtosis of a normal; SE ~ 0.0049
+    CHECK(std::fabs(sum_4 / kN - 3.0) < 0.05);                     // kurtosis of a normal; SE ~ 0.0049
     CHECK(std::fabs(beyond_2 / double(kN) - 0.0455003) < 0.0015);  // P(|Z| > 2); SE ~ 0.0002
-    CHECK(std::fabs(lag_product / kN) < 0.005);                // neighbours (incl. Box-Muller pairs) uncorrelated
+    CHECK(std::fabs(lag_product / kN) < 0.005);  // neighbours (incl. Box-Muller pairs) uncorrelated
   }
 }
 
@@ -201,7 +200,8 @@ TEST_CASE("ClipL2 never exceeds the clip norm", "[privacy][clipping]") {
     const double clip = clips[rng.UniformInt(clips.size())] * (0.5 + rng.UniformDouble());
     std::vector<float> v(n);
     const double kFloatMax = std::numeric_limits<float>::max();
-    for (float& x : v) x = static_cast<float>(std::max(-kFloatMax, std::min(kFloatMax, scale * rng.Normal())));
+    for (float& x : v)
+      x = static_cast<float>(std::max(-kFloatMax, std::min(kFloatMax, scale * rng.Normal())));
     const std::vector<float> original = v;
     const double before = ReferenceNorm(original);
     const double returned = privacy::ClipL2(v.data(), n, clip);
@@ -287,8 +287,8 @@ TEST_CASE("Adaptive clipping converges to the target quantile", "[privacy][clipp
       const double mean_fraction =
           std::accumulate(late_fractions.begin(), late_fractions.end(), 0.0) / late_fractions.size();
       const double true_quantile = 2.0 * std::exp(0.5 * (gamma == 0.5 ? 0.0 : 1.2815516));
-      INFO("gamma " << gamma << " initial " << initial << " final C " << clipper->clip_norm() << " true quantile "
-                    << true_quantile << " mean fraction below " << mean_fraction);
+      INFO("gamma " << gamma << " initial " << initial << " final C " << clipper->clip_norm()
+                    << " true quantile " << true_quantile << " mean fraction below " << mean_fraction);
       CHECK(std::fabs(mean_fraction - gamma) < 0.05);
       CHECK(std::fabs(std::log(clipper->clip_norm() / true_quantile)) < 0.35);
     }
@@ -415,7 +415,8 @@ TEST_CASE("DP-SGD without noise or clipping is full-batch SGD", "[training][dpsg
   }
 }
 
-TEST_CASE("DP-SGD with noise changes the weights, stays finite and is not reproducible", "[training][dpsgd]") {
+TEST_CASE("DP-SGD with noise changes the weights, stays finite and is not reproducible",
+          "[training][dpsgd]") {
   training::SetTorchThreads(1);
   const DataView data = SyntheticView(100, 2);
   TrainConfig config;
@@ -527,8 +528,8 @@ TEST_CASE("DP-SGD learns Fashion-MNIST with the 2nn", "[training][dpsgd][slow]")
   REQUIRE(accountant.Compose(dp.sampling_rate, dp.noise_multiplier, result->steps).ok());
   auto spent = accountant.GetPrivacySpent(1e-5);
   REQUIRE(spent.ok());
-  INFO("accuracy " << eval->accuracy << ", epsilon " << spent->epsilon << " at delta 1e-5, " << result->seconds
-                   << " s");
+  INFO("accuracy " << eval->accuracy << ", epsilon " << spent->epsilon << " at delta 1e-5, "
+                   << result->seconds << " s");
   CHECK(eval->accuracy > 0.6);
   CHECK(spent->epsilon < 10.0);
 }

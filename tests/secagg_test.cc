@@ -3,8 +3,6 @@
 // a misbehaving server, message parsing, mask uniformity and quantization.
 #include <catch2/catch.hpp>
 
-#include <sodium.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -21,8 +19,9 @@ namespace flotilla::privacy {
 namespace {
 
 std::vector<unsigned char> RandomSecret(size_t size) {
+  static Rng rng(42);  // test data only; the code under test draws from libsodium
   std::vector<unsigned char> s(size);
-  randombytes_buf(s.data(), s.size());
+  for (auto& b : s) b = static_cast<unsigned char>(rng.NextU64());
   return s;
 }
 
@@ -190,6 +189,12 @@ M Wire(const M& m) {
   auto parsed = M::Parse(m.Serialize());
   REQUIRE(parsed.ok());
   return std::move(parsed).value();
+}
+
+SecAggClient MustCreate(const Fleet& f, uint32_t index) {
+  auto c = SecAggClient::Create(f.params, index, f.identities[index], f.public_keys);
+  REQUIRE(c.ok());
+  return std::move(c).value();
 }
 
 std::vector<std::vector<uint32_t>> RandomInputs(const SecAggParams& p, uint64_t seed) {
@@ -539,7 +544,7 @@ TEST_CASE("SecAgg: tampered or mis-signed advertised keys are rejected", "[secag
   const SecAggParams p = SmallParams();
   const Fleet f = MakeFleet(p);
   std::vector<SecAggClient> clients;
-  for (uint32_t i = 0; i < p.num_clients; ++i) clients.push_back(*SecAggClient::Create(p, i, f.identities[i], f.public_keys));
+  for (uint32_t i = 0; i < p.num_clients; ++i) clients.push_back(MustCreate(f, i));
   auto server = SecAggServer::Create(p, f.public_keys);
   REQUIRE(server.ok());
 
@@ -580,7 +585,7 @@ TEST_CASE("SecAgg: a tampered relayed ciphertext makes the recipient abort", "[s
   const SecAggParams p = SmallParams();
   const Fleet f = MakeFleet(p);
   std::vector<SecAggClient> clients;
-  for (uint32_t i = 0; i < p.num_clients; ++i) clients.push_back(*SecAggClient::Create(p, i, f.identities[i], f.public_keys));
+  for (uint32_t i = 0; i < p.num_clients; ++i) clients.push_back(MustCreate(f, i));
   auto server = SecAggServer::Create(p, f.public_keys);
   for (auto& c : clients) REQUIRE(server->HandleAdvertiseKeys(c.AdvertiseKeys()).ok());
   REQUIRE(server->EndAdvertiseKeys().ok());
@@ -660,7 +665,7 @@ TEST_CASE("SecAgg: a masked vector is indistinguishable from uniform", "[secagg]
   p.vector_length = 1 << 17;  // 131072 words
   const Fleet f = MakeFleet(p);
   Staged s;
-  for (uint32_t i = 0; i < p.num_clients; ++i) s.clients.push_back(*SecAggClient::Create(p, i, f.identities[i], f.public_keys));
+  for (uint32_t i = 0; i < p.num_clients; ++i) s.clients.push_back(MustCreate(f, i));
   auto server = SecAggServer::Create(p, f.public_keys);
   for (auto& c : s.clients) REQUIRE(server->HandleAdvertiseKeys(c.AdvertiseKeys()).ok());
   REQUIRE(server->EndAdvertiseKeys().ok());
@@ -682,8 +687,8 @@ TEST_CASE("SecAgg: a masked vector is indistinguishable from uniform", "[secagg]
 TEST_CASE("MaskExpander: add then subtract is the identity, domains differ", "[secagg]") {
   REQUIRE(EnsureSodium().ok());
   MaskExpander ex(1000);
-  unsigned char seed[32];
-  randombytes_buf(seed, sizeof(seed));
+  const std::vector<unsigned char> seed_bytes = RandomSecret(32);
+  const unsigned char* seed = seed_bytes.data();
   std::vector<uint32_t> acc(1000, 5), self(1000), pair(1000);
   ex.Add(seed, MaskDomain::kPair, acc.data());
   CHECK(acc != std::vector<uint32_t>(1000, 5));

@@ -18,6 +18,7 @@
 #include "net/zap.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
+#include "tests/test_aggregator.h"
 #include "tests/test_keys.h"
 #include "training/dataset.h"
 #include "training/model.h"
@@ -25,15 +26,10 @@
 using namespace flotilla;
 using namespace std::chrono_literals;
 
-namespace {
+using testing::RunningAggregator;
+using testing::TempPath;
 
-std::filesystem::path TempPath(const std::string& name) {
-  static int counter = 0;
-  auto p = std::filesystem::temp_directory_path() /
-           ("flotilla-sec-" + std::to_string(::getpid()) + "-" + name + std::to_string(counter++));
-  std::filesystem::remove_all(p);
-  return p;
-}
+namespace {
 
 std::string Serialize(wire::Envelope env) { return proto::SerializeEnvelope(&env); }
 
@@ -53,39 +49,6 @@ std::optional<wire::Envelope> TryReply(net::ClientSocket* s, std::chrono::millis
   REQUIRE(env.ok());
   return *env;
 }
-
-// A real aggregator running Run() on its own thread.
-struct RunningAggregator {
-  net::Context context;
-  std::unique_ptr<aggregator::Aggregator> agg;
-  std::thread thread;
-  Status status;
-  std::filesystem::path store;
-
-  RunningAggregator(aggregator::AggregatorConfig config, const std::string& arch = "logreg") {
-    store = TempPath("store");
-    config.endpoint = "tcp://127.0.0.1:*";
-    config.store_path = store.string();
-    config.model_arch = arch;
-    auto runner = training::ModelRunner::Create(arch, 1);
-    REQUIRE(runner.ok());
-    auto created = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
-    INFO(created.status().ToString());
-    REQUIRE(created.ok());
-    agg = std::move(created).value();
-    thread = std::thread([this] { status = agg->Run(); });
-  }
-  void Stop() {
-    agg->RequestStop();
-    if (thread.joinable()) thread.join();
-  }
-  ~RunningAggregator() {
-    Stop();
-    agg.reset();
-    std::filesystem::remove_all(store);
-  }
-  std::string endpoint() const { return agg->endpoint(); }
-};
 
 aggregator::AggregatorConfig BaseConfig(const testing::TestKeys& keys) {
   aggregator::AggregatorConfig c;

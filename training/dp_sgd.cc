@@ -26,8 +26,6 @@
 // the float32 sums over the batch and the float/double noise arithmetic
 // (see privacy/noise.h) are not covered by the DP proof.
 
-#include "training/model.h"
-
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -35,6 +33,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +41,7 @@
 #include "core/rng.h"
 #include "privacy/noise.h"
 #include "training/dp_sgd_testing.h"
+#include "training/model.h"
 #include "training/model_impl.h"
 
 namespace flotilla::training {
@@ -89,8 +89,8 @@ class Tape {
   // A stride-1 "same" convolution (odd square kernel, padding k / 2).
   torch::Tensor Conv2d(const torch::Tensor& x, size_t weight_index) {
     const int64_t padding = params_[weight_index].size(2) / 2;
-    torch::Tensor y =
-        F::conv2d(x, params_[weight_index], F::Conv2dFuncOptions().bias(params_[weight_index + 1]).padding(padding));
+    torch::Tensor y = F::conv2d(x, params_[weight_index],
+                                F::Conv2dFuncOptions().bias(params_[weight_index + 1]).padding(padding));
     entries_.push_back({true, weight_index, padding, x.detach(), y});
     return y;
   }
@@ -143,15 +143,17 @@ Status CheckDpArchitecture(const std::string& arch, const std::vector<torch::Ten
     return InvalidArgument("TrainDpSgd: architecture '" + arch + "' is not supported (2nn, cnn, logreg are)");
   }
   if (params.size() != 2 * weight_dims.size()) {
-    return Internal("TrainDpSgd: '" + arch + "' has " + std::to_string(params.size()) + " parameter tensors, expected " +
-                    std::to_string(2 * weight_dims.size()));
+    return Internal("TrainDpSgd: '" + arch + "' has " + std::to_string(params.size()) +
+                    " parameter tensors, expected " + std::to_string(2 * weight_dims.size()));
   }
   for (size_t layer = 0; layer < weight_dims.size(); ++layer) {
     const torch::Tensor& w = params[2 * layer];
     const torch::Tensor& b = params[2 * layer + 1];
     bool ok = w.dim() == weight_dims[layer] && b.dim() == 1 && b.size(0) == w.size(0);
     if (ok && w.dim() == 4) ok = w.size(2) == w.size(3) && w.size(2) % 2 == 1;
-    if (!ok) return Internal("TrainDpSgd: unexpected parameter shapes in layer " + std::to_string(layer) + " of '" + arch + "'");
+    if (!ok)
+      return Internal("TrainDpSgd: unexpected parameter shapes in layer " + std::to_string(layer) + " of '" +
+                      arch + "'");
   }
   return Status::Ok();
 }
@@ -162,7 +164,8 @@ Status CheckDpConfig(const DpSgdConfig& dp) {
                            std::to_string(dp.noise_multiplier));
   }
   if (!(dp.l2_clip > 0.0) || !std::isfinite(dp.l2_clip)) {
-    return InvalidArgument("TrainDpSgd: l2_clip must be positive and finite, got " + std::to_string(dp.l2_clip));
+    return InvalidArgument("TrainDpSgd: l2_clip must be positive and finite, got " +
+                           std::to_string(dp.l2_clip));
   }
   if (!(dp.sampling_rate >= 0.0 && dp.sampling_rate <= 1.0)) {
     return InvalidArgument("TrainDpSgd: sampling_rate must be in (0, 1] (or 0 for batch_size / N), got " +
@@ -202,8 +205,8 @@ BatchPass RunBatch(const std::string& arch, const std::vector<torch::Tensor>& pa
       const torch::Tensor columns =
           F::unfold(entry.input, F::UnfoldFuncOptions({w.size(2), w.size(3)}).padding(entry.padding));
       const torch::Tensor g = grads[i].reshape({pass.size, w.size(0), -1});  // [B, out, L]
-      layer.weight_grads = torch::bmm(g, columns.transpose(1, 2));            // [B, out, in*kh*kw]
-      layer.bias_grads = g.sum(2);                                            // [B, out]
+      layer.weight_grads = torch::bmm(g, columns.transpose(1, 2));           // [B, out, in*kh*kw]
+      layer.bias_grads = g.sum(2);                                           // [B, out]
     }
     pass.layers.push_back(std::move(layer));
   }
@@ -263,7 +266,8 @@ std::vector<torch::Tensor> WeightedGradientSum(const BatchPass& pass, const torc
 }
 
 // Per-example gradients for every parameter, each [B, parameter shape...].
-std::vector<torch::Tensor> MaterializePerExample(const BatchPass& pass, const std::vector<torch::Tensor>& params) {
+std::vector<torch::Tensor> MaterializePerExample(const BatchPass& pass,
+                                                 const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> per_example(params.size());
   for (const LayerPass& layer : pass.layers) {
     const size_t w = layer.weight_index;
@@ -281,7 +285,8 @@ std::vector<torch::Tensor> MaterializePerExample(const BatchPass& pass, const st
 }
 
 // The batch `indices` of `data` as tensors.
-std::pair<torch::Tensor, torch::Tensor> SelectBatch(const DataTensors& all, const std::vector<int64_t>& indices) {
+std::pair<torch::Tensor, torch::Tensor> SelectBatch(const DataTensors& all,
+                                                    const std::vector<int64_t>& indices) {
   const torch::Tensor idx = IndexTensor(indices, 0, indices.size());
   return {all.features.index_select(0, idx), all.labels.index_select(0, idx)};
 }
@@ -294,14 +299,16 @@ Weights ToWeights(const std::shared_ptr<const Layout>& layout, const std::vector
   const auto& specs = layout->tensors();
   for (size_t i = 0; i < specs.size(); ++i) {
     const torch::Tensor t = (example >= 0 ? tensors[i][example] : tensors[i]).to(torch::kFloat).contiguous();
-    std::memcpy(w.data.data() + specs[i].offset, t.data_ptr<float>(), static_cast<size_t>(specs[i].numel) * sizeof(float));
+    std::memcpy(w.data.data() + specs[i].offset, t.data_ptr<float>(),
+                static_cast<size_t>(specs[i].numel) * sizeof(float));
   }
   return w;
 }
 
 }  // namespace
 
-StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainConfig& config, const DpSgdConfig& dp) {
+StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainConfig& config,
+                                              const DpSgdConfig& dp) {
   RETURN_IF_ERROR(CheckTrainConfig(config, "TrainDpSgd"));
   RETURN_IF_ERROR(CheckDpConfig(dp));
   RETURN_IF_ERROR(CheckData(data, "TrainDpSgd"));
@@ -312,15 +319,17 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
                        ? dp.sampling_rate
                        : std::min(1.0, static_cast<double>(config.batch_size) / static_cast<double>(n));
   // ceil with a little slack so that e.g. epochs = 3, q = 0.1 gives 30.
-  const double planned_steps = dp.steps > 0 ? static_cast<double>(dp.steps) : std::ceil(config.epochs / q - 1e-9);
+  const double planned_steps =
+      dp.steps > 0 ? static_cast<double>(dp.steps) : std::ceil(config.epochs / q - 1e-9);
   if (!(planned_steps <= static_cast<double>(kMaxSteps))) {
     return InvalidArgument("TrainDpSgd: " + std::to_string(config.epochs) + " epochs at sampling rate " +
-                           std::to_string(q) + " would take more than " + std::to_string(kMaxSteps) + " steps");
+                           std::to_string(q) + " would take more than " + std::to_string(kMaxSteps) +
+                           " steps");
   }
   const int64_t steps = static_cast<int64_t>(planned_steps);
   const int64_t fixed_batch = std::max<int64_t>(1, std::llround(q * static_cast<double>(n)));
-  const int64_t steps_per_epoch =
-      dp.poisson_sampling ? static_cast<int64_t>(std::ceil(1.0 / q - 1e-9)) : (n + fixed_batch - 1) / fixed_batch;
+  const int64_t steps_per_epoch = dp.poisson_sampling ? static_cast<int64_t>(std::ceil(1.0 / q - 1e-9))
+                                                      : (n + fixed_batch - 1) / fixed_batch;
   const int64_t loss_window = std::min(steps, steps_per_epoch);
   const double noise_stddev = dp.noise_multiplier * dp.l2_clip;
 
@@ -375,7 +384,8 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
           position = 0;
         }
         const size_t end = std::min(order.size(), position + static_cast<size_t>(fixed_batch));
-        batch.assign(order.begin() + static_cast<std::ptrdiff_t>(position), order.begin() + static_cast<std::ptrdiff_t>(end));
+        batch.assign(order.begin() + static_cast<std::ptrdiff_t>(position),
+                     order.begin() + static_cast<std::ptrdiff_t>(end));
         position = end;
       }
 
@@ -385,10 +395,11 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
         const BatchPass pass = RunBatch(impl_->arch, impl_->params, x, y);
         const torch::Tensor squared_norms = SquaredNorms(pass);
         if (!std::isfinite(pass.loss_sum) || !torch::isfinite(squared_norms).all().item<bool>()) {
-          return fail(InvalidArgument("TrainDpSgd: the loss or a per-example gradient became non-finite at step " +
-                                      std::to_string(step + 1) +
-                                      "; the model was left as before training. Lower the learning rate (was " +
-                                      std::to_string(config.learning_rate) + ") or check the data"));
+          return fail(
+              InvalidArgument("TrainDpSgd: the loss or a per-example gradient became non-finite at step " +
+                              std::to_string(step + 1) +
+                              "; the model was left as before training. Lower the learning rate (was " +
+                              std::to_string(config.learning_rate) + ") or check the data"));
         }
         sums = WeightedGradientSum(pass, ClipFactors(squared_norms, dp.l2_clip), impl_->params);
         if (step >= steps - loss_window) {
@@ -399,7 +410,8 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
         for (const auto& p : impl_->params) sums.push_back(torch::zeros_like(p));
       }
 
-      const double denominator = dp.poisson_sampling ? q * static_cast<double>(n) : static_cast<double>(batch.size());
+      const double denominator =
+          dp.poisson_sampling ? q * static_cast<double>(n) : static_cast<double>(batch.size());
       for (size_t i = 0; i < sums.size(); ++i) {
         noise.AddNoise(sums[i].data_ptr<float>(), static_cast<size_t>(sums[i].numel()), noise_stddev);
         impl_->params[i].mutable_grad() = sums[i].div_(denominator);
@@ -417,7 +429,8 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
   return result;
 }
 
-StatusOr<std::vector<Weights>> DpSgdTestPeer::PerExampleGradients(ModelRunner& runner, const DataView& batch) {
+StatusOr<std::vector<Weights>> DpSgdTestPeer::PerExampleGradients(ModelRunner& runner,
+                                                                  const DataView& batch) {
   RETURN_IF_ERROR(CheckData(batch, "PerExampleGradients"));
   ModelRunner::Impl& impl = *runner.impl_;
   RETURN_IF_ERROR(CheckDpArchitecture(impl.arch, impl.params));
@@ -473,7 +486,8 @@ StatusOr<std::vector<double>> DpSgdTestPeer::PerExampleNorms(ModelRunner& runner
   }
 }
 
-StatusOr<Weights> DpSgdTestPeer::ClippedGradientSum(ModelRunner& runner, const DataView& batch, double l2_clip) {
+StatusOr<Weights> DpSgdTestPeer::ClippedGradientSum(ModelRunner& runner, const DataView& batch,
+                                                    double l2_clip) {
   RETURN_IF_ERROR(CheckData(batch, "ClippedGradientSum"));
   ModelRunner::Impl& impl = *runner.impl_;
   RETURN_IF_ERROR(CheckDpArchitecture(impl.arch, impl.params));

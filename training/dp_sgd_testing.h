@@ -24,7 +24,8 @@ class DpSgdTestPeer {
 
   // The same from one forward and one backward pass of the ordinary module
   // per example (the slow, obviously right way).
-  static StatusOr<std::vector<Weights>> PerExampleGradientsReference(ModelRunner& runner, const DataView& batch);
+  static StatusOr<std::vector<Weights>> PerExampleGradientsReference(ModelRunner& runner,
+                                                                     const DataView& batch);
 
   // The per-example gradient L2 norms TrainDpSgd clips by (over all
   // parameters; computed without materializing Linear gradients).

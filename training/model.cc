@@ -22,13 +22,13 @@ using internal::CheckTrainConfig;
 using internal::Cnn;
 using internal::DataTensors;
 using internal::IndexTensor;
-using internal::LogReg;
-using internal::Mlp2nn;
-using internal::Net;
 using internal::kChannels;
 using internal::kClasses;
 using internal::kHeight;
 using internal::kWidth;
+using internal::LogReg;
+using internal::Mlp2nn;
+using internal::Net;
 using internal::WrapDataset;
 
 std::shared_ptr<Net> MakeNet(const std::string& arch) {
