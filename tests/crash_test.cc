@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -29,7 +31,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kClients = 3;
-constexpr int kRounds = 8;
+// More kills need more rounds to land in: max(8, kills).
+int kRounds = 8;
 
 int FreePort() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -196,11 +199,13 @@ RunResult RunFleet(Fleet& fleet, int kills_wanted, uint64_t seed) {
 TEST_CASE("kill -9 of the aggregator loses nothing acknowledged and changes nothing", "[crash][integration]") {
   const char* env = std::getenv("FLOTILLA_CRASH_KILLS");
   const int kills = env ? std::atoi(env) : 5;
+  kRounds = std::max(8, kills);
   Fleet reference_fleet("reference");
   const RunResult reference = RunFleet(reference_fleet, 0, 1);
   Fleet crash_fleet("crash");
   const RunResult crashed = RunFleet(crash_fleet, kills, 42);
   INFO("aggregator killed " << crashed.kills << " times");
+  std::printf("crash test: aggregator killed with SIGKILL %d times over %d rounds\n", crashed.kills, kRounds);
   CHECK(crashed.kills >= std::min(kills, 1));
   CHECK(crashed.final_version == reference.final_version);
   CHECK(crashed.final_weights == reference.final_weights);
