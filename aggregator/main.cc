@@ -1,5 +1,6 @@
 // flotilla-aggregator: serve a federation on a TCP endpoint.
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 
@@ -12,14 +13,16 @@
 #include "training/model.h"
 
 namespace {
-flotilla::aggregator::Aggregator* g_aggregator = nullptr;
+std::atomic<flotilla::aggregator::Aggregator*> g_aggregator{nullptr};
+std::atomic<bool> g_stop{false};
 void OnSignal(int sig) {
-  if (!g_aggregator) return;
+  flotilla::aggregator::Aggregator* agg = g_aggregator.load();
   if (sig == SIGHUP) {
-    g_aggregator->RequestReload();
-  } else {
-    g_aggregator->RequestStop();
+    if (agg) agg->RequestReload();
+    return;
   }
+  g_stop.store(true);
+  if (agg) agg->RequestStop();
 }
 }  // namespace
 
@@ -71,6 +74,11 @@ int main(int argc, char** argv) {
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   aggregator::AddRoundFlags(&app, &config);
   CLI11_PARSE(app, argc, argv);
+  // Signals are handled from the start: a SIGTERM during start-up still
+  // ends the process cleanly, before or after the store is opened.
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGHUP, OnSignal);
   config.deadline_policy = deadline_policy == "close" ? aggregator::AggregatorConfig::DeadlinePolicy::kClose
                                                       : aggregator::AggregatorConfig::DeadlinePolicy::kExtend;
   LogLevel level;
@@ -134,12 +142,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "flotilla-aggregator: %s\n", agg.status().ToString().c_str());
     return 1;
   }
-  g_aggregator = agg->get();
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
-  std::signal(SIGHUP, OnSignal);
+  g_aggregator.store(agg->get());
+  if (g_stop.load()) (*agg)->RequestStop();
   Status st = (*agg)->Run();
-  g_aggregator = nullptr;
+  g_aggregator.store(nullptr);
   if (!st.ok()) {
     std::fprintf(stderr, "flotilla-aggregator: %s\n", st.ToString().c_str());
     return 1;
