@@ -8,6 +8,40 @@
 
 namespace flotilla::aggregator {
 
+// DP flags; call ApplyDpMode after parsing.
+struct DpFlags {
+  std::string mode = "none";
+};
+
+inline void AddDpFlags(CLI::App* app, AggregatorConfig* c, DpFlags* f) {
+  DpConfig* dp = &c->dp;
+  app->add_option("--dp", f->mode,
+                  "Differential privacy: none, client-central, client-distributed (DP-FedAvg), record (DP-SGD)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "client-central", "client-distributed", "record"}));
+  app->add_option("--dp-noise", dp->noise_multiplier, "Noise multiplier z (client level) or sigma (DP-SGD)")
+      ->capture_default_str();
+  app->add_option("--dp-clip", dp->clip_norm, "Clip norm C: update (client level) or per-example (DP-SGD)")
+      ->capture_default_str();
+  app->add_option("--dp-delta", dp->delta, "delta of the (epsilon, delta) guarantee")->capture_default_str();
+  app->add_option("--dp-epsilon-budget", dp->epsilon_budget,
+                  "Refuse rounds that would push epsilon past this (required with --dp)")
+      ->capture_default_str();
+  app->add_flag("--dp-adaptive-clip", dp->adaptive_clip, "Adaptive clipping (Andrew et al. 2021), client level");
+  app->add_option("--dp-target-quantile", dp->target_quantile, "Adaptive clipping: target quantile of update norms")
+      ->capture_default_str();
+  app->add_option("--dp-sampling-rate", dp->dpsgd_sampling_rate, "DP-SGD: per-step record sampling rate q")
+      ->capture_default_str();
+}
+
+inline void ApplyDpMode(const DpFlags& f, AggregatorConfig* c) {
+  using Mode = DpConfig::Mode;
+  c->dp.mode = f.mode == "client-central"       ? Mode::kClientCentral
+               : f.mode == "client-distributed" ? Mode::kClientDistributed
+               : f.mode == "record"             ? Mode::kRecord
+                                                : Mode::kNone;
+}
+
 inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--arch", c->model_arch, "Model architecture: 2nn, cnn or logreg")->capture_default_str();
   app->add_option("--rounds", c->rounds, "Number of federated rounds")->capture_default_str()->check(CLI::PositiveNumber);

@@ -73,7 +73,10 @@ int main(int argc, char** argv) {
                "DEBUGGING ONLY: no encryption and no allowlist (models are still signed)");
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   aggregator::AddRoundFlags(&app, &config);
+  aggregator::DpFlags dp_flags;
+  aggregator::AddDpFlags(&app, &config, &dp_flags);
   CLI11_PARSE(app, argc, argv);
+  aggregator::ApplyDpMode(dp_flags, &config);
   // Signals are handled from the start: a SIGTERM during start-up still
   // ends the process cleanly, before or after the store is opened.
   std::signal(SIGINT, OnSignal);

@@ -6,6 +6,7 @@
 #include "aggregator/strategy.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "privacy/noise.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
 
@@ -27,6 +28,36 @@ uint64_t HashString(const std::string& s) { return DeriveSeed(0, s); }
 
 }  // namespace
 
+const char* DpModeName(DpConfig::Mode mode) {
+  switch (mode) {
+    case DpConfig::Mode::kNone: return "none";
+    case DpConfig::Mode::kClientCentral: return "dp-fedavg-central";
+    case DpConfig::Mode::kClientDistributed: return "dp-fedavg-distributed";
+    case DpConfig::Mode::kRecord: return "dp-sgd";
+  }
+  return "unknown";
+}
+
+Status DpConfig::Validate() const {
+  if (!enabled()) return Status::Ok();
+  if (!(noise_multiplier > 0) || !std::isfinite(noise_multiplier)) {
+    return InvalidArgument("DP noise multiplier must be positive");
+  }
+  if (!(clip_norm > 0) || !std::isfinite(clip_norm)) return InvalidArgument("DP clip norm must be positive");
+  if (!(delta > 0 && delta < 1)) return InvalidArgument("DP delta must be in (0, 1)");
+  if (!(epsilon_budget > 0)) {
+    return InvalidArgument("DP is on but no privacy budget is set: pass --dp-epsilon-budget (e.g. 8)");
+  }
+  if (mode == Mode::kRecord && !(dpsgd_sampling_rate > 0 && dpsgd_sampling_rate <= 1)) {
+    return InvalidArgument("DP-SGD sampling rate must be in (0, 1]");
+  }
+  if (adaptive_clip) {
+    if (!client_level()) return InvalidArgument("adaptive clipping applies to client-level DP only");
+    if (!(target_quantile > 0 && target_quantile < 1)) return InvalidArgument("target quantile must be in (0, 1)");
+  }
+  return Status::Ok();
+}
+
 Status AggregatorConfig::Validate() const {
   if (rounds == 0) return InvalidArgument("rounds must be at least 1");
   if (min_clients < 1) return InvalidArgument("min_clients must be at least 1");
@@ -38,6 +69,7 @@ Status AggregatorConfig::Validate() const {
   if (!(learning_rate > 0) || !std::isfinite(learning_rate)) return InvalidArgument("learning rate must be positive");
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
   if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
+  RETURN_IF_ERROR(dp.Validate());
   if (!signing_key) return InvalidArgument("a model-signing key is required (create one with flotilla-keygen --signing)");
   if (socket.security == net::TransportSecurity::kCurve && allowlist_path.empty() && allowed_clients.empty()) {
     return InvalidArgument("CURVE is on but no client is allowed: pass an allowlist file");
@@ -144,8 +176,15 @@ Status Aggregator::Recover() {
     }
     selected_.assign(running->selected().begin(), running->selected().end());
     std::sort(selected_.begin(), selected_.end());
+    round_q_ = running->sampling_rate();
     RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
       received_.insert(u.client_id());
+      if (auto steps = u.metrics().find("dpsgd_steps"); steps != u.metrics().end()) {
+        dp_steps_[u.client_id()] = static_cast<int64_t>(std::min(steps->second, 1e12));
+      }
+      if (auto bit = u.metrics().find("below_clip"); bit != u.metrics().end()) {
+        below_clip_[u.client_id()] = bit->second >= 0.5 ? 1 : 0;
+      }
       auto loss = u.metrics().find("train_loss");
       train_loss_[u.client_id()] = {u.num_examples(), loss != u.metrics().end() ? loss->second : 0.0};
       return Status::Ok();
@@ -168,8 +207,106 @@ Status Aggregator::Recover() {
     LOG_INFO("aggregator", "resuming round " << round_ << " with " << received_.size() << "/" << selected_.size()
                                              << " updates already recorded");
   }
+  RETURN_IF_ERROR(RecoverLedger());
   LOG_INFO("aggregator", "recovered model version " << model_version_ << " after " << rounds_done_
                                                     << " completed rounds; " << clients_.size() << " known clients");
+  return Status::Ok();
+}
+
+Status Aggregator::RecoverLedger() {
+  const DpConfig& dp = config_.dp;
+  clip_norm_ = dp.clip_norm;
+  if (!dp.enabled()) return Status::Ok();
+  ASSIGN_OR_RETURN(std::vector<records::LedgerEntry> ledger, store_->ListLedger());
+  for (const auto& e : ledger) {
+    privacy::RdpAccountant& acct = e.client_id().empty() ? accountant_ : client_accountants_[e.client_id()];
+    RETURN_IF_ERROR(acct.Compose(e.sampling_rate(), e.noise_multiplier(), e.steps()).WithContext("privacy ledger"));
+    epsilon_ = std::max(epsilon_, e.epsilon_after());
+  }
+  ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds());
+  for (const auto& r : rounds) {
+    if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED && r.next_clip_norm() > 0) clip_norm_ = r.next_clip_norm();
+  }
+  if (dp.adaptive_clip) {
+    const double expected = std::max(1.0, config_.fraction * config_.min_clients);
+    const double sigma_b = dp.clip_count_stddev > 0 ? dp.clip_count_stddev : expected / 20.0;
+    ASSIGN_OR_RETURN(privacy::AdaptiveClipper clipper,
+                     privacy::AdaptiveClipper::Create(clip_norm_, dp.target_quantile, dp.clip_learning_rate, sigma_b));
+    clipper_ = std::move(clipper);
+  }
+  if (!ledger.empty()) {
+    LOG_INFO("aggregator", "privacy ledger: " << ledger.size() << " entries, epsilon " << epsilon_ << " of budget "
+                                              << dp.epsilon_budget << " (delta " << dp.delta << ")");
+  }
+  return Status::Ok();
+}
+
+double Aggregator::EffectiveNoiseMultiplier() const {
+  const DpConfig& dp = config_.dp;
+  if (!clipper_) return dp.noise_multiplier;
+  // Part of the budget goes to the noised count of clipped updates.
+  const double expected = std::max(1.0, config_.fraction * config_.min_clients);
+  const double sigma_b = dp.clip_count_stddev > 0 ? dp.clip_count_stddev : expected / 20.0;
+  StatusOr<double> z = privacy::AdaptiveClippingNoiseMultiplier(dp.noise_multiplier, sigma_b);
+  return z.ok() ? *z : dp.noise_multiplier;
+}
+
+int64_t Aggregator::DpSgdStepsPerRound() const {
+  return static_cast<int64_t>(std::ceil(config_.epochs / config_.dp.dpsgd_sampling_rate - 1e-9));
+}
+
+StatusOr<double> Aggregator::EpsilonAfter(const privacy::RdpAccountant& accountant, double q, double z,
+                                          int64_t steps) const {
+  privacy::RdpAccountant copy = accountant;
+  RETURN_IF_ERROR(copy.Compose(q, z, steps));
+  ASSIGN_OR_RETURN(privacy::PrivacySpent spent, copy.GetPrivacySpent(config_.dp.delta));
+  return spent.epsilon;
+}
+
+Status Aggregator::AccountRound(records::RoundRecord* record, double q) {
+  const DpConfig& dp = config_.dp;
+  if (dp.client_level()) {
+    const double z = EffectiveNoiseMultiplier();
+    RETURN_IF_ERROR(accountant_.Compose(q, z, 1));
+    ASSIGN_OR_RETURN(privacy::PrivacySpent spent, accountant_.GetPrivacySpent(dp.delta));
+    epsilon_ = spent.epsilon;
+    records::LedgerEntry e;
+    e.set_round(round_);
+    e.set_mechanism(DpModeName(dp.mode));
+    e.set_sampling_rate(q);
+    e.set_noise_multiplier(z);
+    e.set_steps(1);
+    e.set_clip_norm(clip_norm_);
+    e.set_delta(dp.delta);
+    e.set_epsilon_after(epsilon_);
+    e.set_recorded_unix_ms(NowUnixMs());
+    RETURN_IF_ERROR(store_->PutLedgerEntry(e));
+  } else if (dp.mode == DpConfig::Mode::kRecord) {
+    for (const auto& id : received_) {
+      // Every participant ran the configured number of DP-SGD steps (the
+      // device reports them; we charge the larger of the two).
+      int64_t steps = DpSgdStepsPerRound();
+      auto it = dp_steps_.find(id);
+      if (it != dp_steps_.end()) steps = std::max(steps, it->second);
+      privacy::RdpAccountant& acct = client_accountants_[id];
+      RETURN_IF_ERROR(acct.Compose(dp.dpsgd_sampling_rate, dp.noise_multiplier, steps));
+      ASSIGN_OR_RETURN(privacy::PrivacySpent spent, acct.GetPrivacySpent(dp.delta));
+      epsilon_ = std::max(epsilon_, spent.epsilon);
+      records::LedgerEntry e;
+      e.set_round(round_);
+      e.set_client_id(id);
+      e.set_mechanism(DpModeName(dp.mode));
+      e.set_sampling_rate(dp.dpsgd_sampling_rate);
+      e.set_noise_multiplier(dp.noise_multiplier);
+      e.set_steps(steps);
+      e.set_clip_norm(dp.clip_norm);
+      e.set_delta(dp.delta);
+      e.set_epsilon_after(spent.epsilon);
+      e.set_recorded_unix_ms(NowUnixMs());
+      RETURN_IF_ERROR(store_->PutLedgerEntry(e));
+    }
+  }
+  record->set_epsilon(epsilon_);
   return Status::Ok();
 }
 
@@ -475,6 +612,18 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   task->set_deadline_seconds(std::chrono::duration<double>(round_deadline_ - Clock::now()).count());
   task->set_model_signature(model_signature_);
   task->set_model_round(model_round_);
+  const DpConfig& dp = config_.dp;
+  if (dp.client_level()) {
+    tc->set_clip_norm(clip_norm_);
+    if (dp.mode == DpConfig::Mode::kClientDistributed) {
+      // Each of the m sampled devices adds N(0, (zC)^2 / m): the sum carries N(0, (zC)^2).
+      tc->set_noise_stddev(EffectiveNoiseMultiplier() * clip_norm_ / std::sqrt(static_cast<double>(selected_.size())));
+    }
+  } else if (dp.mode == DpConfig::Mode::kRecord) {
+    tc->set_dpsgd_noise_multiplier(dp.noise_multiplier);
+    tc->set_dpsgd_clip(dp.clip_norm);
+    tc->set_dpsgd_sampling_rate(dp.dpsgd_sampling_rate);
+  }
   Reply(state.peer, request_id, std::move(env));
 }
 
@@ -542,6 +691,12 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
     return st.retryable() ? Status::Ok() : st;
   }
   received_.insert(client_id);
+  if (auto steps = update.metrics().find("dpsgd_steps"); steps != update.metrics().end()) {
+    dp_steps_[client_id] = static_cast<int64_t>(std::min(steps->second, 1e12));
+  }
+  if (auto bit = update.metrics().find("below_clip"); bit != update.metrics().end()) {
+    below_clip_[client_id] = bit->second >= 0.5 ? 1 : 0;
+  }
   auto loss = update.metrics().find("train_loss");
   train_loss_[client_id] = {update.num_examples(), loss != update.metrics().end() ? loss->second : 0.0};
   wire::Envelope ack;
@@ -561,8 +716,39 @@ Status Aggregator::MaybeStartRound() {
     if (!zap_ || zap_->IsAllowed(kv.first)) ids.push_back(kv.first);  // sorted
   }
   if (static_cast<int>(ids.size()) < config_.min_clients) return Status::Ok();
-  ++round_;
+  const DpConfig& dp = config_.dp;
+  if (dp.mode == DpConfig::Mode::kRecord) {
+    // Per-client budgets: a device whose next round would exceed it is no
+    // longer sampled.
+    std::vector<std::string> eligible;
+    for (const auto& id : ids) {
+      ASSIGN_OR_RETURN(double eps, EpsilonAfter(client_accountants_[id], dp.dpsgd_sampling_rate, dp.noise_multiplier,
+                                                DpSgdStepsPerRound()));
+      if (eps <= dp.epsilon_budget) eligible.push_back(id);
+    }
+    if (eligible.empty()) {
+      budget_exhausted_ = true;
+      LOG_WARN("aggregator", "privacy budget: every client's next round would exceed epsilon "
+                                 << dp.epsilon_budget << " (delta " << dp.delta << "); stopping after "
+                                 << rounds_done_ << " rounds");
+      return Status::Ok();
+    }
+    ids = std::move(eligible);
+  }
   const size_t k = std::max<size_t>(1, static_cast<size_t>(std::ceil(config_.fraction * ids.size() - 1e-9)));
+  round_q_ = static_cast<double>(std::min(k, ids.size())) / static_cast<double>(ids.size());
+  if (dp.client_level()) {
+    ASSIGN_OR_RETURN(double eps, EpsilonAfter(accountant_, round_q_, EffectiveNoiseMultiplier(), 1));
+    if (eps > dp.epsilon_budget) {
+      budget_exhausted_ = true;
+      LOG_WARN("aggregator", "privacy budget: round " << round_ + 1 << " would raise epsilon to " << eps
+                                                      << ", over the budget of " << dp.epsilon_budget << " (delta "
+                                                      << dp.delta << "); stopping after " << rounds_done_
+                                                      << " rounds at epsilon " << epsilon_);
+      return Status::Ok();
+    }
+  }
+  ++round_;
   Rng rng(DeriveSeed(config_.seed, "sample", round_));
   rng.Shuffle(&ids);
   ids.resize(std::min(k, ids.size()));
@@ -570,6 +756,8 @@ Status Aggregator::MaybeStartRound() {
   selected_ = std::move(ids);
   received_.clear();
   train_loss_.clear();
+  dp_steps_.clear();
+  below_clip_.clear();
   round_active_ = true;
   round_started_ = Clock::now();
   round_deadline_ = round_started_ + std::chrono::duration_cast<Clock::duration>(
@@ -580,6 +768,7 @@ Status Aggregator::MaybeStartRound() {
   for (const auto& id : selected_) record.add_selected(id);
   record.set_base_model_version(model_version_);
   record.set_started_unix_ms(NowUnixMs());
+  record.set_sampling_rate(round_q_);
   RETURN_IF_ERROR(store_->PutRound(record));
   LOG_DEBUG("aggregator", "round " << round_ << " started with " << selected_.size() << " clients");
   // Hand tasks to the selected clients that are already waiting.
@@ -628,13 +817,42 @@ Status Aggregator::FinishRound(bool deadline_passed) {
                                     << selected_.size() << " updates; aggregating those");
   }
   // Stream the round's updates from the store in client-id order.
+  const DpConfig& dp = config_.dp;
   WeightedMean mean(global_.layout);
   Status merge = store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
     ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
-    return mean.Add(delta, static_cast<double>(u.num_examples()));
+    if (dp.mode == DpConfig::Mode::kClientCentral) {
+      // The trusted aggregator enforces the bound itself as well.
+      privacy::ClipL2(delta.data.data(), delta.data.size(), clip_norm_);
+    }
+    // Client-level DP averages with equal weights: example counts are
+    // private and would change the sensitivity (docs/privacy.md).
+    return mean.Add(delta, dp.client_level() ? 1.0 : static_cast<double>(u.num_examples()));
   });
   RETURN_IF_ERROR(merge.WithContext("merging round " + std::to_string(round_)));
   ASSIGN_OR_RETURN(Weights mean_delta, mean.Mean());
+  if (dp.client_level()) {
+    // sum / m with the fixed denominator m = clients sampled, plus central noise.
+    const double m = static_cast<double>(selected_.size());
+    const double sum_scale = static_cast<double>(mean.count()) / m;
+    for (auto& v : mean_delta.data) v = static_cast<float>(v * sum_scale);
+    if (dp.mode == DpConfig::Mode::kClientCentral) {
+      ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
+      noise.AddNoise(mean_delta.data.data(), mean_delta.data.size(), EffectiveNoiseMultiplier() * clip_norm_ / m);
+    }
+    record.set_clip_norm(clip_norm_);
+    summary.clip_norm = clip_norm_;
+  }
+  RETURN_IF_ERROR(AccountRound(&record, round_q_));
+  if (dp.enabled()) summary.epsilon = epsilon_;
+  if (clipper_) {
+    int64_t below = 0;
+    for (const auto& kv : below_clip_) below += kv.second;
+    ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
+    ASSIGN_OR_RETURN(double next, clipper_->Update(below, static_cast<int64_t>(received_.size()), noise));
+    clip_norm_ = next;
+  }
+  record.set_next_clip_norm(clip_norm_);
   ASSIGN_OR_RETURN(Weights next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
 
   double loss_sum = 0.0;

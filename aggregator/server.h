@@ -28,10 +28,40 @@
 #include "core/weights.h"
 #include "net/transport.h"
 #include "net/zap.h"
+#include "privacy/clipping.h"
 #include "privacy/keys.h"
+#include "privacy/rdp_accountant.h"
 #include "proto/flotilla.pb.h"
 
 namespace flotilla::aggregator {
+
+// Differential privacy for a deployment. See docs/privacy.md.
+struct DpConfig {
+  enum class Mode {
+    kNone,
+    kClientCentral,      // DP-FedAvg: devices clip, the aggregator adds the noise (trusted aggregator)
+    kClientDistributed,  // DP-FedAvg: devices clip and each adds its share of the noise
+    kRecord,             // DP-SGD on every device; per-client accounting
+  };
+  Mode mode = Mode::kNone;
+  double noise_multiplier = 1.0;  // z (client level) or sigma (DP-SGD)
+  double clip_norm = 1.0;         // C: client-level update clip, or DP-SGD per-example clip
+  double delta = 1e-6;
+  double epsilon_budget = 0.0;    // rounds that would exceed it are refused; required when DP is on
+  // Adaptive clipping (client level): track this quantile of update norms.
+  bool adaptive_clip = false;
+  double target_quantile = 0.5;
+  double clip_learning_rate = 0.2;
+  double clip_count_stddev = 0.0;  // sigma_b; 0 = expected clients per round / 20, as Andrew et al.
+  // DP-SGD: per-step sampling rate q of each device's records.
+  double dpsgd_sampling_rate = 0.01;
+
+  bool enabled() const { return mode != Mode::kNone; }
+  bool client_level() const { return mode == Mode::kClientCentral || mode == Mode::kClientDistributed; }
+  Status Validate() const;
+};
+
+const char* DpModeName(DpConfig::Mode mode);
 
 struct AggregatorConfig {
   std::string endpoint = "tcp://127.0.0.1:7400";
@@ -74,6 +104,7 @@ struct AggregatorConfig {
   net::SocketOptions socket;
   std::string allowlist_path;
   std::set<std::string> allowed_clients;
+  DpConfig dp;
   // Every model version is signed with this key (required).
   std::shared_ptr<const privacy::SigningKeyPair> signing_key;
 
@@ -91,6 +122,8 @@ struct RoundSummary {
   std::optional<double> test_loss, test_accuracy;
   double seconds = 0.0;
   uint64_t model_version = 0;
+  std::optional<double> epsilon;    // cumulative, when DP is on
+  std::optional<double> clip_norm;  // client-level DP: the norm this round used
 };
 
 struct EvalMetrics {
@@ -170,7 +203,13 @@ class Aggregator {
   Status MaybeStartRound();
   Status MaybeFinishRound();
   Status FinishRound(bool deadline_passed);
-  bool federation_done() const { return rounds_done_ >= config_.rounds; }
+  bool federation_done() const { return rounds_done_ >= config_.rounds || budget_exhausted_; }
+  // Privacy accounting (see DpConfig).
+  Status RecoverLedger();
+  double EffectiveNoiseMultiplier() const;
+  int64_t DpSgdStepsPerRound() const;
+  StatusOr<double> EpsilonAfter(const privacy::RdpAccountant& accountant, double q, double z, int64_t steps) const;
+  Status AccountRound(records::RoundRecord* record, double q);
 
   AggregatorConfig config_;
   std::unique_ptr<Store> store_;
@@ -194,10 +233,19 @@ class Aggregator {
   std::vector<std::string> selected_;           // sorted client ids
   std::set<std::string> received_;
   std::map<std::string, std::pair<int64_t, double>> train_loss_;  // client -> (examples, loss)
+  std::map<std::string, int64_t> dp_steps_;   // DP-SGD steps each client reported this round
+  std::map<std::string, int> below_clip_;     // adaptive-clipping bits this round
   Clock::time_point round_started_, round_deadline_;
   std::optional<Clock::time_point> finished_at_;
   std::vector<RoundSummary> history_;
   std::vector<uint64_t> stored_versions_;  // ascending, for retention
+  privacy::RdpAccountant accountant_;                              // deployment (client-level DP)
+  std::map<std::string, privacy::RdpAccountant> client_accountants_;  // record-level DP
+  std::optional<privacy::AdaptiveClipper> clipper_;
+  double clip_norm_ = 0.0;     // client-level DP: the clip norm of the current round
+  double round_q_ = 0.0;       // sampling rate of the current round
+  double epsilon_ = 0.0;       // cumulative (deployment, or max over clients)
+  bool budget_exhausted_ = false;
   uint64_t rejected_messages_ = 0;
   uint64_t messages_handled_ = 0;
   Clock::time_point started_ = Clock::now();

@@ -219,6 +219,24 @@ StatusOr<std::vector<uint64_t>> Store::ListModelVersions() const {
   return versions;
 }
 
+Status Store::PutLedgerEntry(const records::LedgerEntry& entry) {
+  return FromRocks(db_->Put(SyncWrite(), cf(kPrivacyLedger), RoundKey(entry.round()) + entry.client_id(),
+                            entry.SerializeAsString()),
+                   "writing privacy ledger");
+}
+
+StatusOr<std::vector<records::LedgerEntry>> Store::ListLedger() const {
+  std::vector<records::LedgerEntry> entries;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kPrivacyLedger)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    records::LedgerEntry entry;
+    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &entry, "ledger"));
+    entries.push_back(std::move(entry));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "reading privacy ledger"));
+  return entries;
+}
+
 StatusOr<std::vector<records::ClientRecord>> Store::ListClients() const {
   std::vector<records::ClientRecord> clients;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kClients)));

@@ -65,6 +65,10 @@ class Store {
   StatusOr<std::optional<records::ClientRecord>> GetClient(const std::string& client_id) const;
   StatusOr<std::vector<records::ClientRecord>> ListClients() const;
 
+  // Privacy ledger: appended with sync; listed in (round, client) order.
+  Status PutLedgerEntry(const records::LedgerEntry& entry);
+  StatusOr<std::vector<records::LedgerEntry>> ListLedger() const;
+
   // Approximate bytes on disk (SST and blob files).
   uint64_t ApproximateSize() const;
 

@@ -1,5 +1,7 @@
 #include "client/local_trainer.h"
 
+#include "privacy/clipping.h"
+#include "privacy/noise.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
 
@@ -23,17 +25,46 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   config.momentum = task.config().momentum();
   config.weight_decay = task.config().weight_decay();
   config.seed = task.config().seed();
-  ASSIGN_OR_RETURN(training::TrainResult result, runner->Train(data, config));
+  const wire::TrainConfig& tc = task.config();
+  const bool dpsgd = tc.dpsgd_noise_multiplier() > 0;
+  training::TrainResult result;
+  if (dpsgd) {
+    training::DpSgdConfig dp;
+    dp.noise_multiplier = tc.dpsgd_noise_multiplier();
+    dp.l2_clip = tc.dpsgd_clip();
+    dp.sampling_rate = tc.dpsgd_sampling_rate();
+    ASSIGN_OR_RETURN(result, runner->TrainDpSgd(data, config, dp));
+  } else {
+    ASSIGN_OR_RETURN(result, runner->Train(data, config));
+  }
   Weights local = runner->GetWeights();
   for (size_t i = 0; i < local.data.size(); ++i) local.data[i] -= global.data[i];
+
+  double below_clip = -1;
+  if (tc.clip_norm() > 0) {
+    // Client-level DP: bound this device's influence, then (distributed
+    // mode) add this device's share of the noise.
+    const double norm = privacy::ClipL2(local.data.data(), local.data.size(), tc.clip_norm());
+    below_clip = norm <= tc.clip_norm() ? 1 : 0;
+    if (tc.noise_stddev() > 0) {
+      ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
+      noise.AddNoise(local.data.data(), local.data.size(), tc.noise_stddev());
+    }
+  }
 
   wire::Update update;
   update.set_round(task.round());
   update.set_model_version(task.model_version());
   update.set_num_examples(result.examples);
   proto::WeightsToProto(local, update.mutable_delta());
-  (*update.mutable_metrics())["train_loss"] = result.mean_loss;
+  // Under DP-SGD the training loss is computed on private records without
+  // noise, so it stays on the device.
+  if (!dpsgd) (*update.mutable_metrics())["train_loss"] = result.mean_loss;
   (*update.mutable_metrics())["train_seconds"] = result.seconds;
+  if (dpsgd) (*update.mutable_metrics())["dpsgd_steps"] = static_cast<double>(result.steps);
+  // The adaptive-clipping bit (Andrew et al. 2021); the aggregator only uses
+  // the noised sum of these.
+  if (below_clip >= 0) (*update.mutable_metrics())["below_clip"] = below_clip;
   return update;
 }
 

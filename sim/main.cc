@@ -31,7 +31,10 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure", config.insecure, "DEBUGGING ONLY: no CURVE encryption and no allowlist");
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   flotilla::aggregator::AddRoundFlags(&app, &config.aggregator);
+  flotilla::aggregator::DpFlags dp_flags;
+  flotilla::aggregator::AddDpFlags(&app, &config.aggregator, &dp_flags);
   CLI11_PARSE(app, argc, argv);
+  flotilla::aggregator::ApplyDpMode(dp_flags, &config.aggregator);
 
   flotilla::LogLevel level;
   if (!flotilla::ParseLogLevel(log_level, &level)) {
@@ -44,6 +47,12 @@ int main(int argc, char** argv) {
               config.aggregator.rounds, config.aggregator.fraction, config.aggregator.epochs,
               config.aggregator.batch_size, config.aggregator.learning_rate,
               static_cast<unsigned long long>(config.aggregator.seed));
+  if (config.aggregator.dp.enabled()) {
+    const auto& dp = config.aggregator.dp;
+    std::printf("differential privacy: %s, noise multiplier %g, clip %g%s, delta %g, epsilon budget %g\n",
+                flotilla::aggregator::DpModeName(dp.mode), dp.noise_multiplier, dp.clip_norm,
+                dp.adaptive_clip ? " (adaptive)" : "", dp.delta, dp.epsilon_budget);
+  }
   std::fflush(stdout);
   flotilla::StatusOr<flotilla::sim::SimResult> result = flotilla::sim::RunSimulation(config);
   if (!result.ok()) {

@@ -105,17 +105,28 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
   std::snprintf(line, sizeof(line), "round %3u/%u  clients %3d/%-3d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %6.1fs",
                 r.round, rounds, r.received, r.selected, r.mean_train_loss, r.test_loss.value_or(NAN),
                 r.test_accuracy.value_or(NAN), r.seconds);
-  return line;
+  std::string out = line;
+  if (r.epsilon) {
+    std::snprintf(line, sizeof(line), "  eps %.3f", *r.epsilon);
+    out += line;
+  }
+  if (r.clip_norm) {
+    std::snprintf(line, sizeof(line), "  clip %.3f", *r.clip_norm);
+    out += line;
+  }
+  return out;
 }
 
 Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   const std::filesystem::path dir(config.out_dir);
   std::ofstream csv(dir / "metrics.csv");
-  csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_version\n";
+  csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_version,"
+         "epsilon,clip_norm\n";
   for (const auto& r : result.rounds) {
     csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
         << r.total_examples << "," << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << ","
-        << r.test_accuracy.value_or(NAN) << "," << r.seconds << "," << r.model_version << "\n";
+        << r.test_accuracy.value_or(NAN) << "," << r.seconds << "," << r.model_version << ","
+        << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "\n";
   }
   if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
   const auto& a = config.aggregator;
@@ -132,6 +143,14 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"momentum", a.momentum},
       {"seed", a.seed},
       {"central_epochs", config.central_epochs},
+      {"dp", aggregator::DpModeName(a.dp.mode)},
+      {"dp_noise_multiplier", a.dp.noise_multiplier},
+      {"dp_clip_norm", a.dp.clip_norm},
+      {"dp_delta", a.dp.delta},
+      {"dp_epsilon_budget", a.dp.epsilon_budget},
+      {"dp_adaptive_clip", a.dp.adaptive_clip},
+      {"dp_sampling_rate", a.dp.dpsgd_sampling_rate},
+      {"epsilon_spent", result.rounds.empty() || !result.rounds.back().epsilon ? 0.0 : *result.rounds.back().epsilon},
       {"train_examples", result.train_examples},
       {"final_test_accuracy", result.final_accuracy},
       {"final_test_loss", result.final_loss},
