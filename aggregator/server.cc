@@ -134,7 +134,7 @@ Status Aggregator::Recover() {
     RETURN_IF_ERROR(SignAndStore(&record, global_));
     model_version_ = 1;
     stored_versions_.push_back(1);
-    return Status::Ok();
+    return RecoverLedger();
   }
   const uint64_t latest = stored_versions_.back();
   ASSIGN_OR_RETURN(records::ModelRecord record, store_->GetModel(latest));
@@ -230,6 +230,12 @@ Status Aggregator::RecoverLedger() {
   if (dp.adaptive_clip) {
     const double expected = std::max(1.0, config_.fraction * config_.min_clients);
     const double sigma_b = dp.clip_count_stddev > 0 ? dp.clip_count_stddev : expected / 20.0;
+    // The count of clipped updates is released too; its noise must leave
+    // budget for the update noise (Andrew et al. 2021, Theorem 1).
+    RETURN_IF_ERROR(privacy::AdaptiveClippingNoiseMultiplier(dp.noise_multiplier, sigma_b)
+                        .status()
+                        .WithContext("adaptive clipping (lower --dp-noise, or sample more clients per round: "
+                                     "the count noise defaults to clients-per-round / 20)"));
     ASSIGN_OR_RETURN(privacy::AdaptiveClipper clipper,
                      privacy::AdaptiveClipper::Create(clip_norm_, dp.target_quantile, dp.clip_learning_rate, sigma_b));
     clipper_ = std::move(clipper);
