@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   CLI::App* show = app.add_subcommand("show", "Everything about one version");
   CLI::App* exp = app.add_subcommand("export", "Write one version for inference");
   CLI::App* rounds = app.add_subcommand("rounds", "One line per round record");
+  CLI::App* ledger = app.add_subcommand("ledger", "The privacy ledger, as an auditor reads it");
   uint64_t version = 0;
   std::string out, format = "torch", verify_key;
   show->add_option("version", version, "Model version (0 = latest)")->capture_default_str();
@@ -55,6 +56,28 @@ int main(int argc, char** argv) {
   auto versions = (*store)->ListModelVersions();
   if (!versions.ok()) return Fail(versions.status());
 
+  if (*ledger) {
+    auto entries = (*store)->ListLedger();
+    if (!entries.ok()) return Fail(entries.status());
+    if (entries->empty()) {
+      std::printf("the privacy ledger is empty: this federation ran without differential privacy\n");
+      return 0;
+    }
+    std::printf("%6s %-22s %-44s %10s %8s %8s %8s %10s %12s  %s\n", "round", "mechanism", "client", "q", "noise",
+                "steps", "clip", "delta", "epsilon", "recorded");
+    double worst = 0;
+    for (const auto& e : *entries) {
+      std::printf("%6u %-22s %-44s %10.6f %8.4f %8lld %8.4f %10.2e %12.6f  %s\n", e.round(), e.mechanism().c_str(),
+                  e.client_id().empty() ? "(deployment)" : e.client_id().c_str(), e.sampling_rate(),
+                  e.noise_multiplier(), static_cast<long long>(e.steps()), e.clip_norm(), e.delta(),
+                  e.epsilon_after(), Time(e.recorded_unix_ms()).c_str());
+      worst = std::max(worst, e.epsilon_after());
+    }
+    std::printf("%zu entries; largest cumulative epsilon %.6f at delta %.2e (RDP accountant, Poisson-subsampled "
+                "Gaussian, Balle et al. 2020 conversion)\n",
+                entries->size(), worst, entries->back().delta());
+    return 0;
+  }
   if (*rounds) {
     auto all = (*store)->ListRounds();
     if (!all.ok()) return Fail(all.status());

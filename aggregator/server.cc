@@ -247,6 +247,8 @@ Status Aggregator::RecoverLedger() {
   return Status::Ok();
 }
 
+// The noise multiplier applied to the updates: z, or z_delta with adaptive
+// clipping. Accounting always uses z.
 double Aggregator::EffectiveNoiseMultiplier() const {
   const DpConfig& dp = config_.dp;
   if (!clipper_) return dp.noise_multiplier;
@@ -272,7 +274,10 @@ StatusOr<double> Aggregator::EpsilonAfter(const privacy::RdpAccountant& accounta
 Status Aggregator::AccountRound(records::RoundRecord* record, double q) {
   const DpConfig& dp = config_.dp;
   if (dp.client_level()) {
-    const double z = EffectiveNoiseMultiplier();
+    // With adaptive clipping the updates carry noise z_delta > z and the
+    // clipped-count carries sigma_b; together they are exactly as private
+    // as the Gaussian mechanism with multiplier z (Andrew et al. 2021, Thm 1).
+    const double z = dp.noise_multiplier;
     RETURN_IF_ERROR(accountant_.Compose(q, z, 1));
     ASSIGN_OR_RETURN(privacy::PrivacySpent spent, accountant_.GetPrivacySpent(dp.delta));
     epsilon_ = spent.epsilon;
@@ -744,7 +749,7 @@ Status Aggregator::MaybeStartRound() {
   const size_t k = std::max<size_t>(1, static_cast<size_t>(std::ceil(config_.fraction * ids.size() - 1e-9)));
   round_q_ = static_cast<double>(std::min(k, ids.size())) / static_cast<double>(ids.size());
   if (dp.client_level()) {
-    ASSIGN_OR_RETURN(double eps, EpsilonAfter(accountant_, round_q_, EffectiveNoiseMultiplier(), 1));
+    ASSIGN_OR_RETURN(double eps, EpsilonAfter(accountant_, round_q_, dp.noise_multiplier, 1));
     if (eps > dp.epsilon_budget) {
       budget_exhausted_ = true;
       LOG_WARN("aggregator", "privacy budget: round " << round_ + 1 << " would raise epsilon to " << eps
