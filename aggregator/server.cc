@@ -82,6 +82,7 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
   RETURN_IF_ERROR(config.Validate());
   RETURN_IF_ERROR(initial.Validate().WithContext("initial model"));
   ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(config.store_path));
+  store->set_min_free_bytes(config.store_min_free_bytes);
   std::unique_ptr<net::ZapHandler> zap;
   if (config.socket.security == net::TransportSecurity::kCurve) {
     std::set<std::string> allowed = config.allowed_clients;
@@ -699,7 +700,9 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
     if (st.code() == StatusCode::kAlreadyExists) return reject(wire::ERROR_DUPLICATE, st.message());
     LOG_ERROR("aggregator", "could not store update: " << st.ToString());
     ReplyError(peer, env.request_id(), wire::ERROR_INTERNAL, "aggregator could not store the update; retry");
-    return st.retryable() ? Status::Ok() : st;
+    // A full disk or a passing I/O error is not fatal: the device keeps its
+    // update and retries; everyone else is still served.
+    return st.retryable() || st.code() == StatusCode::kResourceExhausted ? Status::Ok() : st;
   }
   received_.insert(client_id);
   if (auto steps = update.metrics().find("dpsgd_steps"); steps != update.metrics().end()) {
@@ -780,7 +783,19 @@ Status Aggregator::MaybeStartRound() {
   record.set_base_model_version(model_version_);
   record.set_started_unix_ms(NowUnixMs());
   record.set_sampling_rate(round_q_);
-  RETURN_IF_ERROR(store_->PutRound(record));
+  if (Status st = store_->PutRound(record); !st.ok()) {
+    // Not started: undo, and try again on a later iteration (a full disk
+    // is the usual cause; devices wait meanwhile).
+    round_active_ = false;
+    --round_;
+    if (st.code() != StatusCode::kResourceExhausted && !st.retryable()) return st;
+    static Clock::time_point last_log{};
+    if (Clock::now() - last_log > std::chrono::seconds(10)) {
+      last_log = Clock::now();
+      LOG_ERROR("aggregator", "cannot start round " << round_ + 1 << ": " << st.message());
+    }
+    return Status::Ok();
+  }
   LOG_DEBUG("aggregator", "round " << round_ << " started with " << selected_.size() << " clients");
   // Hand tasks to the selected clients that are already waiting.
   for (const auto& id : selected_) {

@@ -98,6 +98,8 @@ struct AggregatorConfig {
   // every version divisible by `retain_every`. 0 = keep everything.
   uint64_t retain_last = 0;
   uint64_t retain_every = 0;
+  // Refuse writes (devices retry) while less disk space than this is free.
+  uint64_t store_min_free_bytes = uint64_t{64} << 20;
   // Transport: CURVE keys (socket.curve) and security mode. With CURVE on
   // (the default) the allowlist comes from allowlist_path, reloaded when the
   // file changes or on RequestReload(), or else from allowed_clients.

@@ -1,5 +1,7 @@
 #include "aggregator/store.h"
 
+#include <sys/statvfs.h>
+
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
@@ -116,14 +118,31 @@ Store::~Store() {
   delete db_;
 }
 
+Status Store::SyncedWrite(rocksdb::WriteBatch* batch, const std::string& what) {
+  // Refuse writes while the disk is nearly full, before RocksDB itself runs
+  // out of space: a WAL write that fails half-way leaves RocksDB refusing
+  // every later write until the process restarts.
+  struct statvfs fs {};
+  if (min_free_bytes_ > 0 && ::statvfs(path_.c_str(), &fs) == 0) {
+    const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    const uint64_t needed = min_free_bytes_ + 2 * batch->GetDataSize();
+    if (free_bytes < needed) {
+      return ResourceExhausted(what + ": disk nearly full at " + path_ + " (" + std::to_string(free_bytes >> 20) +
+                               " MiB free, keeping " + std::to_string(min_free_bytes_ >> 20) +
+                               " MiB in reserve); free space: nothing was written and devices will retry");
+    }
+  }
+  return FromRocks(db_->Write(SyncWrite(), batch), what);
+}
+
 Status Store::PutUpdate(const records::UpdateRecord& update) {
   if (HasUpdate(update.round(), update.client_id())) {
     return AlreadyExists("update for round " + std::to_string(update.round()) + " from " +
                          update.client_id() + " already recorded");
   }
-  return FromRocks(db_->Put(SyncWrite(), cf(kUpdates), UpdateKey(update.round(), update.client_id()),
-                            update.SerializeAsString()),
-                   "writing update");
+  rocksdb::WriteBatch batch;
+  batch.Put(cf(kUpdates), UpdateKey(update.round(), update.client_id()), update.SerializeAsString());
+  return SyncedWrite(&batch, "writing update");
 }
 
 bool Store::HasUpdate(uint32_t round, const std::string& client_id) const {
@@ -152,12 +171,13 @@ Status Store::CommitRound(const records::RoundRecord& round, const records::Mode
   for (uint64_t v : expire) batch.Delete(cf(kModels), ModelKey(v));
   batch.Put(cf(kRounds), RoundKey(round.round()), round.SerializeAsString());
   batch.DeleteRange(cf(kUpdates), RoundKey(round.round()), RoundKey(round.round() + 1));
-  return FromRocks(db_->Write(SyncWrite(), &batch), "committing round " + std::to_string(round.round()));
+  return SyncedWrite(&batch, "committing round " + std::to_string(round.round()));
 }
 
 Status Store::PutRound(const records::RoundRecord& round) {
-  return FromRocks(db_->Put(SyncWrite(), cf(kRounds), RoundKey(round.round()), round.SerializeAsString()),
-                   "writing round record");
+  rocksdb::WriteBatch batch;
+  batch.Put(cf(kRounds), RoundKey(round.round()), round.SerializeAsString());
+  return SyncedWrite(&batch, "writing round record");
 }
 
 StatusOr<std::optional<records::RoundRecord>> Store::GetRound(uint32_t round) const {
@@ -183,8 +203,9 @@ StatusOr<std::vector<records::RoundRecord>> Store::ListRounds() const {
 }
 
 Status Store::PutModel(const records::ModelRecord& model) {
-  return FromRocks(db_->Put(SyncWrite(), cf(kModels), ModelKey(model.version()), model.SerializeAsString()),
-                   "writing model version " + std::to_string(model.version()));
+  rocksdb::WriteBatch batch;
+  batch.Put(cf(kModels), ModelKey(model.version()), model.SerializeAsString());
+  return SyncedWrite(&batch, "writing model version " + std::to_string(model.version()));
 }
 
 StatusOr<records::ModelRecord> Store::GetModel(uint64_t version) const {
@@ -220,9 +241,9 @@ StatusOr<std::vector<uint64_t>> Store::ListModelVersions() const {
 }
 
 Status Store::PutLedgerEntry(const records::LedgerEntry& entry) {
-  return FromRocks(db_->Put(SyncWrite(), cf(kPrivacyLedger), RoundKey(entry.round()) + entry.client_id(),
-                            entry.SerializeAsString()),
-                   "writing privacy ledger");
+  rocksdb::WriteBatch batch;
+  batch.Put(cf(kPrivacyLedger), RoundKey(entry.round()) + entry.client_id(), entry.SerializeAsString());
+  return SyncedWrite(&batch, "writing privacy ledger");
 }
 
 StatusOr<std::vector<records::LedgerEntry>> Store::ListLedger() const {
@@ -261,8 +282,9 @@ uint64_t Store::ApproximateSize() const {
 }
 
 Status Store::PutClient(const records::ClientRecord& client) {
-  return FromRocks(db_->Put(rocksdb::WriteOptions(), cf(kClients), client.client_id(), client.SerializeAsString()),
-                   "writing client record");
+  rocksdb::WriteBatch batch;
+  batch.Put(cf(kClients), client.client_id(), client.SerializeAsString());
+  return SyncedWrite(&batch, "writing client record");
 }
 
 StatusOr<std::optional<records::ClientRecord>> Store::GetClient(const std::string& client_id) const {

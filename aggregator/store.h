@@ -20,6 +20,7 @@
 namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
+class WriteBatch;
 }  // namespace rocksdb
 
 namespace flotilla::aggregator {
@@ -73,13 +74,20 @@ class Store {
   uint64_t ApproximateSize() const;
 
   const std::string& path() const { return path_; }
+  // Writes fail with ResourceExhausted (writing nothing) while less than
+  // this much disk space is free. Default 64 MiB.
+  void set_min_free_bytes(uint64_t bytes) { min_free_bytes_ = bytes; }
 
  private:
   Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles);
   static StatusOr<std::unique_ptr<Store>> OpenImpl(const std::string& path, bool read_only);
+  // Writes `batch` with sync, resuming RocksDB after an earlier I/O or
+  // no-space failure first.
+  Status SyncedWrite(rocksdb::WriteBatch* batch, const std::string& what);
   rocksdb::ColumnFamilyHandle* cf(int index) const { return handles_[index]; }
 
   std::string path_;
+  uint64_t min_free_bytes_ = uint64_t{64} << 20;
   rocksdb::DB* db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
 };

@@ -137,3 +137,27 @@ TEST_CASE("Store keeps updates durable, sorted by client, and commits rounds ato
     CHECK(r->value().outcome() == records::RoundRecord::OUTCOME_COMPLETED);
   }
 }
+
+TEST_CASE("A nearly full disk refuses writes cleanly and recovers when space returns", "[aggregator][store]") {
+  TempDir dir;
+  auto store = Store::Open(dir.path.string());
+  REQUIRE(store.ok());
+  records::UpdateRecord u;
+  u.set_round(1);
+  u.set_client_id("dev");
+  u.set_num_examples(3);
+  // Pretend the disk is full: demand more free space than any disk has.
+  (*store)->set_min_free_bytes(uint64_t{1} << 62);
+  Status st = (*store)->PutUpdate(u);
+  CHECK(st.code() == StatusCode::kResourceExhausted);
+  CHECK(st.message().find("disk nearly full") != std::string::npos);
+  CHECK_FALSE((*store)->HasUpdate(1, "dev"));  // nothing half-written
+  records::RoundRecord r;
+  r.set_round(1);
+  CHECK((*store)->CommitRound(r, nullptr).code() == StatusCode::kResourceExhausted);
+  CHECK_FALSE((*store)->GetRound(1)->has_value());
+  // Space is back: the same write succeeds.
+  (*store)->set_min_free_bytes(0);
+  REQUIRE((*store)->PutUpdate(u).ok());
+  CHECK((*store)->HasUpdate(1, "dev"));
+}
