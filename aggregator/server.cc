@@ -472,6 +472,19 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
       return Status::Ok();
     case wire::Envelope::kUpdate:
       return HandleUpdate(client_id, env);
+    case wire::Envelope::kDecline: {
+      const uint32_t r = env.decline().round();
+      if (round_active_ && r == round_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
+          !received_.count(client_id)) {
+        declined_.insert(client_id);
+        LOG_WARN("aggregator", "client '" << clients_[client_id].name << "' declined round " << r << ": "
+                                          << env.decline().reason());
+      }
+      wire::Envelope ack;
+      ack.mutable_ack()->set_round(r);
+      Reply(in.peer, env.request_id(), std::move(ack));
+      return Status::Ok();
+    }
     default:
       ++rejected_messages_;
       ReplyError(in.peer, env.request_id(), wire::ERROR_UNEXPECTED,
@@ -596,7 +609,7 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
     return;
   }
   if (round_active_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
-      !received_.count(client_id)) {
+      !received_.count(client_id) && !declined_.count(client_id)) {
     SendTask(client_id, request_id);
     return;
   }
@@ -769,6 +782,7 @@ Status Aggregator::MaybeStartRound() {
   std::sort(ids.begin(), ids.end());
   selected_ = std::move(ids);
   received_.clear();
+  declined_.clear();
   train_loss_.clear();
   dp_steps_.clear();
   below_clip_.clear();
@@ -807,7 +821,7 @@ Status Aggregator::MaybeStartRound() {
 
 Status Aggregator::MaybeFinishRound() {
   if (!round_active_) return Status::Ok();
-  if (received_.size() == selected_.size()) return FinishRound(false);
+  if (received_.size() + declined_.size() >= selected_.size()) return FinishRound(false);
   if (Clock::now() >= round_deadline_) return FinishRound(true);
   return Status::Ok();
 }

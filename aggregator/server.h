@@ -234,6 +234,7 @@ class Aggregator {
   bool round_active_ = false;
   std::vector<std::string> selected_;           // sorted client ids
   std::set<std::string> received_;
+  std::set<std::string> declined_;  // could not train this round
   std::map<std::string, std::pair<int64_t, double>> train_loss_;  // client -> (examples, loss)
   std::map<std::string, int64_t> dp_steps_;   // DP-SGD steps each client reported this round
   std::map<std::string, int> below_clip_;     // adaptive-clipping bits this round

@@ -93,11 +93,14 @@ Status Session::Handle(const wire::Envelope& env) {
       return Status::Ok();
     case wire::Envelope::kTrainTask:
       pending_task_ = env.train_task();
+      training_round_ = env.train_task().round();
       state_ = State::kTraining;
       return Status::Ok();
     case wire::Envelope::kAck:
-      Settle(true);
-      ++updates_acked_;
+      if (pending_update_) {  // (an Ack may also answer a Decline)
+        Settle(true);
+        ++updates_acked_;
+      }
       return SendTaskRequest();
     case wire::Envelope::kFinished:
       finished_msg_ = env.finished();
@@ -196,11 +199,14 @@ Status Session::ResumeUpdate(wire::Update update) {
 }
 
 Status Session::AbandonTask(const Status& why) {
-  LOG_WARN("client", config_.name << ": local training failed: " << why.ToString());
+  LOG_WARN("client", config_.name << ": local training failed, declining round " << training_round_ << ": "
+                                  << why.ToString());
   pending_task_.reset();
-  state_ = State::kWaiting;
-  retry_at_ = Clock::now() + std::chrono::seconds(1);
-  return Status::Ok();
+  // Tell the aggregator, so that the round does not wait for this device.
+  wire::Envelope env;
+  env.mutable_decline()->set_round(training_round_);
+  env.mutable_decline()->set_reason(why.message().substr(0, 1000));
+  return Send(&env, State::kRequesting);
 }
 
 }  // namespace flotilla::client

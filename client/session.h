@@ -60,7 +60,8 @@ class Session {
   // kTraining until SubmitUpdate() or AbandonTask().
   std::optional<wire::TrainTask> TakeTask();
   Status SubmitUpdate(wire::Update update);
-  // Training failed locally: tell nobody, ask for new work.
+  // Training failed locally: decline the round (the aggregator stops
+  // waiting for this device), then ask for new work.
   Status AbandonTask(const Status& why);
   // Queues an update recovered from the device's outbox, to be sent right
   // after the next Welcome. REQUIRES: state() == kHello.
@@ -97,6 +98,7 @@ class Session {
   Clock::time_point retry_at_{};
   std::chrono::milliseconds backoff_{0};
   std::optional<wire::TrainTask> pending_task_;
+  uint32_t training_round_ = 0;
   std::optional<wire::Update> pending_update_;  // sent, not yet acknowledged
   std::optional<wire::Finished> finished_msg_;
   std::vector<Settled> settled_;

@@ -45,6 +45,8 @@ Status CheckBody(const wire::Envelope& env, const ParseLimits& limits) {
     }
     case wire::Envelope::kError:
       return CheckString(env.error().message(), "error.message", limits);
+    case wire::Envelope::kDecline:
+      return CheckString(env.decline().reason(), "decline.reason", limits);
     case wire::Envelope::BODY_NOT_SET:
       return InvalidArgument("envelope has no body");
     default:
@@ -166,6 +168,7 @@ const char* BodyName(const wire::Envelope& envelope) {
     case wire::Envelope::kStatusReply: return "StatusReply";
     case wire::Envelope::kPullRequest: return "PullRequest";
     case wire::Envelope::kPullReply: return "PullReply";
+    case wire::Envelope::kDecline: return "Decline";
     case wire::Envelope::BODY_NOT_SET: return "(empty)";
   }
   return "(unknown)";
