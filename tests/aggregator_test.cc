@@ -75,7 +75,7 @@ TEST_CASE("WeightedMean refuses bad input and keeps its sum", "[aggregator]") {
   CHECK(mean.Mean()->data[0] == 2.0f);
 }
 
-TEST_CASE("Store keeps updates durable, sorted by client, and commits rounds atomically", "[aggregator][store]") {
+TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomically", "[aggregator][store]") {
   TempDir dir;
   auto layout = SmallLayout();
   {

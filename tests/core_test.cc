@@ -22,7 +22,7 @@ TEST_CASE("Status carries code and message", "[core]") {
   CHECK(e.status().code() == StatusCode::kNotFound);
 }
 
-TEST_CASE("Layout checks names, shapes and sizes", "[core]") {
+TEST_CASE("Layout checks names shapes and sizes", "[core]") {
   auto layout = Layout::Create({{"w", {2, 3}}, {"b", {3}}});
   REQUIRE(layout.ok());
   CHECK(layout->total_numel() == 9);

@@ -113,7 +113,7 @@ TEST_CASE("GaussianNoise has mean 0 and the requested standard deviation", "[pri
   }
 }
 
-TEST_CASE("GaussianNoise AddNoise, Fill and Sample draw the same stream", "[privacy][noise]") {
+TEST_CASE("GaussianNoise AddNoise Fill and Sample draw the same stream", "[privacy][noise]") {
   // Odd lengths exercise the spare sample of each Box-Muller pair.
   GaussianNoise a = TestNoise(3), b = TestNoise(3), c = TestNoise(3);
   std::vector<double> filled(11);
@@ -142,7 +142,7 @@ TEST_CASE("GaussianNoise with zero or invalid stddev", "[privacy][noise]") {
   }
 }
 
-TEST_CASE("Created generators are unpredictable; test generators repeat by seed", "[privacy][noise]") {
+TEST_CASE("Created generators are unpredictable - test generators repeat by seed", "[privacy][noise]") {
   auto a = GaussianNoise::Create();
   auto b = GaussianNoise::Create();
   REQUIRE(a.ok());
@@ -227,7 +227,7 @@ TEST_CASE("ClipL2 never exceeds the clip norm", "[privacy][clipping]") {
   CHECK(unchanged > 200);
 }
 
-TEST_CASE("ClipL2 on zero, non-finite and extreme vectors", "[privacy][clipping]") {
+TEST_CASE("ClipL2 on zero non-finite and extreme vectors", "[privacy][clipping]") {
   std::vector<float> zero(100, 0.0f);
   CHECK(privacy::ClipL2(zero.data(), zero.size(), 1.0) == 0.0);
   CHECK(zero == std::vector<float>(100, 0.0f));
@@ -415,7 +415,7 @@ TEST_CASE("DP-SGD without noise or clipping is full-batch SGD", "[training][dpsg
   }
 }
 
-TEST_CASE("DP-SGD with noise changes the weights, stays finite and is not reproducible",
+TEST_CASE("DP-SGD with noise changes the weights stays finite and is not reproducible",
           "[training][dpsgd]") {
   training::SetTorchThreads(1);
   const DataView data = SyntheticView(100, 2);

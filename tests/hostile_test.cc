@@ -236,7 +236,7 @@ Outcome RunFederation(bool hostile) {
 
 }  // namespace
 
-TEST_CASE("10,000 hostile messages change nothing for an honest federation", "[security][integration][slow]") {
+TEST_CASE("10000 hostile messages change nothing for an honest federation", "[security][integration][slow]") {
   const Outcome baseline = RunFederation(false);
   const Outcome attacked = RunFederation(true);
   REQUIRE(attacked.hostile_sent == kHostileMessages);

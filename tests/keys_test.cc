@@ -64,7 +64,7 @@ TEST_CASE("Key files round trip with private modes", "[keys]") {
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("Model signatures bind version, round and every weight", "[keys]") {
+TEST_CASE("Model signatures bind version round and every weight", "[keys]") {
   auto key = privacy::GenerateSigningKeyPair();
   REQUIRE(key.ok());
   auto layout = std::make_shared<const Layout>(*Layout::Create({{"w", {3}}}));
@@ -86,7 +86,7 @@ TEST_CASE("Model signatures bind version, round and every weight", "[keys]") {
   CHECK_FALSE(privacy::VerifyModel(key->public_key, 7, 6, digest, "short").ok());
 }
 
-TEST_CASE("Allowlists accept keys containing '#', labels and comments", "[keys]") {
+TEST_CASE("Allowlists accept keys containing '#' labels and comments", "[keys]") {
   const auto dir = TempDir("allow");
   // A key whose Z85 text contains '#'. No group of a key starts with it
   // (84 * 85^4 > 2^32), so a first word starting with '#' is a comment.

@@ -35,7 +35,7 @@ PrivacySpent Spent(double q, double sigma, int64_t steps, double delta) {
   return *spent;
 }
 
-TEST_CASE("default orders are TF Privacy's plus 128, 256, 512", "[privacy]") {
+TEST_CASE("default orders are TF Privacy's plus 128 256 512", "[privacy]") {
   const std::vector<double> orders = DefaultRdpOrders();
   REQUIRE(orders.size() == 99 + 52 + 3);
   CHECK(orders.front() == 1.0 + 1 / 10.0);
@@ -46,7 +46,7 @@ TEST_CASE("default orders are TF Privacy's plus 128, 256, 512", "[privacy]") {
   CHECK(orders.back() == 512.0);
 }
 
-TEST_CASE("compute_rdp(q=0.1, sigma=2, steps=10, order=5) = 0.07737",
+TEST_CASE("compute_rdp(q=0.1 sigma=2 steps=10 order=5) = 0.07737",
           "[privacy]") {
   const double rdp = RdpAt(0.1, 2.0, 10, 5.0);
   // TF Privacy's test value, to the digits it gives.
@@ -61,7 +61,7 @@ TEST_CASE("fractional order uses the two-series method", "[privacy]") {
   CHECK(RelErr(RdpAt(0.01, 1.1, 1, 2.5), 0.00016207740933084550404) < 1e-6);
 }
 
-TEST_CASE("MNIST vector: N=60000, batch 150, sigma 1.3, 15 epochs",
+TEST_CASE("MNIST vector: N=60000 batch 150 sigma 1.3 15 epochs",
           "[privacy]") {
   const PrivacySpent spent = Spent(150.0 / 60000.0, 1.3, 6000, 1e-5);
   CHECK(RelErr(spent.epsilon, 0.7242234026109595) < 1e-6);
@@ -69,7 +69,7 @@ TEST_CASE("MNIST vector: N=60000, batch 150, sigma 1.3, 15 epochs",
   CHECK(spent.delta == 1e-5);
 }
 
-TEST_CASE("vector: N=100000, batch 100, sigma 1.0, 30 epochs, delta 1e-7",
+TEST_CASE("vector: N=100000 batch 100 sigma 1.0 30 epochs delta 1e-7",
           "[privacy]") {
   const PrivacySpent spent = Spent(100.0 / 100000.0, 1.0, 30000, 1e-7);
   CHECK(RelErr(spent.epsilon, 1.4154988495444842) < 1e-6);

@@ -17,7 +17,7 @@
 using namespace flotilla;
 using namespace std::chrono_literals;
 
-TEST_CASE("Devices pull signed models, only what changed, and refuse tampered ones", "[pull][integration]") {
+TEST_CASE("Devices pull signed models only what changed and refuse tampered ones", "[pull][integration]") {
   testing::TestKeys keys(2);  // 0 trains, 1 only pulls
   aggregator::AggregatorConfig config;
   keys.Apply(&config);
@@ -67,7 +67,7 @@ TEST_CASE("Devices pull signed models, only what changed, and refuse tampered on
   CHECK(latest->model.weights.data() == expected.data());
 }
 
-TEST_CASE("An up-to-date device downloads nothing; unknown versions are NotFound", "[pull][integration]") {
+TEST_CASE("An up-to-date device downloads nothing - unknown versions are NotFound", "[pull][integration]") {
   testing::TestKeys keys(1);
   aggregator::AggregatorConfig config;
   keys.Apply(&config);

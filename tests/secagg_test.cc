@@ -116,7 +116,7 @@ TEST_CASE("Shamir: bad inputs are rejected with clear errors", "[shamir]") {
   CHECK(ShamirReconstruct(*shares, 3, 64).status().code() == StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("Shamir: shares serialize and parse, hostile bytes are rejected", "[shamir]") {
+TEST_CASE("Shamir: shares serialize and parse hostile bytes are rejected", "[shamir]") {
   REQUIRE(EnsureSodium().ok());
   const auto secret = RandomSecret(32);
   auto shares = ShamirSplit(secret.data(), 32, 2, 3);
@@ -362,7 +362,7 @@ TEST_CASE("SecAgg: more than n - t dropouts abort cleanly", "[secagg]") {
   }
 }
 
-TEST_CASE("SecAgg+: Harary graph is symmetric, regular and seed-determined", "[secagg]") {
+TEST_CASE("SecAgg+: Harary graph is symmetric regular and seed-determined", "[secagg]") {
   SecAggParams p;
   p.num_clients = 50;
   p.graph = SecAggGraph::kHarary;
@@ -684,7 +684,7 @@ TEST_CASE("SecAgg: a masked vector is indistinguishable from uniform", "[secagg]
   CHECK(chi2 < 330.5);  // p > 0.001
 }
 
-TEST_CASE("MaskExpander: add then subtract is the identity, domains differ", "[secagg]") {
+TEST_CASE("MaskExpander: add then subtract is the identity domains differ", "[secagg]") {
   REQUIRE(EnsureSodium().ok());
   MaskExpander ex(1000);
   const std::vector<unsigned char> seed_bytes = RandomSecret(32);
@@ -719,7 +719,7 @@ TEST_CASE("Quantization: the overflow check names the numbers", "[quantize]") {
   CHECK_FALSE(CheckQuantization({1.0, 32, 10, std::nan("")}).ok());
 }
 
-TEST_CASE("Quantization: round trip within one step, clipping applied", "[quantize]") {
+TEST_CASE("Quantization: round trip within one step clipping applied", "[quantize]") {
   REQUIRE(EnsureSodium().ok());
   const QuantizationConfig c{2.0, 24, 50, MaxSafeScale(2.0, 24, 50)};
   REQUIRE(CheckQuantization(c).ok());

@@ -301,7 +301,7 @@ TEST_CASE("A client refuses a tampered model and keeps the one it has", "[securi
   }
 }
 
-TEST_CASE("A message one byte over the size limit drops that peer; the round completes", "[security][integration]") {
+TEST_CASE("A message one byte over the size limit drops that peer - the round completes", "[security][integration]") {
   testing::TestKeys keys(3);  // 0, 1 honest; 2 oversends
   auto config = BaseConfig(keys);
   config.min_clients = 3;
