@@ -42,11 +42,19 @@ int main(int argc, char** argv) {
     return 2;
   }
   flotilla::SetLogLevel(level);
-  std::printf("flotilla-sim: %s, %d clients (%s), %u rounds, fraction %g, E=%u, B=%u, lr %g, seed %llu\n",
-              config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(),
-              config.aggregator.rounds, config.aggregator.fraction, config.aggregator.epochs,
-              config.aggregator.batch_size, config.aggregator.learning_rate,
-              static_cast<unsigned long long>(config.aggregator.seed));
+  if (config.central_epochs > 0) {
+    std::printf("flotilla-sim (central baseline): %s on the union of %d clients' data (%s), %d epochs, B=%u, lr %g, "
+                "momentum %g, seed %llu\n",
+                config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(), config.central_epochs,
+                config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
+                static_cast<unsigned long long>(config.aggregator.seed));
+  } else {
+    std::printf("flotilla-sim: %s, %d clients (%s), %u rounds, fraction %g, E=%u, B=%u, lr %g, momentum %g, seed %llu\n",
+                config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(),
+                config.aggregator.rounds, config.aggregator.fraction, config.aggregator.epochs,
+                config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
+                static_cast<unsigned long long>(config.aggregator.seed));
+  }
   if (config.aggregator.dp.enabled()) {
     const auto& dp = config.aggregator.dp;
     std::printf("differential privacy: %s, noise multiplier %g, clip %g%s, delta %g, epsilon budget %g\n",
