@@ -20,20 +20,7 @@ namespace {
 // Runs `n` honest clients to the end of the federation.
 void RunClients(const testing::TestKeys& keys, const std::string& endpoint, int n) {
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(60 * n, 11));
-  std::vector<std::thread> threads;
-  for (int i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] {
-      client::SessionConfig sc;
-      sc.endpoint = endpoint;
-      sc.name = "c" + std::to_string(i);
-      sc.socket = keys.ClientSocket(i);
-      training::DataView view{data, {}};
-      for (int k = 0; k < 60; ++k) view.indices.push_back(i * 60 + k);
-      auto stats = client::RunClient(sc, view, keys.signing->public_key, nullptr);
-      REQUIRE(stats.ok());
-    });
-  }
-  for (auto& t : threads) t.join();
+  for (auto& t : testing::StartHonestClients(keys, endpoint, data, n, 60)) t.join();
 }
 
 aggregator::AggregatorConfig DpConfig(const testing::TestKeys& keys, const std::filesystem::path& store) {

@@ -14,17 +14,14 @@
 #include "sim/simulation.h"
 #include "training/dataset.h"
 #include "training/model.h"
+#include "tests/test_aggregator.h"
 #include "tests/test_keys.h"
 
 using namespace flotilla;
 
 namespace {
 
-std::filesystem::path TempPath(const std::string& name) {
-  auto p = std::filesystem::temp_directory_path() / ("flotilla-fed-" + std::to_string(::getpid()) + "-" + name);
-  std::filesystem::remove_all(p);
-  return p;
-}
+using testing::TempPath;
 
 sim::SimConfig SmallSim(const std::string& out) {
   sim::SimConfig c;
@@ -116,21 +113,7 @@ TEST_CASE("A wrong-shaped update gets an error reply and the round completes wit
   std::thread server([&] { REQUIRE((*agg)->Run().ok()); });
 
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(200, 3));
-  std::vector<std::thread> honest;
-  for (int i = 0; i < 2; ++i) {
-    honest.emplace_back([&, i] {
-      client::SessionConfig sc;
-      sc.endpoint = (*agg)->endpoint();
-      sc.name = "honest-" + std::to_string(i);
-      sc.num_examples = 100;
-      sc.socket = keys.ClientSocket(i);
-      training::DataView view{data, {}};
-      for (int k = 0; k < 100; ++k) view.indices.push_back(i * 100 + k);
-      auto stats = client::RunClient(sc, view, keys.signing->public_key, nullptr);
-      REQUIRE(stats.ok());
-      CHECK(stats->updates_acked == 1);
-    });
-  }
+  std::vector<std::thread> honest = testing::StartHonestClients(keys, (*agg)->endpoint(), data, 2, 100, 1);
 
   // The hostile client: follows the protocol, then sends a delta of the wrong shape.
   auto socket = net::ClientSocket::Connect(&context, (*agg)->endpoint(), keys.ClientSocket(2));

@@ -312,20 +312,7 @@ TEST_CASE("A message one byte over the size limit drops that peer - the round co
   RunningAggregator running(config);
 
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(200, 3));
-  std::vector<std::thread> honest;
-  for (int i = 0; i < 2; ++i) {
-    honest.emplace_back([&, i] {
-      client::SessionConfig sc;
-      sc.endpoint = running.endpoint();
-      sc.name = "honest-" + std::to_string(i);
-      sc.socket = keys.ClientSocket(i);
-      training::DataView view{data, {}};
-      for (int k = 0; k < 100; ++k) view.indices.push_back(i * 100 + k);
-      auto stats = client::RunClient(sc, view, keys.signing->public_key, nullptr);
-      REQUIRE(stats.ok());
-      CHECK(stats->updates_acked == 1);
-    });
-  }
+  std::vector<std::thread> honest = testing::StartHonestClients(keys, running.endpoint(), data, 2, 100, 1);
   auto big = net::ClientSocket::Connect(&running.context, running.endpoint(), keys.ClientSocket(2));
   REQUIRE(big.ok());
   REQUIRE((*big)->Send(Serialize(HelloMsg("big"))).ok());

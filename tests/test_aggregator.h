@@ -9,6 +9,8 @@
 #include <thread>
 
 #include "aggregator/server.h"
+#include "client/runner.h"
+#include "tests/test_keys.h"
 #include "training/model.h"
 
 namespace flotilla::testing {
@@ -52,5 +54,30 @@ struct RunningAggregator {
   }
   std::string endpoint() const { return agg->endpoint(); }
 };
+
+// Starts `n` honest clients (keys 0..n-1), one thread each, until the
+// federation ends; client i trains on examples [i * per_client, (i + 1) *
+// per_client) of `data`. Each checks that RunClient succeeded and, when
+// `expect_acked` >= 0, how many updates were acknowledged. Join the threads.
+inline std::vector<std::thread> StartHonestClients(const TestKeys& keys, const std::string& endpoint,
+                                                   std::shared_ptr<const training::Dataset> data, int n,
+                                                   int per_client, int expect_acked = -1) {
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&keys, endpoint, data, i, per_client, expect_acked] {
+      client::SessionConfig sc;
+      sc.endpoint = endpoint;
+      sc.name = "honest-" + std::to_string(i);
+      sc.num_examples = per_client;
+      sc.socket = keys.ClientSocket(i);
+      training::DataView view{data, {}};
+      for (int k = 0; k < per_client; ++k) view.indices.push_back(i * per_client + k);
+      auto stats = client::RunClient(sc, view, keys.signing->public_key, nullptr);
+      REQUIRE(stats.ok());
+      if (expect_acked >= 0) CHECK(stats->updates_acked == expect_acked);
+    });
+  }
+  return threads;
+}
 
 }  // namespace flotilla::testing
