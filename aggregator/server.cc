@@ -681,6 +681,19 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
     return Status::Ok();
   };
   if (!round_active_ || update.round() != round_) {
+    // A resend of an update that was recorded before the round closed (the
+    // ack was lost, e.g. in a crash): tell the device it counted.
+    if (update.round() <= round_) {
+      StatusOr<std::optional<records::RoundRecord>> past = store_->GetRound(update.round());
+      if (past.ok() && past->has_value()) {
+        const auto& got = past->value().received();
+        if (std::find(got.begin(), got.end(), client_id) != got.end()) {
+          ReplyError(peer, env.request_id(), wire::ERROR_DUPLICATE,
+                     "the update for round " + std::to_string(update.round()) + " was recorded before it closed");
+          return Status::Ok();
+        }
+      }
+    }
     return reject(wire::ERROR_WRONG_ROUND, "round " + std::to_string(update.round()) + " is not open (current " +
                                                std::to_string(round_) + (round_active_ ? ", open)" : ", closed)"));
   }
