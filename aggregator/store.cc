@@ -272,7 +272,8 @@ StatusOr<std::vector<records::ClientRecord>> Store::ListClients() const {
 
 uint64_t Store::ApproximateSize() const {
   uint64_t total = 0;
-  for (const char* property : {"rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"}) {
+  for (const char* property :
+       {"rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size", "rocksdb.cur-size-all-mem-tables"}) {
     for (auto* h : handles_) {
       uint64_t v = 0;
       if (db_->GetIntProperty(h, property, &v)) total += v;

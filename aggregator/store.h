@@ -70,7 +70,8 @@ class Store {
   Status PutLedgerEntry(const records::LedgerEntry& entry);
   StatusOr<std::vector<records::LedgerEntry>> ListLedger() const;
 
-  // Approximate bytes on disk (SST and blob files).
+  // Approximate size: SST and blob files plus the memtables (whose data is
+  // in the write-ahead log until flushed).
   uint64_t ApproximateSize() const;
 
   const std::string& path() const { return path_; }

@@ -97,11 +97,14 @@ int main(int argc, char** argv) {
   if (*status) {
     auto reply = client::QueryStatus(config);
     if (!reply.ok()) return Fail(reply.status());
-    std::printf("federation %s (%s)\nround %u of %u%s, %u completed\nupdates this round %u/%u\n"
-                "model version %llu\nclients known %u, connected %u\nstore %.1f MB\nuptime %.0f s\n",
-                reply->federation().c_str(), reply->model_arch().c_str(), reply->round(), reply->rounds_total(),
-                reply->round_active() ? " (running)" : "", reply->rounds_completed(), reply->updates_received(),
-                reply->updates_expected(), static_cast<unsigned long long>(reply->model_version()),
+    std::printf("federation %s (%s)\nround %u of %u%s, %u completed\n", reply->federation().c_str(),
+                reply->model_arch().c_str(), reply->round(), reply->rounds_total(),
+                reply->round_active() ? " (running)" : "", reply->rounds_completed());
+    if (reply->round_active()) {
+      std::printf("updates this round %u/%u\n", reply->updates_received(), reply->updates_expected());
+    }
+    std::printf("model version %llu\nclients known %u, connected %u\nstore %.1f MB\nuptime %.0f s\n",
+                static_cast<unsigned long long>(reply->model_version()),
                 reply->known_clients(), reply->connected_clients(), reply->store_bytes() / 1e6,
                 reply->uptime_seconds());
     return 0;
