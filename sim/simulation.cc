@@ -269,8 +269,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     }
   }
 
-  // The aggregator's evaluation model runs on its own thread with all cores
-  // (trainers are idle while a round is merged and evaluated).
+  // The aggregator's evaluation model runs on its own thread.
   ASSIGN_OR_RETURN(std::unique_ptr<training::ModelRunner> eval_runner,
                    training::ModelRunner::Create(agg_config.model_arch, DeriveSeed(agg_config.seed, "init")));
   const training::DataView test_view = training::DataView::All(data.test);
@@ -296,8 +295,12 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
                    aggregator::Aggregator::Create(agg_config, &context, eval_runner->GetWeights(), eval, on_round));
   Status agg_status;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // One Torch thread everywhere: at::set_num_threads also sets a process-wide
+  // default that other threads pick up lazily, so giving the evaluator more
+  // threads would race with the trainers and make runs irreproducible.
+  training::SetTorchThreads(1);
   std::thread agg_thread([&] {
-    training::SetTorchThreads(cores);
+    training::SetTorchThreads(1);
     agg_status = agg->Run();
   });
 
