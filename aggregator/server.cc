@@ -179,15 +179,7 @@ Status Aggregator::Recover() {
     std::sort(selected_.begin(), selected_.end());
     round_q_ = running->sampling_rate();
     RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
-      received_.insert(u.client_id());
-      if (auto steps = u.metrics().find("dpsgd_steps"); steps != u.metrics().end()) {
-        dp_steps_[u.client_id()] = static_cast<int64_t>(std::min(steps->second, 1e12));
-      }
-      if (auto bit = u.metrics().find("below_clip"); bit != u.metrics().end()) {
-        below_clip_[u.client_id()] = bit->second >= 0.5 ? 1 : 0;
-      }
-      auto loss = u.metrics().find("train_loss");
-      train_loss_[u.client_id()] = {u.num_examples(), loss != u.metrics().end() ? loss->second : 0.0};
+      NoteRecorded(u.client_id(), u.num_examples(), u.metrics());
       return Status::Ok();
     }));
     round_active_ = true;
@@ -229,8 +221,7 @@ Status Aggregator::RecoverLedger() {
     if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED && r.next_clip_norm() > 0) clip_norm_ = r.next_clip_norm();
   }
   if (dp.adaptive_clip) {
-    const double expected = std::max(1.0, config_.fraction * config_.min_clients);
-    const double sigma_b = dp.clip_count_stddev > 0 ? dp.clip_count_stddev : expected / 20.0;
+    const double sigma_b = ClipCountStddev();
     // The count of clipped updates is released too; its noise must leave
     // budget for the update noise (Andrew et al. 2021, Theorem 1).
     RETURN_IF_ERROR(privacy::AdaptiveClippingNoiseMultiplier(dp.noise_multiplier, sigma_b)
@@ -248,15 +239,20 @@ Status Aggregator::RecoverLedger() {
   return Status::Ok();
 }
 
+// sigma_b: the configured count noise, or clients per round / 20 (Andrew et
+// al. 2021), estimated from min_clients and the sampling fraction.
+double Aggregator::ClipCountStddev() const {
+  if (config_.dp.clip_count_stddev > 0) return config_.dp.clip_count_stddev;
+  return std::max(1.0, config_.fraction * config_.min_clients) / 20.0;
+}
+
 // The noise multiplier applied to the updates: z, or z_delta with adaptive
 // clipping. Accounting always uses z.
 double Aggregator::EffectiveNoiseMultiplier() const {
   const DpConfig& dp = config_.dp;
   if (!clipper_) return dp.noise_multiplier;
   // Part of the budget goes to the noised count of clipped updates.
-  const double expected = std::max(1.0, config_.fraction * config_.min_clients);
-  const double sigma_b = dp.clip_count_stddev > 0 ? dp.clip_count_stddev : expected / 20.0;
-  StatusOr<double> z = privacy::AdaptiveClippingNoiseMultiplier(dp.noise_multiplier, sigma_b);
+  StatusOr<double> z = privacy::AdaptiveClippingNoiseMultiplier(dp.noise_multiplier, ClipCountStddev());
   return z.ok() ? *z : dp.noise_multiplier;
 }
 
@@ -398,6 +394,17 @@ Status Aggregator::Run() {
   return Status::Ok();
 }
 
+void Aggregator::NoteRecorded(const std::string& client_id, int64_t num_examples,
+                              const google::protobuf::Map<std::string, double>& metrics) {
+  received_.insert(client_id);
+  if (auto steps = metrics.find("dpsgd_steps"); steps != metrics.end()) {
+    dp_steps_[client_id] = static_cast<int64_t>(std::min(steps->second, 1e12));
+  }
+  if (auto bit = metrics.find("below_clip"); bit != metrics.end()) below_clip_[client_id] = bit->second >= 0.5 ? 1 : 0;
+  auto loss = metrics.find("train_loss");
+  train_loss_[client_id] = {num_examples, loss != metrics.end() ? loss->second : 0.0};
+}
+
 Status Aggregator::Step(const net::Incoming& in) {
   RETURN_IF_ERROR(HandleMessage(in));
   RETURN_IF_ERROR(MaybeStartRound());
@@ -420,33 +427,31 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
     return Status::Ok();
   }
   const wire::Envelope& env = *parsed;
-  if (env.body_case() == wire::Envelope::kHello) {
-    HandleHello(in, env);
+  // A key removed from the allowlist loses access at once, on every
+  // message, not only on its next connection.
+  if (zap_ && !zap_->IsAllowed(in.user_id)) {
+    ++rejected_messages_;
+    ReplyError(in.peer, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
     return Status::Ok();
   }
-  // Status and pull need no Hello, only an enrolled key.
-  if (env.body_case() == wire::Envelope::kStatusRequest || env.body_case() == wire::Envelope::kPullRequest) {
-    if (zap_ && !zap_->IsAllowed(in.user_id)) {
-      ++rejected_messages_;
-      ReplyError(in.peer, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
-    } else if (env.body_case() == wire::Envelope::kStatusRequest) {
+  switch (env.body_case()) {
+    case wire::Envelope::kHello:
+      HandleHello(in, env);
+      return Status::Ok();
+    // Status and pull need no Hello, only an enrolled key.
+    case wire::Envelope::kStatusRequest:
       HandleStatus(in, env.request_id());
-    } else {
+      return Status::Ok();
+    case wire::Envelope::kPullRequest:
       HandlePull(in, env);
-    }
-    return Status::Ok();
+      return Status::Ok();
+    default:
+      break;
   }
   // Identity: the transport-authenticated key when there is one, else the
   // client that said Hello from this routing id.
   std::string client_id;
   if (zap_) {
-    // A key removed from the allowlist loses access at once, not only on
-    // its next connection.
-    if (!zap_->IsAllowed(in.user_id)) {
-      ++rejected_messages_;
-      ReplyError(in.peer, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
-      return Status::Ok();
-    }
     client_id = in.user_id;
     auto it = clients_.find(client_id);
     if (it == clients_.end()) {
@@ -495,11 +500,6 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
 
 void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env) {
   const wire::Hello& hello = env.hello();
-  if (zap_ && !zap_->IsAllowed(in.user_id)) {
-    ++rejected_messages_;
-    ReplyError(in.peer, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
-    return;
-  }
   std::string client_id = zap_ ? in.user_id : hello.client_name();
   if (client_id.empty()) {
     ReplyError(in.peer, env.request_id(), wire::ERROR_MALFORMED, "hello without a client name");
@@ -730,15 +730,7 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
     // update and retries; everyone else is still served.
     return st.retryable() || st.code() == StatusCode::kResourceExhausted ? Status::Ok() : st;
   }
-  received_.insert(client_id);
-  if (auto steps = update.metrics().find("dpsgd_steps"); steps != update.metrics().end()) {
-    dp_steps_[client_id] = static_cast<int64_t>(std::min(steps->second, 1e12));
-  }
-  if (auto bit = update.metrics().find("below_clip"); bit != update.metrics().end()) {
-    below_clip_[client_id] = bit->second >= 0.5 ? 1 : 0;
-  }
-  auto loss = update.metrics().find("train_loss");
-  train_loss_[client_id] = {update.num_examples(), loss != update.metrics().end() ? loss->second : 0.0};
+  NoteRecorded(client_id, update.num_examples(), update.metrics());
   wire::Envelope ack;
   ack.mutable_ack()->set_round(round_);
   Reply(peer, env.request_id(), std::move(ack));

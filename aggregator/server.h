@@ -209,6 +209,10 @@ class Aggregator {
   // Privacy accounting (see DpConfig).
   Status RecoverLedger();
   double EffectiveNoiseMultiplier() const;
+  double ClipCountStddev() const;
+  // Bookkeeping for an update that is in the store (on arrival or recovery).
+  void NoteRecorded(const std::string& client_id, int64_t num_examples,
+                    const google::protobuf::Map<std::string, double>& metrics);
   int64_t DpSgdStepsPerRound() const;
   StatusOr<double> EpsilonAfter(const privacy::RdpAccountant& accountant, double q, double z, int64_t steps) const;
   Status AccountRound(records::RoundRecord* record, double q);
