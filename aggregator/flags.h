@@ -42,6 +42,39 @@ inline void ApplyDpMode(const DpFlags& f, AggregatorConfig* c) {
                                                 : Mode::kNone;
 }
 
+// Secure-aggregation flags; call ApplySecAggFlags after parsing.
+struct SecAggFlags {
+  std::string mode = "off";
+};
+
+inline void AddSecAggFlags(CLI::App* app, AggregatorConfig* c, SecAggFlags* f) {
+  SecureAggregationConfig* s = &c->secagg;
+  app->add_option("--secagg", f->mode,
+                  "Secure aggregation: off, secagg+ (sparse Harary graph, Bell et al. 2020) or "
+                  "complete (every pair, Bonawitz et al. 2017); the aggregator then sees only the sum")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"off", "secagg+", "complete"}));
+  app->add_option("--secagg-bits", s->bit_width, "Secure aggregation: bit width k of the modulus 2^k (8..32)")
+      ->capture_default_str();
+  app->add_option("--secagg-clip", s->clip_norm,
+                  "Secure aggregation without DP: clip updates to this L2 norm before quantizing (with client-level "
+                  "DP, --dp-clip is used)")
+      ->capture_default_str();
+  app->add_option("--secagg-degree", s->degree, "SecAgg+: neighbours per client, even (0 = 10 log2 n, rounded up)")
+      ->capture_default_str();
+  app->add_option("--secagg-threshold", s->threshold,
+                  "Secure aggregation: shares needed to unmask, t (0 = the smallest strict majority of a neighbourhood)")
+      ->capture_default_str();
+  app->add_option("--secagg-stage-timeout", s->stage_timeout_seconds,
+                  "Secure aggregation: seconds each stage after the first waits for stragglers")
+      ->capture_default_str();
+}
+
+inline void ApplySecAggFlags(const SecAggFlags& f, AggregatorConfig* c) {
+  c->secagg.enabled = f.mode != "off";
+  c->secagg.graph = f.mode == "complete" ? privacy::SecAggGraph::kComplete : privacy::SecAggGraph::kHarary;
+}
+
 inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--arch", c->model_arch, "Model architecture: 2nn, cnn or logreg")->capture_default_str();
   app->add_option("--rounds", c->rounds, "Number of federated rounds")->capture_default_str()->check(CLI::PositiveNumber);

@@ -75,8 +75,11 @@ int main(int argc, char** argv) {
   aggregator::AddRoundFlags(&app, &config);
   aggregator::DpFlags dp_flags;
   aggregator::AddDpFlags(&app, &config, &dp_flags);
+  aggregator::SecAggFlags secagg_flags;
+  aggregator::AddSecAggFlags(&app, &config, &secagg_flags);
   CLI11_PARSE(app, argc, argv);
   aggregator::ApplyDpMode(dp_flags, &config);
+  aggregator::ApplySecAggFlags(secagg_flags, &config);
   // Signals are handled from the start: a SIGTERM during start-up still
   // ends the process cleanly, before or after the store is opened.
   std::signal(SIGINT, OnSignal);

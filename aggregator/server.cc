@@ -70,6 +70,12 @@ Status AggregatorConfig::Validate() const {
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
   if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
   RETURN_IF_ERROR(dp.Validate());
+  RETURN_IF_ERROR(secagg.Validate());
+  if (secagg.enabled && dp.adaptive_clip) {
+    return InvalidArgument(
+        "adaptive clipping needs each device's clipped-or-not bit, which secure aggregation hides; "
+        "drop --dp-adaptive-clip or --secagg");
+  }
   if (!signing_key) return InvalidArgument("a model-signing key is required (create one with flotilla-keygen --signing)");
   if (socket.security == net::TransportSecurity::kCurve && allowlist_path.empty() && allowed_clients.empty()) {
     return InvalidArgument("CURVE is on but no client is allowed: pass an allowlist file");
@@ -77,9 +83,17 @@ Status AggregatorConfig::Validate() const {
   return Status::Ok();
 }
 
-StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig& config, net::Context* context,
+StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig& given, net::Context* context,
                                                          Weights initial, EvalFn eval, RoundFn on_round) {
-  RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(given.Validate());
+  AggregatorConfig config = given;
+  if (config.secagg.enabled && config.dp.mode == DpConfig::Mode::kClientCentral) {
+    // The aggregator never sees an individual update, so it cannot clip
+    // them; each device clips and adds its share of the noise instead. The
+    // accounting is the same.
+    LOG_INFO("aggregator", "secure aggregation: central DP noise is replaced by distributed noise from the devices");
+    config.dp.mode = DpConfig::Mode::kClientDistributed;
+  }
   RETURN_IF_ERROR(initial.Validate().WithContext("initial model"));
   ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(config.store_path));
   store->set_min_free_bytes(config.store_min_free_bytes);
@@ -159,6 +173,7 @@ Status Aggregator::Recover() {
     ClientState& state = clients_[c.client_id()];
     state.name = c.name();
     state.num_examples = c.num_examples();
+    state.secagg_key = c.secagg_identity_key();
   }
 
   ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds());
@@ -167,6 +182,18 @@ Status Aggregator::Recover() {
     round_ = std::max(round_, r.round());
     if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED) ++rounds_done_;
     if (r.outcome() == records::RoundRecord::OUTCOME_RUNNING) running = &r;
+  }
+  if (running != nullptr && running->round() == round_ && running->secure_aggregation()) {
+    // Secure aggregation keeps its keys and shares in memory only. The round
+    // is not resumed: a new round starts with fresh keys (resuming with the
+    // same masks and new inputs would leak their difference).
+    records::RoundRecord failed = *running;
+    failed.set_outcome(records::RoundRecord::OUTCOME_FAILED);
+    failed.set_note("interrupted by an aggregator restart during secure aggregation; not resumed");
+    RETURN_IF_ERROR(store_->CommitRound(failed, nullptr));
+    LOG_WARN("aggregator", "round " << round_ << " was running secure aggregation when the aggregator stopped; "
+                                    << "recorded as failed, the next round starts with fresh keys");
+    running = nullptr;
   }
   if (running != nullptr && running->round() == round_) {
     if (running->base_model_version() != model_version_) {
@@ -274,7 +301,21 @@ Status Aggregator::AccountRound(records::RoundRecord* record, double q) {
     // With adaptive clipping the updates carry noise z_delta > z and the
     // clipped-count carries sigma_b; together they are exactly as private
     // as the Gaussian mechanism with multiplier z (Andrew et al. 2021, Thm 1).
-    const double z = dp.noise_multiplier;
+    double z = dp.noise_multiplier;
+    const double m = static_cast<double>(selected_.size());
+    if (dp.mode == DpConfig::Mode::kClientDistributed && received_.size() < selected_.size()) {
+      // Distributed noise comes only from the devices that reported: with r
+      // of m, the sum carries N(0, (r/m) (z_delta C)^2). Charge what was
+      // really added (Andrew et al.'s composition with the count noise when
+      // clipping is adaptive), not what was planned.
+      const double z_updates = EffectiveNoiseMultiplier() * std::sqrt(static_cast<double>(received_.size()) / m);
+      z = clipper_ ? 1.0 / std::sqrt(1.0 / (z_updates * z_updates) +
+                                     1.0 / (4.0 * ClipCountStddev() * ClipCountStddev()))
+                   : z_updates;
+      LOG_WARN("aggregator", "round " << round_ << ": " << received_.size() << " of " << selected_.size()
+                                      << " devices added their share of the noise; charging noise multiplier " << z
+                                      << " instead of " << dp.noise_multiplier);
+    }
     RETURN_IF_ERROR(accountant_.Compose(q, z, 1));
     ASSIGN_OR_RETURN(privacy::PrivacySpent spent, accountant_.GetPrivacySpent(dp.delta));
     epsilon_ = spent.epsilon;
@@ -289,6 +330,13 @@ Status Aggregator::AccountRound(records::RoundRecord* record, double q) {
     e.set_epsilon_after(epsilon_);
     e.set_recorded_unix_ms(NowUnixMs());
     RETURN_IF_ERROR(store_->PutLedgerEntry(e));
+    if (epsilon_ > dp.epsilon_budget) {
+      // Only possible when devices dropped out of a distributed-noise round.
+      budget_exhausted_ = true;
+      LOG_WARN("aggregator", "privacy budget: dropouts in round " << round_ << " raised epsilon to " << epsilon_
+                                                                  << ", past the budget of " << dp.epsilon_budget
+                                                                  << "; no further rounds");
+    }
   } else if (dp.mode == DpConfig::Mode::kRecord) {
     for (const auto& id : received_) {
       // Every participant ran the configured number of DP-SGD steps (the
@@ -476,7 +524,16 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
       HandleTaskRequest(client_id, env.request_id());
       return Status::Ok();
     case wire::Envelope::kUpdate:
+      if (secure_) {
+        ++rejected_messages_;
+        ReplyError(in.peer, env.request_id(), wire::ERROR_UNEXPECTED,
+                   "this round uses secure aggregation: plaintext updates are refused");
+        return Status::Ok();
+      }
       return HandleUpdate(client_id, env);
+    case wire::Envelope::kSecagg:
+      HandleSecAgg(client_id, env);
+      return Status::Ok();
     case wire::Envelope::kDecline: {
       const uint32_t r = env.decline().round();
       if (round_active_ && r == round_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
@@ -511,11 +568,17 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
   state.name = hello.client_name();
   state.num_examples = hello.num_examples();
   state.parked_request.reset();
+  state.secagg_key = hello.secagg_identity_key();
+  if (config_.secagg.enabled && state.secagg_key.empty() && is_new) {
+    LOG_WARN("aggregator", "client '" << hello.client_name() << "' has no secure-aggregation identity key; "
+                                      << "it will not be sampled (update its software)");
+  }
   records::ClientRecord record;
   record.set_client_id(client_id);
   record.set_name(hello.client_name());
   record.set_num_examples(hello.num_examples());
   record.set_last_seen_unix_ms(NowUnixMs());
+  record.set_secagg_identity_key(hello.secagg_identity_key());
   if (Status st = store_->PutClient(record); !st.ok()) LOG_WARN("aggregator", st.ToString());
   if (is_new) {
     LOG_INFO("aggregator", "client '" << hello.client_name() << "'"
@@ -609,7 +672,7 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
     return;
   }
   if (round_active_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
-      !received_.count(client_id) && !declined_.count(client_id)) {
+      !received_.count(client_id) && !declined_.count(client_id) && !(secure_ && secure_->Advertised(client_id))) {
     SendTask(client_id, request_id);
     return;
   }
@@ -640,7 +703,7 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   const DpConfig& dp = config_.dp;
   if (dp.client_level()) {
     tc->set_clip_norm(clip_norm_);
-    if (dp.mode == DpConfig::Mode::kClientDistributed) {
+    if (dp.mode == DpConfig::Mode::kClientDistributed && !secure_) {
       // Each of the m sampled devices adds N(0, (zC)^2 / m): the sum carries N(0, (zC)^2).
       tc->set_noise_stddev(EffectiveNoiseMultiplier() * clip_norm_ / std::sqrt(static_cast<double>(selected_.size())));
     }
@@ -649,11 +712,15 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
     tc->set_dpsgd_clip(dp.clip_norm);
     tc->set_dpsgd_sampling_rate(dp.dpsgd_sampling_rate);
   }
+  // Under secure aggregation the device clips, quantizes and adds its noise
+  // on the integer path (the setup says how), then runs the SecAgg stages.
+  if (secure_) *task->mutable_secagg() = secure_->SetupFor(client_id);
   Reply(state.peer, request_id, std::move(env));
 }
 
 void Aggregator::AnswerParked(bool keepalive_only) {
   const auto now = Clock::now();
+  if (secure_ && keepalive_only) SendSecureReplies(secure_->Keepalive(now, kParkKeepalive));
   for (auto& [id, state] : clients_) {
     if (!state.parked_request) continue;
     const uint64_t request_id = *state.parked_request;
@@ -745,7 +812,10 @@ Status Aggregator::MaybeStartRound() {
   std::vector<std::string> ids;
   for (const auto& kv : clients_) {
     // Revoked keys stay in the registry but are never sampled.
-    if (!zap_ || zap_->IsAllowed(kv.first)) ids.push_back(kv.first);  // sorted
+    if (zap_ && !zap_->IsAllowed(kv.first)) continue;
+    // Under secure aggregation a device needs its identity key.
+    if (config_.secagg.enabled && kv.second.secagg_key.size() != 32) continue;
+    ids.push_back(kv.first);  // sorted
   }
   if (static_cast<int>(ids.size()) < config_.min_clients) return Status::Ok();
   const DpConfig& dp = config_.dp;
@@ -802,10 +872,18 @@ Status Aggregator::MaybeStartRound() {
   record.set_base_model_version(model_version_);
   record.set_started_unix_ms(NowUnixMs());
   record.set_sampling_rate(round_q_);
+  record.set_secure_aggregation(config_.secagg.enabled);
+  if (config_.secagg.enabled) {
+    // Parameters that cannot work (too few clients for the threshold, a
+    // quantization that would overflow) are a configuration error.
+    RETURN_IF_ERROR(StartSecureRound());
+    record.set_secagg_threshold(secure_->params().threshold);
+  }
   if (Status st = store_->PutRound(record); !st.ok()) {
     // Not started: undo, and try again on a later iteration (a full disk
     // is the usual cause; devices wait meanwhile).
     round_active_ = false;
+    secure_.reset();
     --round_;
     if (st.code() != StatusCode::kResourceExhausted && !st.retryable()) return st;
     static Clock::time_point last_log{};
@@ -826,6 +904,11 @@ Status Aggregator::MaybeStartRound() {
 
 Status Aggregator::MaybeFinishRound() {
   if (!round_active_) return Status::Ok();
+  if (secure_) {
+    SendSecureReplies(secure_->Advance(Clock::now(), declined_));
+    if (secure_->done() || secure_->aborted()) return FinishRound(false);
+    return Status::Ok();
+  }
   if (received_.size() + declined_.size() >= selected_.size()) return FinishRound(false);
   if (Clock::now() >= round_deadline_) return FinishRound(true);
   return Status::Ok();
@@ -833,8 +916,19 @@ Status Aggregator::MaybeFinishRound() {
 
 Status Aggregator::FinishRound(bool deadline_passed) {
   round_active_ = false;
+  // A secure round's contributors are the survivors of its last stage.
+  std::string secure_failure;
+  if (secure_) {
+    received_.clear();
+    if (secure_->done()) {
+      received_.insert(secure_->survivors().begin(), secure_->survivors().end());
+    } else {
+      secure_failure = "secure aggregation aborted: " + std::string(secure_->abort_status().message());
+    }
+  }
   RoundSummary summary;
   summary.round = round_;
+  summary.secure = secure_ != nullptr;
   summary.selected = static_cast<int>(selected_.size());
   summary.received = static_cast<int>(received_.size());
   records::RoundRecord record;
@@ -842,11 +936,22 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   for (const auto& id : selected_) record.add_selected(id);
   for (const auto& id : received_) record.add_received(id);
   record.set_base_model_version(model_version_);
+  record.set_started_unix_ms(NowUnixMs() - static_cast<int64_t>(1000 * std::chrono::duration<double>(
+                                                                             Clock::now() - round_started_).count()));
+  record.set_sampling_rate(round_q_);
+  if (secure_) {
+    record.set_secure_aggregation(true);
+    record.set_secagg_threshold(secure_->params().threshold);
+    record.set_secagg_survivors(static_cast<uint32_t>(received_.size()));
+  }
 
-  if (static_cast<int>(received_.size()) < config_.min_updates) {
+  if (!secure_failure.empty() || static_cast<int>(received_.size()) < config_.min_updates) {
     record.set_outcome(records::RoundRecord::OUTCOME_FAILED);
-    record.set_note("only " + std::to_string(received_.size()) + " of " + std::to_string(selected_.size()) +
-                    " updates by the deadline (min " + std::to_string(config_.min_updates) + ")");
+    record.set_note(!secure_failure.empty()
+                        ? secure_failure
+                        : "only " + std::to_string(received_.size()) + " of " + std::to_string(selected_.size()) +
+                              " updates by the deadline (min " + std::to_string(config_.min_updates) + ")");
+    secure_.reset();
     LOG_WARN("aggregator", "round " << round_ << " failed: " << record.note());
     summary.seconds = std::chrono::duration<double>(Clock::now() - round_started_).count();
     record.set_seconds(summary.seconds);
@@ -861,25 +966,15 @@ Status Aggregator::FinishRound(bool deadline_passed) {
     LOG_WARN("aggregator", "round " << round_ << " deadline passed with " << received_.size() << " of "
                                     << selected_.size() << " updates; aggregating those");
   }
-  // Stream the round's updates from the store in client-id order.
   const DpConfig& dp = config_.dp;
-  WeightedMean mean(global_.layout);
-  Status merge = store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
-    ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
-    if (dp.mode == DpConfig::Mode::kClientCentral) {
-      // The trusted aggregator enforces the bound itself as well.
-      privacy::ClipL2(delta.data.data(), delta.data.size(), clip_norm_);
-    }
-    // Client-level DP averages with equal weights: example counts are
-    // private and would change the sensitivity (docs/privacy.md).
-    return mean.Add(delta, dp.client_level() ? 1.0 : static_cast<double>(u.num_examples()));
-  });
-  RETURN_IF_ERROR(merge.WithContext("merging round " + std::to_string(round_)));
-  ASSIGN_OR_RETURN(Weights mean_delta, mean.Mean());
+  StatusOr<Weights> merged = secure_ ? MergeSecureSum() : MergeStoredUpdates();
+  secure_.reset();
+  RETURN_IF_ERROR(merged.status().WithContext("merging round " + std::to_string(round_)));
+  Weights mean_delta = std::move(merged).value();
   if (dp.client_level()) {
     // sum / m with the fixed denominator m = clients sampled, plus central noise.
     const double m = static_cast<double>(selected_.size());
-    const double sum_scale = static_cast<double>(mean.count()) / m;
+    const double sum_scale = static_cast<double>(received_.size()) / m;
     for (auto& v : mean_delta.data) v = static_cast<float>(v * sum_scale);
     if (dp.mode == DpConfig::Mode::kClientCentral) {
       ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
@@ -907,7 +1002,8 @@ Status Aggregator::FinishRound(bool deadline_passed) {
     examples += el.first;
   }
   summary.total_examples = examples;
-  summary.mean_train_loss = examples > 0 ? loss_sum / static_cast<double>(examples) : 0.0;
+  // Under secure aggregation no per-device loss reaches the aggregator.
+  summary.mean_train_loss = examples > 0 ? loss_sum / static_cast<double>(examples) : summary.secure ? NAN : 0.0;
 
   records::ModelRecord model;
   model.set_version(model_version_ + 1);
@@ -955,6 +1051,93 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   if (on_round_) on_round_(summary);
   AnswerParked(false);
   return Status::Ok();
+}
+
+// Streams the round's updates from the store in client-id order (so the
+// result does not depend on arrival order) into their weighted mean.
+StatusOr<Weights> Aggregator::MergeStoredUpdates() {
+  const DpConfig& dp = config_.dp;
+  WeightedMean mean(global_.layout);
+  RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
+    ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
+    if (dp.mode == DpConfig::Mode::kClientCentral) {
+      // The trusted aggregator enforces the bound itself as well.
+      privacy::ClipL2(delta.data.data(), delta.data.size(), clip_norm_);
+    }
+    // Client-level DP averages with equal weights: example counts are
+    // private and would change the sensitivity (docs/privacy.md).
+    return mean.Add(delta, dp.client_level() ? 1.0 : static_cast<double>(u.num_examples()));
+  }));
+  if (mean.count() != static_cast<int64_t>(received_.size())) {
+    return DataLoss("round " + std::to_string(round_) + " recorded " + std::to_string(received_.size()) +
+                    " updates but the store holds " + std::to_string(mean.count()));
+  }
+  return mean.Mean();
+}
+
+// The secure sum of the survivors' clipped (and noised) deltas, divided by
+// their number: an unweighted mean, since example counts stay on the devices.
+StatusOr<Weights> Aggregator::MergeSecureSum() {
+  std::vector<float> sum = secure_->TakeSum();
+  if (sum.size() != global_.data.size() || received_.empty()) {
+    return Internal("secure sum has " + std::to_string(sum.size()) + " values for " +
+                    std::to_string(global_.data.size()) + " parameters");
+  }
+  const float inv = 1.0f / static_cast<float>(received_.size());
+  for (float& v : sum) {
+    if (!std::isfinite(v)) return Internal("secure sum is not finite");
+    v *= inv;
+  }
+  Weights mean{global_.layout, std::move(sum)};
+  return mean;
+}
+
+Status Aggregator::StartSecureRound() {
+  SecureRound::Options options;
+  options.round = round_;
+  options.clients = selected_;
+  for (const auto& id : selected_) {
+    const std::string& key = clients_[id].secagg_key;
+    options.identity_keys.emplace_back(key.begin(), key.end());
+  }
+  options.vector_length = static_cast<uint32_t>(global_.data.size());
+  const DpConfig& dp = config_.dp;
+  options.clip_norm = dp.client_level() ? clip_norm_ : config_.secagg.clip_norm;
+  if (dp.mode == DpConfig::Mode::kClientDistributed) {
+    // Each of the m sampled devices adds N(0, (zC)^2 / m): the sum carries N(0, (zC)^2).
+    options.noise_stddev = EffectiveNoiseMultiplier() * clip_norm_ / std::sqrt(static_cast<double>(selected_.size()));
+  }
+  options.graph_seed = DeriveSeed(config_.seed, "secagg-graph", round_);
+  options.advertise_deadline = round_deadline_;
+  ASSIGN_OR_RETURN(secure_, SecureRound::Start(config_.secagg, std::move(options)));
+  const privacy::SecAggParams& p = secure_->params();
+  LOG_INFO("aggregator", "round " << round_ << ": secure aggregation over " << p.num_clients << " clients, "
+                                  << (p.graph == privacy::SecAggGraph::kHarary
+                                          ? "SecAgg+ (Harary degree " + std::to_string(p.degree) + ")"
+                                          : std::string("complete graph"))
+                                  << ", threshold " << p.threshold << ", " << p.bit_width << "-bit, scale "
+                                  << secure_->quantization().scale);
+  return Status::Ok();
+}
+
+void Aggregator::HandleSecAgg(const std::string& client_id, const wire::Envelope& env) {
+  const wire::SecAggMessage& m = env.secagg();
+  const std::string& peer = clients_[client_id].peer;
+  if (!round_active_ || !secure_ || m.round() != round_) {
+    ReplyError(peer, env.request_id(), wire::ERROR_WRONG_ROUND,
+               "no secure aggregation is running for round " + std::to_string(m.round()) + " (current " +
+                   std::to_string(round_) + (round_active_ ? ", open)" : ", closed)"));
+    return;
+  }
+  std::optional<wire::Envelope> reply = secure_->Handle(client_id, env.request_id(), m);
+  if (reply) {
+    if (reply->has_error()) ++rejected_messages_;
+    Reply(peer, env.request_id(), std::move(*reply));
+  }
+}
+
+void Aggregator::SendSecureReplies(std::vector<SecureRound::Reply> replies) {
+  for (auto& r : replies) Reply(clients_[r.client_id].peer, r.request_id, std::move(r.envelope));
 }
 
 void Aggregator::Reply(const std::string& peer, uint64_t request_id, wire::Envelope env) {

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/secure_round.h"
 #include "aggregator/store.h"
 #include "core/status.h"
 #include "core/weights.h"
@@ -107,6 +108,8 @@ struct AggregatorConfig {
   std::string allowlist_path;
   std::set<std::string> allowed_clients;
   DpConfig dp;
+  // Secure aggregation (SecAgg / SecAgg+): the aggregator sees only the sum.
+  SecureAggregationConfig secagg;
   // Every model version is signed with this key (required).
   std::shared_ptr<const privacy::SigningKeyPair> signing_key;
 
@@ -126,6 +129,7 @@ struct RoundSummary {
   uint64_t model_version = 0;
   std::optional<double> epsilon;    // cumulative, when DP is on
   std::optional<double> clip_norm;  // client-level DP: the norm this round used
+  bool secure = false;              // the round ran secure aggregation (no train loss known)
 };
 
 struct EvalMetrics {
@@ -181,6 +185,7 @@ class Aggregator {
     std::optional<uint64_t> parked_request;  // request id of a held TaskRequest
     std::chrono::steady_clock::time_point parked_since;
     bool told_finished = false;
+    std::string secagg_key;  // Ed25519 identity key from Hello (32 bytes, or empty)
   };
   using Clock = std::chrono::steady_clock;
 
@@ -197,6 +202,12 @@ class Aggregator {
   void HandleStatus(const net::Incoming& in, uint64_t request_id);
   void HandlePull(const net::Incoming& in, const wire::Envelope& env);
   Status HandleUpdate(const std::string& client_id, const wire::Envelope& env);
+  void HandleSecAgg(const std::string& client_id, const wire::Envelope& env);
+  void SendSecureReplies(std::vector<SecureRound::Reply> replies);
+  Status StartSecureRound();
+  // The mean delta of the round: streamed from the store, or the secure sum.
+  StatusOr<Weights> MergeStoredUpdates();
+  StatusOr<Weights> MergeSecureSum();
   void Reply(const std::string& peer, uint64_t request_id, wire::Envelope env);
   void ReplyError(const std::string& peer, uint64_t request_id, wire::ErrorCode code, const std::string& msg);
   void SendTask(const std::string& client_id, uint64_t request_id);
@@ -249,6 +260,7 @@ class Aggregator {
   privacy::RdpAccountant accountant_;                              // deployment (client-level DP)
   std::map<std::string, privacy::RdpAccountant> client_accountants_;  // record-level DP
   std::optional<privacy::AdaptiveClipper> clipper_;
+  std::unique_ptr<SecureRound> secure_;  // the running round's secure aggregation
   double clip_norm_ = 0.0;     // client-level DP: the clip norm of the current round
   double round_q_ = 0.0;       // sampling rate of the current round
   double epsilon_ = 0.0;       // cumulative (deployment, or max over clients)

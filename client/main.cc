@@ -92,6 +92,10 @@ int main(int argc, char** argv) {
     config.socket.curve.public_key = own->public_z85;
     config.socket.curve.secret_key = own->SecretZ85();
     config.socket.curve.server_public_key = *server;
+    // The secure-aggregation identity comes from the same enrolled key.
+    auto identity = privacy::DeriveSecAggIdentity(*own);
+    if (!identity.ok()) return Fail(identity.status());
+    config.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
   }
 
   if (*status) {

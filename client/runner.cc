@@ -50,8 +50,9 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
       if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
       if (update.ok()) {
         ++stats.rounds_trained;
-        // Durable before it leaves the device.
-        if (store != nullptr) RETURN_IF_ERROR(store->PutOutbox(*update));
+        // Durable before it leaves the device. (A secure-aggregation input
+        // is never resent: a new attempt would need fresh keys anyway.)
+        if (store != nullptr && !task->has_secagg()) RETURN_IF_ERROR(store->PutOutbox(*update));
         RETURN_IF_ERROR(session->SubmitUpdate(std::move(update).value()));
       } else {
         RETURN_IF_ERROR(session->AbandonTask(update.status()));

@@ -1,8 +1,10 @@
 #include "client/session.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/log.h"
+#include "core/rng.h"
 #include "proto/codec.h"
 
 namespace flotilla::client {
@@ -14,6 +16,7 @@ const char* StateName(Session::State state) {
     case Session::State::kWaiting: return "waiting";
     case Session::State::kTraining: return "training";
     case Session::State::kUploading: return "uploading";
+    case Session::State::kSecAgg: return "secure-aggregation";
     case Session::State::kFinished: return "finished";
   }
   return "unknown";
@@ -37,6 +40,10 @@ Status Session::SendHello() {
   env.mutable_hello()->set_client_name(config_.name);
   env.mutable_hello()->set_num_examples(config_.num_examples);
   env.mutable_hello()->set_software("flotilla-client/0.1.0");
+  if (config_.secagg_identity) {
+    const auto& key = config_.secagg_identity->public_key;
+    env.mutable_hello()->set_secagg_identity_key(key.data(), key.size());
+  }
   return Send(&env, State::kHello);
 }
 
@@ -85,6 +92,7 @@ Status Session::Handle(const wire::Envelope& env) {
   backoff_ = std::chrono::milliseconds(0);
   switch (env.body_case()) {
     case wire::Envelope::kWelcome:
+      if (secure_) return SendSecAgg(/*poll=*/false);
       if (pending_update_) return SendUpdate();
       return SendTaskRequest();
     case wire::Envelope::kWait:
@@ -94,6 +102,8 @@ Status Session::Handle(const wire::Envelope& env) {
     case wire::Envelope::kTrainTask:
       pending_task_ = env.train_task();
       training_round_ = env.train_task().round();
+      secagg_setup_.reset();
+      if (env.train_task().has_secagg()) secagg_setup_ = env.train_task().secagg();
       state_ = State::kTraining;
       return Status::Ok();
     case wire::Envelope::kAck:
@@ -107,8 +117,25 @@ Status Session::Handle(const wire::Envelope& env) {
       state_ = State::kFinished;
       LOG_DEBUG("client", config_.name << ": federation finished");
       return Status::Ok();
+    case wire::Envelope::kSecagg:
+      if (!secure_) {
+        LOG_WARN("client", config_.name << ": secure aggregation message without a secure round");
+        return SendTaskRequest();
+      }
+      return HandleSecAgg(env.secagg());
     case wire::Envelope::kError: {
       const wire::Error& err = env.error();
+      if (secure_) {
+        switch (err.code()) {
+          case wire::ERROR_NOT_REGISTERED: return SendHello();
+          case wire::ERROR_NOT_FOUND: return SendSecAgg(/*poll=*/false);  // our message never arrived
+          case wire::ERROR_INTERNAL:
+            state_ = State::kWaiting;
+            retry_at_ = Clock::now() + std::chrono::seconds(1);
+            return Status::Ok();
+          default: return EndSecureUpdate(false, err.message());
+        }
+      }
       switch (err.code()) {
         case wire::ERROR_NOT_REGISTERED:
           return SendHello();
@@ -144,10 +171,12 @@ Status Session::Handle(const wire::Envelope& env) {
 Status Session::OnTick() {
   const auto now = Clock::now();
   if (state_ == State::kWaiting && now >= retry_at_) {
+    if (secure_) return SendSecAgg(/*poll=*/true);
     if (pending_update_) return SendUpdate();
     return SendTaskRequest();
   }
-  if ((state_ == State::kHello || state_ == State::kRequesting || state_ == State::kUploading) &&
+  if ((state_ == State::kHello || state_ == State::kRequesting || state_ == State::kUploading ||
+       state_ == State::kSecAgg) &&
       now >= reply_deadline_) {
     backoff_ = std::min(config_.max_backoff, std::max(std::chrono::milliseconds(500), backoff_ * 2));
     ++reconnects_;
@@ -164,7 +193,8 @@ Session::Clock::time_point Session::NextDeadline() const {
     case State::kWaiting: return retry_at_;
     case State::kHello:
     case State::kRequesting:
-    case State::kUploading: return reply_deadline_;
+    case State::kUploading:
+    case State::kSecAgg: return reply_deadline_;
     default: return Clock::now() + std::chrono::hours(1);
   }
 }
@@ -177,6 +207,7 @@ std::optional<wire::TrainTask> Session::TakeTask() {
 
 Status Session::SubmitUpdate(wire::Update update) {
   if (state_ != State::kTraining) return FailedPrecondition("no task is being trained");
+  if (secagg_setup_) return StartSecureUpdate(update);
   pending_update_ = std::move(update);
   return SendUpdate();
 }
@@ -195,6 +226,77 @@ std::vector<Session::Settled> Session::TakeSettled() {
 Status Session::ResumeUpdate(wire::Update update) {
   if (state_ != State::kHello) return FailedPrecondition("ResumeUpdate must come before the Welcome");
   pending_update_ = std::move(update);
+  return Status::Ok();
+}
+
+Status Session::StartSecureUpdate(const wire::Update& update) {
+  const wire::SecAggSetup setup = *secagg_setup_;
+  secagg_setup_.reset();
+  StatusOr<std::vector<float>> delta = [&]() -> StatusOr<std::vector<float>> {
+    if (!config_.secagg_identity) return FailedPrecondition("this device has no secure-aggregation identity key");
+    const std::string& data = update.delta().data();
+    if (data.size() % sizeof(float) != 0) return InvalidArgument("update delta is not a float vector");
+    std::vector<float> values(data.size() / sizeof(float));
+    std::memcpy(values.data(), data.data(), data.size());
+    return values;
+  }();
+  StatusOr<std::unique_ptr<SecureUpdate>> made =
+      delta.ok() ? SecureUpdate::Create(setup, update.round(), *config_.secagg_identity, *delta)
+                 : StatusOr<std::unique_ptr<SecureUpdate>>(delta.status());
+  if (!made.ok()) {
+    ++secagg_aborted_;
+    return AbandonTask(made.status());
+  }
+  secure_ = std::move(made).value();
+  secagg_out_ = secure_->First();
+  secagg_drop_at_ = config_.secagg_drop_stage;
+  if (secagg_drop_at_ < 0 && config_.secagg_dropout > 0) {
+    Rng rng(DeriveSeed(config_.fault_seed, "secagg-dropout", update.round()));
+    if (rng.UniformDouble() < config_.secagg_dropout) secagg_drop_at_ = 1 + static_cast<int>(rng.UniformInt(3));
+  }
+  return SendSecAgg(/*poll=*/false);
+}
+
+Status Session::SendSecAgg(bool poll) {
+  if (static_cast<int>(secagg_out_.stage()) == secagg_drop_at_) {
+    // Fault injection: vanish from this round. Ask for work again later; the
+    // aggregator does not hand this round's task out twice.
+    LOG_INFO("client", config_.name << ": FAULT INJECTION: dropping out of secure aggregation at stage "
+                                    << secagg_out_.stage() << " of round " << secure_->round());
+    secure_.reset();
+    state_ = State::kWaiting;
+    retry_at_ = Clock::now() + std::chrono::seconds(1);
+    return Status::Ok();
+  }
+  wire::Envelope env;
+  *env.mutable_secagg() = secagg_out_;
+  if (poll) env.mutable_secagg()->clear_payload();
+  return Send(&env, State::kSecAgg);
+}
+
+Status Session::HandleSecAgg(const wire::SecAggMessage& message) {
+  StatusOr<std::optional<wire::SecAggMessage>> next = secure_->Next(message);
+  if (!next.ok()) return EndSecureUpdate(false, std::string(next.status().message()));
+  if (!next->has_value()) return EndSecureUpdate(true, "");
+  secagg_out_ = std::move(**next);
+  return SendSecAgg(/*poll=*/false);
+}
+
+Status Session::EndSecureUpdate(bool completed, const std::string& why) {
+  const uint32_t round = secure_->round();
+  secure_.reset();
+  if (completed) {
+    ++secagg_completed_;
+    ++updates_acked_;
+    settled_.push_back({round, true});
+    LOG_DEBUG("client", config_.name << ": secure aggregation for round " << round << " done");
+    return SendTaskRequest();
+  }
+  ++secagg_aborted_;
+  LOG_WARN("client", config_.name << ": secure aggregation for round " << round << " ended: " << why);
+  settled_.push_back({round, false});
+  state_ = State::kWaiting;
+  retry_at_ = Clock::now() + std::chrono::milliseconds(200);
   return Status::Ok();
 }
 

@@ -7,6 +7,11 @@
 //   Hello -> Welcome -> TaskRequest -> (Wait | TrainTask | Finished)
 //   TrainTask -> [caller trains] -> Update -> (Ack | Error) -> TaskRequest ...
 //
+// A TrainTask with a SecAggSetup (secure aggregation) is answered not with
+// an Update but with the four SecAgg stages (client/secure_update.h): each
+// SecAggMessage the session sends is answered by the aggregator's next one
+// once that stage has closed; a Wait meanwhile makes the session poll.
+//
 // A request with no reply within request_timeout is treated as a lost
 // connection: the socket is recreated and the session says Hello again
 // (resending an unacknowledged update afterwards), with exponential backoff.
@@ -22,7 +27,9 @@
 #include <vector>
 
 #include "core/status.h"
+#include "client/secure_update.h"
 #include "net/transport.h"
+#include "privacy/keys.h"
 #include "proto/flotilla.pb.h"
 
 namespace flotilla::client {
@@ -34,12 +41,23 @@ struct SessionConfig {
   std::chrono::milliseconds request_timeout{30000};
   std::chrono::milliseconds max_backoff{10000};
   net::SocketOptions socket;
+  // Signs this device's secure-aggregation keys (privacy::DeriveSecAggIdentity);
+  // its public half goes in Hello. Without one the device is not sampled
+  // for secure-aggregation rounds.
+  std::shared_ptr<const privacy::SigningKeyPair> secagg_identity;
+  // FAULT INJECTION (simulator and tests): in each secure round, with this
+  // probability the device vanishes at a stage drawn uniformly from 1..3
+  // (it sends nothing more for that round), or at `secagg_drop_stage` when
+  // that is >= 0.
+  double secagg_dropout = 0.0;
+  int secagg_drop_stage = -1;
+  uint64_t fault_seed = 0;
 };
 
 class Session {
  public:
   using Clock = std::chrono::steady_clock;
-  enum class State { kHello, kRequesting, kWaiting, kTraining, kUploading, kFinished };
+  enum class State { kHello, kRequesting, kWaiting, kTraining, kUploading, kSecAgg, kFinished };
 
   // Creates the socket and sends Hello (queued until the aggregator is up).
   static StatusOr<std::unique_ptr<Session>> Create(net::Context* context, const SessionConfig& config);
@@ -76,6 +94,8 @@ class Session {
 
   // Counters for reports.
   int updates_acked() const { return updates_acked_; }
+  int secagg_completed() const { return secagg_completed_; }
+  int secagg_aborted() const { return secagg_aborted_; }
   int reconnects() const { return reconnects_; }
   const std::optional<wire::Finished>& finished_message() const { return finished_msg_; }
 
@@ -85,6 +105,12 @@ class Session {
   Status SendHello();
   Status SendTaskRequest();
   Status SendUpdate();
+  // Secure aggregation: start after training, send the current stage (the
+  // full message, or an empty poll), move on with the aggregator's answer.
+  Status StartSecureUpdate(const wire::Update& update);
+  Status SendSecAgg(bool poll);
+  Status HandleSecAgg(const wire::SecAggMessage& message);
+  Status EndSecureUpdate(bool completed, const std::string& why);
   Status Send(wire::Envelope* env, State next);
   Status Handle(const wire::Envelope& env);
 
@@ -100,6 +126,12 @@ class Session {
   std::optional<wire::TrainTask> pending_task_;
   uint32_t training_round_ = 0;
   std::optional<wire::Update> pending_update_;  // sent, not yet acknowledged
+  std::optional<wire::SecAggSetup> secagg_setup_;  // of the task being trained
+  std::unique_ptr<SecureUpdate> secure_;
+  wire::SecAggMessage secagg_out_;  // the stage message last sent
+  int secagg_drop_at_ = -1;         // fault injection for the current round
+  int secagg_completed_ = 0;
+  int secagg_aborted_ = 0;
   std::optional<wire::Finished> finished_msg_;
   std::vector<Settled> settled_;
   void Settle(bool recorded);

@@ -131,6 +131,26 @@ StatusOr<CurveKeyPair> DeriveCurveKeyPairForSimulation(uint64_t seed) {
   return pair;
 }
 
+StatusOr<SigningKeyPair> DeriveSecAggIdentity(const CurveKeyPair& curve) {
+  RETURN_IF_ERROR(EnsureSodium());
+  if (curve.secret.size() != crypto_box_SECRETKEYBYTES) return InvalidArgument("CURVE secret key must be 32 bytes");
+  static const char kLabel[] = "flotilla-secagg-identity-v1";
+  SecretBytes seed(crypto_sign_SEEDBYTES);
+  crypto_generichash_state state;
+  crypto_generichash_init(&state, nullptr, 0, seed.size());
+  crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(kLabel), sizeof(kLabel) - 1);
+  crypto_generichash_update(&state, curve.secret.data(), curve.secret.size());
+  crypto_generichash_final(&state, seed.data(), seed.size());
+  sodium_memzero(&state, sizeof(state));
+  SigningKeyPair pair;
+  pair.public_key.resize(crypto_sign_PUBLICKEYBYTES);
+  pair.secret = SecretBytes(crypto_sign_SECRETKEYBYTES);
+  if (crypto_sign_seed_keypair(pair.public_key.data(), pair.secret.data(), seed.data()) != 0) {
+    return Internal("crypto_sign_seed_keypair failed");
+  }
+  return pair;
+}
+
 StatusOr<SigningKeyPair> GenerateSigningKeyPair() {
   RETURN_IF_ERROR(EnsureSodium());
   SigningKeyPair pair;

@@ -59,6 +59,12 @@ StatusOr<CurveKeyPair> GenerateCurveKeyPair();
 // reproducible client identities; never for a real device.
 StatusOr<CurveKeyPair> DeriveCurveKeyPairForSimulation(uint64_t seed);
 StatusOr<SigningKeyPair> GenerateSigningKeyPair();
+// A device's secure-aggregation identity (the Ed25519 pair that signs its
+// per-round SecAgg keys), derived from its CURVE secret key:
+// crypto_sign_seed_keypair(BLAKE2b-256("flotilla-secagg-identity-v1" ||
+// curve secret)). One enrolled key thus serves both purposes, and the
+// derived secret is as well protected as the CURVE key file.
+StatusOr<SigningKeyPair> DeriveSecAggIdentity(const CurveKeyPair& curve);
 
 // Writes DIR/NAME.curve.pub and DIR/NAME.curve.key (0600, created with that
 // mode so the secret is never world-readable). Refuses to overwrite unless

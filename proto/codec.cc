@@ -26,6 +26,9 @@ Status CheckBody(const wire::Envelope& env, const ParseLimits& limits) {
       RETURN_IF_ERROR(CheckString(env.hello().client_name(), "hello.client_name", limits));
       RETURN_IF_ERROR(CheckString(env.hello().software(), "hello.software", limits));
       if (env.hello().num_examples() < 0) return InvalidArgument("hello.num_examples is negative");
+      if (!env.hello().secagg_identity_key().empty() && env.hello().secagg_identity_key().size() != 32) {
+        return InvalidArgument("hello.secagg_identity_key must be 32 bytes");
+      }
       return Status::Ok();
     case wire::Envelope::kUpdate: {
       const auto& u = env.update();
@@ -169,6 +172,7 @@ const char* BodyName(const wire::Envelope& envelope) {
     case wire::Envelope::kPullRequest: return "PullRequest";
     case wire::Envelope::kPullReply: return "PullReply";
     case wire::Envelope::kDecline: return "Decline";
+    case wire::Envelope::kSecagg: return "SecAggMessage";
     case wire::Envelope::BODY_NOT_SET: return "(empty)";
   }
   return "(unknown)";

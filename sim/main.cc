@@ -33,8 +33,16 @@ int main(int argc, char** argv) {
   flotilla::aggregator::AddRoundFlags(&app, &config.aggregator);
   flotilla::aggregator::DpFlags dp_flags;
   flotilla::aggregator::AddDpFlags(&app, &config.aggregator, &dp_flags);
+  flotilla::aggregator::SecAggFlags secagg_flags;
+  flotilla::aggregator::AddSecAggFlags(&app, &config.aggregator, &secagg_flags);
+  app.add_option("--secagg-dropout", config.secagg_dropout,
+                 "FAULT INJECTION: probability that a client vanishes mid-protocol (at a random stage 1-3) in each "
+                 "secure round")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   CLI11_PARSE(app, argc, argv);
   flotilla::aggregator::ApplyDpMode(dp_flags, &config.aggregator);
+  flotilla::aggregator::ApplySecAggFlags(secagg_flags, &config.aggregator);
 
   flotilla::LogLevel level;
   if (!flotilla::ParseLogLevel(log_level, &level)) {
@@ -60,6 +68,12 @@ int main(int argc, char** argv) {
     std::printf("differential privacy: %s, noise multiplier %g, clip %g%s, delta %g, epsilon budget %g\n",
                 flotilla::aggregator::DpModeName(dp.mode), dp.noise_multiplier, dp.clip_norm,
                 dp.adaptive_clip ? " (adaptive)" : "", dp.delta, dp.epsilon_budget);
+  }
+  if (config.aggregator.secagg.enabled) {
+    const auto& sa = config.aggregator.secagg;
+    std::printf("secure aggregation: %s, %u-bit%s\n",
+                sa.graph == flotilla::privacy::SecAggGraph::kHarary ? "SecAgg+ (Harary graph)" : "complete graph",
+                sa.bit_width, config.secagg_dropout > 0 ? ", injected dropouts" : "");
   }
   std::fflush(stdout);
   flotilla::StatusOr<flotilla::sim::SimResult> result = flotilla::sim::RunSimulation(config);

@@ -150,6 +150,9 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"dp_epsilon_budget", a.dp.epsilon_budget},
       {"dp_adaptive_clip", a.dp.adaptive_clip},
       {"dp_sampling_rate", a.dp.dpsgd_sampling_rate},
+      {"secagg", !a.secagg.enabled ? "off" : a.secagg.graph == privacy::SecAggGraph::kHarary ? "secagg+" : "complete"},
+      {"secagg_bits", a.secagg.bit_width},
+      {"secagg_dropout", config.secagg_dropout},
       {"epsilon_spent", result.rounds.empty() || !result.rounds.back().epsilon ? 0.0 : *result.rounds.back().epsilon},
       {"train_examples", result.train_examples},
       {"final_test_accuracy", result.final_accuracy},
@@ -324,7 +327,22 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
       sc.socket.curve.public_key = client_keys[i].public_z85;
       sc.socket.curve.secret_key = client_keys[i].SecretZ85();
       sc.socket.curve.server_public_key = agg_config.socket.curve.public_key;
+      StatusOr<privacy::SigningKeyPair> identity = privacy::DeriveSecAggIdentity(client_keys[i]);
+      if (!identity.ok()) {
+        client_status = identity.status();
+        break;
+      }
+      sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
+    } else if (agg_config.secagg.enabled) {
+      StatusOr<privacy::SigningKeyPair> identity = privacy::GenerateSigningKeyPair();
+      if (!identity.ok()) {
+        client_status = identity.status();
+        break;
+      }
+      sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
     }
+    sc.secagg_dropout = config.secagg_dropout;
+    sc.fault_seed = DeriveSeed(agg_config.seed, "faults", static_cast<uint64_t>(i));
     StatusOr<std::unique_ptr<client::Session>> s = client::Session::Create(&context, sc);
     if (s.ok()) sessions.push_back(std::move(s).value());
     else client_status = s.status();

@@ -31,6 +31,9 @@ struct SimConfig {
   // Central baseline instead of a federation: train one model on the union
   // of the clients' data for this many epochs (0 = federated run).
   int central_epochs = 0;
+  // FAULT INJECTION under secure aggregation: per round, each client
+  // vanishes mid-protocol with this probability (see client::SessionConfig).
+  double secagg_dropout = 0.0;
   aggregator::AggregatorConfig aggregator;  // endpoint, rounds, fraction, training settings, seed
 };
 

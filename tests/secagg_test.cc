@@ -799,5 +799,226 @@ TEST_CASE("Quantization + SecAgg: dequantized secure sum matches the float sum",
   }
 }
 
+// The decoded noisy sum minus the true float sum: mean and standard
+// deviation over coordinates.
+struct ErrorStats {
+  double mean = 0;
+  double stddev = 0;
+  double worst = 0;
+};
+
+ErrorStats DecodingError(const std::vector<float>& decoded, const std::vector<std::vector<float>>& updates,
+                         const std::vector<uint32_t>& survivors) {
+  ErrorStats e;
+  std::vector<double> err(decoded.size());
+  for (size_t i = 0; i < decoded.size(); ++i) {
+    double want = 0;
+    for (uint32_t u : survivors) want += updates[u][i];
+    err[i] = decoded[i] - want;
+    e.mean += err[i];
+    e.worst = std::max(e.worst, std::fabs(err[i]));
+  }
+  e.mean /= static_cast<double>(err.size());
+  for (double x : err) e.stddev += (x - e.mean) * (x - e.mean);
+  e.stddev = std::sqrt(e.stddev / static_cast<double>(err.size() - 1));
+  return e;
+}
+
+TEST_CASE("Quantization: the check reserves headroom for the noise", "[quantize]") {
+  // 100 x ceil(600) = 60000 <= 65535 without noise. With sigma 0.1 the
+  // headroom is ceil(10 x sqrt(100) x 0.1 x 300) = 3000 and 60000 + 6000 > 65535.
+  QuantizationConfig c{1.0, 16, 100, 300.0};
+  REQUIRE(CheckQuantization(c).ok());
+  CHECK(NoiseHeadroom(c) == 0);
+  c.noise_stddev = 0.1;
+  CHECK(NoiseHeadroom(c) == 3000);
+  auto st = CheckQuantization(c);
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.code() == StatusCode::kInvalidArgument);
+  INFO(st.message());
+  CHECK(st.message().find("100 clients") != std::string::npos);
+  CHECK(st.message().find("600") != std::string::npos);
+  CHECK(st.message().find("noise headroom 3000") != std::string::npos);
+  CHECK(st.message().find("66000") != std::string::npos);
+  CHECK(st.message().find("65535") != std::string::npos);
+  CHECK(st.message().find("less noise") != std::string::npos);
+
+  // MaxSafeScale accounts for the headroom: it passes and 0.1% more fails.
+  for (uint32_t k : {12u, 16u, 24u, 32u}) {
+    for (uint32_t n : {1u, 7u, 100u, 1000u}) {
+      for (double sigma : {1e-6, 0.01, 0.1, 1.0, 5.0}) {
+        const double s = MaxSafeScale(1.5, k, n, sigma);
+        if (s == 0) continue;  // nothing fits (e.g. 1000 clients in 12 bits)
+        INFO("k " << k << " n " << n << " sigma " << sigma << " scale " << s);
+        QuantizationConfig safe{1.5, k, n, s, sigma};
+        CHECK(CheckQuantization(safe).ok());
+        CHECK(QuantizedMax(safe) * n + 2 * NoiseHeadroom(safe) <= (uint64_t{1} << k) - 1);
+        CHECK(s <= MaxSafeScale(1.5, k, n));  // the noise costs resolution (or some slack)
+        safe.scale = std::nextafter(s * 1.001, 1e300);
+        CHECK_FALSE(CheckQuantization(safe).ok());
+      }
+    }
+  }
+  // The error message's suggestion is itself safe.
+  c.scale = MaxSafeScale(1.0, 16, 100, 0.1);
+  CHECK(CheckQuantization(c).ok());
+  CHECK(c.scale < 300.0);
+  // Without noise the default argument gives the old answer.
+  CHECK(MaxSafeScale(1.0, 32, 1000) == MaxSafeScale(1.0, 32, 1000, 0.0));
+}
+
+TEST_CASE("Quantization: non-finite or negative noise is rejected", "[quantize]") {
+  REQUIRE(EnsureSodium().ok());
+  for (double bad : {-0.1, -1e-300, std::nan(""), HUGE_VAL, -HUGE_VAL}) {
+    INFO("noise_stddev " << bad);
+    const QuantizationConfig c{1.0, 32, 10, 10.0, bad};
+    auto st = CheckQuantization(c);
+    REQUIRE_FALSE(st.ok());
+    CHECK(st.code() == StatusCode::kInvalidArgument);
+    CHECK(st.message().find("noise_stddev") != std::string::npos);
+    CHECK_FALSE(Quantize({0.1f, 0.2f}, c).ok());
+    CHECK_FALSE(Dequantize({1, 2}, 1, c).ok());
+    CHECK(MaxSafeScale(1.0, 32, 10, bad) == 0);
+  }
+}
+
+TEST_CASE("Quantization: centred decoding maps wrapped sums to negative values", "[quantize]") {
+  // 10 clients with shift C scale = 100 each: the sum's centre is 1000.
+  const QuantizationConfig c{1.0, 16, 10, 100.0, 0.5};
+  REQUIRE(CheckQuantization(c).ok());
+  auto d = Dequantize({1000, 1000 + 250, 1000 - 250, 0, 65535, 65535 - 999, 1000 + 32767}, 10, c);
+  REQUIRE(d.ok());
+  CHECK((*d)[0] == Approx(0.0).margin(1e-6));
+  CHECK((*d)[1] == Approx(2.5));
+  CHECK((*d)[2] == Approx(-2.5));
+  CHECK((*d)[3] == Approx(-10.0));    // noise-free minimum: every client at -C
+  CHECK((*d)[4] == Approx(-10.01));   // wrapped: one unit below the minimum
+  CHECK((*d)[5] == Approx(-20.0));    // wrapped further (noise)
+  CHECK((*d)[6] == Approx(327.67));   // the top of the window
+  // A sum formed by plain uint32 additions is read mod 2^16.
+  auto plain = Dequantize({65536u * 3 + 1250}, 10, c);
+  REQUIRE(plain.ok());
+  CHECK((*plain)[0] == Approx(2.5));
+  // Without noise the centred decoding equals the old sum / scale - m C.
+  const QuantizationConfig q{2.0, 24, 50, MaxSafeScale(2.0, 24, 50)};
+  std::vector<uint32_t> sums = {0, 1, 12345, static_cast<uint32_t>(QuantizedMax(q) * 50)};
+  for (uint32_t m : {1u, 17u, 50u}) {
+    std::vector<uint32_t> in;
+    for (uint32_t w : sums) in.push_back(static_cast<uint32_t>(std::min<uint64_t>(w, QuantizedMax(q) * m)));
+    auto got = Dequantize(in, m, q);
+    REQUIRE(got.ok());
+    for (size_t i = 0; i < in.size(); ++i) {
+      const double old = static_cast<double>(in[i]) / q.scale - m * q.clip_norm;
+      CHECK((*got)[i] == Approx(old).margin(1e-4));
+    }
+  }
+}
+
+TEST_CASE("Quantization + SecAgg: noisy sum has the noise of the survivors", "[quantize][secagg]") {
+  REQUIRE(EnsureSodium().ok());
+  SecAggParams p = SmallParams();
+  p.bit_width = 32;
+  p.vector_length = 4000;
+  const double sigma = 0.01;
+  const QuantizationConfig c{1.0, p.bit_width, p.num_clients, MaxSafeScale(1.0, p.bit_width, p.num_clients, sigma),
+                             sigma};
+  REQUIRE(CheckQuantization(c).ok());
+  const Fleet f = MakeFleet(p);
+  Rng rng(23);
+  std::vector<std::vector<float>> updates(p.num_clients, std::vector<float>(p.vector_length));
+  std::vector<std::vector<uint32_t>> inputs;
+  for (auto& u : updates) {
+    for (auto& v : u) v = static_cast<float>(rng.Normal() * 0.01);  // norm about 0.63 < C
+    auto q = Quantize(u, c);
+    REQUIRE(q.ok());
+    inputs.push_back(*q);
+  }
+  Drops drops;
+  drops.after_share_keys = {2, 8};
+  drops.after_masked = {5};  // a survivor whose shares are not needed
+  std::vector<uint32_t> survivors;
+  auto sum = RunRound(f, inputs, drops, &survivors);
+  REQUIRE(sum.ok());
+  REQUIRE(survivors.size() == 8);
+  auto decoded = Dequantize(*sum, static_cast<uint32_t>(survivors.size()), c);
+  REQUIRE(decoded.ok());
+  const ErrorStats e = DecodingError(*decoded, updates, survivors);
+  const double want_sd = std::sqrt(static_cast<double>(survivors.size())) * sigma;
+  INFO("mean " << e.mean << ", sd " << e.stddev << ", expected sd " << want_sd << ", worst " << e.worst);
+  CHECK(std::fabs(e.mean) < 5 * want_sd / std::sqrt(static_cast<double>(p.vector_length)));
+  CHECK(e.stddev == Approx(want_sd).epsilon(0.1));
+  CHECK(e.worst < 10 * want_sd);
+
+  // The same inputs without noise decode to within the rounding steps.
+  const QuantizationConfig quiet{1.0, p.bit_width, p.num_clients, c.scale};
+  std::vector<std::vector<uint32_t>> plain;
+  for (const auto& u : updates) plain.push_back(*Quantize(u, quiet));
+  std::vector<uint32_t> plain_survivors;
+  auto plain_sum = RunRound(f, plain, drops, &plain_survivors);
+  REQUIRE(plain_sum.ok());
+  auto plain_decoded = Dequantize(*plain_sum, static_cast<uint32_t>(plain_survivors.size()), quiet);
+  REQUIRE(plain_decoded.ok());
+  CHECK(DecodingError(*plain_decoded, updates, plain_survivors).worst <= plain_survivors.size() / c.scale + 1e-5);
+}
+
+TEST_CASE("Quantization + SecAgg: noisy words that wrap below zero still decode", "[quantize][secagg]") {
+  REQUIRE(EnsureSodium().ok());
+  SecAggParams p = SmallParams();
+  p.bit_width = 16;
+  p.vector_length = 3000;
+  // Noise as large as C: a word is C scale + x scale + noise, so it falls
+  // below 0 (and wraps to near 2^16) whenever the noise exceeds x + C. The
+  // inputs sit near -C: each client's first coordinates are -0.9 C (the
+  // rest small), so those words wrap about a third of the time.
+  const double clip = 1.0, sigma = 1.0;
+  const QuantizationConfig c{clip, p.bit_width, p.num_clients, MaxSafeScale(clip, p.bit_width, p.num_clients, sigma),
+                             sigma};
+  REQUIRE(CheckQuantization(c).ok());
+  REQUIRE(c.scale > 100);  // still a usable resolution (about 787 levels per unit)
+  const uint32_t modulus = 1u << p.bit_width;
+  const Fleet f = MakeFleet(p);
+  Rng rng(29);
+  std::vector<std::vector<float>> updates(p.num_clients, std::vector<float>(p.vector_length));
+  std::vector<std::vector<uint32_t>> inputs;
+  size_t wrapped = 0, words = 0;
+  for (uint32_t u = 0; u < p.num_clients; ++u) {
+    auto& x = updates[u];
+    x[u] = static_cast<float>(-0.9 * clip);  // one coordinate per client near -C
+    for (size_t i = p.num_clients; i < x.size(); ++i) x[i] = static_cast<float>(-std::fabs(rng.Normal()) * 0.005);
+    auto q = Quantize(x, c);
+    REQUIRE(q.ok());
+    for (uint32_t w : *q) {
+      CHECK(w < modulus);
+      // Noise-free words are at most QuantizedMax; above 2^15 means wrapped.
+      if (w >= modulus / 2) ++wrapped;
+      ++words;
+    }
+    inputs.push_back(*q);
+  }
+  INFO("wrapped " << wrapped << " of " << words);
+  CHECK(wrapped > words / 10);  // P(N(0,1) < -1) ~ 16%
+
+  Drops drops;
+  drops.after_share_keys = {3};
+  drops.after_advertise = {7};
+  std::vector<uint32_t> survivors;
+  auto sum = RunRound(f, inputs, drops, &survivors);
+  REQUIRE(sum.ok());
+  REQUIRE(survivors.size() == 8);
+  for (uint32_t w : *sum) CHECK(w < modulus);
+  auto decoded = Dequantize(*sum, static_cast<uint32_t>(survivors.size()), c);
+  REQUIRE(decoded.ok());
+  const ErrorStats e = DecodingError(*decoded, updates, survivors);
+  const double want_sd = std::sqrt(static_cast<double>(survivors.size())) * sigma;
+  size_t negative = 0;
+  for (float v : *decoded) negative += v < 0;
+  INFO("mean " << e.mean << ", sd " << e.stddev << ", expected sd " << want_sd << ", worst " << e.worst
+               << ", negative sums " << negative);
+  CHECK(std::fabs(e.mean) < 5 * want_sd / std::sqrt(static_cast<double>(p.vector_length)));
+  CHECK(e.stddev == Approx(want_sd).epsilon(0.1));
+  CHECK(e.worst < 10 * want_sd);  // no sum decoded 2^16 / scale ~ 83 away
+  CHECK(negative > p.vector_length / 3);
+}
+
 }  // namespace
 }  // namespace flotilla::privacy
