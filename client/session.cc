@@ -249,8 +249,9 @@ Status Session::StartSecureUpdate(const wire::Update& update) {
   }
   secure_ = std::move(made).value();
   secagg_out_ = secure_->First();
-  secagg_drop_at_ = config_.secagg_drop_stage;
-  if (secagg_drop_at_ < 0 && config_.secagg_dropout > 0) {
+  const bool faulty = config_.secagg_fault_last_round == 0 || update.round() <= config_.secagg_fault_last_round;
+  secagg_drop_at_ = faulty ? config_.secagg_drop_stage : -1;
+  if (faulty && secagg_drop_at_ < 0 && config_.secagg_dropout > 0) {
     Rng rng(DeriveSeed(config_.fault_seed, "secagg-dropout", update.round()));
     if (rng.UniformDouble() < config_.secagg_dropout) secagg_drop_at_ = 1 + static_cast<int>(rng.UniformInt(3));
   }

@@ -51,6 +51,7 @@ struct SessionConfig {
   // that is >= 0.
   double secagg_dropout = 0.0;
   int secagg_drop_stage = -1;
+  uint32_t secagg_fault_last_round = 0;  // faults only up to this round (0 = every round)
   uint64_t fault_seed = 0;
 };
 

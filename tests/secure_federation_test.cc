@@ -1,0 +1,354 @@
+// Secure aggregation end to end: real aggregator, real sessions over CURVE
+// on loopback, real training on Fashion-MNIST.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cmath>
+#include <thread>
+
+#include "aggregator/server.h"
+#include "aggregator/store.h"
+#include "client/runner.h"
+#include "net/transport.h"
+#include "proto/codec.h"
+#include "sim/simulation.h"
+#include "tests/test_aggregator.h"
+#include "tests/test_keys.h"
+#include "training/dataset.h"
+
+using namespace flotilla;
+
+namespace {
+
+using testing::TempPath;
+
+sim::SimConfig SecureSim(const std::string& out) {
+  sim::SimConfig c;
+  c.clients = 6;
+  c.partition = "iid";
+  c.train_limit = 6000;
+  c.test_limit = 2000;
+  c.out_dir = out;
+  c.quiet = true;
+  c.aggregator.endpoint = "tcp://127.0.0.1:*";
+  c.aggregator.model_arch = "2nn";
+  c.aggregator.rounds = 3;
+  c.aggregator.epochs = 1;
+  c.aggregator.batch_size = 32;
+  c.aggregator.learning_rate = 0.02;
+  c.aggregator.seed = 11;
+  return c;
+}
+
+std::shared_ptr<const training::Dataset> TrainData(int64_t limit) {
+  auto d = training::LoadFashionMnist("/usr/share/datasets/fashion-mnist", training::Split::kTrain, limit);
+  REQUIRE(d.ok());
+  return std::make_shared<const training::Dataset>(std::move(d).value());
+}
+
+// Client i of a secure federation: identity from its CURVE key, optional
+// dropout at `drop_stage` in rounds up to `fault_rounds`.
+client::SessionConfig SecureClient(const testing::TestKeys& keys, const std::string& endpoint, int i,
+                                   int drop_stage = -1, uint32_t fault_rounds = 0) {
+  client::SessionConfig sc;
+  sc.endpoint = endpoint;
+  sc.name = "secure-" + std::to_string(i);
+  sc.num_examples = 200;
+  sc.socket = keys.ClientSocket(i);
+  sc.request_timeout = std::chrono::seconds(5);
+  auto identity = privacy::DeriveSecAggIdentity(keys.clients[i]);
+  REQUIRE(identity.ok());
+  sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
+  sc.secagg_drop_stage = drop_stage;
+  sc.secagg_fault_last_round = fault_rounds;
+  return sc;
+}
+
+struct Fleet {
+  std::vector<std::thread> threads;
+  std::vector<client::ClientStats> stats;
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+
+  Fleet(std::vector<client::SessionConfig> configs, std::shared_ptr<const training::Dataset> data,
+        std::vector<unsigned char> model_key)
+      : stats(configs.size()) {
+    for (size_t i = 0; i < configs.size(); ++i) {
+      threads.emplace_back([this, i, sc = configs[i], data, model_key] {
+        training::DataView view{data, {}};
+        for (int k = 0; k < 200; ++k) view.indices.push_back(static_cast<int64_t>(i) * 200 + k);
+        auto s = client::RunClient(sc, view, model_key, &stop);
+        if (s.ok()) {
+          stats[i] = *s;
+        } else {
+          ++failures;
+        }
+      });
+    }
+  }
+  void Join() {
+    for (auto& t : threads) {
+      if (t.joinable()) t.join();
+    }
+  }
+  ~Fleet() {
+    stop = true;
+    Join();
+  }
+};
+
+aggregator::AggregatorConfig SecureConfig(const testing::TestKeys& keys, uint32_t rounds, int clients) {
+  aggregator::AggregatorConfig c;
+  keys.Apply(&c);
+  c.rounds = rounds;
+  c.min_clients = clients;
+  c.epochs = 1;
+  c.learning_rate = 0.05;
+  c.round_deadline_seconds = 60;
+  c.secagg.enabled = true;
+  c.secagg.graph = privacy::SecAggGraph::kComplete;
+  c.secagg.stage_timeout_seconds = 2;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("Secure aggregation gives the same model as plaintext FedAvg up to quantization", "[integration][secagg]") {
+  // Equal-sized IID shards: FedAvg's example weights are equal, so the
+  // secure (unweighted) mean must match the plaintext mean. A wrong mask,
+  // share or decoding would give noise, not a model within 1e-3 in loss.
+  const auto dir = TempPath("secure-vs-plain");
+  sim::SimConfig plain = SecureSim((dir / "plain").string());
+  sim::SimConfig secure = SecureSim((dir / "secure").string());
+  secure.aggregator.secagg.enabled = true;
+  secure.aggregator.secagg.clip_norm = 1000;  // no clipping: only quantization differs
+  auto a = sim::RunSimulation(plain);
+  REQUIRE(a.ok());
+  auto b = sim::RunSimulation(secure);
+  INFO(b.status().ToString());
+  REQUIRE(b.ok());
+  REQUIRE(a->rounds.size() == 3);
+  REQUIRE(b->rounds.size() == 3);
+  for (size_t r = 0; r < 3; ++r) {
+    INFO("round " << r + 1);
+    CHECK(b->rounds[r].completed);
+    CHECK(b->rounds[r].received == 6);
+    CHECK(std::isnan(b->rounds[r].mean_train_loss));  // no per-device loss leaves a device
+    CHECK(std::fabs(*a->rounds[r].test_loss - *b->rounds[r].test_loss) < 1e-3);
+    CHECK(std::fabs(*a->rounds[r].test_accuracy - *b->rounds[r].test_accuracy) < 2e-3);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Secure aggregation survives a dropout at every stage", "[integration][secagg]") {
+  // 8 clients, complete graph, t = 5. Client 0 vanishes before sharing keys,
+  // client 1 before its masked input, client 2 before unmasking: U1 = 8,
+  // U2 = 7, U3 = 6, U4 = 5 >= t. The sum holds exactly the 6 in U3.
+  testing::TestKeys keys(8);
+  testing::RunningAggregator agg(SecureConfig(keys, 2, 8));
+  std::vector<client::SessionConfig> configs;
+  for (int i = 0; i < 8; ++i) configs.push_back(SecureClient(keys, agg.endpoint(), i, i < 3 ? i + 1 : -1));
+  Fleet fleet(configs, TrainData(1600), keys.signing->public_key);
+  fleet.Join();
+  agg.Stop();
+  REQUIRE(agg.status.ok());
+  CHECK(fleet.failures == 0);
+  const auto& history = agg.agg->history();
+  REQUIRE(history.size() == 2);
+  for (const auto& r : history) {
+    CHECK(r.completed);
+    CHECK(r.selected == 8);
+    CHECK(r.received == 6);
+  }
+  CHECK(agg.agg->model_version() == 3);
+  // The dropped-at-stage-1 and -2 clients never completed a round.
+  CHECK(fleet.stats[0].updates_acked == 0);
+  CHECK(fleet.stats[1].updates_acked == 0);
+  CHECK(fleet.stats[3].updates_acked == 2);
+}
+
+TEST_CASE("Too many dropouts abort the secure round cleanly and the next round starts fresh",
+          "[integration][secagg]") {
+  // 5 clients, t = 3 (complete graph). In round 1, three clients vanish
+  // before their masked input: only 2 < t remain, the round fails without
+  // a model, and round 2 (new keys, everyone present) completes.
+  testing::TestKeys keys(5);
+  testing::RunningAggregator agg(SecureConfig(keys, 1, 5));
+  std::vector<client::SessionConfig> configs;
+  for (int i = 0; i < 5; ++i) configs.push_back(SecureClient(keys, agg.endpoint(), i, i < 3 ? 2 : -1, 1));
+  Fleet fleet(configs, TrainData(1000), keys.signing->public_key);
+  fleet.Join();
+  agg.Stop();
+  REQUIRE(agg.status.ok());
+  const auto& history = agg.agg->history();
+  REQUIRE(history.size() == 2);
+  CHECK_FALSE(history[0].completed);
+  CHECK(history[0].received == 0);
+  CHECK(history[1].completed);
+  CHECK(history[1].received == 5);
+  CHECK(agg.agg->model_version() == 2);  // only round 2 produced a model
+  auto store = aggregator::Store::OpenReadOnly(agg.store.string());
+  REQUIRE(store.ok());
+  auto r1 = (*store)->GetRound(1);
+  REQUIRE(r1.ok());
+  REQUIRE(r1->has_value());
+  CHECK(r1->value().outcome() == records::RoundRecord::OUTCOME_FAILED);
+  CHECK(r1->value().secure_aggregation());
+  CHECK(r1->value().note().find("secure aggregation aborted") != std::string::npos);
+}
+
+TEST_CASE("A secure round interrupted by an aggregator restart is not resumed - a fresh round runs",
+          "[integration][secagg]") {
+  testing::TestKeys keys(4);
+  const auto store_path = TempPath("secure-restart");
+  aggregator::AggregatorConfig config = SecureConfig(keys, 1, 4);
+  config.store_path = store_path.string();
+  config.endpoint = "tcp://127.0.0.1:*";
+  config.model_arch = "logreg";
+  // A long stage timeout: client 3 vanishes before its masked input, so the
+  // round sits in the masked-input stage until we stop the aggregator.
+  config.secagg.stage_timeout_seconds = 600;
+  auto runner = training::ModelRunner::Create("logreg", 1);
+  REQUIRE(runner.ok());
+  const Weights initial = (*runner)->GetWeights();
+  std::vector<client::SessionConfig> configs;
+  net::Context context;
+  {
+    auto created = aggregator::Aggregator::Create(config, &context, initial, nullptr, nullptr);
+    REQUIRE(created.ok());
+    auto agg = std::move(created).value();
+    const std::string endpoint = agg->endpoint();
+    Status status;
+    std::thread thread([&] { status = agg->Run(); });
+    for (int i = 0; i < 4; ++i) configs.push_back(SecureClient(keys, endpoint, i, i == 3 ? 2 : -1, 1));
+    {
+      Fleet fleet(configs, TrainData(800), keys.signing->public_key);
+      // Wait until the round is running secure aggregation with 3 masked inputs in.
+      std::this_thread::sleep_for(std::chrono::seconds(4));
+      agg->RequestStop();
+      thread.join();
+      REQUIRE(status.ok());
+      CHECK(agg->history().empty());
+      fleet.stop = true;
+    }
+    agg.reset();
+  }
+  {
+    auto store = aggregator::Store::OpenReadOnly(config.store_path);
+    REQUIRE(store.ok());
+    auto r1 = (*store)->GetRound(1);
+    REQUIRE(r1.ok());
+    REQUIRE(r1->has_value());
+    CHECK(r1->value().outcome() == records::RoundRecord::OUTCOME_RUNNING);
+  }
+  // Restart on the same store (a new port; the clients get it fresh).
+  auto created = aggregator::Aggregator::Create(config, &context, initial, nullptr, nullptr);
+  REQUIRE(created.ok());
+  auto agg = std::move(created).value();
+  for (auto& c : configs) c.endpoint = agg->endpoint();
+  Status status;
+  std::thread thread([&] { status = agg->Run(); });
+  {
+    Fleet fleet(configs, TrainData(800), keys.signing->public_key);
+    fleet.Join();
+  }
+  thread.join();
+  REQUIRE(status.ok());
+  REQUIRE(agg->history().size() == 1);
+  CHECK(agg->history()[0].round == 2);  // round 1 was not resumed
+  CHECK(agg->history()[0].completed);
+  CHECK(agg->history()[0].received == 4);
+  agg.reset();
+  auto store = aggregator::Store::OpenReadOnly(config.store_path);
+  REQUIRE(store.ok());
+  auto r1 = (*store)->GetRound(1);
+  REQUIRE(r1.ok());
+  CHECK(r1->value().outcome() == records::RoundRecord::OUTCOME_FAILED);
+  CHECK(r1->value().note().find("restart") != std::string::npos);
+  std::filesystem::remove_all(store_path);
+}
+
+TEST_CASE("Under secure aggregation plaintext updates and another index's messages are refused",
+          "[integration][secagg]") {
+  testing::TestKeys keys(4);
+  aggregator::AggregatorConfig config = SecureConfig(keys, 1, 4);
+  testing::RunningAggregator agg(config);
+  // Three honest clients; client 3 is the attacker, enrolled but hostile.
+  std::vector<client::SessionConfig> configs;
+  for (int i = 0; i < 3; ++i) configs.push_back(SecureClient(keys, agg.endpoint(), i));
+  net::Context ctx;
+  auto raw = net::ClientSocket::Connect(&ctx, agg.endpoint(), keys.ClientSocket(3));
+  REQUIRE(raw.ok());
+  auto identity = privacy::DeriveSecAggIdentity(keys.clients[3]);
+  REQUIRE(identity.ok());
+  auto send = [&](wire::Envelope env) { REQUIRE((*raw)->Send(proto::SerializeEnvelope(&env)).ok()); };
+  auto read = [&]() {
+    auto bytes = (*raw)->Receive(std::chrono::seconds(30));
+    REQUIRE(bytes.ok());
+    REQUIRE(bytes->has_value());
+    auto env = proto::ParseEnvelope(bytes->value().data(), bytes->value().size());
+    REQUIRE(env.ok());
+    return *env;
+  };
+  wire::Envelope hello;
+  hello.mutable_hello()->set_client_name("attacker");
+  hello.mutable_hello()->set_num_examples(10);
+  hello.mutable_hello()->set_secagg_identity_key(identity->public_key.data(), identity->public_key.size());
+  send(hello);
+  CHECK(read().has_welcome());
+  wire::Envelope ask;
+  ask.set_request_id(2);
+  ask.mutable_task_request();
+  send(ask);
+  Fleet fleet(configs, TrainData(600), keys.signing->public_key);
+  wire::Envelope task = read();
+  REQUIRE(task.has_train_task());
+  REQUIRE(task.train_task().has_secagg());
+  const uint32_t round = task.train_task().round();
+  const uint32_t mine = task.train_task().secagg().index();
+
+  // A plaintext update is refused outright.
+  wire::Envelope update;
+  update.set_request_id(3);
+  update.mutable_update()->set_round(round);
+  update.mutable_update()->set_model_version(task.train_task().model_version());
+  update.mutable_update()->set_num_examples(10);
+  *update.mutable_update()->mutable_delta() = task.train_task().weights();
+  send(update);
+  wire::Envelope refused = read();
+  REQUIRE(refused.has_error());
+  CHECK(refused.error().code() == wire::ERROR_UNEXPECTED);
+
+  // An advertisement claiming another client's index is refused.
+  privacy::AdvertiseKeysMessage fake;
+  fake.sender = (mine + 1) % 4;
+  wire::Envelope adv;
+  adv.set_request_id(4);
+  adv.mutable_secagg()->set_round(round);
+  adv.mutable_secagg()->set_stage(0);
+  adv.mutable_secagg()->set_payload(fake.Serialize());
+  send(adv);
+  wire::Envelope denied = read();
+  REQUIRE(denied.has_error());
+  CHECK(denied.error().code() == wire::ERROR_PERMISSION_DENIED);
+  // Garbage in a stage payload is a clear error, not a crash.
+  adv.set_request_id(5);
+  adv.mutable_secagg()->set_payload("\x41\x01garbage");
+  send(adv);
+  wire::Envelope bad = read();
+  REQUIRE(bad.has_error());
+  CHECK(bad.error().code() == wire::ERROR_BAD_UPDATE);
+  // The attacker leaves (declines); the others finish the round without it.
+  wire::Envelope decline;
+  decline.set_request_id(6);
+  decline.mutable_decline()->set_round(round);
+  decline.mutable_decline()->set_reason("leaving");
+  send(decline);
+  CHECK(read().has_ack());
+  fleet.Join();
+  agg.Stop();
+  REQUIRE(agg.status.ok());
+  REQUIRE(agg.agg->history().size() == 1);
+  CHECK(agg.agg->history()[0].completed);
+  CHECK(agg.agg->history()[0].received == 3);
+}
