@@ -88,6 +88,16 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--weight-decay", c->weight_decay, "Local L2 weight decay")->capture_default_str();
   app->add_option("--server-lr", c->server_learning_rate, "Server learning rate applied to the mean delta")
       ->capture_default_str();
+  app->add_option_function<std::string>(
+         "--strategy",
+         [c](const std::string& text) {
+           StatusOr<Strategy> s = ParseStrategy(text);
+           if (!s.ok()) throw CLI::ValidationError("--strategy", std::string(s.status().message()));
+           c->strategy = *s;
+         },
+         "Aggregation: fedavg, median (coordinate-wise) or trimmed-mean:B (drop the B fraction at each end); "
+         "the robust ones need individual updates, so not with --secagg")
+      ->default_str("fedavg");
   app->add_option("--min-updates", c->min_updates, "Fewer updates than this by the deadline fails the round")
       ->capture_default_str();
   app->add_option("--deadline", c->round_deadline_seconds, "Per-round deadline in seconds")->capture_default_str();

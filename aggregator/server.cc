@@ -71,6 +71,15 @@ Status AggregatorConfig::Validate() const {
   if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
   RETURN_IF_ERROR(dp.Validate());
   RETURN_IF_ERROR(secagg.Validate());
+  if (secagg.enabled && strategy.NeedsIndividualUpdates()) {
+    return InvalidArgument("the " + strategy.Name() +
+                           " strategy needs every device's update, but secure aggregation shows the aggregator "
+                           "only their sum; use --strategy fedavg with --secagg, or turn secure aggregation off");
+  }
+  if (dp.client_level() && strategy.NeedsIndividualUpdates()) {
+    return InvalidArgument("client-level DP calibrates its noise to the mean of clipped updates; the " +
+                           strategy.Name() + " strategy is not covered by its accounting (use --strategy fedavg)");
+  }
   if (secagg.enabled && dp.adaptive_clip) {
     return InvalidArgument(
         "adaptive clipping needs each device's clipped-or-not bit, which secure aggregation hides; "
@@ -1057,6 +1066,14 @@ Status Aggregator::FinishRound(bool deadline_passed) {
 // result does not depend on arrival order) into their weighted mean.
 StatusOr<Weights> Aggregator::MergeStoredUpdates() {
   const DpConfig& dp = config_.dp;
+  if (config_.strategy.NeedsIndividualUpdates()) {
+    CoordinateWise robust(global_.layout, config_.strategy);
+    RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
+      ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
+      return robust.Add(delta);
+    }));
+    return robust.Result();
+  }
   WeightedMean mean(global_.layout);
   RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
     ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));

@@ -25,6 +25,7 @@
 
 #include "aggregator/secure_round.h"
 #include "aggregator/store.h"
+#include "aggregator/strategy.h"
 #include "core/status.h"
 #include "core/weights.h"
 #include "net/transport.h"
@@ -75,6 +76,7 @@ struct AggregatorConfig {
   int min_updates = 1;           // fewer by the deadline fails the round
   double round_deadline_seconds = 600.0;
   double server_learning_rate = 1.0;
+  Strategy strategy;  // fedavg, median or trimmed mean
   uint64_t seed = 1;
   // Local training settings sent with every task (seed is derived per client).
   uint32_t epochs = 1;

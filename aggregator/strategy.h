@@ -7,6 +7,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/status.h"
@@ -32,6 +33,44 @@ class WeightedMean {
   std::vector<double> sum_;
   double total_weight_ = 0.0;
   int count_ = 0;
+};
+
+// How the round's deltas are combined.
+//   fedavg            the example-weighted mean (McMahan et al. 2017)
+//   median            the coordinate-wise median (Yin et al. 2018)
+//   trimmed-mean:B    per coordinate, drop the floor(B n) largest and
+//                     smallest values and average the rest (Yin et al. 2018)
+// The robust ones are unweighted (a device could lie about its example
+// count) and need every update in memory at once; they cannot run under
+// secure aggregation, which shows the aggregator only the sum.
+struct Strategy {
+  enum class Kind { kFedAvg, kMedian, kTrimmedMean };
+  Kind kind = Kind::kFedAvg;
+  double trim_fraction = 0.0;  // kTrimmedMean: B in [0, 0.5)
+
+  std::string Name() const;
+  bool NeedsIndividualUpdates() const { return kind != Kind::kFedAvg; }
+};
+
+// Parses "fedavg", "median" or "trimmed-mean:B"; InvalidArgument otherwise.
+StatusOr<Strategy> ParseStrategy(const std::string& text);
+
+// Coordinate-wise median or trimmed mean of the deltas added. Keeps them
+// all: memory is O(clients x model). Not thread-safe.
+class CoordinateWise {
+ public:
+  CoordinateWise(std::shared_ptr<const Layout> layout, Strategy strategy);
+
+  // Fails without changing anything on a layout mismatch or non-finite values.
+  Status Add(const Weights& delta);
+  int count() const { return static_cast<int>(deltas_.size()); }
+  // FailedPrecondition when empty, or when trimming would leave nothing.
+  StatusOr<Weights> Result() const;
+
+ private:
+  std::shared_ptr<const Layout> layout_;
+  Strategy strategy_;
+  std::vector<std::vector<float>> deltas_;
 };
 
 // new_global = global + server_learning_rate * mean_delta. With rate 1 this

@@ -141,6 +141,7 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"batch_size", a.batch_size},
       {"learning_rate", a.learning_rate},
       {"momentum", a.momentum},
+      {"strategy", a.strategy.Name()},
       {"seed", a.seed},
       {"central_epochs", config.central_epochs},
       {"dp", aggregator::DpModeName(a.dp.mode)},

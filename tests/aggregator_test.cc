@@ -3,6 +3,7 @@
 
 #include <filesystem>
 
+#include "aggregator/server.h"
 #include "aggregator/store.h"
 #include "aggregator/strategy.h"
 #include "proto/codec.h"
@@ -73,6 +74,76 @@ TEST_CASE("WeightedMean refuses bad input and keeps its sum", "[aggregator]") {
   CHECK(mean.count() == 0);
   REQUIRE(mean.Add(Make(layout, {2, 2, 2, 2, 2}), 3).ok());
   CHECK(mean.Mean()->data[0] == 2.0f);
+}
+
+TEST_CASE("Coordinate-wise median and trimmed mean match hand-computed values", "[aggregator][strategy]") {
+  auto layout = SmallLayout();
+  // Five deltas; the last is an outlier in every coordinate.
+  const std::vector<std::vector<float>> rows = {
+      {1, 10, -1, 0, 5}, {2, 20, -2, 0, 5}, {3, 30, -3, 0, 5}, {4, 40, -4, 0, 5}, {1000, -1000, 1000, 1e6f, -1e6f}};
+  auto median = ParseStrategy("median");
+  REQUIRE(median.ok());
+  CoordinateWise med(layout, *median);
+  for (const auto& r : rows) REQUIRE(med.Add(Make(layout, r)).ok());
+  auto m = med.Result();
+  REQUIRE(m.ok());
+  CHECK(m->data == std::vector<float>{3, 20, -2, 0, 5});
+  // Even count: mean of the two middle values.
+  CoordinateWise even(layout, *median);
+  for (size_t i = 0; i < 4; ++i) REQUIRE(even.Add(Make(layout, rows[i])).ok());
+  CHECK(even.Result()->data == std::vector<float>{2.5f, 25, -2.5f, 0, 5});
+
+  auto trimmed = ParseStrategy("trimmed-mean:0.2");  // drops 1 of 5 at each end
+  REQUIRE(trimmed.ok());
+  CoordinateWise tm(layout, *trimmed);
+  for (const auto& r : rows) REQUIRE(tm.Add(Make(layout, r)).ok());
+  auto t = tm.Result();
+  REQUIRE(t.ok());
+  CHECK(t->data[0] == Approx(3.0));   // (2 + 3 + 4) / 3
+  CHECK(t->data[1] == Approx(20.0));  // (10 + 20 + 30) / 3
+  CHECK(t->data[3] == Approx(0.0));
+  // A NaN delta is refused and changes nothing.
+  CHECK_FALSE(tm.Add(Make(layout, {NAN, 0, 0, 0, 0})).ok());
+  CHECK(tm.count() == 5);
+  CHECK_FALSE(CoordinateWise(layout, *median).Result().ok());
+}
+
+TEST_CASE("Strategy names parse and bad ones are refused", "[aggregator][strategy]") {
+  CHECK(ParseStrategy("fedavg")->kind == Strategy::Kind::kFedAvg);
+  CHECK(ParseStrategy("trimmed-mean:0.1")->trim_fraction == Approx(0.1));
+  CHECK_FALSE(ParseStrategy("krum").ok());
+  CHECK_FALSE(ParseStrategy("trimmed-mean:0.5").ok());
+  CHECK_FALSE(ParseStrategy("trimmed-mean:x").ok());
+  CHECK_FALSE(ParseStrategy("trimmed-mean:").ok());
+}
+
+TEST_CASE("Strategies that need individual updates are refused under secure aggregation", "[aggregator][strategy]") {
+  AggregatorConfig c;
+  auto key = privacy::GenerateSigningKeyPair();
+  REQUIRE(key.ok());
+  c.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(key).value());
+  c.allowed_clients.insert("placeholder");
+  c.secagg.enabled = true;
+  REQUIRE(c.Validate().ok());
+  c.strategy = *ParseStrategy("median");
+  auto st = c.Validate();
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.message().find("secure aggregation shows the aggregator only their sum") != std::string::npos);
+  c.strategy = *ParseStrategy("trimmed-mean:0.1");
+  CHECK_FALSE(c.Validate().ok());
+  c.secagg.enabled = false;
+  CHECK(c.Validate().ok());
+  // Client-level DP is calibrated for the mean, so a robust strategy is refused there too.
+  c.dp.mode = DpConfig::Mode::kClientDistributed;
+  c.dp.epsilon_budget = 8;
+  CHECK_FALSE(c.Validate().ok());
+  // Adaptive clipping needs per-device bits that secure aggregation hides.
+  c.strategy = Strategy();
+  c.secagg.enabled = true;
+  c.dp.adaptive_clip = true;
+  st = c.Validate();
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.message().find("adaptive clipping") != std::string::npos);
 }
 
 TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomically", "[aggregator][store]") {
