@@ -1,6 +1,7 @@
 // libFuzzer target for the aggregator's message handling: every input is
 // one message from an enrolled, registered client (first byte picks which
-// identity speaks), fed through Aggregator::Step with a round open. Built
+// identity speaks, and whether the aggregator runs plain FedAvg or secure
+// aggregation), fed through Aggregator::Step with a round open. Built
 // only with -DFLOTILLA_FUZZ=ON and clang; see scripts/fuzz.sh.
 #include <unistd.h>
 
@@ -24,9 +25,10 @@ struct Harness {
   std::unique_ptr<aggregator::Aggregator> agg;
   std::string keys[3];
 
-  Harness() {
+  explicit Harness(bool secure) {
     SetLogLevel(LogLevel::kOff);
-    const auto store = std::filesystem::temp_directory_path() / ("flotilla-fuzz-" + std::to_string(::getpid()));
+    const auto store = std::filesystem::temp_directory_path() /
+                       ("flotilla-fuzz-" + std::to_string(::getpid()) + (secure ? "-secure" : ""));
     std::filesystem::remove_all(store);
     aggregator::AggregatorConfig config;
     config.endpoint = "tcp://127.0.0.1:*";
@@ -34,6 +36,8 @@ struct Harness {
     config.model_arch = "tiny";
     config.rounds = 1000000;
     config.min_clients = 2;
+    config.secagg.enabled = secure;
+    config.secagg.graph = privacy::SecAggGraph::kComplete;
     auto signing = privacy::GenerateSigningKeyPair();
     auto server = privacy::GenerateCurveKeyPair();
     if (!signing.ok() || !server.ok()) std::abort();
@@ -52,6 +56,9 @@ struct Harness {
     for (int i = 0; i < 2; ++i) {
       wire::Envelope hello;
       hello.mutable_hello()->set_client_name("c" + std::to_string(i));
+      auto identity = privacy::DeriveSecAggIdentity(*privacy::DeriveCurveKeyPairForSimulation(i));
+      if (!identity.ok()) std::abort();
+      hello.mutable_hello()->set_secagg_identity_key(identity->public_key.data(), identity->public_key.size());
       net::Incoming in{"peer" + std::to_string(i), keys[i], proto::SerializeEnvelope(&hello)};
       if (!agg->Step(in).ok()) std::abort();
     }
@@ -61,9 +68,11 @@ struct Harness {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static Harness* harness = new Harness();
+  static Harness* plain = new Harness(false);
+  static Harness* secure = new Harness(true);
   if (size == 0) return 0;
   const int who = data[0] % 3;
+  Harness* harness = (data[0] & 0x80) ? secure : plain;
   net::Incoming in{"peer" + std::to_string(who), harness->keys[who],
                    std::string(reinterpret_cast<const char*>(data + 1), size - 1)};
   Status st = harness->agg->Step(in);

@@ -14,8 +14,9 @@
 //                    shares) and s (pairwise masks), and signs them with its
 //                    long-term Ed25519 key. Server verifies, keeps U1.
 //   1 ShareKeys      Each client draws a 32-byte self-mask seed b_u and
-//                    Shamir-splits b_u and s_sk t-of-(d+1) among its
-//                    neighbours in U1 and itself (x = index + 1). The pair for
+//                    Shamir-splits b_u and s_sk t-of-(m+1) among the m
+//                    neighbours in its roster (those in U1; m <= d) and
+//                    itself (x = index + 1). The pair for
 //                    neighbour v is encrypted with XChaCha20-Poly1305 under a
 //                    key from X25519(c_sk_u, c_pk_v), with associated data
 //                    binding the session, sender and recipient. Server relays
@@ -28,8 +29,9 @@
 //                    s_sk_v for the dropped, never both kinds for one peer.
 //                    Server reconstructs (t shares each), removes the masks
 //                    and gets sum_{u in U3} x_u mod 2^k.
-// Fewer than t clients at any stage (globally, or in one client's
-// neighbourhood) ends the round with an Aborted status.
+// Fewer than t clients at any stage ends the round with an Aborted status;
+// a client that sees fewer than t in its own neighbourhood aborts itself
+// (the round then fails only if the server ends up short of shares).
 //
 // PRG(seed) is ChaCha20 (libsodium crypto_stream_chacha20, 64-bit nonce) keyed
 // with the 32-byte seed, with the fixed nonce "fsa-self" for self masks and
@@ -46,9 +48,12 @@
 // collude with it, fewer than t in any neighbourhood). Against a server that
 // lies about who dropped, clients refuse overlapping survivor/dropped lists
 // and never reveal both kinds of share for one peer across requests, and the
-// threshold must be a strict majority of each neighbourhood. The consistency-
-// check round of Bonawitz et al.'s malicious-server variant (signatures over
-// U3) is not implemented.
+// threshold must be a strict majority of each neighbourhood; this stops a
+// lying server only when none (or, for the complete graph with even n, one)
+// of the target's neighbours colludes with it. The consistency-check round of
+// Bonawitz et al.'s malicious-server variant (signatures over U3) is not
+// implemented, and identity keys are only as authentic as their source. See
+// docs/secure-aggregation.md, "Threat model".
 //
 // Thread-safety: SecAggClient and SecAggServer are not thread-safe; use one
 // per thread or lock. Free functions are safe from any thread.
