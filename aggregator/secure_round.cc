@@ -10,6 +10,18 @@ namespace {
 
 std::string Str(uint64_t v) { return std::to_string(v); }
 
+// Parses a stage payload as M, checks that it speaks for the sender's own
+// index, and hands it to the server.
+template <typename M>
+Status HandleAs(const std::string& bytes, uint32_t index, privacy::SecAggServer* server,
+                Status (privacy::SecAggServer::*handle)(const M&)) {
+  ASSIGN_OR_RETURN(M message, M::Parse(bytes));
+  if (message.sender != index) {
+    return PermissionDenied("message for index " + Str(message.sender) + ", yours is " + Str(index));
+  }
+  return (server->*handle)(message);
+}
+
 wire::Envelope MakeWait(const char* reason) {
   wire::Envelope env;
   env.mutable_wait()->set_retry_ms(0);
@@ -196,38 +208,12 @@ std::optional<wire::Envelope> SecureRound::Handle(const std::string& client, uin
       return proto::MakeError(wire::ERROR_NOT_FOUND, "no stage " + Str(s) + " message from this client; send it");
     }
   } else if (!accepted_before) {
-    Status st;
     const std::string& bytes = message.payload();
-    switch (s) {
-      case 0: {
-        auto m = privacy::AdvertiseKeysMessage::Parse(bytes);
-        st = !m.ok() ? m.status()
-             : m->sender != index ? PermissionDenied("advertisement for index " + Str(m->sender) + ", yours is " + Str(index))
-                                  : server_.HandleAdvertiseKeys(*m);
-        break;
-      }
-      case 1: {
-        auto m = privacy::ShareKeysMessage::Parse(bytes);
-        st = !m.ok() ? m.status()
-             : m->sender != index ? PermissionDenied("shares from index " + Str(m->sender) + ", yours is " + Str(index))
-                                  : server_.HandleShareKeys(*m);
-        break;
-      }
-      case 2: {
-        auto m = privacy::MaskedInputMessage::Parse(bytes);
-        st = !m.ok() ? m.status()
-             : m->sender != index ? PermissionDenied("masked input for index " + Str(m->sender) + ", yours is " + Str(index))
-                                  : server_.HandleMaskedInput(*m);
-        break;
-      }
-      case 3: {
-        auto m = privacy::UnmaskResponse::Parse(bytes);
-        st = !m.ok() ? m.status()
-             : m->sender != index ? PermissionDenied("unmask response for index " + Str(m->sender) + ", yours is " + Str(index))
-                                  : server_.HandleUnmask(*m);
-        break;
-      }
-    }
+    using privacy::SecAggServer;
+    Status st = s == 0   ? HandleAs(bytes, index, &server_, &SecAggServer::HandleAdvertiseKeys)
+                : s == 1 ? HandleAs(bytes, index, &server_, &SecAggServer::HandleShareKeys)
+                : s == 2 ? HandleAs(bytes, index, &server_, &SecAggServer::HandleMaskedInput)
+                         : HandleAs(bytes, index, &server_, &SecAggServer::HandleUnmask);
     if (!st.ok() && st.code() != StatusCode::kAlreadyExists) {
       LOG_WARN("aggregator", "secure aggregation round " << options_.round << ": refused stage " << s << " from '"
                                                           << client << "': " << st.message());
