@@ -68,7 +68,7 @@ StatusOr<std::unique_ptr<SecureRound>> SecureRound::Start(const SecureAggregatio
   if (config.graph == privacy::SecAggGraph::kHarary) {
     p.degree = config.degree != 0 ? std::min(config.degree, (n - 1) / 2 * 2) : privacy::RecommendedHararyDegree(n);
     p.graph_seed = options.graph_seed;
-    if (p.degree < 2) {
+    if (p.degree < 2 || p.degree >= n - 1) {
       // Too few clients for a sparse graph: the complete graph is the same thing.
       p.graph = privacy::SecAggGraph::kComplete;
       p.degree = 0;

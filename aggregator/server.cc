@@ -734,8 +734,12 @@ void Aggregator::AnswerParked(bool keepalive_only) {
     if (!state.parked_request) continue;
     const uint64_t request_id = *state.parked_request;
     if (!keepalive_only) {
+      const auto since = state.parked_since;
       state.parked_request.reset();
       HandleTaskRequest(id, request_id);
+      // Still held: it keeps its age, or rounds shorter than the keepalive
+      // would postpone the keepalive forever.
+      if (state.parked_request == request_id) state.parked_since = since;
     } else if (now - state.parked_since > kParkKeepalive) {
       state.parked_request.reset();
       wire::Envelope env;
@@ -1162,6 +1166,8 @@ void Aggregator::Reply(const std::string& peer, uint64_t request_id, wire::Envel
   const std::string bytes = proto::SerializeEnvelope(&env);
   if (Status st = socket_->Send(peer, bytes); !st.ok()) {
     LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " not delivered: " << st.message());
+  } else {
+    LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " #" << request_id << " sent");
   }
 }
 

@@ -65,6 +65,8 @@ Status Session::Send(wire::Envelope* env, State next) {
   state_ = next;
   reply_deadline_ = Clock::now() + config_.request_timeout;
   Status st = socket_->Send(proto::SerializeEnvelope(env));
+  LOG_DEBUG("client", config_.name << ": sent " << proto::BodyName(*env) << " #" << outstanding_id_
+                                   << (st.ok() ? "" : " FAILED: " + std::string(st.message())));
   // A full queue is like a lost message: the timeout will reconnect.
   if (!st.ok() && !st.retryable()) return st;
   return Status::Ok();
@@ -84,6 +86,8 @@ Status Session::OnReadable() {
       continue;
     }
     outstanding_id_ = 0;
+    LOG_DEBUG("client", config_.name << ": got " << proto::BodyName(*env) << " #" << env->request_id() << " in state "
+                                     << StateName(state_));
     RETURN_IF_ERROR(Handle(*env));
   }
 }

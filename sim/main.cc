@@ -28,6 +28,10 @@ int main(int argc, char** argv) {
                  "Instead of federating, train one model centrally on the union of the data for N epochs")
       ->capture_default_str();
   app.add_flag("--quiet", config.quiet, "No per-round lines");
+  app.add_option("--request-timeout", config.request_timeout_seconds,
+                 "Seconds a simulated client waits for a reply before it reconnects")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_flag("--insecure", config.insecure, "DEBUGGING ONLY: no CURVE encryption and no allowlist");
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   flotilla::aggregator::AddRoundFlags(&app, &config.aggregator);

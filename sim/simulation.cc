@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -303,9 +304,11 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   // default that other threads pick up lazily, so giving the evaluator more
   // threads would race with the trainers and make runs irreproducible.
   training::SetTorchThreads(1);
+  std::atomic<bool> agg_stopped{false};
   std::thread agg_thread([&] {
     training::SetTorchThreads(1);
     agg_status = agg->Run();
+    agg_stopped = true;
   });
 
   std::vector<training::DataView> views;
@@ -322,7 +325,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     std::snprintf(name, sizeof(name), "client-%05d", i);
     sc.name = name;
     sc.num_examples = views[i].size();
-    sc.request_timeout = std::chrono::seconds(120);
+    sc.request_timeout = std::chrono::milliseconds(static_cast<int64_t>(1000 * config.request_timeout_seconds));
     sc.socket.security = agg_config.socket.security;
     if (!config.insecure) {
       sc.socket.curve.public_key = client_keys[i].public_z85;
@@ -353,7 +356,18 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     TrainerPool pool(workers, agg_config.model_arch, &views, model_key);
     std::vector<net::ClientSocket*> sockets;
     size_t done = 0;
+    std::optional<Clock::time_point> agg_stopped_at;
     while (client_status.ok() && done < sessions.size()) {
+      if (agg_stopped.load()) {
+        // Sessions the aggregator did not tell before it stopped would
+        // otherwise retry forever.
+        if (!agg_stopped_at) agg_stopped_at = Clock::now();
+        if (Clock::now() - *agg_stopped_at > std::chrono::seconds(10)) {
+          LOG_WARN("sim", sessions.size() - done << " of " << sessions.size()
+                                                 << " clients were not told the federation ended; stopping them");
+          break;
+        }
+      }
       sockets.clear();
       for (auto& s : sessions) sockets.push_back(s->socket());
       StatusOr<std::vector<size_t>> ready = net::PollReadable(sockets, std::chrono::milliseconds(20));

@@ -34,6 +34,8 @@ struct SimConfig {
   // FAULT INJECTION under secure aggregation: per round, each client
   // vanishes mid-protocol with this probability (see client::SessionConfig).
   double secagg_dropout = 0.0;
+  // A simulated device that gets no reply this long reconnects.
+  double request_timeout_seconds = 120.0;
   aggregator::AggregatorConfig aggregator;  // endpoint, rounds, fraction, training settings, seed
 };
 

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <thread>
 
@@ -152,6 +153,87 @@ TEST_CASE("A wrong-shaped update gets an error reply and the round completes wit
   CHECK(history[0].selected == 3);
   CHECK((*agg)->model_version() == 2);
   CHECK((*agg)->rejected_messages() >= 1);
+  socket->reset();
+  agg->reset();
+  std::filesystem::remove_all(store);
+}
+
+TEST_CASE("A held task request gets its keepalive even when rounds finish faster than the keepalive",
+          "[integration]") {
+  // Rounds take well under the 5 s keepalive. A request held across many
+  // round ends must still be answered (Wait) within the keepalive, or the
+  // device times out and reconnects although the aggregator is alive. (The
+  // patient client has no secure-aggregation key, so secure rounds never
+  // sample it.)
+  const auto store = TempPath("keepalive");
+  aggregator::AggregatorConfig config;
+  config.endpoint = "tcp://127.0.0.1:*";
+  config.store_path = store.string();
+  config.model_arch = "logreg";
+  config.rounds = 100000;
+  config.min_clients = 2;
+  config.secagg.enabled = true;
+  testing::TestKeys keys(3);
+  keys.Apply(&config);
+  auto runner = training::ModelRunner::Create("logreg", 1);
+  REQUIRE(runner.ok());
+  net::Context context;
+  auto agg = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
+  REQUIRE(agg.ok());
+  Status server_status;
+  std::thread server([&] { server_status = (*agg)->Run(); });
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(200, 3));
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> honest;
+  for (int i = 0; i < 2; ++i) {
+    honest.emplace_back([&, i] {
+      client::SessionConfig sc;
+      sc.endpoint = (*agg)->endpoint();
+      sc.name = "fast-" + std::to_string(i);
+      sc.num_examples = 100;
+      sc.socket = keys.ClientSocket(i);
+      auto identity = privacy::DeriveSecAggIdentity(keys.clients[i]);
+      REQUIRE(identity.ok());
+      sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
+      training::DataView view{data, {}};
+      for (int k = 0; k < 100; ++k) view.indices.push_back(i * 100 + k);
+      auto stats = client::RunClient(sc, view, keys.signing->public_key, &stop);
+      CHECK(stats.ok());
+    });
+  }
+  auto socket = net::ClientSocket::Connect(&context, (*agg)->endpoint(), keys.ClientSocket(2));
+  REQUIRE(socket.ok());
+  wire::Envelope hello;
+  hello.mutable_hello()->set_client_name("patient");
+  hello.mutable_hello()->set_num_examples(100);
+  SendEnvelope(socket->get(), hello);
+  CHECK(ReadReply(socket->get()).has_welcome());
+  int waits = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(12);
+  uint64_t id = 10;
+  while (std::chrono::steady_clock::now() < until) {
+    wire::Envelope request;
+    request.set_request_id(++id);
+    request.mutable_task_request();
+    SendEnvelope(socket->get(), request);
+    auto bytes = (*socket)->Receive(std::chrono::seconds(9));
+    REQUIRE(bytes.ok());
+    REQUIRE(bytes->has_value());  // answered within keepalive + slack
+    auto reply = proto::ParseEnvelope(bytes->value().data(), bytes->value().size());
+    REQUIRE(reply.ok());
+    if (reply->has_wait()) {
+      ++waits;
+    } else {
+      FAIL("unexpected " << proto::BodyName(*reply));
+    }
+  }
+  CHECK(waits >= 2);
+  CHECK((*agg)->history().size() > 5);  // rounds really were faster than the keepalive
+  (*agg)->RequestStop();
+  server.join();
+  stop = true;
+  for (auto& t : honest) t.join();
+  CHECK(server_status.ok());
   socket->reset();
   agg->reset();
   std::filesystem::remove_all(store);

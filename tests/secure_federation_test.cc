@@ -352,3 +352,53 @@ TEST_CASE("Under secure aggregation plaintext updates and another index's messag
   CHECK(agg.agg->history()[0].completed);
   CHECK(agg.agg->history()[0].received == 3);
 }
+
+TEST_CASE("Secure aggregation with distributed DP trains and charges the noise the survivors added",
+          "[integration][secagg][dp]") {
+  const auto dir = TempPath("secure-dp");
+  sim::SimConfig c = SecureSim(dir.string());
+  c.clients = 8;
+  c.train_limit = 8000;
+  c.aggregator.rounds = 4;
+  c.aggregator.secagg.enabled = true;
+  c.aggregator.secagg.graph = privacy::SecAggGraph::kComplete;  // t = 5 of 8
+  c.aggregator.secagg.stage_timeout_seconds = 1;
+  c.aggregator.dp.mode = aggregator::DpConfig::Mode::kClientDistributed;
+  c.aggregator.model_arch = "logreg";  // 7,850 parameters: the noise norm stays near the clip norm
+  c.aggregator.learning_rate = 0.1;
+  c.aggregator.dp.noise_multiplier = 0.1;
+  c.aggregator.dp.clip_norm = 1.0;
+  c.aggregator.dp.epsilon_budget = 1000;
+  c.secagg_dropout = 0.2;  // deterministic in the seed: some rounds lose devices mid-protocol
+  auto result = sim::RunSimulation(c);
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  int completed = 0, with_dropouts = 0;
+  for (const auto& r : result->rounds) {
+    if (!r.completed) continue;
+    ++completed;
+    if (r.received < r.selected) ++with_dropouts;
+    REQUIRE(r.epsilon.has_value());
+  }
+  CHECK(completed == 4);
+  CHECK(with_dropouts >= 1);
+  CHECK(result->final_accuracy > 0.6);  // a wrong unmasking or decoding gives ~0.1
+  auto store = aggregator::Store::OpenReadOnly((dir / "store").string());
+  REQUIRE(store.ok());
+  auto ledger = (*store)->ListLedger();
+  auto rounds = (*store)->ListRounds();
+  REQUIRE(ledger.ok());
+  REQUIRE(rounds.ok());
+  REQUIRE(ledger->size() == 4);
+  for (const auto& e : *ledger) {
+    for (const auto& r : *rounds) {
+      if (r.round() != e.round()) continue;
+      INFO("round " << r.round() << ": " << r.received_size() << " of " << r.selected_size());
+      CHECK(r.secure_aggregation());
+      CHECK(r.secagg_survivors() == static_cast<uint32_t>(r.received_size()));
+      const double expected = 0.1 * std::sqrt(static_cast<double>(r.received_size()) / r.selected_size());
+      CHECK(e.noise_multiplier() == Approx(expected).epsilon(1e-9));
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
