@@ -17,6 +17,7 @@ const char* StateName(Session::State state) {
     case Session::State::kTraining: return "training";
     case Session::State::kUploading: return "uploading";
     case Session::State::kSecAgg: return "secure-aggregation";
+    case Session::State::kSecAggComputing: return "secure-aggregation-computing";
     case Session::State::kFinished: return "finished";
   }
   return "unknown";
@@ -174,6 +175,10 @@ Status Session::Handle(const wire::Envelope& env) {
 
 Status Session::OnTick() {
   const auto now = Clock::now();
+  if (state_ == State::kSecAggComputing && secagg_job_ && secagg_job_->done.load(std::memory_order_acquire)) {
+    std::shared_ptr<SecAggJob> job = std::move(secagg_job_);
+    return ContinueSecAgg(std::move(job->result));
+  }
   if (state_ == State::kWaiting && now >= retry_at_) {
     if (secure_) return SendSecAgg(/*poll=*/true);
     if (pending_update_) return SendUpdate();
@@ -199,6 +204,7 @@ Session::Clock::time_point Session::NextDeadline() const {
     case State::kRequesting:
     case State::kUploading:
     case State::kSecAgg: return reply_deadline_;
+    case State::kSecAggComputing: return Clock::now() + std::chrono::milliseconds(5);  // poll for the result
     default: return Clock::now() + std::chrono::hours(1);
   }
 }
@@ -280,7 +286,20 @@ Status Session::SendSecAgg(bool poll) {
 }
 
 Status Session::HandleSecAgg(const wire::SecAggMessage& message) {
-  StatusOr<std::optional<wire::SecAggMessage>> next = secure_->Next(message);
+  if (!config_.secagg_executor) return ContinueSecAgg(secure_->Next(message));
+  // Off this thread; nothing else touches secure_ until the job is done (no
+  // request is outstanding in kSecAggComputing, so no reply or timeout can).
+  state_ = State::kSecAggComputing;
+  auto job = std::make_shared<SecAggJob>();
+  secagg_job_ = job;
+  config_.secagg_executor([job, secure = secure_, message] {
+    job->result = secure->Next(message);
+    job->done.store(true, std::memory_order_release);
+  });
+  return Status::Ok();
+}
+
+Status Session::ContinueSecAgg(StatusOr<std::optional<wire::SecAggMessage>> next) {
   if (!next.ok()) return EndSecureUpdate(false, std::string(next.status().message()));
   if (!next->has_value()) return EndSecureUpdate(true, "");
   secagg_out_ = std::move(**next);

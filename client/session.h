@@ -19,8 +19,10 @@
 // Thread-safety: not thread-safe; one thread drives a session.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -49,6 +51,11 @@ struct SessionConfig {
   // probability the device vanishes at a stage drawn uniformly from 1..3
   // (it sends nothing more for that round), or at `secagg_drop_stage` when
   // that is >= 0.
+  // Runs a secure-aggregation step (key agreement, share encryption,
+  // masking: tens of ms per stage) on another thread; the session picks the
+  // result up in OnTick. Unset: the steps run inline. The simulator hands
+  // them to its trainer pool so one event loop can drive many devices.
+  std::function<void(std::function<void()>)> secagg_executor;
   double secagg_dropout = 0.0;
   int secagg_drop_stage = -1;
   uint32_t secagg_fault_last_round = 0;  // faults only up to this round (0 = every round)
@@ -58,7 +65,7 @@ struct SessionConfig {
 class Session {
  public:
   using Clock = std::chrono::steady_clock;
-  enum class State { kHello, kRequesting, kWaiting, kTraining, kUploading, kSecAgg, kFinished };
+  enum class State { kHello, kRequesting, kWaiting, kTraining, kUploading, kSecAgg, kSecAggComputing, kFinished };
 
   // Creates the socket and sends Hello (queued until the aggregator is up).
   static StatusOr<std::unique_ptr<Session>> Create(net::Context* context, const SessionConfig& config);
@@ -111,6 +118,7 @@ class Session {
   Status StartSecureUpdate(const wire::Update& update);
   Status SendSecAgg(bool poll);
   Status HandleSecAgg(const wire::SecAggMessage& message);
+  Status ContinueSecAgg(StatusOr<std::optional<wire::SecAggMessage>> next);
   Status EndSecureUpdate(bool completed, const std::string& why);
   Status Send(wire::Envelope* env, State next);
   Status Handle(const wire::Envelope& env);
@@ -128,7 +136,14 @@ class Session {
   uint32_t training_round_ = 0;
   std::optional<wire::Update> pending_update_;  // sent, not yet acknowledged
   std::optional<wire::SecAggSetup> secagg_setup_;  // of the task being trained
-  std::unique_ptr<SecureUpdate> secure_;
+  std::shared_ptr<SecureUpdate> secure_;
+  // The step running on the executor (state kSecAggComputing); the worker
+  // touches only *secure_ and this slot until `done` is set.
+  struct SecAggJob {
+    std::atomic<bool> done{false};
+    StatusOr<std::optional<wire::SecAggMessage>> result = std::optional<wire::SecAggMessage>();
+  };
+  std::shared_ptr<SecAggJob> secagg_job_;
   wire::SecAggMessage secagg_out_;  // the stage message last sent
   int secagg_drop_at_ = -1;         // fault injection for the current round
   int secagg_completed_ = 0;

@@ -7,6 +7,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -28,8 +29,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Job {
-  size_t client;
+  size_t client = 0;
   wire::TrainTask task;
+  std::function<void()> work;  // set: a secure-aggregation step instead of training
 };
 struct JobResult {
   size_t client;
@@ -51,6 +53,17 @@ class TrainerPool {
     }
     cv_.notify_all();
     for (auto& t : threads_) t.join();
+  }
+  // Runs `work` on a trainer thread (before queued training: it is short
+  // and the round waits for it).
+  void SubmitWork(std::function<void()> work) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      Job job;
+      job.work = std::move(work);
+      jobs_.push_front(std::move(job));
+    }
+    cv_.notify_one();
   }
   void Submit(Job job) {
     {
@@ -78,6 +91,10 @@ class TrainerPool {
         if (stopping_) return;
         job = std::move(jobs_.front());
         jobs_.pop_front();
+      }
+      if (job.work) {
+        job.work();
+        continue;
       }
       JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client], job.task, model_key_)
                                                : StatusOr<wire::Update>(runner.status())};
@@ -318,6 +335,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   }
   std::vector<std::unique_ptr<client::Session>> sessions;
   Status client_status;
+  TrainerPool* pool_ptr = nullptr;
   for (int i = 0; i < config.clients && client_status.ok(); ++i) {
     client::SessionConfig sc;
     sc.endpoint = agg->endpoint();
@@ -346,6 +364,14 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
       sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
     }
     sc.secagg_dropout = config.secagg_dropout;
+    // Filled in once the pool exists; sessions only call it while it does.
+    sc.secagg_executor = [pool_slot = &pool_ptr](std::function<void()> work) {
+      if (*pool_slot != nullptr) {
+        (*pool_slot)->SubmitWork(std::move(work));
+      } else {
+        work();
+      }
+    };
     sc.fault_seed = DeriveSeed(agg_config.seed, "faults", static_cast<uint64_t>(i));
     StatusOr<std::unique_ptr<client::Session>> s = client::Session::Create(&context, sc);
     if (s.ok()) sessions.push_back(std::move(s).value());
@@ -354,6 +380,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   {
     const int workers = std::min(config.workers > 0 ? config.workers : cores, config.clients);
     TrainerPool pool(workers, agg_config.model_arch, &views, model_key);
+    pool_ptr = &pool;
     std::vector<net::ClientSocket*> sockets;
     size_t done = 0;
     std::optional<Clock::time_point> agg_stopped_at;
@@ -391,6 +418,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
       }
     }
   }
+  pool_ptr = nullptr;
   if (!client_status.ok()) agg->RequestStop();
   agg_thread.join();
   sessions.clear();
