@@ -17,6 +17,7 @@
 #include "training/model.h"
 #include "tests/test_aggregator.h"
 #include "tests/test_keys.h"
+#include "tests/test_sim.h"
 
 using namespace flotilla;
 
@@ -24,23 +25,7 @@ namespace {
 
 using testing::TempPath;
 
-sim::SimConfig SmallSim(const std::string& out) {
-  sim::SimConfig c;
-  c.clients = 3;
-  c.partition = "iid";
-  c.train_limit = 3000;
-  c.test_limit = 1000;
-  c.out_dir = out;
-  c.quiet = true;
-  c.aggregator.endpoint = "tcp://127.0.0.1:*";
-  c.aggregator.model_arch = "2nn";
-  c.aggregator.rounds = 3;
-  c.aggregator.epochs = 1;
-  c.aggregator.batch_size = 32;
-  c.aggregator.learning_rate = 0.02;
-  c.aggregator.seed = 7;
-  return c;
-}
+sim::SimConfig SmallSim(const std::string& out) { return testing::SmallSimConfig(out, 3, 3000, 1000, 7); }
 
 // Reads one reply on a raw socket or fails the test.
 wire::Envelope ReadReply(net::ClientSocket* socket) {
@@ -165,30 +150,21 @@ TEST_CASE("A held task request gets its keepalive even when rounds finish faster
   // device times out and reconnects although the aggregator is alive. (The
   // patient client has no secure-aggregation key, so secure rounds never
   // sample it.)
-  const auto store = TempPath("keepalive");
   aggregator::AggregatorConfig config;
-  config.endpoint = "tcp://127.0.0.1:*";
-  config.store_path = store.string();
-  config.model_arch = "logreg";
   config.rounds = 100000;
   config.min_clients = 2;
   config.secagg.enabled = true;
   testing::TestKeys keys(3);
   keys.Apply(&config);
-  auto runner = training::ModelRunner::Create("logreg", 1);
-  REQUIRE(runner.ok());
+  testing::RunningAggregator agg(config);
   net::Context context;
-  auto agg = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
-  REQUIRE(agg.ok());
-  Status server_status;
-  std::thread server([&] { server_status = (*agg)->Run(); });
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(200, 3));
   std::atomic<bool> stop{false};
   std::vector<std::thread> honest;
   for (int i = 0; i < 2; ++i) {
     honest.emplace_back([&, i] {
       client::SessionConfig sc;
-      sc.endpoint = (*agg)->endpoint();
+      sc.endpoint = agg.endpoint();
       sc.name = "fast-" + std::to_string(i);
       sc.num_examples = 100;
       sc.socket = keys.ClientSocket(i);
@@ -201,7 +177,7 @@ TEST_CASE("A held task request gets its keepalive even when rounds finish faster
       CHECK(stats.ok());
     });
   }
-  auto socket = net::ClientSocket::Connect(&context, (*agg)->endpoint(), keys.ClientSocket(2));
+  auto socket = net::ClientSocket::Connect(&context, agg.endpoint(), keys.ClientSocket(2));
   REQUIRE(socket.ok());
   wire::Envelope hello;
   hello.mutable_hello()->set_client_name("patient");
@@ -228,13 +204,10 @@ TEST_CASE("A held task request gets its keepalive even when rounds finish faster
     }
   }
   CHECK(waits >= 2);
-  CHECK((*agg)->history().size() > 5);  // rounds really were faster than the keepalive
-  (*agg)->RequestStop();
-  server.join();
+  agg.Stop();
+  CHECK(agg.agg->history().size() > 5);  // rounds really were faster than the keepalive
   stop = true;
   for (auto& t : honest) t.join();
-  CHECK(server_status.ok());
+  CHECK(agg.status.ok());
   socket->reset();
-  agg->reset();
-  std::filesystem::remove_all(store);
 }

@@ -14,6 +14,7 @@
 #include "sim/simulation.h"
 #include "tests/test_aggregator.h"
 #include "tests/test_keys.h"
+#include "tests/test_sim.h"
 #include "training/dataset.h"
 
 using namespace flotilla;
@@ -22,23 +23,7 @@ namespace {
 
 using testing::TempPath;
 
-sim::SimConfig SecureSim(const std::string& out) {
-  sim::SimConfig c;
-  c.clients = 6;
-  c.partition = "iid";
-  c.train_limit = 6000;
-  c.test_limit = 2000;
-  c.out_dir = out;
-  c.quiet = true;
-  c.aggregator.endpoint = "tcp://127.0.0.1:*";
-  c.aggregator.model_arch = "2nn";
-  c.aggregator.rounds = 3;
-  c.aggregator.epochs = 1;
-  c.aggregator.batch_size = 32;
-  c.aggregator.learning_rate = 0.02;
-  c.aggregator.seed = 11;
-  return c;
-}
+sim::SimConfig SecureSim(const std::string& out) { return testing::SmallSimConfig(out, 6, 6000, 2000, 11); }
 
 std::shared_ptr<const training::Dataset> TrainData(int64_t limit) {
   auto d = training::LoadFashionMnist("/usr/share/datasets/fashion-mnist", training::Split::kTrain, limit);
