@@ -618,6 +618,10 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
   r->set_updates_expected(round_active_ ? static_cast<uint32_t>(selected_.size()) : 0);
   r->set_store_bytes(store_->ApproximateSize());
   r->set_uptime_seconds(std::chrono::duration<double>(Clock::now() - started_).count());
+  if (secure_) {
+    r->set_secagg_stage(secure_->stage_name());
+    r->set_secagg_remaining(secure_->remaining());
+  }
   Reply(in.peer, request_id, std::move(env));
 }
 

@@ -105,7 +105,12 @@ int main(int argc, char** argv) {
                 reply->model_arch().c_str(), reply->round(), reply->rounds_total(),
                 reply->round_active() ? " (running)" : "", reply->rounds_completed());
     if (reply->round_active()) {
-      std::printf("updates this round %u/%u\n", reply->updates_received(), reply->updates_expected());
+      if (!reply->secagg_stage().empty()) {
+        std::printf("secure aggregation: stage %s, %u of %u devices still in\n", reply->secagg_stage().c_str(),
+                    reply->secagg_remaining(), reply->updates_expected());
+      } else {
+        std::printf("updates this round %u/%u\n", reply->updates_received(), reply->updates_expected());
+      }
     }
     std::printf("model version %llu\nclients known %u, connected %u\nstore %.1f MB\nuptime %.0f s\n",
                 static_cast<unsigned long long>(reply->model_version()),

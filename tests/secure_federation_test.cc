@@ -8,6 +8,7 @@
 
 #include "aggregator/server.h"
 #include "aggregator/store.h"
+#include "client/pull.h"
 #include "client/runner.h"
 #include "net/transport.h"
 #include "proto/codec.h"
@@ -208,8 +209,20 @@ TEST_CASE("A secure round interrupted by an aggregator restart is not resumed - 
     for (int i = 0; i < 4; ++i) configs.push_back(SecureClient(keys, endpoint, i, i == 3 ? 2 : -1, 1));
     {
       Fleet fleet(configs, TrainData(800), keys.signing->public_key);
-      // Wait until the round is running secure aggregation with 3 masked inputs in.
-      std::this_thread::sleep_for(std::chrono::seconds(4));
+      // Wait until the round sits in the masked-input stage (client 3 never
+      // sends its input), as the status query reports it.
+      client::SessionConfig probe = SecureClient(keys, endpoint, 0);
+      std::string stage;
+      uint32_t remaining = 0;
+      for (int i = 0; i < 100 && stage != "masked-input"; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        auto reply = client::QueryStatus(probe);
+        REQUIRE(reply.ok());
+        stage = reply->secagg_stage();
+        remaining = reply->secagg_remaining();
+      }
+      CHECK(stage == "masked-input");
+      CHECK(remaining == 4);  // U2: all four shared keys; client 3 then went silent
       agg->RequestStop();
       thread.join();
       REQUIRE(status.ok());
