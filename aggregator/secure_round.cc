@@ -113,6 +113,7 @@ wire::SecAggSetup SecureRound::SetupFor(const std::string& client) const {
   setup.set_params(params_.Serialize());
   setup.set_index(index_.at(client));
   for (const auto& key : options_.identity_keys) setup.add_identity_keys(key.data(), key.size());
+  for (const auto& cert : options_.identity_certs) setup.add_identity_certs(cert);
   setup.set_clip_norm(quantization_.clip_norm);
   setup.set_scale(quantization_.scale);
   setup.set_noise_stddev(quantization_.noise_stddev);

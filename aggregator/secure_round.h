@@ -53,6 +53,7 @@ class SecureRound {
     uint32_t round = 0;
     std::vector<std::string> clients;                    // sorted; index = position
     std::vector<std::vector<unsigned char>> identity_keys;  // Ed25519, aligned with clients
+    std::vector<std::string> identity_certs;                // enrolment certificates (or empty), aligned
     uint32_t vector_length = 0;
     double clip_norm = 1.0;
     // Per-client distributed DP noise, value units before the rounding

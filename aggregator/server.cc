@@ -183,6 +183,7 @@ Status Aggregator::Recover() {
     state.name = c.name();
     state.num_examples = c.num_examples();
     state.secagg_key = c.secagg_identity_key();
+    state.secagg_cert = c.secagg_identity_cert();
   }
 
   ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds());
@@ -578,6 +579,7 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
   state.num_examples = hello.num_examples();
   state.parked_request.reset();
   state.secagg_key = hello.secagg_identity_key();
+  state.secagg_cert = hello.secagg_identity_cert();
   if (config_.secagg.enabled && state.secagg_key.empty() && is_new) {
     LOG_WARN("aggregator", "client '" << hello.client_name() << "' has no secure-aggregation identity key; "
                                       << "it will not be sampled (update its software)");
@@ -588,6 +590,7 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
   record.set_num_examples(hello.num_examples());
   record.set_last_seen_unix_ms(NowUnixMs());
   record.set_secagg_identity_key(hello.secagg_identity_key());
+  record.set_secagg_identity_cert(hello.secagg_identity_cert());
   if (Status st = store_->PutClient(record); !st.ok()) LOG_WARN("aggregator", st.ToString());
   if (is_new) {
     LOG_INFO("aggregator", "client '" << hello.client_name() << "'"
@@ -1124,6 +1127,7 @@ Status Aggregator::StartSecureRound() {
   for (const auto& id : selected_) {
     const std::string& key = clients_[id].secagg_key;
     options.identity_keys.emplace_back(key.begin(), key.end());
+    options.identity_certs.push_back(clients_[id].secagg_cert);
   }
   options.vector_length = static_cast<uint32_t>(global_.data.size());
   const DpConfig& dp = config_.dp;

@@ -187,7 +187,8 @@ class Aggregator {
     std::optional<uint64_t> parked_request;  // request id of a held TaskRequest
     std::chrono::steady_clock::time_point parked_since;
     bool told_finished = false;
-    std::string secagg_key;  // Ed25519 identity key from Hello (32 bytes, or empty)
+    std::string secagg_key;   // Ed25519 identity key from Hello (32 bytes, or empty)
+    std::string secagg_cert;  // its enrolment certificate (64 bytes, or empty)
   };
   using Clock = std::chrono::steady_clock;
 

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 
 #include "client/pull.h"
 #include "core/raw_weights.h"
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   std::string curve_key_path, server_key_path = "keys/aggregator.curve.pub",
                               model_key_path = "keys/aggregator.sign.pub";
+  std::string cert_path, authority_key_path = "keys/enrolment.sign.pub";
   std::string state_dir;
   bool insecure = false;
   int request_timeout_ms = 30000;
@@ -43,6 +45,12 @@ int main(int argc, char** argv) {
   app.add_option("--curve-key", curve_key_path, "This device's CURVE secret key file (default keys/NAME.curve.key)");
   app.add_option("--server-key", server_key_path, "The aggregator's CURVE public key file")->capture_default_str();
   app.add_option("--model-key", model_key_path, "The aggregator's model-signing public key file")->capture_default_str();
+  app.add_option("--secagg-cert", cert_path,
+                 "The enrolment authority's certificate for this device (default keys/NAME.secagg.cert, if present)");
+  app.add_option("--enrolment-key", authority_key_path,
+                 "The enrolment authority's public key; when the file exists, secure-aggregation peers' identity "
+                 "keys are accepted only with its certificates")
+      ->capture_default_str();
   app.add_option("--state-dir", state_dir, "Device store (outbox, pulled models); default flotilla-device-NAME");
   app.add_flag("--insecure", insecure, "DEBUGGING ONLY: connect without encryption");
   app.add_option("--request-timeout-ms", request_timeout_ms, "Reconnect when a reply takes longer than this")
@@ -96,6 +104,18 @@ int main(int argc, char** argv) {
     auto identity = privacy::DeriveSecAggIdentity(*own);
     if (!identity.ok()) return Fail(identity.status());
     config.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
+    const bool cert_given = !cert_path.empty();
+    if (!cert_given) cert_path = "keys/" + config.name + ".secagg.cert";
+    if (cert_given || std::filesystem::exists(cert_path)) {
+      auto cert = privacy::ReadSecAggCertFile(cert_path);
+      if (!cert.ok()) return Fail(cert.status());
+      config.secagg_identity_cert = *cert;
+    }
+    if (std::filesystem::exists(authority_key_path)) {
+      auto authority = privacy::ReadSigningPublicFile(authority_key_path);
+      if (!authority.ok()) return Fail(authority.status());
+      config.secagg_authority_key = *authority;
+    }
   }
 
   if (*status) {

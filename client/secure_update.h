@@ -23,10 +23,15 @@ class SecureUpdate {
  public:
   // Checks the setup (parameters, index, keys, quantization), quantizes
   // `delta` (clipping it to the setup's norm) and creates this round's keys.
-  // InvalidArgument on a setup that cannot work, with the reason.
+  // InvalidArgument on a setup that cannot work, with the reason. With an
+  // `authority_key` (the enrolment authority's Ed25519 public key), every
+  // identity key must carry its certificate, or PermissionDenied: the
+  // aggregator may be substituting keys. Without one, the identity keys are
+  // taken on the aggregator's word.
   static StatusOr<std::unique_ptr<SecureUpdate>> Create(const wire::SecAggSetup& setup, uint32_t round,
                                                         const privacy::SigningKeyPair& identity,
-                                                        const std::vector<float>& delta);
+                                                        const std::vector<float>& delta,
+                                                        const std::vector<unsigned char>& authority_key = {});
 
   uint32_t round() const { return round_; }
   // The stage-0 message (the signed key advertisement).

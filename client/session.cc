@@ -44,6 +44,7 @@ Status Session::SendHello() {
   if (config_.secagg_identity) {
     const auto& key = config_.secagg_identity->public_key;
     env.mutable_hello()->set_secagg_identity_key(key.data(), key.size());
+    if (!config_.secagg_identity_cert.empty()) env.mutable_hello()->set_secagg_identity_cert(config_.secagg_identity_cert);
   }
   return Send(&env, State::kHello);
 }
@@ -251,8 +252,14 @@ Status Session::StartSecureUpdate(const wire::Update& update) {
     return values;
   }();
   StatusOr<std::unique_ptr<SecureUpdate>> made =
-      delta.ok() ? SecureUpdate::Create(setup, update.round(), *config_.secagg_identity, *delta)
+      delta.ok() ? SecureUpdate::Create(setup, update.round(), *config_.secagg_identity, *delta,
+                                        config_.secagg_authority_key)
                  : StatusOr<std::unique_ptr<SecureUpdate>>(delta.status());
+  if (config_.secagg_authority_key.empty() && !warned_no_authority_) {
+    warned_no_authority_ = true;
+    LOG_WARN("client", config_.name << ": no enrolment authority key: the round's identity keys are taken on the "
+                                       "aggregator's word (see docs/secure-aggregation.md)");
+  }
   if (!made.ok()) {
     ++secagg_aborted_;
     return AbandonTask(made.status());

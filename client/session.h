@@ -47,6 +47,12 @@ struct SessionConfig {
   // its public half goes in Hello. Without one the device is not sampled
   // for secure-aggregation rounds.
   std::shared_ptr<const privacy::SigningKeyPair> secagg_identity;
+  // The enrolment authority's certificate for that identity (sent in Hello),
+  // and the authority's public key: with it, this device accepts a round's
+  // identity keys only with valid certificates. Without it the device trusts
+  // the aggregator for them (and says so once).
+  std::string secagg_identity_cert;
+  std::vector<unsigned char> secagg_authority_key;
   // FAULT INJECTION (simulator and tests): in each secure round, with this
   // probability the device vanishes at a stage drawn uniformly from 1..3
   // (it sends nothing more for that round), or at `secagg_drop_stage` when
@@ -148,6 +154,7 @@ class Session {
   int secagg_drop_at_ = -1;         // fault injection for the current round
   int secagg_completed_ = 0;
   int secagg_aborted_ = 0;
+  bool warned_no_authority_ = false;
   std::optional<wire::Finished> finished_msg_;
   std::vector<Settled> settled_;
   void Settle(bool recorded);

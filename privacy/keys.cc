@@ -151,6 +151,67 @@ StatusOr<SigningKeyPair> DeriveSecAggIdentity(const CurveKeyPair& curve) {
   return pair;
 }
 
+namespace {
+constexpr char kSecAggCertLabel[] = "flotilla-secagg-identity-cert-v1";
+
+std::vector<unsigned char> SecAggCertMessage(const std::vector<unsigned char>& identity_public) {
+  std::vector<unsigned char> m(kSecAggCertLabel, kSecAggCertLabel + sizeof(kSecAggCertLabel) - 1);
+  m.insert(m.end(), identity_public.begin(), identity_public.end());
+  return m;
+}
+}  // namespace
+
+StatusOr<std::string> CertifySecAggIdentity(const SigningKeyPair& authority,
+                                            const std::vector<unsigned char>& identity_public) {
+  RETURN_IF_ERROR(EnsureSodium());
+  if (identity_public.size() != crypto_sign_PUBLICKEYBYTES) return InvalidArgument("identity key must be 32 bytes");
+  if (authority.secret.size() != crypto_sign_SECRETKEYBYTES) return InvalidArgument("authority key must be 64 bytes");
+  const std::vector<unsigned char> m = SecAggCertMessage(identity_public);
+  std::string cert(crypto_sign_BYTES, '\0');
+  if (crypto_sign_detached(reinterpret_cast<unsigned char*>(cert.data()), nullptr, m.data(), m.size(),
+                           authority.secret.data()) != 0) {
+    return Internal("crypto_sign_detached failed");
+  }
+  return cert;
+}
+
+Status VerifySecAggIdentityCert(const std::vector<unsigned char>& authority_public,
+                                const std::vector<unsigned char>& identity_public, const std::string& cert) {
+  RETURN_IF_ERROR(EnsureSodium());
+  if (authority_public.size() != crypto_sign_PUBLICKEYBYTES || identity_public.size() != crypto_sign_PUBLICKEYBYTES ||
+      cert.size() != crypto_sign_BYTES) {
+    return PermissionDenied("SecAgg identity certificate missing or malformed");
+  }
+  const std::vector<unsigned char> m = SecAggCertMessage(identity_public);
+  if (crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(cert.data()), m.data(), m.size(),
+                                  authority_public.data()) != 0) {
+    return PermissionDenied("SecAgg identity key is not certified by the enrolment authority");
+  }
+  return Status::Ok();
+}
+
+Status WriteSecAggCertFile(const std::string& path, const std::string& cert, bool overwrite) {
+  if (cert.size() != crypto_sign_BYTES) return InvalidArgument("a SecAgg identity certificate is 64 bytes");
+  if (!overwrite && std::filesystem::exists(path)) {
+    return AlreadyExists(path + " exists; pass --force to overwrite");
+  }
+  std::ofstream out(path, std::ios::trunc);
+  out << HexEncode(reinterpret_cast<const unsigned char*>(cert.data()), cert.size()) << "\n";
+  if (!out) return Unavailable("cannot write " + path);
+  return Status::Ok();
+}
+
+StatusOr<std::string> ReadSecAggCertFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("cannot read SecAgg identity certificate " + path);
+  std::string line;
+  std::getline(in, line);
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+  ASSIGN_OR_RETURN(std::vector<unsigned char> bytes, HexDecode(line));
+  if (bytes.size() != crypto_sign_BYTES) return InvalidArgument(path + ": a certificate is 64 bytes in hex");
+  return std::string(bytes.begin(), bytes.end());
+}
+
 StatusOr<SigningKeyPair> GenerateSigningKeyPair() {
   RETURN_IF_ERROR(EnsureSodium());
   SigningKeyPair pair;

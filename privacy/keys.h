@@ -66,6 +66,23 @@ StatusOr<SigningKeyPair> GenerateSigningKeyPair();
 // derived secret is as well protected as the CURVE key file.
 StatusOr<SigningKeyPair> DeriveSecAggIdentity(const CurveKeyPair& curve);
 
+// Certificates for SecAgg identities from an enrolment authority: an
+// Ed25519 key held offline by whoever enrols devices, never by the
+// aggregator. Devices that know the authority's public key accept a peer's
+// identity key only with a valid certificate, so the aggregator (which
+// relays the keys) cannot substitute its own. The certificate is a detached
+// signature (64 bytes) over "flotilla-secagg-identity-cert-v1" || identity
+// public key (32 bytes).
+StatusOr<std::string> CertifySecAggIdentity(const SigningKeyPair& authority,
+                                            const std::vector<unsigned char>& identity_public);
+// PermissionDenied unless `cert` is the authority's certificate for
+// `identity_public`.
+Status VerifySecAggIdentityCert(const std::vector<unsigned char>& authority_public,
+                                const std::vector<unsigned char>& identity_public, const std::string& cert);
+// NAME.secagg.cert: the certificate in hex on one line.
+Status WriteSecAggCertFile(const std::string& path, const std::string& cert, bool overwrite);
+StatusOr<std::string> ReadSecAggCertFile(const std::string& path);
+
 // Writes DIR/NAME.curve.pub and DIR/NAME.curve.key (0600, created with that
 // mode so the secret is never world-readable). Refuses to overwrite unless
 // `overwrite`.

@@ -29,6 +29,9 @@ Status CheckBody(const wire::Envelope& env, const ParseLimits& limits) {
       if (!env.hello().secagg_identity_key().empty() && env.hello().secagg_identity_key().size() != 32) {
         return InvalidArgument("hello.secagg_identity_key must be 32 bytes");
       }
+      if (!env.hello().secagg_identity_cert().empty() && env.hello().secagg_identity_cert().size() != 64) {
+        return InvalidArgument("hello.secagg_identity_cert must be 64 bytes");
+      }
       return Status::Ok();
     case wire::Envelope::kUpdate: {
       const auto& u = env.update();

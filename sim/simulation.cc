@@ -273,6 +273,9 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   const std::vector<unsigned char> model_key = signing.public_key;
   agg_config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing));
   std::vector<privacy::CurveKeyPair> client_keys;
+  // An enrolment authority certifies every device's SecAgg identity, and
+  // every device checks its peers' certificates.
+  ASSIGN_OR_RETURN(privacy::SigningKeyPair authority, privacy::GenerateSigningKeyPair());
   if (config.insecure) {
     LOG_WARN("sim", "INSECURE MODE: simulated traffic is not encrypted and no allowlist is enforced");
     agg_config.socket.security = net::TransportSecurity::kNone;
@@ -354,6 +357,13 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
         client_status = identity.status();
         break;
       }
+      StatusOr<std::string> cert = privacy::CertifySecAggIdentity(authority, identity->public_key);
+      if (!cert.ok()) {
+        client_status = cert.status();
+        break;
+      }
+      sc.secagg_identity_cert = *cert;
+      sc.secagg_authority_key = authority.public_key;
       sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
     } else if (agg_config.secagg.enabled) {
       StatusOr<privacy::SigningKeyPair> identity = privacy::GenerateSigningKeyPair();

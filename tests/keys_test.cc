@@ -119,3 +119,38 @@ TEST_CASE("Allowlists accept keys containing '#' labels and comments", "[keys]")
   CHECK(bad.status().message().find(":5:") != std::string::npos);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("SecAgg identity certificates bind the authority to the identity key", "[keys][secagg]") {
+  auto authority = privacy::GenerateSigningKeyPair();
+  auto other_authority = privacy::GenerateSigningKeyPair();
+  auto curve = privacy::GenerateCurveKeyPair();
+  auto curve2 = privacy::GenerateCurveKeyPair();
+  REQUIRE((authority.ok() && other_authority.ok() && curve.ok() && curve2.ok()));
+  auto identity = privacy::DeriveSecAggIdentity(*curve);
+  auto identity2 = privacy::DeriveSecAggIdentity(*curve2);
+  REQUIRE((identity.ok() && identity2.ok()));
+  // Derivation is deterministic in the CURVE secret and differs between devices.
+  CHECK(privacy::DeriveSecAggIdentity(*curve)->public_key == identity->public_key);
+  CHECK(identity->public_key != identity2->public_key);
+  auto cert = privacy::CertifySecAggIdentity(*authority, identity->public_key);
+  REQUIRE(cert.ok());
+  CHECK(privacy::VerifySecAggIdentityCert(authority->public_key, identity->public_key, *cert).ok());
+  // Another key, another authority, a flipped bit, or no certificate: refused.
+  CHECK(privacy::VerifySecAggIdentityCert(authority->public_key, identity2->public_key, *cert).code() ==
+        StatusCode::kPermissionDenied);
+  CHECK(privacy::VerifySecAggIdentityCert(other_authority->public_key, identity->public_key, *cert).code() ==
+        StatusCode::kPermissionDenied);
+  std::string flipped = *cert;
+  flipped[5] ^= 1;
+  CHECK_FALSE(privacy::VerifySecAggIdentityCert(authority->public_key, identity->public_key, flipped).ok());
+  CHECK_FALSE(privacy::VerifySecAggIdentityCert(authority->public_key, identity->public_key, "").ok());
+  // The certificate file round-trips.
+  const auto path = std::filesystem::temp_directory_path() / ("flotilla-cert-" + std::to_string(::getpid()));
+  std::filesystem::remove(path);
+  REQUIRE(privacy::WriteSecAggCertFile(path.string(), *cert, false).ok());
+  CHECK_FALSE(privacy::WriteSecAggCertFile(path.string(), *cert, false).ok());  // no silent overwrite
+  auto read = privacy::ReadSecAggCertFile(path.string());
+  REQUIRE(read.ok());
+  CHECK(*read == *cert);
+  std::filesystem::remove(path);
+}

@@ -10,6 +10,7 @@
 #include "aggregator/store.h"
 #include "client/pull.h"
 #include "client/runner.h"
+#include "client/secure_update.h"
 #include "net/transport.h"
 #include "proto/codec.h"
 #include "sim/simulation.h"
@@ -399,4 +400,49 @@ TEST_CASE("Secure aggregation with distributed DP trains and charges the noise t
     }
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("A device refuses identity keys its enrolment authority did not certify", "[integration][secagg]") {
+  // What a malicious aggregator would do: hand the device a key it holds
+  // itself in place of a peer's. With the authority's key the device refuses.
+  auto authority = privacy::GenerateSigningKeyPair();
+  REQUIRE(authority.ok());
+  std::vector<privacy::SigningKeyPair> identities;
+  privacy::SecAggParams p;
+  p.num_clients = 3;
+  p.threshold = 2;
+  p.vector_length = 16;
+  p.round = 5;
+  wire::SecAggSetup setup;
+  setup.set_params(p.Serialize());
+  setup.set_index(0);
+  setup.set_clip_norm(1.0);
+  setup.set_scale(privacy::MaxSafeScale(1.0, 32, 3));
+  for (int i = 0; i < 3; ++i) {
+    auto curve = privacy::GenerateCurveKeyPair();
+    REQUIRE(curve.ok());
+    auto identity = privacy::DeriveSecAggIdentity(*curve);
+    REQUIRE(identity.ok());
+    setup.add_identity_keys(identity->public_key.data(), identity->public_key.size());
+    setup.add_identity_certs(*privacy::CertifySecAggIdentity(*authority, identity->public_key));
+    identities.push_back(std::move(identity).value());
+  }
+  const std::vector<float> delta(16, 0.01f);
+  CHECK(client::SecureUpdate::Create(setup, 5, identities[0], delta, authority->public_key).ok());
+  // Without the authority's key the same setup is taken on the aggregator's word.
+  CHECK(client::SecureUpdate::Create(setup, 5, identities[0], delta).ok());
+
+  wire::SecAggSetup substituted = setup;
+  auto impostor = privacy::GenerateSigningKeyPair();
+  REQUIRE(impostor.ok());
+  substituted.set_identity_keys(2, std::string(impostor->public_key.begin(), impostor->public_key.end()));
+  auto refused = client::SecureUpdate::Create(substituted, 5, identities[0], delta, authority->public_key);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().code() == StatusCode::kPermissionDenied);
+  CHECK(refused.status().message().find("substituting") != std::string::npos);
+
+  wire::SecAggSetup uncertified = setup;
+  uncertified.clear_identity_certs();
+  CHECK(client::SecureUpdate::Create(uncertified, 5, identities[0], delta, authority->public_key).status().code() ==
+        StatusCode::kPermissionDenied);
 }
