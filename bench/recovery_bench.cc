@@ -22,6 +22,7 @@
 #include "client/pull.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "core/subprocess.h"
 #include "privacy/keys.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
@@ -39,21 +40,6 @@ double Percentile(std::vector<double> v, double p) {
 }
 
 std::string Z(const privacy::CurveKeyPair& k) { return k.public_z85; }
-
-pid_t Spawn(const std::vector<std::string>& args) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    FILE* devnull = std::fopen("/dev/null", "w");
-    ::dup2(fileno(devnull), 1);
-    ::dup2(fileno(devnull), 2);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    std::_Exit(127);
-  }
-  return pid;
-}
 
 // Seconds until the aggregator at `endpoint` answers a status query.
 double TimeToFirstStatus(const client::SessionConfig& sc, Clock::time_point start) {
@@ -194,12 +180,12 @@ int main(int argc, char** argv) {
     sc.socket.curve.server_public_key = server.public_z85;
     auto measure = [&](const fs::path& store, double* first_start) {
       auto t0 = Clock::now();
-      pid_t pid = Spawn(args(store));
+      pid_t pid = SpawnProcess(args(store), "/dev/null");
       *first_start = TimeToFirstStatus(sc, t0);
       ::kill(pid, SIGKILL);
       ::waitpid(pid, nullptr, 0);
       t0 = Clock::now();
-      pid = Spawn(args(store));
+      pid = SpawnProcess(args(store), "/dev/null");
       const double after_kill = TimeToFirstStatus(sc, t0);
       ::kill(pid, SIGTERM);
       ::waitpid(pid, nullptr, 0);

@@ -23,6 +23,7 @@
 #include "aggregator/store.h"
 #include "client/pull.h"
 #include "core/rng.h"
+#include "core/subprocess.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
 
@@ -50,27 +51,9 @@ int FreePort() {
 }
 
 pid_t Spawn(const std::vector<std::string>& args, const fs::path& log) {
-  pid_t pid = ::fork();
+  const pid_t pid = SpawnProcess(args, log.string());
   REQUIRE(pid >= 0);
-  if (pid == 0) {
-    FILE* out = std::fopen(log.c_str(), "a");
-    if (out) {
-      ::dup2(fileno(out), 1);
-      ::dup2(fileno(out), 2);
-    }
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    std::_Exit(127);
-  }
   return pid;
-}
-
-int Wait(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
 }
 
 struct Fleet {
@@ -176,17 +159,17 @@ RunResult RunFleet(Fleet& fleet, int kills_wanted, uint64_t seed) {
       // leave the round just as resumable.
       const bool graceful = result.kills % 4 == 3;
       ::kill(agg, graceful ? SIGTERM : SIGKILL);
-      const int code = Wait(agg);
+      const int code = WaitProcess(agg);
       if (graceful) CHECK(code == 0);
       ++result.kills;
       agg = Spawn(fleet.AggregatorArgs(), fleet.dir / "aggregator.log");
     } else {
       INFO("aggregator log: " << (fleet.dir / "aggregator.log").string());
-      REQUIRE(Wait(agg) == 0);
+      REQUIRE(WaitProcess(agg) == 0);
       break;
     }
   }
-  for (pid_t c : clients) REQUIRE(Wait(c) == 0);
+  for (pid_t c : clients) REQUIRE(WaitProcess(c) == 0);
 
   auto store = aggregator::Store::OpenReadOnly((fleet.dir / "store").string());
   REQUIRE(store.ok());
