@@ -22,6 +22,13 @@ Status HandleAs(const std::string& bytes, uint32_t index, privacy::SecAggServer*
   return (server->*handle)(message);
 }
 
+// A stage message's wire bytes, or why it could not be made.
+template <typename M>
+StatusOr<std::string> SerializeOr(const StatusOr<M>& message) {
+  if (!message.ok()) return message.status();
+  return message->Serialize();
+}
+
 wire::Envelope MakeWait(const char* reason) {
   wire::Envelope env;
   env.mutable_wait()->set_retry_ms(0);
@@ -155,28 +162,13 @@ wire::Envelope SecureRound::NextMessage(uint32_t index, uint32_t stage) const {
   wire::SecAggMessage* m = env.mutable_secagg();
   m->set_round(options_.round);
   m->set_stage(stage + 1);
-  StatusOr<std::string> payload = std::string();
-  switch (stage) {
-    case 0: {
-      auto roster = server_.RosterFor(index);
-      payload = roster.ok() ? StatusOr<std::string>(roster->Serialize()) : StatusOr<std::string>(roster.status());
-      break;
-    }
-    case 1: {
-      auto shares = server_.SharesFor(index);
-      payload = shares.ok() ? StatusOr<std::string>(shares->Serialize()) : StatusOr<std::string>(shares.status());
-      break;
-    }
-    case 2: {
-      auto request = server_.UnmaskRequestFor(index);
-      payload = request.ok() ? StatusOr<std::string>(request->Serialize()) : StatusOr<std::string>(request.status());
-      break;
-    }
-    default:
-      break;  // stage 3 answered: done, empty payload
-  }
+  // Stage 3 answered: done, empty payload.
+  const StatusOr<std::string> payload = stage == 0   ? SerializeOr(server_.RosterFor(index))
+                                        : stage == 1 ? SerializeOr(server_.SharesFor(index))
+                                        : stage == 2 ? SerializeOr(server_.UnmaskRequestFor(index))
+                                                     : StatusOr<std::string>(std::string());
   if (!payload.ok()) return proto::MakeError(wire::ERROR_INTERNAL, std::string(payload.status().message()));
-  m->set_payload(std::move(payload).value());
+  m->set_payload(*payload);
   return env;
 }
 

@@ -293,6 +293,11 @@ double Aggregator::EffectiveNoiseMultiplier() const {
   return z.ok() ? *z : dp.noise_multiplier;
 }
 
+// Each of the m sampled devices adds N(0, (zC)^2 / m): the sum carries N(0, (zC)^2).
+double Aggregator::DistributedNoiseStddev() const {
+  return EffectiveNoiseMultiplier() * clip_norm_ / std::sqrt(static_cast<double>(selected_.size()));
+}
+
 int64_t Aggregator::DpSgdStepsPerRound() const {
   return static_cast<int64_t>(std::ceil(config_.epochs / config_.dp.dpsgd_sampling_rate - 1e-9));
 }
@@ -534,12 +539,6 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
       HandleTaskRequest(client_id, env.request_id());
       return Status::Ok();
     case wire::Envelope::kUpdate:
-      if (secure_) {
-        ++rejected_messages_;
-        ReplyError(in.peer, env.request_id(), wire::ERROR_UNEXPECTED,
-                   "this round uses secure aggregation: plaintext updates are refused");
-        return Status::Ok();
-      }
       return HandleUpdate(client_id, env);
     case wire::Envelope::kSecagg:
       HandleSecAgg(client_id, env);
@@ -720,8 +719,7 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   if (dp.client_level()) {
     tc->set_clip_norm(clip_norm_);
     if (dp.mode == DpConfig::Mode::kClientDistributed && !secure_) {
-      // Each of the m sampled devices adds N(0, (zC)^2 / m): the sum carries N(0, (zC)^2).
-      tc->set_noise_stddev(EffectiveNoiseMultiplier() * clip_norm_ / std::sqrt(static_cast<double>(selected_.size())));
+      tc->set_noise_stddev(DistributedNoiseStddev());
     }
   } else if (dp.mode == DpConfig::Mode::kRecord) {
     tc->set_dpsgd_noise_multiplier(dp.noise_multiplier);
@@ -767,6 +765,9 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
     ReplyError(peer, env.request_id(), code, why);
     return Status::Ok();
   };
+  if (secure_) {
+    return reject(wire::ERROR_UNEXPECTED, "this round uses secure aggregation: plaintext updates are refused");
+  }
   if (!round_active_ || update.round() != round_) {
     // A resend of an update that was recorded before the round closed (the
     // ack was lost, e.g. in a crash): tell the device it counted.
@@ -1077,30 +1078,32 @@ Status Aggregator::FinishRound(bool deadline_passed) {
 // result does not depend on arrival order) into their weighted mean.
 StatusOr<Weights> Aggregator::MergeStoredUpdates() {
   const DpConfig& dp = config_.dp;
+  // One of the two, so FedAvg does not hold every update and the robust
+  // strategies do not allocate a running sum.
+  std::optional<CoordinateWise> robust;
+  std::optional<WeightedMean> mean;
   if (config_.strategy.NeedsIndividualUpdates()) {
-    CoordinateWise robust(global_.layout, config_.strategy);
-    RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
-      ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
-      return robust.Add(delta);
-    }));
-    return robust.Result();
+    robust.emplace(global_.layout, config_.strategy);
+  } else {
+    mean.emplace(global_.layout);
   }
-  WeightedMean mean(global_.layout);
   RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
     ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
+    if (robust) return robust->Add(delta);
     if (dp.mode == DpConfig::Mode::kClientCentral) {
       // The trusted aggregator enforces the bound itself as well.
       privacy::ClipL2(delta.data.data(), delta.data.size(), clip_norm_);
     }
     // Client-level DP averages with equal weights: example counts are
     // private and would change the sensitivity (docs/privacy.md).
-    return mean.Add(delta, dp.client_level() ? 1.0 : static_cast<double>(u.num_examples()));
+    return mean->Add(delta, dp.client_level() ? 1.0 : static_cast<double>(u.num_examples()));
   }));
-  if (mean.count() != static_cast<int64_t>(received_.size())) {
+  const int merged = robust ? robust->count() : mean->count();
+  if (merged != static_cast<int>(received_.size())) {
     return DataLoss("round " + std::to_string(round_) + " recorded " + std::to_string(received_.size()) +
-                    " updates but the store holds " + std::to_string(mean.count()));
+                    " updates but the store holds " + std::to_string(merged));
   }
-  return mean.Mean();
+  return robust ? robust->Result() : mean->Mean();
 }
 
 // The secure sum of the survivors' clipped (and noised) deltas, divided by
@@ -1132,10 +1135,7 @@ Status Aggregator::StartSecureRound() {
   options.vector_length = static_cast<uint32_t>(global_.data.size());
   const DpConfig& dp = config_.dp;
   options.clip_norm = dp.client_level() ? clip_norm_ : config_.secagg.clip_norm;
-  if (dp.mode == DpConfig::Mode::kClientDistributed) {
-    // Each of the m sampled devices adds N(0, (zC)^2 / m): the sum carries N(0, (zC)^2).
-    options.noise_stddev = EffectiveNoiseMultiplier() * clip_norm_ / std::sqrt(static_cast<double>(selected_.size()));
-  }
+  if (dp.mode == DpConfig::Mode::kClientDistributed) options.noise_stddev = DistributedNoiseStddev();
   options.graph_seed = DeriveSeed(config_.seed, "secagg-graph", round_);
   options.advertise_deadline = round_deadline_;
   ASSIGN_OR_RETURN(secure_, SecureRound::Start(config_.secagg, std::move(options)));

@@ -224,6 +224,8 @@ class Aggregator {
   Status RecoverLedger();
   double EffectiveNoiseMultiplier() const;
   double ClipCountStddev() const;
+  // Client-distributed DP: each sampled device's noise standard deviation.
+  double DistributedNoiseStddev() const;
   // Bookkeeping for an update that is in the store (on arrival or recovery).
   void NoteRecorded(const std::string& client_id, int64_t num_examples,
                     const google::protobuf::Map<std::string, double>& metrics);

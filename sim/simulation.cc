@@ -423,7 +423,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
       done = 0;
       for (size_t i = 0; i < sessions.size(); ++i) {
         if (Status st = sessions[i]->OnTick(); !st.ok()) client_status = st;
-        if (std::optional<wire::TrainTask> task = sessions[i]->TakeTask()) pool.Submit(Job{i, std::move(*task)});
+        if (std::optional<wire::TrainTask> task = sessions[i]->TakeTask()) pool.Submit(Job{i, std::move(*task), {}});
         if (sessions[i]->finished()) ++done;
       }
     }
