@@ -75,6 +75,56 @@ inline void ApplySecAggFlags(const SecAggFlags& f, AggregatorConfig* c) {
   c->secagg.graph = f.mode == "complete" ? privacy::SecAggGraph::kComplete : privacy::SecAggGraph::kHarary;
 }
 
+// Distrust of what enrolled devices say: update validation, back-off,
+// per-device limits (docs/security.md, "A compromised enrolled device").
+inline void AddDefenceFlags(CLI::App* app, AggregatorConfig* c) {
+  ValidationConfig* v = &c->validation;
+  app->add_option_function<std::string>(
+         "--update-norm-bound",
+         [v](const std::string& text) {
+           StatusOr<NormBound> b = ParseNormBound(text);
+           if (!b.ok()) throw CLI::ValidationError("--update-norm-bound", std::string(b.status().message()));
+           v->norm = *b;
+         },
+         "Refuse updates whose L2 norm is over median:K (K x the median of recently accepted norms; before 5 are "
+         "known, 10 x the model's own norm), absolute:X, or off")
+      ->default_str(v->norm.Describe());
+  app->add_option("--max-examples", v->max_examples_per_update,
+                  "Refuse updates that claim more training examples than this")
+      ->capture_default_str();
+  app->add_option_function<std::string>(
+         "--example-weighting",
+         [v](const std::string& text) {
+           StatusOr<ExampleWeighting> w = ParseExampleWeighting(text);
+           if (!w.ok()) throw CLI::ValidationError("--example-weighting", std::string(w.status().message()));
+           v->weighting = *w;
+         },
+         "FedAvg weights: capped:K (claimed examples, at most K x the round's median claim), claimed, or uniform")
+      ->default_str(v->weighting.Describe());
+  app->add_option("--failed-round-backoff", c->failed_round_backoff_seconds,
+                  "Seconds before the round after a failed one (doubling per failure in a row)")
+      ->capture_default_str();
+  app->add_option("--max-failed-round-backoff", c->max_failed_round_backoff_seconds,
+                  "Largest wait after failed rounds, in seconds")
+      ->capture_default_str();
+  app->add_option("--pause-after", c->pause_after_strikes,
+                  "Pause a device after this many declines or refused updates in a row (0 = never)")
+      ->capture_default_str();
+  app->add_option("--pause-seconds", c->pause_seconds, "First pause of such a device (doubling while it goes on)")
+      ->capture_default_str();
+  PeerLimitsConfig* l = &c->limits;
+  app->add_option("--device-messages-per-second", l->messages_per_second,
+                  "Per-device message rate (burst --device-message-burst); 0 = unlimited")
+      ->capture_default_str();
+  app->add_option("--device-message-burst", l->message_burst, "Per-device message burst")->capture_default_str();
+  app->add_option("--device-bytes-per-second", l->bytes_per_second, "Per-device inbound byte rate; 0 = unlimited")
+      ->capture_default_str();
+  app->add_option("--device-max-queued-bytes", l->max_queued_bytes,
+                  "Bytes the aggregator queues for a device that has not read them (0 = 2 models + 1 MiB)")
+      ->capture_default_str();
+}
+
+
 inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--arch", c->model_arch, "Model architecture: 2nn, cnn or logreg")->capture_default_str();
   app->add_option("--rounds", c->rounds, "Number of federated rounds")->capture_default_str()->check(CLI::PositiveNumber);
@@ -106,6 +156,7 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--max-message-bytes", c->socket.max_message_bytes,
                   "Largest accepted message in bytes (ZMQ_MAXMSGSIZE)")
       ->capture_default_str();
+  AddDefenceFlags(app, c);
 }
 
 }  // namespace flotilla::aggregator

@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
   app.add_option("--endpoint", config.endpoint, "ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:7400")
       ->capture_default_str();
   app.add_option("--store", config.store_path, "RocksDB directory for models, rounds and updates")->capture_default_str();
-  app.add_option("--federation", config.federation, "Federation name sent to clients")->capture_default_str();
+  app.add_option("--federation", config.federation, "Federation id: sent to devices and covered by every model signature (devices pass the same --federation)")->capture_default_str();
   app.add_option("--min-clients", config.min_clients, "Clients that must join before the first round")
       ->capture_default_str();
   app.add_option("--data-dir", data_dir, "Fashion-MNIST directory for evaluation")->capture_default_str();

@@ -2,6 +2,7 @@
 // aggregator's store. Opens the store read-only, so it works while the
 // aggregator runs.
 #include <CLI/CLI.hpp>
+#include <cctype>
 #include <cstdio>
 #include <ctime>
 
@@ -38,6 +39,9 @@ int main(int argc, char** argv) {
   CLI::App* exp = app.add_subcommand("export", "Write one version for inference");
   CLI::App* rounds = app.add_subcommand("rounds", "One line per round record");
   CLI::App* ledger = app.add_subcommand("ledger", "The privacy ledger, as an auditor reads it");
+  CLI::App* clients = app.add_subcommand("clients", "One line per device: accepted and refused updates, pauses");
+  CLI::App* quarantine =
+      app.add_subcommand("quarantine", "Records moved aside because they failed validation when read back");
   uint64_t version = 0;
   std::string out, format = "torch", verify_key;
   show->add_option("version", version, "Model version (0 = latest)")->capture_default_str();
@@ -76,6 +80,36 @@ int main(int argc, char** argv) {
     std::printf("%zu entries; largest cumulative epsilon %.6f at delta %.2e (RDP accountant, Poisson-subsampled "
                 "Gaussian, Balle et al. 2020 conversion)\n",
                 entries->size(), worst, entries->back().delta());
+    return 0;
+  }
+  if (*clients) {
+    auto all = (*store)->ListClients();
+    if (!all.ok()) return Fail(all.status());
+    std::printf("%-40s %-16s %8s %8s %8s %-20s %s\n", "client", "name", "accepted", "refused", "strikes",
+                "paused until", "refused by reason");
+    for (const auto& c : *all) {
+      std::string reasons;
+      for (const auto& [reason, n] : c.rejected_by_reason()) {
+        reasons += (reasons.empty() ? "" : ", ") + reason + " " + std::to_string(n);
+      }
+      std::printf("%-40s %-16s %8u %8u %8u %-20s %s\n", c.client_id().c_str(), c.name().c_str(),
+                  c.updates_accepted(), c.updates_rejected(), c.strikes(),
+                  c.paused_until_unix_ms() > 0 ? Time(c.paused_until_unix_ms()).c_str() : "-", reasons.c_str());
+    }
+    std::printf("%zu devices\n", all->size());
+    return 0;
+  }
+  if (*quarantine) {
+    auto all = (*store)->ListQuarantine();
+    if (!all.ok()) return Fail(all.status());
+    for (const auto& q : *all) {
+      std::string key;
+      for (unsigned char ch : q.key()) key += std::isprint(ch) ? static_cast<char>(ch) : '.';
+      std::printf("%s  %-8s key %s (%zu bytes): %s\n", Time(q.quarantined_unix_ms()).c_str(), q.family().c_str(),
+                  key.c_str(), q.value().size(), q.reason().c_str());
+    }
+    std::printf("%zu quarantined records%s\n", all->size(),
+                all->empty() ? "" : " (kept whole in the store's quarantine column family for inspection)");
     return 0;
   }
   if (*rounds) {
@@ -135,7 +169,10 @@ int main(int argc, char** argv) {
     if (!verify_key.empty()) {
       auto key = privacy::ReadSigningPublicFile(verify_key);
       if (!key.ok()) return Fail(key.status());
-      Status st = privacy::VerifyModel(*key, version, model->round(), digest, model->signature());
+      Status st = model->federation().empty()
+                      ? privacy::VerifyModelV1(*key, version, model->round(), digest, model->signature())
+                      : privacy::VerifyModel(*key, model->federation(), version, model->round(), digest,
+                                             model->signature());
       if (!st.ok()) return Fail(st);
       std::printf("signature verified with %s\n", verify_key.c_str());
     }

@@ -71,6 +71,14 @@ Status AggregatorConfig::Validate() const {
   if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
   RETURN_IF_ERROR(dp.Validate());
   RETURN_IF_ERROR(secagg.Validate());
+  RETURN_IF_ERROR(validation.Validate());
+  RETURN_IF_ERROR(limits.Validate());
+  if (!(failed_round_backoff_seconds >= 0) || !(max_failed_round_backoff_seconds >= failed_round_backoff_seconds)) {
+    return InvalidArgument("failed-round back-off must be >= 0 and not above its maximum");
+  }
+  if (pause_after_strikes < 0 || !(pause_seconds >= 0) || !(max_pause_seconds >= pause_seconds)) {
+    return InvalidArgument("device pause settings must be >= 0, with the pause not above its maximum");
+  }
   if (secagg.enabled && strategy.NeedsIndividualUpdates()) {
     return InvalidArgument("the " + strategy.Name() +
                            " strategy needs every device's update, but secure aggregation shows the aggregator "
@@ -139,7 +147,11 @@ Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> st
       socket_(std::move(socket)),
       global_(std::move(initial)),
       eval_(std::move(eval)),
-      on_round_(std::move(on_round)) {}
+      on_round_(std::move(on_round)),
+      norm_history_(config.validation.norm.window),
+      limits_(config.limits.Resolved(static_cast<uint64_t>(global_.data.size()) * sizeof(float))) {
+  global_norm_ = L2Norm(global_.data);
+}
 
 Aggregator::~Aggregator() {
   socket_.reset();  // close the socket before its authenticator
@@ -167,26 +179,60 @@ Status Aggregator::Recover() {
                               config_.model_arch + "'; use another --store");
   }
   ASSIGN_OR_RETURN(Weights stored, proto::WeightsFromProto(record.weights(), global_.layout));
-  RETURN_IF_ERROR(privacy::VerifyModel(config_.signing_key->public_key, latest, record.round(),
-                                       privacy::ModelDigest(stored), record.signature())
-                      .WithContext("stored model (was the store written with another signing key?)"));
+  const privacy::Digest digest = privacy::ModelDigest(stored);
+  Status verified = privacy::VerifyModel(config_.signing_key->public_key, config_.federation, latest, record.round(),
+                                         digest, record.signature());
+  if (!verified.ok() && record.federation().empty() &&
+      privacy::VerifyModelV1(config_.signing_key->public_key, latest, record.round(), digest, record.signature())
+          .ok()) {
+    RETURN_IF_ERROR(ResignLegacyModels());
+    ASSIGN_OR_RETURN(record, store_->GetModel(latest));
+    verified = Status::Ok();
+  }
+  if (!verified.ok() && !record.federation().empty() && record.federation() != config_.federation) {
+    return FailedPrecondition("store " + config_.store_path + " belongs to federation '" + record.federation() +
+                              "', not '" + config_.federation + "'; use another --store or --federation");
+  }
+  RETURN_IF_ERROR(verified.WithContext("stored model (was the store written with another signing key?)"));
   global_ = std::move(stored);
+  global_norm_ = L2Norm(global_.data);
   model_version_ = latest;
   model_round_ = record.round();
   model_signature_ = record.signature();
 
+  // Records that no longer parse are moved aside, not tripped over.
+  RETURN_IF_ERROR(QuarantineCorrupt());
+
   // The sampling population: every client that ever said Hello here. They
   // reconnect on their own; their routing ids are learned again then.
   ASSIGN_OR_RETURN(std::vector<records::ClientRecord> known, store_->ListClients());
+  const int64_t now_ms = NowUnixMs();
   for (const auto& c : known) {
     ClientState& state = clients_[c.client_id()];
     state.name = c.name();
     state.num_examples = c.num_examples();
     state.secagg_key = c.secagg_identity_key();
     state.secagg_cert = c.secagg_identity_cert();
+    state.first_seen_unix_ms = c.first_seen_unix_ms();
+    state.updates_accepted = c.updates_accepted();
+    state.rejected.insert(c.rejected_by_reason().begin(), c.rejected_by_reason().end());
+    state.strikes = c.strikes();
+    state.paused_until_unix_ms = c.paused_until_unix_ms();
+    if (c.paused_until_unix_ms() > now_ms) {
+      state.paused_until = Clock::now() + std::chrono::milliseconds(c.paused_until_unix_ms() - now_ms);
+    }
   }
 
   ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds());
+  // The norm bound's history: the accepted norms of the latest rounds,
+  // oldest first.
+  size_t first = rounds.size(), norms = 0;
+  while (first > 0 && norms < static_cast<size_t>(config_.validation.norm.window)) {
+    norms += static_cast<size_t>(rounds[--first].update_norms_size());
+  }
+  for (size_t i = first; i < rounds.size(); ++i) {
+    for (float n : rounds[i].update_norms()) norm_history_.Add(n);
+  }
   const records::RoundRecord* running = nullptr;
   for (const auto& r : rounds) {
     round_ = std::max(round_, r.round());
@@ -215,10 +261,7 @@ Status Aggregator::Recover() {
     selected_.assign(running->selected().begin(), running->selected().end());
     std::sort(selected_.begin(), selected_.end());
     round_q_ = running->sampling_rate();
-    RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
-      NoteRecorded(u.client_id(), u.num_examples(), u.metrics());
-      return Status::Ok();
-    }));
+    RETURN_IF_ERROR(RecoverUpdates());
     round_active_ = true;
     const auto now = Clock::now();
     const double elapsed = std::max(0.0, (NowUnixMs() - running->started_unix_ms()) / 1000.0);
@@ -241,6 +284,83 @@ Status Aggregator::Recover() {
   LOG_INFO("aggregator", "recovered model version " << model_version_ << " after " << rounds_done_
                                                     << " completed rounds; " << clients_.size() << " known clients");
   return Status::Ok();
+}
+
+// A store written before signatures covered the federation id: re-sign
+// every stored version (each must verify with the old format first).
+Status Aggregator::ResignLegacyModels() {
+  for (uint64_t v : stored_versions_) {
+    ASSIGN_OR_RETURN(records::ModelRecord m, store_->GetModel(v));
+    ASSIGN_OR_RETURN(Weights w, proto::WeightsFromProto(m.weights(), global_.layout));
+    const privacy::Digest digest = privacy::ModelDigest(w);
+    RETURN_IF_ERROR(privacy::VerifyModelV1(config_.signing_key->public_key, v, m.round(), digest, m.signature())
+                        .WithContext("re-signing the store's models"));
+    ASSIGN_OR_RETURN(std::string sig,
+                     privacy::SignModel(*config_.signing_key, config_.federation, v, m.round(), digest));
+    m.set_signature(sig);
+    m.set_federation(config_.federation);
+    RETURN_IF_ERROR(store_->PutModel(m));
+  }
+  LOG_INFO("aggregator", "re-signed " << stored_versions_.size() << " stored model versions with signatures that "
+                                      << "cover the federation id '" << config_.federation << "'");
+  return Status::Ok();
+}
+
+Status Aggregator::QuarantineCorrupt() {
+  std::vector<std::string> bad_clients, bad_rounds;
+  RETURN_IF_ERROR(store_->ListClients(&bad_clients).status());
+  RETURN_IF_ERROR(store_->ListRounds(&bad_rounds).status());
+  for (const auto& id : bad_clients) {
+    RETURN_IF_ERROR(store_->QuarantineClient(id, "client record does not parse"));
+    LOG_ERROR("aggregator", "quarantined a corrupt client record (see flotilla-registry quarantine)");
+  }
+  for (const auto& key : bad_rounds) {
+    RETURN_IF_ERROR(store_->QuarantineRound(key, "round record does not parse"));
+    LOG_ERROR("aggregator", "quarantined a corrupt round record (see flotilla-registry quarantine)");
+  }
+  return Status::Ok();
+}
+
+// Replays the running round's stored updates through the same validation
+// as on arrival; what fails (an update an earlier version accepted, bytes
+// that no longer parse) is quarantined instead of poisoning the merge.
+Status Aggregator::RecoverUpdates() {
+  std::vector<std::string> corrupt;
+  std::vector<std::pair<std::string, std::string>> refused;  // client id, why
+  RETURN_IF_ERROR(store_->ForEachUpdate(
+      round_,
+      [&](const records::UpdateRecord& u) -> Status {
+        if (!std::binary_search(selected_.begin(), selected_.end(), u.client_id())) {
+          refused.emplace_back(u.client_id(), "the client was not selected for round " + std::to_string(round_));
+          return Status::Ok();
+        }
+        const UpdateVerdict verdict = ValidateUpdate(u.delta(), u.num_examples(), ExpectationNow());
+        if (!verdict.accepted()) {
+          refused.emplace_back(u.client_id(), verdict.reason + ": " + verdict.message);
+          return Status::Ok();
+        }
+        norm_history_.Add(verdict.norm);
+        round_norms_[u.client_id()] = verdict.norm;
+        NoteRecorded(u.client_id(), u.num_examples(), u.metrics());
+        return Status::Ok();
+      },
+      &corrupt));
+  for (const auto& id : corrupt) refused.emplace_back(id, "update record does not parse");
+  for (const auto& [id, why] : refused) {
+    RETURN_IF_ERROR(store_->QuarantineUpdate(round_, id, "failed validation on replay: " + why));
+    LOG_ERROR("aggregator", "round " << round_ << ": quarantined the stored update from '" << id
+                                     << "' (failed validation on replay: " << why
+                                     << "); see flotilla-registry quarantine");
+  }
+  return Status::Ok();
+}
+
+UpdateExpectation Aggregator::ExpectationNow() const {
+  UpdateExpectation e;
+  e.layout = global_.layout;
+  e.max_norm = norm_history_.Bound(config_.validation.norm, global_norm_);
+  e.max_examples = config_.validation.max_examples_per_update;
+  return e;
 }
 
 Status Aggregator::RecoverLedger() {
@@ -393,9 +513,11 @@ std::vector<uint64_t> Aggregator::ExpiredVersions(uint64_t newest) const {
 }
 
 Status Aggregator::SignAndStore(records::ModelRecord* record, const Weights& weights) {
-  ASSIGN_OR_RETURN(std::string signature, privacy::SignModel(*config_.signing_key, record->version(), record->round(),
-                                                             privacy::ModelDigest(weights)));
+  ASSIGN_OR_RETURN(std::string signature,
+                   privacy::SignModel(*config_.signing_key, config_.federation, record->version(), record->round(),
+                                      privacy::ModelDigest(weights)));
   record->set_signature(signature);
+  record->set_federation(config_.federation);
   model_round_ = record->round();
   model_signature_ = std::move(signature);
   return store_->PutModel(*record);
@@ -482,11 +604,34 @@ std::vector<std::string> Aggregator::client_ids() const {
 
 Status Aggregator::HandleMessage(const net::Incoming& in) {
   ++messages_handled_;
+  const auto now = Clock::now();
+  // The device's identity for its limits and its queued-bytes account: the
+  // authenticated key, or the connection without CURVE.
+  const std::string& tag = in.user_id.empty() ? in.peer : in.user_id;
+  if (now - last_limits_prune_ > std::chrono::seconds(5)) {
+    limits_.Prune(now);
+    last_limits_prune_ = now;
+  }
+  const PeerLimits::Admission admission = limits_.Admit(tag, in.payload.size(), now);
+  if (!admission.admitted) {
+    ++rejected_messages_;
+    const uint64_t id = proto::DescribeParseFailure(in.payload.data(), in.payload.size(), Status::Ok()).request_id;
+    const std::string why = admission.limit == "refused"
+                                ? "this device is over its message limits; refused for a while"
+                                : "this device sent more " + admission.limit + " than its limit";
+    LogRejection(tag, "rate_limited", why);
+    ReplyError(in.peer, tag, id, wire::ERROR_RATE_LIMITED, why + "; retry later",
+               static_cast<uint32_t>(std::ceil(admission.retry_seconds * 1000)));
+    return Status::Ok();
+  }
   StatusOr<wire::Envelope> parsed = proto::ParseEnvelope(in.payload.data(), in.payload.size());
   if (!parsed.ok()) {
     ++rejected_messages_;
-    LOG_WARN("aggregator", "rejected message: " << parsed.status().message());
-    ReplyError(in.peer, 0, wire::ERROR_MALFORMED, parsed.status().message());
+    const proto::ParseFailure failure =
+        proto::DescribeParseFailure(in.payload.data(), in.payload.size(), parsed.status());
+    LogRejection(tag, failure.code == wire::ERROR_VERSION ? "version" : "malformed",
+                 std::string(parsed.status().message()));
+    ReplyError(in.peer, tag, failure.request_id, failure.code, parsed.status().message());
     return Status::Ok();
   }
   const wire::Envelope& env = *parsed;
@@ -494,7 +639,8 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
   // message, not only on its next connection.
   if (zap_ && !zap_->IsAllowed(in.user_id)) {
     ++rejected_messages_;
-    ReplyError(in.peer, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
+    LogRejection(tag, "revoked", "a message from a key no longer on the allowlist");
+    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
     return Status::Ok();
   }
   switch (env.body_case()) {
@@ -531,7 +677,7 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
     }
   }
   if (client_id.empty()) {
-    ReplyError(in.peer, env.request_id(), wire::ERROR_NOT_REGISTERED, "send Hello first");
+    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_NOT_REGISTERED, "send Hello first");
     return Status::Ok();
   }
   switch (env.body_case()) {
@@ -546,29 +692,87 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
     case wire::Envelope::kDecline: {
       const uint32_t r = env.decline().round();
       if (round_active_ && r == round_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
-          !received_.count(client_id)) {
+          !received_.count(client_id) && !declined_.count(client_id)) {
         declined_.insert(client_id);
         LOG_WARN("aggregator", "client '" << clients_[client_id].name << "' declined round " << r << ": "
                                           << env.decline().reason());
+        AddStrike(client_id, "declined round " + std::to_string(r));
       }
       wire::Envelope ack;
       ack.mutable_ack()->set_round(r);
-      Reply(in.peer, env.request_id(), std::move(ack));
+      ReplyToClient(client_id, env.request_id(), std::move(ack));
       return Status::Ok();
     }
     default:
       ++rejected_messages_;
-      ReplyError(in.peer, env.request_id(), wire::ERROR_UNEXPECTED,
+      LogRejection(tag, "unexpected", std::string(proto::BodyName(env)) + " is not a client-to-aggregator message");
+      ReplyError(in.peer, tag, env.request_id(), wire::ERROR_UNEXPECTED,
                  std::string(proto::BodyName(env)) + " is not a client-to-aggregator message");
       return Status::Ok();
   }
+}
+
+void Aggregator::LogRejection(const std::string& who, const std::string& reason, const std::string& message) {
+  uint64_t suppressed = 0;
+  const std::string name = clients_.count(who) ? clients_.at(who).name : std::string();
+  if (!log_limiter_.Allow(who + '\0' + reason, Clock::now(), &suppressed)) return;
+  LOG_WARN("aggregator", "rejected from " << (name.empty() ? "peer" : "'" + name + "'") << " (" << who.substr(0, 12)
+                                          << "), " << reason << ": " << message
+                                          << (suppressed > 0 ? " (and " + std::to_string(suppressed) +
+                                                                   " more of this kind since the last such line)"
+                                                             : std::string()));
+}
+
+void Aggregator::AddStrike(const std::string& client_id, const std::string& why) {
+  ClientState& c = Client(client_id);
+  ++c.strikes;
+  c.dirty = true;
+  if (config_.pause_after_strikes <= 0 || c.strikes < static_cast<uint32_t>(config_.pause_after_strikes)) return;
+  const int doublings = std::min<int>(20, static_cast<int>(c.strikes) - config_.pause_after_strikes);
+  const double pause = std::min(config_.max_pause_seconds, config_.pause_seconds * std::ldexp(1.0, doublings));
+  c.paused_until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(pause));
+  c.paused_until_unix_ms = NowUnixMs() + static_cast<int64_t>(pause * 1000);
+  LOG_WARN("aggregator", "client '" << c.name << "' " << why << " (" << c.strikes << " in a row): not sampled for "
+                                    << pause << " s");
+}
+
+records::ClientRecord Aggregator::ClientRecordOf(const std::string& client_id) const {
+  const ClientState& c = clients_.at(client_id);
+  records::ClientRecord r;
+  r.set_client_id(client_id);
+  r.set_name(c.name);
+  r.set_num_examples(c.num_examples);
+  r.set_first_seen_unix_ms(c.first_seen_unix_ms);
+  r.set_last_seen_unix_ms(NowUnixMs());
+  r.set_secagg_identity_key(c.secagg_key);
+  r.set_secagg_identity_cert(c.secagg_cert);
+  r.set_updates_accepted(c.updates_accepted);
+  uint64_t rejected = 0;
+  for (const auto& [reason, n] : c.rejected) {
+    (*r.mutable_rejected_by_reason())[reason] = n;
+    rejected += n;
+  }
+  r.set_updates_rejected(static_cast<uint32_t>(std::min<uint64_t>(rejected, UINT32_MAX)));
+  r.set_strikes(c.strikes);
+  r.set_paused_until_unix_ms(c.paused_until_unix_ms);
+  return r;
+}
+
+std::vector<records::ClientRecord> Aggregator::DirtyClientRecords() {
+  std::vector<records::ClientRecord> out;
+  for (auto& [id, c] : clients_) {
+    if (!c.dirty) continue;
+    out.push_back(ClientRecordOf(id));
+    c.dirty = false;
+  }
+  return out;
 }
 
 void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env) {
   const wire::Hello& hello = env.hello();
   std::string client_id = zap_ ? in.user_id : hello.client_name();
   if (client_id.empty()) {
-    ReplyError(in.peer, env.request_id(), wire::ERROR_MALFORMED, "hello without a client name");
+    ReplyError(in.peer, in.peer, env.request_id(), wire::ERROR_MALFORMED, "hello without a client name");
     return;
   }
   const bool is_new = !clients_.count(client_id);
@@ -583,14 +787,12 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
     LOG_WARN("aggregator", "client '" << hello.client_name() << "' has no secure-aggregation identity key; "
                                       << "it will not be sampled (update its software)");
   }
-  records::ClientRecord record;
-  record.set_client_id(client_id);
-  record.set_name(hello.client_name());
-  record.set_num_examples(hello.num_examples());
-  record.set_last_seen_unix_ms(NowUnixMs());
-  record.set_secagg_identity_key(hello.secagg_identity_key());
-  record.set_secagg_identity_cert(hello.secagg_identity_cert());
-  if (Status st = store_->PutClient(record); !st.ok()) LOG_WARN("aggregator", st.ToString());
+  if (state.first_seen_unix_ms == 0) state.first_seen_unix_ms = NowUnixMs();
+  if (Status st = store_->PutClient(ClientRecordOf(client_id)); !st.ok()) {
+    LOG_WARN("aggregator", st.ToString());
+  } else {
+    state.dirty = false;
+  }
   if (is_new) {
     LOG_INFO("aggregator", "client '" << hello.client_name() << "'"
                                       << (zap_ ? " (key " + client_id + ")" : std::string())
@@ -600,7 +802,7 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
   reply.mutable_welcome()->set_federation(config_.federation);
   reply.mutable_welcome()->set_model_arch(config_.model_arch);
   reply.mutable_welcome()->set_current_round(round_);
-  Reply(in.peer, env.request_id(), std::move(reply));
+  ReplyToClient(client_id, env.request_id(), std::move(reply));
 }
 
 void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
@@ -624,23 +826,42 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
     r->set_secagg_stage(secure_->stage_name());
     r->set_secagg_remaining(secure_->remaining());
   }
-  Reply(in.peer, request_id, std::move(env));
+  const auto now = Clock::now();
+  r->set_failed_rounds_in_a_row(failed_in_a_row_);
+  if (!round_active_ && now < next_round_at_) {
+    r->set_next_round_in_seconds(std::chrono::duration<double>(next_round_at_ - now).count());
+  }
+  r->set_paused_clients(static_cast<uint32_t>(
+      std::count_if(clients_.begin(), clients_.end(), [&](const auto& kv) { return now < kv.second.paused_until; })));
+  r->set_updates_rejected(rejected_updates_);
+  Reply(in.peer, in.user_id.empty() ? in.peer : in.user_id, request_id, std::move(env));
 }
 
 void Aggregator::HandlePull(const net::Incoming& in, const wire::Envelope& env) {
   const wire::PullRequest& req = env.pull_request();
+  const std::string& tag = in.user_id.empty() ? in.peer : in.user_id;
+  // The same pull again before the device read the first answer is not
+  // answered in full a second time.
+  const std::string dedupe = "pull:" + std::to_string(req.version()) + ":" + std::to_string(req.have_version());
+  // Checked before the model is read and the reply built, so a device that
+  // does not read costs neither memory nor work.
   const uint64_t version = req.version() == 0 ? model_version_ : req.version();
+  const size_t model_bytes = global_.data.size() * sizeof(float);
+  if (req.have_version() != version && model_bytes >= (size_t{64} << 10) &&
+      Withhold(in.peer, tag, env.request_id(), model_bytes, dedupe, "PullReply")) {
+    return;
+  }
   wire::Envelope reply;
   wire::PullReply* r = reply.mutable_pull_reply();
   r->set_version(version);
   if (req.have_version() == version) {
     r->set_up_to_date(true);
-    Reply(in.peer, env.request_id(), std::move(reply));
+    Reply(in.peer, tag, env.request_id(), std::move(reply));
     return;
   }
   StatusOr<records::ModelRecord> model = store_->GetModel(version);
   if (!model.ok()) {
-    ReplyError(in.peer, env.request_id(),
+    ReplyError(in.peer, tag, env.request_id(),
                model.status().code() == StatusCode::kNotFound ? wire::ERROR_NOT_FOUND : wire::ERROR_INTERNAL,
                model.status().message());
     return;
@@ -654,7 +875,7 @@ void Aggregator::HandlePull(const net::Incoming& in, const wire::Envelope& env) 
       req.have_version() != 0 ? store_->GetModel(req.have_version()) : StatusOr<records::ModelRecord>(NotFound(""));
   if (!base.ok()) {
     *r->mutable_weights() = model->weights();
-    Reply(in.peer, env.request_id(), std::move(reply));
+    Reply(in.peer, tag, env.request_id(), std::move(reply), dedupe);
     return;
   }
   const auto& tensors = global_.layout->tensors();
@@ -672,7 +893,7 @@ void Aggregator::HandlePull(const net::Incoming& in, const wire::Envelope& env) 
       data->append(target, offset, bytes);
     }
   }
-  Reply(in.peer, env.request_id(), std::move(reply));
+  Reply(in.peer, tag, env.request_id(), std::move(reply), dedupe);
 }
 
 void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t request_id) {
@@ -682,7 +903,7 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
     reply.mutable_finished()->set_rounds_completed(rounds_done_);
     reply.mutable_finished()->set_final_model_version(model_version_);
     reply.mutable_finished()->set_reason("all rounds completed");
-    Reply(state.peer, request_id, std::move(reply));
+    ReplyToClient(client_id, request_id, std::move(reply));
     state.told_finished = true;
     return;
   }
@@ -699,6 +920,11 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
 void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   ClientState& state = clients_[client_id];
   state.parked_request.reset();
+  const std::string dedupe = "task:" + std::to_string(round_);
+  const size_t model_bytes = global_.data.size() * sizeof(float);
+  if (model_bytes >= (size_t{64} << 10) && Withhold(state.peer, client_id, request_id, model_bytes, dedupe, "TrainTask")) {
+    return;
+  }
   wire::Envelope env;
   wire::TrainTask* task = env.mutable_train_task();
   task->set_round(round_);
@@ -729,7 +955,8 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   // Under secure aggregation the device clips, quantizes and adds its noise
   // on the integer path (the setup says how), then runs the SecAgg stages.
   if (secure_) *task->mutable_secagg() = secure_->SetupFor(client_id);
-  Reply(state.peer, request_id, std::move(env));
+  // A device that repeats its request before reading the task gets it once.
+  ReplyToClient(client_id, request_id, std::move(env), dedupe);
 }
 
 void Aggregator::AnswerParked(bool keepalive_only) {
@@ -750,23 +977,22 @@ void Aggregator::AnswerParked(bool keepalive_only) {
       wire::Envelope env;
       env.mutable_wait()->set_retry_ms(0);
       env.mutable_wait()->set_reason(round_active_ ? "not selected for this round" : "waiting for clients");
-      Reply(state.peer, request_id, std::move(env));
+      ReplyToClient(id, request_id, std::move(env));
     }
   }
 }
 
 Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelope& env) {
   const wire::Update& update = env.update();
-  const std::string& peer = clients_[client_id].peer;
-  auto reject = [&](wire::ErrorCode code, const std::string& why) {
+  auto reject = [&](wire::ErrorCode code, const std::string& reason, const std::string& why) {
     ++rejected_messages_;
-    LOG_WARN("aggregator", "rejected update from '" << client_id << "' for round " << update.round() << ": "
-                                                    << why);
-    ReplyError(peer, env.request_id(), code, why);
+    LogRejection(client_id, reason, "update for round " + std::to_string(update.round()) + ": " + why);
+    ReplyError(clients_[client_id].peer, client_id, env.request_id(), code, why);
     return Status::Ok();
   };
   if (secure_) {
-    return reject(wire::ERROR_UNEXPECTED, "this round uses secure aggregation: plaintext updates are refused");
+    return reject(wire::ERROR_UNEXPECTED, "plaintext_in_secure_round",
+                  "this round uses secure aggregation: plaintext updates are refused");
   }
   if (!round_active_ || update.round() != round_) {
     // A resend of an update that was recorded before the round closed (the
@@ -776,31 +1002,44 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
       if (past.ok() && past->has_value()) {
         const auto& got = past->value().received();
         if (std::find(got.begin(), got.end(), client_id) != got.end()) {
-          ReplyError(peer, env.request_id(), wire::ERROR_DUPLICATE,
+          ReplyError(clients_[client_id].peer, client_id, env.request_id(), wire::ERROR_DUPLICATE,
                      "the update for round " + std::to_string(update.round()) + " was recorded before it closed");
           return Status::Ok();
         }
       }
     }
-    return reject(wire::ERROR_WRONG_ROUND, "round " + std::to_string(update.round()) + " is not open (current " +
-                                               std::to_string(round_) + (round_active_ ? ", open)" : ", closed)"));
+    return reject(wire::ERROR_WRONG_ROUND, "wrong_round",
+                  "round " + std::to_string(update.round()) + " is not open (current " + std::to_string(round_) +
+                      (round_active_ ? ", open)" : ", closed)"));
   }
   if (!std::binary_search(selected_.begin(), selected_.end(), client_id)) {
-    return reject(wire::ERROR_WRONG_ROUND, "client was not selected for round " + std::to_string(round_));
+    return reject(wire::ERROR_WRONG_ROUND, "not_selected",
+                  "client was not selected for round " + std::to_string(round_));
   }
   if (received_.count(client_id)) {
-    return reject(wire::ERROR_DUPLICATE, "an update for round " + std::to_string(round_) + " is already recorded");
+    return reject(wire::ERROR_DUPLICATE, "duplicate",
+                  "an update for round " + std::to_string(round_) + " is already recorded");
+  }
+  if (declined_.count(client_id)) {
+    return reject(wire::ERROR_WRONG_ROUND, "out_of_round",
+                  "this device declined round " + std::to_string(round_) + " or its update was refused");
   }
   if (update.model_version() != model_version_) {
-    return reject(wire::ERROR_WRONG_ROUND, "update is against model version " +
-                                               std::to_string(update.model_version()) + ", current is " +
-                                               std::to_string(model_version_));
+    return reject(wire::ERROR_WRONG_ROUND, "wrong_model",
+                  "update is against model version " + std::to_string(update.model_version()) + ", current is " +
+                      std::to_string(model_version_));
   }
-  if (update.num_examples() > config_.max_examples_per_update) {
-    return reject(wire::ERROR_BAD_UPDATE, "num_examples " + std::to_string(update.num_examples()) + " over limit");
+  // Content: layout, finite values, norm, example count. A refused update
+  // never reaches the store or the merge, and the device is out of the round.
+  UpdateVerdict verdict = ValidateUpdate(update.delta(), update.num_examples(), ExpectationNow());
+  if (!verdict.accepted()) {
+    ++rejected_updates_;
+    ClientState& c = Client(client_id);
+    ++c.rejected[verdict.reason];
+    declined_.insert(client_id);
+    AddStrike(client_id, "sent a refused update (" + verdict.reason + ")");
+    return reject(wire::ERROR_BAD_UPDATE, verdict.reason, verdict.message);
   }
-  StatusOr<Weights> delta = proto::WeightsFromProto(update.delta(), global_.layout);
-  if (!delta.ok()) return reject(wire::ERROR_BAD_UPDATE, delta.status().message());
 
   records::UpdateRecord record;
   record.set_round(round_);
@@ -811,25 +1050,34 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
   record.set_received_unix_ms(NowUnixMs());
   // Durable before acknowledged.
   if (Status st = store_->PutUpdate(record); !st.ok()) {
-    if (st.code() == StatusCode::kAlreadyExists) return reject(wire::ERROR_DUPLICATE, st.message());
+    if (st.code() == StatusCode::kAlreadyExists) return reject(wire::ERROR_DUPLICATE, "duplicate", st.message());
     LOG_ERROR("aggregator", "could not store update: " << st.ToString());
-    ReplyError(peer, env.request_id(), wire::ERROR_INTERNAL, "aggregator could not store the update; retry");
+    ReplyError(clients_[client_id].peer, client_id, env.request_id(), wire::ERROR_INTERNAL,
+               "aggregator could not store the update; retry");
     // A full disk or a passing I/O error is not fatal: the device keeps its
     // update and retries; everyone else is still served.
     return st.retryable() || st.code() == StatusCode::kResourceExhausted ? Status::Ok() : st;
   }
   NoteRecorded(client_id, update.num_examples(), update.metrics());
+  norm_history_.Add(verdict.norm);
+  round_norms_[client_id] = verdict.norm;
+  ClientState& c = Client(client_id);
+  ++c.updates_accepted;
+  c.strikes = 0;
+  c.dirty = true;
   wire::Envelope ack;
   ack.mutable_ack()->set_round(round_);
-  Reply(peer, env.request_id(), std::move(ack));
+  ReplyToClient(client_id, env.request_id(), std::move(ack));
   LOG_DEBUG("aggregator", "round " << round_ << ": update " << received_.size() << "/" << selected_.size()
-                                   << " from '" << client_id << "'");
+                                   << " from '" << client_id << "' (norm " << verdict.norm << ")");
   return Status::Ok();
 }
 
 Status Aggregator::MaybeStartRound() {
   if (round_active_ || federation_done()) return Status::Ok();
   if (static_cast<int>(clients_.size()) < config_.min_clients) return Status::Ok();
+  const auto now = Clock::now();
+  if (now < next_round_at_) return Status::Ok();  // backing off after failed rounds
   std::vector<std::string> ids;
   for (const auto& kv : clients_) {
     // Revoked keys stay in the registry but are never sampled.
@@ -839,6 +1087,10 @@ Status Aggregator::MaybeStartRound() {
     ids.push_back(kv.first);  // sorted
   }
   if (static_cast<int>(ids.size()) < config_.min_clients) return Status::Ok();
+  // Devices paused after repeated declines or refused updates sit out.
+  ids.erase(std::remove_if(ids.begin(), ids.end(), [&](const std::string& id) { return now < clients_[id].paused_until; }),
+            ids.end());
+  if (ids.empty()) return Status::Ok();
   const DpConfig& dp = config_.dp;
   if (dp.mode == DpConfig::Mode::kRecord) {
     // Per-client budgets: a device whose next round would exceed it is no
@@ -879,6 +1131,7 @@ Status Aggregator::MaybeStartRound() {
   selected_ = std::move(ids);
   received_.clear();
   declined_.clear();
+  round_norms_.clear();
   train_loss_.clear();
   dp_steps_.clear();
   below_clip_.clear();
@@ -938,13 +1191,13 @@ Status Aggregator::MaybeFinishRound() {
 Status Aggregator::FinishRound(bool deadline_passed) {
   round_active_ = false;
   // A secure round's contributors are the survivors of its last stage.
-  std::string secure_failure;
+  std::string failure;
   if (secure_) {
     received_.clear();
     if (secure_->done()) {
       received_.insert(secure_->survivors().begin(), secure_->survivors().end());
     } else {
-      secure_failure = "secure aggregation aborted: " + std::string(secure_->abort_status().message());
+      failure = "secure aggregation aborted: " + std::string(secure_->abort_status().message());
     }
   }
   RoundSummary summary;
@@ -956,6 +1209,9 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   record.set_round(round_);
   for (const auto& id : selected_) record.add_selected(id);
   for (const auto& id : received_) record.add_received(id);
+  for (const auto& [id, norm] : round_norms_) {
+    if (received_.count(id)) record.add_update_norms(static_cast<float>(norm));
+  }
   record.set_base_model_version(model_version_);
   record.set_started_unix_ms(NowUnixMs() - static_cast<int64_t>(1000 * std::chrono::duration<double>(
                                                                              Clock::now() - round_started_).count()));
@@ -965,56 +1221,57 @@ Status Aggregator::FinishRound(bool deadline_passed) {
     record.set_secagg_threshold(secure_->params().threshold);
     record.set_secagg_survivors(static_cast<uint32_t>(received_.size()));
   }
+  if (failure.empty() && static_cast<int>(received_.size()) < config_.min_updates) {
+    failure = "only " + std::to_string(received_.size()) + " of " + std::to_string(selected_.size()) +
+              " updates by the deadline (min " + std::to_string(config_.min_updates) + ")";
+  }
+  if (failure.empty() && deadline_passed) {
+    LOG_WARN("aggregator", "round " << round_ << " deadline passed with " << received_.size() << " of "
+                                    << selected_.size() << " updates; aggregating those");
+  }
+  // The new model, unless the round already failed. A merge or a result
+  // that is not usable fails the round; it never stops the aggregator.
+  const DpConfig& dp = config_.dp;
+  std::optional<Weights> next;
+  if (failure.empty()) {
+    StatusOr<Weights> merged = secure_ ? MergeSecureSum() : MergeStoredUpdates();
+    StatusOr<Weights> applied = merged.ok() ? StatusOr<Weights>(FinalizeMerge(std::move(merged).value(), &record,
+                                                                              &summary))
+                                            : StatusOr<Weights>(merged.status());
+    if (applied.ok()) {
+      next = std::move(applied).value();
+    } else if (applied.status().code() == StatusCode::kUnavailable) {
+      secure_.reset();
+      return applied.status().WithContext("merging round " + std::to_string(round_));  // the store failed
+    } else {
+      failure = "the merged model is not usable (" + std::string(applied.status().message()) +
+                "); the previous model is kept";
+    }
+  }
+  secure_.reset();
 
-  if (!secure_failure.empty() || static_cast<int>(received_.size()) < config_.min_updates) {
+  if (!failure.empty()) {
     record.set_outcome(records::RoundRecord::OUTCOME_FAILED);
-    record.set_note(!secure_failure.empty()
-                        ? secure_failure
-                        : "only " + std::to_string(received_.size()) + " of " + std::to_string(selected_.size()) +
-                              " updates by the deadline (min " + std::to_string(config_.min_updates) + ")");
-    secure_.reset();
-    LOG_WARN("aggregator", "round " << round_ << " failed: " << record.note());
+    record.set_note(failure);
+    ++failed_in_a_row_;
+    const double backoff = std::min(config_.max_failed_round_backoff_seconds,
+                                    config_.failed_round_backoff_seconds *
+                                        std::ldexp(1.0, std::min<int>(30, static_cast<int>(failed_in_a_row_) - 1)));
+    next_round_at_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff));
+    LOG_WARN("aggregator", "round " << round_ << " failed (" << failed_in_a_row_ << " in a row): " << failure
+                                    << "; next round in " << backoff << " s");
     summary.seconds = std::chrono::duration<double>(Clock::now() - round_started_).count();
     record.set_seconds(summary.seconds);
-    RETURN_IF_ERROR(store_->CommitRound(record, nullptr));
+    std::vector<records::ClientRecord> clients = DirtyClientRecords();
+    RETURN_IF_ERROR(store_->CommitRound(record, nullptr, {}, clients));
+    MarkWritten(clients);
     summary.model_version = model_version_;
     history_.push_back(summary);
     if (on_round_) on_round_(summary);
     AnswerParked(false);
     return Status::Ok();
   }
-  if (deadline_passed) {
-    LOG_WARN("aggregator", "round " << round_ << " deadline passed with " << received_.size() << " of "
-                                    << selected_.size() << " updates; aggregating those");
-  }
-  const DpConfig& dp = config_.dp;
-  StatusOr<Weights> merged = secure_ ? MergeSecureSum() : MergeStoredUpdates();
-  secure_.reset();
-  RETURN_IF_ERROR(merged.status().WithContext("merging round " + std::to_string(round_)));
-  Weights mean_delta = std::move(merged).value();
-  if (dp.client_level()) {
-    // sum / m with the fixed denominator m = clients sampled, plus central noise.
-    const double m = static_cast<double>(selected_.size());
-    const double sum_scale = static_cast<double>(received_.size()) / m;
-    for (auto& v : mean_delta.data) v = static_cast<float>(v * sum_scale);
-    if (dp.mode == DpConfig::Mode::kClientCentral) {
-      ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
-      noise.AddNoise(mean_delta.data.data(), mean_delta.data.size(), EffectiveNoiseMultiplier() * clip_norm_ / m);
-    }
-    record.set_clip_norm(clip_norm_);
-    summary.clip_norm = clip_norm_;
-  }
-  RETURN_IF_ERROR(AccountRound(&record, round_q_));
   if (dp.enabled()) summary.epsilon = epsilon_;
-  if (clipper_) {
-    int64_t below = 0;
-    for (const auto& kv : below_clip_) below += kv.second;
-    ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
-    ASSIGN_OR_RETURN(double next, clipper_->Update(below, static_cast<int64_t>(received_.size()), noise));
-    clip_norm_ = next;
-  }
-  record.set_next_clip_norm(clip_norm_);
-  ASSIGN_OR_RETURN(Weights next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
 
   double loss_sum = 0.0;
   int64_t examples = 0;
@@ -1031,14 +1288,15 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   model.set_round(round_);
   model.set_parent_version(model_version_);
   model.set_arch(config_.model_arch);
-  proto::WeightsToProto(next, model.mutable_weights());
+  model.set_federation(config_.federation);
+  proto::WeightsToProto(*next, model.mutable_weights());
   model.set_created_unix_ms(NowUnixMs());
   (*model.mutable_metrics())["train_loss"] = summary.mean_train_loss;
-  ASSIGN_OR_RETURN(std::string signature,
-                   privacy::SignModel(*config_.signing_key, model.version(), round_, privacy::ModelDigest(next)));
+  ASSIGN_OR_RETURN(std::string signature, privacy::SignModel(*config_.signing_key, config_.federation,
+                                                             model.version(), round_, privacy::ModelDigest(*next)));
   model.set_signature(signature);
   if (eval_) {
-    StatusOr<EvalMetrics> metrics = eval_(next);
+    StatusOr<EvalMetrics> metrics = eval_(*next);
     if (metrics.ok()) {
       summary.test_loss = metrics->loss;
       summary.test_accuracy = metrics->accuracy;
@@ -1057,21 +1315,70 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   record.set_total_examples(examples);
   record.set_seconds(summary.seconds);
   const std::vector<uint64_t> expired = ExpiredVersions(model_version_ + 1);
-  RETURN_IF_ERROR(store_->CommitRound(record, &model, expired));
+  std::vector<records::ClientRecord> clients = DirtyClientRecords();
+  RETURN_IF_ERROR(store_->CommitRound(record, &model, expired, clients));
+  MarkWritten(clients);
   stored_versions_.push_back(model_version_ + 1);
   for (uint64_t v : expired) stored_versions_.erase(std::find(stored_versions_.begin(), stored_versions_.end(), v));
 
-  global_ = std::move(next);
+  global_ = std::move(*next);
+  global_norm_ = L2Norm(global_.data);
   ++model_version_;
   model_round_ = round_;
   model_signature_ = std::move(signature);
   ++rounds_done_;
+  failed_in_a_row_ = 0;
+  next_round_at_ = Clock::time_point{};
   summary.completed = true;
   summary.model_version = model_version_;
   history_.push_back(summary);
   if (on_round_) on_round_(summary);
   AnswerParked(false);
   return Status::Ok();
+}
+
+// From the round's mean delta to the next global model: client-level DP's
+// scaling and central noise, the privacy accounting, adaptive clipping, the
+// server learning rate; then the result is checked before anything signs
+// it. InvalidArgument (the round fails) when it is not finite.
+StatusOr<Weights> Aggregator::FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary) {
+  const DpConfig& dp = config_.dp;
+  for (float v : mean_delta.data) {
+    if (!std::isfinite(v)) return InvalidArgument("the mean update is not finite");
+  }
+  // Computed before any privacy is accounted, so a round that fails here
+  // charges nothing.
+  ASSIGN_OR_RETURN(Weights next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
+  if (dp.client_level()) {
+    // sum / m with the fixed denominator m = clients sampled, plus central noise.
+    const double m = static_cast<double>(selected_.size());
+    const double sum_scale = static_cast<double>(received_.size()) / m;
+    for (auto& v : mean_delta.data) v = static_cast<float>(v * sum_scale);
+    if (dp.mode == DpConfig::Mode::kClientCentral) {
+      ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
+      noise.AddNoise(mean_delta.data.data(), mean_delta.data.size(), EffectiveNoiseMultiplier() * clip_norm_ / m);
+    }
+    record->set_clip_norm(clip_norm_);
+    summary->clip_norm = clip_norm_;
+    ASSIGN_OR_RETURN(next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
+  }
+  RETURN_IF_ERROR(AccountRound(record, round_q_));
+  if (clipper_) {
+    int64_t below = 0;
+    for (const auto& kv : below_clip_) below += kv.second;
+    ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
+    ASSIGN_OR_RETURN(double next_clip, clipper_->Update(below, static_cast<int64_t>(received_.size()), noise));
+    clip_norm_ = next_clip;
+  }
+  record->set_next_clip_norm(clip_norm_);
+  return next;
+}
+
+void Aggregator::MarkWritten(const std::vector<records::ClientRecord>& written) {
+  for (const auto& r : written) {
+    auto it = clients_.find(r.client_id());
+    if (it != clients_.end()) it->second.dirty = false;
+  }
 }
 
 // Streams the round's updates from the store in client-id order (so the
@@ -1087,6 +1394,16 @@ StatusOr<Weights> Aggregator::MergeStoredUpdates() {
   } else {
     mean.emplace(global_.layout);
   }
+  // FedAvg's weights from the claimed example counts, capped against the
+  // round's median claim by default (docs/security.md).
+  std::map<std::string, double> weight;
+  {
+    std::vector<int64_t> claimed;
+    for (const auto& [id, el] : train_loss_) claimed.push_back(el.first);
+    const std::vector<double> w = ExampleWeights(claimed, config_.validation.weighting);
+    size_t i = 0;
+    for (const auto& kv : train_loss_) weight[kv.first] = w[i++];
+  }
   RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
     ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
     if (robust) return robust->Add(delta);
@@ -1096,7 +1413,9 @@ StatusOr<Weights> Aggregator::MergeStoredUpdates() {
     }
     // Client-level DP averages with equal weights: example counts are
     // private and would change the sensitivity (docs/privacy.md).
-    return mean->Add(delta, dp.client_level() ? 1.0 : static_cast<double>(u.num_examples()));
+    auto w = weight.find(u.client_id());
+    if (w == weight.end()) return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
+    return mean->Add(delta, dp.client_level() ? 1.0 : w->second);
   }));
   const int merged = robust ? robust->count() : mean->count();
   if (merged != static_cast<int>(received_.size())) {
@@ -1151,9 +1470,8 @@ Status Aggregator::StartSecureRound() {
 
 void Aggregator::HandleSecAgg(const std::string& client_id, const wire::Envelope& env) {
   const wire::SecAggMessage& m = env.secagg();
-  const std::string& peer = clients_[client_id].peer;
   if (!round_active_ || !secure_ || m.round() != round_) {
-    ReplyError(peer, env.request_id(), wire::ERROR_WRONG_ROUND,
+    ReplyError(clients_[client_id].peer, client_id, env.request_id(), wire::ERROR_WRONG_ROUND,
                "no secure aggregation is running for round " + std::to_string(m.round()) + " (current " +
                    std::to_string(round_) + (round_active_ ? ", open)" : ", closed)"));
     return;
@@ -1161,27 +1479,66 @@ void Aggregator::HandleSecAgg(const std::string& client_id, const wire::Envelope
   std::optional<wire::Envelope> reply = secure_->Handle(client_id, env.request_id(), m);
   if (reply) {
     if (reply->has_error()) ++rejected_messages_;
-    Reply(peer, env.request_id(), std::move(*reply));
+    ReplyToClient(client_id, env.request_id(), std::move(*reply));
   }
 }
 
 void Aggregator::SendSecureReplies(std::vector<SecureRound::Reply> replies) {
-  for (auto& r : replies) Reply(clients_[r.client_id].peer, r.request_id, std::move(r.envelope));
+  for (auto& r : replies) ReplyToClient(r.client_id, r.request_id, std::move(r.envelope));
 }
 
-void Aggregator::Reply(const std::string& peer, uint64_t request_id, wire::Envelope env) {
+void Aggregator::ReplyToClient(const std::string& client_id, uint64_t request_id, wire::Envelope env,
+                               const std::string& dedupe) {
+  Reply(clients_[client_id].peer, client_id, request_id, std::move(env), dedupe);
+}
+
+void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t request_id, wire::Envelope env,
+                       const std::string& dedupe) {
+  // Replies below this size are never withheld (they are bounded by the
+  // socket's per-peer message queue instead).
+  constexpr size_t kLargeReply = size_t{64} << 10;
   env.set_request_id(request_id);
-  const std::string bytes = proto::SerializeEnvelope(&env);
-  if (Status st = socket_->Send(peer, bytes); !st.ok()) {
+  std::string bytes = proto::SerializeEnvelope(&env);
+  if (bytes.size() >= kLargeReply) {
+    if (Withhold(peer, tag, request_id, bytes.size(), dedupe, proto::BodyName(env))) return;
+    if (!dedupe.empty()) {
+      if (last_large_request_.size() > 4096) last_large_request_.clear();  // a bound; only repeats are affected
+      last_large_request_[tag] = dedupe;
+    }
+  }
+  const size_t size = bytes.size();
+  if (Status st = socket_->Send(peer, std::move(bytes), tag); !st.ok()) {
     LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " not delivered: " << st.message());
   } else {
-    LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " #" << request_id << " sent");
+    LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " #" << request_id << " sent (" << size << " bytes)");
   }
 }
 
-void Aggregator::ReplyError(const std::string& peer, uint64_t request_id, wire::ErrorCode code,
-                            const std::string& msg) {
-  Reply(peer, request_id, proto::MakeError(code, msg));
+bool Aggregator::Withhold(const std::string& peer, const std::string& tag, uint64_t request_id, size_t bytes,
+                          const std::string& dedupe, const char* what) {
+  const int64_t queued = socket_->QueuedBytes(tag);
+  std::string why;
+  auto last = last_large_request_.find(tag);
+  if (!dedupe.empty() && queued > 0 && last != last_large_request_.end() && last->second == dedupe) {
+    why = "the answer to this same request is still queued for this device; read it first";
+  } else if (static_cast<uint64_t>(queued) + bytes > limits_.config().max_queued_bytes) {
+    why = std::to_string(queued) + " bytes are queued for this device and not yet read; read them, then retry";
+  }
+  if (why.empty()) return false;
+  ++withheld_replies_;
+  LogRejection(tag, "unread_replies", "withheld a " + std::string(what) + ": " + why);
+  wire::Envelope err = proto::MakeError(wire::ERROR_RATE_LIMITED, why);
+  err.mutable_error()->set_retry_ms(1000);
+  err.set_request_id(request_id);
+  (void)socket_->Send(peer, proto::SerializeEnvelope(&err), tag);
+  return true;
+}
+
+void Aggregator::ReplyError(const std::string& peer, const std::string& tag, uint64_t request_id,
+                            wire::ErrorCode code, const std::string& msg, uint32_t retry_ms) {
+  wire::Envelope env = proto::MakeError(code, msg);
+  if (retry_ms > 0) env.mutable_error()->set_retry_ms(retry_ms);
+  Reply(peer, tag, request_id, std::move(env));
 }
 
 }  // namespace flotilla::aggregator

@@ -23,9 +23,12 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/peer_limits.h"
 #include "aggregator/secure_round.h"
 #include "aggregator/store.h"
 #include "aggregator/strategy.h"
+#include "aggregator/update_validation.h"
+#include "core/log.h"
 #include "core/status.h"
 #include "core/weights.h"
 #include "net/transport.h"
@@ -84,8 +87,21 @@ struct AggregatorConfig {
   double learning_rate = 0.05;
   double momentum = 0.0;
   double weight_decay = 0.0;
-  // Largest num_examples a client may claim for one update.
-  int64_t max_examples_per_update = int64_t{1} << 30;
+  // What a device's update must satisfy (norm bound, example counts) and
+  // how FedAvg weighs the counts it claims. See docs/security.md.
+  ValidationConfig validation;
+  // Per-device limits on messages and bytes in and bytes queued out.
+  PeerLimitsConfig limits;
+  // After a failed round the next waits this long, doubling with every
+  // further failure in a row up to the maximum.
+  double failed_round_backoff_seconds = 1.0;
+  double max_failed_round_backoff_seconds = 60.0;
+  // A device that declines or sends a refused update this many times in a
+  // row is not sampled for pause_seconds (doubling while it goes on, up to
+  // the maximum). 0 = never paused.
+  int pause_after_strikes = 3;
+  double pause_seconds = 30.0;
+  double max_pause_seconds = 600.0;
   // After the last round, keep answering Finished this long so clients learn
   // the federation is over.
   double finish_grace_seconds = 3.0;
@@ -106,7 +122,7 @@ struct AggregatorConfig {
   // Transport: CURVE keys (socket.curve) and security mode. With CURVE on
   // (the default) the allowlist comes from allowlist_path, reloaded when the
   // file changes or on RequestReload(), or else from allowed_clients.
-  net::SocketOptions socket;
+  net::SocketOptions socket = DefaultSocketOptions();
   std::string allowlist_path;
   std::set<std::string> allowed_clients;
   DpConfig dp;
@@ -117,6 +133,15 @@ struct AggregatorConfig {
 
   // InvalidArgument naming the first bad field.
   Status Validate() const;
+  // The aggregator's transport defaults: small per-peer queues (a device
+  // has at most a request or two in flight), so one peer cannot make
+  // ZeroMQ buffer much on its behalf.
+  static net::SocketOptions DefaultSocketOptions() {
+    net::SocketOptions o;
+    o.send_high_water_mark = 100;
+    o.receive_high_water_mark = 16;
+    return o;
+  }
 };
 
 struct RoundSummary {
@@ -178,6 +203,11 @@ class Aggregator {
   uint64_t model_version() const { return model_version_; }
   const std::vector<RoundSummary>& history() const { return history_; }
   uint64_t rejected_messages() const { return rejected_messages_; }
+  uint64_t rejected_updates() const { return rejected_updates_; }
+  uint64_t rate_limited_messages() const { return limits_.refused(); }
+  // Large replies not queued because the device had not read earlier ones.
+  uint64_t withheld_replies() const { return withheld_replies_; }
+  uint32_t failed_rounds_in_a_row() const { return failed_in_a_row_; }
 
  private:
   struct ClientState {
@@ -189,6 +219,14 @@ class Aggregator {
     bool told_finished = false;
     std::string secagg_key;   // Ed25519 identity key from Hello (32 bytes, or empty)
     std::string secagg_cert;  // its enrolment certificate (64 bytes, or empty)
+    int64_t first_seen_unix_ms = 0;
+    // Counters kept in its ClientRecord (written with the next round commit).
+    uint32_t updates_accepted = 0;
+    std::map<std::string, uint64_t> rejected;  // by reason
+    uint32_t strikes = 0;                      // declines or refused updates in a row
+    std::chrono::steady_clock::time_point paused_until{};
+    int64_t paused_until_unix_ms = 0;
+    bool dirty = false;  // counters changed since its record was written
   };
   using Clock = std::chrono::steady_clock;
 
@@ -211,8 +249,34 @@ class Aggregator {
   // The mean delta of the round: streamed from the store, or the secure sum.
   StatusOr<Weights> MergeStoredUpdates();
   StatusOr<Weights> MergeSecureSum();
-  void Reply(const std::string& peer, uint64_t request_id, wire::Envelope env);
-  void ReplyError(const std::string& peer, uint64_t request_id, wire::ErrorCode code, const std::string& msg);
+  // Sends `env` to `peer`, accounting its bytes to the device `tag` (its
+  // identity). A large reply is withheld (a small ERROR_RATE_LIMITED goes
+  // instead) while the device has more than the limit queued and unread, or
+  // when it repeats `dedupe` (the same request) before it read the answer.
+  void Reply(const std::string& peer, const std::string& tag, uint64_t request_id, wire::Envelope env,
+             const std::string& dedupe = std::string());
+  void ReplyError(const std::string& peer, const std::string& tag, uint64_t request_id, wire::ErrorCode code,
+                  const std::string& msg, uint32_t retry_ms = 0);
+  // The check behind Reply's withholding, usable before a large reply is
+  // built: true when it was withheld (the small error is sent).
+  bool Withhold(const std::string& peer, const std::string& tag, uint64_t request_id, size_t bytes,
+                const std::string& dedupe, const char* what);
+  void ReplyToClient(const std::string& client_id, uint64_t request_id, wire::Envelope env,
+                     const std::string& dedupe = std::string());
+  // One log line per device and reason per interval, with a count.
+  void LogRejection(const std::string& who, const std::string& reason, const std::string& message);
+  // Counts a refused update or a decline against the device; enough in a
+  // row pause it. Accepted updates clear its strikes.
+  void AddStrike(const std::string& client_id, const std::string& why);
+  ClientState& Client(const std::string& client_id) { return clients_[client_id]; }
+  records::ClientRecord ClientRecordOf(const std::string& client_id) const;
+  std::vector<records::ClientRecord> DirtyClientRecords();
+  Status RecoverUpdates();
+  Status ResignLegacyModels();
+  Status QuarantineCorrupt();
+  UpdateExpectation ExpectationNow() const;
+  StatusOr<Weights> FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary);
+  void MarkWritten(const std::vector<records::ClientRecord>& written);
   void SendTask(const std::string& client_id, uint64_t request_id);
   void AnswerParked(bool keepalive_only);
 
@@ -271,7 +335,21 @@ class Aggregator {
   double epsilon_ = 0.0;       // cumulative (deployment, or max over clients)
   bool budget_exhausted_ = false;
   uint64_t rejected_messages_ = 0;
+  uint64_t rejected_updates_ = 0;
+  uint64_t withheld_replies_ = 0;
   uint64_t messages_handled_ = 0;
+  // Validation: recent accepted norms, the norm of the current model, and
+  // this round's accepted norms (client-id order, for the round record).
+  NormHistory norm_history_;
+  double global_norm_ = 0.0;
+  std::map<std::string, double> round_norms_;
+  // Back-off after failed rounds.
+  uint32_t failed_in_a_row_ = 0;
+  Clock::time_point next_round_at_{};
+  PeerLimits limits_;
+  Clock::time_point last_limits_prune_{};
+  std::map<std::string, std::string> last_large_request_;  // device tag -> the request last answered in bulk
+  LogLimiter log_limiter_;
   Clock::time_point started_ = Clock::now();
 };
 

@@ -2,6 +2,8 @@
 
 #include <sys/statvfs.h>
 
+#include <chrono>
+
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
@@ -19,10 +21,11 @@ enum Family {
   kPrivacyLedger,
   kMetrics,
   kStrategyState,
+  kQuarantine,
   kNumFamilies
 };
-const char* const kFamilies[kNumFamilies] = {"default", "models",         "rounds",  "updates",
-                                             "clients", "privacy_ledger", "metrics", "strategy_state"};
+const char* const kFamilies[kNumFamilies] = {"default",        "models",  "rounds",         "updates",   "clients",
+                                             "privacy_ledger", "metrics", "strategy_state", "quarantine"};
 
 void AppendBigEndian(std::string* out, uint64_t v, int bytes) {
   for (int i = bytes - 1; i >= 0; --i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -65,6 +68,11 @@ template <typename Record>
 Status ParseRecord(const std::string& bytes, Record* record, const std::string& what) {
   if (!record->ParseFromString(bytes)) return DataLoss("corrupt " + what + " record in store");
   return Status::Ok();
+}
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 rocksdb::WriteOptions SyncWrite() {
@@ -150,14 +158,16 @@ bool Store::HasUpdate(uint32_t round, const std::string& client_id) const {
   return db_->Get(rocksdb::ReadOptions(), cf(kUpdates), UpdateKey(round, client_id), &value).ok();
 }
 
-Status Store::ForEachUpdate(uint32_t round,
-                            const std::function<Status(const records::UpdateRecord&)>& visit) const {
+Status Store::ForEachUpdate(uint32_t round, const std::function<Status(const records::UpdateRecord&)>& visit,
+                            std::vector<std::string>* corrupt) const {
   const std::string prefix = RoundKey(round);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kUpdates)));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
     records::UpdateRecord record;
     if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return DataLoss("corrupt update record in store for round " + std::to_string(round));
+      if (corrupt == nullptr) return DataLoss("corrupt update record in store for round " + std::to_string(round));
+      corrupt->push_back(it->key().ToString().substr(prefix.size()));
+      continue;
     }
     RETURN_IF_ERROR(visit(record));
   }
@@ -165,10 +175,11 @@ Status Store::ForEachUpdate(uint32_t round,
 }
 
 Status Store::CommitRound(const records::RoundRecord& round, const records::ModelRecord* model,
-                          const std::vector<uint64_t>& expire) {
+                          const std::vector<uint64_t>& expire, const std::vector<records::ClientRecord>& clients) {
   rocksdb::WriteBatch batch;
   if (model != nullptr) batch.Put(cf(kModels), ModelKey(model->version()), model->SerializeAsString());
   for (uint64_t v : expire) batch.Delete(cf(kModels), ModelKey(v));
+  for (const auto& c : clients) batch.Put(cf(kClients), c.client_id(), c.SerializeAsString());
   batch.Put(cf(kRounds), RoundKey(round.round()), round.SerializeAsString());
   batch.DeleteRange(cf(kUpdates), RoundKey(round.round()), RoundKey(round.round() + 1));
   return SyncedWrite(&batch, "committing round " + std::to_string(round.round()));
@@ -190,12 +201,17 @@ StatusOr<std::optional<records::RoundRecord>> Store::GetRound(uint32_t round) co
   return std::optional<records::RoundRecord>(std::move(record));
 }
 
-StatusOr<std::vector<records::RoundRecord>> Store::ListRounds() const {
+StatusOr<std::vector<records::RoundRecord>> Store::ListRounds(std::vector<std::string>* corrupt) const {
   std::vector<records::RoundRecord> rounds;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kRounds)));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     records::RoundRecord record;
-    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &record, "round"));
+    Status parsed = ParseRecord(it->value().ToString(), &record, "round");
+    if (!parsed.ok() && corrupt != nullptr) {
+      corrupt->push_back(it->key().ToString());
+      continue;
+    }
+    RETURN_IF_ERROR(parsed);
     rounds.push_back(std::move(record));
   }
   RETURN_IF_ERROR(FromRocks(it->status(), "listing rounds"));
@@ -258,12 +274,17 @@ StatusOr<std::vector<records::LedgerEntry>> Store::ListLedger() const {
   return entries;
 }
 
-StatusOr<std::vector<records::ClientRecord>> Store::ListClients() const {
+StatusOr<std::vector<records::ClientRecord>> Store::ListClients(std::vector<std::string>* corrupt) const {
   std::vector<records::ClientRecord> clients;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kClients)));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     records::ClientRecord record;
-    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &record, "client"));
+    Status parsed = ParseRecord(it->value().ToString(), &record, "client");
+    if (!parsed.ok() && corrupt != nullptr) {
+      corrupt->push_back(it->key().ToString());
+      continue;
+    }
+    RETURN_IF_ERROR(parsed);
     clients.push_back(std::move(record));
   }
   RETURN_IF_ERROR(FromRocks(it->status(), "listing clients"));
@@ -296,6 +317,53 @@ StatusOr<std::optional<records::ClientRecord>> Store::GetClient(const std::strin
   records::ClientRecord record;
   RETURN_IF_ERROR(ParseRecord(value, &record, "client"));
   return std::optional<records::ClientRecord>(std::move(record));
+}
+
+Status Store::Quarantine(int family, const std::string& key, const std::string& reason) {
+  std::string value;
+  rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), cf(family), key, &value);
+  if (st.IsNotFound()) return NotFound(std::string(kFamilies[family]) + " record to quarantine is gone");
+  RETURN_IF_ERROR(FromRocks(st, "reading a record to quarantine"));
+  records::QuarantineRecord q;
+  q.set_family(kFamilies[family]);
+  q.set_key(key);
+  q.set_value(value);
+  q.set_reason(reason);
+  q.set_quarantined_unix_ms(NowUnixMs());
+  // Time-ordered and unique: milliseconds, then where the record was.
+  std::string qkey;
+  AppendBigEndian(&qkey, static_cast<uint64_t>(q.quarantined_unix_ms()), 8);
+  qkey += kFamilies[family];
+  qkey.push_back('\0');
+  qkey += key;
+  rocksdb::WriteBatch batch;
+  batch.Put(cf(kQuarantine), qkey, q.SerializeAsString());
+  batch.Delete(cf(family), key);
+  return SyncedWrite(&batch, "quarantining a " + std::string(kFamilies[family]) + " record");
+}
+
+Status Store::QuarantineUpdate(uint32_t round, const std::string& client_id, const std::string& reason) {
+  return Quarantine(kUpdates, UpdateKey(round, client_id), reason);
+}
+
+Status Store::QuarantineClient(const std::string& client_id, const std::string& reason) {
+  return Quarantine(kClients, client_id, reason);
+}
+
+Status Store::QuarantineRound(const std::string& key, const std::string& reason) {
+  return Quarantine(kRounds, key, reason);
+}
+
+StatusOr<std::vector<records::QuarantineRecord>> Store::ListQuarantine() const {
+  std::vector<records::QuarantineRecord> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kQuarantine)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    records::QuarantineRecord record;
+    RETURN_IF_ERROR(ParseRecord(it->value().ToString(), &record, "quarantine"));
+    out.push_back(std::move(record));
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "listing quarantine"));
+  return out;
 }
 
 }  // namespace flotilla::aggregator

@@ -1,6 +1,6 @@
 // The aggregator's durable state in RocksDB, one column family per kind of
 // record: models, rounds, updates, clients, privacy_ledger, strategy_state,
-// metrics. See docs/operations.md for the key layout. Keys
+// metrics, quarantine. See docs/operations.md for the key layout. Keys
 // sort so that iteration order is the merge order (round, then client id).
 //
 // Writes that acknowledge something to a peer use WriteOptions.sync = true.
@@ -42,18 +42,22 @@ class Store {
   Status PutUpdate(const records::UpdateRecord& update);
   bool HasUpdate(uint32_t round, const std::string& client_id) const;
   // Visits the updates of `round` in client-id order. Stops at the first
-  // error, from RocksDB, a corrupt record, or `visit`.
-  Status ForEachUpdate(uint32_t round,
-                       const std::function<Status(const records::UpdateRecord&)>& visit) const;
+  // error, from RocksDB, a corrupt record, or `visit`; with `corrupt`, a
+  // record that does not parse is skipped and its client id listed there.
+  Status ForEachUpdate(uint32_t round, const std::function<Status(const records::UpdateRecord&)>& visit,
+                       std::vector<std::string>* corrupt = nullptr) const;
 
   // Atomically (one synced WriteBatch): stores the new model version (if
-  // given), the round record, deletes that round's updates and the model
-  // versions in `expire`.
+  // given), the round record and the client records in `clients`, deletes
+  // that round's updates and the model versions in `expire`.
   Status CommitRound(const records::RoundRecord& round, const records::ModelRecord* model,
-                     const std::vector<uint64_t>& expire = {});
+                     const std::vector<uint64_t>& expire = {},
+                     const std::vector<records::ClientRecord>& clients = {});
   Status PutRound(const records::RoundRecord& round);
   StatusOr<std::optional<records::RoundRecord>> GetRound(uint32_t round) const;
-  StatusOr<std::vector<records::RoundRecord>> ListRounds() const;
+  // With `corrupt`, records that do not parse are skipped and their keys
+  // listed there (for QuarantineRound) instead of failing the listing.
+  StatusOr<std::vector<records::RoundRecord>> ListRounds(std::vector<std::string>* corrupt = nullptr) const;
 
   Status PutModel(const records::ModelRecord& model);
   StatusOr<records::ModelRecord> GetModel(uint64_t version) const;
@@ -64,11 +68,20 @@ class Store {
 
   Status PutClient(const records::ClientRecord& client);
   StatusOr<std::optional<records::ClientRecord>> GetClient(const std::string& client_id) const;
-  StatusOr<std::vector<records::ClientRecord>> ListClients() const;
+  StatusOr<std::vector<records::ClientRecord>> ListClients(std::vector<std::string>* corrupt = nullptr) const;
 
   // Privacy ledger: appended with sync; listed in (round, client) order.
   Status PutLedgerEntry(const records::LedgerEntry& entry);
   StatusOr<std::vector<records::LedgerEntry>> ListLedger() const;
+
+  // Quarantine: moves a record that failed validation on replay out of its
+  // column family into `quarantine` with the reason (one synced batch), so
+  // a restart does not trip over it again. NotFound if it is gone.
+  Status QuarantineUpdate(uint32_t round, const std::string& client_id, const std::string& reason);
+  Status QuarantineClient(const std::string& client_id, const std::string& reason);
+  Status QuarantineRound(const std::string& key, const std::string& reason);
+  // Oldest first.
+  StatusOr<std::vector<records::QuarantineRecord>> ListQuarantine() const;
 
   // Approximate size: SST and blob files plus the memtables (whose data is
   // in the write-ahead log until flushed).
@@ -85,6 +98,7 @@ class Store {
   // Writes `batch` with sync, resuming RocksDB after an earlier I/O or
   // no-space failure first.
   Status SyncedWrite(rocksdb::WriteBatch* batch, const std::string& what);
+  Status Quarantine(int family, const std::string& key, const std::string& reason);
   rocksdb::ColumnFamilyHandle* cf(int index) const { return handles_[index]; }
 
   std::string path_;

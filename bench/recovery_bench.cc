@@ -151,7 +151,8 @@ int main(int argc, char** argv) {
         record.set_parent_version(static_cast<uint64_t>(v - 1));
         record.set_arch(arch);
         proto::WeightsToProto(w, record.mutable_weights());
-        record.set_signature(*privacy::SignModel(*signing, v, v - 1, privacy::ModelDigest(w)));
+        record.set_federation("flotilla");
+        record.set_signature(*privacy::SignModel(*signing, "flotilla", v, v - 1, privacy::ModelDigest(w)));
         if (!store->PutModel(record).ok()) return 1;
         if (v > 1) {
           records::RoundRecord round;

@@ -30,6 +30,8 @@ rocksdb::WriteOptions Synced() {
 
 constexpr char kLatestModelKey[] = "latest";
 
+std::string NewestKey(const std::string& federation) { return "newest_verified/" + federation; }
+
 }  // namespace
 
 StatusOr<std::unique_ptr<DeviceStore>> DeviceStore::Open(const std::string& path) {
@@ -92,6 +94,26 @@ Status DeviceStore::PutModel(const HeldModel& model) {
   record.set_signature(model.signature);
   return FromRocks(db_->Put(Synced(), handles_[kModels], kLatestModelKey, record.SerializeAsString()),
                    "writing model");
+}
+
+StatusOr<uint64_t> DeviceStore::NewestVerified(const std::string& federation) const {
+  std::string value;
+  rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), handles_[kState], NewestKey(federation), &value);
+  if (st.IsNotFound()) return uint64_t{0};
+  RETURN_IF_ERROR(FromRocks(st, "reading the newest verified version"));
+  if (value.size() != 8) return DataLoss("corrupt newest-verified record in device store");
+  uint64_t v = 0;
+  for (unsigned char c : value) v = (v << 8) | c;
+  return v;
+}
+
+Status DeviceStore::NoteVerified(const std::string& federation, uint64_t version) {
+  ASSIGN_OR_RETURN(uint64_t newest, NewestVerified(federation));
+  if (version <= newest) return Status::Ok();
+  std::string value(8, '\0');
+  for (int i = 0; i < 8; ++i) value[i] = static_cast<char>((version >> (8 * (7 - i))) & 0xff);
+  return FromRocks(db_->Put(Synced(), handles_[kState], NewestKey(federation), value),
+                   "writing the newest verified version");
 }
 
 StatusOr<std::optional<HeldModel>> DeviceStore::GetModel() const {

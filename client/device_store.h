@@ -47,6 +47,12 @@ class DeviceStore {
   Status PutModel(const HeldModel& model);
   StatusOr<std::optional<HeldModel>> GetModel() const;
 
+  // Anti-rollback: the newest model version this device has verified for
+  // `federation` (in a task or a pull), 0 if none. NoteVerified keeps the
+  // larger of the stored and the given version (synced).
+  StatusOr<uint64_t> NewestVerified(const std::string& federation) const;
+  Status NoteVerified(const std::string& federation, uint64_t version);
+
  private:
   DeviceStore(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles);
   rocksdb::DB* db_;

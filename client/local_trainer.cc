@@ -9,13 +9,13 @@ namespace flotilla::client {
 
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
-                                    const std::vector<unsigned char>& model_public_key) {
+                                    const std::vector<unsigned char>& model_public_key, const std::string& federation) {
   if (task.model_arch() != runner->arch()) {
     return FailedPrecondition("task is for a '" + task.model_arch() + "' model; this client runs '" +
                               runner->arch() + "'");
   }
   ASSIGN_OR_RETURN(Weights global, proto::WeightsFromProto(task.weights(), runner->layout()));
-  RETURN_IF_ERROR(privacy::VerifyModel(model_public_key, task.model_version(), task.model_round(),
+  RETURN_IF_ERROR(privacy::VerifyModel(model_public_key, federation, task.model_version(), task.model_round(),
                                        privacy::ModelDigest(global), task.model_signature()));
   RETURN_IF_ERROR(runner->SetWeights(global));
   training::TrainConfig config;

@@ -12,12 +12,13 @@
 namespace flotilla::client {
 
 // Verifies the task's model signature with `model_public_key` (the
-// aggregator's Ed25519 key) before loading anything: a tampered or unsigned
-// model gives PermissionDenied and leaves `runner` holding the model it had.
+// aggregator's Ed25519 key) for `federation` before loading anything: a
+// tampered or unsigned model, or one signed for another federation, gives
+// PermissionDenied and leaves `runner` holding the model it had.
 // Also fails when the task's architecture or weights do not fit `runner`,
 // or training fails.
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
-                                    const std::vector<unsigned char>& model_public_key);
+                                    const std::vector<unsigned char>& model_public_key, const std::string& federation);
 
 }  // namespace flotilla::client

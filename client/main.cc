@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.add_option("--connect", config.endpoint, "Aggregator endpoint")->capture_default_str();
   app.add_option("--name", config.name, "Device name; also names its key file and state directory")->required();
+  app.add_option("--federation", config.federation,
+                 "The federation this device is enrolled in; the aggregator and every model's signature must match")
+      ->capture_default_str();
   app.add_option("--curve-key", curve_key_path, "This device's CURVE secret key file (default keys/NAME.curve.key)");
   app.add_option("--server-key", server_key_path, "The aggregator's CURVE public key file")->capture_default_str();
   app.add_option("--model-key", model_key_path, "The aggregator's model-signing public key file")->capture_default_str();
@@ -75,7 +78,10 @@ int main(int argc, char** argv) {
   CLI::App* pull = app.add_subcommand("pull", "Fetch a model version, verify it, and write it for inference");
   uint64_t version = 0;
   std::string out_path;
-  pull->add_option("--version", version, "Model version (0 = latest)")->capture_default_str();
+  pull->add_option("--version", version,
+                   "Model version (0 = latest). As the latest, a version older than one this device has verified "
+                   "is refused as a rollback; asking for it by number takes it deliberately")
+      ->capture_default_str();
   pull->add_option("--out", out_path, "Write float32 weights here (and OUT.json with the layout)");
 
   CLI::App* status = app.add_subcommand("status", "Print the aggregator's status");
@@ -132,9 +138,15 @@ int main(int argc, char** argv) {
         std::printf("updates this round %u/%u\n", reply->updates_received(), reply->updates_expected());
       }
     }
-    std::printf("model version %llu\nclients known %u, connected %u\nstore %.1f MB\nuptime %.0f s\n",
-                static_cast<unsigned long long>(reply->model_version()),
-                reply->known_clients(), reply->connected_clients(), reply->store_bytes() / 1e6,
+    if (reply->failed_rounds_in_a_row() > 0 || reply->next_round_in_seconds() > 0) {
+      std::printf("failed rounds in a row %u; next round in %.1f s\n", reply->failed_rounds_in_a_row(),
+                  reply->next_round_in_seconds());
+    }
+    std::printf("model version %llu\nclients known %u, connected %u, paused %u\nupdates rejected %llu\n"
+                "store %.1f MB\nuptime %.0f s\n",
+                static_cast<unsigned long long>(reply->model_version()), reply->known_clients(),
+                reply->connected_clients(), reply->paused_clients(),
+                static_cast<unsigned long long>(reply->updates_rejected()), reply->store_bytes() / 1e6,
                 reply->uptime_seconds());
     return 0;
   }

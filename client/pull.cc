@@ -37,12 +37,23 @@ StatusOr<PullResult> PullModel(const SessionConfig& config, DeviceStore* store, 
                                const std::vector<unsigned char>& model_public_key,
                                std::chrono::milliseconds timeout) {
   ASSIGN_OR_RETURN(std::optional<HeldModel> held, store->GetModel());
+  ASSIGN_OR_RETURN(const uint64_t newest, store->NewestVerified(config.federation));
   wire::Envelope request;
   request.mutable_pull_request()->set_version(version);
   request.mutable_pull_request()->set_have_version(held ? held->version : 0);
   ASSIGN_OR_RETURN(wire::Envelope reply, Exchange(config, request, timeout));
   if (!reply.has_pull_reply()) return Internal("unexpected reply to a pull: " + std::string(proto::BodyName(reply)));
   const wire::PullReply& r = reply.pull_reply();
+  if (version != 0 && r.version() != version) {
+    return InvalidArgument("asked for model version " + std::to_string(version) + " but the aggregator sent " +
+                           std::to_string(r.version()));
+  }
+  if (version == 0 && r.version() < newest) {
+    return PermissionDenied("the aggregator served model version " + std::to_string(r.version()) +
+                            " as the latest, but this device has already verified version " + std::to_string(newest) +
+                            " of federation '" + config.federation + "': refusing a rollback (pull --version " +
+                            std::to_string(r.version()) + " takes it deliberately)");
+  }
   PullResult result;
   if (r.up_to_date()) {
     if (!held) return Internal("aggregator says up to date but the device holds no model");
@@ -81,14 +92,15 @@ StatusOr<PullResult> PullModel(const SessionConfig& config, DeviceStore* store, 
   result.payload_bytes = r.weights().data().size();
   result.tensors_total = r.weights().layout_size();
   ASSIGN_OR_RETURN(Weights weights, proto::WeightsFromProto(full, nullptr));
-  RETURN_IF_ERROR(privacy::VerifyModel(model_public_key, r.version(), r.round(), privacy::ModelDigest(weights),
-                                       r.signature()));
+  RETURN_IF_ERROR(privacy::VerifyModel(model_public_key, config.federation, r.version(), r.round(),
+                                       privacy::ModelDigest(weights), r.signature()));
   result.model.version = r.version();
   result.model.round = r.round();
   result.model.arch = r.model_arch();
   result.model.weights = std::move(full);
   result.model.signature = r.signature();
   RETURN_IF_ERROR(store->PutModel(result.model));
+  RETURN_IF_ERROR(store->NoteVerified(config.federation, result.model.version));
   return result;
 }
 

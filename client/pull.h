@@ -23,7 +23,10 @@ struct PullResult {
 
 // Asks for `version` (0 = latest), telling the aggregator which version the
 // device holds so that only changed tensors travel. The reassembled model is
-// verified with `model_public_key`; on any failure the device keeps its model.
+// verified with `model_public_key` for config.federation; on any failure the
+// device keeps its model. Anti-rollback: as the latest, a version older than
+// the newest this device has verified is refused (PermissionDenied); an
+// older version is taken only when asked for by number.
 StatusOr<PullResult> PullModel(const SessionConfig& config, DeviceStore* store, uint64_t version,
                                const std::vector<unsigned char>& model_public_key,
                                std::chrono::milliseconds timeout = std::chrono::seconds(30));

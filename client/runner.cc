@@ -14,6 +14,11 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
   ClientStats stats;
+  // Anti-rollback: never train on a model older than one already verified.
+  uint64_t newest = 0;
+  if (store != nullptr) {
+    ASSIGN_OR_RETURN(newest, store->NewestVerified(config.federation));
+  }
   if (store != nullptr) {
     ASSIGN_OR_RETURN(std::vector<wire::Update> outbox, store->ListOutbox());
     if (!outbox.empty()) {
@@ -46,8 +51,17 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
         }
         runner = std::move(made).value();
       }
-      StatusOr<wire::Update> update = RunTrainTask(runner.get(), data, *task, model_public_key);
+      StatusOr<wire::Update> update =
+          task->model_version() < newest
+              ? StatusOr<wire::Update>(PermissionDenied(
+                    "the aggregator offered model version " + std::to_string(task->model_version()) +
+                    ", older than version " + std::to_string(newest) + " this device has verified: refusing a rollback"))
+              : RunTrainTask(runner.get(), data, *task, model_public_key, config.federation);
       if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
+      if (update.ok() && task->model_version() > newest) {
+        newest = task->model_version();
+        if (store != nullptr) RETURN_IF_ERROR(store->NoteVerified(config.federation, newest));
+      }
       if (update.ok()) {
         ++stats.rounds_trained;
         // Durable before it leaves the device. (A secure-aggregation input

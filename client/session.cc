@@ -98,6 +98,12 @@ Status Session::Handle(const wire::Envelope& env) {
   backoff_ = std::chrono::milliseconds(0);
   switch (env.body_case()) {
     case wire::Envelope::kWelcome:
+      if (env.welcome().federation() != config_.federation) {
+        state_ = State::kFinished;
+        return FailedPrecondition("the aggregator at " + config_.endpoint + " serves federation '" +
+                                  env.welcome().federation() + "', but this device is enrolled in '" +
+                                  config_.federation + "' (--federation)");
+      }
       if (secure_) return SendSecAgg(/*poll=*/false);
       if (pending_update_) return SendUpdate();
       return SendTaskRequest();
@@ -131,6 +137,14 @@ Status Session::Handle(const wire::Envelope& env) {
       return HandleSecAgg(env.secagg());
     case wire::Envelope::kError: {
       const wire::Error& err = env.error();
+      if (err.code() == wire::ERROR_RATE_LIMITED) {
+        // Over a per-device limit: wait as told, then repeat what was refused
+        // (a secure stage polls first; the aggregator says if it is missing).
+        LOG_WARN("client", config_.name << ": aggregator is limiting this device: " << err.message());
+        state_ = State::kWaiting;
+        retry_at_ = Clock::now() + std::chrono::milliseconds(std::max<uint32_t>(100, err.retry_ms()));
+        return Status::Ok();
+      }
       if (secure_) {
         switch (err.code()) {
           case wire::ERROR_NOT_REGISTERED: return SendHello();

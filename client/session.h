@@ -39,6 +39,9 @@ namespace flotilla::client {
 struct SessionConfig {
   std::string endpoint = "tcp://127.0.0.1:7400";
   std::string name;          // display name (and identity without CURVE)
+  // The federation this device is enrolled in: the aggregator's Welcome
+  // must name it, and every model's signature must cover it.
+  std::string federation = "flotilla";
   int64_t num_examples = 0;  // announced in Hello
   std::chrono::milliseconds request_timeout{30000};
   std::chrono::milliseconds max_backoff{10000};

@@ -49,4 +49,23 @@ void LogLine(LogLevel level, const char* component, const std::string& message) 
                component, message.c_str());
 }
 
+bool LogLimiter::Allow(const std::string& key, Clock::time_point now, uint64_t* suppressed) {
+  auto [it, inserted] = entries_.try_emplace(key);
+  Entry& e = it->second;
+  if (!inserted && now - e.last < interval_) {
+    ++e.held;
+    return false;
+  }
+  *suppressed = e.held;
+  e.held = 0;
+  e.last = now;
+  if (entries_.size() > 10000) {
+    // Forget keys quiet for a whole interval with nothing held back.
+    for (auto i = entries_.begin(); i != entries_.end();) {
+      i = (i->second.held == 0 && now - i->second.last >= interval_ && i != it) ? entries_.erase(i) : std::next(i);
+    }
+  }
+  return true;
+}
+
 }  // namespace flotilla

@@ -2,8 +2,11 @@
 // Thread-safe (one line is written with one call).
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 
 namespace flotilla {
 
@@ -16,6 +19,27 @@ LogLevel GetLogLevel();
 bool ParseLogLevel(const std::string& text, LogLevel* level);
 
 void LogLine(LogLevel level, const char* component, const std::string& message);
+
+// Lets one log line per key through per interval and counts the others, so
+// a flood of the same event (one device's rejected messages) writes one
+// line with a count instead of thousands. Not thread-safe.
+class LogLimiter {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit LogLimiter(Clock::duration interval = std::chrono::seconds(10)) : interval_(interval) {}
+
+  // True when a line for `key` may be written at `now`; then *suppressed is
+  // how many were held back since the previous line for it.
+  bool Allow(const std::string& key, Clock::time_point now, uint64_t* suppressed);
+
+ private:
+  struct Entry {
+    Clock::time_point last;
+    uint64_t held = 0;
+  };
+  Clock::duration interval_;
+  std::unordered_map<std::string, Entry> entries_;
+};
 
 }  // namespace flotilla
 

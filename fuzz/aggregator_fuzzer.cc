@@ -38,6 +38,11 @@ struct Harness {
     config.min_clients = 2;
     config.secagg.enabled = secure;
     config.secagg.graph = privacy::SecAggGraph::kComplete;
+    // Every input must reach the message handling, not the rate limits.
+    config.limits.messages_per_second = 0;
+    config.limits.bytes_per_second = 0;
+    config.failed_round_backoff_seconds = 0;
+    config.max_failed_round_backoff_seconds = 0;
     auto signing = privacy::GenerateSigningKeyPair();
     auto server = privacy::GenerateCurveKeyPair();
     if (!signing.ok() || !server.ok()) std::abort();

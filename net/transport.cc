@@ -45,7 +45,7 @@ Status ApplyCommon(void* socket, const SocketOptions& options) {
     return ZmqError("setting ZMQ_MAXMSGSIZE");
   }
   RETURN_IF_ERROR(SetInt(socket, ZMQ_SNDHWM, options.send_high_water_mark, "ZMQ_SNDHWM"));
-  RETURN_IF_ERROR(SetInt(socket, ZMQ_RCVHWM, options.send_high_water_mark, "ZMQ_RCVHWM"));
+  RETURN_IF_ERROR(SetInt(socket, ZMQ_RCVHWM, options.receive_high_water_mark, "ZMQ_RCVHWM"));
   RETURN_IF_ERROR(SetInt(socket, ZMQ_LINGER, options.linger_ms, "ZMQ_LINGER"));
   return Status::Ok();
 }
@@ -182,14 +182,61 @@ StatusOr<std::optional<Incoming>> ServerSocket::Receive(std::chrono::millisecond
   }
 }
 
-Status ServerSocket::Send(const std::string& peer, const std::string& payload) {
+namespace {
+
+// A payload handed to ZeroMQ without a copy; ZeroMQ calls Release (from
+// its I/O thread, or from zmq_msg_close on failure) when it is done.
+struct QueuedPayload {
+  std::string bytes;
+  std::shared_ptr<std::atomic<int64_t>> tag_counter;
+  std::shared_ptr<std::atomic<int64_t>> total_counter;
+
+  static void Release(void* /*data*/, void* hint) {
+    auto* p = static_cast<QueuedPayload*>(hint);
+    const auto n = static_cast<int64_t>(p->bytes.size());
+    p->tag_counter->fetch_sub(n);
+    p->total_counter->fetch_sub(n);
+    delete p;
+  }
+};
+
+}  // namespace
+
+Status ServerSocket::Send(const std::string& peer, std::string payload, const std::string& tag) {
   if (zmq_send(socket_, peer.data(), peer.size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
     return ZmqError("sending to peer");
   }
-  if (zmq_send(socket_, payload.data(), payload.size(), ZMQ_DONTWAIT) < 0) {
-    return ZmqError("sending to peer");
+  std::shared_ptr<std::atomic<int64_t>>& counter = queued_[tag];
+  if (!counter) {
+    if (queued_.size() > 4096) {
+      // Forget tags with nothing queued (their counters may still be held by
+      // in-flight messages, which is harmless).
+      for (auto it = queued_.begin(); it != queued_.end();) {
+        it = it->second && it->second->load() == 0 && it->first != tag ? queued_.erase(it) : std::next(it);
+      }
+    }
+    counter = std::make_shared<std::atomic<int64_t>>(0);
+  }
+  auto* held = new QueuedPayload{std::move(payload), counter, total_queued_};
+  const auto n = static_cast<int64_t>(held->bytes.size());
+  counter->fetch_add(n);
+  total_queued_->fetch_add(n);
+  zmq_msg_t msg;
+  if (zmq_msg_init_data(&msg, held->bytes.data(), held->bytes.size(), &QueuedPayload::Release, held) != 0) {
+    QueuedPayload::Release(nullptr, held);
+    return ZmqError("preparing a message");
+  }
+  if (zmq_msg_send(&msg, socket_, ZMQ_DONTWAIT) < 0) {
+    Status st = ZmqError("sending to peer");
+    zmq_msg_close(&msg);  // releases the payload
+    return st;
   }
   return Status::Ok();
+}
+
+int64_t ServerSocket::QueuedBytes(const std::string& tag) const {
+  auto it = queued_.find(tag);
+  return it == queued_.end() ? 0 : it->second->load();
 }
 
 StatusOr<std::unique_ptr<ClientSocket>> ClientSocket::Connect(Context* context, const std::string& endpoint,

@@ -11,9 +11,11 @@
 // thread at a time (ZeroMQ sockets are not thread-safe).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,8 +39,11 @@ struct CurveKeys {
 struct SocketOptions {
   // Larger inbound messages make ZeroMQ drop the connection (ZMQ_MAXMSGSIZE).
   int64_t max_message_bytes = int64_t{256} << 20;
-  // Queued outbound messages per peer before sends fail (ZMQ_SNDHWM).
+  // Queued outbound messages per peer before sends fail (ZMQ_SNDHWM), and
+  // inbound messages per peer read ahead of the application (ZMQ_RCVHWM;
+  // past it ZeroMQ stops reading that connection, so TCP pushes back).
   int send_high_water_mark = 1000;
+  int receive_high_water_mark = 1000;
   // Milliseconds unsent messages are kept after close (ZMQ_LINGER).
   int linger_ms = 0;
   // Client reconnect backoff (ZMQ_RECONNECT_IVL / ZMQ_RECONNECT_IVL_MAX).
@@ -88,8 +93,15 @@ class ServerSocket {
   // (and counted in dropped_messages()); they never reach the caller.
   StatusOr<std::optional<Incoming>> Receive(std::chrono::milliseconds timeout);
   // Sends without blocking. Unavailable when the peer is gone or its queue
-  // is full; the caller decides whether that matters.
-  Status Send(const std::string& peer, const std::string& payload);
+  // is full; the caller decides whether that matters. The payload's bytes
+  // count towards QueuedBytes(tag) until ZeroMQ has handed them to the
+  // connection (or dropped them), so the caller can bound what one device
+  // that does not read may hold in the aggregator's memory.
+  Status Send(const std::string& peer, std::string payload, const std::string& tag = std::string());
+  // Bytes sent with `tag` that ZeroMQ still holds in its queues.
+  int64_t QueuedBytes(const std::string& tag) const;
+  // Bytes still queued across all tags.
+  int64_t TotalQueuedBytes() const { return total_queued_->load(); }
 
   uint64_t dropped_messages() const { return dropped_; }
 
@@ -98,6 +110,10 @@ class ServerSocket {
   void* socket_;
   std::string endpoint_;
   uint64_t dropped_ = 0;
+  // Per-tag counters, decremented from ZeroMQ's I/O thread when it releases
+  // a message; entries at zero are dropped as the map grows.
+  std::unordered_map<std::string, std::shared_ptr<std::atomic<int64_t>>> queued_;
+  std::shared_ptr<std::atomic<int64_t>> total_queued_ = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 // A client's socket. ZeroMQ connects in the background and reconnects with

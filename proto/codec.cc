@@ -1,10 +1,13 @@
 #include "proto/codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 
+#include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/stubs/logging.h>
+#include <google/protobuf/wire_format_lite.h>
 
 namespace flotilla::proto {
 namespace {
@@ -85,12 +88,37 @@ StatusOr<wire::Envelope> ParseEnvelope(const void* data, size_t size, const Pars
   if (!env.ParseFromArray(data, static_cast<int>(size))) {
     return InvalidArgument("message is not a valid Envelope (" + std::to_string(size) + " bytes)");
   }
+  if (env.version() == wire::PROTOCOL_VERSION_UNSPECIFIED) {
+    return InvalidArgument("message has no protocol version (" + std::to_string(size) + " bytes)");
+  }
   if (env.version() != kProtocolVersion) {
-    return InvalidArgument("unsupported protocol version " + std::to_string(env.version()) +
+    return FailedPrecondition("unsupported protocol version " + std::to_string(env.version()) +
                            " (this build speaks " + std::to_string(kProtocolVersion) + ")");
   }
   RETURN_IF_ERROR(CheckBody(env, limits));
   return env;
+}
+
+ParseFailure DescribeParseFailure(const void* data, size_t size, const Status& parse_status) {
+  ParseFailure f;
+  if (parse_status.code() == StatusCode::kFailedPrecondition) f.code = wire::ERROR_VERSION;
+  // Walk the top-level fields until request_id (field 2, a varint) or the
+  // first thing that does not parse. Bounded by the message size.
+  using google::protobuf::internal::WireFormatLite;
+  google::protobuf::io::CodedInputStream in(static_cast<const uint8_t*>(data),
+                                            static_cast<int>(std::min<size_t>(size, INT32_MAX)));
+  while (true) {
+    const uint32_t tag = in.ReadTag();
+    if (tag == 0) break;
+    if (WireFormatLite::GetTagFieldNumber(tag) == 2 &&
+        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_VARINT) {
+      uint64_t id = 0;
+      if (in.ReadVarint64(&id)) f.request_id = id;
+      break;
+    }
+    if (!WireFormatLite::SkipField(&in, tag)) break;
+  }
+  return f;
 }
 
 std::string SerializeEnvelope(wire::Envelope* envelope) {

@@ -22,11 +22,23 @@ struct ParseLimits {
 };
 
 // Parses one Envelope from `size` bytes. Fails (kInvalidArgument) on bytes
-// that are not a valid Envelope, an unsupported protocol version, an empty
-// body, or strings and maps over `limits`. Weight payloads are checked
-// separately by WeightsFromProto, against the layout the caller expects.
+// that are not a valid Envelope, an empty body, or strings and maps over
+// `limits` or without a protocol version, and with kFailedPrecondition on
+// another protocol version.
+// Weight payloads are checked separately by WeightsFromProto, against the
+// layout the caller expects.
 StatusOr<wire::Envelope> ParseEnvelope(const void* data, size_t size,
                                        const ParseLimits& limits = ParseLimits());
+
+// What a receiver answers when ParseEnvelope failed: the request id, read
+// from the raw bytes when the envelope's top-level request_id field is
+// intact (0 otherwise), and ERROR_VERSION for another protocol version or
+// ERROR_MALFORMED for anything else.
+struct ParseFailure {
+  uint64_t request_id = 0;
+  wire::ErrorCode code = wire::ERROR_MALFORMED;
+};
+ParseFailure DescribeParseFailure(const void* data, size_t size, const Status& parse_status);
 
 // Serializes with the protocol version set.
 std::string SerializeEnvelope(wire::Envelope* envelope);

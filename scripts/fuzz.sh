@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang (ASan + UBSan) in build-fuzz/ and
-# runs the aggregator's message-handling fuzzer. Usage:
-#   scripts/fuzz.sh [SECONDS=60]     (CI runs a short smoke: 30 s)
+# runs each for SECONDS: the aggregator's message handling, then update
+# validation and recovery from a store holding arbitrary records. Usage:
+#   scripts/fuzz.sh [SECONDS=60]     (CI runs a short smoke: 30 s each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 bash scripts/setup.sh --no-build
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
   -DFLOTILLA_FUZZ=ON -DFLOTILLA_BUILD_TESTS=OFF -DFLOTILLA_BUILD_BENCH=OFF >/dev/null
-cmake --build build-fuzz --target aggregator_fuzzer -j "$(nproc)"
-corpus=build-fuzz/corpus
-mkdir -p "$corpus"
-echo "fuzz: running aggregator_fuzzer for ${seconds}s"
-build-fuzz/fuzz/aggregator_fuzzer -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 "$corpus" 2>&1 |
-  grep -E "^#[0-9]+.*(DONE|pulse)|stat::|ERROR|SUMMARY" | tail -15
-echo "fuzz: no crash in ${seconds}s"
+cmake --build build-fuzz --target aggregator_fuzzer recovery_fuzzer -j "$(nproc)"
+for target in aggregator_fuzzer recovery_fuzzer; do
+  corpus=build-fuzz/corpus-$target
+  [ "$target" = aggregator_fuzzer ] && [ -d build-fuzz/corpus ] && corpus=build-fuzz/corpus  # earlier runs' corpus
+  mkdir -p "$corpus"
+  echo "fuzz: running $target for ${seconds}s"
+  # pipefail: a crash (non-zero exit) fails the script.
+  build-fuzz/fuzz/$target -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 "$corpus" 2>&1 |
+    grep -E "^#[0-9]+.*(DONE|pulse)|stat::|ERROR|SUMMARY" | tail -15
+  echo "fuzz: $target: no crash in ${seconds}s"
+done

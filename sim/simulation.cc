@@ -42,8 +42,8 @@ struct JobResult {
 class TrainerPool {
  public:
   TrainerPool(int workers, const std::string& arch, const std::vector<training::DataView>* views,
-              std::vector<unsigned char> model_key)
-      : views_(views), model_key_(std::move(model_key)) {
+              std::vector<unsigned char> model_key, std::string federation)
+      : views_(views), model_key_(std::move(model_key)), federation_(std::move(federation)) {
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this, arch] { Work(arch); });
   }
   ~TrainerPool() {
@@ -96,7 +96,7 @@ class TrainerPool {
         job.work();
         continue;
       }
-      JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client], job.task, model_key_)
+      JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client], job.task, model_key_, federation_)
                                                : StatusOr<wire::Update>(runner.status())};
       std::lock_guard<std::mutex> lock(mu_);
       results_.push_back(std::move(result));
@@ -105,6 +105,7 @@ class TrainerPool {
 
   const std::vector<training::DataView>* views_;
   const std::vector<unsigned char> model_key_;
+  const std::string federation_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;
@@ -345,6 +346,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     char name[32];
     std::snprintf(name, sizeof(name), "client-%05d", i);
     sc.name = name;
+    sc.federation = agg_config.federation;
     sc.num_examples = views[i].size();
     sc.request_timeout = std::chrono::milliseconds(static_cast<int64_t>(1000 * config.request_timeout_seconds));
     sc.socket.security = agg_config.socket.security;
@@ -389,7 +391,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   }
   {
     const int workers = std::min(config.workers > 0 ? config.workers : cores, config.clients);
-    TrainerPool pool(workers, agg_config.model_arch, &views, model_key);
+    TrainerPool pool(workers, agg_config.model_arch, &views, model_key, agg_config.federation);
     pool_ptr = &pool;
     std::vector<net::ClientSocket*> sockets;
     size_t done = 0;

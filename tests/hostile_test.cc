@@ -159,6 +159,14 @@ Outcome RunFederation(bool hostile) {
   config.round_deadline_seconds = 3;
   config.finish_grace_seconds = 0.5;
   config.learning_rate = 0.05;
+  // The flood must reach the round engine's parsing and checks, not stop at
+  // the per-device rate limits (tested on their own in malicious_device_test).
+  config.limits.messages_per_second = 0;
+  config.limits.bytes_per_second = 0;
+  // Serve until the flood is over: rounds end as soon as the honest devices
+  // report (the stolen device's refused updates take it out of the round),
+  // which may be before the attacker has sent everything.
+  config.keep_serving = true;
   auto eval_runner = training::ModelRunner::Create("logreg", 1);
   REQUIRE(eval_runner.ok());
   training::ModelRunner* eval_ptr = eval_runner->get();
@@ -223,6 +231,7 @@ Outcome RunFederation(bool hostile) {
   }
   for (auto& t : honest) t.join();
   attacker.join();
+  (*agg)->RequestStop();
   server.join();
   REQUIRE(agg_status.ok());
   out.final_model = (*agg)->global_model().data;

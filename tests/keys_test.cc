@@ -71,19 +71,26 @@ TEST_CASE("Model signatures bind version round and every weight", "[keys]") {
   Weights w = Weights::Zeros(layout);
   w.data = {1.0f, 2.0f, 3.0f};
   const auto digest = privacy::ModelDigest(w);
-  auto sig = privacy::SignModel(*key, 7, 6, digest);
+  auto sig = privacy::SignModel(*key, "fed-a", 7, 6, digest);
   REQUIRE(sig.ok());
-  CHECK(privacy::VerifyModel(key->public_key, 7, 6, digest, *sig).ok());
-  CHECK_FALSE(privacy::VerifyModel(key->public_key, 8, 6, digest, *sig).ok());
-  CHECK_FALSE(privacy::VerifyModel(key->public_key, 7, 5, digest, *sig).ok());
+  CHECK(privacy::VerifyModel(key->public_key, "fed-a", 7, 6, digest, *sig).ok());
+  CHECK_FALSE(privacy::VerifyModel(key->public_key, "fed-a", 8, 6, digest, *sig).ok());
+  CHECK_FALSE(privacy::VerifyModel(key->public_key, "fed-a", 7, 5, digest, *sig).ok());
   Weights tampered = w;
   tampered.data[1] = std::nextafter(2.0f, 3.0f);
-  CHECK_FALSE(privacy::VerifyModel(key->public_key, 7, 6, privacy::ModelDigest(tampered), *sig).ok());
+  CHECK_FALSE(privacy::VerifyModel(key->public_key, "fed-a", 7, 6, privacy::ModelDigest(tampered), *sig).ok());
   // Same values under another layout name digest differently.
   Weights renamed = w;
   renamed.layout = std::make_shared<const Layout>(*Layout::Create({{"v", {3}}}));
   CHECK(privacy::ModelDigest(renamed) != digest);
-  CHECK_FALSE(privacy::VerifyModel(key->public_key, 7, 6, digest, "short").ok());
+  CHECK_FALSE(privacy::VerifyModel(key->public_key, "fed-a", 7, 6, digest, "short").ok());
+  // The signature covers the federation: the same model, version and round
+  // signed for federation "fed-a" does not verify for "fed-b".
+  Status other = privacy::VerifyModel(key->public_key, "fed-b", 7, 6, digest, *sig);
+  CHECK(other.code() == StatusCode::kPermissionDenied);
+  CHECK(std::string(other.message()).find("fed-b") != std::string::npos);
+  // Version-1 signatures (no federation) are a different message.
+  CHECK_FALSE(privacy::VerifyModelV1(key->public_key, 7, 6, digest, *sig).ok());
 }
 
 TEST_CASE("Allowlists accept keys containing '#' labels and comments", "[keys]") {

@@ -107,9 +107,9 @@ TEST_CASE("A tampered pulled model is refused and the device keeps its model", "
   auto layout = std::make_shared<const Layout>(*Layout::Create({{"w", {4}}}));
   Weights genuine = Weights::Zeros(layout);
   genuine.data = {1, 2, 3, 4};
-  const std::string sig_v1 = *privacy::SignModel(*keys.signing, 1, 0, privacy::ModelDigest(genuine));
+  const std::string sig_v1 = *privacy::SignModel(*keys.signing, "flotilla", 1, 0, privacy::ModelDigest(genuine));
   genuine.data = {1, 2, 3, 5};
-  const std::string sig_v2 = *privacy::SignModel(*keys.signing, 2, 1, privacy::ModelDigest(genuine));
+  const std::string sig_v2 = *privacy::SignModel(*keys.signing, "flotilla", 2, 1, privacy::ModelDigest(genuine));
 
   int mode = 0;  // 0: honest v1, 1: v2 with a flipped byte, 2: v2 signed by another key
   std::atomic<bool> stop{false};
@@ -131,7 +131,7 @@ TEST_CASE("A tampered pulled model is refused and the device keeps its model", "
         w.data = {1, 2, 3, 5};
         r->set_version(2);
         r->set_round(1);
-        r->set_signature(mode == 1 ? sig_v2 : *privacy::SignModel(*other, 2, 1, privacy::ModelDigest(w)));
+        r->set_signature(mode == 1 ? sig_v2 : *privacy::SignModel(*other, "flotilla", 2, 1, privacy::ModelDigest(w)));
       }
       r->set_model_arch("tiny");
       proto::WeightsToProto(w, r->mutable_weights());
@@ -160,5 +160,94 @@ TEST_CASE("A tampered pulled model is refused and the device keeps its model", "
   fake.join();
   server->reset();
   zap->reset();
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("A device refuses an older model as the latest but takes it by number", "[pull][integration]") {
+  testing::TestKeys keys(2);  // 0 trains, 1 pulls
+  aggregator::AggregatorConfig config;
+  keys.Apply(&config);
+  config.rounds = 2;
+  config.min_clients = 1;
+  config.keep_serving = true;
+  const auto dir = testing::TempPath("rollback-device");
+  auto store = client::DeviceStore::Open(dir.string());
+  REQUIRE(store.ok());
+  client::SessionConfig viewer;
+  viewer.name = "viewer";
+  viewer.socket = keys.ClientSocket(1);
+  {
+    testing::RunningAggregator running(config);
+    auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(100, 4));
+    client::SessionConfig sc;
+    sc.endpoint = running.endpoint();
+    sc.name = "trainer";
+    sc.socket = keys.ClientSocket(0);
+    auto stats = client::RunClient(sc, training::DataView::All(data), keys.signing->public_key, nullptr);
+    REQUIRE(stats.ok());
+    REQUIRE(stats->updates_acked == 2);
+    viewer.endpoint = running.endpoint();
+    auto latest = client::PullModel(viewer, store->get(), 0, keys.signing->public_key);
+    REQUIRE(latest.ok());
+    REQUIRE(latest->model.version == 3);
+  }
+  // The same signing key serving an older store: only the genuine version 1.
+  testing::RunningAggregator rolled_back(config);
+  viewer.endpoint = rolled_back.endpoint();
+  auto refused = client::PullModel(viewer, store->get(), 0, keys.signing->public_key);
+  REQUIRE(refused.status().code() == StatusCode::kPermissionDenied);
+  CHECK(std::string(refused.status().message()).find("rollback") != std::string::npos);
+  auto held = (*store)->GetModel();
+  REQUIRE(held.ok());
+  CHECK(held->value().version == 3);  // kept
+  auto asked = client::PullModel(viewer, store->get(), 1, keys.signing->public_key);
+  REQUIRE(asked.ok());
+  CHECK(asked->model.version == 1);
+  auto newest = (*store)->NewestVerified("flotilla");
+  REQUIRE(newest.ok());
+  CHECK(*newest == 3);  // taking an old version deliberately does not lower the mark
+
+  // Training: a task on version 1 is declined by a device that verified 3.
+  std::atomic<bool> stop{false};
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(3s);
+    stop.store(true);
+  });
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(50, 4));
+  auto stats = client::RunClient(viewer, training::DataView::All(data), keys.signing->public_key, &stop, store->get());
+  stopper.join();
+  REQUIRE(stats.ok());
+  CHECK(stats->models_refused >= 1);
+  CHECK(stats->updates_acked == 0);
+  store->reset();
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("A model signed for another federation is refused", "[pull][integration]") {
+  testing::TestKeys keys(1);
+  aggregator::AggregatorConfig config;
+  keys.Apply(&config);
+  config.federation = "factory-b";  // same signing key, another federation
+  config.min_clients = 5;
+  testing::RunningAggregator other(config);
+  const auto dir = testing::TempPath("federation-device");
+  auto store = client::DeviceStore::Open(dir.string());
+  REQUIRE(store.ok());
+  client::SessionConfig sc;
+  sc.endpoint = other.endpoint();
+  sc.name = "d";
+  sc.federation = "factory-a";
+  sc.socket = keys.ClientSocket(0);
+  auto pulled = client::PullModel(sc, store->get(), 0, keys.signing->public_key);
+  CHECK(pulled.status().code() == StatusCode::kPermissionDenied);
+  // Training against it stops at the Welcome, naming both federations.
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(20, 4));
+  auto stats = client::RunClient(sc, training::DataView::All(data), keys.signing->public_key, nullptr);
+  REQUIRE_FALSE(stats.ok());
+  CHECK(std::string(stats.status().message()).find("factory-b") != std::string::npos);
+  CHECK(std::string(stats.status().message()).find("factory-a") != std::string::npos);
+  sc.federation = "factory-b";
+  CHECK(client::PullModel(sc, store->get(), 0, keys.signing->public_key).ok());
+  store->reset();
   std::filesystem::remove_all(dir);
 }

@@ -269,33 +269,33 @@ TEST_CASE("A client refuses a tampered model and keeps the one it has", "[securi
   task.mutable_config()->set_batch_size(16);
   task.mutable_config()->set_learning_rate(0.1);
   proto::WeightsToProto(global, task.mutable_weights());
-  auto sig = privacy::SignModel(*keys.signing, 3, 2, privacy::ModelDigest(global));
+  auto sig = privacy::SignModel(*keys.signing, "flotilla", 3, 2, privacy::ModelDigest(global));
   REQUIRE(sig.ok());
   task.set_model_signature(*sig);
 
   const Weights before = (*runner)->GetWeights();
   SECTION("one flipped byte in the weights") {
     (*task.mutable_weights()->mutable_data())[100] ^= 0x01;
-    auto r = client::RunTrainTask(runner->get(), view, task, keys.signing->public_key);
+    auto r = client::RunTrainTask(runner->get(), view, task, keys.signing->public_key, "flotilla");
     CHECK(r.status().code() == StatusCode::kPermissionDenied);
     CHECK((*runner)->GetWeights().data == before.data);
   }
   SECTION("a signature from another key") {
     auto other = privacy::GenerateSigningKeyPair();
     REQUIRE(other.ok());
-    task.set_model_signature(*privacy::SignModel(*other, 3, 2, privacy::ModelDigest(global)));
-    auto r = client::RunTrainTask(runner->get(), view, task, keys.signing->public_key);
+    task.set_model_signature(*privacy::SignModel(*other, "flotilla", 3, 2, privacy::ModelDigest(global)));
+    auto r = client::RunTrainTask(runner->get(), view, task, keys.signing->public_key, "flotilla");
     CHECK(r.status().code() == StatusCode::kPermissionDenied);
     CHECK(r.status().message().find("signature") != std::string::npos);
     CHECK((*runner)->GetWeights().data == before.data);
   }
   SECTION("a replayed signature on another version") {
     task.set_model_version(4);
-    auto r = client::RunTrainTask(runner->get(), view, task, keys.signing->public_key);
+    auto r = client::RunTrainTask(runner->get(), view, task, keys.signing->public_key, "flotilla");
     CHECK(r.status().code() == StatusCode::kPermissionDenied);
   }
   SECTION("the genuine model is accepted") {
-    auto r = client::RunTrainTask(runner->get(), view, task, keys.signing->public_key);
+    auto r = client::RunTrainTask(runner->get(), view, task, keys.signing->public_key, "flotilla");
     REQUIRE(r.ok());
     CHECK(r->num_examples() == 64);
   }

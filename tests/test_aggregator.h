@@ -4,7 +4,10 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -78,6 +81,33 @@ inline std::vector<std::thread> StartHonestClients(const TestKeys& keys, const s
     });
   }
   return threads;
+}
+
+// Drives one enrolled device whose "training" is `make_update` (an
+// attacker, or a broken device): nullopt declines the round. Runs until the
+// federation ends, `deadline` passes, or the session fails; returns how
+// many updates were acknowledged, or the session's error.
+inline StatusOr<int> RunScriptedDevice(const client::SessionConfig& sc,
+                                       const std::function<std::optional<wire::Update>(const wire::TrainTask&)>& make_update,
+                                       std::chrono::steady_clock::time_point deadline) {
+  net::Context context;
+  ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, client::Session::Create(&context, sc));
+  while (!session->finished() && std::chrono::steady_clock::now() < deadline) {
+    ASSIGN_OR_RETURN(std::vector<size_t> ready,
+                     net::PollReadable({session->socket()}, std::chrono::milliseconds(20)));
+    if (!ready.empty()) RETURN_IF_ERROR(session->OnReadable());
+    RETURN_IF_ERROR(session->OnTick());
+    (void)session->TakeSettled();
+    if (std::optional<wire::TrainTask> task = session->TakeTask()) {
+      std::optional<wire::Update> update = make_update(*task);
+      if (update) {
+        RETURN_IF_ERROR(session->SubmitUpdate(std::move(*update)));
+      } else {
+        RETURN_IF_ERROR(session->AbandonTask(Aborted("this device always declines")));
+      }
+    }
+  }
+  return session->updates_acked();
 }
 
 }  // namespace flotilla::testing

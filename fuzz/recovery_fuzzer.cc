@@ -1,0 +1,181 @@
+// libFuzzer target for what an enrolled device's update can become: update
+// validation on arbitrary payloads, and an aggregator restarting on a store
+// that holds arbitrary records (what an earlier version, a bug or a disk
+// left behind). Recovery must never crash, never refuse to start over bad
+// records (it quarantines them), and the resumed round must finish with a
+// finite model or fail cleanly. Built only with -DFLOTILLA_FUZZ=ON and clang.
+//
+// Input: the first byte picks the harness; then up to three parts separated
+// by the byte 0xFE: an update record, a client record, a round record (each
+// written raw into its column family).
+#include <unistd.h>
+
+#include <rocksdb/db.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "aggregator/server.h"
+#include "aggregator/update_validation.h"
+#include "core/log.h"
+#include "privacy/keys.h"
+#include "proto/codec.h"
+#include "proto/records.pb.h"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::shared_ptr<const Layout> TinyLayout() {
+  static auto layout = std::make_shared<const Layout>(*Layout::Create({{"fc.weight", {2, 3}}, {"fc.bias", {2}}}));
+  return layout;
+}
+
+std::string RoundKey(uint32_t round) {
+  std::string key;
+  for (int i = 3; i >= 0; --i) key.push_back(static_cast<char>((round >> (8 * i)) & 0xff));
+  return key;
+}
+
+struct Template {
+  fs::path dir = fs::temp_directory_path() / ("flotilla-recovery-fuzz-" + std::to_string(::getpid()));
+  aggregator::AggregatorConfig config;
+  std::string keys[2];
+
+  Template() {
+    SetLogLevel(LogLevel::kOff);
+    fs::remove_all(dir);
+    config.endpoint = "tcp://127.0.0.1:*";
+    config.store_path = (dir / "template").string();
+    config.model_arch = "tiny";
+    config.rounds = 2;
+    config.min_clients = 99;  // the template run only writes model version 1
+    config.failed_round_backoff_seconds = 0;
+    config.max_failed_round_backoff_seconds = 0;
+    config.limits.messages_per_second = 0;
+    config.limits.bytes_per_second = 0;
+    auto signing = privacy::GenerateSigningKeyPair();
+    auto server = privacy::GenerateCurveKeyPair();
+    if (!signing.ok() || !server.ok()) std::abort();
+    config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing).value());
+    config.socket.curve.public_key = server->public_z85;
+    config.socket.curve.secret_key = server->SecretZ85();
+    for (int i = 0; i < 2; ++i) {
+      keys[i] = privacy::DeriveCurveKeyPairForSimulation(i)->public_z85;
+      config.allowed_clients.insert(keys[i]);
+    }
+    net::Context context;
+    auto created = aggregator::Aggregator::Create(config, &context, Weights::Zeros(TinyLayout()), nullptr, nullptr);
+    if (!created.ok()) std::abort();
+  }
+};
+
+// Writes the raw parts into a copy of the template store.
+void WriteRecords(const fs::path& store, const std::vector<std::string>& parts, const Template& t) {
+  rocksdb::Options options;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  std::vector<std::string> names;
+  if (!rocksdb::DB::ListColumnFamilies(options, store.string(), &names).ok()) std::abort();
+  for (const auto& n : names) families.emplace_back(n, rocksdb::ColumnFamilyOptions());
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  if (!rocksdb::DB::Open(options, store.string(), families, &handles, &db).ok()) std::abort();
+  auto cf = [&](const std::string& name) {
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (names[i] == name) return handles[i];
+    }
+    std::abort();
+  };
+  // A running round 1 over both clients, unless the input brings its own.
+  records::RoundRecord round;
+  round.set_round(1);
+  round.set_outcome(records::RoundRecord::OUTCOME_RUNNING);
+  round.add_selected(std::min(t.keys[0], t.keys[1]));
+  round.add_selected(std::max(t.keys[0], t.keys[1]));
+  round.set_base_model_version(1);
+  std::string round_bytes = round.SerializeAsString();
+  if (parts.size() > 2) round_bytes = parts[2];
+  rocksdb::WriteOptions w;
+  (void)db->Put(w, cf("rounds"), RoundKey(1), round_bytes);
+  if (!parts.empty()) (void)db->Put(w, cf("updates"), RoundKey(1) + t.keys[0], parts[0]);
+  if (parts.size() > 1) (void)db->Put(w, cf("clients"), t.keys[0], parts[1]);
+  for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+  db->Close();
+  delete db;
+}
+
+void FuzzValidation(const uint8_t* data, size_t size) {
+  wire::WeightsProto delta;
+  if (!delta.ParseFromArray(data, static_cast<int>(size))) return;
+  aggregator::UpdateExpectation e;
+  e.layout = TinyLayout();
+  e.max_norm = size % 2 ? 0.0 : 10.0;
+  e.max_examples = 1000;
+  const int64_t examples = size > 0 ? static_cast<int64_t>(data[0]) * 8 - 4 : 0;
+  aggregator::UpdateVerdict v = aggregator::ValidateUpdate(delta, examples, e);
+  if (!v.accepted()) return;
+  // Accepted: exactly the layout, finite, within the bounds.
+  if (v.delta.data.size() != 8 || examples < 1 || examples > 1000) std::abort();
+  for (float x : v.delta.data) {
+    if (!std::isfinite(x)) std::abort();
+  }
+  if (e.max_norm > 0 && !(v.norm <= e.max_norm)) std::abort();
+}
+
+void FuzzRecovery(const uint8_t* data, size_t size) {
+  static Template* t = new Template();
+  std::vector<std::string> parts(1);
+  for (size_t i = 0; i < size && parts.size() <= 3; ++i) {
+    if (data[i] == 0xFE) {
+      parts.emplace_back();
+    } else {
+      parts.back().push_back(static_cast<char>(data[i]));
+    }
+  }
+  const fs::path store = t->dir / "run";
+  fs::remove_all(store);
+  fs::copy(t->config.store_path, store, fs::copy_options::recursive);
+  WriteRecords(store, parts, *t);
+  aggregator::AggregatorConfig config = t->config;
+  config.store_path = store.string();
+  config.min_clients = 1;
+  net::Context context;
+  auto agg = aggregator::Aggregator::Create(config, &context, Weights::Zeros(TinyLayout()), nullptr, nullptr);
+  // Bad records are quarantined, never a reason not to start.
+  if (!agg.ok()) std::abort();
+  // Both devices speak; the second sends a sane update to the resumed round.
+  for (int i = 0; i < 2; ++i) {
+    wire::Envelope hello;
+    hello.mutable_hello()->set_client_name("c" + std::to_string(i));
+    if (!(*agg)->Step({"p" + std::to_string(i), t->keys[i], proto::SerializeEnvelope(&hello)}).ok()) std::abort();
+  }
+  wire::Envelope update;
+  update.mutable_update()->set_round((*agg)->history().empty() ? 1 : 2);
+  update.mutable_update()->set_model_version((*agg)->model_version());
+  update.mutable_update()->set_num_examples(3);
+  Weights d = Weights::Zeros(TinyLayout());
+  for (float& x : d.data) x = 0.01f;
+  proto::WeightsToProto(d, update.mutable_update()->mutable_delta());
+  if (!(*agg)->Step({"p1", t->keys[1], proto::SerializeEnvelope(&update)}).ok()) std::abort();
+  for (float x : (*agg)->global_model().data) {
+    if (!std::isfinite(x)) std::abort();
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  if (data[0] & 1) {
+    FuzzValidation(data + 1, size - 1);
+  } else {
+    FuzzRecovery(data + 1, size - 1);
+  }
+  return 0;
+}
