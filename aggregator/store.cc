@@ -3,6 +3,7 @@
 #include <sys/statvfs.h>
 
 #include <chrono>
+#include <filesystem>
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
@@ -88,6 +89,12 @@ StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) { return O
 StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& path) { return OpenImpl(path, true); }
 
 StatusOr<std::unique_ptr<Store>> Store::OpenImpl(const std::string& path, bool read_only) {
+  if (!read_only) {
+    // RocksDB creates the store's own directory but not its parents.
+    std::error_code ec;
+    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  }
   rocksdb::Options options;
   options.create_if_missing = !read_only;
   options.create_missing_column_families = !read_only;
@@ -164,9 +171,12 @@ Status Store::ForEachUpdate(uint32_t round, const std::function<Status(const rec
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf(kUpdates)));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
     records::UpdateRecord record;
-    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+    const std::string key_client = it->key().ToString().substr(prefix.size());
+    // A record that does not parse, or contradicts its key, is corrupt.
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) ||
+        record.round() != round || record.client_id() != key_client) {
       if (corrupt == nullptr) return DataLoss("corrupt update record in store for round " + std::to_string(round));
-      corrupt->push_back(it->key().ToString().substr(prefix.size()));
+      corrupt->push_back(key_client);
       continue;
     }
     RETURN_IF_ERROR(visit(record));

@@ -43,7 +43,8 @@ class Store {
   bool HasUpdate(uint32_t round, const std::string& client_id) const;
   // Visits the updates of `round` in client-id order. Stops at the first
   // error, from RocksDB, a corrupt record, or `visit`; with `corrupt`, a
-  // record that does not parse is skipped and its client id listed there.
+  // record that does not parse, or whose round or client id contradicts its
+  // key, is skipped and the client id of its key listed there.
   Status ForEachUpdate(uint32_t round, const std::function<Status(const records::UpdateRecord&)>& visit,
                        std::vector<std::string>* corrupt = nullptr) const;
 

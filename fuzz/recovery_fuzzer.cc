@@ -5,14 +5,18 @@
 // records (it quarantines them), and the resumed round must finish with a
 // finite model or fail cleanly. Built only with -DFLOTILLA_FUZZ=ON and clang.
 //
-// Input: the first byte picks the harness; then up to three parts separated
-// by the byte 0xFE: an update record, a client record, a round record (each
-// written raw into its column family).
+// Input: the first byte picks the harness (odd: validation). For recovery
+// the next byte picks structured mode (odd: one well-formed update record
+// whose example count and values come from the input) or raw mode: up to
+// three parts separated by the byte 0xFE, an update record, a client record
+// and a round record, each written raw into its column family.
 #include <unistd.h>
 
 #include <rocksdb/db.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -72,7 +76,10 @@ struct Template {
     }
     net::Context context;
     auto created = aggregator::Aggregator::Create(config, &context, Weights::Zeros(TinyLayout()), nullptr, nullptr);
-    if (!created.ok()) std::abort();
+    if (!created.ok()) {
+      std::fprintf(stderr, "recovery_fuzzer: template store: %s\n", created.status().ToString().c_str());
+      std::abort();
+    }
   }
 };
 
@@ -128,14 +135,35 @@ void FuzzValidation(const uint8_t* data, size_t size) {
   if (e.max_norm > 0 && !(v.norm <= e.max_norm)) std::abort();
 }
 
+// A well-formed update record of the right layout whose example count and
+// values come from the input: reaches the deep checks without a corpus.
+std::string StructuredUpdate(const uint8_t* data, size_t size, const std::string& client) {
+  records::UpdateRecord u;
+  u.set_round(1);
+  u.set_client_id(client);
+  int64_t examples = 0;
+  for (size_t i = 0; i < 8 && i < size; ++i) examples = (examples << 8) | data[i];
+  u.set_num_examples(examples);
+  Weights w = Weights::Zeros(TinyLayout());
+  for (size_t i = 8; i + 4 <= size && (i - 8) / 4 < w.data.size(); i += 4) {
+    std::memcpy(&w.data[(i - 8) / 4], data + i, 4);
+  }
+  proto::WeightsToProto(w, u.mutable_delta());  // no checks: an earlier version may have stored anything
+  return u.SerializeAsString();
+}
+
 void FuzzRecovery(const uint8_t* data, size_t size) {
   static Template* t = new Template();
   std::vector<std::string> parts(1);
-  for (size_t i = 0; i < size && parts.size() <= 3; ++i) {
-    if (data[i] == 0xFE) {
-      parts.emplace_back();
-    } else {
-      parts.back().push_back(static_cast<char>(data[i]));
+  if (size > 0 && (data[0] & 1)) {
+    parts[0] = StructuredUpdate(data + 1, size - 1, t->keys[0]);
+  } else {
+    for (size_t i = 0; i < size && parts.size() <= 3; ++i) {
+      if (data[i] == 0xFE) {
+        parts.emplace_back();
+      } else {
+        parts.back().push_back(static_cast<char>(data[i]));
+      }
     }
   }
   const fs::path store = t->dir / "run";
@@ -148,7 +176,10 @@ void FuzzRecovery(const uint8_t* data, size_t size) {
   net::Context context;
   auto agg = aggregator::Aggregator::Create(config, &context, Weights::Zeros(TinyLayout()), nullptr, nullptr);
   // Bad records are quarantined, never a reason not to start.
-  if (!agg.ok()) std::abort();
+  if (!agg.ok()) {
+    std::fprintf(stderr, "recovery_fuzzer: recovery refused: %s\n", agg.status().ToString().c_str());
+    std::abort();
+  }
   // Both devices speak; the second sends a sane update to the resumed round.
   for (int i = 0; i < 2; ++i) {
     wire::Envelope hello;
