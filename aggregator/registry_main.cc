@@ -130,9 +130,11 @@ int main(int argc, char** argv) {
   if (*list) {
     std::printf("%8s %6s %8s %-6s %10s %10s %s\n", "version", "round", "parent", "arch", "train_loss", "test_acc",
                 "created");
-    for (uint64_t v : *versions) {
-      auto m = (*store)->GetModel(v);
-      if (!m.ok()) return Fail(m.status());
+    auto summaries = (*store)->ListModelSummaries();  // the index: no model blob is read
+    if (!summaries.ok()) return Fail(summaries.status());
+    for (const auto& summary : *summaries) {
+      const uint64_t v = summary.version();
+      const records::ModelRecord* m = &summary;
       auto metric = [&](const char* k) {
         auto it = m->metrics().find(k);
         return it == m->metrics().end() ? NAN : it->second;

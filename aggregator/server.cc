@@ -101,7 +101,8 @@ Status AggregatorConfig::Validate() const {
 }
 
 StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig& given, net::Context* context,
-                                                         Weights initial, EvalFn eval, RoundFn on_round) {
+                                                         Weights initial, EvalFn eval, RoundFn on_round,
+                                                         std::unique_ptr<Store> store) {
   RETURN_IF_ERROR(given.Validate());
   AggregatorConfig config = given;
   if (config.secagg.enabled && config.dp.mode == DpConfig::Mode::kClientCentral) {
@@ -112,7 +113,9 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     config.dp.mode = DpConfig::Mode::kClientDistributed;
   }
   RETURN_IF_ERROR(initial.Validate().WithContext("initial model"));
-  ASSIGN_OR_RETURN(std::unique_ptr<Store> store, Store::Open(config.store_path));
+  if (!store) {
+    ASSIGN_OR_RETURN(store, Store::Open(config.store_path));
+  }
   store->set_min_free_bytes(config.store_min_free_bytes);
   std::unique_ptr<net::ZapHandler> zap;
   if (config.socket.security == net::TransportSecurity::kCurve) {
@@ -243,10 +246,11 @@ Status Aggregator::Recover() {
     // Secure aggregation keeps its keys and shares in memory only. The round
     // is not resumed: a new round starts with fresh keys (resuming with the
     // same masks and new inputs would leak their difference).
-    records::RoundRecord failed = *running;
-    failed.set_outcome(records::RoundRecord::OUTCOME_FAILED);
-    failed.set_note("interrupted by an aggregator restart during secure aggregation; not resumed");
-    RETURN_IF_ERROR(store_->CommitRound(failed, nullptr));
+    RoundCommit failed;
+    failed.round = *running;
+    failed.round.set_outcome(records::RoundRecord::OUTCOME_FAILED);
+    failed.round.set_note("interrupted by an aggregator restart during secure aggregation; not resumed");
+    RETURN_IF_ERROR(store_->CommitRound(failed));
     LOG_WARN("aggregator", "round " << round_ << " was running secure aggregation when the aggregator stopped; "
                                     << "recorded as failed, the next round starts with fresh keys");
     running = nullptr;
@@ -430,7 +434,7 @@ StatusOr<double> Aggregator::EpsilonAfter(const privacy::RdpAccountant& accounta
   return spent.epsilon;
 }
 
-Status Aggregator::AccountRound(records::RoundRecord* record, double q) {
+Status Aggregator::AccountRound(records::RoundRecord* record, double q, std::vector<records::LedgerEntry>* ledger) {
   const DpConfig& dp = config_.dp;
   if (dp.client_level()) {
     // With adaptive clipping the updates carry noise z_delta > z and the
@@ -464,7 +468,7 @@ Status Aggregator::AccountRound(records::RoundRecord* record, double q) {
     e.set_delta(dp.delta);
     e.set_epsilon_after(epsilon_);
     e.set_recorded_unix_ms(NowUnixMs());
-    RETURN_IF_ERROR(store_->PutLedgerEntry(e));
+    ledger->push_back(std::move(e));
     if (epsilon_ > dp.epsilon_budget) {
       // Only possible when devices dropped out of a distributed-noise round.
       budget_exhausted_ = true;
@@ -494,7 +498,7 @@ Status Aggregator::AccountRound(records::RoundRecord* record, double q) {
       e.set_delta(dp.delta);
       e.set_epsilon_after(spent.epsilon);
       e.set_recorded_unix_ms(NowUnixMs());
-      RETURN_IF_ERROR(store_->PutLedgerEntry(e));
+      ledger->push_back(std::move(e));
     }
   }
   record->set_epsilon(epsilon_);
@@ -645,8 +649,7 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
   }
   switch (env.body_case()) {
     case wire::Envelope::kHello:
-      HandleHello(in, env);
-      return Status::Ok();
+      return HandleHello(in, env);
     // Status and pull need no Hello, only an enrolled key.
     case wire::Envelope::kStatusRequest:
       HandleStatus(in, env.request_id());
@@ -768,12 +771,12 @@ std::vector<records::ClientRecord> Aggregator::DirtyClientRecords() {
   return out;
 }
 
-void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env) {
+Status Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env) {
   const wire::Hello& hello = env.hello();
   std::string client_id = zap_ ? in.user_id : hello.client_name();
   if (client_id.empty()) {
     ReplyError(in.peer, in.peer, env.request_id(), wire::ERROR_MALFORMED, "hello without a client name");
-    return;
+    return Status::Ok();
   }
   const bool is_new = !clients_.count(client_id);
   ClientState& state = clients_[client_id];
@@ -788,11 +791,17 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
                                       << "it will not be sampled (update its software)");
   }
   if (state.first_seen_unix_ms == 0) state.first_seen_unix_ms = NowUnixMs();
+  // The registry is the sampling population after a restart: a device is
+  // registered only once its record is durable.
   if (Status st = store_->PutClient(ClientRecordOf(client_id)); !st.ok()) {
-    LOG_WARN("aggregator", st.ToString());
-  } else {
-    state.dirty = false;
+    if (is_new) clients_.erase(client_id);
+    if (!st.retryable() && st.code() != StatusCode::kResourceExhausted) return st;
+    LOG_ERROR("aggregator", "could not record device '" << hello.client_name() << "': " << st.message());
+    ReplyError(in.peer, client_id, env.request_id(), wire::ERROR_INTERNAL,
+               "the aggregator could not record this device; retry");
+    return Status::Ok();
   }
+  state.dirty = false;
   if (is_new) {
     LOG_INFO("aggregator", "client '" << hello.client_name() << "'"
                                       << (zap_ ? " (key " + client_id + ")" : std::string())
@@ -803,6 +812,7 @@ void Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env)
   reply.mutable_welcome()->set_model_arch(config_.model_arch);
   reply.mutable_welcome()->set_current_round(round_);
   ReplyToClient(client_id, env.request_id(), std::move(reply));
+  return Status::Ok();
 }
 
 void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
@@ -1233,10 +1243,11 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   // that is not usable fails the round; it never stops the aggregator.
   const DpConfig& dp = config_.dp;
   std::optional<Weights> next;
+  std::vector<records::LedgerEntry> ledger;  // committed with the round
   if (failure.empty()) {
     StatusOr<Weights> merged = secure_ ? MergeSecureSum() : MergeStoredUpdates();
     StatusOr<Weights> applied = merged.ok() ? StatusOr<Weights>(FinalizeMerge(std::move(merged).value(), &record,
-                                                                              &summary))
+                                                                              &summary, &ledger))
                                             : StatusOr<Weights>(merged.status());
     if (applied.ok()) {
       next = std::move(applied).value();
@@ -1262,9 +1273,11 @@ Status Aggregator::FinishRound(bool deadline_passed) {
                                     << "; next round in " << backoff << " s");
     summary.seconds = std::chrono::duration<double>(Clock::now() - round_started_).count();
     record.set_seconds(summary.seconds);
-    std::vector<records::ClientRecord> clients = DirtyClientRecords();
-    RETURN_IF_ERROR(store_->CommitRound(record, nullptr, {}, clients));
-    MarkWritten(clients);
+    RoundCommit commit;
+    commit.round = record;
+    commit.clients = DirtyClientRecords();
+    RETURN_IF_ERROR(store_->CommitRound(commit));
+    MarkWritten(commit.clients);
     summary.model_version = model_version_;
     history_.push_back(summary);
     if (on_round_) on_round_(summary);
@@ -1314,12 +1327,18 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   record.set_mean_train_loss(summary.mean_train_loss);
   record.set_total_examples(examples);
   record.set_seconds(summary.seconds);
-  const std::vector<uint64_t> expired = ExpiredVersions(model_version_ + 1);
-  std::vector<records::ClientRecord> clients = DirtyClientRecords();
-  RETURN_IF_ERROR(store_->CommitRound(record, &model, expired, clients));
-  MarkWritten(clients);
+  RoundCommit commit;
+  commit.round = record;
+  commit.model = &model;
+  commit.expire = ExpiredVersions(model_version_ + 1);
+  commit.clients = DirtyClientRecords();
+  commit.ledger = std::move(ledger);
+  RETURN_IF_ERROR(store_->CommitRound(commit));
+  MarkWritten(commit.clients);
   stored_versions_.push_back(model_version_ + 1);
-  for (uint64_t v : expired) stored_versions_.erase(std::find(stored_versions_.begin(), stored_versions_.end(), v));
+  for (uint64_t v : commit.expire) {
+    stored_versions_.erase(std::find(stored_versions_.begin(), stored_versions_.end(), v));
+  }
 
   global_ = std::move(*next);
   global_norm_ = L2Norm(global_.data);
@@ -1341,7 +1360,8 @@ Status Aggregator::FinishRound(bool deadline_passed) {
 // scaling and central noise, the privacy accounting, adaptive clipping, the
 // server learning rate; then the result is checked before anything signs
 // it. InvalidArgument (the round fails) when it is not finite.
-StatusOr<Weights> Aggregator::FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary) {
+StatusOr<Weights> Aggregator::FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary,
+                                            std::vector<records::LedgerEntry>* ledger) {
   const DpConfig& dp = config_.dp;
   for (float v : mean_delta.data) {
     if (!std::isfinite(v)) return InvalidArgument("the mean update is not finite");
@@ -1362,7 +1382,7 @@ StatusOr<Weights> Aggregator::FinalizeMerge(Weights mean_delta, records::RoundRe
     summary->clip_norm = clip_norm_;
     ASSIGN_OR_RETURN(next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
   }
-  RETURN_IF_ERROR(AccountRound(record, round_q_));
+  RETURN_IF_ERROR(AccountRound(record, round_q_, ledger));
   if (clipper_) {
     int64_t below = 0;
     for (const auto& kv : below_clip_) below += kv.second;

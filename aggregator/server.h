@@ -171,10 +171,12 @@ using RoundFn = std::function<void(const RoundSummary&)>;
 
 class Aggregator {
  public:
-  // Opens the store, binds the socket and stores `initial` as model version
-  // 1 if the store has no model yet.
+  // Opens the store (config.store_path, or `store` when given: tests use
+  // in-memory or fault-injecting ones), binds the socket and stores
+  // `initial` as model version 1 if the store has no model yet.
   static StatusOr<std::unique_ptr<Aggregator>> Create(const AggregatorConfig& config, net::Context* context,
-                                                      Weights initial, EvalFn eval, RoundFn on_round);
+                                                      Weights initial, EvalFn eval, RoundFn on_round,
+                                                      std::unique_ptr<Store> store = nullptr);
   ~Aggregator();
 
   // The bound endpoint (useful with "tcp://127.0.0.1:*").
@@ -238,7 +240,7 @@ class Aggregator {
   void MaybeReloadAllowlist();
 
   Status HandleMessage(const net::Incoming& in);
-  void HandleHello(const net::Incoming& in, const wire::Envelope& env);
+  Status HandleHello(const net::Incoming& in, const wire::Envelope& env);
   void HandleTaskRequest(const std::string& client_id, uint64_t request_id);
   void HandleStatus(const net::Incoming& in, uint64_t request_id);
   void HandlePull(const net::Incoming& in, const wire::Envelope& env);
@@ -275,7 +277,8 @@ class Aggregator {
   Status ResignLegacyModels();
   Status QuarantineCorrupt();
   UpdateExpectation ExpectationNow() const;
-  StatusOr<Weights> FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary);
+  StatusOr<Weights> FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary,
+                                  std::vector<records::LedgerEntry>* ledger);
   void MarkWritten(const std::vector<records::ClientRecord>& written);
   void SendTask(const std::string& client_id, uint64_t request_id);
   void AnswerParked(bool keepalive_only);
@@ -295,7 +298,10 @@ class Aggregator {
                     const google::protobuf::Map<std::string, double>& metrics);
   int64_t DpSgdStepsPerRound() const;
   StatusOr<double> EpsilonAfter(const privacy::RdpAccountant& accountant, double q, double z, int64_t steps) const;
-  Status AccountRound(records::RoundRecord* record, double q);
+  // Charges the round's privacy cost to the accountants and returns the
+  // ledger entries the round's commit must write (so that a crash before
+  // the commit charges nothing twice).
+  Status AccountRound(records::RoundRecord* record, double q, std::vector<records::LedgerEntry>* ledger);
 
   AggregatorConfig config_;
   std::unique_ptr<Store> store_;

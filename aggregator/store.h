@@ -1,10 +1,14 @@
-// The aggregator's durable state in RocksDB, one column family per kind of
-// record: models, rounds, updates, clients, privacy_ledger, strategy_state,
-// metrics, quarantine. See docs/operations.md for the key layout. Keys
-// sort so that iteration order is the merge order (round, then client id).
+// The aggregator's durable state, on the storage layer (storage/kv_store.h),
+// one column family per kind of record: models (with a small model_index
+// beside them, so that listing versions and recovering never read model
+// blobs), rounds, updates, clients, privacy_ledger, quarantine. See
+// docs/operations.md for the key layout. Keys sort so that iteration order
+// is the merge order (round, then client id).
 //
-// Writes that acknowledge something to a peer use WriteOptions.sync = true.
-// Thread-safety: all methods may be called from any thread (RocksDB is).
+// Every write is one synced batch; everything a round commits (round
+// record, model version, ledger entries, client records, the removal of
+// its updates and of expired versions) is one batch.
+// Thread-safety: all methods may be called from any thread.
 #pragma once
 
 #include <cstdint>
@@ -16,44 +20,48 @@
 
 #include "core/status.h"
 #include "proto/records.pb.h"
-
-namespace rocksdb {
-class DB;
-class ColumnFamilyHandle;
-class WriteBatch;
-}  // namespace rocksdb
+#include "storage/kv_store.h"
 
 namespace flotilla::aggregator {
 
+// What one round commits, atomically.
+struct RoundCommit {
+  records::RoundRecord round;
+  const records::ModelRecord* model = nullptr;    // the new version, if the round produced one
+  std::vector<uint64_t> expire;                   // model versions to delete (retention)
+  std::vector<records::ClientRecord> clients;     // device records whose counters changed
+  std::vector<records::LedgerEntry> ledger;       // the privacy cost of this round
+};
+
 class Store {
  public:
-  // Opens (creating if needed) the store in directory `path`. A store locked
-  // by another process gives FailedPrecondition naming the path.
+  // Opens (creating if needed) the RocksDB store in directory `path`. A
+  // store locked by another process gives FailedPrecondition naming the path.
   static StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
   // Opens an existing store for reading only, without taking its lock, so
   // tools can inspect the store of a running aggregator. Writes fail.
   static StatusOr<std::unique_ptr<Store>> OpenReadOnly(const std::string& path);
-  ~Store();
-  Store(const Store&) = delete;
-  Store& operator=(const Store&) = delete;
+  // On any key-value store (in memory for unit tests, or one that injects
+  // faults); `kv` must have been opened with Families().
+  static StatusOr<std::unique_ptr<Store>> OnKvStore(std::unique_ptr<storage::KvStore> kv);
+  // The column families the store uses, and those older versions had.
+  static storage::StoreOptions Families();
 
   // Durably records one accepted update (sync write). AlreadyExists if that
   // client already has an update for that round.
   Status PutUpdate(const records::UpdateRecord& update);
   bool HasUpdate(uint32_t round, const std::string& client_id) const;
   // Visits the updates of `round` in client-id order. Stops at the first
-  // error, from RocksDB, a corrupt record, or `visit`; with `corrupt`, a
+  // error, from the store, a corrupt record, or `visit`; with `corrupt`, a
   // record that does not parse, or whose round or client id contradicts its
   // key, is skipped and the client id of its key listed there.
   Status ForEachUpdate(uint32_t round, const std::function<Status(const records::UpdateRecord&)>& visit,
                        std::vector<std::string>* corrupt = nullptr) const;
 
-  // Atomically (one synced WriteBatch): stores the new model version (if
-  // given), the round record and the client records in `clients`, deletes
-  // that round's updates and the model versions in `expire`.
-  Status CommitRound(const records::RoundRecord& round, const records::ModelRecord* model,
-                     const std::vector<uint64_t>& expire = {},
-                     const std::vector<records::ClientRecord>& clients = {});
+  // One synced batch: the new model version (and its index entry), the
+  // round record, client records and ledger entries; deletes the round's
+  // updates and the expired versions.
+  Status CommitRound(const RoundCommit& commit);
   Status PutRound(const records::RoundRecord& round);
   StatusOr<std::optional<records::RoundRecord>> GetRound(uint32_t round) const;
   // With `corrupt`, records that do not parse are skipped and their keys
@@ -62,17 +70,19 @@ class Store {
 
   Status PutModel(const records::ModelRecord& model);
   StatusOr<records::ModelRecord> GetModel(uint64_t version) const;
+  // Every stored version's record without its weights, ascending; read
+  // from the index, never from the model blobs.
+  StatusOr<std::vector<records::ModelRecord>> ListModelSummaries() const;
+  // All stored versions, ascending (keys of the index only).
+  StatusOr<std::vector<uint64_t>> ListModelVersions() const;
   // The highest stored version, or nullopt for an empty store.
   StatusOr<std::optional<uint64_t>> LatestModelVersion() const;
-  // All stored versions, ascending.
-  StatusOr<std::vector<uint64_t>> ListModelVersions() const;
 
   Status PutClient(const records::ClientRecord& client);
   StatusOr<std::optional<records::ClientRecord>> GetClient(const std::string& client_id) const;
   StatusOr<std::vector<records::ClientRecord>> ListClients(std::vector<std::string>* corrupt = nullptr) const;
 
-  // Privacy ledger: appended with sync; listed in (round, client) order.
-  Status PutLedgerEntry(const records::LedgerEntry& entry);
+  // Privacy ledger, in (round, client) order. Entries are written by CommitRound.
   StatusOr<std::vector<records::LedgerEntry>> ListLedger() const;
 
   // Quarantine: moves a record that failed validation on replay out of its
@@ -86,26 +96,24 @@ class Store {
 
   // Approximate size: SST and blob files plus the memtables (whose data is
   // in the write-ahead log until flushed).
-  uint64_t ApproximateSize() const;
+  uint64_t ApproximateSize() const { return kv_->ApproximateSize(); }
 
-  const std::string& path() const { return path_; }
-  // Writes fail with ResourceExhausted (writing nothing) while less than
-  // this much disk space is free. Default 64 MiB.
-  void set_min_free_bytes(uint64_t bytes) { min_free_bytes_ = bytes; }
+  const std::string& path() const { return kv_->path(); }
+  // Writes fail with ResourceExhausted (writing nothing) while less disk
+  // space than this is free. Default 64 MiB.
+  void set_min_free_bytes(uint64_t bytes) { kv_->set_min_free_bytes(bytes); }
 
  private:
-  Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles);
-  static StatusOr<std::unique_ptr<Store>> OpenImpl(const std::string& path, bool read_only);
-  // Writes `batch` with sync, resuming RocksDB after an earlier I/O or
-  // no-space failure first.
-  Status SyncedWrite(rocksdb::WriteBatch* batch, const std::string& what);
-  Status Quarantine(int family, const std::string& key, const std::string& reason);
-  rocksdb::ColumnFamilyHandle* cf(int index) const { return handles_[index]; }
+  explicit Store(std::unique_ptr<storage::KvStore> kv) : kv_(std::move(kv)) {}
+  // Stores written before the model index existed get one (reads every
+  // model once).
+  Status BuildModelIndexIfMissing();
+  Status Quarantine(const std::string& family, const std::string& key, const std::string& reason);
+  template <typename Record>
+  StatusOr<std::vector<Record>> List(const std::string& family, const std::string& what,
+                                     std::vector<std::string>* corrupt) const;
 
-  std::string path_;
-  uint64_t min_free_bytes_ = uint64_t{64} << 20;
-  rocksdb::DB* db_;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  std::unique_ptr<storage::KvStore> kv_;
 };
 
 }  // namespace flotilla::aggregator

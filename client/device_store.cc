@@ -1,13 +1,12 @@
 #include "client/device_store.h"
 
-#include <rocksdb/db.h>
-#include <rocksdb/options.h>
-
 namespace flotilla::client {
 namespace {
 
-enum Family { kDefault = 0, kOutbox, kModels, kState, kNumFamilies };
-const char* const kFamilies[kNumFamilies] = {"default", "outbox", "models", "state"};
+constexpr char kOutbox[] = "outbox";
+constexpr char kModels[] = "models";
+constexpr char kState[] = "state";
+constexpr char kLatestModelKey[] = "latest";
 
 std::string RoundKey(uint32_t round) {
   std::string key(4, '\0');
@@ -15,73 +14,51 @@ std::string RoundKey(uint32_t round) {
   return key;
 }
 
-Status FromRocks(const rocksdb::Status& st, const std::string& what) {
-  if (st.ok()) return Status::Ok();
-  if (st.IsNoSpace()) return ResourceExhausted(what + ": disk full (" + st.ToString() + ")");
-  if (st.IsCorruption()) return DataLoss(what + ": " + st.ToString());
-  return Unavailable(what + ": " + st.ToString());
-}
-
-rocksdb::WriteOptions Synced() {
-  rocksdb::WriteOptions w;
-  w.sync = true;
-  return w;
-}
-
-constexpr char kLatestModelKey[] = "latest";
-
 std::string NewestKey(const std::string& federation) { return "newest_verified/" + federation; }
 
 }  // namespace
 
-StatusOr<std::unique_ptr<DeviceStore>> DeviceStore::Open(const std::string& path) {
-  rocksdb::Options options;
-  options.create_if_missing = true;
-  options.create_missing_column_families = true;
-  options.max_open_files = 64;
-  std::vector<rocksdb::ColumnFamilyDescriptor> families;
-  for (const char* name : kFamilies) families.emplace_back(name, rocksdb::ColumnFamilyOptions());
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
-  rocksdb::Status st = rocksdb::DB::Open(options, path, families, &handles, &db);
-  if (!st.ok()) {
-    if (st.IsIOError() && st.ToString().find("lock") != std::string::npos) {
-      return FailedPrecondition("device store " + path + " is in use by another process: " + st.ToString());
-    }
-    return FromRocks(st, "opening device store " + path);
-  }
-  return std::unique_ptr<DeviceStore>(new DeviceStore(db, std::move(handles)));
+storage::StoreOptions DeviceStore::Families() {
+  storage::StoreOptions o;
+  o.families = {kOutbox, kModels, kState};
+  o.min_free_bytes = 0;  // devices have small disks; RocksDB's own no-space error is the signal
+  return o;
 }
 
-DeviceStore::DeviceStore(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles)
-    : db_(db), handles_(std::move(handles)) {}
+StatusOr<std::unique_ptr<DeviceStore>> DeviceStore::Open(const std::string& path) {
+  StatusOr<std::unique_ptr<storage::KvStore>> kv = storage::OpenRocksDb(path, Families());
+  if (kv.status().code() == StatusCode::kFailedPrecondition) {
+    return FailedPrecondition("device store " + path + " is in use by another process: " +
+                              std::string(kv.status().message()));
+  }
+  RETURN_IF_ERROR(kv.status());
+  return OnKvStore(std::move(kv).value());
+}
 
-DeviceStore::~DeviceStore() {
-  for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
-  db_->Close();
-  delete db_;
+std::unique_ptr<DeviceStore> DeviceStore::OnKvStore(std::unique_ptr<storage::KvStore> kv) {
+  return std::unique_ptr<DeviceStore>(new DeviceStore(std::move(kv)));
 }
 
 Status DeviceStore::PutOutbox(const wire::Update& update) {
-  return FromRocks(db_->Put(Synced(), handles_[kOutbox], RoundKey(update.round()), update.SerializeAsString()),
-                   "writing outbox");
+  storage::WriteBatch batch;
+  batch.Put(kOutbox, RoundKey(update.round()), update.SerializeAsString());
+  return kv_->Write(batch, "writing outbox");
 }
 
 Status DeviceStore::RemoveOutbox(uint32_t round) {
-  return FromRocks(db_->Delete(Synced(), handles_[kOutbox], RoundKey(round)), "clearing outbox");
+  storage::WriteBatch batch;
+  batch.Delete(kOutbox, RoundKey(round));
+  return kv_->Write(batch, "clearing outbox");
 }
 
 StatusOr<std::vector<wire::Update>> DeviceStore::ListOutbox() const {
   std::vector<wire::Update> out;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), handles_[kOutbox]));
-  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+  RETURN_IF_ERROR(kv_->Scan(kOutbox, "", [&](std::string_view, std::string_view value) -> Status {
     wire::Update u;
-    if (!u.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return DataLoss("corrupt outbox entry");
-    }
+    if (!u.ParseFromArray(value.data(), static_cast<int>(value.size()))) return DataLoss("corrupt outbox entry");
     out.push_back(std::move(u));
-  }
-  RETURN_IF_ERROR(FromRocks(it->status(), "reading outbox"));
+    return Status::Ok();
+  }));
   return out;
 }
 
@@ -92,18 +69,33 @@ Status DeviceStore::PutModel(const HeldModel& model) {
   record.set_model_arch(model.arch);
   *record.mutable_weights() = model.weights;
   record.set_signature(model.signature);
-  return FromRocks(db_->Put(Synced(), handles_[kModels], kLatestModelKey, record.SerializeAsString()),
-                   "writing model");
+  storage::WriteBatch batch;
+  batch.Put(kModels, kLatestModelKey, record.SerializeAsString());
+  return kv_->Write(batch, "writing model");
+}
+
+StatusOr<std::optional<HeldModel>> DeviceStore::GetModel() const {
+  StatusOr<std::string> value = kv_->Get(kModels, kLatestModelKey);
+  if (value.status().code() == StatusCode::kNotFound) return std::optional<HeldModel>();
+  RETURN_IF_ERROR(value.status());
+  wire::PullReply record;
+  if (!record.ParseFromString(*value)) return DataLoss("corrupt model record in device store");
+  HeldModel m;
+  m.version = record.version();
+  m.round = record.round();
+  m.arch = record.model_arch();
+  m.weights = record.weights();
+  m.signature = record.signature();
+  return std::optional<HeldModel>(std::move(m));
 }
 
 StatusOr<uint64_t> DeviceStore::NewestVerified(const std::string& federation) const {
-  std::string value;
-  rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), handles_[kState], NewestKey(federation), &value);
-  if (st.IsNotFound()) return uint64_t{0};
-  RETURN_IF_ERROR(FromRocks(st, "reading the newest verified version"));
-  if (value.size() != 8) return DataLoss("corrupt newest-verified record in device store");
+  StatusOr<std::string> value = kv_->Get(kState, NewestKey(federation));
+  if (value.status().code() == StatusCode::kNotFound) return uint64_t{0};
+  RETURN_IF_ERROR(value.status());
+  if (value->size() != 8) return DataLoss("corrupt newest-verified record in device store");
   uint64_t v = 0;
-  for (unsigned char c : value) v = (v << 8) | c;
+  for (unsigned char c : *value) v = (v << 8) | c;
   return v;
 }
 
@@ -112,24 +104,9 @@ Status DeviceStore::NoteVerified(const std::string& federation, uint64_t version
   if (version <= newest) return Status::Ok();
   std::string value(8, '\0');
   for (int i = 0; i < 8; ++i) value[i] = static_cast<char>((version >> (8 * (7 - i))) & 0xff);
-  return FromRocks(db_->Put(Synced(), handles_[kState], NewestKey(federation), value),
-                   "writing the newest verified version");
-}
-
-StatusOr<std::optional<HeldModel>> DeviceStore::GetModel() const {
-  std::string value;
-  rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), handles_[kModels], kLatestModelKey, &value);
-  if (st.IsNotFound()) return std::optional<HeldModel>();
-  RETURN_IF_ERROR(FromRocks(st, "reading model"));
-  wire::PullReply record;
-  if (!record.ParseFromString(value)) return DataLoss("corrupt model record in device store");
-  HeldModel m;
-  m.version = record.version();
-  m.round = record.round();
-  m.arch = record.model_arch();
-  m.weights = record.weights();
-  m.signature = record.signature();
-  return std::optional<HeldModel>(std::move(m));
+  storage::WriteBatch batch;
+  batch.Put(kState, NewestKey(federation), value);
+  return kv_->Write(batch, "writing the newest verified version");
 }
 
 }  // namespace flotilla::client

@@ -1,4 +1,4 @@
-// A device's durable state in RocksDB: the outbox (updates sent but not yet
+// A device's durable state, on the storage layer: the outbox (updates sent but not yet
 // acknowledged, so a crash or reboot does not lose finished training), the
 // models it pulled (verified), and small state values.
 //
@@ -12,11 +12,7 @@
 
 #include "core/status.h"
 #include "proto/flotilla.pb.h"
-
-namespace rocksdb {
-class DB;
-class ColumnFamilyHandle;
-}  // namespace rocksdb
+#include "storage/kv_store.h"
 
 namespace flotilla::client {
 
@@ -34,7 +30,9 @@ class DeviceStore {
   // Opens (creating) the store in `path`; a store locked by another process
   // gives FailedPrecondition naming the path.
   static StatusOr<std::unique_ptr<DeviceStore>> Open(const std::string& path);
-  ~DeviceStore();
+  // On any key-value store opened with Families() (in memory for tests).
+  static std::unique_ptr<DeviceStore> OnKvStore(std::unique_ptr<storage::KvStore> kv);
+  static storage::StoreOptions Families();
   DeviceStore(const DeviceStore&) = delete;
   DeviceStore& operator=(const DeviceStore&) = delete;
 
@@ -54,9 +52,8 @@ class DeviceStore {
   Status NoteVerified(const std::string& federation, uint64_t version);
 
  private:
-  DeviceStore(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles);
-  rocksdb::DB* db_;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  explicit DeviceStore(std::unique_ptr<storage::KvStore> kv) : kv_(std::move(kv)) {}
+  std::unique_ptr<storage::KvStore> kv_;
 };
 
 }  // namespace flotilla::client

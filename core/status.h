@@ -100,10 +100,13 @@ class [[nodiscard]] StatusOr {
 #define FLOTILLA_CONCAT(a, b) FLOTILLA_CONCAT_INNER(a, b)
 
 // Returns from the current function if `expr` (a Status) is not OK.
-#define RETURN_IF_ERROR(expr)                       \
-  do {                                              \
-    ::flotilla::Status _flotilla_st = (expr);       \
-    if (!_flotilla_st.ok()) return _flotilla_st;    \
+// (The variable is named after the line, so that a RETURN_IF_ERROR inside
+// a lambda passed to another one does not shadow it.)
+#define RETURN_IF_ERROR(expr) RETURN_IF_ERROR_IMPL(FLOTILLA_CONCAT(_flotilla_st_, __LINE__), expr)
+#define RETURN_IF_ERROR_IMPL(st, expr) \
+  do {                                 \
+    ::flotilla::Status st = (expr);    \
+    if (!st.ok()) return st;           \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, MakeX());` declares x from a StatusOr or returns

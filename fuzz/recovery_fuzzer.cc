@@ -12,8 +12,6 @@
 // and a round record, each written raw into its column family.
 #include <unistd.h>
 
-#include <rocksdb/db.h>
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -25,11 +23,13 @@
 #include <vector>
 
 #include "aggregator/server.h"
+#include "aggregator/store.h"
 #include "aggregator/update_validation.h"
 #include "core/log.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
 #include "proto/records.pb.h"
+#include "storage/kv_store.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
@@ -85,20 +85,8 @@ struct Template {
 
 // Writes the raw parts into a copy of the template store.
 void WriteRecords(const fs::path& store, const std::vector<std::string>& parts, const Template& t) {
-  rocksdb::Options options;
-  std::vector<rocksdb::ColumnFamilyDescriptor> families;
-  std::vector<std::string> names;
-  if (!rocksdb::DB::ListColumnFamilies(options, store.string(), &names).ok()) std::abort();
-  for (const auto& n : names) families.emplace_back(n, rocksdb::ColumnFamilyOptions());
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
-  if (!rocksdb::DB::Open(options, store.string(), families, &handles, &db).ok()) std::abort();
-  auto cf = [&](const std::string& name) {
-    for (size_t i = 0; i < names.size(); ++i) {
-      if (names[i] == name) return handles[i];
-    }
-    std::abort();
-  };
+  auto kv = storage::OpenRocksDb(store.string(), aggregator::Store::Families());
+  if (!kv.ok()) std::abort();
   // A running round 1 over both clients, unless the input brings its own.
   records::RoundRecord round;
   round.set_round(1);
@@ -106,15 +94,11 @@ void WriteRecords(const fs::path& store, const std::vector<std::string>& parts, 
   round.add_selected(std::min(t.keys[0], t.keys[1]));
   round.add_selected(std::max(t.keys[0], t.keys[1]));
   round.set_base_model_version(1);
-  std::string round_bytes = round.SerializeAsString();
-  if (parts.size() > 2) round_bytes = parts[2];
-  rocksdb::WriteOptions w;
-  (void)db->Put(w, cf("rounds"), RoundKey(1), round_bytes);
-  if (!parts.empty()) (void)db->Put(w, cf("updates"), RoundKey(1) + t.keys[0], parts[0]);
-  if (parts.size() > 1) (void)db->Put(w, cf("clients"), t.keys[0], parts[1]);
-  for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
-  db->Close();
-  delete db;
+  storage::WriteBatch batch;
+  batch.Put("rounds", RoundKey(1), parts.size() > 2 ? parts[2] : round.SerializeAsString());
+  if (!parts.empty()) batch.Put("updates", RoundKey(1) + t.keys[0], parts[0]);
+  if (parts.size() > 1) batch.Put("clients", t.keys[0], parts[1]);
+  if (!(*kv)->Write(batch, "fuzz records").ok()) std::abort();
 }
 
 void FuzzValidation(const uint8_t* data, size_t size) {

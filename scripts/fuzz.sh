@@ -16,7 +16,7 @@ for target in aggregator_fuzzer recovery_fuzzer; do
   mkdir -p "$corpus"
   echo "fuzz: running $target for ${seconds}s"
   # pipefail: a crash (non-zero exit) fails the script.
-  build-fuzz/fuzz/$target -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 "$corpus" 2>&1 |
+  build-fuzz/fuzz/$target -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 -artifact_prefix=build-fuzz/ "$corpus" 2>&1 |
     grep -E "^#[0-9]+.*(DONE|pulse)|stat::|ERROR|SUMMARY" | tail -15
   echo "fuzz: $target: no crash in ${seconds}s"
 done

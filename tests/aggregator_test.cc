@@ -190,7 +190,10 @@ TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomi
     records::ModelRecord model;
     model.set_version(2);
     model.set_arch("test");
-    REQUIRE((*store)->CommitRound(round, &model).ok());
+    RoundCommit commit;
+    commit.round = round;
+    commit.model = &model;
+    REQUIRE((*store)->CommitRound(commit).ok());
     int left = 0;
     REQUIRE((*store)->ForEachUpdate(3, [&](const records::UpdateRecord&) {
       ++left;
@@ -225,7 +228,9 @@ TEST_CASE("A nearly full disk refuses writes cleanly and recovers when space ret
   CHECK_FALSE((*store)->HasUpdate(1, "dev"));  // nothing half-written
   records::RoundRecord r;
   r.set_round(1);
-  CHECK((*store)->CommitRound(r, nullptr).code() == StatusCode::kResourceExhausted);
+  RoundCommit commit;
+  commit.round = r;
+  CHECK((*store)->CommitRound(commit).code() == StatusCode::kResourceExhausted);
   CHECK_FALSE((*store)->GetRound(1)->has_value());
   // Space is back: the same write succeeds.
   (*store)->set_min_free_bytes(0);

@@ -217,7 +217,10 @@ TEST_CASE("Quarantine moves a record aside with its reason", "[validation]") {
     records::RoundRecord r;
     r.set_round(3);
     r.set_outcome(records::RoundRecord::OUTCOME_FAILED);
-    REQUIRE((*store)->CommitRound(r, nullptr, {}, {c}).ok());
+    RoundCommit commit;
+    commit.round = r;
+    commit.clients = {c};
+    REQUIRE((*store)->CommitRound(commit).ok());
   }
   auto store = Store::OpenReadOnly(dir.string());
   REQUIRE(store.ok());
