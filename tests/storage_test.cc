@@ -231,9 +231,11 @@ TEST_CASE("A crash between accounting and committing a round charges epsilon onc
     CHECK(st.code() == StatusCode::kUnavailable);
   }
   // Restart on the same store: round 1 resumes with both updates and commits.
+  // (A new process: a new context, so the ZAP endpoint is free.)
+  net::Context restarted;
   auto store = aggregator::Store::OnKvStore(std::make_unique<testing::SharedKvStore>(memory));
   REQUIRE(store.ok());
-  auto agg = aggregator::Aggregator::Create(config, &context, Weights::Zeros(layout), nullptr, nullptr,
+  auto agg = aggregator::Aggregator::Create(config, &restarted, Weights::Zeros(layout), nullptr, nullptr,
                                             std::move(store).value());
   INFO(agg.status().ToString());
   REQUIRE(agg.ok());
