@@ -28,78 +28,6 @@ uint64_t HashString(const std::string& s) { return DeriveSeed(0, s); }
 
 }  // namespace
 
-const char* DpModeName(DpConfig::Mode mode) {
-  switch (mode) {
-    case DpConfig::Mode::kNone: return "none";
-    case DpConfig::Mode::kClientCentral: return "dp-fedavg-central";
-    case DpConfig::Mode::kClientDistributed: return "dp-fedavg-distributed";
-    case DpConfig::Mode::kRecord: return "dp-sgd";
-  }
-  return "unknown";
-}
-
-Status DpConfig::Validate() const {
-  if (!enabled()) return Status::Ok();
-  if (!(noise_multiplier > 0) || !std::isfinite(noise_multiplier)) {
-    return InvalidArgument("DP noise multiplier must be positive");
-  }
-  if (!(clip_norm > 0) || !std::isfinite(clip_norm)) return InvalidArgument("DP clip norm must be positive");
-  if (!(delta > 0 && delta < 1)) return InvalidArgument("DP delta must be in (0, 1)");
-  if (!(epsilon_budget > 0)) {
-    return InvalidArgument("DP is on but no privacy budget is set: pass --dp-epsilon-budget (e.g. 8)");
-  }
-  if (mode == Mode::kRecord && !(dpsgd_sampling_rate > 0 && dpsgd_sampling_rate <= 1)) {
-    return InvalidArgument("DP-SGD sampling rate must be in (0, 1]");
-  }
-  if (adaptive_clip) {
-    if (!client_level()) return InvalidArgument("adaptive clipping applies to client-level DP only");
-    if (!(target_quantile > 0 && target_quantile < 1)) return InvalidArgument("target quantile must be in (0, 1)");
-  }
-  return Status::Ok();
-}
-
-Status AggregatorConfig::Validate() const {
-  if (rounds == 0) return InvalidArgument("rounds must be at least 1");
-  if (min_clients < 1) return InvalidArgument("min_clients must be at least 1");
-  if (!(fraction > 0.0 && fraction <= 1.0)) return InvalidArgument("fraction must be in (0, 1]");
-  if (min_updates < 1) return InvalidArgument("min_updates must be at least 1");
-  if (!(round_deadline_seconds > 0)) return InvalidArgument("round deadline must be positive");
-  if (epochs == 0) return InvalidArgument("epochs must be at least 1");
-  if (batch_size == 0) return InvalidArgument("batch size must be at least 1");
-  if (!(learning_rate > 0) || !std::isfinite(learning_rate)) return InvalidArgument("learning rate must be positive");
-  if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
-  if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
-  RETURN_IF_ERROR(dp.Validate());
-  RETURN_IF_ERROR(secagg.Validate());
-  RETURN_IF_ERROR(validation.Validate());
-  RETURN_IF_ERROR(limits.Validate());
-  if (!(failed_round_backoff_seconds >= 0) || !(max_failed_round_backoff_seconds >= failed_round_backoff_seconds)) {
-    return InvalidArgument("failed-round back-off must be >= 0 and not above its maximum");
-  }
-  if (pause_after_strikes < 0 || !(pause_seconds >= 0) || !(max_pause_seconds >= pause_seconds)) {
-    return InvalidArgument("device pause settings must be >= 0, with the pause not above its maximum");
-  }
-  if (secagg.enabled && strategy.NeedsIndividualUpdates()) {
-    return InvalidArgument("the " + strategy.Name() +
-                           " strategy needs every device's update, but secure aggregation shows the aggregator "
-                           "only their sum; use --strategy fedavg with --secagg, or turn secure aggregation off");
-  }
-  if (dp.client_level() && strategy.NeedsIndividualUpdates()) {
-    return InvalidArgument("client-level DP calibrates its noise to the mean of clipped updates; the " +
-                           strategy.Name() + " strategy is not covered by its accounting (use --strategy fedavg)");
-  }
-  if (secagg.enabled && dp.adaptive_clip) {
-    return InvalidArgument(
-        "adaptive clipping needs each device's clipped-or-not bit, which secure aggregation hides; "
-        "drop --dp-adaptive-clip or --secagg");
-  }
-  if (!signing_key) return InvalidArgument("a model-signing key is required (create one with flotilla-keygen --signing)");
-  if (socket.security == net::TransportSecurity::kCurve && allowlist_path.empty() && allowed_clients.empty()) {
-    return InvalidArgument("CURVE is on but no client is allowed: pass an allowlist file");
-  }
-  return Status::Ok();
-}
-
 StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig& given, net::Context* context,
                                                          Weights initial, EvalFn eval, RoundFn on_round,
                                                          std::unique_ptr<Store> store) {
@@ -368,140 +296,15 @@ UpdateExpectation Aggregator::ExpectationNow() const {
 }
 
 Status Aggregator::RecoverLedger() {
-  const DpConfig& dp = config_.dp;
-  clip_norm_ = dp.clip_norm;
-  if (!dp.enabled()) return Status::Ok();
-  ASSIGN_OR_RETURN(std::vector<records::LedgerEntry> ledger, store_->ListLedger());
-  for (const auto& e : ledger) {
-    privacy::RdpAccountant& acct = e.client_id().empty() ? accountant_ : client_accountants_[e.client_id()];
-    RETURN_IF_ERROR(acct.Compose(e.sampling_rate(), e.noise_multiplier(), e.steps()).WithContext("privacy ledger"));
-    epsilon_ = std::max(epsilon_, e.epsilon_after());
+  std::vector<records::LedgerEntry> ledger;
+  std::vector<records::RoundRecord> rounds;
+  if (config_.dp.enabled()) {
+    ASSIGN_OR_RETURN(ledger, store_->ListLedger());
+    ASSIGN_OR_RETURN(rounds, store_->ListRounds());
   }
-  ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds());
-  for (const auto& r : rounds) {
-    if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED && r.next_clip_norm() > 0) clip_norm_ = r.next_clip_norm();
-  }
-  if (dp.adaptive_clip) {
-    const double sigma_b = ClipCountStddev();
-    // The count of clipped updates is released too; its noise must leave
-    // budget for the update noise (Andrew et al. 2021, Theorem 1).
-    RETURN_IF_ERROR(privacy::AdaptiveClippingNoiseMultiplier(dp.noise_multiplier, sigma_b)
-                        .status()
-                        .WithContext("adaptive clipping (lower --dp-noise, or sample more clients per round: "
-                                     "the count noise defaults to clients-per-round / 20)"));
-    ASSIGN_OR_RETURN(privacy::AdaptiveClipper clipper,
-                     privacy::AdaptiveClipper::Create(clip_norm_, dp.target_quantile, dp.clip_learning_rate, sigma_b));
-    clipper_ = std::move(clipper);
-  }
-  if (!ledger.empty()) {
-    LOG_INFO("aggregator", "privacy ledger: " << ledger.size() << " entries, epsilon " << epsilon_ << " of budget "
-                                              << dp.epsilon_budget << " (delta " << dp.delta << ")");
-  }
-  return Status::Ok();
-}
-
-// sigma_b: the configured count noise, or clients per round / 20 (Andrew et
-// al. 2021), estimated from min_clients and the sampling fraction.
-double Aggregator::ClipCountStddev() const {
-  if (config_.dp.clip_count_stddev > 0) return config_.dp.clip_count_stddev;
-  return std::max(1.0, config_.fraction * config_.min_clients) / 20.0;
-}
-
-// The noise multiplier applied to the updates: z, or z_delta with adaptive
-// clipping. Accounting always uses z.
-double Aggregator::EffectiveNoiseMultiplier() const {
-  const DpConfig& dp = config_.dp;
-  if (!clipper_) return dp.noise_multiplier;
-  // Part of the budget goes to the noised count of clipped updates.
-  StatusOr<double> z = privacy::AdaptiveClippingNoiseMultiplier(dp.noise_multiplier, ClipCountStddev());
-  return z.ok() ? *z : dp.noise_multiplier;
-}
-
-// Each of the m sampled devices adds N(0, (zC)^2 / m): the sum carries N(0, (zC)^2).
-double Aggregator::DistributedNoiseStddev() const {
-  return EffectiveNoiseMultiplier() * clip_norm_ / std::sqrt(static_cast<double>(selected_.size()));
-}
-
-int64_t Aggregator::DpSgdStepsPerRound() const {
-  return static_cast<int64_t>(std::ceil(config_.epochs / config_.dp.dpsgd_sampling_rate - 1e-9));
-}
-
-StatusOr<double> Aggregator::EpsilonAfter(const privacy::RdpAccountant& accountant, double q, double z,
-                                          int64_t steps) const {
-  privacy::RdpAccountant copy = accountant;
-  RETURN_IF_ERROR(copy.Compose(q, z, steps));
-  ASSIGN_OR_RETURN(privacy::PrivacySpent spent, copy.GetPrivacySpent(config_.dp.delta));
-  return spent.epsilon;
-}
-
-Status Aggregator::AccountRound(records::RoundRecord* record, double q, std::vector<records::LedgerEntry>* ledger) {
-  const DpConfig& dp = config_.dp;
-  if (dp.client_level()) {
-    // With adaptive clipping the updates carry noise z_delta > z and the
-    // clipped-count carries sigma_b; together they are exactly as private
-    // as the Gaussian mechanism with multiplier z (Andrew et al. 2021, Thm 1).
-    double z = dp.noise_multiplier;
-    const double m = static_cast<double>(selected_.size());
-    if (dp.mode == DpConfig::Mode::kClientDistributed && received_.size() < selected_.size()) {
-      // Distributed noise comes only from the devices that reported: with r
-      // of m, the sum carries N(0, (r/m) (z_delta C)^2). Charge what was
-      // really added (Andrew et al.'s composition with the count noise when
-      // clipping is adaptive), not what was planned.
-      const double z_updates = EffectiveNoiseMultiplier() * std::sqrt(static_cast<double>(received_.size()) / m);
-      z = clipper_ ? 1.0 / std::sqrt(1.0 / (z_updates * z_updates) +
-                                     1.0 / (4.0 * ClipCountStddev() * ClipCountStddev()))
-                   : z_updates;
-      LOG_WARN("aggregator", "round " << round_ << ": " << received_.size() << " of " << selected_.size()
-                                      << " devices added their share of the noise; charging noise multiplier " << z
-                                      << " instead of " << dp.noise_multiplier);
-    }
-    RETURN_IF_ERROR(accountant_.Compose(q, z, 1));
-    ASSIGN_OR_RETURN(privacy::PrivacySpent spent, accountant_.GetPrivacySpent(dp.delta));
-    epsilon_ = spent.epsilon;
-    records::LedgerEntry e;
-    e.set_round(round_);
-    e.set_mechanism(DpModeName(dp.mode));
-    e.set_sampling_rate(q);
-    e.set_noise_multiplier(z);
-    e.set_steps(1);
-    e.set_clip_norm(clip_norm_);
-    e.set_delta(dp.delta);
-    e.set_epsilon_after(epsilon_);
-    e.set_recorded_unix_ms(NowUnixMs());
-    ledger->push_back(std::move(e));
-    if (epsilon_ > dp.epsilon_budget) {
-      // Only possible when devices dropped out of a distributed-noise round.
-      budget_exhausted_ = true;
-      LOG_WARN("aggregator", "privacy budget: dropouts in round " << round_ << " raised epsilon to " << epsilon_
-                                                                  << ", past the budget of " << dp.epsilon_budget
-                                                                  << "; no further rounds");
-    }
-  } else if (dp.mode == DpConfig::Mode::kRecord) {
-    for (const auto& id : received_) {
-      // Every participant ran the configured number of DP-SGD steps (the
-      // device reports them; we charge the larger of the two).
-      int64_t steps = DpSgdStepsPerRound();
-      auto it = dp_steps_.find(id);
-      if (it != dp_steps_.end()) steps = std::max(steps, it->second);
-      privacy::RdpAccountant& acct = client_accountants_[id];
-      RETURN_IF_ERROR(acct.Compose(dp.dpsgd_sampling_rate, dp.noise_multiplier, steps));
-      ASSIGN_OR_RETURN(privacy::PrivacySpent spent, acct.GetPrivacySpent(dp.delta));
-      epsilon_ = std::max(epsilon_, spent.epsilon);
-      records::LedgerEntry e;
-      e.set_round(round_);
-      e.set_client_id(id);
-      e.set_mechanism(DpModeName(dp.mode));
-      e.set_sampling_rate(dp.dpsgd_sampling_rate);
-      e.set_noise_multiplier(dp.noise_multiplier);
-      e.set_steps(steps);
-      e.set_clip_norm(dp.clip_norm);
-      e.set_delta(dp.delta);
-      e.set_epsilon_after(spent.epsilon);
-      e.set_recorded_unix_ms(NowUnixMs());
-      ledger->push_back(std::move(e));
-    }
-  }
-  record->set_epsilon(epsilon_);
+  ASSIGN_OR_RETURN(PrivacyBudget budget, PrivacyBudget::Recover(config_.dp, config_.epochs,
+                                                                config_.fraction * config_.min_clients, ledger, rounds));
+  budget_.emplace(std::move(budget));
   return Status::Ok();
 }
 
@@ -953,9 +756,9 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   task->set_model_round(model_round_);
   const DpConfig& dp = config_.dp;
   if (dp.client_level()) {
-    tc->set_clip_norm(clip_norm_);
+    tc->set_clip_norm(budget_->clip_norm());
     if (dp.mode == DpConfig::Mode::kClientDistributed && !secure_) {
-      tc->set_noise_stddev(DistributedNoiseStddev());
+      tc->set_noise_stddev(budget_->DistributedNoiseStddev(selected_.size()));
     }
   } else if (dp.mode == DpConfig::Mode::kRecord) {
     tc->set_dpsgd_noise_multiplier(dp.noise_multiplier);
@@ -1105,31 +908,18 @@ Status Aggregator::MaybeStartRound() {
   if (dp.mode == DpConfig::Mode::kRecord) {
     // Per-client budgets: a device whose next round would exceed it is no
     // longer sampled.
-    std::vector<std::string> eligible;
-    for (const auto& id : ids) {
-      ASSIGN_OR_RETURN(double eps, EpsilonAfter(client_accountants_[id], dp.dpsgd_sampling_rate, dp.noise_multiplier,
-                                                DpSgdStepsPerRound()));
-      if (eps <= dp.epsilon_budget) eligible.push_back(id);
-    }
-    if (eligible.empty()) {
-      budget_exhausted_ = true;
-      LOG_WARN("aggregator", "privacy budget: every client's next round would exceed epsilon "
-                                 << dp.epsilon_budget << " (delta " << dp.delta << "); stopping after "
-                                 << rounds_done_ << " rounds");
+    ASSIGN_OR_RETURN(ids, budget_->EligibleDevices(ids));
+    if (ids.empty()) {
+      LOG_WARN("aggregator", "stopping after " << rounds_done_ << " rounds: the privacy budget is spent");
       return Status::Ok();
     }
-    ids = std::move(eligible);
   }
   const size_t k = std::max<size_t>(1, static_cast<size_t>(std::ceil(config_.fraction * ids.size() - 1e-9)));
   round_q_ = static_cast<double>(std::min(k, ids.size())) / static_cast<double>(ids.size());
   if (dp.client_level()) {
-    ASSIGN_OR_RETURN(double eps, EpsilonAfter(accountant_, round_q_, dp.noise_multiplier, 1));
-    if (eps > dp.epsilon_budget) {
-      budget_exhausted_ = true;
-      LOG_WARN("aggregator", "privacy budget: round " << round_ + 1 << " would raise epsilon to " << eps
-                                                      << ", over the budget of " << dp.epsilon_budget << " (delta "
-                                                      << dp.delta << "); stopping after " << rounds_done_
-                                                      << " rounds at epsilon " << epsilon_);
+    ASSIGN_OR_RETURN(bool allowed, budget_->AllowsRound(round_ + 1, round_q_));
+    if (!allowed) {
+      LOG_WARN("aggregator", "stopping after " << rounds_done_ << " rounds: the privacy budget is spent");
       return Status::Ok();
     }
   }
@@ -1284,7 +1074,7 @@ Status Aggregator::FinishRound(bool deadline_passed) {
     AnswerParked(false);
     return Status::Ok();
   }
-  if (dp.enabled()) summary.epsilon = epsilon_;
+  if (dp.enabled()) summary.epsilon = budget_->epsilon();
 
   double loss_sum = 0.0;
   int64_t examples = 0;
@@ -1376,21 +1166,18 @@ StatusOr<Weights> Aggregator::FinalizeMerge(Weights mean_delta, records::RoundRe
     for (auto& v : mean_delta.data) v = static_cast<float>(v * sum_scale);
     if (dp.mode == DpConfig::Mode::kClientCentral) {
       ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
-      noise.AddNoise(mean_delta.data.data(), mean_delta.data.size(), EffectiveNoiseMultiplier() * clip_norm_ / m);
+      noise.AddNoise(mean_delta.data.data(), mean_delta.data.size(),
+                     budget_->EffectiveNoiseMultiplier() * budget_->clip_norm() / m);
     }
-    record->set_clip_norm(clip_norm_);
-    summary->clip_norm = clip_norm_;
+    record->set_clip_norm(budget_->clip_norm());
+    summary->clip_norm = budget_->clip_norm();
     ASSIGN_OR_RETURN(next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
   }
-  RETURN_IF_ERROR(AccountRound(record, round_q_, ledger));
-  if (clipper_) {
-    int64_t below = 0;
-    for (const auto& kv : below_clip_) below += kv.second;
-    ASSIGN_OR_RETURN(privacy::GaussianNoise noise, privacy::GaussianNoise::Create());
-    ASSIGN_OR_RETURN(double next_clip, clipper_->Update(below, static_cast<int64_t>(received_.size()), noise));
-    clip_norm_ = next_clip;
-  }
-  record->set_next_clip_norm(clip_norm_);
+  ASSIGN_OR_RETURN(*ledger, budget_->Account(round_, round_q_, selected_.size(), received_, dp_steps_, record));
+  int64_t below = 0;
+  for (const auto& kv : below_clip_) below += kv.second;
+  RETURN_IF_ERROR(budget_->UpdateClip(below, static_cast<int64_t>(received_.size())));
+  record->set_next_clip_norm(budget_->clip_norm());
   return next;
 }
 
@@ -1429,7 +1216,7 @@ StatusOr<Weights> Aggregator::MergeStoredUpdates() {
     if (robust) return robust->Add(delta);
     if (dp.mode == DpConfig::Mode::kClientCentral) {
       // The trusted aggregator enforces the bound itself as well.
-      privacy::ClipL2(delta.data.data(), delta.data.size(), clip_norm_);
+      privacy::ClipL2(delta.data.data(), delta.data.size(), budget_->clip_norm());
     }
     // Client-level DP averages with equal weights: example counts are
     // private and would change the sensitivity (docs/privacy.md).
@@ -1473,8 +1260,8 @@ Status Aggregator::StartSecureRound() {
   }
   options.vector_length = static_cast<uint32_t>(global_.data.size());
   const DpConfig& dp = config_.dp;
-  options.clip_norm = dp.client_level() ? clip_norm_ : config_.secagg.clip_norm;
-  if (dp.mode == DpConfig::Mode::kClientDistributed) options.noise_stddev = DistributedNoiseStddev();
+  options.clip_norm = dp.client_level() ? budget_->clip_norm() : config_.secagg.clip_norm;
+  if (dp.mode == DpConfig::Mode::kClientDistributed) options.noise_stddev = budget_->DistributedNoiseStddev(selected_.size());
   options.graph_seed = DeriveSeed(config_.seed, "secagg-graph", round_);
   options.advertise_deadline = round_deadline_;
   ASSIGN_OR_RETURN(secure_, SecureRound::Start(config_.secagg, std::move(options)));

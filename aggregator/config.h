@@ -1,0 +1,124 @@
+// The aggregator's configuration: every setting of a deployment, with the
+// validation that names the first bad field. Plain structs; no I/O.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "aggregator/peer_limits.h"
+#include "aggregator/secure_round.h"
+#include "aggregator/strategy.h"
+#include "aggregator/update_validation.h"
+#include "core/status.h"
+#include "net/transport.h"
+#include "privacy/keys.h"
+
+namespace flotilla::aggregator {
+
+// Differential privacy for a deployment. See docs/privacy.md.
+struct DpConfig {
+  enum class Mode {
+    kNone,
+    kClientCentral,      // DP-FedAvg: devices clip, the aggregator adds the noise (trusted aggregator)
+    kClientDistributed,  // DP-FedAvg: devices clip and each adds its share of the noise
+    kRecord,             // DP-SGD on every device; per-client accounting
+  };
+  Mode mode = Mode::kNone;
+  double noise_multiplier = 1.0;  // z (client level) or sigma (DP-SGD)
+  double clip_norm = 1.0;         // C: client-level update clip, or DP-SGD per-example clip
+  double delta = 1e-6;
+  double epsilon_budget = 0.0;    // rounds that would exceed it are refused; required when DP is on
+  // Adaptive clipping (client level): track this quantile of update norms.
+  bool adaptive_clip = false;
+  double target_quantile = 0.5;
+  double clip_learning_rate = 0.2;
+  double clip_count_stddev = 0.0;  // sigma_b; 0 = expected clients per round / 20, as Andrew et al.
+  // DP-SGD: per-step sampling rate q of each device's records.
+  double dpsgd_sampling_rate = 0.01;
+
+  bool enabled() const { return mode != Mode::kNone; }
+  bool client_level() const { return mode == Mode::kClientCentral || mode == Mode::kClientDistributed; }
+  Status Validate() const;
+};
+
+const char* DpModeName(DpConfig::Mode mode);
+
+struct AggregatorConfig {
+  std::string endpoint = "tcp://127.0.0.1:7400";
+  std::string store_path = "flotilla-aggregator.db";
+  std::string federation = "flotilla";
+  std::string model_arch = "2nn";
+  uint32_t rounds = 10;
+  int min_clients = 2;           // registered clients needed before a round starts
+  double fraction = 1.0;         // of registered clients sampled per round
+  int min_updates = 1;           // fewer by the deadline fails the round
+  double round_deadline_seconds = 600.0;
+  double server_learning_rate = 1.0;
+  Strategy strategy;  // fedavg, median or trimmed mean
+  uint64_t seed = 1;
+  // Local training settings sent with every task (seed is derived per client).
+  uint32_t epochs = 1;
+  uint32_t batch_size = 32;
+  double learning_rate = 0.05;
+  double momentum = 0.0;
+  double weight_decay = 0.0;
+  // What a device's update must satisfy (norm bound, example counts) and
+  // how FedAvg weighs the counts it claims. See docs/security.md.
+  ValidationConfig validation;
+  // Per-device limits on messages and bytes in and bytes queued out.
+  PeerLimitsConfig limits;
+  // After a failed round the next waits this long, doubling with every
+  // further failure in a row up to the maximum.
+  double failed_round_backoff_seconds = 1.0;
+  double max_failed_round_backoff_seconds = 60.0;
+  // A device that declines or sends a refused update this many times in a
+  // row is not sampled for pause_seconds (doubling while it goes on, up to
+  // the maximum). 0 = never paused.
+  int pause_after_strikes = 3;
+  double pause_seconds = 30.0;
+  double max_pause_seconds = 600.0;
+  // After the last round, keep answering Finished this long so clients learn
+  // the federation is over.
+  double finish_grace_seconds = 3.0;
+  // Keep serving after the last round (status, pull, Finished) until
+  // RequestStop() / SIGTERM, instead of exiting after the grace period.
+  bool keep_serving = false;
+  // A round whose deadline passed while the aggregator was down: kExtend
+  // gives it a fresh deadline from the restart, kClose closes it at once
+  // with the updates it has (or fails it below min_updates).
+  enum class DeadlinePolicy { kExtend, kClose };
+  DeadlinePolicy deadline_policy = DeadlinePolicy::kExtend;
+  // Model registry retention: keep the newest `retain_last` versions plus
+  // every version divisible by `retain_every`. 0 = keep everything.
+  uint64_t retain_last = 0;
+  uint64_t retain_every = 0;
+  // Refuse writes (devices retry) while less disk space than this is free.
+  uint64_t store_min_free_bytes = uint64_t{64} << 20;
+  // Transport: CURVE keys (socket.curve) and security mode. With CURVE on
+  // (the default) the allowlist comes from allowlist_path, reloaded when the
+  // file changes or on RequestReload(), or else from allowed_clients.
+  net::SocketOptions socket = DefaultSocketOptions();
+  std::string allowlist_path;
+  std::set<std::string> allowed_clients;
+  DpConfig dp;
+  // Secure aggregation (SecAgg / SecAgg+): the aggregator sees only the sum.
+  SecureAggregationConfig secagg;
+  // Every model version is signed with this key (required).
+  std::shared_ptr<const privacy::SigningKeyPair> signing_key;
+
+  // InvalidArgument naming the first bad field.
+  Status Validate() const;
+  // The aggregator's transport defaults: small per-peer queues (a device
+  // has at most a request or two in flight), so one peer cannot make
+  // ZeroMQ buffer much on its behalf.
+  static net::SocketOptions DefaultSocketOptions() {
+    net::SocketOptions o;
+    o.send_high_water_mark = 100;
+    o.receive_high_water_mark = 16;
+    return o;
+  }
+};
+
+}  // namespace flotilla::aggregator
