@@ -76,13 +76,11 @@ Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> st
       store_(std::move(store)),
       zap_(std::move(zap)),
       socket_(std::move(socket)),
-      global_(std::move(initial)),
+      initial_(std::move(initial)),
       eval_(std::move(eval)),
       on_round_(std::move(on_round)),
       norm_history_(config.validation.norm.window),
-      limits_(config.limits.Resolved(static_cast<uint64_t>(global_.data.size()) * sizeof(float))) {
-  global_norm_ = L2Norm(global_.data);
-}
+      limits_(config.limits.Resolved(static_cast<uint64_t>(initial_.data.size()) * sizeof(float))) {}
 
 Aggregator::~Aggregator() {
   socket_.reset();  // close the socket before its authenticator
@@ -90,46 +88,15 @@ Aggregator::~Aggregator() {
 }
 
 Status Aggregator::Recover() {
-  ASSIGN_OR_RETURN(stored_versions_, store_->ListModelVersions());
-  if (stored_versions_.empty()) {
-    records::ModelRecord record;
-    record.set_version(1);
-    record.set_round(0);
-    record.set_arch(config_.model_arch);
-    proto::WeightsToProto(global_, record.mutable_weights());
-    record.set_created_unix_ms(NowUnixMs());
-    RETURN_IF_ERROR(SignAndStore(&record, global_));
-    model_version_ = 1;
-    stored_versions_.push_back(1);
-    return RecoverLedger();
-  }
-  const uint64_t latest = stored_versions_.back();
-  ASSIGN_OR_RETURN(records::ModelRecord record, store_->GetModel(latest));
-  if (record.arch() != config_.model_arch) {
-    return FailedPrecondition("store " + config_.store_path + " holds a '" + record.arch() + "' model, not '" +
-                              config_.model_arch + "'; use another --store");
-  }
-  ASSIGN_OR_RETURN(Weights stored, proto::WeightsFromProto(record.weights(), global_.layout));
-  const privacy::Digest digest = privacy::ModelDigest(stored);
-  Status verified = privacy::VerifyModel(config_.signing_key->public_key, config_.federation, latest, record.round(),
-                                         digest, record.signature());
-  if (!verified.ok() && record.federation().empty() &&
-      privacy::VerifyModelV1(config_.signing_key->public_key, latest, record.round(), digest, record.signature())
-          .ok()) {
-    RETURN_IF_ERROR(ResignLegacyModels());
-    ASSIGN_OR_RETURN(record, store_->GetModel(latest));
-    verified = Status::Ok();
-  }
-  if (!verified.ok() && !record.federation().empty() && record.federation() != config_.federation) {
-    return FailedPrecondition("store " + config_.store_path + " belongs to federation '" + record.federation() +
-                              "', not '" + config_.federation + "'; use another --store or --federation");
-  }
-  RETURN_IF_ERROR(verified.WithContext("stored model (was the store written with another signing key?)"));
-  global_ = std::move(stored);
-  global_norm_ = L2Norm(global_.data);
-  model_version_ = latest;
-  model_round_ = record.round();
-  model_signature_ = record.signature();
+  RegistryOptions options;
+  options.federation = config_.federation;
+  options.arch = config_.model_arch;
+  options.store_path = config_.store_path;
+  options.signing_key = config_.signing_key;
+  options.retain_last = config_.retain_last;
+  options.retain_every = config_.retain_every;
+  ASSIGN_OR_RETURN(registry_, ModelRegistry::Recover(options, store_.get(), std::move(initial_)));
+  global_norm_ = L2Norm(global().data);
 
   // Records that no longer parse are moved aside, not tripped over.
   RETURN_IF_ERROR(QuarantineCorrupt());
@@ -184,11 +151,11 @@ Status Aggregator::Recover() {
     running = nullptr;
   }
   if (running != nullptr && running->round() == round_) {
-    if (running->base_model_version() != model_version_) {
+    if (running->base_model_version() != registry_->version()) {
       // Cannot happen with atomic commits; refuse to guess.
       return DataLoss("round " + std::to_string(round_) + " was running on model " +
                       std::to_string(running->base_model_version()) + " but the latest model is " +
-                      std::to_string(model_version_));
+                      std::to_string(registry_->version()));
     }
     selected_.assign(running->selected().begin(), running->selected().end());
     std::sort(selected_.begin(), selected_.end());
@@ -213,28 +180,8 @@ Status Aggregator::Recover() {
                                              << " updates already recorded");
   }
   RETURN_IF_ERROR(RecoverLedger());
-  LOG_INFO("aggregator", "recovered model version " << model_version_ << " after " << rounds_done_
+  LOG_INFO("aggregator", "recovered model version " << registry_->version() << " after " << rounds_done_
                                                     << " completed rounds; " << clients_.size() << " known clients");
-  return Status::Ok();
-}
-
-// A store written before signatures covered the federation id: re-sign
-// every stored version (each must verify with the old format first).
-Status Aggregator::ResignLegacyModels() {
-  for (uint64_t v : stored_versions_) {
-    ASSIGN_OR_RETURN(records::ModelRecord m, store_->GetModel(v));
-    ASSIGN_OR_RETURN(Weights w, proto::WeightsFromProto(m.weights(), global_.layout));
-    const privacy::Digest digest = privacy::ModelDigest(w);
-    RETURN_IF_ERROR(privacy::VerifyModelV1(config_.signing_key->public_key, v, m.round(), digest, m.signature())
-                        .WithContext("re-signing the store's models"));
-    ASSIGN_OR_RETURN(std::string sig,
-                     privacy::SignModel(*config_.signing_key, config_.federation, v, m.round(), digest));
-    m.set_signature(sig);
-    m.set_federation(config_.federation);
-    RETURN_IF_ERROR(store_->PutModel(m));
-  }
-  LOG_INFO("aggregator", "re-signed " << stored_versions_.size() << " stored model versions with signatures that "
-                                      << "cover the federation id '" << config_.federation << "'");
   return Status::Ok();
 }
 
@@ -289,7 +236,7 @@ Status Aggregator::RecoverUpdates() {
 
 UpdateExpectation Aggregator::ExpectationNow() const {
   UpdateExpectation e;
-  e.layout = global_.layout;
+  e.layout = global().layout;
   e.max_norm = norm_history_.Bound(config_.validation.norm, global_norm_);
   e.max_examples = config_.validation.max_examples_per_update;
   return e;
@@ -306,28 +253,6 @@ Status Aggregator::RecoverLedger() {
                                                                 config_.fraction * config_.min_clients, ledger, rounds));
   budget_.emplace(std::move(budget));
   return Status::Ok();
-}
-
-std::vector<uint64_t> Aggregator::ExpiredVersions(uint64_t newest) const {
-  std::vector<uint64_t> expired;
-  if (config_.retain_last == 0) return expired;
-  for (uint64_t v : stored_versions_) {
-    const bool recent = v + config_.retain_last > newest;
-    const bool milestone = config_.retain_every > 0 && v % config_.retain_every == 0;
-    if (!recent && !milestone && v != 1) expired.push_back(v);
-  }
-  return expired;
-}
-
-Status Aggregator::SignAndStore(records::ModelRecord* record, const Weights& weights) {
-  ASSIGN_OR_RETURN(std::string signature,
-                   privacy::SignModel(*config_.signing_key, config_.federation, record->version(), record->round(),
-                                      privacy::ModelDigest(weights)));
-  record->set_signature(signature);
-  record->set_federation(config_.federation);
-  model_round_ = record->round();
-  model_signature_ = std::move(signature);
-  return store_->PutModel(*record);
 }
 
 void Aggregator::MaybeReloadAllowlist() {
@@ -355,7 +280,7 @@ const std::string& Aggregator::endpoint() const { return socket_->endpoint(); }
 Status Aggregator::Run() {
   LOG_INFO("aggregator", "serving '" << config_.federation << "' on " << endpoint() << ": " << config_.rounds
                                      << " rounds of " << config_.model_arch << " ("
-                                     << global_.layout->Describe() << "), waiting for " << config_.min_clients
+                                     << global().layout->Describe() << "), waiting for " << config_.min_clients
                                      << " clients");
   while (!stop_.load()) {
     ASSIGN_OR_RETURN(std::optional<net::Incoming> in, socket_->Receive(kPollInterval));
@@ -382,7 +307,7 @@ Status Aggregator::Run() {
       }
     }
   }
-  LOG_INFO("aggregator", "stopped after " << rounds_done_ << " rounds; final model version " << model_version_);
+  LOG_INFO("aggregator", "stopped after " << rounds_done_ << " rounds; final model version " << registry_->version());
   return Status::Ok();
 }
 
@@ -627,7 +552,7 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
   r->set_round_active(round_active_);
   r->set_rounds_completed(rounds_done_);
   r->set_rounds_total(config_.rounds);
-  r->set_model_version(model_version_);
+  r->set_model_version(registry_->version());
   r->set_known_clients(static_cast<uint32_t>(clients_.size()));
   r->set_connected_clients(static_cast<uint32_t>(
       std::count_if(clients_.begin(), clients_.end(), [](const auto& kv) { return !kv.second.peer.empty(); })));
@@ -658,55 +583,23 @@ void Aggregator::HandlePull(const net::Incoming& in, const wire::Envelope& env) 
   const std::string dedupe = "pull:" + std::to_string(req.version()) + ":" + std::to_string(req.have_version());
   // Checked before the model is read and the reply built, so a device that
   // does not read costs neither memory nor work.
-  const uint64_t version = req.version() == 0 ? model_version_ : req.version();
-  const size_t model_bytes = global_.data.size() * sizeof(float);
+  const uint64_t version = req.version() == 0 ? registry_->version() : req.version();
+  const size_t model_bytes = global().data.size() * sizeof(float);
   if (req.have_version() != version && model_bytes >= (size_t{64} << 10) &&
       Withhold(in.peer, tag, env.request_id(), model_bytes, dedupe, "PullReply")) {
     return;
   }
-  wire::Envelope reply;
-  wire::PullReply* r = reply.mutable_pull_reply();
-  r->set_version(version);
-  if (req.have_version() == version) {
-    r->set_up_to_date(true);
-    Reply(in.peer, tag, env.request_id(), std::move(reply));
-    return;
-  }
-  StatusOr<records::ModelRecord> model = store_->GetModel(version);
-  if (!model.ok()) {
+  StatusOr<wire::PullReply> pulled = registry_->Pull(req);
+  if (!pulled.ok()) {
     ReplyError(in.peer, tag, env.request_id(),
-               model.status().code() == StatusCode::kNotFound ? wire::ERROR_NOT_FOUND : wire::ERROR_INTERNAL,
-               model.status().message());
+               pulled.status().code() == StatusCode::kNotFound ? wire::ERROR_NOT_FOUND : wire::ERROR_INTERNAL,
+               pulled.status().message());
     return;
   }
-  r->set_round(model->round());
-  r->set_model_arch(model->arch());
-  r->set_signature(model->signature());
-  // Send only the tensors that differ from the device's copy, when we still
-  // hold that version.
-  StatusOr<records::ModelRecord> base =
-      req.have_version() != 0 ? store_->GetModel(req.have_version()) : StatusOr<records::ModelRecord>(NotFound(""));
-  if (!base.ok()) {
-    *r->mutable_weights() = model->weights();
-    Reply(in.peer, tag, env.request_id(), std::move(reply), dedupe);
-    return;
-  }
-  const auto& tensors = global_.layout->tensors();
-  const std::string& target = model->weights().data();
-  const std::string& have = base->weights().data();
-  *r->mutable_weights()->mutable_layout() = model->weights().layout();
-  r->set_base_version(req.have_version());
-  std::string* data = r->mutable_weights()->mutable_data();
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const size_t offset = static_cast<size_t>(tensors[i].offset) * sizeof(float);
-    const size_t bytes = static_cast<size_t>(tensors[i].numel) * sizeof(float);
-    if (offset + bytes > target.size() || offset + bytes > have.size() ||
-        target.compare(offset, bytes, have, offset, bytes) != 0) {
-      r->add_changed_tensors(static_cast<uint32_t>(i));
-      data->append(target, offset, bytes);
-    }
-  }
-  Reply(in.peer, tag, env.request_id(), std::move(reply), dedupe);
+  const bool up_to_date = pulled->up_to_date();
+  wire::Envelope reply;
+  *reply.mutable_pull_reply() = std::move(pulled).value();
+  Reply(in.peer, tag, env.request_id(), std::move(reply), up_to_date ? std::string() : dedupe);
 }
 
 void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t request_id) {
@@ -714,7 +607,7 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
   if (federation_done()) {
     wire::Envelope reply;
     reply.mutable_finished()->set_rounds_completed(rounds_done_);
-    reply.mutable_finished()->set_final_model_version(model_version_);
+    reply.mutable_finished()->set_final_model_version(registry_->version());
     reply.mutable_finished()->set_reason("all rounds completed");
     ReplyToClient(client_id, request_id, std::move(reply));
     state.told_finished = true;
@@ -734,16 +627,16 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   ClientState& state = clients_[client_id];
   state.parked_request.reset();
   const std::string dedupe = "task:" + std::to_string(round_);
-  const size_t model_bytes = global_.data.size() * sizeof(float);
+  const size_t model_bytes = global().data.size() * sizeof(float);
   if (model_bytes >= (size_t{64} << 10) && Withhold(state.peer, client_id, request_id, model_bytes, dedupe, "TrainTask")) {
     return;
   }
   wire::Envelope env;
   wire::TrainTask* task = env.mutable_train_task();
   task->set_round(round_);
-  task->set_model_version(model_version_);
+  task->set_model_version(registry_->version());
   task->set_model_arch(config_.model_arch);
-  proto::WeightsToProto(global_, task->mutable_weights());
+  proto::WeightsToProto(global(), task->mutable_weights());
   wire::TrainConfig* tc = task->mutable_config();
   tc->set_epochs(config_.epochs);
   tc->set_batch_size(config_.batch_size);
@@ -752,8 +645,8 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   tc->set_weight_decay(config_.weight_decay);
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, HashString(client_id)));
   task->set_deadline_seconds(std::chrono::duration<double>(round_deadline_ - Clock::now()).count());
-  task->set_model_signature(model_signature_);
-  task->set_model_round(model_round_);
+  task->set_model_signature(registry_->signature());
+  task->set_model_round(registry_->round());
   const DpConfig& dp = config_.dp;
   if (dp.client_level()) {
     tc->set_clip_norm(budget_->clip_norm());
@@ -837,10 +730,10 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
     return reject(wire::ERROR_WRONG_ROUND, "out_of_round",
                   "this device declined round " + std::to_string(round_) + " or its update was refused");
   }
-  if (update.model_version() != model_version_) {
+  if (update.model_version() != registry_->version()) {
     return reject(wire::ERROR_WRONG_ROUND, "wrong_model",
                   "update is against model version " + std::to_string(update.model_version()) + ", current is " +
-                      std::to_string(model_version_));
+                      std::to_string(registry_->version()));
   }
   // Content: layout, finite values, norm, example count. A refused update
   // never reaches the store or the merge, and the device is out of the round.
@@ -943,7 +836,7 @@ Status Aggregator::MaybeStartRound() {
   record.set_round(round_);
   record.set_outcome(records::RoundRecord::OUTCOME_RUNNING);
   for (const auto& id : selected_) record.add_selected(id);
-  record.set_base_model_version(model_version_);
+  record.set_base_model_version(registry_->version());
   record.set_started_unix_ms(NowUnixMs());
   record.set_sampling_rate(round_q_);
   record.set_secure_aggregation(config_.secagg.enabled);
@@ -1012,7 +905,7 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   for (const auto& [id, norm] : round_norms_) {
     if (received_.count(id)) record.add_update_norms(static_cast<float>(norm));
   }
-  record.set_base_model_version(model_version_);
+  record.set_base_model_version(registry_->version());
   record.set_started_unix_ms(NowUnixMs() - static_cast<int64_t>(1000 * std::chrono::duration<double>(
                                                                              Clock::now() - round_started_).count()));
   record.set_sampling_rate(round_q_);
@@ -1068,7 +961,7 @@ Status Aggregator::FinishRound(bool deadline_passed) {
     commit.clients = DirtyClientRecords();
     RETURN_IF_ERROR(store_->CommitRound(commit));
     MarkWritten(commit.clients);
-    summary.model_version = model_version_;
+    summary.model_version = registry_->version();
     history_.push_back(summary);
     if (on_round_) on_round_(summary);
     AnswerParked(false);
@@ -1086,18 +979,8 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   // Under secure aggregation no per-device loss reaches the aggregator.
   summary.mean_train_loss = examples > 0 ? loss_sum / static_cast<double>(examples) : summary.secure ? NAN : 0.0;
 
-  records::ModelRecord model;
-  model.set_version(model_version_ + 1);
-  model.set_round(round_);
-  model.set_parent_version(model_version_);
-  model.set_arch(config_.model_arch);
-  model.set_federation(config_.federation);
-  proto::WeightsToProto(*next, model.mutable_weights());
-  model.set_created_unix_ms(NowUnixMs());
+  ASSIGN_OR_RETURN(records::ModelRecord model, registry_->SignNext(*next, round_, NowUnixMs()));
   (*model.mutable_metrics())["train_loss"] = summary.mean_train_loss;
-  ASSIGN_OR_RETURN(std::string signature, privacy::SignModel(*config_.signing_key, config_.federation,
-                                                             model.version(), round_, privacy::ModelDigest(*next)));
-  model.set_signature(signature);
   if (eval_) {
     StatusOr<EvalMetrics> metrics = eval_(*next);
     if (metrics.ok()) {
@@ -1113,33 +996,25 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - round_started_).count();
   record.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);
-  record.set_result_model_version(model_version_ + 1);
+  record.set_result_model_version(model.version());
   record.set_mean_train_loss(summary.mean_train_loss);
   record.set_total_examples(examples);
   record.set_seconds(summary.seconds);
   RoundCommit commit;
   commit.round = record;
   commit.model = &model;
-  commit.expire = ExpiredVersions(model_version_ + 1);
+  commit.expire = registry_->Expired(model.version());
   commit.clients = DirtyClientRecords();
   commit.ledger = std::move(ledger);
   RETURN_IF_ERROR(store_->CommitRound(commit));
   MarkWritten(commit.clients);
-  stored_versions_.push_back(model_version_ + 1);
-  for (uint64_t v : commit.expire) {
-    stored_versions_.erase(std::find(stored_versions_.begin(), stored_versions_.end(), v));
-  }
-
-  global_ = std::move(*next);
-  global_norm_ = L2Norm(global_.data);
-  ++model_version_;
-  model_round_ = round_;
-  model_signature_ = std::move(signature);
+  registry_->Committed(model, std::move(*next), commit.expire);
+  global_norm_ = L2Norm(global().data);
   ++rounds_done_;
   failed_in_a_row_ = 0;
   next_round_at_ = Clock::time_point{};
   summary.completed = true;
-  summary.model_version = model_version_;
+  summary.model_version = registry_->version();
   history_.push_back(summary);
   if (on_round_) on_round_(summary);
   AnswerParked(false);
@@ -1158,7 +1033,7 @@ StatusOr<Weights> Aggregator::FinalizeMerge(Weights mean_delta, records::RoundRe
   }
   // Computed before any privacy is accounted, so a round that fails here
   // charges nothing.
-  ASSIGN_OR_RETURN(Weights next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
+  ASSIGN_OR_RETURN(Weights next, ApplyDelta(global(), mean_delta, config_.server_learning_rate));
   if (dp.client_level()) {
     // sum / m with the fixed denominator m = clients sampled, plus central noise.
     const double m = static_cast<double>(selected_.size());
@@ -1171,7 +1046,7 @@ StatusOr<Weights> Aggregator::FinalizeMerge(Weights mean_delta, records::RoundRe
     }
     record->set_clip_norm(budget_->clip_norm());
     summary->clip_norm = budget_->clip_norm();
-    ASSIGN_OR_RETURN(next, ApplyDelta(global_, mean_delta, config_.server_learning_rate));
+    ASSIGN_OR_RETURN(next, ApplyDelta(global(), mean_delta, config_.server_learning_rate));
   }
   ASSIGN_OR_RETURN(*ledger, budget_->Account(round_, round_q_, selected_.size(), received_, dp_steps_, record));
   int64_t below = 0;
@@ -1197,9 +1072,9 @@ StatusOr<Weights> Aggregator::MergeStoredUpdates() {
   std::optional<CoordinateWise> robust;
   std::optional<WeightedMean> mean;
   if (config_.strategy.NeedsIndividualUpdates()) {
-    robust.emplace(global_.layout, config_.strategy);
+    robust.emplace(global().layout, config_.strategy);
   } else {
-    mean.emplace(global_.layout);
+    mean.emplace(global().layout);
   }
   // FedAvg's weights from the claimed example counts, capped against the
   // round's median claim by default (docs/security.md).
@@ -1212,7 +1087,7 @@ StatusOr<Weights> Aggregator::MergeStoredUpdates() {
     for (const auto& kv : train_loss_) weight[kv.first] = w[i++];
   }
   RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
-    ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global_.layout));
+    ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global().layout));
     if (robust) return robust->Add(delta);
     if (dp.mode == DpConfig::Mode::kClientCentral) {
       // The trusted aggregator enforces the bound itself as well.
@@ -1236,16 +1111,16 @@ StatusOr<Weights> Aggregator::MergeStoredUpdates() {
 // their number: an unweighted mean, since example counts stay on the devices.
 StatusOr<Weights> Aggregator::MergeSecureSum() {
   std::vector<float> sum = secure_->TakeSum();
-  if (sum.size() != global_.data.size() || received_.empty()) {
+  if (sum.size() != global().data.size() || received_.empty()) {
     return Internal("secure sum has " + std::to_string(sum.size()) + " values for " +
-                    std::to_string(global_.data.size()) + " parameters");
+                    std::to_string(global().data.size()) + " parameters");
   }
   const float inv = 1.0f / static_cast<float>(received_.size());
   for (float& v : sum) {
     if (!std::isfinite(v)) return Internal("secure sum is not finite");
     v *= inv;
   }
-  Weights mean{global_.layout, std::move(sum)};
+  Weights mean{global().layout, std::move(sum)};
   return mean;
 }
 
@@ -1258,7 +1133,7 @@ Status Aggregator::StartSecureRound() {
     options.identity_keys.emplace_back(key.begin(), key.end());
     options.identity_certs.push_back(clients_[id].secagg_cert);
   }
-  options.vector_length = static_cast<uint32_t>(global_.data.size());
+  options.vector_length = static_cast<uint32_t>(global().data.size());
   const DpConfig& dp = config_.dp;
   options.clip_norm = dp.client_level() ? budget_->clip_norm() : config_.secagg.clip_norm;
   if (dp.mode == DpConfig::Mode::kClientDistributed) options.noise_stddev = budget_->DistributedNoiseStddev(selected_.size());

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "aggregator/config.h"
+#include "aggregator/model_registry.h"
 #include "aggregator/peer_limits.h"
 #include "aggregator/privacy_budget.h"
 #include "aggregator/secure_round.h"
@@ -97,10 +98,10 @@ class Aggregator {
   Status Step(const net::Incoming& in);
 
   // Read these after Run() returns (or from the thread that calls Handle).
-  const Weights& global_model() const { return global_; }
+  const Weights& global_model() const { return global(); }
   std::vector<std::string> client_ids() const;
   uint64_t messages_handled() const { return messages_handled_; }
-  uint64_t model_version() const { return model_version_; }
+  uint64_t model_version() const { return registry_->version(); }
   const std::vector<RoundSummary>& history() const { return history_; }
   uint64_t rejected_messages() const { return rejected_messages_; }
   uint64_t rejected_updates() const { return rejected_updates_; }
@@ -132,9 +133,7 @@ class Aggregator {
 
   Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store, std::unique_ptr<net::ZapHandler> zap,
              std::unique_ptr<net::ServerSocket> socket, Weights initial, EvalFn eval, RoundFn on_round);
-  Status SignAndStore(records::ModelRecord* record, const Weights& weights);
   Status Recover();
-  std::vector<uint64_t> ExpiredVersions(uint64_t newest) const;
   void MaybeReloadAllowlist();
 
   Status HandleMessage(const net::Incoming& in);
@@ -172,7 +171,6 @@ class Aggregator {
   records::ClientRecord ClientRecordOf(const std::string& client_id) const;
   std::vector<records::ClientRecord> DirtyClientRecords();
   Status RecoverUpdates();
-  Status ResignLegacyModels();
   Status QuarantineCorrupt();
   UpdateExpectation ExpectationNow() const;
   StatusOr<Weights> FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary,
@@ -195,10 +193,9 @@ class Aggregator {
   std::unique_ptr<Store> store_;
   std::unique_ptr<net::ZapHandler> zap_;  // started before the socket binds
   std::unique_ptr<net::ServerSocket> socket_;
-  Weights global_;
-  uint64_t model_version_ = 0;
-  uint32_t model_round_ = 0;     // the round that produced model_version_
-  std::string model_signature_;  // of model_version_
+  Weights initial_;  // until Recover hands it to the registry
+  const Weights& global() const { return registry_->global(); }
+  std::unique_ptr<ModelRegistry> registry_;  // set by Recover: the current model, versions, pulls
   std::atomic<bool> reload_{false};
   std::optional<std::filesystem::file_time_type> allowlist_mtime_;
   Clock::time_point last_allowlist_check_{};
@@ -219,7 +216,6 @@ class Aggregator {
   Clock::time_point round_started_, round_deadline_;
   std::optional<Clock::time_point> finished_at_;
   std::vector<RoundSummary> history_;
-  std::vector<uint64_t> stored_versions_;  // ascending, for retention
   std::optional<PrivacyBudget> budget_;  // set by Recover
   std::unique_ptr<SecureRound> secure_;  // the running round's secure aggregation
   double round_q_ = 0.0;       // sampling rate of the current round
