@@ -66,6 +66,11 @@ inline Status PermissionDenied(std::string m) { return {StatusCode::kPermissionD
 inline Status Aborted(std::string m) { return {StatusCode::kAborted, std::move(m)}; }
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 
+namespace internal {
+// Prints "StatusOr::value() on an error: <status>" to stderr and aborts.
+[[noreturn]] void DieOnBadAccess(const Status& status);
+}  // namespace internal
+
 // Holds either a value of T or a non-OK Status.
 template <typename T>
 class [[nodiscard]] StatusOr {
@@ -80,16 +85,29 @@ class [[nodiscard]] StatusOr {
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
 
-  // REQUIRES: ok().
-  T& value() & { assert(ok()); return *value_; }
-  const T& value() const& { assert(ok()); return *value_; }
-  T&& value() && { assert(ok()); return std::move(*value_); }
+  // REQUIRES: ok(). Otherwise aborts with the status message, in every
+  // build (not only with assertions on).
+  T& value() & {
+    CheckOk();
+    return *value_;
+  }
+  const T& value() const& {
+    CheckOk();
+    return *value_;
+  }
+  T&& value() && {
+    CheckOk();
+    return std::move(*value_);
+  }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
 
  private:
+  void CheckOk() const {
+    if (!status_.ok()) internal::DieOnBadAccess(status_);
+  }
   Status status_;
   std::optional<T> value_;
 };

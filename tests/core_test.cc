@@ -1,5 +1,11 @@
 #include <catch2/catch.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
 
 #include "core/rng.h"
 #include "core/status.h"
@@ -71,4 +77,20 @@ TEST_CASE("Rng is deterministic and roughly uniform", "[core]") {
   const double mean = sum / 100000, var = sumsq / 100000 - mean * mean;
   CHECK(mean == Approx(2.5).epsilon(0.02));
   CHECK(var == Approx(2.5).epsilon(0.05));
+}
+
+TEST_CASE("StatusOr value() on an error aborts in every build", "[core]") {
+  // A child process takes the bad access; the parent sees it abort.
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::freopen("/dev/null", "w", stderr);
+    flotilla::StatusOr<int> broken = flotilla::Internal("boom");
+    const int v = broken.value();
+    std::_Exit(v == 0 ? 3 : 4);  // reached only if value() did not abort
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGABRT);
 }
