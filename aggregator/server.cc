@@ -79,6 +79,7 @@ Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> st
       initial_(std::move(initial)),
       eval_(std::move(eval)),
       on_round_(std::move(on_round)),
+      clients_(ClientRegistry::PausePolicy{config.pause_after_strikes, config.pause_seconds, config.max_pause_seconds}),
       norm_history_(config.validation.norm.window),
       limits_(config.limits.Resolved(static_cast<uint64_t>(initial_.data.size()) * sizeof(float))) {}
 
@@ -104,22 +105,7 @@ Status Aggregator::Recover() {
   // The sampling population: every client that ever said Hello here. They
   // reconnect on their own; their routing ids are learned again then.
   ASSIGN_OR_RETURN(std::vector<records::ClientRecord> known, store_->ListClients());
-  const int64_t now_ms = NowUnixMs();
-  for (const auto& c : known) {
-    ClientState& state = clients_[c.client_id()];
-    state.name = c.name();
-    state.num_examples = c.num_examples();
-    state.secagg_key = c.secagg_identity_key();
-    state.secagg_cert = c.secagg_identity_cert();
-    state.first_seen_unix_ms = c.first_seen_unix_ms();
-    state.updates_accepted = c.updates_accepted();
-    state.rejected.insert(c.rejected_by_reason().begin(), c.rejected_by_reason().end());
-    state.strikes = c.strikes();
-    state.paused_until_unix_ms = c.paused_until_unix_ms();
-    if (c.paused_until_unix_ms() > now_ms) {
-      state.paused_until = Clock::now() + std::chrono::milliseconds(c.paused_until_unix_ms() - now_ms);
-    }
-  }
+  clients_.Restore(known, Clock::now(), NowUnixMs());
 
   ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds());
   // The norm bound's history: the accepted norms of the latest rounds,
@@ -400,12 +386,7 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
       it->second.peer = in.peer;  // replies go to the connection the key spoke on
     }
   } else {
-    for (const auto& [id, state] : clients_) {
-      if (state.peer == in.peer) {
-        client_id = id;
-        break;
-      }
-    }
+    client_id = clients_.FindByPeer(in.peer);
   }
   if (client_id.empty()) {
     ReplyError(in.peer, tag, env.request_id(), wire::ERROR_NOT_REGISTERED, "send Hello first");
@@ -427,7 +408,7 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
         declined_.insert(client_id);
         LOG_WARN("aggregator", "client '" << clients_[client_id].name << "' declined round " << r << ": "
                                           << env.decline().reason());
-        AddStrike(client_id, "declined round " + std::to_string(r));
+        clients_.AddStrike(client_id, "declined round " + std::to_string(r), Clock::now(), NowUnixMs());
       }
       wire::Envelope ack;
       ack.mutable_ack()->set_round(r);
@@ -454,51 +435,6 @@ void Aggregator::LogRejection(const std::string& who, const std::string& reason,
                                                              : std::string()));
 }
 
-void Aggregator::AddStrike(const std::string& client_id, const std::string& why) {
-  ClientState& c = Client(client_id);
-  ++c.strikes;
-  c.dirty = true;
-  if (config_.pause_after_strikes <= 0 || c.strikes < static_cast<uint32_t>(config_.pause_after_strikes)) return;
-  const int doublings = std::min<int>(20, static_cast<int>(c.strikes) - config_.pause_after_strikes);
-  const double pause = std::min(config_.max_pause_seconds, config_.pause_seconds * std::ldexp(1.0, doublings));
-  c.paused_until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(pause));
-  c.paused_until_unix_ms = NowUnixMs() + static_cast<int64_t>(pause * 1000);
-  LOG_WARN("aggregator", "client '" << c.name << "' " << why << " (" << c.strikes << " in a row): not sampled for "
-                                    << pause << " s");
-}
-
-records::ClientRecord Aggregator::ClientRecordOf(const std::string& client_id) const {
-  const ClientState& c = clients_.at(client_id);
-  records::ClientRecord r;
-  r.set_client_id(client_id);
-  r.set_name(c.name);
-  r.set_num_examples(c.num_examples);
-  r.set_first_seen_unix_ms(c.first_seen_unix_ms);
-  r.set_last_seen_unix_ms(NowUnixMs());
-  r.set_secagg_identity_key(c.secagg_key);
-  r.set_secagg_identity_cert(c.secagg_cert);
-  r.set_updates_accepted(c.updates_accepted);
-  uint64_t rejected = 0;
-  for (const auto& [reason, n] : c.rejected) {
-    (*r.mutable_rejected_by_reason())[reason] = n;
-    rejected += n;
-  }
-  r.set_updates_rejected(static_cast<uint32_t>(std::min<uint64_t>(rejected, UINT32_MAX)));
-  r.set_strikes(c.strikes);
-  r.set_paused_until_unix_ms(c.paused_until_unix_ms);
-  return r;
-}
-
-std::vector<records::ClientRecord> Aggregator::DirtyClientRecords() {
-  std::vector<records::ClientRecord> out;
-  for (auto& [id, c] : clients_) {
-    if (!c.dirty) continue;
-    out.push_back(ClientRecordOf(id));
-    c.dirty = false;
-  }
-  return out;
-}
-
 Status Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env) {
   const wire::Hello& hello = env.hello();
   std::string client_id = zap_ ? in.user_id : hello.client_name();
@@ -506,30 +442,23 @@ Status Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& en
     ReplyError(in.peer, in.peer, env.request_id(), wire::ERROR_MALFORMED, "hello without a client name");
     return Status::Ok();
   }
-  const bool is_new = !clients_.count(client_id);
-  ClientState& state = clients_[client_id];
-  state.peer = in.peer;
-  state.name = hello.client_name();
-  state.num_examples = hello.num_examples();
-  state.parked_request.reset();
-  state.secagg_key = hello.secagg_identity_key();
-  state.secagg_cert = hello.secagg_identity_cert();
-  if (config_.secagg.enabled && state.secagg_key.empty() && is_new) {
+  const bool is_new = clients_.Register(client_id, in.peer, hello, NowUnixMs());
+  if (config_.secagg.enabled && hello.secagg_identity_key().empty() && is_new) {
     LOG_WARN("aggregator", "client '" << hello.client_name() << "' has no secure-aggregation identity key; "
                                       << "it will not be sampled (update its software)");
   }
-  if (state.first_seen_unix_ms == 0) state.first_seen_unix_ms = NowUnixMs();
   // The registry is the sampling population after a restart: a device is
   // registered only once its record is durable.
-  if (Status st = store_->PutClient(ClientRecordOf(client_id)); !st.ok()) {
-    if (is_new) clients_.erase(client_id);
+  const records::ClientRecord record = clients_.RecordOf(client_id, NowUnixMs());
+  if (Status st = store_->PutClient(record); !st.ok()) {
+    if (is_new) clients_.Forget(client_id);
     if (!st.retryable() && st.code() != StatusCode::kResourceExhausted) return st;
     LOG_ERROR("aggregator", "could not record device '" << hello.client_name() << "': " << st.message());
     ReplyError(in.peer, client_id, env.request_id(), wire::ERROR_INTERNAL,
                "the aggregator could not record this device; retry");
     return Status::Ok();
   }
-  state.dirty = false;
+  clients_.MarkWritten({record});
   if (is_new) {
     LOG_INFO("aggregator", "client '" << hello.client_name() << "'"
                                       << (zap_ ? " (key " + client_id + ")" : std::string())
@@ -569,8 +498,7 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
   if (!round_active_ && now < next_round_at_) {
     r->set_next_round_in_seconds(std::chrono::duration<double>(next_round_at_ - now).count());
   }
-  r->set_paused_clients(static_cast<uint32_t>(
-      std::count_if(clients_.begin(), clients_.end(), [&](const auto& kv) { return now < kv.second.paused_until; })));
+  r->set_paused_clients(static_cast<uint32_t>(clients_.CountPaused(now)));
   r->set_updates_rejected(rejected_updates_);
   Reply(in.peer, in.user_id.empty() ? in.peer : in.user_id, request_id, std::move(env));
 }
@@ -603,7 +531,7 @@ void Aggregator::HandlePull(const net::Incoming& in, const wire::Envelope& env) 
 }
 
 void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t request_id) {
-  ClientState& state = clients_[client_id];
+  ClientRegistry::Client& state = clients_[client_id];
   if (federation_done()) {
     wire::Envelope reply;
     reply.mutable_finished()->set_rounds_completed(rounds_done_);
@@ -624,7 +552,7 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
 }
 
 void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
-  ClientState& state = clients_[client_id];
+  ClientRegistry::Client& state = clients_[client_id];
   state.parked_request.reset();
   const std::string dedupe = "task:" + std::to_string(round_);
   const size_t model_bytes = global().data.size() * sizeof(float);
@@ -740,10 +668,9 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
   UpdateVerdict verdict = ValidateUpdate(update.delta(), update.num_examples(), ExpectationNow());
   if (!verdict.accepted()) {
     ++rejected_updates_;
-    ClientState& c = Client(client_id);
-    ++c.rejected[verdict.reason];
+    clients_.NoteRejected(client_id, verdict.reason);
     declined_.insert(client_id);
-    AddStrike(client_id, "sent a refused update (" + verdict.reason + ")");
+    clients_.AddStrike(client_id, "sent a refused update (" + verdict.reason + ")", Clock::now(), NowUnixMs());
     return reject(wire::ERROR_BAD_UPDATE, verdict.reason, verdict.message);
   }
 
@@ -767,10 +694,7 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
   NoteRecorded(client_id, update.num_examples(), update.metrics());
   norm_history_.Add(verdict.norm);
   round_norms_[client_id] = verdict.norm;
-  ClientState& c = Client(client_id);
-  ++c.updates_accepted;
-  c.strikes = 0;
-  c.dirty = true;
+  clients_.NoteAccepted(client_id);
   wire::Envelope ack;
   ack.mutable_ack()->set_round(round_);
   ReplyToClient(client_id, env.request_id(), std::move(ack));
@@ -794,7 +718,7 @@ Status Aggregator::MaybeStartRound() {
   }
   if (static_cast<int>(ids.size()) < config_.min_clients) return Status::Ok();
   // Devices paused after repeated declines or refused updates sit out.
-  ids.erase(std::remove_if(ids.begin(), ids.end(), [&](const std::string& id) { return now < clients_[id].paused_until; }),
+  ids.erase(std::remove_if(ids.begin(), ids.end(), [&](const std::string& id) { return clients_.Paused(id, now); }),
             ids.end());
   if (ids.empty()) return Status::Ok();
   const DpConfig& dp = config_.dp;
@@ -863,7 +787,7 @@ Status Aggregator::MaybeStartRound() {
   LOG_DEBUG("aggregator", "round " << round_ << " started with " << selected_.size() << " clients");
   // Hand tasks to the selected clients that are already waiting.
   for (const auto& id : selected_) {
-    ClientState& state = clients_[id];
+    ClientRegistry::Client& state = clients_[id];
     if (state.parked_request) SendTask(id, *state.parked_request);
   }
   return Status::Ok();
@@ -958,9 +882,9 @@ Status Aggregator::FinishRound(bool deadline_passed) {
     record.set_seconds(summary.seconds);
     RoundCommit commit;
     commit.round = record;
-    commit.clients = DirtyClientRecords();
+    commit.clients = clients_.Dirty(NowUnixMs());
     RETURN_IF_ERROR(store_->CommitRound(commit));
-    MarkWritten(commit.clients);
+    clients_.MarkWritten(commit.clients);
     summary.model_version = registry_->version();
     history_.push_back(summary);
     if (on_round_) on_round_(summary);
@@ -1004,10 +928,10 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   commit.round = record;
   commit.model = &model;
   commit.expire = registry_->Expired(model.version());
-  commit.clients = DirtyClientRecords();
+  commit.clients = clients_.Dirty(NowUnixMs());
   commit.ledger = std::move(ledger);
   RETURN_IF_ERROR(store_->CommitRound(commit));
-  MarkWritten(commit.clients);
+  clients_.MarkWritten(commit.clients);
   registry_->Committed(model, std::move(*next), commit.expire);
   global_norm_ = L2Norm(global().data);
   ++rounds_done_;
@@ -1054,13 +978,6 @@ StatusOr<Weights> Aggregator::FinalizeMerge(Weights mean_delta, records::RoundRe
   RETURN_IF_ERROR(budget_->UpdateClip(below, static_cast<int64_t>(received_.size())));
   record->set_next_clip_norm(budget_->clip_norm());
   return next;
-}
-
-void Aggregator::MarkWritten(const std::vector<records::ClientRecord>& written) {
-  for (const auto& r : written) {
-    auto it = clients_.find(r.client_id());
-    if (it != clients_.end()) it->second.dirty = false;
-  }
 }
 
 // Streams the round's updates from the store in client-id order (so the

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/client_registry.h"
 #include "aggregator/config.h"
 #include "aggregator/model_registry.h"
 #include "aggregator/peer_limits.h"
@@ -111,24 +112,6 @@ class Aggregator {
   uint32_t failed_rounds_in_a_row() const { return failed_in_a_row_; }
 
  private:
-  struct ClientState {
-    std::string peer;  // current routing id
-    std::string name;
-    int64_t num_examples = 0;
-    std::optional<uint64_t> parked_request;  // request id of a held TaskRequest
-    std::chrono::steady_clock::time_point parked_since;
-    bool told_finished = false;
-    std::string secagg_key;   // Ed25519 identity key from Hello (32 bytes, or empty)
-    std::string secagg_cert;  // its enrolment certificate (64 bytes, or empty)
-    int64_t first_seen_unix_ms = 0;
-    // Counters kept in its ClientRecord (written with the next round commit).
-    uint32_t updates_accepted = 0;
-    std::map<std::string, uint64_t> rejected;  // by reason
-    uint32_t strikes = 0;                      // declines or refused updates in a row
-    std::chrono::steady_clock::time_point paused_until{};
-    int64_t paused_until_unix_ms = 0;
-    bool dirty = false;  // counters changed since its record was written
-  };
   using Clock = std::chrono::steady_clock;
 
   Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store, std::unique_ptr<net::ZapHandler> zap,
@@ -164,18 +147,11 @@ class Aggregator {
                      const std::string& dedupe = std::string());
   // One log line per device and reason per interval, with a count.
   void LogRejection(const std::string& who, const std::string& reason, const std::string& message);
-  // Counts a refused update or a decline against the device; enough in a
-  // row pause it. Accepted updates clear its strikes.
-  void AddStrike(const std::string& client_id, const std::string& why);
-  ClientState& Client(const std::string& client_id) { return clients_[client_id]; }
-  records::ClientRecord ClientRecordOf(const std::string& client_id) const;
-  std::vector<records::ClientRecord> DirtyClientRecords();
   Status RecoverUpdates();
   Status QuarantineCorrupt();
   UpdateExpectation ExpectationNow() const;
   StatusOr<Weights> FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary,
                                   std::vector<records::LedgerEntry>* ledger);
-  void MarkWritten(const std::vector<records::ClientRecord>& written);
   void SendTask(const std::string& client_id, uint64_t request_id);
   void AnswerParked(bool keepalive_only);
 
@@ -203,7 +179,7 @@ class Aggregator {
   RoundFn on_round_;
   std::atomic<bool> stop_{false};
 
-  std::map<std::string, ClientState> clients_;  // by client id, sorted
+  ClientRegistry clients_;  // every device that said Hello, by identity
   uint32_t round_ = 0;                          // current or last round number
   uint32_t rounds_done_ = 0;                    // completed rounds
   bool round_active_ = false;
