@@ -1,10 +1,12 @@
 // flotilla-aggregator: serve a federation on a TCP endpoint.
 #include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 
-#include "aggregator/flags.h"
+#include "cli/flags.h"
 #include "aggregator/server.h"
 #include "core/log.h"
 #include "core/rng.h"
@@ -26,7 +28,7 @@ void OnSignal(int sig) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int flotilla::cli::AggregatorMain(int argc, char** argv) {
   using namespace flotilla;
   aggregator::AggregatorConfig config;
   std::string data_dir = training::kDefaultFashionMnistDir;
@@ -39,6 +41,8 @@ int main(int argc, char** argv) {
   config.allowlist_path = "keys/allowlist";
   CLI::App app{"Flotilla aggregator: runs synchronous FedAvg rounds for the clients that connect, stores every "
                "model version and round in RocksDB, and evaluates each new model on the Fashion-MNIST test set."};
+  bool print_config = false;
+  flotilla::cli::PrepareApp(&app, &print_config);
   app.add_option("--endpoint", config.endpoint, "ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:7400")
       ->capture_default_str();
   app.add_option("--store", config.store_path, "RocksDB directory for models, rounds and updates")->capture_default_str();
@@ -77,7 +81,7 @@ int main(int argc, char** argv) {
   aggregator::AddDpFlags(&app, &config, &dp_flags);
   aggregator::SecAggFlags secagg_flags;
   aggregator::AddSecAggFlags(&app, &config, &secagg_flags);
-  CLI11_PARSE(app, argc, argv);
+  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config)) return *exit_code;
   aggregator::ApplyDpMode(dp_flags, &config);
   aggregator::ApplySecAggFlags(secagg_flags, &config);
   // Signals are handled from the start: a SIGTERM during start-up still

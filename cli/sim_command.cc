@@ -1,19 +1,23 @@
 // flotilla-sim: run a simulated federation (or its central baseline) on
 // Fashion-MNIST over the real aggregator and the real wire.
 #include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
 #include <cstdio>
 
-#include "aggregator/flags.h"
+#include "cli/flags.h"
 #include "core/log.h"
 #include "sim/simulation.h"
 
-int main(int argc, char** argv) {
+int flotilla::cli::SimMain(int argc, char** argv) {
   flotilla::sim::SimConfig config;
   config.aggregator.endpoint = "tcp://127.0.0.1:*";
   std::string log_level = "warning";
   CLI::App app{
       "Flotilla fleet simulator: an aggregator and N clients over TCP on loopback, training on "
       "Fashion-MNIST. Prints one line per round and writes OUT/metrics.csv and OUT/summary.json."};
+  bool print_config = false;
+  flotilla::cli::PrepareApp(&app, &print_config);
   app.add_option("--clients", config.clients, "Number of simulated clients")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--partition", config.partition, "iid | dirichlet:ALPHA | shards:K (K label shards per client)")
       ->capture_default_str();
@@ -44,7 +48,7 @@ int main(int argc, char** argv) {
                  "secure round")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  CLI11_PARSE(app, argc, argv);
+  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config)) return *exit_code;
   flotilla::aggregator::ApplyDpMode(dp_flags, &config.aggregator);
   flotilla::aggregator::ApplySecAggFlags(secagg_flags, &config.aggregator);
 

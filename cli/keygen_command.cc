@@ -1,12 +1,14 @@
 // flotilla-keygen: create CURVE and model-signing key pairs.
 #include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include "privacy/keys.h"
 
-int main(int argc, char** argv) {
+int flotilla::cli::KeygenMain(int argc, char** argv) {
   using namespace flotilla;
   std::string out_dir = ".";
   std::string name;

@@ -4,6 +4,8 @@
 //   pull    fetches a model version (verified) for local inference
 //   status  prints the aggregator's health and progress
 #include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -27,7 +29,7 @@ int Fail(const flotilla::Status& st) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int flotilla::cli::ClientMain(int argc, char** argv) {
   using namespace flotilla;
   client::SessionConfig config;
   std::string log_level = "info";
@@ -39,6 +41,8 @@ int main(int argc, char** argv) {
   int request_timeout_ms = 30000;
 
   CLI::App app{"Flotilla client (device runtime). Subcommands: train, pull, status."};
+  bool print_config = false;
+  flotilla::cli::PrepareApp(&app, &print_config);
   app.require_subcommand(1);
   app.add_option("--connect", config.endpoint, "Aggregator endpoint")->capture_default_str();
   app.add_option("--name", config.name, "Device name; also names its key file and state directory")->required();
@@ -85,7 +89,7 @@ int main(int argc, char** argv) {
   pull->add_option("--out", out_path, "Write float32 weights here (and OUT.json with the layout)");
 
   CLI::App* status = app.add_subcommand("status", "Print the aggregator's status");
-  CLI11_PARSE(app, argc, argv);
+  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config)) return *exit_code;
 
   LogLevel level;
   if (!ParseLogLevel(log_level, &level)) {

@@ -2,6 +2,8 @@
 // aggregator's store. Opens the store read-only, so it works while the
 // aggregator runs.
 #include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
 #include <cctype>
 #include <cstdio>
 #include <ctime>
@@ -28,7 +30,7 @@ std::string Time(int64_t unix_ms) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+int flotilla::cli::RegistryMain(int argc, char** argv) {
   using namespace flotilla;
   std::string store_path = "flotilla-aggregator.db";
   CLI::App app{"Flotilla model registry: list, show and export the model versions an aggregator stored."};

@@ -6,6 +6,8 @@
 // 2 bad usage (missing, contradictory or out-of-range flags).
 #include <CLI/CLI.hpp>
 
+#include "cli/commands.h"
+
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -171,7 +173,7 @@ void Print(const Report& r, bool json) {
 }  // namespace
 }  // namespace flotilla::privacy
 
-int main(int argc, char** argv) {
+int flotilla::cli::DpMain(int argc, char** argv) {
   using flotilla::StatusCode;
   namespace privacy = flotilla::privacy;
   privacy::Options o;

@@ -1,0 +1,154 @@
+#include "cli/config_file.h"
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <fstream>
+#include <set>
+
+namespace flotilla::cli {
+
+const std::vector<ConfigKey>& ConfigKeys() {
+  static const std::vector<ConfigKey> keys = [] {
+    std::vector<ConfigKey> k;
+    auto both = [&](const char* section, const char* key, const char* flag) {
+      k.push_back({section, key, "aggregator", flag});
+      k.push_back({section, key, "sim", flag});
+    };
+    // [federation]
+    k.push_back({"federation", "name", "aggregator", "--federation"});
+    k.push_back({"federation", "name", "client", "--federation"});
+    k.push_back({"federation", "endpoint", "aggregator", "--endpoint"});
+    k.push_back({"federation", "endpoint", "client", "--connect"});
+    k.push_back({"federation", "store", "aggregator", "--store"});
+    both("federation", "arch", "--arch");
+    both("federation", "rounds", "--rounds");
+    both("federation", "seed", "--seed");
+    k.push_back({"federation", "seed", "client train", "--seed"});
+    // [round]
+    k.push_back({"round", "min_clients", "aggregator", "--min-clients"});
+    both("round", "fraction", "--fraction");
+    both("round", "epochs", "--epochs");
+    both("round", "batch", "--batch");
+    both("round", "lr", "--lr");
+    both("round", "momentum", "--momentum");
+    both("round", "weight_decay", "--weight-decay");
+    both("round", "server_lr", "--server-lr");
+    both("round", "strategy", "--strategy");
+    both("round", "min_updates", "--min-updates");
+    both("round", "deadline", "--deadline");
+    both("round", "failed_round_backoff", "--failed-round-backoff");
+    both("round", "max_failed_round_backoff", "--max-failed-round-backoff");
+    both("round", "pause_after", "--pause-after");
+    both("round", "pause_seconds", "--pause-seconds");
+    // [validation]
+    both("validation", "update_norm_bound", "--update-norm-bound");
+    both("validation", "max_examples", "--max-examples");
+    both("validation", "example_weighting", "--example-weighting");
+    // [limits]
+    both("limits", "device_messages_per_second", "--device-messages-per-second");
+    both("limits", "device_message_burst", "--device-message-burst");
+    both("limits", "device_bytes_per_second", "--device-bytes-per-second");
+    both("limits", "device_max_queued_bytes", "--device-max-queued-bytes");
+    both("limits", "max_message_bytes", "--max-message-bytes");
+    // [dp]
+    both("dp", "mode", "--dp");
+    both("dp", "noise", "--dp-noise");
+    both("dp", "clip", "--dp-clip");
+    both("dp", "delta", "--dp-delta");
+    both("dp", "epsilon_budget", "--dp-epsilon-budget");
+    both("dp", "adaptive_clip", "--dp-adaptive-clip");
+    both("dp", "target_quantile", "--dp-target-quantile");
+    both("dp", "sampling_rate", "--dp-sampling-rate");
+    // [secagg]
+    both("secagg", "mode", "--secagg");
+    both("secagg", "bits", "--secagg-bits");
+    both("secagg", "clip", "--secagg-clip");
+    both("secagg", "degree", "--secagg-degree");
+    both("secagg", "threshold", "--secagg-threshold");
+    both("secagg", "stage_timeout", "--secagg-stage-timeout");
+    // [keys]
+    k.push_back({"keys", "curve_key", "aggregator", "--curve-key"});
+    k.push_back({"keys", "signing_key", "aggregator", "--signing-key"});
+    k.push_back({"keys", "allowlist", "aggregator", "--allowlist"});
+    k.push_back({"keys", "server_key", "client", "--server-key"});
+    k.push_back({"keys", "model_key", "client", "--model-key"});
+    k.push_back({"keys", "enrolment_key", "client", "--enrolment-key"});
+    // [data]
+    both("data", "dir", "--data-dir");
+    k.push_back({"data", "dir", "client train", "--data-dir"});
+    both("data", "test_limit", "--test-limit");
+    k.push_back({"data", "partition", "sim", "--partition"});
+    k.push_back({"data", "partition", "client train", "--partition"});
+    k.push_back({"data", "clients", "sim", "--clients"});
+    k.push_back({"data", "clients", "client train", "--clients"});
+    k.push_back({"data", "train_limit", "sim", "--train-limit"});
+    k.push_back({"data", "train_limit", "client train", "--train-limit"});
+    // [sim]
+    k.push_back({"sim", "workers", "sim", "--workers"});
+    k.push_back({"sim", "out", "sim", "--out"});
+    k.push_back({"sim", "central_epochs", "sim", "--central-epochs"});
+    k.push_back({"sim", "request_timeout", "sim", "--request-timeout"});
+    k.push_back({"sim", "secagg_dropout", "sim", "--secagg-dropout"});
+    // [log]
+    k.push_back({"log", "level", "aggregator", "--log"});
+    k.push_back({"log", "level", "sim", "--log"});
+    k.push_back({"log", "level", "client", "--log"});
+    return k;
+  }();
+  return keys;
+}
+
+std::map<std::string, std::string>& ConfigOrigins() {
+  static std::map<std::string, std::string> origins;
+  return origins;
+}
+
+StatusOr<ConfigFlags> ReadConfigFlags(const std::string& path, const std::string& role) {
+  std::ifstream in(path);
+  if (!in) return InvalidArgument("cannot read config file " + path);
+  std::vector<CLI::ConfigItem> items;
+  try {
+    items = CLI::ConfigTOML().from_config(in);
+  } catch (const CLI::Error& e) {
+    return InvalidArgument(path + ": not a valid TOML config: " + e.what());
+  }
+  const std::vector<ConfigKey>& keys = ConfigKeys();
+  ConfigFlags out;
+  for (const CLI::ConfigItem& item : items) {
+    std::string section;
+    for (const auto& p : item.parents) section += (section.empty() ? "" : ".") + p;
+    if (item.name == "++" || item.name == "--") continue;  // CLI11's section markers
+    if (section.empty()) {
+      return InvalidArgument(path + ": key '" + item.name + "' is outside any section; put it under one of " +
+                             "[federation], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], " +
+                             "[log] (see docs/configuration.md)");
+    }
+    std::set<std::string> sections, allowed;
+    bool known = false;
+    for (const ConfigKey& k : keys) {
+      sections.insert(k.section);
+      if (section != k.section) continue;
+      allowed.insert(k.key);
+      if (item.name != k.key) continue;
+      known = true;
+      if (role != k.role) continue;
+      std::string value;
+      for (size_t i = 0; i < item.inputs.size(); ++i) value += (i ? "," : "") + item.inputs[i];
+      out.flags.push_back(std::string(k.flag) + "=" + value);
+      out.origin[k.flag] = "[" + section + "] " + item.name + " in " + path;
+    }
+    if (!sections.count(section)) {
+      std::string list;
+      for (const auto& s : sections) list += (list.empty() ? "" : ", ") + ("[" + s + "]");
+      return InvalidArgument(path + ": unknown section [" + section + "]; allowed: " + list);
+    }
+    if (!known) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      return InvalidArgument(path + ": unknown key '" + item.name + "' in [" + section + "]; allowed: " + list);
+    }
+  }
+  return out;
+}
+
+}  // namespace flotilla::cli
