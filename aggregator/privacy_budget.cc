@@ -15,6 +15,22 @@ int64_t NowUnixMs() {
       .count();
 }
 
+records::LedgerEntry Entry(uint32_t round, const std::string& client_id, const DpConfig& dp, double q, double z,
+                          int64_t steps, double clip, double epsilon_after) {
+  records::LedgerEntry e;
+  e.set_round(round);
+  e.set_client_id(client_id);
+  e.set_mechanism(DpModeName(dp.mode));
+  e.set_sampling_rate(q);
+  e.set_noise_multiplier(z);
+  e.set_steps(steps);
+  e.set_clip_norm(clip);
+  e.set_delta(dp.delta);
+  e.set_epsilon_after(epsilon_after);
+  e.set_recorded_unix_ms(NowUnixMs());
+  return e;
+}
+
 }  // namespace
 
 StatusOr<PrivacyBudget> PrivacyBudget::Recover(const DpConfig& dp, uint32_t local_epochs,
@@ -135,17 +151,7 @@ StatusOr<std::vector<records::LedgerEntry>> PrivacyBudget::Account(uint32_t roun
     RETURN_IF_ERROR(accountant_.Compose(q, z, 1));
     ASSIGN_OR_RETURN(privacy::PrivacySpent spent, accountant_.GetPrivacySpent(dp_.delta));
     epsilon_ = spent.epsilon;
-    records::LedgerEntry e;
-    e.set_round(round);
-    e.set_mechanism(DpModeName(dp_.mode));
-    e.set_sampling_rate(q);
-    e.set_noise_multiplier(z);
-    e.set_steps(1);
-    e.set_clip_norm(clip_norm_);
-    e.set_delta(dp_.delta);
-    e.set_epsilon_after(epsilon_);
-    e.set_recorded_unix_ms(NowUnixMs());
-    ledger.push_back(std::move(e));
+    ledger.push_back(Entry(round, "", dp_, q, z, 1, clip_norm_, epsilon_));
     if (epsilon_ > dp_.epsilon_budget) {
       // Only possible when devices dropped out of a distributed-noise round.
       exhausted_ = true;
@@ -164,18 +170,8 @@ StatusOr<std::vector<records::LedgerEntry>> PrivacyBudget::Account(uint32_t roun
       RETURN_IF_ERROR(acct.Compose(dp_.dpsgd_sampling_rate, dp_.noise_multiplier, steps));
       ASSIGN_OR_RETURN(privacy::PrivacySpent spent, acct.GetPrivacySpent(dp_.delta));
       epsilon_ = std::max(epsilon_, spent.epsilon);
-      records::LedgerEntry e;
-      e.set_round(round);
-      e.set_client_id(id);
-      e.set_mechanism(DpModeName(dp_.mode));
-      e.set_sampling_rate(dp_.dpsgd_sampling_rate);
-      e.set_noise_multiplier(dp_.noise_multiplier);
-      e.set_steps(steps);
-      e.set_clip_norm(dp_.clip_norm);
-      e.set_delta(dp_.delta);
-      e.set_epsilon_after(spent.epsilon);
-      e.set_recorded_unix_ms(NowUnixMs());
-      ledger.push_back(std::move(e));
+      ledger.push_back(Entry(round, id, dp_, dp_.dpsgd_sampling_rate, dp_.noise_multiplier, steps, dp_.clip_norm,
+                             spent.epsilon));
     }
   }
   record->set_epsilon(epsilon_);

@@ -6,6 +6,7 @@
 #include "aggregator/strategy.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "privacy/clipping.h"
 #include "privacy/noise.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"

@@ -37,9 +37,7 @@
 #include "core/weights.h"
 #include "net/transport.h"
 #include "net/zap.h"
-#include "privacy/clipping.h"
 #include "privacy/keys.h"
-#include "privacy/rdp_accountant.h"
 #include "proto/flotilla.pb.h"
 
 namespace flotilla::aggregator {
@@ -118,6 +116,7 @@ class Aggregator {
              std::unique_ptr<net::ServerSocket> socket, Weights initial, EvalFn eval, RoundFn on_round);
   Status Recover();
   void MaybeReloadAllowlist();
+  const Weights& global() const { return registry_->global(); }
 
   Status HandleMessage(const net::Incoming& in);
   Status HandleHello(const net::Incoming& in, const wire::Envelope& env);
@@ -170,7 +169,6 @@ class Aggregator {
   std::unique_ptr<net::ZapHandler> zap_;  // started before the socket binds
   std::unique_ptr<net::ServerSocket> socket_;
   Weights initial_;  // until Recover hands it to the registry
-  const Weights& global() const { return registry_->global(); }
   std::unique_ptr<ModelRegistry> registry_;  // set by Recover: the current model, versions, pulls
   std::atomic<bool> reload_{false};
   std::optional<std::filesystem::file_time_type> allowlist_mtime_;
@@ -185,7 +183,7 @@ class Aggregator {
   bool round_active_ = false;
   std::vector<std::string> selected_;           // sorted client ids
   std::set<std::string> received_;
-  std::set<std::string> declined_;  // could not train this round
+  std::set<std::string> declined_;  // declined this round, or had its update refused
   std::map<std::string, std::pair<int64_t, double>> train_loss_;  // client -> (examples, loss)
   std::map<std::string, int64_t> dp_steps_;   // DP-SGD steps each client reported this round
   std::map<std::string, int> below_clip_;     // adaptive-clipping bits this round
