@@ -20,7 +20,7 @@ namespace {
 // Runs `n` honest clients to the end of the federation.
 void RunClients(const testing::TestKeys& keys, const std::string& endpoint, int n) {
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(60 * n, 11));
-  for (auto& t : testing::StartHonestClients(keys, endpoint, data, n, 60)) t.join();
+  testing::StartHonestClients(keys, endpoint, data, n, 60)->Join();
 }
 
 aggregator::AggregatorConfig DpConfig(const testing::TestKeys& keys, const std::filesystem::path& store) {
@@ -59,9 +59,11 @@ TEST_CASE("The aggregator refuses the round that would exceed the privacy budget
   auto config = DpConfig(keys, store);
   net::Context ctx;
   auto agg = Make(&ctx, config);
-  std::thread server([&] { REQUIRE(agg->Run().ok()); });
+  Status run;
+  std::thread server([&] { run = agg->Run(); });
   RunClients(keys, agg->endpoint(), 4);
   server.join();
+  REQUIRE(run.ok());
   const auto& history = agg->history();
   REQUIRE_FALSE(history.empty());
   CHECK(history.size() < config.rounds);  // stopped by the budget, not the round count
@@ -89,9 +91,11 @@ TEST_CASE("The privacy ledger survives an aggregator restart", "[dp][integration
   {
     net::Context ctx;
     auto agg = Make(&ctx, config);
-    std::thread server([&] { REQUIRE(agg->Run().ok()); });
+    Status run;
+    std::thread server([&] { run = agg->Run(); });
     RunClients(keys, agg->endpoint(), 4);
     server.join();
+    REQUIRE(run.ok());
     REQUIRE(agg->history().size() == 2);
     eps_before = *agg->history().back().epsilon;
   }
@@ -99,9 +103,11 @@ TEST_CASE("The privacy ledger survives an aggregator restart", "[dp][integration
   {
     net::Context ctx;
     auto agg = Make(&ctx, config);
-    std::thread server([&] { REQUIRE(agg->Run().ok()); });
+    Status run;
+    std::thread server([&] { run = agg->Run(); });
     RunClients(keys, agg->endpoint(), 4);
     server.join();
+    REQUIRE(run.ok());
     REQUIRE(agg->history().size() == 2);
     privacy::RdpAccountant four;
     REQUIRE(four.Compose(0.5, 1.5, 4).ok());

@@ -96,10 +96,11 @@ TEST_CASE("A wrong-shaped update gets an error reply and the round completes wit
   net::Context context;
   auto agg = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
   REQUIRE(agg.ok());
-  std::thread server([&] { REQUIRE((*agg)->Run().ok()); });
+  Status run;
+  std::thread server([&] { run = (*agg)->Run(); });
 
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(200, 3));
-  std::vector<std::thread> honest = testing::StartHonestClients(keys, (*agg)->endpoint(), data, 2, 100, 1);
+  auto honest = testing::StartHonestClients(keys, (*agg)->endpoint(), data, 2, 100, 1);
 
   // The hostile client: follows the protocol, then sends a delta of the wrong shape.
   auto socket = net::ClientSocket::Connect(&context, (*agg)->endpoint(), keys.ClientSocket(2));
@@ -129,8 +130,9 @@ TEST_CASE("A wrong-shaped update gets an error reply and the round completes wit
   REQUIRE(reply.has_error());
   CHECK(reply.error().code() == wire::ERROR_BAD_UPDATE);
 
-  for (auto& t : honest) t.join();
+  honest->Join();
   server.join();
+  REQUIRE(run.ok());
   const auto& history = (*agg)->history();
   REQUIRE(history.size() == 1);
   CHECK(history[0].completed);
@@ -160,21 +162,22 @@ TEST_CASE("A held task request gets its keepalive even when rounds finish faster
   net::Context context;
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(200, 3));
   std::atomic<bool> stop{false};
-  std::vector<std::thread> honest;
+  testing::Workers honest;
   for (int i = 0; i < 2; ++i) {
-    honest.emplace_back([&, i] {
+    honest.threads.emplace_back([&, i] {
       client::SessionConfig sc;
       sc.endpoint = agg.endpoint();
       sc.name = "fast-" + std::to_string(i);
       sc.num_examples = 100;
       sc.socket = keys.ClientSocket(i);
       auto identity = privacy::DeriveSecAggIdentity(keys.clients[i]);
-      REQUIRE(identity.ok());
+      honest.failures.Expect(identity.ok(), "secagg identity: " + identity.status().ToString());
+      if (!identity.ok()) return;
       sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity).value());
       training::DataView view{data, {}};
       for (int k = 0; k < 100; ++k) view.indices.push_back(i * 100 + k);
       auto stats = client::RunClient(sc, view, keys.signing->public_key, &stop);
-      CHECK(stats.ok());
+      honest.failures.Expect(stats.ok(), sc.name + ": " + stats.status().ToString());
     });
   }
   auto socket = net::ClientSocket::Connect(&context, agg.endpoint(), keys.ClientSocket(2));
@@ -207,7 +210,7 @@ TEST_CASE("A held task request gets its keepalive even when rounds finish faster
   agg.Stop();
   CHECK(agg.agg->history().size() > 5);  // rounds really were faster than the keepalive
   stop = true;
-  for (auto& t : honest) t.join();
+  honest.Join();
   CHECK(agg.status.ok());
   socket->reset();
 }

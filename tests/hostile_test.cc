@@ -14,6 +14,7 @@
 #include "client/runner.h"
 #include "core/rng.h"
 #include "proto/codec.h"
+#include "tests/test_aggregator.h"
 #include "tests/test_keys.h"
 #include "training/dataset.h"
 #include "training/model.h"
@@ -188,17 +189,17 @@ Outcome RunFederation(bool hostile) {
   Outcome out;
   // The hostile peer registers first (so that every run samples the same
   // clients), then floods while the honest fleet trains.
-  std::atomic<bool> registered{false};
+  // (Registration on this thread; the flood on its own, which asserts
+  // nothing: Catch2's assertions are not thread-safe.)
+  auto s = net::ClientSocket::Connect(&context, endpoint, keys.ClientSocket(kHonest));
+  REQUIRE(s.ok());
+  wire::Envelope hello;
+  hello.mutable_hello()->set_client_name("stolen-device");
+  REQUIRE((*s)->Send(proto::SerializeEnvelope(&hello)).ok());
+  auto welcome = (*s)->Receive(10s);
+  REQUIRE(welcome.ok());
+  REQUIRE(welcome->has_value());
   std::thread attacker([&] {
-    auto s = net::ClientSocket::Connect(&context, endpoint, keys.ClientSocket(kHonest));
-    REQUIRE(s.ok());
-    wire::Envelope hello;
-    hello.mutable_hello()->set_client_name("stolen-device");
-    REQUIRE((*s)->Send(proto::SerializeEnvelope(&hello)).ok());
-    auto welcome = (*s)->Receive(10s);
-    REQUIRE(welcome.ok());
-    REQUIRE(welcome->has_value());
-    registered.store(true);
     if (!hostile) return;
     Mutator mutator((*eval_runner)->layout());
     for (int i = 0; i < kHostileMessages; ++i) {
@@ -213,11 +214,9 @@ Outcome RunFederation(bool hostile) {
       }
     }
   });
-  while (!registered.load()) std::this_thread::sleep_for(10ms);
-
-  std::vector<std::thread> honest;
+  testing::Workers honest;
   for (int i = 0; i < kHonest; ++i) {
-    honest.emplace_back([&, i] {
+    honest.threads.emplace_back([&, i] {
       training::SetTorchThreads(1);
       client::SessionConfig sc;
       sc.endpoint = endpoint;
@@ -226,10 +225,10 @@ Outcome RunFederation(bool hostile) {
       training::DataView view{train_set, {}};
       for (int k = 0; k < 500; ++k) view.indices.push_back(i * 500 + k);
       auto stats = client::RunClient(sc, view, keys.signing->public_key, nullptr);
-      REQUIRE(stats.ok());
+      honest.failures.Expect(stats.ok(), sc.name + ": " + stats.status().ToString());
     });
   }
-  for (auto& t : honest) t.join();
+  honest.Join();
   attacker.join();
   (*agg)->RequestStop();
   server.join();

@@ -70,10 +70,11 @@ wire::Update FilledUpdate(const wire::TrainTask& task, float fill, int64_t examp
   u.set_round(task.round());
   u.set_model_version(task.model_version());
   u.set_num_examples(examples);
-  auto w = proto::WeightsFromProto(task.weights(), nullptr);
-  REQUIRE(w.ok());
-  std::fill(w->data.begin(), w->data.end(), fill);
-  proto::WeightsToProto(*w, u.mutable_delta());
+  // Runs on the attacker's thread: no Catch2 assertion here (a bad task
+  // aborts through value()).
+  Weights w = proto::WeightsFromProto(task.weights(), nullptr).value();
+  std::fill(w.data.begin(), w.data.end(), fill);
+  proto::WeightsToProto(w, u.mutable_delta());
   return u;
 }
 
@@ -120,26 +121,24 @@ RunResult RunFederation(const std::function<std::optional<wire::Update>(const wi
   std::thread server([&] { agg_status = (*agg)->Run(); });
   const std::string endpoint = (*agg)->endpoint();
 
-  std::thread attacker;
+  testing::Workers devices;
   if (attack) {
-    attacker = std::thread([&] {
+    devices.threads.emplace_back([&] {
       auto acked = testing::RunScriptedDevice(DeviceConfig(keys, kHonest, endpoint), attack,
                                               std::chrono::steady_clock::now() + 120s);
-      CHECK(acked.ok());
+      devices.failures.Expect(acked.ok(), "attacker: " + acked.status().ToString());
     });
   }
-  std::vector<std::thread> honest;
   for (int i = 0; i < kHonest; ++i) {
-    honest.emplace_back([&, i] {
+    devices.threads.emplace_back([&, i] {
       training::SetTorchThreads(1);
       training::DataView view{data.train, {}};
       for (int k = 0; k < kPerClient; ++k) view.indices.push_back(i * kPerClient + k);
       auto stats = client::RunClient(DeviceConfig(keys, i, endpoint), view, keys.signing->public_key, nullptr);
-      CHECK(stats.ok());
+      devices.failures.Expect(stats.ok(), "honest-" + std::to_string(i) + ": " + stats.status().ToString());
     });
   }
-  for (auto& t : honest) t.join();
-  if (attacker.joinable()) attacker.join();
+  devices.Join();
   server.join();
   REQUIRE(agg_status.ok());
   RunResult out;
@@ -352,8 +351,7 @@ TEST_CASE("A store holding poisoned updates from an earlier version restarts and
   REQUIRE(agg.ok());
   Status agg_status;
   std::thread server([&] { agg_status = (*agg)->Run(); });
-  auto honest = testing::StartHonestClients(keys, (*agg)->endpoint(), data.train, kHonest, kPerClient);
-  for (auto& t : honest) t.join();
+  testing::StartHonestClients(keys, (*agg)->endpoint(), data.train, kHonest, kPerClient)->Join();
   server.join();
   REQUIRE(agg_status.ok());
   const auto& history = (*agg)->history();
@@ -386,13 +384,10 @@ TEST_CASE("A device that always declines causes a few failed rounds, not a storm
   config.min_clients = 1;
   testing::RunningAggregator running(config);
   const auto start = std::chrono::steady_clock::now();
-  std::thread decliner([&] {
-    auto r = testing::RunScriptedDevice(
-        DeviceConfig(keys, kHonest, running.endpoint()),
-        [](const wire::TrainTask&) { return std::optional<wire::Update>(); }, start + 8s);
-    CHECK(r.ok());
-  });
-  decliner.join();
+  auto declined = testing::RunScriptedDevice(
+      DeviceConfig(keys, kHonest, running.endpoint()),
+      [](const wire::TrainTask&) { return std::optional<wire::Update>(); }, start + 8s);
+  CHECK(declined.ok());
   // Status shows the back-off and the paused device.
   client::SessionConfig viewer = DeviceConfig(keys, 0, running.endpoint());
   auto status = client::QueryStatus(viewer);

@@ -312,7 +312,7 @@ TEST_CASE("A message one byte over the size limit drops that peer - the round co
   RunningAggregator running(config);
 
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(200, 3));
-  std::vector<std::thread> honest = testing::StartHonestClients(keys, running.endpoint(), data, 2, 100, 1);
+  auto honest = testing::StartHonestClients(keys, running.endpoint(), data, 2, 100, 1);
   auto big = net::ClientSocket::Connect(&running.context, running.endpoint(), keys.ClientSocket(2));
   REQUIRE(big.ok());
   REQUIRE((*big)->Send(Serialize(HelloMsg("big"))).ok());
@@ -325,7 +325,7 @@ TEST_CASE("A message one byte over the size limit drops that peer - the round co
   // One byte over: the connection is dropped, no reply.
   REQUIRE((*big)->Send(std::string(limit + 1, 'x')).ok());
   CHECK_FALSE(TryReply(big->get(), 1000ms).has_value());
-  for (auto& t : honest) t.join();
+  honest->Join();
   running.Stop();
   REQUIRE(running.agg->history().size() == 1);
   CHECK(running.agg->history()[0].completed);

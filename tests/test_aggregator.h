@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -58,16 +59,57 @@ struct RunningAggregator {
   std::string endpoint() const { return agg->endpoint(); }
 };
 
+// Failures seen by worker threads, asserted on the main thread (Catch2's
+// assertions are not thread-safe). Thread-safe.
+class ThreadFailures {
+ public:
+  // Records `what` when `ok` is false.
+  void Expect(bool ok, const std::string& what) {
+    if (ok) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    failures_.push_back(what);
+  }
+  // On the main thread: every recorded failure fails the test.
+  void Check() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& f : failures_) FAIL_CHECK(f);
+    failures_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> failures_;
+};
+
+// Worker threads and the failures they saw. Join() (on the main thread)
+// joins them and turns their failures into test failures.
+struct Workers {
+  std::vector<std::thread> threads;
+  ThreadFailures failures;
+
+  void Join() {
+    for (auto& t : threads) {
+      if (t.joinable()) t.join();
+    }
+    failures.Check();
+  }
+  ~Workers() {
+    for (auto& t : threads) {
+      if (t.joinable()) t.join();
+    }
+  }
+};
+
 // Starts `n` honest clients (keys 0..n-1), one thread each, until the
 // federation ends; client i trains on examples [i * per_client, (i + 1) *
-// per_client) of `data`. Each checks that RunClient succeeded and, when
-// `expect_acked` >= 0, how many updates were acknowledged. Join the threads.
-inline std::vector<std::thread> StartHonestClients(const TestKeys& keys, const std::string& endpoint,
+// per_client) of `data`. Each expects RunClient to succeed and, when
+// `expect_acked` >= 0, that many updates acknowledged; Join() checks.
+inline std::unique_ptr<Workers> StartHonestClients(const TestKeys& keys, const std::string& endpoint,
                                                    std::shared_ptr<const training::Dataset> data, int n,
                                                    int per_client, int expect_acked = -1) {
-  std::vector<std::thread> threads;
+  auto workers = std::make_unique<Workers>();
   for (int i = 0; i < n; ++i) {
-    threads.emplace_back([&keys, endpoint, data, i, per_client, expect_acked] {
+    workers->threads.emplace_back([&keys, endpoint, data, i, per_client, expect_acked, w = workers.get()] {
       client::SessionConfig sc;
       sc.endpoint = endpoint;
       sc.name = "honest-" + std::to_string(i);
@@ -76,11 +118,15 @@ inline std::vector<std::thread> StartHonestClients(const TestKeys& keys, const s
       training::DataView view{data, {}};
       for (int k = 0; k < per_client; ++k) view.indices.push_back(i * per_client + k);
       auto stats = client::RunClient(sc, view, keys.signing->public_key, nullptr);
-      REQUIRE(stats.ok());
-      if (expect_acked >= 0) CHECK(stats->updates_acked == expect_acked);
+      w->failures.Expect(stats.ok(), sc.name + ": " + stats.status().ToString());
+      if (stats.ok() && expect_acked >= 0) {
+        w->failures.Expect(stats->updates_acked == expect_acked,
+                           sc.name + ": " + std::to_string(stats->updates_acked) + " updates acknowledged, expected " +
+                               std::to_string(expect_acked));
+      }
     });
   }
-  return threads;
+  return workers;
 }
 
 // Drives one enrolled device whose "training" is `make_update` (an
