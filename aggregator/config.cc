@@ -69,7 +69,7 @@ Status AggregatorConfig::Validate() const {
         "adaptive clipping needs each device's clipped-or-not bit, which secure aggregation hides; "
         "drop --dp-adaptive-clip or --secagg");
   }
-  if (!signing_key) return InvalidArgument("a model-signing key is required (create one with flotilla-keygen --signing)");
+  if (!signing_key) return InvalidArgument("a model-signing key is required (create one with flotilla keygen --signing)");
   if (socket.security == net::TransportSecurity::kCurve && allowlist_path.empty() && allowed_clients.empty()) {
     return InvalidArgument("CURVE is on but no client is allowed: pass an allowlist file");
   }

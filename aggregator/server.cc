@@ -178,11 +178,11 @@ Status Aggregator::QuarantineCorrupt() {
   RETURN_IF_ERROR(store_->ListRounds(&bad_rounds).status());
   for (const auto& id : bad_clients) {
     RETURN_IF_ERROR(store_->QuarantineClient(id, "client record does not parse"));
-    LOG_ERROR("aggregator", "quarantined a corrupt client record (see flotilla-registry quarantine)");
+    LOG_ERROR("aggregator", "quarantined a corrupt client record (see flotilla registry quarantine)");
   }
   for (const auto& key : bad_rounds) {
     RETURN_IF_ERROR(store_->QuarantineRound(key, "round record does not parse"));
-    LOG_ERROR("aggregator", "quarantined a corrupt round record (see flotilla-registry quarantine)");
+    LOG_ERROR("aggregator", "quarantined a corrupt round record (see flotilla registry quarantine)");
   }
   return Status::Ok();
 }
@@ -216,7 +216,7 @@ Status Aggregator::RecoverUpdates() {
     RETURN_IF_ERROR(store_->QuarantineUpdate(round_, id, "failed validation on replay: " + why));
     LOG_ERROR("aggregator", "round " << round_ << ": quarantined the stored update from '" << id
                                      << "' (failed validation on replay: " << why
-                                     << "); see flotilla-registry quarantine");
+                                     << "); see flotilla registry quarantine");
   }
   return Status::Ok();
 }

@@ -3,7 +3,7 @@
 //     through CURVE, validation and a synced RocksDB write; baseline: the
 //     status request/reply round trip on the same connection (no disk).
 //  2. recovery after kill -9 with a store of N model versions: time from
-//     restarting flotilla-aggregator until it answers a status query;
+//     restarting flotilla aggregator until it answers a status query;
 //     baseline: the same start on an empty store.
 // Usage: recovery_bench [updates=300] [versions=1000] [arch=2nn]
 #include <signal.h>
@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
     const int port = 17000 + (::getpid() % 2000);
     const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(port);
     auto args = [&](const fs::path& store) {
-      return std::vector<std::string>{FLOTILLA_AGGREGATOR_BIN, "--endpoint", endpoint, "--store", store.string(),
+      return std::vector<std::string>{FLOTILLA_BIN, "aggregator", "--endpoint", endpoint, "--store", store.string(),
                                       "--curve-key", keys + "/aggregator.curve.key", "--signing-key",
                                       keys + "/aggregator.sign.key", "--allowlist", keys + "/allowlist", "--arch",
                                       arch, "--rounds", std::to_string(versions + 10), "--min-clients", "5",

@@ -1,4 +1,4 @@
-// flotilla-aggregator: serve a federation on a TCP endpoint.
+// flotilla aggregator: serve a federation on a TCP endpoint.
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
@@ -66,12 +66,12 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--retain-every", config.retain_every, "Also keep every Kth version (with --retain-last)")
       ->capture_default_str();
-  app.add_option("--curve-key", curve_key_path, "The aggregator's CURVE secret key file (flotilla-keygen)")
+  app.add_option("--curve-key", curve_key_path, "The aggregator's CURVE secret key file (flotilla keygen)")
       ->capture_default_str();
   app.add_option("--allowlist", config.allowlist_path,
                  "Allowed client public keys, one per line; reloaded when it changes or on SIGHUP")
       ->capture_default_str();
-  app.add_option("--signing-key", signing_key_path, "Ed25519 model-signing secret key (flotilla-keygen --signing)")
+  app.add_option("--signing-key", signing_key_path, "Ed25519 model-signing secret key (flotilla keygen --signing)")
       ->capture_default_str();
   app.add_flag("--insecure", insecure,
                "DEBUGGING ONLY: no encryption and no allowlist (models are still signed)");
@@ -100,7 +100,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
 
   auto signing = privacy::ReadSigningSecretFile(signing_key_path);
   if (!signing.ok()) {
-    std::fprintf(stderr, "flotilla-aggregator: %s\n", signing.status().ToString().c_str());
+    std::fprintf(stderr, "flotilla aggregator: %s\n", signing.status().ToString().c_str());
     return 1;
   }
   config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing).value());
@@ -111,7 +111,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
   } else {
     auto curve = privacy::ReadCurveSecretFile(curve_key_path);
     if (!curve.ok()) {
-      std::fprintf(stderr, "flotilla-aggregator: %s\n", curve.status().ToString().c_str());
+      std::fprintf(stderr, "flotilla aggregator: %s\n", curve.status().ToString().c_str());
       return 1;
     }
     config.socket.curve.public_key = curve->public_z85;
@@ -119,14 +119,14 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
   }
   auto runner = training::ModelRunner::Create(config.model_arch, DeriveSeed(config.seed, "init"));
   if (!runner.ok()) {
-    std::fprintf(stderr, "flotilla-aggregator: %s\n", runner.status().ToString().c_str());
+    std::fprintf(stderr, "flotilla aggregator: %s\n", runner.status().ToString().c_str());
     return 1;
   }
   std::shared_ptr<const training::Dataset> test;
   if (!no_eval) {
     auto loaded = training::LoadFashionMnist(data_dir, training::Split::kTest, test_limit);
     if (!loaded.ok()) {
-      std::fprintf(stderr, "flotilla-aggregator: %s (or pass --no-eval)\n", loaded.status().ToString().c_str());
+      std::fprintf(stderr, "flotilla aggregator: %s (or pass --no-eval)\n", loaded.status().ToString().c_str());
       return 1;
     }
     test = std::make_shared<const training::Dataset>(std::move(loaded).value());
@@ -149,7 +149,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
   net::Context context;
   auto agg = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), eval, on_round);
   if (!agg.ok()) {
-    std::fprintf(stderr, "flotilla-aggregator: %s\n", agg.status().ToString().c_str());
+    std::fprintf(stderr, "flotilla aggregator: %s\n", agg.status().ToString().c_str());
     return 1;
   }
   g_aggregator.store(agg->get());
@@ -157,7 +157,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
   Status st = (*agg)->Run();
   g_aggregator.store(nullptr);
   if (!st.ok()) {
-    std::fprintf(stderr, "flotilla-aggregator: %s\n", st.ToString().c_str());
+    std::fprintf(stderr, "flotilla aggregator: %s\n", st.ToString().c_str());
     return 1;
   }
   return 0;

@@ -1,4 +1,4 @@
-// flotilla-client: one device.
+// flotilla client: one device.
 //   train   trains on its share of Fashion-MNIST whenever the aggregator asks,
 //           until the federation is over
 //   pull    fetches a model version (verified) for local inference
@@ -24,7 +24,7 @@ std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
 
 int Fail(const flotilla::Status& st) {
-  std::fprintf(stderr, "flotilla-client: %s\n", st.ToString().c_str());
+  std::fprintf(stderr, "flotilla client: %s\n", st.ToString().c_str());
   return 1;
 }
 }  // namespace
@@ -200,7 +200,7 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   auto stats = client::RunClient(config, view, *model_key, &g_stop, store->get());
   if (!stats.ok()) return Fail(stats.status());
-  std::printf("flotilla-client %s: trained %d rounds, %d updates acknowledged, %d reconnects\n", config.name.c_str(),
+  std::printf("flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects\n", config.name.c_str(),
               stats->rounds_trained, stats->updates_acked, stats->reconnects);
   std::printf("recorded rounds:");
   for (uint32_t r : stats->recorded_rounds) std::printf(" %u", r);

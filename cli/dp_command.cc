@@ -1,4 +1,4 @@
-// flotilla-dp-accountant: (epsilon, delta) of DP-SGD / DP-FedAvg training with
+// flotilla dp: (epsilon, delta) of DP-SGD / DP-FedAvg training with
 // the subsampled Gaussian mechanism, or the noise multiplier needed for a
 // target epsilon. Counterpart of TF Privacy's compute_dp_sgd_privacy.
 //
@@ -178,7 +178,7 @@ int flotilla::cli::DpMain(int argc, char** argv) {
   namespace privacy = flotilla::privacy;
   privacy::Options o;
   CLI::App app{
-      "flotilla-dp-accountant: privacy of training with the Poisson-subsampled "
+      "flotilla dp: privacy of training with the Poisson-subsampled "
       "Gaussian mechanism (DP-SGD, DP-FedAvg), by RDP accounting (Mironov et "
       "al. 2019) and the RDP-to-(epsilon, delta) conversion of Balle et al. "
       "2020, as in TF Privacy and Opacus.\n"
@@ -207,7 +207,7 @@ int flotilla::cli::DpMain(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "flotilla-dp-accountant: %s\nRun with --help for usage.\n", e.what());
+    std::fprintf(stderr, "flotilla dp: %s\nRun with --help for usage.\n", e.what());
     return 2;
   }
   o.has_n = n->count() > 0;
@@ -221,7 +221,7 @@ int flotilla::cli::DpMain(int argc, char** argv) {
 
   auto report = privacy::Run(o);
   if (!report.ok()) {
-    std::fprintf(stderr, "flotilla-dp-accountant: %s\n", report.status().message().c_str());
+    std::fprintf(stderr, "flotilla dp: %s\n", report.status().message().c_str());
     return report.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
   privacy::Print(*report, o.json);

@@ -1,4 +1,4 @@
-// Command-line options shared by flotilla-aggregator and flotilla-sim.
+// Command-line options shared by flotilla aggregator and flotilla sim.
 // Header-only so the aggregator library itself does not depend on CLI11.
 #pragma once
 

@@ -1,4 +1,4 @@
-// flotilla-keygen: create CURVE and model-signing key pairs.
+// flotilla keygen: create CURVE and model-signing key pairs.
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
@@ -40,7 +40,7 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
     const std::string path = out_dir + "/" + name + ".secagg.cert";
     flotilla::Status st = cert.ok() ? privacy::WriteSecAggCertFile(path, *cert, force) : cert.status();
     if (!st.ok()) {
-      std::fprintf(stderr, "flotilla-keygen: %s\n", st.ToString().c_str());
+      std::fprintf(stderr, "flotilla keygen: %s\n", st.ToString().c_str());
       return 1;
     }
     std::printf("  secure-aggregation identity certified by %s: %s\n", certify.c_str(), path.c_str());
@@ -48,7 +48,7 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
   };
   if (!identity_file.empty()) {
     if (certify.empty()) {
-      std::fprintf(stderr, "flotilla-keygen: --identity needs --certify AUTHORITY.sign.key\n");
+      std::fprintf(stderr, "flotilla keygen: --identity needs --certify AUTHORITY.sign.key\n");
       return 2;
     }
     std::ifstream in(identity_file);
@@ -56,22 +56,22 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
     std::getline(in, hex);
     auto identity_public = privacy::HexDecode(hex);
     if (!in || !identity_public.ok() || identity_public->size() != 32) {
-      std::fprintf(stderr, "flotilla-keygen: %s does not hold a 32-byte identity key in hex\n", identity_file.c_str());
+      std::fprintf(stderr, "flotilla keygen: %s does not hold a 32-byte identity key in hex\n", identity_file.c_str());
       return 1;
     }
     return write_cert(*identity_public);
   }
   if (ec) {
-    std::fprintf(stderr, "flotilla-keygen: cannot create %s: %s\n", out_dir.c_str(), ec.message().c_str());
+    std::fprintf(stderr, "flotilla keygen: cannot create %s: %s\n", out_dir.c_str(), ec.message().c_str());
     return 1;
   }
   auto curve = privacy::GenerateCurveKeyPair();
   if (!curve.ok()) {
-    std::fprintf(stderr, "flotilla-keygen: %s\n", curve.status().ToString().c_str());
+    std::fprintf(stderr, "flotilla keygen: %s\n", curve.status().ToString().c_str());
     return 1;
   }
   if (Status st = privacy::WriteCurveKeyFiles(out_dir, name, *curve, force); !st.ok()) {
-    std::fprintf(stderr, "flotilla-keygen: %s\n", st.ToString().c_str());
+    std::fprintf(stderr, "flotilla keygen: %s\n", st.ToString().c_str());
     return 1;
   }
   std::printf("CURVE public key of %s: %s\n  written to %s/%s.curve.pub (secret: %s.curve.key, mode 0600)\n",
@@ -80,7 +80,7 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
     std::ofstream out(allowlist, std::ios::app);
     out << curve->public_z85 << "  # " << name << "\n";
     if (!out) {
-      std::fprintf(stderr, "flotilla-keygen: cannot append to %s\n", allowlist.c_str());
+      std::fprintf(stderr, "flotilla keygen: cannot append to %s\n", allowlist.c_str());
       return 1;
     }
     std::printf("  appended to allowlist %s\n", allowlist.c_str());
@@ -90,14 +90,14 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
     // secret): its public half goes to the enrolment authority.
     auto identity = privacy::DeriveSecAggIdentity(*curve);
     if (!identity.ok()) {
-      std::fprintf(stderr, "flotilla-keygen: %s\n", identity.status().ToString().c_str());
+      std::fprintf(stderr, "flotilla keygen: %s\n", identity.status().ToString().c_str());
       return 1;
     }
     const std::string path = out_dir + "/" + name + ".secagg.pub";
     std::ofstream out(path, std::ios::trunc);
     out << privacy::HexEncode(identity->public_key.data(), identity->public_key.size()) << "\n";
     if (!out) {
-      std::fprintf(stderr, "flotilla-keygen: cannot write %s\n", path.c_str());
+      std::fprintf(stderr, "flotilla keygen: cannot write %s\n", path.c_str());
       return 1;
     }
     std::printf("  secure-aggregation identity: %s (have it certified: --certify on the authority's host)\n",
@@ -107,11 +107,11 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
   if (signing) {
     auto sign = privacy::GenerateSigningKeyPair();
     if (!sign.ok()) {
-      std::fprintf(stderr, "flotilla-keygen: %s\n", sign.status().ToString().c_str());
+      std::fprintf(stderr, "flotilla keygen: %s\n", sign.status().ToString().c_str());
       return 1;
     }
     if (Status st = privacy::WriteSigningKeyFiles(out_dir, name, *sign, force); !st.ok()) {
-      std::fprintf(stderr, "flotilla-keygen: %s\n", st.ToString().c_str());
+      std::fprintf(stderr, "flotilla keygen: %s\n", st.ToString().c_str());
       return 1;
     }
     std::printf("model-signing public key: %s/%s.sign.pub (secret: %s.sign.key, mode 0600)\n", out_dir.c_str(),

@@ -1,4 +1,4 @@
-// flotilla-registry: inspect and export the model versions in an
+// flotilla registry: inspect and export the model versions in an
 // aggregator's store. Opens the store read-only, so it works while the
 // aggregator runs.
 #include <CLI/CLI.hpp>
@@ -17,7 +17,7 @@
 
 namespace {
 int Fail(const flotilla::Status& st) {
-  std::fprintf(stderr, "flotilla-registry: %s\n", st.ToString().c_str());
+  std::fprintf(stderr, "flotilla registry: %s\n", st.ToString().c_str());
   return 1;
 }
 std::string Time(int64_t unix_ms) {

@@ -1,4 +1,4 @@
-// flotilla-sim: run a simulated federation (or its central baseline) on
+// flotilla sim: run a simulated federation (or its central baseline) on
 // Fashion-MNIST over the real aggregator and the real wire.
 #include <CLI/CLI.hpp>
 
@@ -59,13 +59,13 @@ int flotilla::cli::SimMain(int argc, char** argv) {
   }
   flotilla::SetLogLevel(level);
   if (config.central_epochs > 0) {
-    std::printf("flotilla-sim (central baseline): %s on the union of %d clients' data (%s), %d epochs, B=%u, lr %g, "
+    std::printf("flotilla sim (central baseline): %s on the union of %d clients' data (%s), %d epochs, B=%u, lr %g, "
                 "momentum %g, seed %llu\n",
                 config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(), config.central_epochs,
                 config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
                 static_cast<unsigned long long>(config.aggregator.seed));
   } else {
-    std::printf("flotilla-sim: %s, %d clients (%s), %u rounds, fraction %g, E=%u, B=%u, lr %g, momentum %g, seed %llu\n",
+    std::printf("flotilla sim: %s, %d clients (%s), %u rounds, fraction %g, E=%u, B=%u, lr %g, momentum %g, seed %llu\n",
                 config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(),
                 config.aggregator.rounds, config.aggregator.fraction, config.aggregator.epochs,
                 config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
@@ -86,7 +86,7 @@ int flotilla::cli::SimMain(int argc, char** argv) {
   std::fflush(stdout);
   flotilla::StatusOr<flotilla::sim::SimResult> result = flotilla::sim::RunSimulation(config);
   if (!result.ok()) {
-    std::fprintf(stderr, "flotilla-sim: %s\n", result.status().ToString().c_str());
+    std::fprintf(stderr, "flotilla sim: %s\n", result.status().ToString().c_str());
     return 1;
   }
   std::printf("metrics: %s/metrics.csv, summary: %s/summary.json\n", config.out_dir.c_str(), config.out_dir.c_str());

@@ -59,7 +59,7 @@ Status SetString(void* socket, int option, const std::string& value, const char*
 
 Status CheckKey(const std::string& key, const char* what) {
   if (key.size() != 40) {
-    return InvalidArgument(std::string(what) + " must be a 40-character Z85 CURVE key (see flotilla-keygen)");
+    return InvalidArgument(std::string(what) + " must be a 40-character Z85 CURVE key (see flotilla keygen)");
   }
   return Status::Ok();
 }

@@ -20,7 +20,7 @@ namespace {
 // Parses "name = value" lines; ignores blank lines and '#' comments.
 StatusOr<std::map<std::string, std::string>> ReadKeyValues(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return NotFound("cannot read key file " + path + " (create one with flotilla-keygen)");
+  if (!in) return NotFound("cannot read key file " + path + " (create one with flotilla keygen)");
   std::map<std::string, std::string> values;
   std::string line;
   int line_no = 0;

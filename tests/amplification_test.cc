@@ -1,6 +1,6 @@
 // One enrolled device that asks for models and tasks and never reads the
 // answers must not balloon the aggregator's memory: it runs as its own
-// process (flotilla-aggregator, CNN: 6.65 MB a model) and its resident
+// process (flotilla aggregator, CNN: 6.65 MB a model) and its resident
 // memory is read from /proc before and after the flood.
 #include <netinet/in.h>
 #include <signal.h>
@@ -69,7 +69,7 @@ TEST_CASE("A device that floods pulls and task requests without reading cannot b
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreeLoopbackPort());
   // Rate limits off: what is measured here is the bound on bytes queued
   // for a device that does not read, alone.
-  const pid_t agg = SpawnProcess({FLOTILLA_AGGREGATOR_BIN, "--endpoint", endpoint, "--store", (dir / "store").string(),
+  const pid_t agg = SpawnProcess({FLOTILLA_BIN, "aggregator", "--endpoint", endpoint, "--store", (dir / "store").string(),
                                   "--curve-key", keys + "/aggregator.curve.key", "--signing-key",
                                   keys + "/aggregator.sign.key", "--allowlist", keys + "/allowlist", "--arch", "cnn",
                                   "--min-clients", "1", "--rounds", "1", "--deadline", "600", "--no-eval", "--log",

@@ -84,7 +84,7 @@ struct Fleet {
 
   std::vector<std::string> AggregatorArgs() const {
     const std::string k = (dir / "keys").string();
-    return {FLOTILLA_AGGREGATOR_BIN, "--endpoint", "tcp://127.0.0.1:" + std::to_string(port), "--store",
+    return {FLOTILLA_BIN, "aggregator", "--endpoint", "tcp://127.0.0.1:" + std::to_string(port), "--store",
             (dir / "store").string(), "--curve-key", k + "/aggregator.curve.key", "--signing-key",
             k + "/aggregator.sign.key", "--allowlist", k + "/allowlist", "--arch", "2nn", "--min-clients",
             std::to_string(kClients), "--rounds", std::to_string(kRounds), "--epochs", "1", "--batch", "32", "--lr",
@@ -103,7 +103,7 @@ struct Fleet {
   std::vector<std::string> ClientArgs(int i) const {
     const std::string k = (dir / "keys").string();
     const std::string name = "dev" + std::to_string(i);
-    return {FLOTILLA_CLIENT_BIN, "--connect", "tcp://127.0.0.1:" + std::to_string(port), "--name", name,
+    return {FLOTILLA_BIN, "client", "--connect", "tcp://127.0.0.1:" + std::to_string(port), "--name", name,
             "--curve-key", k + "/" + name + ".curve.key", "--server-key", k + "/aggregator.curve.pub",
             "--model-key", k + "/aggregator.sign.pub", "--state-dir", (dir / name).string(),
             "--request-timeout-ms", "1500", "--log", "warning", "train", "--clients", std::to_string(kClients),

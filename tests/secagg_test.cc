@@ -663,25 +663,33 @@ TEST_CASE("SecAgg: a masked vector is indistinguishable from uniform", "[secagg]
   REQUIRE(EnsureSodium().ok());
   SecAggParams p = SmallParams();
   p.vector_length = 1 << 17;  // 131072 words
-  const Fleet f = MakeFleet(p);
-  Staged s;
-  for (uint32_t i = 0; i < p.num_clients; ++i) s.clients.push_back(MustCreate(f, i));
-  auto server = SecAggServer::Create(p, f.public_keys);
-  for (auto& c : s.clients) REQUIRE(server->HandleAdvertiseKeys(c.AdvertiseKeys()).ok());
-  REQUIRE(server->EndAdvertiseKeys().ok());
-  for (auto& c : s.clients) REQUIRE(server->HandleShareKeys(*c.ShareKeys(*server->RosterFor(c.index()))).ok());
-  REQUIRE(server->EndShareKeys().ok());
-  // A maximally structured input: every word the same.
-  const std::vector<uint32_t> input(p.vector_length, 0x01020304u);
-  auto masked = s.clients[4].MaskInput(*server->SharesFor(4), input);
-  REQUIRE(masked.ok());
-  std::vector<double> buckets(256, 0);
-  for (uint32_t w : masked->masked) buckets[w >> 24] += 1;
-  const double expected = static_cast<double>(p.vector_length) / 256;
-  double chi2 = 0;
-  for (double b : buckets) chi2 += (b - expected) * (b - expected) / expected;
-  INFO("chi2 = " << chi2 << " over 255 degrees of freedom");
-  CHECK(chi2 < 330.5);  // p > 0.001
+  // The keys are fresh each run, so a uniform mask fails the p > 0.001 test
+  // in one run of a thousand: take the best of three rounds with new keys.
+  // Any structure in the masks fails all three (its chi2 is in the millions).
+  std::vector<double> chi2s;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const Fleet f = MakeFleet(p);
+    Staged s;
+    for (uint32_t i = 0; i < p.num_clients; ++i) s.clients.push_back(MustCreate(f, i));
+    auto server = SecAggServer::Create(p, f.public_keys);
+    for (auto& c : s.clients) REQUIRE(server->HandleAdvertiseKeys(c.AdvertiseKeys()).ok());
+    REQUIRE(server->EndAdvertiseKeys().ok());
+    for (auto& c : s.clients) REQUIRE(server->HandleShareKeys(*c.ShareKeys(*server->RosterFor(c.index()))).ok());
+    REQUIRE(server->EndShareKeys().ok());
+    // A maximally structured input: every word the same.
+    const std::vector<uint32_t> input(p.vector_length, 0x01020304u);
+    auto masked = s.clients[4].MaskInput(*server->SharesFor(4), input);
+    REQUIRE(masked.ok());
+    std::vector<double> buckets(256, 0);
+    for (uint32_t w : masked->masked) buckets[w >> 24] += 1;
+    const double expected = static_cast<double>(p.vector_length) / 256;
+    double chi2 = 0;
+    for (double b : buckets) chi2 += (b - expected) * (b - expected) / expected;
+    chi2s.push_back(chi2);
+    if (chi2 < 330.5) break;
+  }
+  INFO("chi2 of each attempt over 255 degrees of freedom: " << Catch::Detail::stringify(chi2s));
+  CHECK(*std::min_element(chi2s.begin(), chi2s.end()) < 330.5);  // p > 0.001
 }
 
 TEST_CASE("MaskExpander: add then subtract is the identity domains differ", "[secagg]") {

@@ -10,10 +10,10 @@
 # Results: runs/secagg-dp/*/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-sim=build/sim/flotilla-sim
+sim=build/cli/flotilla sim
 eps=${EPSILON:-8}
 rounds=${ROUNDS:-100}
-z=$(build/privacy/flotilla-dp-accountant --q 0.1 --steps "$rounds" --target-epsilon "$eps" --delta 1e-6 --json |
+z=$(build/cli/flotilla dp --q 0.1 --steps "$rounds" --target-epsilon "$eps" --delta 1e-6 --json |
     sed 's/.*"noise_multiplier": *\([0-9.e+-]*\).*/\1/')
 echo "epsilon $eps over $rounds rounds: noise multiplier $z"
 common=(--clients 1000 --partition dirichlet:0.5 --fraction 0.1 --rounds "$rounds" --epochs 1 --batch 16 --lr 0.05
