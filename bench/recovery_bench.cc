@@ -22,7 +22,7 @@
 #include "client/pull.h"
 #include "core/log.h"
 #include "core/rng.h"
-#include "core/subprocess.h"
+#include "testing/subprocess.h"
 #include "privacy/keys.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"

@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "client/pull.h"
-#include "core/subprocess.h"
+#include "testing/subprocess.h"
 #include "net/transport.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"

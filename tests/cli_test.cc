@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "cli/config_file.h"
-#include "core/subprocess.h"
+#include "testing/subprocess.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;

@@ -23,7 +23,7 @@
 #include "aggregator/store.h"
 #include "client/pull.h"
 #include "core/rng.h"
-#include "core/subprocess.h"
+#include "testing/subprocess.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
 

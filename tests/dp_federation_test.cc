@@ -9,8 +9,8 @@
 #include "client/runner.h"
 #include "privacy/rdp_accountant.h"
 #include "sim/simulation.h"
-#include "tests/test_aggregator.h"
-#include "tests/test_keys.h"
+#include "testing/test_aggregator.h"
+#include "testing/test_keys.h"
 #include "training/dataset.h"
 
 using namespace flotilla;

@@ -15,9 +15,9 @@
 #include "sim/simulation.h"
 #include "training/dataset.h"
 #include "training/model.h"
-#include "tests/test_aggregator.h"
-#include "tests/test_keys.h"
-#include "tests/test_sim.h"
+#include "testing/test_aggregator.h"
+#include "testing/test_keys.h"
+#include "testing/test_sim.h"
 
 using namespace flotilla;
 

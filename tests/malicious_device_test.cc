@@ -14,8 +14,8 @@
 #include "client/pull.h"
 #include "client/runner.h"
 #include "proto/codec.h"
-#include "tests/test_aggregator.h"
-#include "tests/test_keys.h"
+#include "testing/test_aggregator.h"
+#include "testing/test_keys.h"
 #include "training/dataset.h"
 #include "training/model.h"
 

@@ -10,8 +10,8 @@
 #include "net/zap.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
-#include "tests/test_aggregator.h"
-#include "tests/test_keys.h"
+#include "testing/test_aggregator.h"
+#include "testing/test_keys.h"
 #include "training/dataset.h"
 
 using namespace flotilla;

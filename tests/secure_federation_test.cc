@@ -14,9 +14,9 @@
 #include "net/transport.h"
 #include "proto/codec.h"
 #include "sim/simulation.h"
-#include "tests/test_aggregator.h"
-#include "tests/test_keys.h"
-#include "tests/test_sim.h"
+#include "testing/test_aggregator.h"
+#include "testing/test_keys.h"
+#include "testing/test_sim.h"
 #include "training/dataset.h"
 
 using namespace flotilla;

@@ -12,7 +12,7 @@
 #include "privacy/rdp_accountant.h"
 #include "proto/codec.h"
 #include "storage/kv_store.h"
-#include "tests/test_storage.h"
+#include "testing/test_storage.h"
 
 using namespace flotilla;
 

@@ -14,7 +14,7 @@
 
 #include "aggregator/server.h"
 #include "client/runner.h"
-#include "tests/test_keys.h"
+#include "testing/test_keys.h"
 #include "training/model.h"
 
 namespace flotilla::testing {
