@@ -82,6 +82,7 @@ Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> st
       on_round_(std::move(on_round)),
       clients_(ClientRegistry::PausePolicy{config.pause_after_strikes, config.pause_seconds, config.max_pause_seconds}),
       norm_history_(config.validation.norm.window),
+      backoff_(config.failed_round_backoff_seconds, config.max_failed_round_backoff_seconds),
       limits_(config.limits.Resolved(static_cast<uint64_t>(initial_.data.size()) * sizeof(float))) {}
 
 Aggregator::~Aggregator() {
@@ -495,10 +496,8 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
     r->set_secagg_remaining(secure_->remaining());
   }
   const auto now = Clock::now();
-  r->set_failed_rounds_in_a_row(failed_in_a_row_);
-  if (!round_active_ && now < next_round_at_) {
-    r->set_next_round_in_seconds(std::chrono::duration<double>(next_round_at_ - now).count());
-  }
+  r->set_failed_rounds_in_a_row(backoff_.failed_in_a_row());
+  if (!round_active_) r->set_next_round_in_seconds(backoff_.SecondsLeft(now));
   r->set_paused_clients(static_cast<uint32_t>(clients_.CountPaused(now)));
   r->set_updates_rejected(rejected_updates_);
   Reply(in.peer, in.user_id.empty() ? in.peer : in.user_id, request_id, std::move(env));
@@ -708,7 +707,7 @@ Status Aggregator::MaybeStartRound() {
   if (round_active_ || federation_done()) return Status::Ok();
   if (static_cast<int>(clients_.size()) < config_.min_clients) return Status::Ok();
   const auto now = Clock::now();
-  if (now < next_round_at_) return Status::Ok();  // backing off after failed rounds
+  if (backoff_.Waiting(now)) return Status::Ok();  // backing off after failed rounds
   std::vector<std::string> ids;
   for (const auto& kv : clients_) {
     // Revoked keys stay in the registry but are never sampled.
@@ -732,8 +731,8 @@ Status Aggregator::MaybeStartRound() {
       return Status::Ok();
     }
   }
-  const size_t k = std::max<size_t>(1, static_cast<size_t>(std::ceil(config_.fraction * ids.size() - 1e-9)));
-  round_q_ = static_cast<double>(std::min(k, ids.size())) / static_cast<double>(ids.size());
+  Sample sample = SampleDevices(std::move(ids), config_.fraction, config_.seed, round_ + 1);
+  round_q_ = sample.sampling_rate;
   if (dp.client_level()) {
     ASSIGN_OR_RETURN(bool allowed, budget_->AllowsRound(round_ + 1, round_q_));
     if (!allowed) {
@@ -742,11 +741,7 @@ Status Aggregator::MaybeStartRound() {
     }
   }
   ++round_;
-  Rng rng(DeriveSeed(config_.seed, "sample", round_));
-  rng.Shuffle(&ids);
-  ids.resize(std::min(k, ids.size()));
-  std::sort(ids.begin(), ids.end());
-  selected_ = std::move(ids);
+  selected_ = std::move(sample.selected);
   received_.clear();
   declined_.clear();
   round_norms_.clear();
@@ -872,13 +867,9 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   if (!failure.empty()) {
     record.set_outcome(records::RoundRecord::OUTCOME_FAILED);
     record.set_note(failure);
-    ++failed_in_a_row_;
-    const double backoff = std::min(config_.max_failed_round_backoff_seconds,
-                                    config_.failed_round_backoff_seconds *
-                                        std::ldexp(1.0, std::min<int>(30, static_cast<int>(failed_in_a_row_) - 1)));
-    next_round_at_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff));
-    LOG_WARN("aggregator", "round " << round_ << " failed (" << failed_in_a_row_ << " in a row): " << failure
-                                    << "; next round in " << backoff << " s");
+    const double wait = backoff_.Failed(Clock::now());
+    LOG_WARN("aggregator", "round " << round_ << " failed (" << backoff_.failed_in_a_row() << " in a row): " << failure
+                                    << "; next round in " << wait << " s");
     summary.seconds = std::chrono::duration<double>(Clock::now() - round_started_).count();
     record.set_seconds(summary.seconds);
     RoundCommit commit;
@@ -936,8 +927,7 @@ Status Aggregator::FinishRound(bool deadline_passed) {
   registry_->Committed(model, std::move(*next), commit.expire);
   global_norm_ = L2Norm(global().data);
   ++rounds_done_;
-  failed_in_a_row_ = 0;
-  next_round_at_ = Clock::time_point{};
+  backoff_.Succeeded();
   summary.completed = true;
   summary.model_version = registry_->version();
   history_.push_back(summary);

@@ -28,6 +28,7 @@
 #include "aggregator/model_registry.h"
 #include "aggregator/peer_limits.h"
 #include "aggregator/privacy_budget.h"
+#include "aggregator/round_policy.h"
 #include "aggregator/secure_round.h"
 #include "aggregator/store.h"
 #include "aggregator/strategy.h"
@@ -107,7 +108,7 @@ class Aggregator {
   uint64_t rate_limited_messages() const { return limits_.refused(); }
   // Large replies not queued because the device had not read earlier ones.
   uint64_t withheld_replies() const { return withheld_replies_; }
-  uint32_t failed_rounds_in_a_row() const { return failed_in_a_row_; }
+  uint32_t failed_rounds_in_a_row() const { return backoff_.failed_in_a_row(); }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -202,9 +203,7 @@ class Aggregator {
   NormHistory norm_history_;
   double global_norm_ = 0.0;
   std::map<std::string, double> round_norms_;
-  // Back-off after failed rounds.
-  uint32_t failed_in_a_row_ = 0;
-  Clock::time_point next_round_at_{};
+  Backoff backoff_;  // after failed rounds
   PeerLimits limits_;
   Clock::time_point last_limits_prune_{};
   std::map<std::string, std::string> last_large_request_;  // device tag -> the request last answered in bulk
