@@ -80,7 +80,11 @@ StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& path) {
   storage::StoreOptions o = Families();
   o.read_only = true;
   ASSIGN_OR_RETURN(std::unique_ptr<storage::KvStore> kv, storage::OpenRocksDb(path, o));
-  return std::unique_ptr<Store>(new Store(std::move(kv)));
+  std::unique_ptr<Store> store(new Store(std::move(kv)));
+  StatusOr<std::string> last_indexed = store->kv_->LastKey(kModelIndex);
+  ASSIGN_OR_RETURN(std::string last_model, store->kv_->LastKey(kModels));
+  store->no_index_ = !last_model.empty() && (!last_indexed.ok() || last_indexed->empty());
+  return store;
 }
 
 StatusOr<std::unique_ptr<Store>> Store::OnKvStore(std::unique_ptr<storage::KvStore> kv) {
@@ -208,12 +212,15 @@ StatusOr<records::ModelRecord> Store::GetModel(uint64_t version) const {
 }
 
 StatusOr<std::vector<records::ModelRecord>> Store::ListModelSummaries() const {
-  return List<records::ModelRecord>(kModelIndex, "model index", nullptr);
+  if (!no_index_) return List<records::ModelRecord>(kModelIndex, "model index", nullptr);
+  ASSIGN_OR_RETURN(std::vector<records::ModelRecord> models, List<records::ModelRecord>(kModels, "model", nullptr));
+  for (auto& m : models) m.clear_weights();
+  return models;
 }
 
 StatusOr<std::vector<uint64_t>> Store::ListModelVersions() const {
   std::vector<uint64_t> versions;
-  RETURN_IF_ERROR(kv_->Scan(kModelIndex, "", [&](std::string_view key, std::string_view) -> Status {
+  RETURN_IF_ERROR(kv_->Scan(no_index_ ? kModels : kModelIndex, "", [&](std::string_view key, std::string_view) -> Status {
     if (key.size() != 8) return DataLoss("bad model key in store " + path());
     versions.push_back(ReadBigEndian(key, 8));
     return Status::Ok();
@@ -222,7 +229,7 @@ StatusOr<std::vector<uint64_t>> Store::ListModelVersions() const {
 }
 
 StatusOr<std::optional<uint64_t>> Store::LatestModelVersion() const {
-  ASSIGN_OR_RETURN(std::string key, kv_->LastKey(kModelIndex));
+  ASSIGN_OR_RETURN(std::string key, kv_->LastKey(no_index_ ? kModels : kModelIndex));
   if (key.empty()) return std::optional<uint64_t>();
   if (key.size() != 8) return DataLoss("bad model key in store " + path());
   return std::optional<uint64_t>(ReadBigEndian(key, 8));

@@ -39,7 +39,9 @@ class Store {
   // store locked by another process gives FailedPrecondition naming the path.
   static StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
   // Opens an existing store for reading only, without taking its lock, so
-  // tools can inspect the store of a running aggregator. Writes fail.
+  // tools can inspect the store of a running aggregator. Writes fail. A
+  // store no aggregator of this version has opened yet has no model index:
+  // listings then read the models themselves.
   static StatusOr<std::unique_ptr<Store>> OpenReadOnly(const std::string& path);
   // On any key-value store (in memory for unit tests, or one that injects
   // faults); `kv` must have been opened with Families().
@@ -114,6 +116,8 @@ class Store {
                                      std::vector<std::string>* corrupt) const;
 
   std::unique_ptr<storage::KvStore> kv_;
+  // Read-only on a store written before the index: list from the models.
+  bool no_index_ = false;
 };
 
 }  // namespace flotilla::aggregator

@@ -51,7 +51,9 @@ struct StoreOptions {
   std::vector<std::string> obsolete_families;
   // Families with model-sized values (kept out of compactions as blobs).
   std::vector<std::string> blob_families;
-  bool read_only = false;  // RocksDB: open without the lock (tools beside a running process)
+  // RocksDB: open without the lock (tools beside a running process); a
+  // family of `families` the store does not have yet reads as empty.
+  bool read_only = false;
   // Writes fail with ResourceExhausted (writing nothing) while less disk
   // space than this is free.
   uint64_t min_free_bytes = uint64_t{64} << 20;

@@ -135,6 +135,7 @@ class RocksDbStore : public KvStore {
   }
 
   StatusOr<std::string> Get(const std::string& family, const std::string& key) const override {
+    if (MissingReadOnly(family)) return NotFound(family + " does not exist in " + path());
     ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * cf, Handle(family));
     std::string value;
     rocksdb::Status st = db_->Get(rocksdb::ReadOptions(), cf, key, &value);
@@ -145,6 +146,7 @@ class RocksDbStore : public KvStore {
 
   Status Scan(const std::string& family, const std::string& prefix,
               const std::function<Status(std::string_view, std::string_view)>& visit) const override {
+    if (MissingReadOnly(family)) return Status::Ok();
     ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * cf, Handle(family));
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf));
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
@@ -155,6 +157,7 @@ class RocksDbStore : public KvStore {
   }
 
   StatusOr<std::string> LastKey(const std::string& family) const override {
+    if (MissingReadOnly(family)) return std::string();
     ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * cf, Handle(family));
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf));
     it->SeekToLast();
@@ -180,6 +183,11 @@ class RocksDbStore : public KvStore {
   void set_min_free_bytes(uint64_t bytes) override { min_free_bytes_ = bytes; }
 
  private:
+  // Read-only on a store an older version wrote: a family it never created
+  // reads as empty.
+  bool MissingReadOnly(const std::string& family) const {
+    return options_.read_only && !handles_.count(family) && Contains(options_.families, family);
+  }
   StatusOr<rocksdb::ColumnFamilyHandle*> Handle(const std::string& family) const {
     auto it = handles_.find(family);
     if (it == handles_.end()) return Internal("store " + path() + " has no column family '" + family + "'");

@@ -174,6 +174,38 @@ TEST_CASE("Listing model versions reads the index - stores without one are index
   CHECK((*store)->GetModel(5)->weights().data().size() == 1000);
 }
 
+TEST_CASE("A tool opens a store written before the model index read-only", "[storage]") {
+  TempDir dir("pre-index");
+  {
+    storage::StoreOptions old;
+    old.families = {"models", "rounds", "updates", "clients", "privacy_ledger", "metrics", "strategy_state"};
+    auto kv = storage::OpenRocksDb(dir.path.string(), old);
+    REQUIRE(kv.ok());
+    storage::WriteBatch w;
+    for (uint64_t v : {1, 2}) {
+      records::ModelRecord m;
+      m.set_version(v);
+      m.set_arch("2nn");
+      m.mutable_weights()->set_data(std::string(5000, 'w'));
+      std::string key(8, '\0');
+      key[7] = static_cast<char>(v);
+      w.Put("models", key, m.SerializeAsString());
+    }
+    REQUIRE((*kv)->Write(w, "old").ok());
+  }
+  auto store = aggregator::Store::OpenReadOnly(dir.path.string());
+  REQUIRE(store.ok());
+  CHECK(*(*store)->ListModelVersions() == std::vector<uint64_t>{1, 2});
+  CHECK((*store)->LatestModelVersion()->value() == 2);
+  auto summaries = (*store)->ListModelSummaries();
+  REQUIRE(summaries.ok());
+  REQUIRE(summaries->size() == 2);
+  CHECK(summaries->at(1).weights().data().empty());
+  auto quarantine = (*store)->ListQuarantine();  // a family it never had
+  REQUIRE(quarantine.ok());
+  CHECK(quarantine->empty());
+}
+
 TEST_CASE("A crash between accounting and committing a round charges epsilon once", "[storage][dp]") {
   auto memory = std::shared_ptr<storage::KvStore>(storage::NewMemoryStore(aggregator::Store::Families()));
   aggregator::AggregatorConfig config;
