@@ -1,8 +1,8 @@
 #include "aggregator/model_registry.h"
 
 #include <algorithm>
-#include <chrono>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
@@ -14,10 +14,7 @@ StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Recover(const RegistryOp
   std::unique_ptr<ModelRegistry> r(new ModelRegistry(options, store, std::move(initial)));
   ASSIGN_OR_RETURN(r->stored_, store->ListModelVersions());
   if (r->stored_.empty()) {
-    const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                               std::chrono::system_clock::now().time_since_epoch())
-                               .count();
-    ASSIGN_OR_RETURN(records::ModelRecord record, r->SignNext(r->global_, 0, now_ms));  // version 1
+    ASSIGN_OR_RETURN(records::ModelRecord record, r->SignNext(r->global_, 0, NowUnixMs()));  // version 1
     RETURN_IF_ERROR(store->PutModel(record));
     r->Committed(record, std::move(r->global_), {});
     return r;

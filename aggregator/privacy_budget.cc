@@ -1,19 +1,14 @@
 #include "aggregator/privacy_budget.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "privacy/noise.h"
 
 namespace flotilla::aggregator {
 namespace {
-
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 records::LedgerEntry Entry(uint32_t round, const std::string& client_id, const DpConfig& dp, double q, double z,
                           int64_t steps, double clip, double epsilon_after) {

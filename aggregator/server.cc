@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "aggregator/strategy.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "privacy/clipping.h"
@@ -18,12 +19,6 @@ constexpr auto kPollInterval = std::chrono::milliseconds(50);
 // A held TaskRequest is answered with Wait after this long, so clients can
 // tell a live aggregator from a dead one.
 constexpr auto kParkKeepalive = std::chrono::seconds(5);
-
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 uint64_t HashString(const std::string& s) { return DeriveSeed(0, s); }
 
@@ -102,14 +97,15 @@ Status Aggregator::Recover() {
   global_norm_ = L2Norm(global().data);
 
   // Records that no longer parse are moved aside, not tripped over.
-  RETURN_IF_ERROR(QuarantineCorrupt());
+  std::vector<std::string> bad_clients, bad_rounds;
+  ASSIGN_OR_RETURN(std::vector<records::ClientRecord> known, store_->ListClients(&bad_clients));
+  ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds(&bad_rounds));
+  RETURN_IF_ERROR(QuarantineCorrupt(bad_clients, bad_rounds));
 
   // The sampling population: every client that ever said Hello here. They
   // reconnect on their own; their routing ids are learned again then.
-  ASSIGN_OR_RETURN(std::vector<records::ClientRecord> known, store_->ListClients());
   clients_.Restore(known, Clock::now(), NowUnixMs());
 
-  ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds());
   // The norm bound's history: the accepted norms of the latest rounds,
   // oldest first.
   size_t first = rounds.size(), norms = 0;
@@ -167,16 +163,14 @@ Status Aggregator::Recover() {
     LOG_INFO("aggregator", "resuming round " << round_ << " with " << received_.size() << "/" << selected_.size()
                                              << " updates already recorded");
   }
-  RETURN_IF_ERROR(RecoverLedger());
+  RETURN_IF_ERROR(RecoverLedger(rounds));
   LOG_INFO("aggregator", "recovered model version " << registry_->version() << " after " << rounds_done_
                                                     << " completed rounds; " << clients_.size() << " known clients");
   return Status::Ok();
 }
 
-Status Aggregator::QuarantineCorrupt() {
-  std::vector<std::string> bad_clients, bad_rounds;
-  RETURN_IF_ERROR(store_->ListClients(&bad_clients).status());
-  RETURN_IF_ERROR(store_->ListRounds(&bad_rounds).status());
+Status Aggregator::QuarantineCorrupt(const std::vector<std::string>& bad_clients,
+                                     const std::vector<std::string>& bad_rounds) {
   for (const auto& id : bad_clients) {
     RETURN_IF_ERROR(store_->QuarantineClient(id, "client record does not parse"));
     LOG_ERROR("aggregator", "quarantined a corrupt client record (see flotilla registry quarantine)");
@@ -230,12 +224,10 @@ UpdateExpectation Aggregator::ExpectationNow() const {
   return e;
 }
 
-Status Aggregator::RecoverLedger() {
+Status Aggregator::RecoverLedger(const std::vector<records::RoundRecord>& rounds) {
   std::vector<records::LedgerEntry> ledger;
-  std::vector<records::RoundRecord> rounds;
   if (config_.dp.enabled()) {
     ASSIGN_OR_RETURN(ledger, store_->ListLedger());
-    ASSIGN_OR_RETURN(rounds, store_->ListRounds());
   }
   ASSIGN_OR_RETURN(PrivacyBudget budget, PrivacyBudget::Recover(config_.dp, config_.epochs,
                                                                 config_.fraction * config_.min_clients, ledger, rounds));

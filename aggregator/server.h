@@ -148,7 +148,8 @@ class Aggregator {
   // One log line per device and reason per interval, with a count.
   void LogRejection(const std::string& who, const std::string& reason, const std::string& message);
   Status RecoverUpdates();
-  Status QuarantineCorrupt();
+  // Moves the records that did not parse (listed by the recovery) aside.
+  Status QuarantineCorrupt(const std::vector<std::string>& bad_clients, const std::vector<std::string>& bad_rounds);
   UpdateExpectation ExpectationNow() const;
   StatusOr<Weights> FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary,
                                   std::vector<records::LedgerEntry>* ledger);
@@ -160,7 +161,8 @@ class Aggregator {
   Status FinishRound(bool deadline_passed);
   bool federation_done() const { return rounds_done_ >= config_.rounds || (budget_ && budget_->exhausted()); }
   // Privacy accounting (see DpConfig).
-  Status RecoverLedger();
+  // The privacy budget from the ledger and the rounds read by the recovery.
+  Status RecoverLedger(const std::vector<records::RoundRecord>& rounds);
   // Bookkeeping for an update that is in the store (on arrival or recovery).
   void NoteRecorded(const std::string& client_id, int64_t num_examples,
                     const google::protobuf::Map<std::string, double>& metrics);

@@ -1,7 +1,7 @@
 #include "aggregator/store.h"
 
-#include <chrono>
 
+#include "core/clock.h"
 #include "core/log.h"
 
 namespace flotilla::aggregator {
@@ -40,11 +40,6 @@ std::string ModelKey(uint64_t version) {
 std::string UpdateKey(uint32_t round, const std::string& client_id) { return RoundKey(round) + client_id; }
 
 std::string LedgerKey(const records::LedgerEntry& e) { return RoundKey(e.round()) + e.client_id(); }
-
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 template <typename Record>
 Status ParseRecord(std::string_view bytes, Record* record, const std::string& what) {
