@@ -168,11 +168,15 @@ StatusOr<std::optional<records::RoundRecord>> Store::GetRound(uint32_t round) co
 
 template <typename Record>
 StatusOr<std::vector<Record>> Store::List(const std::string& family, const std::string& what,
-                                          std::vector<std::string>* corrupt) const {
+                                          std::vector<std::string>* corrupt,
+                                          std::string (*key_of)(const Record&)) const {
   std::vector<Record> out;
   RETURN_IF_ERROR(kv_->Scan(family, "", [&](std::string_view key, std::string_view value) -> Status {
     Record record;
     Status parsed = ParseRecord(value, &record, what);
+    if (parsed.ok() && key_of != nullptr && key_of(record) != key) {
+      parsed = DataLoss("a " + what + " record is stored under another key than its own");
+    }
     if (!parsed.ok() && corrupt != nullptr) {
       corrupt->emplace_back(key);
       return Status::Ok();
@@ -185,7 +189,8 @@ StatusOr<std::vector<Record>> Store::List(const std::string& family, const std::
 }
 
 StatusOr<std::vector<records::RoundRecord>> Store::ListRounds(std::vector<std::string>* corrupt) const {
-  return List<records::RoundRecord>(kRounds, "round", corrupt);
+  return List<records::RoundRecord>(kRounds, "round", corrupt,
+                                    [](const records::RoundRecord& r) { return RoundKey(r.round()); });
 }
 
 Status Store::PutModel(const records::ModelRecord& model) {
@@ -235,7 +240,8 @@ StatusOr<std::vector<records::LedgerEntry>> Store::ListLedger() const {
 }
 
 StatusOr<std::vector<records::ClientRecord>> Store::ListClients(std::vector<std::string>* corrupt) const {
-  return List<records::ClientRecord>(kClients, "client", corrupt);
+  return List<records::ClientRecord>(kClients, "client", corrupt,
+                                     [](const records::ClientRecord& c) { return c.client_id(); });
 }
 
 Status Store::PutClient(const records::ClientRecord& client) {

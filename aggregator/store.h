@@ -111,9 +111,13 @@ class Store {
   // model once).
   Status BuildModelIndexIfMissing();
   Status Quarantine(const std::string& family, const std::string& key, const std::string& reason);
+  // Lists a family; with `corrupt`, records that do not parse, or (with
+  // `key_of`) are stored under another key than their own, are listed
+  // there instead of failing the listing.
   template <typename Record>
   StatusOr<std::vector<Record>> List(const std::string& family, const std::string& what,
-                                     std::vector<std::string>* corrupt) const;
+                                     std::vector<std::string>* corrupt,
+                                     std::string (*key_of)(const Record&) = nullptr) const;
 
   std::unique_ptr<storage::KvStore> kv_;
   // Read-only on a store written before the index: list from the models.

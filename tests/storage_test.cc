@@ -288,6 +288,63 @@ TEST_CASE("A crash between accounting and committing a round charges epsilon onc
   CHECK(ledger->at(0).epsilon_after() == Approx(expected).epsilon(1e-9));
 }
 
+TEST_CASE("Round records that contradict the store never stop the aggregator from starting", "[storage]") {
+  // A round record stored under another round's key is quarantined; a
+  // running round on a model that is not the latest is recorded as failed
+  // (its updates are deltas against another model) and the next starts.
+  auto memory = std::shared_ptr<storage::KvStore>(storage::NewMemoryStore(aggregator::Store::Families()));
+  auto round_key = [](uint32_t r) {
+    std::string key(4, '\0');
+    key[3] = static_cast<char>(r);
+    return key;
+  };
+  {
+    storage::WriteBatch w;
+    records::RoundRecord misplaced;
+    misplaced.set_round(0);
+    misplaced.set_outcome(records::RoundRecord::OUTCOME_RUNNING);
+    w.Put("rounds", round_key(1), misplaced.SerializeAsString());
+    records::RoundRecord stale;
+    stale.set_round(2);
+    stale.set_outcome(records::RoundRecord::OUTCOME_RUNNING);
+    stale.set_base_model_version(7);
+    stale.add_selected("c0");
+    w.Put("rounds", round_key(2), stale.SerializeAsString());
+    REQUIRE(memory->Write(w, "records").ok());
+  }
+  aggregator::AggregatorConfig config;
+  config.endpoint = "tcp://127.0.0.1:*";
+  config.model_arch = "tiny";
+  config.rounds = 5;
+  config.min_clients = 1;
+  config.socket.security = net::TransportSecurity::kNone;
+  auto signing = privacy::GenerateSigningKeyPair();
+  REQUIRE(signing.ok());
+  config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing).value());
+  auto layout = std::make_shared<const Layout>(*Layout::Create({{"fc.weight", {2, 3}}, {"fc.bias", {2}}}));
+  net::Context context;
+  auto store = aggregator::Store::OnKvStore(std::make_unique<testing::SharedKvStore>(memory));
+  REQUIRE(store.ok());
+  auto agg = aggregator::Aggregator::Create(config, &context, Weights::Zeros(layout), nullptr, nullptr,
+                                            std::move(store).value());
+  INFO(agg.status().ToString());
+  REQUIRE(agg.ok());
+  CHECK((*agg)->model_version() == 1);
+  agg->reset();
+  auto view = aggregator::Store::OnKvStore(std::make_unique<testing::SharedKvStore>(memory));
+  REQUIRE(view.ok());
+  auto quarantined = (*view)->ListQuarantine();
+  REQUIRE(quarantined.ok());
+  REQUIRE(quarantined->size() == 1);
+  CHECK(quarantined->at(0).family() == "rounds");
+  auto rounds = (*view)->ListRounds(nullptr);
+  REQUIRE(rounds.ok());
+  REQUIRE(rounds->size() == 1);
+  CHECK(rounds->at(0).round() == 2);
+  CHECK(rounds->at(0).outcome() == records::RoundRecord::OUTCOME_FAILED);
+  CHECK(rounds->at(0).note().find("latest model is 1") != std::string::npos);
+}
+
 namespace {
 
 uint64_t DirectoryBytes(const std::filesystem::path& dir) {

@@ -1,0 +1,443 @@
+#include "aggregator/round_engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "proto/codec.h"
+
+namespace flotilla::aggregator {
+namespace {
+
+RoundEngine::Clock::duration Seconds(double s) {
+  return std::chrono::duration_cast<RoundEngine::Clock::duration>(std::chrono::duration<double>(s));
+}
+
+}  // namespace
+
+RoundEngine::RoundEngine(const AggregatorConfig& config, Store* store, ClientRegistry* clients, EvalFn eval,
+                         RoundFn on_round)
+    : config_(config),
+      store_(store),
+      clients_(clients),
+      eval_(std::move(eval)),
+      on_round_(std::move(on_round)),
+      norm_history_(config.validation.norm.window),
+      backoff_(config.failed_round_backoff_seconds, config.max_failed_round_backoff_seconds) {}
+
+UpdateExpectation RoundEngine::ExpectationNow() const {
+  UpdateExpectation e;
+  e.layout = global().layout;
+  e.max_norm = norm_history_.Bound(config_.validation.norm, global_norm_);
+  e.max_examples = config_.validation.max_examples_per_update;
+  return e;
+}
+
+void RoundEngine::NoteRecorded(const std::string& client_id, int64_t num_examples, double norm,
+                               const google::protobuf::Map<std::string, double>& metrics) {
+  received_.insert(client_id);
+  norm_history_.Add(norm);
+  norms_[client_id] = norm;
+  if (auto steps = metrics.find("dpsgd_steps"); steps != metrics.end()) {
+    dp_steps_[client_id] = static_cast<int64_t>(std::min(steps->second, 1e12));
+  }
+  if (auto bit = metrics.find("below_clip"); bit != metrics.end()) below_clip_[client_id] = bit->second >= 0.5 ? 1 : 0;
+  auto loss = metrics.find("train_loss");
+  train_loss_[client_id] = {num_examples, loss != metrics.end() ? loss->second : 0.0};
+}
+
+bool RoundEngine::AwaitsTask(const std::string& client_id) const {
+  return active_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
+         !received_.count(client_id) && !declined_.count(client_id) && !(secure_ && secure_->Advertised(client_id));
+}
+
+StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const std::string& client_id,
+                                                                        const wire::Update& update,
+                                                                        Clock::time_point now) {
+  using R = std::optional<Refusal>;
+  auto refuse = [](wire::ErrorCode code, std::string reason, std::string message, bool counted = true) {
+    return R(Refusal{code, std::move(reason), std::move(message), counted});
+  };
+  if (secure_) {
+    return refuse(wire::ERROR_UNEXPECTED, "plaintext_in_secure_round",
+                  "this round uses secure aggregation: plaintext updates are refused");
+  }
+  if (!active_ || update.round() != round_) {
+    // A resend of an update that was recorded before the round closed (the
+    // ack was lost, e.g. in a crash): tell the device it counted.
+    if (update.round() <= round_) {
+      StatusOr<std::optional<records::RoundRecord>> past = store_->GetRound(update.round());
+      if (past.ok() && past->has_value()) {
+        const auto& got = past->value().received();
+        if (std::find(got.begin(), got.end(), client_id) != got.end()) {
+          return refuse(wire::ERROR_DUPLICATE, "duplicate",
+                        "the update for round " + std::to_string(update.round()) + " was recorded before it closed",
+                        false);
+        }
+      }
+    }
+    return refuse(wire::ERROR_WRONG_ROUND, "wrong_round",
+                  "round " + std::to_string(update.round()) + " is not open (current " + std::to_string(round_) +
+                      (active_ ? ", open)" : ", closed)"));
+  }
+  if (!std::binary_search(selected_.begin(), selected_.end(), client_id)) {
+    return refuse(wire::ERROR_WRONG_ROUND, "not_selected",
+                  "client was not selected for round " + std::to_string(round_));
+  }
+  if (received_.count(client_id)) {
+    return refuse(wire::ERROR_DUPLICATE, "duplicate",
+                  "an update for round " + std::to_string(round_) + " is already recorded");
+  }
+  if (declined_.count(client_id)) {
+    return refuse(wire::ERROR_WRONG_ROUND, "out_of_round",
+                  "this device declined round " + std::to_string(round_) + " or its update was refused");
+  }
+  if (update.model_version() != registry_->version()) {
+    return refuse(wire::ERROR_WRONG_ROUND, "wrong_model",
+                  "update is against model version " + std::to_string(update.model_version()) + ", current is " +
+                      std::to_string(registry_->version()));
+  }
+  // Content: layout, finite values, norm, example count. A refused update
+  // never reaches the store or the merge, and the device is out of the round.
+  UpdateVerdict verdict = ValidateUpdate(update.delta(), update.num_examples(), ExpectationNow());
+  if (!verdict.accepted()) {
+    ++rejected_updates_;
+    clients_->NoteRejected(client_id, verdict.reason);
+    declined_.insert(client_id);
+    clients_->AddStrike(client_id, "sent a refused update (" + verdict.reason + ")", now, NowUnixMs());
+    return refuse(wire::ERROR_BAD_UPDATE, verdict.reason, verdict.message);
+  }
+
+  records::UpdateRecord record;
+  record.set_round(round_);
+  record.set_client_id(client_id);
+  record.set_num_examples(update.num_examples());
+  *record.mutable_delta() = update.delta();
+  for (const auto& [k, v] : update.metrics()) (*record.mutable_metrics())[k] = v;
+  record.set_received_unix_ms(NowUnixMs());
+  // Durable before acknowledged.
+  if (Status st = store_->PutUpdate(record); !st.ok()) {
+    if (st.code() == StatusCode::kAlreadyExists) return refuse(wire::ERROR_DUPLICATE, "duplicate", st.message());
+    LOG_ERROR("aggregator", "could not store update: " << st.ToString());
+    // A full disk or a passing I/O error is not fatal: the device keeps its
+    // update and retries; everyone else is still served.
+    if (!st.retryable() && st.code() != StatusCode::kResourceExhausted) return st;
+    return refuse(wire::ERROR_INTERNAL, "store", "aggregator could not store the update; retry", false);
+  }
+  NoteRecorded(client_id, update.num_examples(), verdict.norm, update.metrics());
+  clients_->NoteAccepted(client_id);
+  LOG_DEBUG("aggregator", "round " << round_ << ": update " << received_.size() << "/" << selected_.size()
+                                   << " from '" << client_id << "' (norm " << verdict.norm << ")");
+  return R();
+}
+
+void RoundEngine::Decline(const std::string& client_id, uint32_t round, const std::string& reason,
+                          Clock::time_point now) {
+  if (!active_ || round != round_ || !std::binary_search(selected_.begin(), selected_.end(), client_id) ||
+      received_.count(client_id) || declined_.count(client_id)) {
+    return;
+  }
+  declined_.insert(client_id);
+  LOG_WARN("aggregator", "client '" << (*clients_)[client_id].name << "' declined round " << round << ": " << reason);
+  clients_->AddStrike(client_id, "declined round " + std::to_string(round), now, NowUnixMs());
+}
+
+wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_point now) const {
+  wire::Envelope env;
+  wire::TrainTask* task = env.mutable_train_task();
+  task->set_round(round_);
+  task->set_model_version(registry_->version());
+  task->set_model_arch(config_.model_arch);
+  proto::WeightsToProto(global(), task->mutable_weights());
+  wire::TrainConfig* tc = task->mutable_config();
+  tc->set_epochs(config_.epochs);
+  tc->set_batch_size(config_.batch_size);
+  tc->set_learning_rate(config_.learning_rate);
+  tc->set_momentum(config_.momentum);
+  tc->set_weight_decay(config_.weight_decay);
+  tc->set_seed(DeriveSeed(config_.seed, "train", round_, DeriveSeed(0, client_id)));
+  task->set_deadline_seconds(std::chrono::duration<double>(deadline_ - now).count());
+  task->set_model_signature(registry_->signature());
+  task->set_model_round(registry_->round());
+  const DpConfig& dp = config_.dp;
+  if (dp.client_level()) {
+    tc->set_clip_norm(budget_->clip_norm());
+    if (dp.mode == DpConfig::Mode::kClientDistributed && !secure_) {
+      tc->set_noise_stddev(budget_->DistributedNoiseStddev(selected_.size()));
+    }
+  } else if (dp.mode == DpConfig::Mode::kRecord) {
+    tc->set_dpsgd_noise_multiplier(dp.noise_multiplier);
+    tc->set_dpsgd_clip(dp.clip_norm);
+    tc->set_dpsgd_sampling_rate(dp.dpsgd_sampling_rate);
+  }
+  // Under secure aggregation the device clips, quantizes and adds its noise
+  // on the integer path (the setup says how), then runs the SecAgg stages.
+  if (secure_) *task->mutable_secagg() = secure_->SetupFor(client_id);
+  return env;
+}
+
+StatusOr<bool> RoundEngine::MaybeStart(Clock::time_point now,
+                                       const std::function<bool(const std::string&)>& eligible) {
+  if (active_ || federation_done()) return false;
+  if (static_cast<int>(clients_->size()) < config_.min_clients) return false;
+  if (backoff_.Waiting(now)) return false;  // backing off after failed rounds
+  std::vector<std::string> ids;
+  for (const auto& [id, client] : *clients_) {
+    // Revoked keys stay in the registry but are never sampled.
+    if (eligible && !eligible(id)) continue;
+    // Under secure aggregation a device needs its identity key.
+    if (config_.secagg.enabled && client.secagg_key.size() != 32) continue;
+    ids.push_back(id);  // sorted
+  }
+  if (static_cast<int>(ids.size()) < config_.min_clients) return false;
+  // Devices paused after repeated declines or refused updates sit out.
+  ids.erase(std::remove_if(ids.begin(), ids.end(), [&](const std::string& id) { return clients_->Paused(id, now); }),
+            ids.end());
+  if (ids.empty()) return false;
+  const DpConfig& dp = config_.dp;
+  if (dp.mode == DpConfig::Mode::kRecord) {
+    // Per-client budgets: a device whose next round would exceed it is no
+    // longer sampled.
+    ASSIGN_OR_RETURN(ids, budget_->EligibleDevices(ids));
+    if (ids.empty()) {
+      LOG_WARN("aggregator", "stopping after " << rounds_done_ << " rounds: the privacy budget is spent");
+      return false;
+    }
+  }
+  Sample sample = SampleDevices(std::move(ids), config_.fraction, config_.seed, round_ + 1);
+  if (dp.client_level()) {
+    ASSIGN_OR_RETURN(bool allowed, budget_->AllowsRound(round_ + 1, sample.sampling_rate));
+    if (!allowed) {
+      LOG_WARN("aggregator", "stopping after " << rounds_done_ << " rounds: the privacy budget is spent");
+      return false;
+    }
+  }
+  ++round_;
+  sampling_rate_ = sample.sampling_rate;
+  selected_ = std::move(sample.selected);
+  received_.clear();
+  declined_.clear();
+  norms_.clear();
+  train_loss_.clear();
+  dp_steps_.clear();
+  below_clip_.clear();
+  active_ = true;
+  started_ = now;
+  deadline_ = started_ + Seconds(config_.round_deadline_seconds);
+  records::RoundRecord record;
+  record.set_round(round_);
+  record.set_outcome(records::RoundRecord::OUTCOME_RUNNING);
+  for (const auto& id : selected_) record.add_selected(id);
+  record.set_base_model_version(registry_->version());
+  record.set_started_unix_ms(NowUnixMs());
+  record.set_sampling_rate(sampling_rate_);
+  record.set_secure_aggregation(config_.secagg.enabled);
+  if (config_.secagg.enabled) {
+    // Parameters that cannot work (too few clients for the threshold, a
+    // quantization that would overflow) are a configuration error.
+    RETURN_IF_ERROR(StartSecureRound());
+    record.set_secagg_threshold(secure_->params().threshold);
+  }
+  if (Status st = store_->PutRound(record); !st.ok()) {
+    // Not started: undo, and try again on a later iteration (a full disk
+    // is the usual cause; devices wait meanwhile).
+    active_ = false;
+    secure_.reset();
+    --round_;
+    if (st.code() != StatusCode::kResourceExhausted && !st.retryable()) return st;
+    if (now - last_start_error_log_ > std::chrono::seconds(10)) {
+      last_start_error_log_ = now;
+      LOG_ERROR("aggregator", "cannot start round " << round_ + 1 << ": " << st.message());
+    }
+    return false;
+  }
+  LOG_DEBUG("aggregator", "round " << round_ << " started with " << selected_.size() << " clients");
+  return true;
+}
+
+Status RoundEngine::StartSecureRound() {
+  SecureRound::Options options;
+  options.round = round_;
+  options.clients = selected_;
+  for (const auto& id : selected_) {
+    const ClientRegistry::Client& client = clients_->at(id);
+    options.identity_keys.emplace_back(client.secagg_key.begin(), client.secagg_key.end());
+    options.identity_certs.push_back(client.secagg_cert);
+  }
+  options.vector_length = static_cast<uint32_t>(global().data.size());
+  const DpConfig& dp = config_.dp;
+  options.clip_norm = dp.client_level() ? budget_->clip_norm() : config_.secagg.clip_norm;
+  if (dp.mode == DpConfig::Mode::kClientDistributed) {
+    options.noise_stddev = budget_->DistributedNoiseStddev(selected_.size());
+  }
+  options.graph_seed = DeriveSeed(config_.seed, "secagg-graph", round_);
+  options.advertise_deadline = deadline_;
+  ASSIGN_OR_RETURN(secure_, SecureRound::Start(config_.secagg, std::move(options)));
+  const privacy::SecAggParams& p = secure_->params();
+  LOG_INFO("aggregator", "round " << round_ << ": secure aggregation over " << p.num_clients << " clients, "
+                                  << (p.graph == privacy::SecAggGraph::kHarary
+                                          ? "SecAgg+ (Harary degree " + std::to_string(p.degree) + ")"
+                                          : std::string("complete graph"))
+                                  << ", threshold " << p.threshold << ", " << p.bit_width << "-bit, scale "
+                                  << secure_->quantization().scale);
+  return Status::Ok();
+}
+
+StatusOr<bool> RoundEngine::MaybeFinish(Clock::time_point now, std::vector<SecureRound::Reply>* out) {
+  if (!active_) return false;
+  bool due = false;
+  bool deadline_passed = false;
+  if (secure_) {
+    std::vector<SecureRound::Reply> replies = secure_->Advance(now, declined_);
+    out->insert(out->end(), std::make_move_iterator(replies.begin()), std::make_move_iterator(replies.end()));
+    due = secure_->done() || secure_->aborted();
+  } else if (received_.size() + declined_.size() >= selected_.size()) {
+    due = true;
+  } else if (now >= deadline_) {
+    due = deadline_passed = true;
+  }
+  if (!due) return false;
+  RETURN_IF_ERROR(FinishRound(deadline_passed));
+  return true;
+}
+
+Status RoundEngine::FinishRound(bool deadline_passed) {
+  active_ = false;
+  // A secure round's contributors are the survivors of its last stage.
+  std::string failure;
+  if (secure_) {
+    received_.clear();
+    if (secure_->done()) {
+      received_.insert(secure_->survivors().begin(), secure_->survivors().end());
+    } else {
+      failure = "secure aggregation aborted: " + std::string(secure_->abort_status().message());
+    }
+  }
+  RoundSummary summary;
+  summary.round = round_;
+  summary.secure = secure_ != nullptr;
+  summary.selected = static_cast<int>(selected_.size());
+  summary.received = static_cast<int>(received_.size());
+  records::RoundRecord record;
+  record.set_round(round_);
+  for (const auto& id : selected_) record.add_selected(id);
+  for (const auto& id : received_) record.add_received(id);
+  for (const auto& [id, norm] : norms_) {
+    if (received_.count(id)) record.add_update_norms(static_cast<float>(norm));
+  }
+  record.set_base_model_version(registry_->version());
+  record.set_started_unix_ms(NowUnixMs() - static_cast<int64_t>(
+                                               1000 * std::chrono::duration<double>(Clock::now() - started_).count()));
+  record.set_sampling_rate(sampling_rate_);
+  if (secure_) {
+    record.set_secure_aggregation(true);
+    record.set_secagg_threshold(secure_->params().threshold);
+    record.set_secagg_survivors(static_cast<uint32_t>(received_.size()));
+  }
+  if (failure.empty() && static_cast<int>(received_.size()) < config_.min_updates) {
+    failure = "only " + std::to_string(received_.size()) + " of " + std::to_string(selected_.size()) +
+              " updates by the deadline (min " + std::to_string(config_.min_updates) + ")";
+  }
+  if (failure.empty() && deadline_passed) {
+    LOG_WARN("aggregator", "round " << round_ << " deadline passed with " << received_.size() << " of "
+                                    << selected_.size() << " updates; aggregating those");
+  }
+  // The new model, unless the round already failed. A merge or a result
+  // that is not usable fails the round; it never stops the aggregator.
+  std::optional<Weights> next;
+  std::vector<records::LedgerEntry> ledger;  // committed with the round
+  if (failure.empty()) {
+    StatusOr<Weights> merged = secure_ ? MergeSecureSum() : MergeStoredUpdates();
+    StatusOr<Weights> applied = merged.ok() ? StatusOr<Weights>(FinalizeMerge(std::move(merged).value(), &record,
+                                                                              &summary, &ledger))
+                                            : StatusOr<Weights>(merged.status());
+    if (applied.ok()) {
+      next = std::move(applied).value();
+    } else if (applied.status().code() == StatusCode::kUnavailable) {
+      secure_.reset();
+      return applied.status().WithContext("merging round " + std::to_string(round_));  // the store failed
+    } else {
+      failure = "the merged model is not usable (" + std::string(applied.status().message()) +
+                "); the previous model is kept";
+    }
+  }
+  secure_.reset();
+  if (!failure.empty()) return CommitFailed(failure, std::move(record), std::move(summary));
+  return CommitCompleted(std::move(*next), std::move(record), std::move(summary), std::move(ledger));
+}
+
+Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecord record, RoundSummary summary) {
+  record.set_outcome(records::RoundRecord::OUTCOME_FAILED);
+  record.set_note(failure);
+  const double wait = backoff_.Failed(Clock::now());
+  LOG_WARN("aggregator", "round " << round_ << " failed (" << backoff_.failed_in_a_row() << " in a row): " << failure
+                                  << "; next round in " << wait << " s");
+  summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
+  record.set_seconds(summary.seconds);
+  RoundCommit commit;
+  commit.round = record;
+  commit.clients = clients_->Dirty(NowUnixMs());
+  RETURN_IF_ERROR(store_->CommitRound(commit));
+  clients_->MarkWritten(commit.clients);
+  summary.model_version = registry_->version();
+  history_.push_back(summary);
+  if (on_round_) on_round_(summary);
+  return Status::Ok();
+}
+
+Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, RoundSummary summary,
+                                    std::vector<records::LedgerEntry> ledger) {
+  if (config_.dp.enabled()) summary.epsilon = budget_->epsilon();
+  double loss_sum = 0.0;
+  int64_t examples = 0;
+  for (const auto& [id, el] : train_loss_) {
+    loss_sum += el.second * static_cast<double>(el.first);
+    examples += el.first;
+  }
+  summary.total_examples = examples;
+  // Under secure aggregation no per-device loss reaches the aggregator.
+  summary.mean_train_loss = examples > 0 ? loss_sum / static_cast<double>(examples) : summary.secure ? NAN : 0.0;
+
+  ASSIGN_OR_RETURN(records::ModelRecord model, registry_->SignNext(next, round_, NowUnixMs()));
+  (*model.mutable_metrics())["train_loss"] = summary.mean_train_loss;
+  if (eval_) {
+    StatusOr<EvalMetrics> metrics = eval_(next);
+    if (metrics.ok()) {
+      summary.test_loss = metrics->loss;
+      summary.test_accuracy = metrics->accuracy;
+      (*model.mutable_metrics())["test_loss"] = metrics->loss;
+      (*model.mutable_metrics())["test_accuracy"] = metrics->accuracy;
+      record.set_test_loss(metrics->loss);
+      record.set_test_accuracy(metrics->accuracy);
+    } else {
+      LOG_WARN("aggregator", "evaluation failed: " << metrics.status().ToString());
+    }
+  }
+  summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
+  record.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);
+  record.set_result_model_version(model.version());
+  record.set_mean_train_loss(summary.mean_train_loss);
+  record.set_total_examples(examples);
+  record.set_seconds(summary.seconds);
+  RoundCommit commit;
+  commit.round = record;
+  commit.model = &model;
+  commit.expire = registry_->Expired(model.version());
+  commit.clients = clients_->Dirty(NowUnixMs());
+  commit.ledger = std::move(ledger);
+  RETURN_IF_ERROR(store_->CommitRound(commit));
+  clients_->MarkWritten(commit.clients);
+  registry_->Committed(model, std::move(next), commit.expire);
+  global_norm_ = L2Norm(global().data);
+  ++rounds_done_;
+  backoff_.Succeeded();
+  summary.completed = true;
+  summary.model_version = registry_->version();
+  history_.push_back(summary);
+  if (on_round_) on_round_(summary);
+  return Status::Ok();
+}
+
+}  // namespace flotilla::aggregator

@@ -1,0 +1,186 @@
+// The round engine: one federation's rounds, without a socket. It recovers
+// its state from the store, starts rounds (sampling, the privacy budget,
+// secure aggregation's setup), records what devices send (validated, durable
+// before it says so), declines and deadlines, and finishes rounds (merge,
+// privacy accounting, signing, one atomic commit, the back-off after a
+// failure). The server loop tells it what devices said and sends what it
+// returns; the engine never sends anything itself, so tests drive it with an
+// in-memory store and their own clock.
+//
+// Files: round_engine.cc (start, record, finish), round_recovery.cc (from
+// the store after a restart), round_merge.cc (from updates to the next
+// model).
+//
+// Thread-safety: not thread-safe; the aggregator's thread owns it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "aggregator/client_registry.h"
+#include "aggregator/config.h"
+#include "aggregator/model_registry.h"
+#include "aggregator/privacy_budget.h"
+#include "aggregator/round_policy.h"
+#include "aggregator/secure_round.h"
+#include "aggregator/store.h"
+#include "aggregator/update_validation.h"
+#include "core/status.h"
+#include "core/weights.h"
+#include "proto/flotilla.pb.h"
+
+namespace flotilla::aggregator {
+
+struct RoundSummary {
+  uint32_t round = 0;
+  bool completed = false;  // false: failed, too few updates
+  int selected = 0;
+  int received = 0;
+  int64_t total_examples = 0;
+  double mean_train_loss = 0.0;  // example-weighted
+  std::optional<double> test_loss, test_accuracy;
+  double seconds = 0.0;
+  uint64_t model_version = 0;
+  std::optional<double> epsilon;    // cumulative, when DP is on
+  std::optional<double> clip_norm;  // client-level DP: the norm this round used
+  bool secure = false;              // the round ran secure aggregation (no train loss known)
+};
+
+struct EvalMetrics {
+  double loss = 0.0;
+  double accuracy = 0.0;
+};
+
+// Evaluates a global model (e.g. on a held-out test set). Called on the
+// aggregator's thread after each round.
+using EvalFn = std::function<StatusOr<EvalMetrics>(const Weights&)>;
+using RoundFn = std::function<void(const RoundSummary&)>;
+
+class RoundEngine {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // Why a device's message was not taken, for the error reply.
+  struct Refusal {
+    wire::ErrorCode code = wire::ERROR_UNSPECIFIED;
+    std::string reason;   // short and stable: logs and counters use it
+    std::string message;  // for the device
+    bool counted = true;  // a rejected message (false: e.g. a resend that already counted)
+  };
+
+  // Reads the store: the model registry (stores `initial` as version 1 when
+  // there is none), the device population into `clients`, the norm history,
+  // the privacy ledger, and the round that was running, which resumes with
+  // its recorded updates (each validated again). Records that do not parse
+  // or contradict the store are quarantined, and a running round that
+  // cannot resume is recorded as failed: recovery never refuses to start
+  // over them. `store` and `clients` must outlive the engine.
+  static StatusOr<std::unique_ptr<RoundEngine>> Recover(const AggregatorConfig& config, Store* store,
+                                                        ClientRegistry* clients, Weights initial, EvalFn eval,
+                                                        RoundFn on_round);
+
+  // Starts the next round when one is due: enough devices, no back-off, the
+  // budget allows it. `eligible` filters the population (the server passes
+  // its allowlist). True when a round started.
+  StatusOr<bool> MaybeStart(Clock::time_point now, const std::function<bool(const std::string&)>& eligible);
+  // Closes the round when every selected device answered or the deadline
+  // passed; a secure round advances its stages first and its messages for
+  // devices go to `out`. True when a round closed (completed or failed).
+  StatusOr<bool> MaybeFinish(Clock::time_point now, std::vector<SecureRound::Reply>* out);
+
+  // An update from `client_id`: checked against the round and validated,
+  // then stored before it counts. nullopt: recorded (acknowledge it). An
+  // error status only when the store failed for good (a full disk or a
+  // passing I/O error is a Refusal: the device keeps its update and retries).
+  StatusOr<std::optional<Refusal>> RecordUpdate(const std::string& client_id, const wire::Update& update,
+                                                Clock::time_point now);
+  // A device declines `round`: it is out of the round, with a strike.
+  void Decline(const std::string& client_id, uint32_t round, const std::string& reason, Clock::time_point now);
+  // True when `client_id` is selected for the running round and still owes
+  // its update (and, under secure aggregation, has not advertised yet).
+  bool AwaitsTask(const std::string& client_id) const;
+  // The running round's TrainTask for `client_id`. REQUIRES: AwaitsTask.
+  wire::Envelope MakeTask(const std::string& client_id, Clock::time_point now) const;
+
+  bool federation_done() const { return rounds_done_ >= config_.rounds || budget_->exhausted(); }
+  uint32_t round() const { return round_; }  // current or last round number
+  bool active() const { return active_; }
+  uint32_t rounds_done() const { return rounds_done_; }
+  size_t selected_count() const { return selected_.size(); }
+  size_t received_count() const { return received_.size(); }
+  const Weights& global() const { return registry_->global(); }
+  const ModelRegistry& registry() const { return *registry_; }
+  const std::vector<RoundSummary>& history() const { return history_; }
+  uint64_t rejected_updates() const { return rejected_updates_; }
+  const Backoff& backoff() const { return backoff_; }
+  // The running round's secure aggregation (null when none).
+  SecureRound* secure() { return secure_.get(); }
+  const SecureRound* secure() const { return secure_.get(); }
+
+ private:
+  RoundEngine(const AggregatorConfig& config, Store* store, ClientRegistry* clients, EvalFn eval, RoundFn on_round);
+
+  // round_recovery.cc
+  Status RecoverFromStore(Weights initial);
+  Status QuarantineCorrupt(const std::vector<std::string>& bad_clients, const std::vector<std::string>& bad_rounds);
+  // Records a running round that cannot resume as failed; true if it did.
+  StatusOr<bool> FailUnresumable(const records::RoundRecord& running);
+  Status ResumeRound(const records::RoundRecord& running);
+  Status RecoverUpdates();
+  Status RecoverLedger(const std::vector<records::RoundRecord>& rounds);
+
+  // round_merge.cc: the mean delta of the round (streamed from the store,
+  // or the secure sum), then the next model from it.
+  StatusOr<Weights> MergeStoredUpdates();
+  StatusOr<Weights> MergeSecureSum();
+  StatusOr<Weights> FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary,
+                                  std::vector<records::LedgerEntry>* ledger);
+
+  Status StartSecureRound();
+  Status FinishRound(bool deadline_passed);
+  Status CommitFailed(const std::string& failure, records::RoundRecord record, RoundSummary summary);
+  Status CommitCompleted(Weights next, records::RoundRecord record, RoundSummary summary,
+                         std::vector<records::LedgerEntry> ledger);
+  UpdateExpectation ExpectationNow() const;
+  // Bookkeeping for an update that is in the store (on arrival or recovery).
+  void NoteRecorded(const std::string& client_id, int64_t num_examples, double norm,
+                    const google::protobuf::Map<std::string, double>& metrics);
+
+  const AggregatorConfig config_;
+  Store* store_;
+  ClientRegistry* clients_;
+  EvalFn eval_;
+  RoundFn on_round_;
+  std::unique_ptr<ModelRegistry> registry_;  // the current model, versions, pulls
+  std::optional<PrivacyBudget> budget_;
+
+  uint32_t round_ = 0;        // current or last round number
+  uint32_t rounds_done_ = 0;  // completed rounds
+  bool active_ = false;
+  std::vector<std::string> selected_;  // sorted client ids
+  std::set<std::string> received_;
+  std::set<std::string> declined_;  // declined this round, or had its update refused
+  std::map<std::string, std::pair<int64_t, double>> train_loss_;  // client -> (examples, loss)
+  std::map<std::string, int64_t> dp_steps_;                       // DP-SGD steps each client reported
+  std::map<std::string, int> below_clip_;                         // adaptive-clipping bits this round
+  std::map<std::string, double> norms_;                           // this round's accepted norms
+  double sampling_rate_ = 0.0;
+  Clock::time_point started_, deadline_;
+  std::unique_ptr<SecureRound> secure_;
+  std::vector<RoundSummary> history_;
+  uint64_t rejected_updates_ = 0;
+  // Validation: recent accepted norms and the norm of the current model.
+  NormHistory norm_history_;
+  double global_norm_ = 0.0;
+  Backoff backoff_;
+  Clock::time_point last_start_error_log_{};
+};
+
+}  // namespace flotilla::aggregator

@@ -1,0 +1,170 @@
+// The round engine after a restart: everything it knows comes from the
+// store (see round_engine.h).
+#include <algorithm>
+
+#include "aggregator/round_engine.h"
+#include "core/clock.h"
+#include "core/log.h"
+
+namespace flotilla::aggregator {
+
+StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Recover(const AggregatorConfig& config, Store* store,
+                                                            ClientRegistry* clients, Weights initial, EvalFn eval,
+                                                            RoundFn on_round) {
+  std::unique_ptr<RoundEngine> engine(
+      new RoundEngine(config, store, clients, std::move(eval), std::move(on_round)));
+  RETURN_IF_ERROR(engine->RecoverFromStore(std::move(initial)));
+  return engine;
+}
+
+Status RoundEngine::RecoverFromStore(Weights initial) {
+  RegistryOptions options;
+  options.federation = config_.federation;
+  options.arch = config_.model_arch;
+  options.store_path = config_.store_path;
+  options.signing_key = config_.signing_key;
+  options.retain_last = config_.retain_last;
+  options.retain_every = config_.retain_every;
+  ASSIGN_OR_RETURN(registry_, ModelRegistry::Recover(options, store_, std::move(initial)));
+  global_norm_ = L2Norm(global().data);
+
+  // Records that no longer parse are moved aside, not tripped over.
+  std::vector<std::string> bad_clients, bad_rounds;
+  ASSIGN_OR_RETURN(std::vector<records::ClientRecord> known, store_->ListClients(&bad_clients));
+  ASSIGN_OR_RETURN(std::vector<records::RoundRecord> rounds, store_->ListRounds(&bad_rounds));
+  RETURN_IF_ERROR(QuarantineCorrupt(bad_clients, bad_rounds));
+
+  // The sampling population: every client that ever said Hello here. They
+  // reconnect on their own; their routing ids are learned again then.
+  clients_->Restore(known, Clock::now(), NowUnixMs());
+
+  // The norm bound's history: the accepted norms of the latest rounds,
+  // oldest first.
+  size_t first = rounds.size(), norms = 0;
+  while (first > 0 && norms < static_cast<size_t>(config_.validation.norm.window)) {
+    norms += static_cast<size_t>(rounds[--first].update_norms_size());
+  }
+  for (size_t i = first; i < rounds.size(); ++i) {
+    for (float n : rounds[i].update_norms()) norm_history_.Add(n);
+  }
+  const records::RoundRecord* running = nullptr;
+  for (const auto& r : rounds) {
+    round_ = std::max(round_, r.round());
+    if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED) ++rounds_done_;
+    if (r.outcome() == records::RoundRecord::OUTCOME_RUNNING) running = &r;
+  }
+  if (running != nullptr && running->round() == round_) {
+    ASSIGN_OR_RETURN(bool failed, FailUnresumable(*running));
+    if (!failed) RETURN_IF_ERROR(ResumeRound(*running));
+  }
+  RETURN_IF_ERROR(RecoverLedger(rounds));
+  LOG_INFO("aggregator", "recovered model version " << registry_->version() << " after " << rounds_done_
+                                                    << " completed rounds; " << clients_->size() << " known clients");
+  return Status::Ok();
+}
+
+// A running round that cannot be resumed is recorded as failed; the next
+// round starts fresh. Secure aggregation keeps its keys and shares in memory
+// only (resuming with the same masks and new inputs would leak their
+// difference). A round on another model than the latest cannot happen with
+// atomic commits: its updates are deltas against a model that is not the
+// global one, so they are not merged.
+StatusOr<bool> RoundEngine::FailUnresumable(const records::RoundRecord& running) {
+  std::string why;
+  if (running.secure_aggregation()) {
+    why = "interrupted by an aggregator restart during secure aggregation; not resumed";
+  } else if (running.base_model_version() != registry_->version()) {
+    why = "was running on model " + std::to_string(running.base_model_version()) + " but the latest model is " +
+          std::to_string(registry_->version()) + "; not resumed";
+  }
+  if (why.empty()) return false;
+  RoundCommit failed;
+  failed.round = running;
+  failed.round.set_outcome(records::RoundRecord::OUTCOME_FAILED);
+  failed.round.set_note(why);
+  RETURN_IF_ERROR(store_->CommitRound(failed));
+  LOG_WARN("aggregator", "round " << round_ << " " << why << "; recorded as failed, the next round starts fresh");
+  return true;
+}
+
+Status RoundEngine::ResumeRound(const records::RoundRecord& running) {
+  selected_.assign(running.selected().begin(), running.selected().end());
+  std::sort(selected_.begin(), selected_.end());
+  sampling_rate_ = running.sampling_rate();
+  RETURN_IF_ERROR(RecoverUpdates());
+  active_ = true;
+  const auto now = Clock::now();
+  const double elapsed = std::max(0.0, (NowUnixMs() - running.started_unix_ms()) / 1000.0);
+  started_ = now - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(elapsed));
+  const auto deadline_length =
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(config_.round_deadline_seconds));
+  const auto original_deadline = started_ + deadline_length;
+  if (original_deadline > now) {
+    deadline_ = original_deadline;
+  } else if (config_.deadline_policy == AggregatorConfig::DeadlinePolicy::kClose) {
+    deadline_ = now;
+  } else {
+    deadline_ = now + deadline_length;
+  }
+  LOG_INFO("aggregator", "resuming round " << round_ << " with " << received_.size() << "/" << selected_.size()
+                                           << " updates already recorded");
+  return Status::Ok();
+}
+
+Status RoundEngine::QuarantineCorrupt(const std::vector<std::string>& bad_clients,
+                                      const std::vector<std::string>& bad_rounds) {
+  for (const auto& id : bad_clients) {
+    RETURN_IF_ERROR(store_->QuarantineClient(id, "client record does not parse or is stored under another id"));
+    LOG_ERROR("aggregator", "quarantined a corrupt client record (see flotilla registry quarantine)");
+  }
+  for (const auto& key : bad_rounds) {
+    RETURN_IF_ERROR(store_->QuarantineRound(key, "round record does not parse or is stored under another round"));
+    LOG_ERROR("aggregator", "quarantined a corrupt round record (see flotilla registry quarantine)");
+  }
+  return Status::Ok();
+}
+
+// Replays the running round's stored updates through the same validation
+// as on arrival; what fails (an update an earlier version accepted, bytes
+// that no longer parse) is quarantined instead of poisoning the merge.
+Status RoundEngine::RecoverUpdates() {
+  std::vector<std::string> corrupt;
+  std::vector<std::pair<std::string, std::string>> refused;  // client id, why
+  RETURN_IF_ERROR(store_->ForEachUpdate(
+      round_,
+      [&](const records::UpdateRecord& u) -> Status {
+        if (!std::binary_search(selected_.begin(), selected_.end(), u.client_id())) {
+          refused.emplace_back(u.client_id(), "the client was not selected for round " + std::to_string(round_));
+          return Status::Ok();
+        }
+        const UpdateVerdict verdict = ValidateUpdate(u.delta(), u.num_examples(), ExpectationNow());
+        if (!verdict.accepted()) {
+          refused.emplace_back(u.client_id(), verdict.reason + ": " + verdict.message);
+          return Status::Ok();
+        }
+        NoteRecorded(u.client_id(), u.num_examples(), verdict.norm, u.metrics());
+        return Status::Ok();
+      },
+      &corrupt));
+  for (const auto& id : corrupt) refused.emplace_back(id, "update record does not parse");
+  for (const auto& [id, why] : refused) {
+    RETURN_IF_ERROR(store_->QuarantineUpdate(round_, id, "failed validation on replay: " + why));
+    LOG_ERROR("aggregator", "round " << round_ << ": quarantined the stored update from '" << id
+                                     << "' (failed validation on replay: " << why
+                                     << "); see flotilla registry quarantine");
+  }
+  return Status::Ok();
+}
+
+Status RoundEngine::RecoverLedger(const std::vector<records::RoundRecord>& rounds) {
+  std::vector<records::LedgerEntry> ledger;
+  if (config_.dp.enabled()) {
+    ASSIGN_OR_RETURN(ledger, store_->ListLedger());
+  }
+  ASSIGN_OR_RETURN(PrivacyBudget budget, PrivacyBudget::Recover(config_.dp, config_.epochs,
+                                                                config_.fraction * config_.min_clients, ledger, rounds));
+  budget_.emplace(std::move(budget));
+  return Status::Ok();
+}
+
+}  // namespace flotilla::aggregator

@@ -1,0 +1,216 @@
+// The round engine without a socket: an in-memory store, a client registry
+// filled by hand, and the test's own clock.
+#include <catch2/catch.hpp>
+
+#include <memory>
+
+#include "aggregator/round_engine.h"
+#include "aggregator/store.h"
+#include "privacy/keys.h"
+#include "proto/codec.h"
+#include "storage/kv_store.h"
+#include "testing/test_storage.h"
+
+using namespace flotilla;
+using namespace flotilla::aggregator;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::shared_ptr<const Layout> TinyLayout() {
+  return std::make_shared<const Layout>(*Layout::Create({{"fc.weight", {2, 3}}, {"fc.bias", {2}}}));
+}
+
+struct Fixture {
+  std::shared_ptr<storage::KvStore> memory{storage::NewMemoryStore(Store::Families())};
+  std::unique_ptr<Store> store;
+  ClientRegistry clients{ClientRegistry::PausePolicy{}};
+  AggregatorConfig config;
+  std::vector<RoundSummary> seen;  // from the round callback
+  std::unique_ptr<RoundEngine> engine;
+
+  explicit Fixture(int devices) {
+    config.model_arch = "tiny";
+    config.store_path = "memory";
+    config.rounds = 3;
+    config.min_clients = devices;
+    config.round_deadline_seconds = 30;
+    config.failed_round_backoff_seconds = 2;
+    config.max_failed_round_backoff_seconds = 2;
+    auto signing = privacy::GenerateSigningKeyPair();
+    REQUIRE(signing.ok());
+    config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing).value());
+    for (int i = 0; i < devices; ++i) {
+      wire::Hello hello;
+      hello.set_client_name("dev" + std::to_string(i));
+      clients.Register("dev" + std::to_string(i), "peer" + std::to_string(i), hello, 0);
+    }
+  }
+
+  // A new engine on the same store (as after a restart).
+  void Start() {
+    engine.reset();
+    auto s = Store::OnKvStore(std::make_unique<testing::SharedKvStore>(memory));
+    REQUIRE(s.ok());
+    store = std::move(s).value();
+    auto e = RoundEngine::Recover(config, store.get(), &clients, Weights::Zeros(TinyLayout()), nullptr,
+                                  [this](const RoundSummary& r) { seen.push_back(r); });
+    INFO(e.status().ToString());
+    REQUIRE(e.ok());
+    engine = std::move(e).value();
+  }
+
+  wire::Update UpdateOf(float value, int64_t examples = 10) const {
+    wire::Update u;
+    u.set_round(engine->round());
+    u.set_model_version(engine->registry().version());
+    u.set_num_examples(examples);
+    Weights d = Weights::Zeros(TinyLayout());
+    for (float& x : d.data) x = value;
+    proto::WeightsToProto(d, u.mutable_delta());
+    return u;
+  }
+
+  // Records an update; the refusal's code, or ERROR_UNSPECIFIED when taken.
+  wire::ErrorCode Send(const std::string& id, const wire::Update& u) {
+    auto r = engine->RecordUpdate(id, u, RoundEngine::Clock::now());
+    REQUIRE(r.ok());
+    return r->has_value() ? (*r)->code : wire::ERROR_UNSPECIFIED;
+  }
+
+  bool Finish(RoundEngine::Clock::time_point now = RoundEngine::Clock::now()) {
+    std::vector<SecureRound::Reply> out;
+    auto f = engine->MaybeFinish(now, &out);
+    REQUIRE(f.ok());
+    return *f;
+  }
+};
+
+const auto kEveryone = [](const std::string&) { return true; };
+
+}  // namespace
+
+TEST_CASE("A round starts with enough devices, takes each update once and commits the mean", "[round_engine]") {
+  Fixture f(3);
+  f.config.min_clients = 4;
+  f.Start();
+  const auto now = RoundEngine::Clock::now();
+  CHECK_FALSE(*f.engine->MaybeStart(now, kEveryone));  // 3 of 4 devices
+  f.config.min_clients = 3;
+  f.Start();
+  REQUIRE(*f.engine->MaybeStart(now, kEveryone));
+  CHECK(f.engine->round() == 1);
+  CHECK(f.engine->selected_count() == 3);
+  CHECK_FALSE(*f.engine->MaybeStart(now, kEveryone));  // one at a time
+  CHECK(f.engine->AwaitsTask("dev0"));
+  const wire::Envelope task = f.engine->MakeTask("dev0", now);
+  CHECK(task.train_task().round() == 1);
+  CHECK(task.train_task().model_version() == 1);
+  CHECK(task.train_task().deadline_seconds() == Approx(30).margin(0.01));
+
+  CHECK(f.Send("dev0", f.UpdateOf(0.1f)) == wire::ERROR_UNSPECIFIED);
+  CHECK(f.Send("dev0", f.UpdateOf(0.1f)) == wire::ERROR_DUPLICATE);
+  CHECK_FALSE(f.engine->AwaitsTask("dev0"));
+  CHECK(f.Send("nobody", f.UpdateOf(0.1f)) == wire::ERROR_WRONG_ROUND);  // not selected
+  wire::Update stale = f.UpdateOf(0.1f);
+  stale.set_model_version(7);
+  CHECK(f.Send("dev1", stale) == wire::ERROR_WRONG_ROUND);
+  CHECK(f.Send("dev1", f.UpdateOf(1e6f)) == wire::ERROR_BAD_UPDATE);  // over the norm bound: out of the round
+  CHECK(f.engine->rejected_updates() == 1);
+  CHECK(f.Send("dev1", f.UpdateOf(0.1f)) == wire::ERROR_WRONG_ROUND);
+  CHECK_FALSE(f.Finish());  // dev2 still owes its update
+  CHECK(f.Send("dev2", f.UpdateOf(0.3f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Finish());
+
+  CHECK_FALSE(f.engine->active());
+  CHECK(f.engine->registry().version() == 2);
+  for (float v : f.engine->global().data) CHECK(v == Approx(0.2f));  // equal counts: the plain mean
+  REQUIRE(f.seen.size() == 1);
+  CHECK(f.seen[0].completed);
+  CHECK(f.seen[0].received == 2);
+  auto rounds = f.store->ListRounds(nullptr);
+  REQUIRE(rounds.ok());
+  REQUIRE(rounds->size() == 1);
+  CHECK(rounds->at(0).outcome() == records::RoundRecord::OUTCOME_COMPLETED);
+  CHECK(rounds->at(0).received_size() == 2);
+  CHECK(rounds->at(0).update_norms_size() == 2);
+  CHECK(f.clients.at("dev1").rejected.at("norm") == 1);
+  CHECK(f.clients.at("dev0").updates_accepted == 1);
+}
+
+TEST_CASE("The deadline closes a round with the updates it has, or fails it below min_updates", "[round_engine]") {
+  Fixture f(2);
+  f.config.min_updates = 1;
+  f.Start();
+  const auto t0 = RoundEngine::Clock::now();
+  REQUIRE(*f.engine->MaybeStart(t0, kEveryone));
+  CHECK(f.Send("dev0", f.UpdateOf(0.5f)) == wire::ERROR_UNSPECIFIED);
+  CHECK_FALSE(f.Finish(t0 + 29s));
+  REQUIRE(f.Finish(t0 + 31s));
+  REQUIRE(f.seen.size() == 1);
+  CHECK(f.seen[0].completed);
+  CHECK(f.seen[0].received == 1);
+  CHECK(f.engine->registry().version() == 2);
+
+  // Round 2: one declines, none reports; min_updates 1 fails it.
+  const auto t1 = RoundEngine::Clock::now();
+  REQUIRE(*f.engine->MaybeStart(t1, kEveryone));
+  f.engine->Decline("dev1", 2, "battery low", t1);
+  CHECK_FALSE(f.engine->AwaitsTask("dev1"));
+  REQUIRE(f.Finish(t1 + 31s));
+  REQUIRE(f.seen.size() == 2);
+  CHECK_FALSE(f.seen[1].completed);
+  CHECK(f.engine->registry().version() == 2);  // the previous model is kept
+  CHECK(f.engine->backoff().failed_in_a_row() == 1);
+  // The back-off holds the next round for its 2 s.
+  const auto t2 = RoundEngine::Clock::now();
+  CHECK_FALSE(*f.engine->MaybeStart(t2, kEveryone));
+  CHECK(*f.engine->MaybeStart(t2 + 3s, kEveryone));
+  CHECK(f.engine->round() == 3);
+}
+
+TEST_CASE("Devices the server does not allow are never sampled", "[round_engine]") {
+  Fixture f(3);
+  f.config.min_clients = 2;
+  f.Start();
+  REQUIRE(*f.engine->MaybeStart(RoundEngine::Clock::now(), [](const std::string& id) { return id != "dev1"; }));
+  CHECK(f.engine->selected_count() == 2);
+  CHECK_FALSE(f.engine->AwaitsTask("dev1"));
+}
+
+TEST_CASE("A restart resumes the running round with its recorded updates", "[round_engine]") {
+  Fixture f(2);
+  f.Start();
+  REQUIRE(*f.engine->MaybeStart(RoundEngine::Clock::now(), kEveryone));
+  CHECK(f.Send("dev0", f.UpdateOf(0.2f)) == wire::ERROR_UNSPECIFIED);
+  f.Start();  // the process died here; a new engine on the same store
+  CHECK(f.engine->active());
+  CHECK(f.engine->round() == 1);
+  CHECK(f.engine->received_count() == 1);
+  CHECK(f.Send("dev0", f.UpdateOf(0.2f)) == wire::ERROR_DUPLICATE);
+  CHECK(f.Send("dev1", f.UpdateOf(0.4f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Finish());
+  for (float v : f.engine->global().data) CHECK(v == Approx(0.3f));
+  // And a resend of the acknowledged update after the round closed counts.
+  wire::Update late = f.UpdateOf(0.2f);
+  late.set_round(1);
+  auto r = f.engine->RecordUpdate("dev0", late, RoundEngine::Clock::now());
+  REQUIRE(r.ok());
+  REQUIRE(r->has_value());
+  CHECK((*r)->code == wire::ERROR_DUPLICATE);
+  CHECK_FALSE((*r)->counted);
+}
+
+TEST_CASE("The federation is done after its rounds; no round starts then", "[round_engine]") {
+  Fixture f(1);
+  f.config.rounds = 1;
+  f.Start();
+  REQUIRE(*f.engine->MaybeStart(RoundEngine::Clock::now(), kEveryone));
+  CHECK(f.Send("dev0", f.UpdateOf(0.1f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Finish());
+  CHECK(f.engine->federation_done());
+  CHECK_FALSE(*f.engine->MaybeStart(RoundEngine::Clock::now(), kEveryone));
+  f.Start();
+  CHECK(f.engine->federation_done());
+  CHECK(f.engine->rounds_done() == 1);
+}
