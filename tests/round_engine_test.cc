@@ -201,7 +201,7 @@ TEST_CASE("A restart resumes the running round with its recorded updates", "[rou
   CHECK_FALSE((*r)->counted);
 }
 
-TEST_CASE("The federation is done after its rounds; no round starts then", "[round_engine]") {
+TEST_CASE("The federation is done after its rounds - no round starts then", "[round_engine]") {
   Fixture f(1);
   f.config.rounds = 1;
   f.Start();

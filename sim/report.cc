@@ -1,0 +1,83 @@
+#include "sim/report.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace flotilla::sim {
+
+std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
+  char line[256];
+  if (!r.completed) {
+    std::snprintf(line, sizeof(line), "round %3u/%u  clients %3d/%-3d  FAILED (too few updates)  %6.1fs", r.round,
+                  rounds, r.received, r.selected, r.seconds);
+    return line;
+  }
+  std::snprintf(line, sizeof(line), "round %3u/%u  clients %3d/%-3d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %6.1fs",
+                r.round, rounds, r.received, r.selected, r.mean_train_loss, r.test_loss.value_or(NAN),
+                r.test_accuracy.value_or(NAN), r.seconds);
+  std::string out = line;
+  if (r.epsilon) {
+    std::snprintf(line, sizeof(line), "  eps %.3f", *r.epsilon);
+    out += line;
+  }
+  if (r.clip_norm) {
+    std::snprintf(line, sizeof(line), "  clip %.3f", *r.clip_norm);
+    out += line;
+  }
+  return out;
+}
+
+Status WriteOutputs(const SimConfig& config, const SimResult& result) {
+  const std::filesystem::path dir(config.out_dir);
+  std::ofstream csv(dir / "metrics.csv");
+  csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_version,"
+         "epsilon,clip_norm\n";
+  for (const auto& r : result.rounds) {
+    csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
+        << r.total_examples << "," << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << ","
+        << r.test_accuracy.value_or(NAN) << "," << r.seconds << "," << r.model_version << ","
+        << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "\n";
+  }
+  if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
+  const auto& a = config.aggregator;
+  nlohmann::json summary = {
+      {"mode", config.central_epochs > 0 ? "central" : "federated"},
+      {"arch", a.model_arch},
+      {"clients", config.clients},
+      {"partition", config.partition},
+      {"rounds", a.rounds},
+      {"fraction", a.fraction},
+      {"epochs", a.epochs},
+      {"batch_size", a.batch_size},
+      {"learning_rate", a.learning_rate},
+      {"momentum", a.momentum},
+      {"strategy", a.strategy.Name()},
+      {"seed", a.seed},
+      {"central_epochs", config.central_epochs},
+      {"dp", aggregator::DpModeName(a.dp.mode)},
+      {"dp_noise_multiplier", a.dp.noise_multiplier},
+      {"dp_clip_norm", a.dp.clip_norm},
+      {"dp_delta", a.dp.delta},
+      {"dp_epsilon_budget", a.dp.epsilon_budget},
+      {"dp_adaptive_clip", a.dp.adaptive_clip},
+      {"dp_sampling_rate", a.dp.dpsgd_sampling_rate},
+      {"secagg", !a.secagg.enabled ? "off" : a.secagg.graph == privacy::SecAggGraph::kHarary ? "secagg+" : "complete"},
+      {"secagg_bits", a.secagg.bit_width},
+      {"secagg_dropout", config.secagg_dropout},
+      {"epsilon_spent", result.rounds.empty() || !result.rounds.back().epsilon ? 0.0 : *result.rounds.back().epsilon},
+      {"train_examples", result.train_examples},
+      {"final_test_accuracy", result.final_accuracy},
+      {"final_test_loss", result.final_loss},
+      {"seconds", result.seconds},
+  };
+  std::ofstream js(dir / "summary.json");
+  js << summary.dump(2) << "\n";
+  if (!js) return Unavailable("could not write " + (dir / "summary.json").string());
+  return Status::Ok();
+}
+
+}  // namespace flotilla::sim

@@ -1,0 +1,32 @@
+#include "sim/trainer_pool.h"
+
+#include "client/local_trainer.h"
+#include "training/model.h"
+
+namespace flotilla::sim {
+
+void TrainerPool::Work(const std::string& arch) {
+  training::SetTorchThreads(1);
+  StatusOr<std::unique_ptr<training::ModelRunner>> runner = training::ModelRunner::Create(arch, 0);
+  while (true) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+      if (stopping_) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    if (job.work) {
+      job.work();
+      continue;
+    }
+    JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client], job.task,
+                                                                    model_key_, federation_)
+                                             : StatusOr<wire::Update>(runner.status())};
+    std::lock_guard<std::mutex> lock(mu_);
+    results_.push_back(std::move(result));
+  }
+}
+
+}  // namespace flotilla::sim
