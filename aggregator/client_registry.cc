@@ -101,8 +101,8 @@ void ClientRegistry::AddStrike(const std::string& id, const std::string& why, Cl
   const double pause = std::min(policy_.max_seconds, policy_.seconds * std::ldexp(1.0, doublings));
   c.paused_until = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(pause));
   c.paused_until_unix_ms = now_ms + static_cast<int64_t>(pause * 1000);
-  LOG_WARN("aggregator", "client '" << c.name << "' " << why << " (" << c.strikes << " in a row): not sampled for "
-                                    << pause << " s");
+  LOG_WARN("aggregator", "client '" << c.name << "' " << why << " (" << c.strikes
+                                    << " in a row): not sampled for " << pause << " s");
 }
 
 bool ClientRegistry::Paused(const std::string& id, Clock::time_point now) const {
@@ -111,8 +111,8 @@ bool ClientRegistry::Paused(const std::string& id, Clock::time_point now) const 
 }
 
 size_t ClientRegistry::CountPaused(Clock::time_point now) const {
-  return static_cast<size_t>(
-      std::count_if(clients_.begin(), clients_.end(), [&](const auto& kv) { return now < kv.second.paused_until; }));
+  return static_cast<size_t>(std::count_if(clients_.begin(), clients_.end(),
+                                           [&](const auto& kv) { return now < kv.second.paused_until; }));
 }
 
 std::string ClientRegistry::FindByPeer(const std::string& peer) const {

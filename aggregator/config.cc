@@ -6,10 +6,14 @@ namespace flotilla::aggregator {
 
 const char* DpModeName(DpConfig::Mode mode) {
   switch (mode) {
-    case DpConfig::Mode::kNone: return "none";
-    case DpConfig::Mode::kClientCentral: return "dp-fedavg-central";
-    case DpConfig::Mode::kClientDistributed: return "dp-fedavg-distributed";
-    case DpConfig::Mode::kRecord: return "dp-sgd";
+    case DpConfig::Mode::kNone:
+      return "none";
+    case DpConfig::Mode::kClientCentral:
+      return "dp-fedavg-central";
+    case DpConfig::Mode::kClientDistributed:
+      return "dp-fedavg-distributed";
+    case DpConfig::Mode::kRecord:
+      return "dp-sgd";
   }
   return "unknown";
 }
@@ -29,7 +33,8 @@ Status DpConfig::Validate() const {
   }
   if (adaptive_clip) {
     if (!client_level()) return InvalidArgument("adaptive clipping applies to client-level DP only");
-    if (!(target_quantile > 0 && target_quantile < 1)) return InvalidArgument("target quantile must be in (0, 1)");
+    if (!(target_quantile > 0 && target_quantile < 1))
+      return InvalidArgument("target quantile must be in (0, 1)");
   }
   return Status::Ok();
 }
@@ -42,35 +47,41 @@ Status AggregatorConfig::Validate() const {
   if (!(round_deadline_seconds > 0)) return InvalidArgument("round deadline must be positive");
   if (epochs == 0) return InvalidArgument("epochs must be at least 1");
   if (batch_size == 0) return InvalidArgument("batch size must be at least 1");
-  if (!(learning_rate > 0) || !std::isfinite(learning_rate)) return InvalidArgument("learning rate must be positive");
+  if (!(learning_rate > 0) || !std::isfinite(learning_rate))
+    return InvalidArgument("learning rate must be positive");
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
   if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
   RETURN_IF_ERROR(dp.Validate());
   RETURN_IF_ERROR(secagg.Validate());
   RETURN_IF_ERROR(validation.Validate());
   RETURN_IF_ERROR(limits.Validate());
-  if (!(failed_round_backoff_seconds >= 0) || !(max_failed_round_backoff_seconds >= failed_round_backoff_seconds)) {
+  if (!(failed_round_backoff_seconds >= 0) ||
+      !(max_failed_round_backoff_seconds >= failed_round_backoff_seconds)) {
     return InvalidArgument("failed-round back-off must be >= 0 and not above its maximum");
   }
   if (pause_after_strikes < 0 || !(pause_seconds >= 0) || !(max_pause_seconds >= pause_seconds)) {
     return InvalidArgument("device pause settings must be >= 0, with the pause not above its maximum");
   }
   if (secagg.enabled && strategy.NeedsIndividualUpdates()) {
-    return InvalidArgument("the " + strategy.Name() +
-                           " strategy needs every device's update, but secure aggregation shows the aggregator "
-                           "only their sum; use --strategy fedavg with --secagg, or turn secure aggregation off");
+    return InvalidArgument(
+        "the " + strategy.Name() +
+        " strategy needs every device's update, but secure aggregation shows the aggregator "
+        "only their sum; use --strategy fedavg with --secagg, or turn secure aggregation off");
   }
   if (dp.client_level() && strategy.NeedsIndividualUpdates()) {
     return InvalidArgument("client-level DP calibrates its noise to the mean of clipped updates; the " +
-                           strategy.Name() + " strategy is not covered by its accounting (use --strategy fedavg)");
+                           strategy.Name() +
+                           " strategy is not covered by its accounting (use --strategy fedavg)");
   }
   if (secagg.enabled && dp.adaptive_clip) {
     return InvalidArgument(
         "adaptive clipping needs each device's clipped-or-not bit, which secure aggregation hides; "
         "drop --dp-adaptive-clip or --secagg");
   }
-  if (!signing_key) return InvalidArgument("a model-signing key is required (create one with flotilla keygen --signing)");
-  if (socket.security == net::TransportSecurity::kCurve && allowlist_path.empty() && allowed_clients.empty()) {
+  if (!signing_key)
+    return InvalidArgument("a model-signing key is required (create one with flotilla keygen --signing)");
+  if (socket.security == net::TransportSecurity::kCurve && allowlist_path.empty() &&
+      allowed_clients.empty()) {
     return InvalidArgument("CURVE is on but no client is allowed: pass an allowlist file");
   }
   return Status::Ok();

@@ -29,7 +29,7 @@ struct DpConfig {
   double noise_multiplier = 1.0;  // z (client level) or sigma (DP-SGD)
   double clip_norm = 1.0;         // C: client-level update clip, or DP-SGD per-example clip
   double delta = 1e-6;
-  double epsilon_budget = 0.0;    // rounds that would exceed it are refused; required when DP is on
+  double epsilon_budget = 0.0;  // rounds that would exceed it are refused; required when DP is on
   // Adaptive clipping (client level): track this quantile of update norms.
   bool adaptive_clip = false;
   double target_quantile = 0.5;
@@ -51,9 +51,9 @@ struct AggregatorConfig {
   std::string federation = "flotilla";
   std::string model_arch = "2nn";
   uint32_t rounds = 10;
-  int min_clients = 2;           // registered clients needed before a round starts
-  double fraction = 1.0;         // of registered clients sampled per round
-  int min_updates = 1;           // fewer by the deadline fails the round
+  int min_clients = 2;    // registered clients needed before a round starts
+  double fraction = 1.0;  // of registered clients sampled per round
+  int min_updates = 1;    // fewer by the deadline fails the round
   double round_deadline_seconds = 600.0;
   double server_learning_rate = 1.0;
   Strategy strategy;  // fedavg, median or trimmed mean

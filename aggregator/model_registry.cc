@@ -22,13 +22,14 @@ StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Recover(const RegistryOp
   const uint64_t latest = r->stored_.back();
   ASSIGN_OR_RETURN(records::ModelRecord record, store->GetModel(latest));
   if (record.arch() != options.arch) {
-    return FailedPrecondition("store " + options.store_path + " holds a '" + record.arch() + "' model, not '" +
-                              options.arch + "'; use another --store");
+    return FailedPrecondition("store " + options.store_path + " holds a '" + record.arch() +
+                              "' model, not '" + options.arch + "'; use another --store");
   }
   ASSIGN_OR_RETURN(Weights stored, proto::WeightsFromProto(record.weights(), r->global_.layout));
   const privacy::Digest digest = privacy::ModelDigest(stored);
   const auto& key = options.signing_key->public_key;
-  Status verified = privacy::VerifyModel(key, options.federation, latest, record.round(), digest, record.signature());
+  Status verified =
+      privacy::VerifyModel(key, options.federation, latest, record.round(), digest, record.signature());
   if (!verified.ok() && record.federation().empty() &&
       privacy::VerifyModelV1(key, latest, record.round(), digest, record.signature()).ok()) {
     RETURN_IF_ERROR(r->ResignLegacyModels());
@@ -36,8 +37,9 @@ StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Recover(const RegistryOp
     verified = Status::Ok();
   }
   if (!verified.ok() && !record.federation().empty() && record.federation() != options.federation) {
-    return FailedPrecondition("store " + options.store_path + " belongs to federation '" + record.federation() +
-                              "', not '" + options.federation + "'; use another --store or --federation");
+    return FailedPrecondition("store " + options.store_path + " belongs to federation '" +
+                              record.federation() + "', not '" + options.federation +
+                              "'; use another --store or --federation");
   }
   RETURN_IF_ERROR(verified.WithContext("stored model (was the store written with another signing key?)"));
   r->global_ = std::move(stored);
@@ -54,8 +56,9 @@ Status ModelRegistry::ResignLegacyModels() {
     ASSIGN_OR_RETURN(records::ModelRecord m, store_->GetModel(v));
     ASSIGN_OR_RETURN(Weights w, proto::WeightsFromProto(m.weights(), global_.layout));
     const privacy::Digest digest = privacy::ModelDigest(w);
-    RETURN_IF_ERROR(privacy::VerifyModelV1(options_.signing_key->public_key, v, m.round(), digest, m.signature())
-                        .WithContext("re-signing the store's models"));
+    RETURN_IF_ERROR(
+        privacy::VerifyModelV1(options_.signing_key->public_key, v, m.round(), digest, m.signature())
+            .WithContext("re-signing the store's models"));
     ASSIGN_OR_RETURN(std::string sig,
                      privacy::SignModel(*options_.signing_key, options_.federation, v, m.round(), digest));
     m.set_signature(sig);
@@ -77,8 +80,9 @@ StatusOr<records::ModelRecord> ModelRegistry::SignNext(const Weights& weights, u
   model.set_federation(options_.federation);
   proto::WeightsToProto(weights, model.mutable_weights());
   model.set_created_unix_ms(created_unix_ms);
-  ASSIGN_OR_RETURN(std::string signature, privacy::SignModel(*options_.signing_key, options_.federation,
-                                                             model.version(), round, privacy::ModelDigest(weights)));
+  ASSIGN_OR_RETURN(std::string signature,
+                   privacy::SignModel(*options_.signing_key, options_.federation, model.version(), round,
+                                      privacy::ModelDigest(weights)));
   model.set_signature(signature);
   return model;
 }
@@ -118,8 +122,9 @@ StatusOr<wire::PullReply> ModelRegistry::Pull(const wire::PullRequest& req) cons
   r.set_signature(model.signature());
   // Send only the tensors that differ from the device's copy, when we still
   // hold that version.
-  StatusOr<records::ModelRecord> base =
-      req.have_version() != 0 ? store_->GetModel(req.have_version()) : StatusOr<records::ModelRecord>(NotFound(""));
+  StatusOr<records::ModelRecord> base = req.have_version() != 0
+                                            ? store_->GetModel(req.have_version())
+                                            : StatusOr<records::ModelRecord>(NotFound(""));
   if (!base.ok()) {
     *r.mutable_weights() = std::move(*model.mutable_weights());
     return r;

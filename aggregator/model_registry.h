@@ -43,11 +43,12 @@ class ModelRegistry {
 
   const Weights& global() const { return global_; }
   uint64_t version() const { return version_; }
-  uint32_t round() const { return round_; }             // the round that produced version()
+  uint32_t round() const { return round_; }  // the round that produced version()
   const std::string& signature() const { return signature_; }
 
   // The signed record of the next version (`weights`, produced by `round`).
-  StatusOr<records::ModelRecord> SignNext(const Weights& weights, uint32_t round, int64_t created_unix_ms) const;
+  StatusOr<records::ModelRecord> SignNext(const Weights& weights, uint32_t round,
+                                          int64_t created_unix_ms) const;
   // Versions the retention policy drops once version `newest` exists.
   std::vector<uint64_t> Expired(uint64_t newest) const;
   // After the round's commit stored `record` (and deleted `expired`).

@@ -53,8 +53,8 @@ PeerLimits::Admission PeerLimits::Admit(const std::string& key, size_t bytes, Cl
     return a;
   }
   const bool messages_ok = Take(&p.messages, config_.messages_per_second, config_.message_burst, 1.0, now);
-  const bool bytes_ok =
-      messages_ok && Take(&p.bytes, config_.bytes_per_second, config_.byte_burst, static_cast<double>(bytes), now);
+  const bool bytes_ok = messages_ok && Take(&p.bytes, config_.bytes_per_second, config_.byte_burst,
+                                            static_cast<double>(bytes), now);
   if (messages_ok && bytes_ok) return a;
   ++refused_;
   a.admitted = false;
@@ -69,9 +69,11 @@ PeerLimits::Admission PeerLimits::Admit(const std::string& key, size_t bytes, Cl
 void PeerLimits::Prune(Clock::time_point now) {
   for (auto it = peers_.begin(); it != peers_.end();) {
     const Peer& p = it->second;
-    const double idle = std::chrono::duration<double>(now - std::max(p.messages.updated, p.bytes.updated)).count();
+    const double idle =
+        std::chrono::duration<double>(now - std::max(p.messages.updated, p.bytes.updated)).count();
     // Idle long enough for both buckets to be full again: nothing to remember.
-    const double refill_m = config_.messages_per_second > 0 ? config_.message_burst / config_.messages_per_second : 0;
+    const double refill_m =
+        config_.messages_per_second > 0 ? config_.message_burst / config_.messages_per_second : 0;
     const double refill_b = config_.bytes_per_second > 0 ? config_.byte_burst / config_.bytes_per_second : 0;
     if (now >= p.refused_until && idle > std::max(refill_m, refill_b)) {
       it = peers_.erase(it);

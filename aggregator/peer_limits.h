@@ -46,8 +46,8 @@ class PeerLimits {
 
   struct Admission {
     bool admitted = true;
-    std::string limit;         // which limit was exceeded ("messages", "bytes")
-    double retry_seconds = 0;  // when the device may try again
+    std::string limit;           // which limit was exceeded ("messages", "bytes")
+    double retry_seconds = 0;    // when the device may try again
     bool first_refusal = false;  // the first refusal of this refusal period
   };
   // Charges one inbound message of `bytes` to `key`.

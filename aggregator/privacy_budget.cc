@@ -10,8 +10,8 @@
 namespace flotilla::aggregator {
 namespace {
 
-records::LedgerEntry Entry(uint32_t round, const std::string& client_id, const DpConfig& dp, double q, double z,
-                          int64_t steps, double clip, double epsilon_after) {
+records::LedgerEntry Entry(uint32_t round, const std::string& client_id, const DpConfig& dp, double q,
+                           double z, int64_t steps, double clip, double epsilon_after) {
   records::LedgerEntry e;
   e.set_round(round);
   e.set_client_id(client_id);
@@ -35,8 +35,10 @@ StatusOr<PrivacyBudget> PrivacyBudget::Recover(const DpConfig& dp, uint32_t loca
   PrivacyBudget b(dp, local_epochs, expected_clients_per_round);
   if (!dp.enabled()) return b;
   for (const auto& e : ledger) {
-    privacy::RdpAccountant& acct = e.client_id().empty() ? b.accountant_ : b.device_accountants_[e.client_id()];
-    RETURN_IF_ERROR(acct.Compose(e.sampling_rate(), e.noise_multiplier(), e.steps()).WithContext("privacy ledger"));
+    privacy::RdpAccountant& acct =
+        e.client_id().empty() ? b.accountant_ : b.device_accountants_[e.client_id()];
+    RETURN_IF_ERROR(
+        acct.Compose(e.sampling_rate(), e.noise_multiplier(), e.steps()).WithContext("privacy ledger"));
     b.epsilon_ = std::max(b.epsilon_, e.epsilon_after());
   }
   for (const auto& r : rounds) {
@@ -52,13 +54,15 @@ StatusOr<PrivacyBudget> PrivacyBudget::Recover(const DpConfig& dp, uint32_t loca
                         .status()
                         .WithContext("adaptive clipping (lower --dp-noise, or sample more clients per round: "
                                      "the count noise defaults to clients-per-round / 20)"));
-    ASSIGN_OR_RETURN(privacy::AdaptiveClipper clipper,
-                     privacy::AdaptiveClipper::Create(b.clip_norm_, dp.target_quantile, dp.clip_learning_rate, sigma_b));
+    ASSIGN_OR_RETURN(
+        privacy::AdaptiveClipper clipper,
+        privacy::AdaptiveClipper::Create(b.clip_norm_, dp.target_quantile, dp.clip_learning_rate, sigma_b));
     b.clipper_ = std::move(clipper);
   }
   if (!ledger.empty()) {
-    LOG_INFO("aggregator", "privacy ledger: " << ledger.size() << " entries, epsilon " << b.epsilon_ << " of budget "
-                                              << dp.epsilon_budget << " (delta " << dp.delta << ")");
+    LOG_INFO("aggregator", "privacy ledger: " << ledger.size() << " entries, epsilon " << b.epsilon_
+                                              << " of budget " << dp.epsilon_budget << " (delta " << dp.delta
+                                              << ")");
   }
   return b;
 }
@@ -96,9 +100,8 @@ StatusOr<double> PrivacyBudget::EpsilonAfter(const privacy::RdpAccountant& accou
 StatusOr<std::vector<std::string>> PrivacyBudget::EligibleDevices(const std::vector<std::string>& ids) {
   std::vector<std::string> eligible;
   for (const auto& id : ids) {
-    ASSIGN_OR_RETURN(double eps,
-                     EpsilonAfter(device_accountants_[id], dp_.dpsgd_sampling_rate, dp_.noise_multiplier,
-                                  DpSgdStepsPerRound()));
+    ASSIGN_OR_RETURN(double eps, EpsilonAfter(device_accountants_[id], dp_.dpsgd_sampling_rate,
+                                              dp_.noise_multiplier, DpSgdStepsPerRound()));
     if (eps <= dp_.epsilon_budget) eligible.push_back(id);
   }
   if (eligible.empty()) {
@@ -114,15 +117,15 @@ StatusOr<bool> PrivacyBudget::AllowsRound(uint32_t round, double q) {
   if (eps <= dp_.epsilon_budget) return true;
   exhausted_ = true;
   LOG_WARN("aggregator", "privacy budget: round " << round << " would raise epsilon to " << eps
-                                                  << ", over the budget of " << dp_.epsilon_budget << " (delta "
-                                                  << dp_.delta << "); stopping at epsilon " << epsilon_);
+                                                  << ", over the budget of " << dp_.epsilon_budget
+                                                  << " (delta " << dp_.delta << "); stopping at epsilon "
+                                                  << epsilon_);
   return false;
 }
 
-StatusOr<std::vector<records::LedgerEntry>> PrivacyBudget::Account(uint32_t round, double q, size_t selected,
-                                                                   const std::set<std::string>& received,
-                                                                   const std::map<std::string, int64_t>& dp_steps,
-                                                                   records::RoundRecord* record) {
+StatusOr<std::vector<records::LedgerEntry>> PrivacyBudget::Account(
+    uint32_t round, double q, size_t selected, const std::set<std::string>& received,
+    const std::map<std::string, int64_t>& dp_steps, records::RoundRecord* record) {
   std::vector<records::LedgerEntry> ledger;
   if (dp_.client_level()) {
     // With adaptive clipping the updates carry noise z_delta > z and the
@@ -135,13 +138,14 @@ StatusOr<std::vector<records::LedgerEntry>> PrivacyBudget::Account(uint32_t roun
       // of m, the sum carries N(0, (r/m) (z_delta C)^2). Charge what was
       // really added (Andrew et al.'s composition with the count noise when
       // clipping is adaptive), not what was planned.
-      const double z_updates = EffectiveNoiseMultiplier() * std::sqrt(static_cast<double>(received.size()) / m);
+      const double z_updates =
+          EffectiveNoiseMultiplier() * std::sqrt(static_cast<double>(received.size()) / m);
       z = clipper_ ? 1.0 / std::sqrt(1.0 / (z_updates * z_updates) +
                                      1.0 / (4.0 * ClipCountStddev() * ClipCountStddev()))
                    : z_updates;
       LOG_WARN("aggregator", "round " << round << ": " << received.size() << " of " << selected
-                                      << " devices added their share of the noise; charging noise multiplier " << z
-                                      << " instead of " << dp_.noise_multiplier);
+                                      << " devices added their share of the noise; charging noise multiplier "
+                                      << z << " instead of " << dp_.noise_multiplier);
     }
     RETURN_IF_ERROR(accountant_.Compose(q, z, 1));
     ASSIGN_OR_RETURN(privacy::PrivacySpent spent, accountant_.GetPrivacySpent(dp_.delta));
@@ -150,9 +154,9 @@ StatusOr<std::vector<records::LedgerEntry>> PrivacyBudget::Account(uint32_t roun
     if (epsilon_ > dp_.epsilon_budget) {
       // Only possible when devices dropped out of a distributed-noise round.
       exhausted_ = true;
-      LOG_WARN("aggregator", "privacy budget: dropouts in round " << round << " raised epsilon to " << epsilon_
-                                                                  << ", past the budget of " << dp_.epsilon_budget
-                                                                  << "; no further rounds");
+      LOG_WARN("aggregator", "privacy budget: dropouts in round "
+                                 << round << " raised epsilon to " << epsilon_ << ", past the budget of "
+                                 << dp_.epsilon_budget << "; no further rounds");
     }
   } else if (dp_.mode == DpConfig::Mode::kRecord) {
     for (const auto& id : received) {
@@ -165,8 +169,8 @@ StatusOr<std::vector<records::LedgerEntry>> PrivacyBudget::Account(uint32_t roun
       RETURN_IF_ERROR(acct.Compose(dp_.dpsgd_sampling_rate, dp_.noise_multiplier, steps));
       ASSIGN_OR_RETURN(privacy::PrivacySpent spent, acct.GetPrivacySpent(dp_.delta));
       epsilon_ = std::max(epsilon_, spent.epsilon);
-      ledger.push_back(Entry(round, id, dp_, dp_.dpsgd_sampling_rate, dp_.noise_multiplier, steps, dp_.clip_norm,
-                             spent.epsilon));
+      ledger.push_back(Entry(round, id, dp_, dp_.dpsgd_sampling_rate, dp_.noise_multiplier, steps,
+                             dp_.clip_norm, spent.epsilon));
     }
   }
   record->set_epsilon(epsilon_);

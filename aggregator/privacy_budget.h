@@ -67,12 +67,13 @@ class PrivacyBudget {
       : dp_(dp), local_epochs_(local_epochs), expected_clients_(expected_clients), clip_norm_(dp.clip_norm) {}
   // sigma_b: the configured count noise, or clients per round / 20.
   double ClipCountStddev() const;
-  StatusOr<double> EpsilonAfter(const privacy::RdpAccountant& accountant, double q, double z, int64_t steps) const;
+  StatusOr<double> EpsilonAfter(const privacy::RdpAccountant& accountant, double q, double z,
+                                int64_t steps) const;
 
   DpConfig dp_;
   uint32_t local_epochs_;
   double expected_clients_;
-  privacy::RdpAccountant accountant_;                              // deployment (client-level DP)
+  privacy::RdpAccountant accountant_;                                 // deployment (client-level DP)
   std::map<std::string, privacy::RdpAccountant> device_accountants_;  // record-level DP
   std::optional<privacy::AdaptiveClipper> clipper_;
   double clip_norm_;

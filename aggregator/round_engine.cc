@@ -43,14 +43,16 @@ void RoundEngine::NoteRecorded(const std::string& client_id, int64_t num_example
   if (auto steps = metrics.find("dpsgd_steps"); steps != metrics.end()) {
     dp_steps_[client_id] = static_cast<int64_t>(std::min(steps->second, 1e12));
   }
-  if (auto bit = metrics.find("below_clip"); bit != metrics.end()) below_clip_[client_id] = bit->second >= 0.5 ? 1 : 0;
+  if (auto bit = metrics.find("below_clip"); bit != metrics.end())
+    below_clip_[client_id] = bit->second >= 0.5 ? 1 : 0;
   auto loss = metrics.find("train_loss");
   train_loss_[client_id] = {num_examples, loss != metrics.end() ? loss->second : 0.0};
 }
 
 bool RoundEngine::AwaitsTask(const std::string& client_id) const {
   return active_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
-         !received_.count(client_id) && !declined_.count(client_id) && !(secure_ && secure_->Advertised(client_id));
+         !received_.count(client_id) && !declined_.count(client_id) &&
+         !(secure_ && secure_->Advertised(client_id));
 }
 
 StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const std::string& client_id,
@@ -72,15 +74,16 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
       if (past.ok() && past->has_value()) {
         const auto& got = past->value().received();
         if (std::find(got.begin(), got.end(), client_id) != got.end()) {
-          return refuse(wire::ERROR_DUPLICATE, "duplicate",
-                        "the update for round " + std::to_string(update.round()) + " was recorded before it closed",
-                        false);
+          return refuse(
+              wire::ERROR_DUPLICATE, "duplicate",
+              "the update for round " + std::to_string(update.round()) + " was recorded before it closed",
+              false);
         }
       }
     }
     return refuse(wire::ERROR_WRONG_ROUND, "wrong_round",
-                  "round " + std::to_string(update.round()) + " is not open (current " + std::to_string(round_) +
-                      (active_ ? ", open)" : ", closed)"));
+                  "round " + std::to_string(update.round()) + " is not open (current " +
+                      std::to_string(round_) + (active_ ? ", open)" : ", closed)"));
   }
   if (!std::binary_search(selected_.begin(), selected_.end(), client_id)) {
     return refuse(wire::ERROR_WRONG_ROUND, "not_selected",
@@ -96,8 +99,8 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
   }
   if (update.model_version() != registry_->version()) {
     return refuse(wire::ERROR_WRONG_ROUND, "wrong_model",
-                  "update is against model version " + std::to_string(update.model_version()) + ", current is " +
-                      std::to_string(registry_->version()));
+                  "update is against model version " + std::to_string(update.model_version()) +
+                      ", current is " + std::to_string(registry_->version()));
   }
   // Content: layout, finite values, norm, example count. A refused update
   // never reaches the store or the merge, and the device is out of the round.
@@ -119,7 +122,8 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
   record.set_received_unix_ms(NowUnixMs());
   // Durable before acknowledged.
   if (Status st = store_->PutUpdate(record); !st.ok()) {
-    if (st.code() == StatusCode::kAlreadyExists) return refuse(wire::ERROR_DUPLICATE, "duplicate", st.message());
+    if (st.code() == StatusCode::kAlreadyExists)
+      return refuse(wire::ERROR_DUPLICATE, "duplicate", st.message());
     LOG_ERROR("aggregator", "could not store update: " << st.ToString());
     // A full disk or a passing I/O error is not fatal: the device keeps its
     // update and retries; everyone else is still served.
@@ -140,7 +144,8 @@ void RoundEngine::Decline(const std::string& client_id, uint32_t round, const st
     return;
   }
   declined_.insert(client_id);
-  LOG_WARN("aggregator", "client '" << (*clients_)[client_id].name << "' declined round " << round << ": " << reason);
+  LOG_WARN("aggregator",
+           "client '" << (*clients_)[client_id].name << "' declined round " << round << ": " << reason);
   clients_->AddStrike(client_id, "declined round " + std::to_string(round), now, NowUnixMs());
 }
 
@@ -193,7 +198,8 @@ StatusOr<bool> RoundEngine::MaybeStart(Clock::time_point now,
   }
   if (static_cast<int>(ids.size()) < config_.min_clients) return false;
   // Devices paused after repeated declines or refused updates sit out.
-  ids.erase(std::remove_if(ids.begin(), ids.end(), [&](const std::string& id) { return clients_->Paused(id, now); }),
+  ids.erase(std::remove_if(ids.begin(), ids.end(),
+                           [&](const std::string& id) { return clients_->Paused(id, now); }),
             ids.end());
   if (ids.empty()) return false;
   const DpConfig& dp = config_.dp;
@@ -328,8 +334,9 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
     if (received_.count(id)) record.add_update_norms(static_cast<float>(norm));
   }
   record.set_base_model_version(registry_->version());
-  record.set_started_unix_ms(NowUnixMs() - static_cast<int64_t>(
-                                               1000 * std::chrono::duration<double>(Clock::now() - started_).count()));
+  record.set_started_unix_ms(
+      NowUnixMs() -
+      static_cast<int64_t>(1000 * std::chrono::duration<double>(Clock::now() - started_).count()));
   record.set_sampling_rate(sampling_rate_);
   if (secure_) {
     record.set_secure_aggregation(true);
@@ -350,9 +357,9 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
   std::vector<records::LedgerEntry> ledger;  // committed with the round
   if (failure.empty()) {
     StatusOr<Weights> merged = secure_ ? MergeSecureSum() : MergeStoredUpdates();
-    StatusOr<Weights> applied = merged.ok() ? StatusOr<Weights>(FinalizeMerge(std::move(merged).value(), &record,
-                                                                              &summary, &ledger))
-                                            : StatusOr<Weights>(merged.status());
+    StatusOr<Weights> applied =
+        merged.ok() ? StatusOr<Weights>(FinalizeMerge(std::move(merged).value(), &record, &summary, &ledger))
+                    : StatusOr<Weights>(merged.status());
     if (applied.ok()) {
       next = std::move(applied).value();
     } else if (applied.status().code() == StatusCode::kUnavailable) {
@@ -368,12 +375,13 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
   return CommitCompleted(std::move(*next), std::move(record), std::move(summary), std::move(ledger));
 }
 
-Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecord record, RoundSummary summary) {
+Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecord record,
+                                 RoundSummary summary) {
   record.set_outcome(records::RoundRecord::OUTCOME_FAILED);
   record.set_note(failure);
   const double wait = backoff_.Failed(Clock::now());
-  LOG_WARN("aggregator", "round " << round_ << " failed (" << backoff_.failed_in_a_row() << " in a row): " << failure
-                                  << "; next round in " << wait << " s");
+  LOG_WARN("aggregator", "round " << round_ << " failed (" << backoff_.failed_in_a_row()
+                                  << " in a row): " << failure << "; next round in " << wait << " s");
   summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
   record.set_seconds(summary.seconds);
   RoundCommit commit;
@@ -398,7 +406,9 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
   }
   summary.total_examples = examples;
   // Under secure aggregation no per-device loss reaches the aggregator.
-  summary.mean_train_loss = examples > 0 ? loss_sum / static_cast<double>(examples) : summary.secure ? NAN : 0.0;
+  summary.mean_train_loss = examples > 0     ? loss_sum / static_cast<double>(examples)
+                            : summary.secure ? NAN
+                                             : 0.0;
 
   ASSIGN_OR_RETURN(records::ModelRecord model, registry_->SignNext(next, round_, NowUnixMs()));
   (*model.mutable_metrics())["train_loss"] = summary.mean_train_loss;

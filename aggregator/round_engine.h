@@ -102,7 +102,8 @@ class RoundEngine {
   StatusOr<std::optional<Refusal>> RecordUpdate(const std::string& client_id, const wire::Update& update,
                                                 Clock::time_point now);
   // A device declines `round`: it is out of the round, with a strike.
-  void Decline(const std::string& client_id, uint32_t round, const std::string& reason, Clock::time_point now);
+  void Decline(const std::string& client_id, uint32_t round, const std::string& reason,
+               Clock::time_point now);
   // True when `client_id` is selected for the running round and still owes
   // its update (and, under secure aggregation, has not advertised yet).
   bool AwaitsTask(const std::string& client_id) const;
@@ -125,11 +126,13 @@ class RoundEngine {
   const SecureRound* secure() const { return secure_.get(); }
 
  private:
-  RoundEngine(const AggregatorConfig& config, Store* store, ClientRegistry* clients, EvalFn eval, RoundFn on_round);
+  RoundEngine(const AggregatorConfig& config, Store* store, ClientRegistry* clients, EvalFn eval,
+              RoundFn on_round);
 
   // round_recovery.cc
   Status RecoverFromStore(Weights initial);
-  Status QuarantineCorrupt(const std::vector<std::string>& bad_clients, const std::vector<std::string>& bad_rounds);
+  Status QuarantineCorrupt(const std::vector<std::string>& bad_clients,
+                           const std::vector<std::string>& bad_rounds);
   // Records a running round that cannot resume as failed; true if it did.
   StatusOr<bool> FailUnresumable(const records::RoundRecord& running);
   Status ResumeRound(const records::RoundRecord& running);

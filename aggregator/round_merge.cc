@@ -76,7 +76,8 @@ StatusOr<Weights> RoundEngine::MergeSecureSum() {
 // server learning rate; then the result is checked before anything signs
 // it. InvalidArgument (the round fails) when it is not finite.
 StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundRecord* record,
-                                             RoundSummary* summary, std::vector<records::LedgerEntry>* ledger) {
+                                             RoundSummary* summary,
+                                             std::vector<records::LedgerEntry>* ledger) {
   const DpConfig& dp = config_.dp;
   for (float v : mean_delta.data) {
     if (!std::isfinite(v)) return InvalidArgument("the mean update is not finite");
@@ -98,7 +99,8 @@ StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundR
     summary->clip_norm = budget_->clip_norm();
     ASSIGN_OR_RETURN(next, ApplyDelta(global(), mean_delta, config_.server_learning_rate));
   }
-  ASSIGN_OR_RETURN(*ledger, budget_->Account(round_, sampling_rate_, selected_.size(), received_, dp_steps_, record));
+  ASSIGN_OR_RETURN(*ledger,
+                   budget_->Account(round_, sampling_rate_, selected_.size(), received_, dp_steps_, record));
   int64_t below = 0;
   for (const auto& kv : below_clip_) below += kv.second;
   RETURN_IF_ERROR(budget_->UpdateClip(below, static_cast<int64_t>(received_.size())));

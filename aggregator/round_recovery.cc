@@ -9,8 +9,8 @@
 namespace flotilla::aggregator {
 
 StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Recover(const AggregatorConfig& config, Store* store,
-                                                            ClientRegistry* clients, Weights initial, EvalFn eval,
-                                                            RoundFn on_round) {
+                                                            ClientRegistry* clients, Weights initial,
+                                                            EvalFn eval, RoundFn on_round) {
   std::unique_ptr<RoundEngine> engine(
       new RoundEngine(config, store, clients, std::move(eval), std::move(on_round)));
   RETURN_IF_ERROR(engine->RecoverFromStore(std::move(initial)));
@@ -59,7 +59,8 @@ Status RoundEngine::RecoverFromStore(Weights initial) {
   }
   RETURN_IF_ERROR(RecoverLedger(rounds));
   LOG_INFO("aggregator", "recovered model version " << registry_->version() << " after " << rounds_done_
-                                                    << " completed rounds; " << clients_->size() << " known clients");
+                                                    << " completed rounds; " << clients_->size()
+                                                    << " known clients");
   return Status::Ok();
 }
 
@@ -74,8 +75,8 @@ StatusOr<bool> RoundEngine::FailUnresumable(const records::RoundRecord& running)
   if (running.secure_aggregation()) {
     why = "interrupted by an aggregator restart during secure aggregation; not resumed";
   } else if (running.base_model_version() != registry_->version()) {
-    why = "was running on model " + std::to_string(running.base_model_version()) + " but the latest model is " +
-          std::to_string(registry_->version()) + "; not resumed";
+    why = "was running on model " + std::to_string(running.base_model_version()) +
+          " but the latest model is " + std::to_string(registry_->version()) + "; not resumed";
   }
   if (why.empty()) return false;
   RoundCommit failed;
@@ -83,7 +84,8 @@ StatusOr<bool> RoundEngine::FailUnresumable(const records::RoundRecord& running)
   failed.round.set_outcome(records::RoundRecord::OUTCOME_FAILED);
   failed.round.set_note(why);
   RETURN_IF_ERROR(store_->CommitRound(failed));
-  LOG_WARN("aggregator", "round " << round_ << " " << why << "; recorded as failed, the next round starts fresh");
+  LOG_WARN("aggregator",
+           "round " << round_ << " " << why << "; recorded as failed, the next round starts fresh");
   return true;
 }
 
@@ -96,8 +98,8 @@ Status RoundEngine::ResumeRound(const records::RoundRecord& running) {
   const auto now = Clock::now();
   const double elapsed = std::max(0.0, (NowUnixMs() - running.started_unix_ms()) / 1000.0);
   started_ = now - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(elapsed));
-  const auto deadline_length =
-      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(config_.round_deadline_seconds));
+  const auto deadline_length = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(config_.round_deadline_seconds));
   const auto original_deadline = started_ + deadline_length;
   if (original_deadline > now) {
     deadline_ = original_deadline;
@@ -106,19 +108,21 @@ Status RoundEngine::ResumeRound(const records::RoundRecord& running) {
   } else {
     deadline_ = now + deadline_length;
   }
-  LOG_INFO("aggregator", "resuming round " << round_ << " with " << received_.size() << "/" << selected_.size()
-                                           << " updates already recorded");
+  LOG_INFO("aggregator", "resuming round " << round_ << " with " << received_.size() << "/"
+                                           << selected_.size() << " updates already recorded");
   return Status::Ok();
 }
 
 Status RoundEngine::QuarantineCorrupt(const std::vector<std::string>& bad_clients,
                                       const std::vector<std::string>& bad_rounds) {
   for (const auto& id : bad_clients) {
-    RETURN_IF_ERROR(store_->QuarantineClient(id, "client record does not parse or is stored under another id"));
+    RETURN_IF_ERROR(
+        store_->QuarantineClient(id, "client record does not parse or is stored under another id"));
     LOG_ERROR("aggregator", "quarantined a corrupt client record (see flotilla registry quarantine)");
   }
   for (const auto& key : bad_rounds) {
-    RETURN_IF_ERROR(store_->QuarantineRound(key, "round record does not parse or is stored under another round"));
+    RETURN_IF_ERROR(
+        store_->QuarantineRound(key, "round record does not parse or is stored under another round"));
     LOG_ERROR("aggregator", "quarantined a corrupt round record (see flotilla registry quarantine)");
   }
   return Status::Ok();
@@ -134,7 +138,8 @@ Status RoundEngine::RecoverUpdates() {
       round_,
       [&](const records::UpdateRecord& u) -> Status {
         if (!std::binary_search(selected_.begin(), selected_.end(), u.client_id())) {
-          refused.emplace_back(u.client_id(), "the client was not selected for round " + std::to_string(round_));
+          refused.emplace_back(u.client_id(),
+                               "the client was not selected for round " + std::to_string(round_));
           return Status::Ok();
         }
         const UpdateVerdict verdict = ValidateUpdate(u.delta(), u.num_examples(), ExpectationNow());
@@ -161,8 +166,9 @@ Status RoundEngine::RecoverLedger(const std::vector<records::RoundRecord>& round
   if (config_.dp.enabled()) {
     ASSIGN_OR_RETURN(ledger, store_->ListLedger());
   }
-  ASSIGN_OR_RETURN(PrivacyBudget budget, PrivacyBudget::Recover(config_.dp, config_.epochs,
-                                                                config_.fraction * config_.min_clients, ledger, rounds));
+  ASSIGN_OR_RETURN(PrivacyBudget budget,
+                   PrivacyBudget::Recover(config_.dp, config_.epochs, config_.fraction * config_.min_clients,
+                                          ledger, rounds));
   budget_.emplace(std::move(budget));
   return Status::Ok();
 }

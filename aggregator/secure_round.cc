@@ -49,7 +49,8 @@ Status SecureAggregationConfig::Validate() const {
   return Status::Ok();
 }
 
-SecureRound::SecureRound(privacy::SecAggServer server, Options options, privacy::QuantizationConfig quantization)
+SecureRound::SecureRound(privacy::SecAggServer server, Options options,
+                         privacy::QuantizationConfig quantization)
     : server_(std::move(server)),
       params_(server_.params()),
       quantization_(quantization),
@@ -59,7 +60,8 @@ SecureRound::SecureRound(privacy::SecAggServer server, Options options, privacy:
   stage_deadline_ = options_.advertise_deadline;
 }
 
-StatusOr<std::unique_ptr<SecureRound>> SecureRound::Start(const SecureAggregationConfig& config, Options options) {
+StatusOr<std::unique_ptr<SecureRound>> SecureRound::Start(const SecureAggregationConfig& config,
+                                                          Options options) {
   const auto n = static_cast<uint32_t>(options.clients.size());
   if (n < 2) {
     return InvalidArgument("secure aggregation needs at least 2 clients per round, this round has " + Str(n) +
@@ -73,7 +75,8 @@ StatusOr<std::unique_ptr<SecureRound>> SecureRound::Start(const SecureAggregatio
   p.vector_length = options.vector_length;
   p.round = options.round;
   if (config.graph == privacy::SecAggGraph::kHarary) {
-    p.degree = config.degree != 0 ? std::min(config.degree, (n - 1) / 2 * 2) : privacy::RecommendedHararyDegree(n);
+    p.degree =
+        config.degree != 0 ? std::min(config.degree, (n - 1) / 2 * 2) : privacy::RecommendedHararyDegree(n);
     p.graph_seed = options.graph_seed;
     if (p.degree < 2 || p.degree >= n - 1) {
       // Too few clients for a sparse graph: the complete graph is the same thing.
@@ -97,11 +100,13 @@ StatusOr<std::unique_ptr<SecureRound>> SecureRound::Start(const SecureAggregatio
     // Stochastic rounding moves each coordinate by less than one level, so
     // it can grow the L2 norm by up to sqrt(length) / scale: noise is scaled
     // up by that factor so the sensitivity the accountant assumes still holds.
-    const double inflation = 1.0 + std::sqrt(static_cast<double>(options.vector_length)) / (q.scale * q.clip_norm);
+    const double inflation =
+        1.0 + std::sqrt(static_cast<double>(options.vector_length)) / (q.scale * q.clip_norm);
     if (inflation > 1.01) {
-      return InvalidArgument("quantization at " + Str(config.bit_width) + " bits is too coarse for " + Str(n) +
-                             " clients with DP noise (rounding would add " +
-                             std::to_string(100 * (inflation - 1)) + "% to the sensitivity); use more --secagg-bits");
+      return InvalidArgument("quantization at " + Str(config.bit_width) + " bits is too coarse for " +
+                             Str(n) + " clients with DP noise (rounding would add " +
+                             std::to_string(100 * (inflation - 1)) +
+                             "% to the sensitivity); use more --secagg-bits");
     }
     noise *= inflation;
   }
@@ -134,12 +139,18 @@ bool SecureRound::Advertised(const std::string& client) const {
 
 const char* SecureRound::stage_name() const {
   switch (stage_) {
-    case Stage::kAdvertise: return "advertise-keys";
-    case Stage::kShareKeys: return "share-keys";
-    case Stage::kMaskedInput: return "masked-input";
-    case Stage::kUnmask: return "unmasking";
-    case Stage::kDone: return "done";
-    case Stage::kAborted: return "aborted";
+    case Stage::kAdvertise:
+      return "advertise-keys";
+    case Stage::kShareKeys:
+      return "share-keys";
+    case Stage::kMaskedInput:
+      return "masked-input";
+    case Stage::kUnmask:
+      return "unmasking";
+    case Stage::kDone:
+      return "done";
+    case Stage::kAborted:
+      return "aborted";
   }
   return "unknown";
 }
@@ -152,9 +163,8 @@ uint32_t SecureRound::remaining() const {
 }
 
 wire::Envelope SecureRound::AbortError() const {
-  return proto::MakeError(wire::ERROR_WRONG_ROUND,
-                          "secure aggregation for round " + Str(options_.round) + " aborted: " +
-                              std::string(abort_status_.message()));
+  return proto::MakeError(wire::ERROR_WRONG_ROUND, "secure aggregation for round " + Str(options_.round) +
+                                                       " aborted: " + std::string(abort_status_.message()));
 }
 
 wire::Envelope SecureRound::NextMessage(uint32_t index, uint32_t stage) const {
@@ -176,18 +186,20 @@ std::optional<wire::Envelope> SecureRound::Handle(const std::string& client, uin
                                                   const wire::SecAggMessage& message) {
   auto it = index_.find(client);
   if (it == index_.end()) {
-    return proto::MakeError(wire::ERROR_WRONG_ROUND, "client is not in the secure aggregation of round " +
-                                                         Str(options_.round));
+    return proto::MakeError(wire::ERROR_WRONG_ROUND,
+                            "client is not in the secure aggregation of round " + Str(options_.round));
   }
   const uint32_t index = it->second;
   if (stage_ == Stage::kAborted) return AbortError();
   const uint32_t s = message.stage();
-  if (s > 3) return proto::MakeError(wire::ERROR_MALFORMED, "secure aggregation stage " + Str(s) + " does not exist");
+  if (s > 3)
+    return proto::MakeError(wire::ERROR_MALFORMED, "secure aggregation stage " + Str(s) + " does not exist");
   const int current = static_cast<int>(stage_);  // kDone = 4
   const bool accepted_before = reached_[index] >= static_cast<int>(s);
   if (static_cast<int>(s) > current) {
-    return proto::MakeError(wire::ERROR_UNEXPECTED, "secure aggregation is at stage " + std::string(stage_name()) +
-                                                        ", not stage " + Str(s) + " yet");
+    return proto::MakeError(
+        wire::ERROR_UNEXPECTED,
+        "secure aggregation is at stage " + std::string(stage_name()) + ", not stage " + Str(s) + " yet");
   }
   if (static_cast<int>(s) < current) {
     // That stage has closed: answer from its outcome.
@@ -198,7 +210,8 @@ std::optional<wire::Envelope> SecureRound::Handle(const std::string& client, uin
   // The open stage.
   if (message.payload().empty()) {
     if (!accepted_before) {
-      return proto::MakeError(wire::ERROR_NOT_FOUND, "no stage " + Str(s) + " message from this client; send it");
+      return proto::MakeError(wire::ERROR_NOT_FOUND,
+                              "no stage " + Str(s) + " message from this client; send it");
     }
   } else if (!accepted_before) {
     const std::string& bytes = message.payload();
@@ -208,11 +221,11 @@ std::optional<wire::Envelope> SecureRound::Handle(const std::string& client, uin
                 : s == 2 ? HandleAs(bytes, index, &server_, &SecAggServer::HandleMaskedInput)
                          : HandleAs(bytes, index, &server_, &SecAggServer::HandleUnmask);
     if (!st.ok() && st.code() != StatusCode::kAlreadyExists) {
-      LOG_WARN("aggregator", "secure aggregation round " << options_.round << ": refused stage " << s << " from '"
-                                                          << client << "': " << st.message());
-      return proto::MakeError(st.code() == StatusCode::kPermissionDenied ? wire::ERROR_PERMISSION_DENIED
-                                                                          : wire::ERROR_BAD_UPDATE,
-                              std::string(st.message()));
+      LOG_WARN("aggregator", "secure aggregation round " << options_.round << ": refused stage " << s
+                                                         << " from '" << client << "': " << st.message());
+      return proto::MakeError(
+          st.code() == StatusCode::kPermissionDenied ? wire::ERROR_PERMISSION_DENIED : wire::ERROR_BAD_UPDATE,
+          std::string(st.message()));
     }
     reached_[index] = static_cast<int>(s);
   }
@@ -230,23 +243,32 @@ void SecureRound::Abort(const Status& why) {
 
 Status SecureRound::CloseStage() {
   switch (stage_) {
-    case Stage::kAdvertise: RETURN_IF_ERROR(server_.EndAdvertiseKeys()); break;
-    case Stage::kShareKeys: RETURN_IF_ERROR(server_.EndShareKeys()); break;
-    case Stage::kMaskedInput: RETURN_IF_ERROR(server_.EndMaskedInput()); break;
+    case Stage::kAdvertise:
+      RETURN_IF_ERROR(server_.EndAdvertiseKeys());
+      break;
+    case Stage::kShareKeys:
+      RETURN_IF_ERROR(server_.EndShareKeys());
+      break;
+    case Stage::kMaskedInput:
+      RETURN_IF_ERROR(server_.EndMaskedInput());
+      break;
     case Stage::kUnmask: {
       ASSIGN_OR_RETURN(std::vector<uint32_t> sum, server_.Finish());
       const std::vector<uint32_t> survivors = server_.Survivors();
-      ASSIGN_OR_RETURN(sum_, privacy::Dequantize(sum, static_cast<uint32_t>(survivors.size()), quantization_));
+      ASSIGN_OR_RETURN(sum_,
+                       privacy::Dequantize(sum, static_cast<uint32_t>(survivors.size()), quantization_));
       for (uint32_t i : survivors) survivors_.push_back(options_.clients[i]);
       break;
     }
-    default: return Status::Ok();
+    default:
+      return Status::Ok();
   }
   stage_ = static_cast<Stage>(static_cast<int>(stage_) + 1);
   return Status::Ok();
 }
 
-std::vector<SecureRound::Reply> SecureRound::Advance(Clock::time_point now, const std::set<std::string>& declined) {
+std::vector<SecureRound::Reply> SecureRound::Advance(Clock::time_point now,
+                                                     const std::set<std::string>& declined) {
   std::vector<Reply> replies;
   while (stage_ != Stage::kDone && stage_ != Stage::kAborted) {
     const int s = static_cast<int>(stage_);
@@ -263,12 +285,13 @@ std::vector<SecureRound::Reply> SecureRound::Advance(Clock::time_point now, cons
       break;
     }
     LOG_DEBUG("aggregator", "secure aggregation round " << options_.round << ": stage " << s << " closed, "
-                                                         << remaining() << " clients remain");
+                                                        << remaining() << " clients remain");
     stage_deadline_ = now + stage_timeout_;
     // Answer the held stage-s requests.
     for (auto it = held_.begin(); it != held_.end();) {
       if (reached_[it->first] == static_cast<int>(closing)) {
-        replies.push_back(Reply{options_.clients[it->first], it->second.request_id, NextMessage(it->first, s)});
+        replies.push_back(
+            Reply{options_.clients[it->first], it->second.request_id, NextMessage(it->first, s)});
         it = held_.erase(it);
       } else {
         ++it;
@@ -276,7 +299,8 @@ std::vector<SecureRound::Reply> SecureRound::Advance(Clock::time_point now, cons
     }
   }
   if (stage_ == Stage::kAborted) {
-    for (const auto& [index, held] : held_) replies.push_back(Reply{options_.clients[index], held.request_id, AbortError()});
+    for (const auto& [index, held] : held_)
+      replies.push_back(Reply{options_.clients[index], held.request_id, AbortError()});
     held_.clear();
   }
   return replies;

@@ -28,8 +28,8 @@ namespace flotilla::aggregator {
 struct SecureAggregationConfig {
   bool enabled = false;
   privacy::SecAggGraph graph = privacy::SecAggGraph::kHarary;  // SecAgg+ by default
-  uint32_t degree = 0;     // Harary graph degree; 0 = RecommendedHararyDegree(n)
-  uint32_t threshold = 0;  // t; 0 = RecommendedThreshold(degree)
+  uint32_t degree = 0;      // Harary graph degree; 0 = RecommendedHararyDegree(n)
+  uint32_t threshold = 0;   // t; 0 = RecommendedThreshold(degree)
   uint32_t bit_width = 32;  // k: inputs and the sum live in Z_{2^k}
   // C for quantization when client-level DP is off (with DP, the DP clip
   // norm is used): updates are clipped to this L2 norm.
@@ -51,7 +51,7 @@ class SecureRound {
   };
   struct Options {
     uint32_t round = 0;
-    std::vector<std::string> clients;                    // sorted; index = position
+    std::vector<std::string> clients;                       // sorted; index = position
     std::vector<std::vector<unsigned char>> identity_keys;  // Ed25519, aligned with clients
     std::vector<std::string> identity_certs;                // enrolment certificates (or empty), aligned
     uint32_t vector_length = 0;

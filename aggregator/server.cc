@@ -26,7 +26,8 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     // The aggregator never sees an individual update, so it cannot clip
     // them; each device clips and adds its share of the noise instead. The
     // accounting is the same.
-    LOG_INFO("aggregator", "secure aggregation: central DP noise is replaced by distributed noise from the devices");
+    LOG_INFO("aggregator",
+             "secure aggregation: central DP noise is replaced by distributed noise from the devices");
     config.dp.mode = DpConfig::Mode::kClientDistributed;
   }
   RETURN_IF_ERROR(initial.Validate().WithContext("initial model"));
@@ -44,7 +45,8 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     // The handler must run before the socket binds (see net/zap.h).
     ASSIGN_OR_RETURN(zap, net::ZapHandler::Start(context, config.socket.zap_domain, std::move(allowed)));
   } else {
-    LOG_WARN("aggregator", "INSECURE MODE: no encryption and no client allowlist. Use only for local debugging.");
+    LOG_WARN("aggregator",
+             "INSECURE MODE: no encryption and no client allowlist. Use only for local debugging.");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<net::ServerSocket> socket,
                    net::ServerSocket::Bind(context, config.endpoint, config.socket));
@@ -55,8 +57,9 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     std::error_code ec;
     agg->allowlist_mtime_ = std::filesystem::last_write_time(config.allowlist_path, ec);
   }
-  ASSIGN_OR_RETURN(agg->engine_, RoundEngine::Recover(config, agg->store_.get(), &agg->clients_, std::move(initial),
-                                                      std::move(eval), std::move(on_round)));
+  ASSIGN_OR_RETURN(agg->engine_,
+                   RoundEngine::Recover(config, agg->store_.get(), &agg->clients_, std::move(initial),
+                                        std::move(eval), std::move(on_round)));
   return agg;
 }
 
@@ -67,7 +70,8 @@ Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> st
       store_(std::move(store)),
       zap_(std::move(zap)),
       socket_(std::move(socket)),
-      clients_(ClientRegistry::PausePolicy{config.pause_after_strikes, config.pause_seconds, config.max_pause_seconds}),
+      clients_(ClientRegistry::PausePolicy{config.pause_after_strikes, config.pause_seconds,
+                                           config.max_pause_seconds}),
       limits_(config.limits.Resolved(model_bytes)) {}
 
 Aggregator::~Aggregator() {
@@ -87,7 +91,8 @@ void Aggregator::MaybeReloadAllowlist() {
   if (!ec) allowlist_mtime_ = mtime;
   StatusOr<std::set<std::string>> allowed = net::ReadAllowlist(config_.allowlist_path);
   if (!allowed.ok()) {
-    LOG_ERROR("aggregator", "allowlist not reloaded, keeping the previous one: " << allowed.status().message());
+    LOG_ERROR("aggregator",
+              "allowlist not reloaded, keeping the previous one: " << allowed.status().message());
     return;
   }
   allowed->insert(config_.allowed_clients.begin(), config_.allowed_clients.end());
@@ -126,8 +131,8 @@ Status Aggregator::Run() {
       }
     }
   }
-  LOG_INFO("aggregator", "stopped after " << engine_->rounds_done() << " rounds; final model version "
-                                          << model_version());
+  LOG_INFO("aggregator",
+           "stopped after " << engine_->rounds_done() << " rounds; final model version " << model_version());
   return Status::Ok();
 }
 
@@ -174,7 +179,8 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
   const PeerLimits::Admission admission = limits_.Admit(tag, in.payload.size(), now);
   if (!admission.admitted) {
     ++rejected_messages_;
-    const uint64_t id = proto::DescribeParseFailure(in.payload.data(), in.payload.size(), Status::Ok()).request_id;
+    const uint64_t id =
+        proto::DescribeParseFailure(in.payload.data(), in.payload.size(), Status::Ok()).request_id;
     const std::string why = admission.limit == "refused"
                                 ? "this device is over its message limits; refused for a while"
                                 : "this device sent more " + admission.limit + " than its limit";
@@ -199,7 +205,8 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
   if (zap_ && !zap_->IsAllowed(in.user_id)) {
     ++rejected_messages_;
     LogRejection(tag, "revoked", "a message from a key no longer on the allowlist");
-    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_PERMISSION_DENIED, "this client key is no longer allowed");
+    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_PERMISSION_DENIED,
+               "this client key is no longer allowed");
     return Status::Ok();
   }
   switch (env.body_case()) {
@@ -234,7 +241,8 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
       return Status::Ok();
     default:
       ++rejected_messages_;
-      LogRejection(tag, "unexpected", std::string(proto::BodyName(env)) + " is not a client-to-aggregator message");
+      LogRejection(tag, "unexpected",
+                   std::string(proto::BodyName(env)) + " is not a client-to-aggregator message");
       ReplyError(in.peer, tag, env.request_id(), wire::ERROR_UNEXPECTED,
                  std::string(proto::BodyName(env)) + " is not a client-to-aggregator message");
       return Status::Ok();
@@ -262,11 +270,12 @@ void Aggregator::LogRejection(const std::string& who, const std::string& reason,
   uint64_t suppressed = 0;
   const std::string name = clients_.count(who) ? clients_.at(who).name : std::string();
   if (!log_limiter_.Allow(who + '\0' + reason, Clock::now(), &suppressed)) return;
-  LOG_WARN("aggregator", "rejected from " << (name.empty() ? "peer" : "'" + name + "'") << " (" << who.substr(0, 12)
-                                          << "), " << reason << ": " << message
-                                          << (suppressed > 0 ? " (and " + std::to_string(suppressed) +
-                                                                   " more of this kind since the last such line)"
-                                                             : std::string()));
+  LOG_WARN("aggregator", "rejected from "
+                             << (name.empty() ? "peer" : "'" + name + "'") << " (" << who.substr(0, 12)
+                             << "), " << reason << ": " << message
+                             << (suppressed > 0 ? " (and " + std::to_string(suppressed) +
+                                                      " more of this kind since the last such line)"
+                                                : std::string()));
 }
 
 Status Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& env) {
@@ -295,8 +304,8 @@ Status Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& en
   clients_.MarkWritten({record});
   if (is_new) {
     LOG_INFO("aggregator", "client '" << hello.client_name() << "'"
-                                      << (zap_ ? " (key " + client_id + ")" : std::string())
-                                      << " joined (" << clients_.size() << "/" << config_.min_clients << ")");
+                                      << (zap_ ? " (key " + client_id + ")" : std::string()) << " joined ("
+                                      << clients_.size() << "/" << config_.min_clients << ")");
   }
   wire::Envelope reply;
   reply.mutable_welcome()->set_federation(config_.federation);
@@ -319,8 +328,8 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
   r->set_rounds_total(config_.rounds);
   r->set_model_version(model_version());
   r->set_known_clients(static_cast<uint32_t>(clients_.size()));
-  r->set_connected_clients(static_cast<uint32_t>(
-      std::count_if(clients_.begin(), clients_.end(), [](const auto& kv) { return !kv.second.peer.empty(); })));
+  r->set_connected_clients(static_cast<uint32_t>(std::count_if(
+      clients_.begin(), clients_.end(), [](const auto& kv) { return !kv.second.peer.empty(); })));
   r->set_updates_received(static_cast<uint32_t>(engine.received_count()));
   r->set_updates_expected(engine.active() ? static_cast<uint32_t>(engine.selected_count()) : 0);
   r->set_store_bytes(store_->ApproximateSize());
@@ -341,7 +350,8 @@ void Aggregator::HandlePull(const net::Incoming& in, const wire::Envelope& env) 
   const std::string& tag = in.user_id.empty() ? in.peer : in.user_id;
   // The same pull again before the device read the first answer is not
   // answered in full a second time.
-  const std::string dedupe = "pull:" + std::to_string(req.version()) + ":" + std::to_string(req.have_version());
+  const std::string dedupe =
+      "pull:" + std::to_string(req.version()) + ":" + std::to_string(req.have_version());
   // Checked before the model is read and the reply built, so a device that
   // does not read costs neither memory nor work.
   const uint64_t version = req.version() == 0 ? model_version() : req.version();
@@ -388,7 +398,8 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
   state.parked_request.reset();
   const std::string dedupe = "task:" + std::to_string(engine_->round());
   const size_t model_bytes = global_model().data.size() * sizeof(float);
-  if (model_bytes >= (size_t{64} << 10) && Withhold(state.peer, client_id, request_id, model_bytes, dedupe, "TrainTask")) {
+  if (model_bytes >= (size_t{64} << 10) &&
+      Withhold(state.peer, client_id, request_id, model_bytes, dedupe, "TrainTask")) {
     return;
   }
   // A device that repeats its request before reading the task gets it once.
@@ -397,7 +408,8 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
 
 void Aggregator::AnswerParked(bool keepalive_only) {
   const auto now = Clock::now();
-  if (engine_->secure() && keepalive_only) SendSecureReplies(engine_->secure()->Keepalive(now, kParkKeepalive));
+  if (engine_->secure() && keepalive_only)
+    SendSecureReplies(engine_->secure()->Keepalive(now, kParkKeepalive));
   for (auto& [id, state] : clients_) {
     if (!state.parked_request) continue;
     const uint64_t request_id = *state.parked_request;
@@ -412,7 +424,8 @@ void Aggregator::AnswerParked(bool keepalive_only) {
       state.parked_request.reset();
       wire::Envelope env;
       env.mutable_wait()->set_retry_ms(0);
-      env.mutable_wait()->set_reason(engine_->active() ? "not selected for this round" : "waiting for clients");
+      env.mutable_wait()->set_reason(engine_->active() ? "not selected for this round"
+                                                       : "waiting for clients");
       ReplyToClient(id, request_id, std::move(env));
     }
   }
@@ -420,7 +433,8 @@ void Aggregator::AnswerParked(bool keepalive_only) {
 
 Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelope& env) {
   const wire::Update& update = env.update();
-  ASSIGN_OR_RETURN(std::optional<RoundEngine::Refusal> refused, engine_->RecordUpdate(client_id, update, Clock::now()));
+  ASSIGN_OR_RETURN(std::optional<RoundEngine::Refusal> refused,
+                   engine_->RecordUpdate(client_id, update, Clock::now()));
   if (!refused) {
     wire::Envelope ack;
     ack.mutable_ack()->set_round(update.round());
@@ -461,8 +475,8 @@ void Aggregator::ReplyToClient(const std::string& client_id, uint64_t request_id
   Reply(clients_[client_id].peer, client_id, request_id, std::move(env), dedupe);
 }
 
-void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t request_id, wire::Envelope env,
-                       const std::string& dedupe) {
+void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t request_id,
+                       wire::Envelope env, const std::string& dedupe) {
   // Replies below this size are never withheld (they are bounded by the
   // socket's per-peer message queue instead).
   constexpr size_t kLargeReply = size_t{64} << 10;
@@ -471,7 +485,8 @@ void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t
   if (bytes.size() >= kLargeReply) {
     if (Withhold(peer, tag, request_id, bytes.size(), dedupe, proto::BodyName(env))) return;
     if (!dedupe.empty()) {
-      if (last_large_request_.size() > 4096) last_large_request_.clear();  // a bound; only repeats are affected
+      if (last_large_request_.size() > 4096)
+        last_large_request_.clear();  // a bound; only repeats are affected
       last_large_request_[tag] = dedupe;
     }
   }
@@ -479,7 +494,8 @@ void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t
   if (Status st = socket_->Send(peer, std::move(bytes), tag); !st.ok()) {
     LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " not delivered: " << st.message());
   } else {
-    LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " #" << request_id << " sent (" << size << " bytes)");
+    LOG_DEBUG("aggregator",
+              "reply " << proto::BodyName(env) << " #" << request_id << " sent (" << size << " bytes)");
   }
 }
 
@@ -491,7 +507,8 @@ bool Aggregator::Withhold(const std::string& peer, const std::string& tag, uint6
   if (!dedupe.empty() && queued > 0 && last != last_large_request_.end() && last->second == dedupe) {
     why = "the answer to this same request is still queued for this device; read it first";
   } else if (static_cast<uint64_t>(queued) + bytes > limits_.config().max_queued_bytes) {
-    why = std::to_string(queued) + " bytes are queued for this device and not yet read; read them, then retry";
+    why =
+        std::to_string(queued) + " bytes are queued for this device and not yet read; read them, then retry";
   }
   if (why.empty()) return false;
   ++withheld_replies_;

@@ -13,8 +13,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <filesystem>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -84,8 +84,9 @@ class Aggregator {
  private:
   using Clock = std::chrono::steady_clock;
 
-  Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store, std::unique_ptr<net::ZapHandler> zap,
-             std::unique_ptr<net::ServerSocket> socket, uint64_t model_bytes);
+  Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> store,
+             std::unique_ptr<net::ZapHandler> zap, std::unique_ptr<net::ServerSocket> socket,
+             uint64_t model_bytes);
   void MaybeReloadAllowlist();
 
   Status HandleMessage(const net::Incoming& in);

@@ -1,6 +1,5 @@
 #include "aggregator/store.h"
 
-
 #include "core/clock.h"
 #include "core/log.h"
 
@@ -99,15 +98,16 @@ Status Store::BuildModelIndexIfMissing() {
     batch.Put(kModelIndex, std::string(key), IndexValue(m));
     return Status::Ok();
   }));
-  LOG_INFO("aggregator", "indexed " << batch.ops().size() << " stored model versions (once, for stores written "
+  LOG_INFO("aggregator", "indexed " << batch.ops().size()
+                                    << " stored model versions (once, for stores written "
                                     << "before the model index)");
   return kv_->Write(batch, "building the model index");
 }
 
 Status Store::PutUpdate(const records::UpdateRecord& update) {
   if (HasUpdate(update.round(), update.client_id())) {
-    return AlreadyExists("update for round " + std::to_string(update.round()) + " from " + update.client_id() +
-                         " already recorded");
+    return AlreadyExists("update for round " + std::to_string(update.round()) + " from " +
+                         update.client_id() + " already recorded");
   }
   storage::WriteBatch batch;
   batch.Put(kUpdates, UpdateKey(update.round(), update.client_id()), update.SerializeAsString());
@@ -125,8 +125,10 @@ Status Store::ForEachUpdate(uint32_t round, const std::function<Status(const rec
     records::UpdateRecord record;
     const std::string key_client(key.substr(prefix.size()));
     // A record that does not parse, or contradicts its key, is corrupt.
-    if (!ParseRecord(value, &record, "update").ok() || record.round() != round || record.client_id() != key_client) {
-      if (corrupt == nullptr) return DataLoss("corrupt update record in store for round " + std::to_string(round));
+    if (!ParseRecord(value, &record, "update").ok() || record.round() != round ||
+        record.client_id() != key_client) {
+      if (corrupt == nullptr)
+        return DataLoss("corrupt update record in store for round " + std::to_string(round));
       corrupt->push_back(key_client);
       return Status::Ok();
     }
@@ -213,18 +215,20 @@ StatusOr<records::ModelRecord> Store::GetModel(uint64_t version) const {
 
 StatusOr<std::vector<records::ModelRecord>> Store::ListModelSummaries() const {
   if (!no_index_) return List<records::ModelRecord>(kModelIndex, "model index", nullptr);
-  ASSIGN_OR_RETURN(std::vector<records::ModelRecord> models, List<records::ModelRecord>(kModels, "model", nullptr));
+  ASSIGN_OR_RETURN(std::vector<records::ModelRecord> models,
+                   List<records::ModelRecord>(kModels, "model", nullptr));
   for (auto& m : models) m.clear_weights();
   return models;
 }
 
 StatusOr<std::vector<uint64_t>> Store::ListModelVersions() const {
   std::vector<uint64_t> versions;
-  RETURN_IF_ERROR(kv_->Scan(no_index_ ? kModels : kModelIndex, "", [&](std::string_view key, std::string_view) -> Status {
-    if (key.size() != 8) return DataLoss("bad model key in store " + path());
-    versions.push_back(ReadBigEndian(key, 8));
-    return Status::Ok();
-  }));
+  RETURN_IF_ERROR(
+      kv_->Scan(no_index_ ? kModels : kModelIndex, "", [&](std::string_view key, std::string_view) -> Status {
+        if (key.size() != 8) return DataLoss("bad model key in store " + path());
+        versions.push_back(ReadBigEndian(key, 8));
+        return Status::Ok();
+      }));
   return versions;
 }
 
@@ -261,7 +265,8 @@ StatusOr<std::optional<records::ClientRecord>> Store::GetClient(const std::strin
 
 Status Store::Quarantine(const std::string& family, const std::string& key, const std::string& reason) {
   StatusOr<std::string> value = kv_->Get(family, key);
-  if (value.status().code() == StatusCode::kNotFound) return NotFound(family + " record to quarantine is gone");
+  if (value.status().code() == StatusCode::kNotFound)
+    return NotFound(family + " record to quarantine is gone");
   RETURN_IF_ERROR(value.status());
   records::QuarantineRecord q;
   q.set_family(family);

@@ -27,10 +27,10 @@ namespace flotilla::aggregator {
 // What one round commits, atomically.
 struct RoundCommit {
   records::RoundRecord round;
-  const records::ModelRecord* model = nullptr;    // the new version, if the round produced one
-  std::vector<uint64_t> expire;                   // model versions to delete (retention)
-  std::vector<records::ClientRecord> clients;     // device records whose counters changed
-  std::vector<records::LedgerEntry> ledger;       // the privacy cost of this round
+  const records::ModelRecord* model = nullptr;  // the new version, if the round produced one
+  std::vector<uint64_t> expire;                 // model versions to delete (retention)
+  std::vector<records::ClientRecord> clients;   // device records whose counters changed
+  std::vector<records::LedgerEntry> ledger;     // the privacy cost of this round
 };
 
 class Store {

@@ -31,9 +31,12 @@ StatusOr<Weights> WeightedMean::Mean() const {
 
 std::string Strategy::Name() const {
   switch (kind) {
-    case Kind::kFedAvg: return "fedavg";
-    case Kind::kMedian: return "median";
-    case Kind::kTrimmedMean: return "trimmed-mean:" + std::to_string(trim_fraction);
+    case Kind::kFedAvg:
+      return "fedavg";
+    case Kind::kMedian:
+      return "median";
+    case Kind::kTrimmedMean:
+      return "trimmed-mean:" + std::to_string(trim_fraction);
   }
   return "unknown";
 }
@@ -51,7 +54,8 @@ StatusOr<Strategy> ParseStrategy(const std::string& text) {
     char* end = nullptr;
     const double b = std::strtod(number.c_str(), &end);
     if (number.empty() || end != number.c_str() + number.size() || !(b >= 0.0 && b < 0.5)) {
-      return InvalidArgument("trimmed-mean needs a fraction in [0, 0.5), e.g. trimmed-mean:0.1; got '" + number + "'");
+      return InvalidArgument("trimmed-mean needs a fraction in [0, 0.5), e.g. trimmed-mean:0.1; got '" +
+                             number + "'");
     }
     s.kind = Strategy::Kind::kTrimmedMean;
     s.trim_fraction = b;

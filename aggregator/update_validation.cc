@@ -43,9 +43,14 @@ double Median(std::vector<double> values) {
 std::string NormBound::Describe() const {
   std::ostringstream os;
   switch (mode) {
-    case Mode::kOff: return "off";
-    case Mode::kAbsolute: os << "absolute:" << absolute; break;
-    case Mode::kMedian: os << "median:" << median_multiple; break;
+    case Mode::kOff:
+      return "off";
+    case Mode::kAbsolute:
+      os << "absolute:" << absolute;
+      break;
+    case Mode::kMedian:
+      os << "median:" << median_multiple;
+      break;
   }
   return os.str();
 }
@@ -58,13 +63,15 @@ StatusOr<NormBound> ParseNormBound(const std::string& text) {
     return b;
   }
   if (ParseSuffix(text, "absolute:", &v)) {
-    if (!(v > 0) || !std::isfinite(v)) return InvalidArgument("absolute norm bound must be positive, got '" + text + "'");
+    if (!(v > 0) || !std::isfinite(v))
+      return InvalidArgument("absolute norm bound must be positive, got '" + text + "'");
     b.mode = NormBound::Mode::kAbsolute;
     b.absolute = v;
     return b;
   }
   if (ParseSuffix(text, "median:", &v)) {
-    if (!(v >= 1) || !std::isfinite(v)) return InvalidArgument("median norm multiple must be at least 1, got '" + text + "'");
+    if (!(v >= 1) || !std::isfinite(v))
+      return InvalidArgument("median norm multiple must be at least 1, got '" + text + "'");
     b.mode = NormBound::Mode::kMedian;
     b.median_multiple = v;
     return b;
@@ -74,8 +81,10 @@ StatusOr<NormBound> ParseNormBound(const std::string& text) {
 
 std::string ExampleWeighting::Describe() const {
   switch (mode) {
-    case Mode::kClaimed: return "claimed";
-    case Mode::kUniform: return "uniform";
+    case Mode::kClaimed:
+      return "claimed";
+    case Mode::kUniform:
+      return "uniform";
     case Mode::kCapped: {
       std::ostringstream os;
       os << "capped:" << cap_multiple;
@@ -93,7 +102,8 @@ StatusOr<ExampleWeighting> ParseExampleWeighting(const std::string& text) {
   } else if (text == "uniform") {
     w.mode = ExampleWeighting::Mode::kUniform;
   } else if (ParseSuffix(text, "capped:", &v)) {
-    if (!(v >= 1) || !std::isfinite(v)) return InvalidArgument("example cap multiple must be at least 1, got '" + text + "'");
+    if (!(v >= 1) || !std::isfinite(v))
+      return InvalidArgument("example cap multiple must be at least 1, got '" + text + "'");
     w.mode = ExampleWeighting::Mode::kCapped;
     w.cap_multiple = v;
   } else {
@@ -111,7 +121,8 @@ Status ValidationConfig::Validate() const {
     if (!(norm.median_multiple >= 1)) return InvalidArgument("the median norm multiple must be at least 1");
     if (!(norm.model_multiple > 0)) return InvalidArgument("the model norm multiple must be positive");
     if (norm.min_history < 1 || norm.window < norm.min_history) {
-      return InvalidArgument("the norm history window must be at least its minimum history (and that at least 1)");
+      return InvalidArgument(
+          "the norm history window must be at least its minimum history (and that at least 1)");
     }
   }
   if (weighting.mode == ExampleWeighting::Mode::kCapped && !(weighting.cap_multiple >= 1)) {
@@ -137,7 +148,8 @@ UpdateVerdict ValidateUpdate(const wire::WeightsProto& delta, int64_t num_exampl
   }
   StatusOr<Weights> decoded = proto::WeightsFromProto(delta, expect.layout);
   if (!decoded.ok()) {
-    const bool sized = delta.data().size() == static_cast<size_t>(expect.layout->total_numel()) * sizeof(float);
+    const bool sized =
+        delta.data().size() == static_cast<size_t>(expect.layout->total_numel()) * sizeof(float);
     v.reason = sized && AnyNonFinite(delta.data()) ? "non_finite" : "layout";
     v.message = std::string(decoded.status().message());
     return v;
@@ -163,9 +175,12 @@ void NormHistory::Add(double norm) {
 
 double NormHistory::Bound(const NormBound& bound, double global_norm) const {
   switch (bound.mode) {
-    case NormBound::Mode::kOff: return 0.0;
-    case NormBound::Mode::kAbsolute: return bound.absolute;
-    case NormBound::Mode::kMedian: break;
+    case NormBound::Mode::kOff:
+      return 0.0;
+    case NormBound::Mode::kAbsolute:
+      return bound.absolute;
+    case NormBound::Mode::kMedian:
+      break;
   }
   double b = 0.0;
   if (norms_.size() >= static_cast<size_t>(bound.min_history)) {

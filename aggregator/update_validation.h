@@ -96,7 +96,8 @@ struct UpdateVerdict {
   bool accepted() const { return reason.empty(); }
 };
 
-UpdateVerdict ValidateUpdate(const wire::WeightsProto& delta, int64_t num_examples, const UpdateExpectation& expect);
+UpdateVerdict ValidateUpdate(const wire::WeightsProto& delta, int64_t num_examples,
+                             const UpdateExpectation& expect);
 
 // L2 norm accumulated in double: no overflow for any finite float input.
 double L2Norm(const std::vector<float>& values);

@@ -22,10 +22,10 @@
 #include "client/pull.h"
 #include "core/log.h"
 #include "core/rng.h"
-#include "testing/subprocess.h"
 #include "privacy/keys.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
+#include "testing/subprocess.h"
 #include "training/model.h"
 
 using namespace flotilla;
@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
   fs::remove_all(dir);
   fs::create_directories(dir / "keys");
 
-  auto signing = std::make_shared<const privacy::SigningKeyPair>(std::move(privacy::GenerateSigningKeyPair()).value());
+  auto signing =
+      std::make_shared<const privacy::SigningKeyPair>(std::move(privacy::GenerateSigningKeyPair()).value());
   auto server = std::move(privacy::GenerateCurveKeyPair()).value();
   auto device = std::move(privacy::GenerateCurveKeyPair()).value();
   auto runner = std::move(training::ModelRunner::Create(arch, 1)).value();
@@ -123,10 +124,13 @@ int main(int argc, char** argv) {
     }
     agg->RequestStop();
     loop.join();
-    std::printf("acknowledged-update latency, %s update (%.2f MB), %zu updates, CURVE + synced RocksDB write:\n",
-                arch.c_str(), initial.data.size() * 4 / 1e6, ack_ms.size());
-    std::printf("  update->ack    p50 %.2f ms  p99 %.2f ms\n", Percentile(ack_ms, 0.5), Percentile(ack_ms, 0.99));
-    std::printf("  status (base)  p50 %.2f ms  p99 %.2f ms\n", Percentile(status_ms, 0.5), Percentile(status_ms, 0.99));
+    std::printf(
+        "acknowledged-update latency, %s update (%.2f MB), %zu updates, CURVE + synced RocksDB write:\n",
+        arch.c_str(), initial.data.size() * 4 / 1e6, ack_ms.size());
+    std::printf("  update->ack    p50 %.2f ms  p99 %.2f ms\n", Percentile(ack_ms, 0.5),
+                Percentile(ack_ms, 0.99));
+    std::printf("  status (base)  p50 %.2f ms  p99 %.2f ms\n", Percentile(status_ms, 0.5),
+                Percentile(status_ms, 0.99));
     std::printf("  ratio p50 %.1fx\n", Percentile(ack_ms, 0.5) / Percentile(status_ms, 0.5));
   }
 
@@ -168,10 +172,15 @@ int main(int argc, char** argv) {
     const int port = 17000 + (::getpid() % 2000);
     const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(port);
     auto args = [&](const fs::path& store) {
-      return std::vector<std::string>{FLOTILLA_BIN, "aggregator", "--endpoint", endpoint, "--store", store.string(),
-                                      "--curve-key", keys + "/aggregator.curve.key", "--signing-key",
-                                      keys + "/aggregator.sign.key", "--allowlist", keys + "/allowlist", "--arch",
-                                      arch, "--rounds", std::to_string(versions + 10), "--min-clients", "5",
+      return std::vector<std::string>{FLOTILLA_BIN,    "aggregator",
+                                      "--endpoint",    endpoint,
+                                      "--store",       store.string(),
+                                      "--curve-key",   keys + "/aggregator.curve.key",
+                                      "--signing-key", keys + "/aggregator.sign.key",
+                                      "--allowlist",   keys + "/allowlist",
+                                      "--arch",        arch,
+                                      "--rounds",      std::to_string(versions + 10),
+                                      "--min-clients", "5",
                                       "--no-eval"};
     };
     client::SessionConfig sc;

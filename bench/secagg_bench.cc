@@ -60,7 +60,9 @@ class Stopwatch {
   double total_ = 0;
 };
 
-double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 void ChaChaThroughput(uint32_t length) {
   std::vector<uint32_t> buffer(length), acc(length, 0);
@@ -90,15 +92,16 @@ void ChaChaThroughput(uint32_t length) {
   (void)sink;
   std::printf("PRG, %u words (%.1f KB) per seed, best of 3 x %d seeds:\n", length, bytes / 1e3, reps);
   std::printf("  raw crypto_stream_chacha20     %6.2f GB/s\n", best_raw);
-  std::printf("  mask expansion (expand + add)  %6.2f GB/s   ratio %.0f%%\n\n", best_mask, 100 * best_mask / best_raw);
+  std::printf("  mask expansion (expand + add)  %6.2f GB/s   ratio %.0f%%\n\n", best_mask,
+              100 * best_mask / best_raw);
 }
 
 struct RoundResult {
   Status status;
   uint32_t full_clients = 0;  // clients that ran every stage
   double client_create = 0, client_share = 0, client_mask = 0, client_unmask = 0;  // seconds, per full client
-  double server_relay = 0, server_finish = 0;  // seconds
-  double sent = 0, received = 0;               // bytes per full client
+  double server_relay = 0, server_finish = 0;                                      // seconds
+  double sent = 0, received = 0;                                                   // bytes per full client
   bool exact = false;
 };
 
@@ -111,7 +114,8 @@ RoundResult RunRound(const SecAggParams& params, uint32_t dropout_percent, uint6
   std::vector<uint32_t> order(n);
   for (uint32_t i = 0; i < n; ++i) order[i] = i;
   rng.Shuffle(&order);
-  const std::set<uint32_t> dropped(order.begin(), order.begin() + (static_cast<uint64_t>(n) * dropout_percent + 50) / 100);
+  const std::set<uint32_t> dropped(order.begin(),
+                                   order.begin() + (static_cast<uint64_t>(n) * dropout_percent + 50) / 100);
 
   Stopwatch create, share, mask, unmask, relay, finish;
   std::vector<double> sent(n, 0), received(n, 0);
@@ -270,8 +274,9 @@ Status RunGraph(const BenchOptions& opt, SecAggGraph graph, uint32_t clients) {
   std::printf("%s: n = %u, degree %u, threshold %u, %u words of %u bits\n",
               graph == SecAggGraph::kComplete ? "SecAgg, complete graph" : "SecAgg+, Harary graph", clients,
               p.EffectiveDegree(), p.threshold, opt.length, opt.bits);
-  std::printf("  %-8s %8s | %9s %9s %9s %9s %9s | %9s %9s | %10s %10s | %s\n", "dropout", "clients", "create", "sharekey",
-              "mask", "unmask", "total", "srv relay", "srv finish", "sent/plain", "recv/plain", "exact");
+  std::printf("  %-8s %8s | %9s %9s %9s %9s %9s | %9s %9s | %10s %10s | %s\n", "dropout", "clients", "create",
+              "sharekey", "mask", "unmask", "total", "srv relay", "srv finish", "sent/plain", "recv/plain",
+              "exact");
   const double plain = 4.0 * opt.length;
   for (uint32_t drop : opt.dropouts) {
     const auto t0 = Clock::now();
@@ -281,10 +286,12 @@ Status RunGraph(const BenchOptions& opt, SecAggGraph graph, uint32_t clients) {
       continue;
     }
     const double total = r.client_create + r.client_share + r.client_mask + r.client_unmask;
-    std::printf("  %6u%% %8u | %7.1fms %7.1fms %7.1fms %7.1fms %7.1fms | %8.2fs %8.2fs | %10.3f %10.3f | %s   (%.0fs)\n",
-                drop, r.full_clients, 1e3 * r.client_create, 1e3 * r.client_share, 1e3 * r.client_mask,
-                1e3 * r.client_unmask, 1e3 * total, r.server_relay, r.server_finish, r.sent / plain,
-                r.received / plain, r.exact ? "yes" : "NO", Seconds(t0, Clock::now()));
+    std::printf(
+        "  %6u%% %8u | %7.1fms %7.1fms %7.1fms %7.1fms %7.1fms | %8.2fs %8.2fs | %10.3f %10.3f | %s   "
+        "(%.0fs)\n",
+        drop, r.full_clients, 1e3 * r.client_create, 1e3 * r.client_share, 1e3 * r.client_mask,
+        1e3 * r.client_unmask, 1e3 * total, r.server_relay, r.server_finish, r.sent / plain,
+        r.received / plain, r.exact ? "yes" : "NO", Seconds(t0, Clock::now()));
     std::fflush(stdout);
     if (!r.exact) return Internal("secure sum differs from the plaintext sum");
   }
@@ -295,9 +302,12 @@ Status RunGraph(const BenchOptions& opt, SecAggGraph graph, uint32_t clients) {
 Status RunBench(const BenchOptions& opt) {
   RETURN_IF_ERROR(EnsureSodium());
   ChaChaThroughput(opt.length);
-  std::printf("Client times are per client (create = key generation and signing, mask = decrypting shares and\n"
-              "masking); server times are totals for the round. Dropped clients leave after ShareKeys.\n\n");
-  if (opt.complete) RETURN_IF_ERROR(RunGraph(opt, SecAggGraph::kComplete, opt.complete_clients ? opt.complete_clients : opt.clients));
+  std::printf(
+      "Client times are per client (create = key generation and signing, mask = decrypting shares and\n"
+      "masking); server times are totals for the round. Dropped clients leave after ShareKeys.\n\n");
+  if (opt.complete)
+    RETURN_IF_ERROR(
+        RunGraph(opt, SecAggGraph::kComplete, opt.complete_clients ? opt.complete_clients : opt.clients));
   if (opt.harary) RETURN_IF_ERROR(RunGraph(opt, SecAggGraph::kHarary, opt.clients));
   return Status::Ok();
 }

@@ -1,13 +1,12 @@
 // flotilla aggregator: serve a federation on a TCP endpoint.
 #include <CLI/CLI.hpp>
-
-#include "cli/commands.h"
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 
-#include "cli/flags.h"
 #include "aggregator/server.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "privacy/keys.h"
@@ -39,22 +38,29 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
   std::string signing_key_path = "keys/aggregator.sign.key";
   bool insecure = false;
   config.allowlist_path = "keys/allowlist";
-  CLI::App app{"Flotilla aggregator: runs synchronous FedAvg rounds for the clients that connect, stores every "
-               "model version and round in RocksDB, and evaluates each new model on the Fashion-MNIST test set."};
+  CLI::App app{
+      "Flotilla aggregator: runs synchronous FedAvg rounds for the clients that connect, stores every "
+      "model version and round in RocksDB, and evaluates each new model on the Fashion-MNIST test set."};
   bool print_config = false;
   flotilla::cli::PrepareApp(&app, &print_config);
   app.add_option("--endpoint", config.endpoint, "ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:7400")
       ->capture_default_str();
-  app.add_option("--store", config.store_path, "RocksDB directory for models, rounds and updates")->capture_default_str();
-  app.add_option("--federation", config.federation, "Federation id: sent to devices and covered by every model signature (devices pass the same --federation)")->capture_default_str();
+  app.add_option("--store", config.store_path, "RocksDB directory for models, rounds and updates")
+      ->capture_default_str();
+  app.add_option("--federation", config.federation,
+                 "Federation id: sent to devices and covered by every model signature (devices pass the same "
+                 "--federation)")
+      ->capture_default_str();
   app.add_option("--min-clients", config.min_clients, "Clients that must join before the first round")
       ->capture_default_str();
   app.add_option("--data-dir", data_dir, "Fashion-MNIST directory for evaluation")->capture_default_str();
-  app.add_option("--test-limit", test_limit, "Evaluate on the first N test examples (0 = all)")->capture_default_str();
+  app.add_option("--test-limit", test_limit, "Evaluate on the first N test examples (0 = all)")
+      ->capture_default_str();
   app.add_flag("--no-eval", no_eval, "Do not evaluate models on the test set");
   std::string deadline_policy = "extend";
-  app.add_option("--deadline-policy", deadline_policy,
-                 "A round whose deadline passed while the aggregator was down: extend (fresh deadline) or close")
+  app.add_option(
+         "--deadline-policy", deadline_policy,
+         "A round whose deadline passed while the aggregator was down: extend (fresh deadline) or close")
       ->capture_default_str()
       ->check(CLI::IsMember({"extend", "close"}));
   app.add_option("--finish-grace", config.finish_grace_seconds,
@@ -71,7 +77,8 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
   app.add_option("--allowlist", config.allowlist_path,
                  "Allowed client public keys, one per line; reloaded when it changes or on SIGHUP")
       ->capture_default_str();
-  app.add_option("--signing-key", signing_key_path, "Ed25519 model-signing secret key (flotilla keygen --signing)")
+  app.add_option("--signing-key", signing_key_path,
+                 "Ed25519 model-signing secret key (flotilla keygen --signing)")
       ->capture_default_str();
   app.add_flag("--insecure", insecure,
                "DEBUGGING ONLY: no encryption and no allowlist (models are still signed)");
@@ -105,7 +112,8 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
   }
   config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing).value());
   if (insecure) {
-    std::fprintf(stderr, "WARNING: --insecure: traffic is NOT encrypted and ANY client may join. Debugging only.\n");
+    std::fprintf(stderr,
+                 "WARNING: --insecure: traffic is NOT encrypted and ANY client may join. Debugging only.\n");
     config.socket.security = net::TransportSecurity::kNone;
     config.allowlist_path.clear();
   } else {
@@ -126,7 +134,8 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
   if (!no_eval) {
     auto loaded = training::LoadFashionMnist(data_dir, training::Split::kTest, test_limit);
     if (!loaded.ok()) {
-      std::fprintf(stderr, "flotilla aggregator: %s (or pass --no-eval)\n", loaded.status().ToString().c_str());
+      std::fprintf(stderr, "flotilla aggregator: %s (or pass --no-eval)\n",
+                   loaded.status().ToString().c_str());
       return 1;
     }
     test = std::make_shared<const training::Dataset>(std::move(loaded).value());

@@ -1,7 +1,7 @@
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <iostream>
+#include <map>
 
 #include "cli/commands.h"
 #include "cli/config_file.h"

@@ -4,16 +4,15 @@
 //   pull    fetches a model version (verified) for local inference
 //   status  prints the aggregator's health and progress
 #include <CLI/CLI.hpp>
-
-#include "cli/commands.h"
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 
+#include "cli/commands.h"
 #include "client/pull.h"
-#include "core/raw_weights.h"
 #include "client/runner.h"
 #include "core/log.h"
+#include "core/raw_weights.h"
 #include "core/rng.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
@@ -45,26 +44,35 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
   flotilla::cli::PrepareApp(&app, &print_config);
   app.require_subcommand(1);
   app.add_option("--connect", config.endpoint, "Aggregator endpoint")->capture_default_str();
-  app.add_option("--name", config.name, "Device name; also names its key file and state directory")->required();
-  app.add_option("--federation", config.federation,
-                 "The federation this device is enrolled in; the aggregator and every model's signature must match")
+  app.add_option("--name", config.name, "Device name; also names its key file and state directory")
+      ->required();
+  app.add_option(
+         "--federation", config.federation,
+         "The federation this device is enrolled in; the aggregator and every model's signature must match")
       ->capture_default_str();
-  app.add_option("--curve-key", curve_key_path, "This device's CURVE secret key file (default keys/NAME.curve.key)");
-  app.add_option("--server-key", server_key_path, "The aggregator's CURVE public key file")->capture_default_str();
-  app.add_option("--model-key", model_key_path, "The aggregator's model-signing public key file")->capture_default_str();
-  app.add_option("--secagg-cert", cert_path,
-                 "The enrolment authority's certificate for this device (default keys/NAME.secagg.cert, if present)");
-  app.add_option("--enrolment-key", authority_key_path,
-                 "The enrolment authority's public key; when the file exists, secure-aggregation peers' identity "
-                 "keys are accepted only with its certificates")
+  app.add_option("--curve-key", curve_key_path,
+                 "This device's CURVE secret key file (default keys/NAME.curve.key)");
+  app.add_option("--server-key", server_key_path, "The aggregator's CURVE public key file")
       ->capture_default_str();
-  app.add_option("--state-dir", state_dir, "Device store (outbox, pulled models); default flotilla-device-NAME");
+  app.add_option("--model-key", model_key_path, "The aggregator's model-signing public key file")
+      ->capture_default_str();
+  app.add_option(
+      "--secagg-cert", cert_path,
+      "The enrolment authority's certificate for this device (default keys/NAME.secagg.cert, if present)");
+  app.add_option(
+         "--enrolment-key", authority_key_path,
+         "The enrolment authority's public key; when the file exists, secure-aggregation peers' identity "
+         "keys are accepted only with its certificates")
+      ->capture_default_str();
+  app.add_option("--state-dir", state_dir,
+                 "Device store (outbox, pulled models); default flotilla-device-NAME");
   app.add_flag("--insecure", insecure, "DEBUGGING ONLY: connect without encryption");
   app.add_option("--request-timeout-ms", request_timeout_ms, "Reconnect when a reply takes longer than this")
       ->capture_default_str();
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
 
-  CLI::App* train = app.add_subcommand("train", "Train whenever the aggregator asks, until the federation ends");
+  CLI::App* train =
+      app.add_subcommand("train", "Train whenever the aggregator asks, until the federation ends");
   std::string data_dir = training::kDefaultFashionMnistDir;
   std::string partition = "iid";
   int clients = 1, index = 0, threads = 1;
@@ -72,7 +80,9 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
   int64_t train_limit = 0;
   train->add_option("--data-dir", data_dir, "Fashion-MNIST directory")->capture_default_str();
   train->add_option("--partition", partition, "iid | dirichlet:ALPHA | shards:K")->capture_default_str();
-  train->add_option("--clients", clients, "Number of partitions")->capture_default_str()->check(CLI::PositiveNumber);
+  train->add_option("--clients", clients, "Number of partitions")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   train->add_option("--index", index, "Which partition is this device's (0-based)")->capture_default_str();
   train->add_option("--seed", seed, "Partition seed (use the aggregator's --seed)")->capture_default_str();
   train->add_option("--train-limit", train_limit, "Use only the first N training examples (0 = all)")
@@ -82,9 +92,10 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
   CLI::App* pull = app.add_subcommand("pull", "Fetch a model version, verify it, and write it for inference");
   uint64_t version = 0;
   std::string out_path;
-  pull->add_option("--version", version,
-                   "Model version (0 = latest). As the latest, a version older than one this device has verified "
-                   "is refused as a rollback; asking for it by number takes it deliberately")
+  pull->add_option(
+          "--version", version,
+          "Model version (0 = latest). As the latest, a version older than one this device has verified "
+          "is refused as a rollback; asking for it by number takes it deliberately")
       ->capture_default_str();
   pull->add_option("--out", out_path, "Write float32 weights here (and OUT.json with the layout)");
 
@@ -136,8 +147,8 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
                 reply->round_active() ? " (running)" : "", reply->rounds_completed());
     if (reply->round_active()) {
       if (!reply->secagg_stage().empty()) {
-        std::printf("secure aggregation: stage %s, %u of %u devices still in\n", reply->secagg_stage().c_str(),
-                    reply->secagg_remaining(), reply->updates_expected());
+        std::printf("secure aggregation: stage %s, %u of %u devices still in\n",
+                    reply->secagg_stage().c_str(), reply->secagg_remaining(), reply->updates_expected());
       } else {
         std::printf("updates this round %u/%u\n", reply->updates_received(), reply->updates_expected());
       }
@@ -146,12 +157,13 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
       std::printf("failed rounds in a row %u; next round in %.1f s\n", reply->failed_rounds_in_a_row(),
                   reply->next_round_in_seconds());
     }
-    std::printf("model version %llu\nclients known %u, connected %u, paused %u\nupdates rejected %llu\n"
-                "store %.1f MB\nuptime %.0f s\n",
-                static_cast<unsigned long long>(reply->model_version()), reply->known_clients(),
-                reply->connected_clients(), reply->paused_clients(),
-                static_cast<unsigned long long>(reply->updates_rejected()), reply->store_bytes() / 1e6,
-                reply->uptime_seconds());
+    std::printf(
+        "model version %llu\nclients known %u, connected %u, paused %u\nupdates rejected %llu\n"
+        "store %.1f MB\nuptime %.0f s\n",
+        static_cast<unsigned long long>(reply->model_version()), reply->known_clients(),
+        reply->connected_clients(), reply->paused_clients(),
+        static_cast<unsigned long long>(reply->updates_rejected()), reply->store_bytes() / 1e6,
+        reply->uptime_seconds());
     return 0;
   }
 
@@ -165,7 +177,8 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
     auto result = client::PullModel(config, store->get(), version, *model_key);
     if (!result.ok()) return Fail(result.status());
     if (result->up_to_date) {
-      std::printf("up to date: holding model version %llu\n", static_cast<unsigned long long>(result->model.version));
+      std::printf("up to date: holding model version %llu\n",
+                  static_cast<unsigned long long>(result->model.version));
     } else {
       std::printf("pulled model version %llu (round %u): %d of %d tensors, %.2f MB, signature verified\n",
                   static_cast<unsigned long long>(result->model.version), result->model.round,
@@ -174,8 +187,8 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
     if (!out_path.empty()) {
       auto weights = proto::WeightsFromProto(result->model.weights, nullptr);
       if (!weights.ok()) return Fail(weights.status());
-      Status st = WriteRawWeights(out_path, *weights, result->model.arch, result->model.version,
-                                        result->model.round);
+      Status st =
+          WriteRawWeights(out_path, *weights, result->model.arch, result->model.version, result->model.round);
       if (!st.ok()) return Fail(st);
       std::printf("wrote %s and %s.json\n", out_path.c_str(), out_path.c_str());
     }
@@ -200,8 +213,8 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   auto stats = client::RunClient(config, view, *model_key, &g_stop, store->get());
   if (!stats.ok()) return Fail(stats.status());
-  std::printf("flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects\n", config.name.c_str(),
-              stats->rounds_trained, stats->updates_acked, stats->reconnects);
+  std::printf("flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects\n",
+              config.name.c_str(), stats->rounds_trained, stats->updates_acked, stats->reconnects);
   std::printf("recorded rounds:");
   for (uint32_t r : stats->recorded_rounds) std::printf(" %u", r);
   std::printf("\n");

@@ -119,9 +119,10 @@ StatusOr<ConfigFlags> ReadConfigFlags(const std::string& path, const std::string
     for (const auto& p : item.parents) section += (section.empty() ? "" : ".") + p;
     if (item.name == "++" || item.name == "--") continue;  // CLI11's section markers
     if (section.empty()) {
-      return InvalidArgument(path + ": key '" + item.name + "' is outside any section; put it under one of " +
-                             "[federation], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], " +
-                             "[log] (see docs/configuration.md)");
+      return InvalidArgument(
+          path + ": key '" + item.name + "' is outside any section; put it under one of " +
+          "[federation], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], " +
+          "[log] (see docs/configuration.md)");
     }
     std::set<std::string> sections, allowed;
     bool known = false;
@@ -145,7 +146,8 @@ StatusOr<ConfigFlags> ReadConfigFlags(const std::string& path, const std::string
     if (!known) {
       std::string list;
       for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      return InvalidArgument(path + ": unknown key '" + item.name + "' in [" + section + "]; allowed: " + list);
+      return InvalidArgument(path + ": unknown key '" + item.name + "' in [" + section +
+                             "]; allowed: " + list);
     }
   }
   return out;

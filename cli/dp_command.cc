@@ -5,9 +5,6 @@
 // Exit codes: 0 success, 1 computation failed (e.g. target unreachable),
 // 2 bad usage (missing, contradictory or out-of-range flags).
 #include <CLI/CLI.hpp>
-
-#include "cli/commands.h"
-
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -15,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/commands.h"
 #include "core/status.h"
 #include "privacy/rdp_accountant.h"
 
@@ -70,8 +68,7 @@ Status ResolveSampling(const Options& o, double* q, int64_t* steps) {
     return InvalidArgument("--n and --batch must be given together");
   }
   if (!o.has_q && !o.has_n) {
-    return InvalidArgument(
-        "missing sampling rate: give --n and --batch, or --q");
+    return InvalidArgument("missing sampling rate: give --n and --batch, or --q");
   }
   if (o.has_steps && o.has_epochs) {
     return InvalidArgument("give either --steps or --epochs, not both");
@@ -101,9 +98,8 @@ Status ResolveSampling(const Options& o, double* q, int64_t* steps) {
   }
   // As TF Privacy: steps = ceil(epochs * n / batch); with --q, epochs / q.
   // The small slack keeps 15 / 0.0025 from rounding up to 6001.
-  const double exact = o.has_n ? o.epochs * static_cast<double>(o.n) /
-                                     static_cast<double>(o.batch)
-                               : o.epochs / *q;
+  const double exact =
+      o.has_n ? o.epochs * static_cast<double>(o.n) / static_cast<double>(o.batch) : o.epochs / *q;
   if (exact > 9e15) return InvalidArgument("too many steps");
   *steps = static_cast<int64_t>(std::ceil(exact * (1.0 - 1e-12)));
   return Status::Ok();
@@ -113,10 +109,9 @@ Status ResolveSampling(const Options& o, double* q, int64_t* steps) {
 // with OutOfRange if the target epsilon is unreachable.
 StatusOr<Report> Run(const Options& o) {
   if (o.has_noise == o.has_target_epsilon) {
-    return InvalidArgument(
-        o.has_noise ? "give either --noise or --target-epsilon, not both"
-                    : "give --noise (to compute epsilon) or --target-epsilon "
-                      "(to compute the noise multiplier)");
+    return InvalidArgument(o.has_noise ? "give either --noise or --target-epsilon, not both"
+                                       : "give --noise (to compute epsilon) or --target-epsilon "
+                                         "(to compute the noise multiplier)");
   }
   if (!o.has_delta) return InvalidArgument("missing --delta, e.g. --delta 1e-5");
   Report report;
@@ -125,18 +120,14 @@ StatusOr<Report> Run(const Options& o) {
   if (o.has_target_epsilon) {
     report.solved_for_noise = true;
     ASSIGN_OR_RETURN(report.noise,
-                     ComputeNoiseMultiplier(report.q, report.steps,
-                                            o.target_epsilon, o.delta, orders));
+                     ComputeNoiseMultiplier(report.q, report.steps, o.target_epsilon, o.delta, orders));
   } else {
     report.noise = o.noise;
   }
-  ASSIGN_OR_RETURN(std::vector<double> rdp,
-                   ComputeRdp(report.q, report.noise, report.steps, orders));
+  ASSIGN_OR_RETURN(std::vector<double> rdp, ComputeRdp(report.q, report.noise, report.steps, orders));
   ASSIGN_OR_RETURN(report.spent, GetPrivacySpent(orders, rdp, o.delta));
-  report.order_at_edge = std::isfinite(report.spent.epsilon) &&
-                         report.spent.epsilon > 0.0 &&
-                         (report.spent.order == orders.back() ||
-                          report.spent.order == orders.front());
+  report.order_at_edge = std::isfinite(report.spent.epsilon) && report.spent.epsilon > 0.0 &&
+                         (report.spent.order == orders.back() || report.spent.order == orders.front());
   return report;
 }
 
@@ -147,9 +138,8 @@ void Print(const Report& r, bool json) {
     std::printf(
         "{\"epsilon\": %s, \"delta\": %s, \"best_order\": %s, "
         "\"noise_multiplier\": %s, \"q\": %s, \"steps\": %lld}\n",
-        JsonNumber(r.spent.epsilon).c_str(), Num(r.spent.delta).c_str(),
-        JsonNumber(r.spent.order).c_str(), Num(r.noise).c_str(),
-        Num(r.q).c_str(), static_cast<long long>(r.steps));
+        JsonNumber(r.spent.epsilon).c_str(), Num(r.spent.delta).c_str(), JsonNumber(r.spent.order).c_str(),
+        Num(r.noise).c_str(), Num(r.q).c_str(), static_cast<long long>(r.steps));
     return;
   }
   if (r.solved_for_noise) {
@@ -188,17 +178,18 @@ int flotilla::cli::DpMain(int argc, char** argv) {
       "Sampling: --n and --batch, or --q. Length: --epochs or --steps.\n"
       "Exit codes: 0 ok, 1 computation failed, 2 bad usage."};
   auto* n = app.add_option("--n", o.n, "Number of examples in the dataset (with --batch)");
-  auto* batch = app.add_option(
-      "--batch", o.batch, "Expected batch size; sampling rate q = batch / n (with --n)");
+  auto* batch =
+      app.add_option("--batch", o.batch, "Expected batch size; sampling rate q = batch / n (with --n)");
   auto* q = app.add_option("--q", o.q, "Sampling rate in (0, 1], instead of --n/--batch");
-  auto* epochs = app.add_option(
-      "--epochs", o.epochs, "Training epochs; steps = ceil(epochs * n / batch) or ceil(epochs / q)");
+  auto* epochs = app.add_option("--epochs", o.epochs,
+                                "Training epochs; steps = ceil(epochs * n / batch) or ceil(epochs / q)");
   auto* steps = app.add_option("--steps", o.steps, "Number of noisy steps, instead of --epochs");
-  auto* noise = app.add_option(
-      "--noise", o.noise, "Noise multiplier (noise stddev / clipping norm); mode 1: compute epsilon");
-  auto* target = app.add_option(
-      "--target-epsilon", o.target_epsilon, "Target epsilon > 0; mode 2: compute the noise multiplier");
-  auto* delta = app.add_option("--delta", o.delta, "Target delta in (0, 1), e.g. 1e-5; typically below 1/n (required)");
+  auto* noise = app.add_option("--noise", o.noise,
+                               "Noise multiplier (noise stddev / clipping norm); mode 1: compute epsilon");
+  auto* target = app.add_option("--target-epsilon", o.target_epsilon,
+                                "Target epsilon > 0; mode 2: compute the noise multiplier");
+  auto* delta =
+      app.add_option("--delta", o.delta, "Target delta in (0, 1), e.g. 1e-5; typically below 1/n (required)");
   app.add_flag("--json", o.json, "Print one JSON object instead of key: value lines");
   try {
     app.parse(argc, argv);

@@ -15,8 +15,9 @@ struct DpFlags {
 
 inline void AddDpFlags(CLI::App* app, AggregatorConfig* c, DpFlags* f) {
   DpConfig* dp = &c->dp;
-  app->add_option("--dp", f->mode,
-                  "Differential privacy: none, client-central, client-distributed (DP-FedAvg), record (DP-SGD)")
+  app->add_option(
+         "--dp", f->mode,
+         "Differential privacy: none, client-central, client-distributed (DP-FedAvg), record (DP-SGD)")
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "client-central", "client-distributed", "record"}));
   app->add_option("--dp-noise", dp->noise_multiplier, "Noise multiplier z (client level) or sigma (DP-SGD)")
@@ -27,8 +28,10 @@ inline void AddDpFlags(CLI::App* app, AggregatorConfig* c, DpFlags* f) {
   app->add_option("--dp-epsilon-budget", dp->epsilon_budget,
                   "Refuse rounds that would push epsilon past this (required with --dp)")
       ->capture_default_str();
-  app->add_flag("--dp-adaptive-clip", dp->adaptive_clip, "Adaptive clipping (Andrew et al. 2021), client level");
-  app->add_option("--dp-target-quantile", dp->target_quantile, "Adaptive clipping: target quantile of update norms")
+  app->add_flag("--dp-adaptive-clip", dp->adaptive_clip,
+                "Adaptive clipping (Andrew et al. 2021), client level");
+  app->add_option("--dp-target-quantile", dp->target_quantile,
+                  "Adaptive clipping: target quantile of update norms")
       ->capture_default_str();
   app->add_option("--dp-sampling-rate", dp->dpsgd_sampling_rate, "DP-SGD: per-step record sampling rate q")
       ->capture_default_str();
@@ -56,14 +59,17 @@ inline void AddSecAggFlags(CLI::App* app, AggregatorConfig* c, SecAggFlags* f) {
       ->check(CLI::IsMember({"off", "secagg+", "complete"}));
   app->add_option("--secagg-bits", s->bit_width, "Secure aggregation: bit width k of the modulus 2^k (8..32)")
       ->capture_default_str();
-  app->add_option("--secagg-clip", s->clip_norm,
-                  "Secure aggregation without DP: clip updates to this L2 norm before quantizing (with client-level "
-                  "DP, --dp-clip is used)")
+  app->add_option(
+         "--secagg-clip", s->clip_norm,
+         "Secure aggregation without DP: clip updates to this L2 norm before quantizing (with client-level "
+         "DP, --dp-clip is used)")
       ->capture_default_str();
-  app->add_option("--secagg-degree", s->degree, "SecAgg+: neighbours per client, even (0 = 10 log2 n, rounded up)")
+  app->add_option("--secagg-degree", s->degree,
+                  "SecAgg+: neighbours per client, even (0 = 10 log2 n, rounded up)")
       ->capture_default_str();
   app->add_option("--secagg-threshold", s->threshold,
-                  "Secure aggregation: shares needed to unmask, t (0 = the smallest strict majority of a neighbourhood)")
+                  "Secure aggregation: shares needed to unmask, t (0 = the smallest strict majority of a "
+                  "neighbourhood)")
       ->capture_default_str();
   app->add_option("--secagg-stage-timeout", s->stage_timeout_seconds,
                   "Secure aggregation: seconds each stage after the first waits for stragglers")
@@ -86,7 +92,8 @@ inline void AddDefenceFlags(CLI::App* app, AggregatorConfig* c) {
            if (!b.ok()) throw CLI::ValidationError("--update-norm-bound", std::string(b.status().message()));
            v->norm = *b;
          },
-         "Refuse updates whose L2 norm is over median:K (K x the median of recently accepted norms; before 5 are "
+         "Refuse updates whose L2 norm is over median:K (K x the median of recently accepted norms; before 5 "
+         "are "
          "known, 10 x the model's own norm), absolute:X, or off")
       ->default_str(v->norm.Describe());
   app->add_option("--max-examples", v->max_examples_per_update,
@@ -99,7 +106,8 @@ inline void AddDefenceFlags(CLI::App* app, AggregatorConfig* c) {
            if (!w.ok()) throw CLI::ValidationError("--example-weighting", std::string(w.status().message()));
            v->weighting = *w;
          },
-         "FedAvg weights: capped:K (claimed examples, at most K x the round's median claim), claimed, or uniform")
+         "FedAvg weights: capped:K (claimed examples, at most K x the round's median claim), claimed, or "
+         "uniform")
       ->default_str(v->weighting.Describe());
   app->add_option("--failed-round-backoff", c->failed_round_backoff_seconds,
                   "Seconds before the round after a failed one (doubling per failure in a row)")
@@ -110,29 +118,37 @@ inline void AddDefenceFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--pause-after", c->pause_after_strikes,
                   "Pause a device after this many declines or refused updates in a row (0 = never)")
       ->capture_default_str();
-  app->add_option("--pause-seconds", c->pause_seconds, "First pause of such a device (doubling while it goes on)")
+  app->add_option("--pause-seconds", c->pause_seconds,
+                  "First pause of such a device (doubling while it goes on)")
       ->capture_default_str();
   PeerLimitsConfig* l = &c->limits;
   app->add_option("--device-messages-per-second", l->messages_per_second,
                   "Per-device message rate (burst --device-message-burst); 0 = unlimited")
       ->capture_default_str();
-  app->add_option("--device-message-burst", l->message_burst, "Per-device message burst")->capture_default_str();
-  app->add_option("--device-bytes-per-second", l->bytes_per_second, "Per-device inbound byte rate; 0 = unlimited")
+  app->add_option("--device-message-burst", l->message_burst, "Per-device message burst")
+      ->capture_default_str();
+  app->add_option("--device-bytes-per-second", l->bytes_per_second,
+                  "Per-device inbound byte rate; 0 = unlimited")
       ->capture_default_str();
   app->add_option("--device-max-queued-bytes", l->max_queued_bytes,
                   "Bytes the aggregator queues for a device that has not read them (0 = 2 models + 1 MiB)")
       ->capture_default_str();
 }
 
-
 inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--arch", c->model_arch, "Model architecture: 2nn, cnn or logreg")->capture_default_str();
-  app->add_option("--rounds", c->rounds, "Number of federated rounds")->capture_default_str()->check(CLI::PositiveNumber);
+  app->add_option("--rounds", c->rounds, "Number of federated rounds")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app->add_option("--fraction", c->fraction, "Fraction of clients sampled per round (0,1]")
       ->capture_default_str()
       ->check(CLI::Range(1e-9, 1.0));
-  app->add_option("--epochs", c->epochs, "Local epochs per round (E)")->capture_default_str()->check(CLI::PositiveNumber);
-  app->add_option("--batch", c->batch_size, "Local batch size (B)")->capture_default_str()->check(CLI::PositiveNumber);
+  app->add_option("--epochs", c->epochs, "Local epochs per round (E)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app->add_option("--batch", c->batch_size, "Local batch size (B)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app->add_option("--lr", c->learning_rate, "Local learning rate")->capture_default_str();
   app->add_option("--momentum", c->momentum, "Local SGD momentum [0,1)")->capture_default_str();
   app->add_option("--weight-decay", c->weight_decay, "Local L2 weight decay")->capture_default_str();
@@ -150,7 +166,8 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
       ->default_str("fedavg");
   app->add_option("--min-updates", c->min_updates, "Fewer updates than this by the deadline fails the round")
       ->capture_default_str();
-  app->add_option("--deadline", c->round_deadline_seconds, "Per-round deadline in seconds")->capture_default_str();
+  app->add_option("--deadline", c->round_deadline_seconds, "Per-round deadline in seconds")
+      ->capture_default_str();
   app->add_option("--seed", c->seed, "Run seed: sampling, initialization, batch order, partitions")
       ->capture_default_str();
   app->add_option("--max-message-bytes", c->socket.max_message_bytes,

@@ -29,7 +29,8 @@ constexpr char kUsage[] =
     "  config show  the effective settings of a role, merged from --config FILE and flags\n"
     "\n"
     "--config FILE: a TOML file shared by the aggregator, the devices and the simulator\n"
-    "(sections [federation], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], [log]);\n"
+    "(sections [federation], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], "
+    "[log]);\n"
     "flags given on the command line override it. Every key: docs/configuration.md.\n";
 
 struct Command {
@@ -38,9 +39,12 @@ struct Command {
 };
 
 const Command kCommands[] = {
-    {"aggregator", flotilla::cli::AggregatorMain}, {"client", flotilla::cli::ClientMain},
-    {"sim", flotilla::cli::SimMain},               {"keygen", flotilla::cli::KeygenMain},
-    {"registry", flotilla::cli::RegistryMain},     {"dp", flotilla::cli::DpMain},
+    {"aggregator", flotilla::cli::AggregatorMain},
+    {"client", flotilla::cli::ClientMain},
+    {"sim", flotilla::cli::SimMain},
+    {"keygen", flotilla::cli::KeygenMain},
+    {"registry", flotilla::cli::RegistryMain},
+    {"dp", flotilla::cli::DpMain},
 };
 
 // Runs `run` with argv = [name, config flags..., args...]; the config's
@@ -75,7 +79,8 @@ int RunWithConfig(const std::string& name, int (*run)(int, char**), std::vector<
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
@@ -96,12 +101,13 @@ int main(int argc, char** argv) {
     }
   }
   if (name == "config") {
-    if (args.empty() || args[0] != "show" || (role != "config" && role != "aggregator" && role != "client" &&
-                                              role != "sim")) {
-      std::fputs("usage: flotilla config show --config FILE [--role aggregator|client|sim] [flags...]\n"
-                 "prints the effective settings of that role (default: aggregator), merged from the file and the "
-                 "flags\n",
-                 stderr);
+    if (args.empty() || args[0] != "show" ||
+        (role != "config" && role != "aggregator" && role != "client" && role != "sim")) {
+      std::fputs(
+          "usage: flotilla config show --config FILE [--role aggregator|client|sim] [flags...]\n"
+          "prints the effective settings of that role (default: aggregator), merged from the file and the "
+          "flags\n",
+          stderr);
       return 2;
     }
     if (role == "config") role = "aggregator";

@@ -1,11 +1,10 @@
 // flotilla keygen: create CURVE and model-signing key pairs.
 #include <CLI/CLI.hpp>
-
-#include "cli/commands.h"
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
+#include "cli/commands.h"
 #include "privacy/keys.h"
 
 int flotilla::cli::KeygenMain(int argc, char** argv) {
@@ -14,21 +13,24 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
   std::string name;
   bool signing = false, force = false;
   std::string allowlist, certify, identity_file;
-  CLI::App app{"Flotilla key generator. Writes NAME.curve.key (secret, mode 0600) and NAME.curve.pub; with "
-               "--signing also NAME.sign.key and NAME.sign.pub, the aggregator's model-signing pair. See "
-               "docs/security.md for enrolment, rotation and revocation."};
+  CLI::App app{
+      "Flotilla key generator. Writes NAME.curve.key (secret, mode 0600) and NAME.curve.pub; with "
+      "--signing also NAME.sign.key and NAME.sign.pub, the aggregator's model-signing pair. See "
+      "docs/security.md for enrolment, rotation and revocation."};
   app.add_option("--name", name, "Key name, e.g. aggregator or the device id")->required();
-  app.add_option("--identity", identity_file,
-                 "With --certify: certify the identity in this NAME.secagg.pub file (sent by a device that made its "
-                 "keys itself) instead of making new keys");
+  app.add_option(
+      "--identity", identity_file,
+      "With --certify: certify the identity in this NAME.secagg.pub file (sent by a device that made its "
+      "keys itself) instead of making new keys");
   app.add_option("--out", out_dir, "Directory for the key files")->capture_default_str();
   app.add_flag("--signing", signing, "Also create an Ed25519 model-signing key pair (aggregator only)");
   app.add_flag("--force", force, "Overwrite existing key files");
   app.add_option("--allowlist", allowlist, "Append the new CURVE public key to this allowlist file");
-  app.add_option("--certify", certify,
-                 "Enrolment authority's secret key file (create it once with --name enrolment --signing and keep "
-                 "it off the aggregator): also write NAME.secagg.cert, the authority's certificate for the "
-                 "device's secure-aggregation identity");
+  app.add_option(
+      "--certify", certify,
+      "Enrolment authority's secret key file (create it once with --name enrolment --signing and keep "
+      "it off the aggregator): also write NAME.secagg.cert, the authority's certificate for the "
+      "device's secure-aggregation identity");
   CLI11_PARSE(app, argc, argv);
 
   std::error_code ec;
@@ -56,7 +58,8 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
     std::getline(in, hex);
     auto identity_public = privacy::HexDecode(hex);
     if (!in || !identity_public.ok() || identity_public->size() != 32) {
-      std::fprintf(stderr, "flotilla keygen: %s does not hold a 32-byte identity key in hex\n", identity_file.c_str());
+      std::fprintf(stderr, "flotilla keygen: %s does not hold a 32-byte identity key in hex\n",
+                   identity_file.c_str());
       return 1;
     }
     return write_cert(*identity_public);
@@ -114,8 +117,8 @@ int flotilla::cli::KeygenMain(int argc, char** argv) {
       std::fprintf(stderr, "flotilla keygen: %s\n", st.ToString().c_str());
       return 1;
     }
-    std::printf("model-signing public key: %s/%s.sign.pub (secret: %s.sign.key, mode 0600)\n", out_dir.c_str(),
-                name.c_str(), name.c_str());
+    std::printf("model-signing public key: %s/%s.sign.pub (secret: %s.sign.key, mode 0600)\n",
+                out_dir.c_str(), name.c_str(), name.c_str());
   }
   return 0;
 }

@@ -2,13 +2,12 @@
 // aggregator's store. Opens the store read-only, so it works while the
 // aggregator runs.
 #include <CLI/CLI.hpp>
-
-#include "cli/commands.h"
 #include <cctype>
 #include <cstdio>
 #include <ctime>
 
 #include "aggregator/store.h"
+#include "cli/commands.h"
 #include "core/raw_weights.h"
 #include "privacy/keys.h"
 #include "privacy/signing.h"
@@ -41,7 +40,8 @@ int flotilla::cli::RegistryMain(int argc, char** argv) {
   CLI::App* exp = app.add_subcommand("export", "Write one version for inference");
   CLI::App* rounds = app.add_subcommand("rounds", "One line per round record");
   CLI::App* ledger = app.add_subcommand("ledger", "The privacy ledger, as an auditor reads it");
-  CLI::App* clients = app.add_subcommand("clients", "One line per device: accepted and refused updates, pauses");
+  CLI::App* clients =
+      app.add_subcommand("clients", "One line per device: accepted and refused updates, pauses");
   CLI::App* quarantine =
       app.add_subcommand("quarantine", "Records moved aside because they failed validation when read back");
   uint64_t version = 0;
@@ -49,8 +49,9 @@ int flotilla::cli::RegistryMain(int argc, char** argv) {
   show->add_option("version", version, "Model version (0 = latest)")->capture_default_str();
   exp->add_option("version", version, "Model version (0 = latest)")->capture_default_str();
   exp->add_option("--out", out, "Output file")->required();
-  exp->add_option("--format", format,
-                  "torch: a LibTorch archive for torch::load into the model class; raw: float32 + OUT.json layout")
+  exp->add_option(
+         "--format", format,
+         "torch: a LibTorch archive for torch::load into the model class; raw: float32 + OUT.json layout")
       ->capture_default_str()
       ->check(CLI::IsMember({"torch", "raw"}));
   show->add_option("--verify-key", verify_key, "Check the signature with this .sign.pub file");
@@ -69,19 +70,20 @@ int flotilla::cli::RegistryMain(int argc, char** argv) {
       std::printf("the privacy ledger is empty: this federation ran without differential privacy\n");
       return 0;
     }
-    std::printf("%6s %-22s %-44s %10s %8s %8s %8s %10s %12s  %s\n", "round", "mechanism", "client", "q", "noise",
-                "steps", "clip", "delta", "epsilon", "recorded");
+    std::printf("%6s %-22s %-44s %10s %8s %8s %8s %10s %12s  %s\n", "round", "mechanism", "client", "q",
+                "noise", "steps", "clip", "delta", "epsilon", "recorded");
     double worst = 0;
     for (const auto& e : *entries) {
-      std::printf("%6u %-22s %-44s %10.6f %8.4f %8lld %8.4f %10.2e %12.6f  %s\n", e.round(), e.mechanism().c_str(),
-                  e.client_id().empty() ? "(deployment)" : e.client_id().c_str(), e.sampling_rate(),
-                  e.noise_multiplier(), static_cast<long long>(e.steps()), e.clip_norm(), e.delta(),
-                  e.epsilon_after(), Time(e.recorded_unix_ms()).c_str());
+      std::printf("%6u %-22s %-44s %10.6f %8.4f %8lld %8.4f %10.2e %12.6f  %s\n", e.round(),
+                  e.mechanism().c_str(), e.client_id().empty() ? "(deployment)" : e.client_id().c_str(),
+                  e.sampling_rate(), e.noise_multiplier(), static_cast<long long>(e.steps()), e.clip_norm(),
+                  e.delta(), e.epsilon_after(), Time(e.recorded_unix_ms()).c_str());
       worst = std::max(worst, e.epsilon_after());
     }
-    std::printf("%zu entries; largest cumulative epsilon %.6f at delta %.2e (RDP accountant, Poisson-subsampled "
-                "Gaussian, Balle et al. 2020 conversion)\n",
-                entries->size(), worst, entries->back().delta());
+    std::printf(
+        "%zu entries; largest cumulative epsilon %.6f at delta %.2e (RDP accountant, Poisson-subsampled "
+        "Gaussian, Balle et al. 2020 conversion)\n",
+        entries->size(), worst, entries->back().delta());
     return 0;
   }
   if (*clients) {
@@ -96,7 +98,8 @@ int flotilla::cli::RegistryMain(int argc, char** argv) {
       }
       std::printf("%-40s %-16s %8u %8u %8u %-20s %s\n", c.client_id().c_str(), c.name().c_str(),
                   c.updates_accepted(), c.updates_rejected(), c.strikes(),
-                  c.paused_until_unix_ms() > 0 ? Time(c.paused_until_unix_ms()).c_str() : "-", reasons.c_str());
+                  c.paused_until_unix_ms() > 0 ? Time(c.paused_until_unix_ms()).c_str() : "-",
+                  reasons.c_str());
     }
     std::printf("%zu devices\n", all->size());
     return 0;
@@ -107,8 +110,8 @@ int flotilla::cli::RegistryMain(int argc, char** argv) {
     for (const auto& q : *all) {
       std::string key;
       for (unsigned char ch : q.key()) key += std::isprint(ch) ? static_cast<char>(ch) : '.';
-      std::printf("%s  %-8s key %s (%zu bytes): %s\n", Time(q.quarantined_unix_ms()).c_str(), q.family().c_str(),
-                  key.c_str(), q.value().size(), q.reason().c_str());
+      std::printf("%s  %-8s key %s (%zu bytes): %s\n", Time(q.quarantined_unix_ms()).c_str(),
+                  q.family().c_str(), key.c_str(), q.value().size(), q.reason().c_str());
     }
     std::printf("%zu quarantined records%s\n", all->size(),
                 all->empty() ? "" : " (kept whole in the store's quarantine column family for inspection)");
@@ -124,14 +127,14 @@ int flotilla::cli::RegistryMain(int argc, char** argv) {
                             : r.outcome() == records::RoundRecord::OUTCOME_FAILED  ? "failed"
                                                                                    : "running";
       std::printf("%6u %-10s %4d/%-3d %8llu %10.4f %10.4f %8.1f %s\n", r.round(), outcome, r.received_size(),
-                  r.selected_size(), static_cast<unsigned long long>(r.result_model_version()), r.mean_train_loss(),
-                  r.test_accuracy(), r.seconds(), r.note().c_str());
+                  r.selected_size(), static_cast<unsigned long long>(r.result_model_version()),
+                  r.mean_train_loss(), r.test_accuracy(), r.seconds(), r.note().c_str());
     }
     return 0;
   }
   if (*list) {
-    std::printf("%8s %6s %8s %-6s %10s %10s %s\n", "version", "round", "parent", "arch", "train_loss", "test_acc",
-                "created");
+    std::printf("%8s %6s %8s %-6s %10s %10s %s\n", "version", "round", "parent", "arch", "train_loss",
+                "test_acc", "created");
     auto summaries = (*store)->ListModelSummaries();  // the index: no model blob is read
     if (!summaries.ok()) return Fail(summaries.status());
     for (const auto& summary : *summaries) {
@@ -142,8 +145,8 @@ int flotilla::cli::RegistryMain(int argc, char** argv) {
         return it == m->metrics().end() ? NAN : it->second;
       };
       std::printf("%8llu %6u %8llu %-6s %10.4f %10.4f %s\n", static_cast<unsigned long long>(v), m->round(),
-                  static_cast<unsigned long long>(m->parent_version()), m->arch().c_str(), metric("train_loss"),
-                  metric("test_accuracy"), Time(m->created_unix_ms()).c_str());
+                  static_cast<unsigned long long>(m->parent_version()), m->arch().c_str(),
+                  metric("train_loss"), metric("test_accuracy"), Time(m->created_unix_ms()).c_str());
     }
     std::printf("%zu versions, store %.1f MB\n", versions->size(), (*store)->ApproximateSize() / 1e6);
     return 0;
@@ -156,18 +159,20 @@ int flotilla::cli::RegistryMain(int argc, char** argv) {
   if (!weights.ok()) return Fail(weights.status().WithContext("stored model"));
   if (*show) {
     const auto digest = privacy::ModelDigest(*weights);
-    std::printf("version %llu\nround %u\nparent %llu\narch %s\ncreated %s\nlayout %s\ndigest %s\nsignature %s\n",
-                static_cast<unsigned long long>(version), model->round(),
-                static_cast<unsigned long long>(model->parent_version()), model->arch().c_str(),
-                Time(model->created_unix_ms()).c_str(), weights->layout->Describe().c_str(),
-                privacy::HexEncode(digest.data(), digest.size()).c_str(),
-                privacy::HexEncode(reinterpret_cast<const unsigned char*>(model->signature().data()),
-                                   model->signature().size())
-                    .c_str());
+    std::printf(
+        "version %llu\nround %u\nparent %llu\narch %s\ncreated %s\nlayout %s\ndigest %s\nsignature %s\n",
+        static_cast<unsigned long long>(version), model->round(),
+        static_cast<unsigned long long>(model->parent_version()), model->arch().c_str(),
+        Time(model->created_unix_ms()).c_str(), weights->layout->Describe().c_str(),
+        privacy::HexEncode(digest.data(), digest.size()).c_str(),
+        privacy::HexEncode(reinterpret_cast<const unsigned char*>(model->signature().data()),
+                           model->signature().size())
+            .c_str());
     for (const auto& [k, v] : model->metrics()) std::printf("metric %s %.6f\n", k.c_str(), v);
     for (const auto& t : weights->layout->tensors()) {
       std::printf("tensor %s [", t.name.c_str());
-      for (size_t d = 0; d < t.shape.size(); ++d) std::printf("%s%lld", d ? "," : "", static_cast<long long>(t.shape[d]));
+      for (size_t d = 0; d < t.shape.size(); ++d)
+        std::printf("%s%lld", d ? "," : "", static_cast<long long>(t.shape[d]));
       std::printf("]\n");
     }
     if (!verify_key.empty()) {

@@ -1,10 +1,9 @@
 // flotilla sim: run a simulated federation (or its central baseline) on
 // Fashion-MNIST over the real aggregator and the real wire.
 #include <CLI/CLI.hpp>
-
-#include "cli/commands.h"
 #include <cstdio>
 
+#include "cli/commands.h"
 #include "cli/flags.h"
 #include "core/log.h"
 #include "sim/simulation.h"
@@ -18,16 +17,23 @@ int flotilla::cli::SimMain(int argc, char** argv) {
       "Fashion-MNIST. Prints one line per round and writes OUT/metrics.csv and OUT/summary.json."};
   bool print_config = false;
   flotilla::cli::PrepareApp(&app, &print_config);
-  app.add_option("--clients", config.clients, "Number of simulated clients")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--partition", config.partition, "iid | dirichlet:ALPHA | shards:K (K label shards per client)")
+  app.add_option("--clients", config.clients, "Number of simulated clients")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--partition", config.partition,
+                 "iid | dirichlet:ALPHA | shards:K (K label shards per client)")
       ->capture_default_str();
-  app.add_option("--data-dir", config.data_dir, "Directory with the Fashion-MNIST .gz IDX files")->capture_default_str();
+  app.add_option("--data-dir", config.data_dir, "Directory with the Fashion-MNIST .gz IDX files")
+      ->capture_default_str();
   app.add_option("--train-limit", config.train_limit, "Use only the first N training examples (0 = all)")
       ->capture_default_str();
-  app.add_option("--test-limit", config.test_limit, "Use only the first N test examples (0 = all)")->capture_default_str();
+  app.add_option("--test-limit", config.test_limit, "Use only the first N test examples (0 = all)")
+      ->capture_default_str();
   app.add_option("--workers", config.workers, "Trainer threads (0 = one per core)")->capture_default_str();
-  app.add_option("--out", config.out_dir, "Output directory (store, metrics.csv, summary.json)")->capture_default_str();
-  app.add_option("--endpoint", config.aggregator.endpoint, "Aggregator endpoint on loopback")->capture_default_str();
+  app.add_option("--out", config.out_dir, "Output directory (store, metrics.csv, summary.json)")
+      ->capture_default_str();
+  app.add_option("--endpoint", config.aggregator.endpoint, "Aggregator endpoint on loopback")
+      ->capture_default_str();
   app.add_option("--central-epochs", config.central_epochs,
                  "Instead of federating, train one model centrally on the union of the data for N epochs")
       ->capture_default_str();
@@ -43,9 +49,10 @@ int flotilla::cli::SimMain(int argc, char** argv) {
   flotilla::aggregator::AddDpFlags(&app, &config.aggregator, &dp_flags);
   flotilla::aggregator::SecAggFlags secagg_flags;
   flotilla::aggregator::AddSecAggFlags(&app, &config.aggregator, &secagg_flags);
-  app.add_option("--secagg-dropout", config.secagg_dropout,
-                 "FAULT INJECTION: probability that a client vanishes mid-protocol (at a random stage 1-3) in each "
-                 "secure round")
+  app.add_option(
+         "--secagg-dropout", config.secagg_dropout,
+         "FAULT INJECTION: probability that a client vanishes mid-protocol (at a random stage 1-3) in each "
+         "secure round")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config)) return *exit_code;
@@ -54,22 +61,26 @@ int flotilla::cli::SimMain(int argc, char** argv) {
 
   flotilla::LogLevel level;
   if (!flotilla::ParseLogLevel(log_level, &level)) {
-    std::fprintf(stderr, "error: unknown --log level '%s' (use debug, info, warning or error)\n", log_level.c_str());
+    std::fprintf(stderr, "error: unknown --log level '%s' (use debug, info, warning or error)\n",
+                 log_level.c_str());
     return 2;
   }
   flotilla::SetLogLevel(level);
   if (config.central_epochs > 0) {
-    std::printf("flotilla sim (central baseline): %s on the union of %d clients' data (%s), %d epochs, B=%u, lr %g, "
-                "momentum %g, seed %llu\n",
-                config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(), config.central_epochs,
-                config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
-                static_cast<unsigned long long>(config.aggregator.seed));
+    std::printf(
+        "flotilla sim (central baseline): %s on the union of %d clients' data (%s), %d epochs, B=%u, lr %g, "
+        "momentum %g, seed %llu\n",
+        config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(), config.central_epochs,
+        config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
+        static_cast<unsigned long long>(config.aggregator.seed));
   } else {
-    std::printf("flotilla sim: %s, %d clients (%s), %u rounds, fraction %g, E=%u, B=%u, lr %g, momentum %g, seed %llu\n",
-                config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(),
-                config.aggregator.rounds, config.aggregator.fraction, config.aggregator.epochs,
-                config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
-                static_cast<unsigned long long>(config.aggregator.seed));
+    std::printf(
+        "flotilla sim: %s, %d clients (%s), %u rounds, fraction %g, E=%u, B=%u, lr %g, momentum %g, seed "
+        "%llu\n",
+        config.aggregator.model_arch.c_str(), config.clients, config.partition.c_str(),
+        config.aggregator.rounds, config.aggregator.fraction, config.aggregator.epochs,
+        config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
+        static_cast<unsigned long long>(config.aggregator.seed));
   }
   if (config.aggregator.dp.enabled()) {
     const auto& dp = config.aggregator.dp;
@@ -79,9 +90,10 @@ int flotilla::cli::SimMain(int argc, char** argv) {
   }
   if (config.aggregator.secagg.enabled) {
     const auto& sa = config.aggregator.secagg;
-    std::printf("secure aggregation: %s, %u-bit%s\n",
-                sa.graph == flotilla::privacy::SecAggGraph::kHarary ? "SecAgg+ (Harary graph)" : "complete graph",
-                sa.bit_width, config.secagg_dropout > 0 ? ", injected dropouts" : "");
+    std::printf(
+        "secure aggregation: %s, %u-bit%s\n",
+        sa.graph == flotilla::privacy::SecAggGraph::kHarary ? "SecAgg+ (Harary graph)" : "complete graph",
+        sa.bit_width, config.secagg_dropout > 0 ? ", injected dropouts" : "");
   }
   std::fflush(stdout);
   flotilla::StatusOr<flotilla::sim::SimResult> result = flotilla::sim::RunSimulation(config);
@@ -89,7 +101,8 @@ int flotilla::cli::SimMain(int argc, char** argv) {
     std::fprintf(stderr, "flotilla sim: %s\n", result.status().ToString().c_str());
     return 1;
   }
-  std::printf("metrics: %s/metrics.csv, summary: %s/summary.json\n", config.out_dir.c_str(), config.out_dir.c_str());
+  std::printf("metrics: %s/metrics.csv, summary: %s/summary.json\n", config.out_dir.c_str(),
+              config.out_dir.c_str());
   std::printf("final test accuracy: %.4f (%.2f%%) after %zu %s in %.1f s\n", result->final_accuracy,
               100.0 * result->final_accuracy, result->rounds.size(),
               config.central_epochs > 0 ? "epochs" : "rounds", result->seconds);

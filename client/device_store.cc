@@ -28,8 +28,8 @@ storage::StoreOptions DeviceStore::Families() {
 StatusOr<std::unique_ptr<DeviceStore>> DeviceStore::Open(const std::string& path) {
   StatusOr<std::unique_ptr<storage::KvStore>> kv = storage::OpenRocksDb(path, Families());
   if (kv.status().code() == StatusCode::kFailedPrecondition) {
-    return FailedPrecondition("device store " + path + " is in use by another process: " +
-                              std::string(kv.status().message()));
+    return FailedPrecondition("device store " + path +
+                              " is in use by another process: " + std::string(kv.status().message()));
   }
   RETURN_IF_ERROR(kv.status());
   return OnKvStore(std::move(kv).value());
@@ -55,7 +55,8 @@ StatusOr<std::vector<wire::Update>> DeviceStore::ListOutbox() const {
   std::vector<wire::Update> out;
   RETURN_IF_ERROR(kv_->Scan(kOutbox, "", [&](std::string_view, std::string_view value) -> Status {
     wire::Update u;
-    if (!u.ParseFromArray(value.data(), static_cast<int>(value.size()))) return DataLoss("corrupt outbox entry");
+    if (!u.ParseFromArray(value.data(), static_cast<int>(value.size())))
+      return DataLoss("corrupt outbox entry");
     out.push_back(std::move(u));
     return Status::Ok();
   }));

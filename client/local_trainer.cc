@@ -9,7 +9,8 @@ namespace flotilla::client {
 
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
-                                    const std::vector<unsigned char>& model_public_key, const std::string& federation) {
+                                    const std::vector<unsigned char>& model_public_key,
+                                    const std::string& federation) {
   if (task.model_arch() != runner->arch()) {
     return FailedPrecondition("task is for a '" + task.model_arch() + "' model; this client runs '" +
                               runner->arch() + "'");

@@ -19,6 +19,7 @@ namespace flotilla::client {
 // or training fails.
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
-                                    const std::vector<unsigned char>& model_public_key, const std::string& federation);
+                                    const std::vector<unsigned char>& model_public_key,
+                                    const std::string& federation);
 
 }  // namespace flotilla::client

@@ -1,6 +1,5 @@
 #include "client/pull.h"
 
-
 #include "privacy/signing.h"
 #include "proto/codec.h"
 
@@ -42,17 +41,19 @@ StatusOr<PullResult> PullModel(const SessionConfig& config, DeviceStore* store, 
   request.mutable_pull_request()->set_version(version);
   request.mutable_pull_request()->set_have_version(held ? held->version : 0);
   ASSIGN_OR_RETURN(wire::Envelope reply, Exchange(config, request, timeout));
-  if (!reply.has_pull_reply()) return Internal("unexpected reply to a pull: " + std::string(proto::BodyName(reply)));
+  if (!reply.has_pull_reply())
+    return Internal("unexpected reply to a pull: " + std::string(proto::BodyName(reply)));
   const wire::PullReply& r = reply.pull_reply();
   if (version != 0 && r.version() != version) {
-    return InvalidArgument("asked for model version " + std::to_string(version) + " but the aggregator sent " +
-                           std::to_string(r.version()));
+    return InvalidArgument("asked for model version " + std::to_string(version) +
+                           " but the aggregator sent " + std::to_string(r.version()));
   }
   if (version == 0 && r.version() < newest) {
     return PermissionDenied("the aggregator served model version " + std::to_string(r.version()) +
-                            " as the latest, but this device has already verified version " + std::to_string(newest) +
-                            " of federation '" + config.federation + "': refusing a rollback (pull --version " +
-                            std::to_string(r.version()) + " takes it deliberately)");
+                            " as the latest, but this device has already verified version " +
+                            std::to_string(newest) + " of federation '" + config.federation +
+                            "': refusing a rollback (pull --version " + std::to_string(r.version()) +
+                            " takes it deliberately)");
   }
   PullResult result;
   if (r.up_to_date()) {
@@ -65,21 +66,24 @@ StatusOr<PullResult> PullModel(const SessionConfig& config, DeviceStore* store, 
   wire::WeightsProto full = r.weights();
   if (r.base_version() != 0) {
     if (!held || held->version != r.base_version()) {
-      return FailedPrecondition("aggregator sent changes against version " + std::to_string(r.base_version()) +
-                                " which this device does not hold");
+      return FailedPrecondition("aggregator sent changes against version " +
+                                std::to_string(r.base_version()) + " which this device does not hold");
     }
     ASSIGN_OR_RETURN(Weights base, proto::WeightsFromProto(held->weights, nullptr));
     std::vector<std::pair<std::string, std::vector<int64_t>>> specs;
-    for (const auto& t : r.weights().layout()) specs.emplace_back(t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end()));
+    for (const auto& t : r.weights().layout())
+      specs.emplace_back(t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end()));
     ASSIGN_OR_RETURN(Layout layout, Layout::Create(specs));
     RETURN_IF_ERROR(base.layout->CheckSame(layout).WithContext("pulled model"));
     std::string data(reinterpret_cast<const char*>(base.data.data()), base.data.size() * sizeof(float));
     size_t cursor = 0;
     for (uint32_t index : r.changed_tensors()) {
-      if (index >= layout.tensors().size()) return InvalidArgument("pull reply names tensor " + std::to_string(index));
+      if (index >= layout.tensors().size())
+        return InvalidArgument("pull reply names tensor " + std::to_string(index));
       const TensorSpec& t = layout.tensors()[index];
       const size_t bytes = static_cast<size_t>(t.numel) * sizeof(float);
-      if (cursor + bytes > r.weights().data().size()) return InvalidArgument("pull reply is shorter than its tensors");
+      if (cursor + bytes > r.weights().data().size())
+        return InvalidArgument("pull reply is shorter than its tensors");
       data.replace(static_cast<size_t>(t.offset) * sizeof(float), bytes, r.weights().data(), cursor, bytes);
       cursor += bytes;
     }

@@ -14,9 +14,9 @@
 namespace flotilla::client {
 
 struct PullResult {
-  HeldModel model;          // what the device holds now
-  bool up_to_date = false;  // nothing was downloaded
-  size_t payload_bytes = 0; // weight bytes received
+  HeldModel model;           // what the device holds now
+  bool up_to_date = false;   // nothing was downloaded
+  size_t payload_bytes = 0;  // weight bytes received
   int tensors_received = 0;
   int tensors_total = 0;
 };

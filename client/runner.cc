@@ -8,8 +8,8 @@
 namespace flotilla::client {
 
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
-                                const std::vector<unsigned char>& model_public_key, const std::atomic<bool>* stop,
-                                DeviceStore* store) {
+                                const std::vector<unsigned char>& model_public_key,
+                                const std::atomic<bool>* stop, DeviceStore* store) {
   std::unique_ptr<training::ModelRunner> runner;
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
@@ -41,10 +41,11 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
       if (store != nullptr) RETURN_IF_ERROR(store->RemoveOutbox(settled.round));
     }
     if (std::optional<wire::TrainTask> task = session->TakeTask()) {
-      LOG_INFO("client", config.name << ": training round " << task->round() << " on " << data.size()
-                                     << " examples");
+      LOG_INFO("client",
+               config.name << ": training round " << task->round() << " on " << data.size() << " examples");
       if (!runner || runner->arch() != task->model_arch()) {
-        StatusOr<std::unique_ptr<training::ModelRunner>> made = training::ModelRunner::Create(task->model_arch(), 0);
+        StatusOr<std::unique_ptr<training::ModelRunner>> made =
+            training::ModelRunner::Create(task->model_arch(), 0);
         if (!made.ok()) {
           RETURN_IF_ERROR(session->AbandonTask(made.status()));
           continue;
@@ -53,9 +54,10 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
       }
       StatusOr<wire::Update> update =
           task->model_version() < newest
-              ? StatusOr<wire::Update>(PermissionDenied(
-                    "the aggregator offered model version " + std::to_string(task->model_version()) +
-                    ", older than version " + std::to_string(newest) + " this device has verified: refusing a rollback"))
+              ? StatusOr<wire::Update>(PermissionDenied("the aggregator offered model version " +
+                                                        std::to_string(task->model_version()) +
+                                                        ", older than version " + std::to_string(newest) +
+                                                        " this device has verified: refusing a rollback"))
               : RunTrainTask(runner.get(), data, *task, model_public_key, config.federation);
       if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
       if (update.ok() && task->model_version() > newest) {

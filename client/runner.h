@@ -16,7 +16,7 @@ struct ClientStats {
   int rounds_trained = 0;
   int updates_acked = 0;
   int reconnects = 0;
-  int models_refused = 0;  // failed signature verification
+  int models_refused = 0;                 // failed signature verification
   std::vector<uint32_t> recorded_rounds;  // rounds whose update the aggregator confirmed
 };
 
@@ -27,7 +27,7 @@ struct ClientStats {
 // sent and removed once settled; an update left there by a crash is sent
 // again first thing.
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
-                                const std::vector<unsigned char>& model_public_key, const std::atomic<bool>* stop,
-                                DeviceStore* store = nullptr);
+                                const std::vector<unsigned char>& model_public_key,
+                                const std::atomic<bool>* stop, DeviceStore* store = nullptr);
 
 }  // namespace flotilla::client

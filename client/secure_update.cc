@@ -4,10 +4,9 @@
 
 namespace flotilla::client {
 
-StatusOr<std::unique_ptr<SecureUpdate>> SecureUpdate::Create(const wire::SecAggSetup& setup, uint32_t round,
-                                                             const privacy::SigningKeyPair& identity,
-                                                             const std::vector<float>& delta,
-                                                             const std::vector<unsigned char>& authority_key) {
+StatusOr<std::unique_ptr<SecureUpdate>> SecureUpdate::Create(
+    const wire::SecAggSetup& setup, uint32_t round, const privacy::SigningKeyPair& identity,
+    const std::vector<float>& delta, const std::vector<unsigned char>& authority_key) {
   ASSIGN_OR_RETURN(privacy::SecAggParams params, privacy::SecAggParams::Parse(setup.params()));
   if (params.round != round) {
     return InvalidArgument("secure aggregation parameters are for round " + std::to_string(params.round) +
@@ -30,14 +29,16 @@ StatusOr<std::unique_ptr<SecureUpdate>> SecureUpdate::Create(const wire::SecAggS
   for (const std::string& k : setup.identity_keys()) keys.emplace_back(k.begin(), k.end());
   if (!authority_key.empty()) {
     if (setup.identity_certs_size() != setup.identity_keys_size()) {
-      return PermissionDenied("secure aggregation setup carries " + std::to_string(setup.identity_certs_size()) +
-                              " identity certificates for " + std::to_string(setup.identity_keys_size()) +
+      return PermissionDenied("secure aggregation setup carries " +
+                              std::to_string(setup.identity_certs_size()) + " identity certificates for " +
+                              std::to_string(setup.identity_keys_size()) +
                               " keys; refusing keys the enrolment authority did not certify");
     }
     for (int i = 0; i < setup.identity_keys_size(); ++i) {
       RETURN_IF_ERROR(privacy::VerifySecAggIdentityCert(authority_key, keys[static_cast<size_t>(i)],
                                                         setup.identity_certs(i))
-                          .WithContext("client " + std::to_string(i) + " of the round (the aggregator may be "
+                          .WithContext("client " + std::to_string(i) +
+                                       " of the round (the aggregator may be "
                                        "substituting identity keys)"));
     }
   }
@@ -67,12 +68,12 @@ wire::SecAggMessage SecureUpdate::First() const { return Message(0, client_.Adve
 
 StatusOr<std::optional<wire::SecAggMessage>> SecureUpdate::Next(const wire::SecAggMessage& in) {
   if (in.round() != round_) {
-    return InvalidArgument("secure aggregation message for round " + std::to_string(in.round()) + ", expected " +
-                           std::to_string(round_));
+    return InvalidArgument("secure aggregation message for round " + std::to_string(in.round()) +
+                           ", expected " + std::to_string(round_));
   }
   if (in.stage() != expected_stage_) {
-    return InvalidArgument("secure aggregation message for stage " + std::to_string(in.stage()) + ", expected " +
-                           std::to_string(expected_stage_));
+    return InvalidArgument("secure aggregation message for stage " + std::to_string(in.stage()) +
+                           ", expected " + std::to_string(expected_stage_));
   }
   const std::string& bytes = in.payload();
   std::optional<wire::SecAggMessage> out;

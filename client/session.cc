@@ -11,14 +11,22 @@ namespace flotilla::client {
 
 const char* StateName(Session::State state) {
   switch (state) {
-    case Session::State::kHello: return "hello";
-    case Session::State::kRequesting: return "requesting";
-    case Session::State::kWaiting: return "waiting";
-    case Session::State::kTraining: return "training";
-    case Session::State::kUploading: return "uploading";
-    case Session::State::kSecAgg: return "secure-aggregation";
-    case Session::State::kSecAggComputing: return "secure-aggregation-computing";
-    case Session::State::kFinished: return "finished";
+    case Session::State::kHello:
+      return "hello";
+    case Session::State::kRequesting:
+      return "requesting";
+    case Session::State::kWaiting:
+      return "waiting";
+    case Session::State::kTraining:
+      return "training";
+    case Session::State::kUploading:
+      return "uploading";
+    case Session::State::kSecAgg:
+      return "secure-aggregation";
+    case Session::State::kSecAggComputing:
+      return "secure-aggregation-computing";
+    case Session::State::kFinished:
+      return "finished";
   }
   return "unknown";
 }
@@ -44,7 +52,8 @@ Status Session::SendHello() {
   if (config_.secagg_identity) {
     const auto& key = config_.secagg_identity->public_key;
     env.mutable_hello()->set_secagg_identity_key(key.data(), key.size());
-    if (!config_.secagg_identity_cert.empty()) env.mutable_hello()->set_secagg_identity_cert(config_.secagg_identity_cert);
+    if (!config_.secagg_identity_cert.empty())
+      env.mutable_hello()->set_secagg_identity_cert(config_.secagg_identity_cert);
   }
   return Send(&env, State::kHello);
 }
@@ -80,7 +89,8 @@ Status Session::OnReadable() {
     if (!bytes) return Status::Ok();
     StatusOr<wire::Envelope> env = proto::ParseEnvelope(bytes->data(), bytes->size());
     if (!env.ok()) {
-      LOG_WARN("client", config_.name << ": ignoring bad message from aggregator: " << env.status().message());
+      LOG_WARN("client",
+               config_.name << ": ignoring bad message from aggregator: " << env.status().message());
       continue;
     }
     if (env->request_id() != outstanding_id_) {
@@ -88,8 +98,8 @@ Status Session::OnReadable() {
       continue;
     }
     outstanding_id_ = 0;
-    LOG_DEBUG("client", config_.name << ": got " << proto::BodyName(*env) << " #" << env->request_id() << " in state "
-                                     << StateName(state_));
+    LOG_DEBUG("client", config_.name << ": got " << proto::BodyName(*env) << " #" << env->request_id()
+                                     << " in state " << StateName(state_));
     RETURN_IF_ERROR(Handle(*env));
   }
 }
@@ -147,13 +157,16 @@ Status Session::Handle(const wire::Envelope& env) {
       }
       if (secure_) {
         switch (err.code()) {
-          case wire::ERROR_NOT_REGISTERED: return SendHello();
-          case wire::ERROR_NOT_FOUND: return SendSecAgg(/*poll=*/false);  // our message never arrived
+          case wire::ERROR_NOT_REGISTERED:
+            return SendHello();
+          case wire::ERROR_NOT_FOUND:
+            return SendSecAgg(/*poll=*/false);  // our message never arrived
           case wire::ERROR_INTERNAL:
             state_ = State::kWaiting;
             retry_at_ = Clock::now() + std::chrono::seconds(1);
             return Status::Ok();
-          default: return EndSecureUpdate(false, err.message());
+          default:
+            return EndSecureUpdate(false, err.message());
         }
       }
       switch (err.code()) {
@@ -214,13 +227,17 @@ Status Session::OnTick() {
 
 Session::Clock::time_point Session::NextDeadline() const {
   switch (state_) {
-    case State::kWaiting: return retry_at_;
+    case State::kWaiting:
+      return retry_at_;
     case State::kHello:
     case State::kRequesting:
     case State::kUploading:
-    case State::kSecAgg: return reply_deadline_;
-    case State::kSecAggComputing: return Clock::now() + std::chrono::milliseconds(5);  // poll for the result
-    default: return Clock::now() + std::chrono::hours(1);
+    case State::kSecAgg:
+      return reply_deadline_;
+    case State::kSecAggComputing:
+      return Clock::now() + std::chrono::milliseconds(5);  // poll for the result
+    default:
+      return Clock::now() + std::chrono::hours(1);
   }
 }
 
@@ -258,7 +275,8 @@ Status Session::StartSecureUpdate(const wire::Update& update) {
   const wire::SecAggSetup setup = *secagg_setup_;
   secagg_setup_.reset();
   StatusOr<std::vector<float>> delta = [&]() -> StatusOr<std::vector<float>> {
-    if (!config_.secagg_identity) return FailedPrecondition("this device has no secure-aggregation identity key");
+    if (!config_.secagg_identity)
+      return FailedPrecondition("this device has no secure-aggregation identity key");
     const std::string& data = update.delta().data();
     if (data.size() % sizeof(float) != 0) return InvalidArgument("update delta is not a float vector");
     std::vector<float> values(data.size() / sizeof(float));
@@ -271,8 +289,9 @@ Status Session::StartSecureUpdate(const wire::Update& update) {
                  : StatusOr<std::unique_ptr<SecureUpdate>>(delta.status());
   if (config_.secagg_authority_key.empty() && !warned_no_authority_) {
     warned_no_authority_ = true;
-    LOG_WARN("client", config_.name << ": no enrolment authority key: the round's identity keys are taken on the "
-                                       "aggregator's word (see docs/secure-aggregation.md)");
+    LOG_WARN("client",
+             config_.name << ": no enrolment authority key: the round's identity keys are taken on the "
+                             "aggregator's word (see docs/secure-aggregation.md)");
   }
   if (!made.ok()) {
     ++secagg_aborted_;
@@ -280,11 +299,13 @@ Status Session::StartSecureUpdate(const wire::Update& update) {
   }
   secure_ = std::move(made).value();
   secagg_out_ = secure_->First();
-  const bool faulty = config_.secagg_fault_last_round == 0 || update.round() <= config_.secagg_fault_last_round;
+  const bool faulty =
+      config_.secagg_fault_last_round == 0 || update.round() <= config_.secagg_fault_last_round;
   secagg_drop_at_ = faulty ? config_.secagg_drop_stage : -1;
   if (faulty && secagg_drop_at_ < 0 && config_.secagg_dropout > 0) {
     Rng rng(DeriveSeed(config_.fault_seed, "secagg-dropout", update.round()));
-    if (rng.UniformDouble() < config_.secagg_dropout) secagg_drop_at_ = 1 + static_cast<int>(rng.UniformInt(3));
+    if (rng.UniformDouble() < config_.secagg_dropout)
+      secagg_drop_at_ = 1 + static_cast<int>(rng.UniformInt(3));
   }
   return SendSecAgg(/*poll=*/false);
 }

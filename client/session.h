@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "core/status.h"
 #include "client/secure_update.h"
+#include "core/status.h"
 #include "net/transport.h"
 #include "privacy/keys.h"
 #include "proto/flotilla.pb.h"
@@ -38,7 +38,7 @@ namespace flotilla::client {
 
 struct SessionConfig {
   std::string endpoint = "tcp://127.0.0.1:7400";
-  std::string name;          // display name (and identity without CURVE)
+  std::string name;  // display name (and identity without CURVE)
   // The federation this device is enrolled in: the aggregator's Welcome
   // must name it, and every model's signature must cover it.
   std::string federation = "flotilla";
@@ -74,7 +74,16 @@ struct SessionConfig {
 class Session {
  public:
   using Clock = std::chrono::steady_clock;
-  enum class State { kHello, kRequesting, kWaiting, kTraining, kUploading, kSecAgg, kSecAggComputing, kFinished };
+  enum class State {
+    kHello,
+    kRequesting,
+    kWaiting,
+    kTraining,
+    kUploading,
+    kSecAgg,
+    kSecAggComputing,
+    kFinished
+  };
 
   // Creates the socket and sends Hello (queued until the aggregator is up).
   static StatusOr<std::unique_ptr<Session>> Create(net::Context* context, const SessionConfig& config);
@@ -143,7 +152,7 @@ class Session {
   std::chrono::milliseconds backoff_{0};
   std::optional<wire::TrainTask> pending_task_;
   uint32_t training_round_ = 0;
-  std::optional<wire::Update> pending_update_;  // sent, not yet acknowledged
+  std::optional<wire::Update> pending_update_;     // sent, not yet acknowledged
   std::optional<wire::SecAggSetup> secagg_setup_;  // of the task being trained
   std::shared_ptr<SecureUpdate> secure_;
   // The step running on the executor (state kSecAggComputing); the worker

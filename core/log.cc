@@ -26,12 +26,18 @@ void SetLogLevel(LogLevel level) { LevelStorage().store(static_cast<int>(level))
 LogLevel GetLogLevel() { return static_cast<LogLevel>(LevelStorage().load()); }
 
 bool ParseLogLevel(const std::string& text, LogLevel* level) {
-  if (text == "debug") *level = LogLevel::kDebug;
-  else if (text == "info") *level = LogLevel::kInfo;
-  else if (text == "warning" || text == "warn") *level = LogLevel::kWarning;
-  else if (text == "error") *level = LogLevel::kError;
-  else if (text == "off") *level = LogLevel::kOff;
-  else return false;
+  if (text == "debug")
+    *level = LogLevel::kDebug;
+  else if (text == "info")
+    *level = LogLevel::kInfo;
+  else if (text == "warning" || text == "warn")
+    *level = LogLevel::kWarning;
+  else if (text == "error")
+    *level = LogLevel::kError;
+  else if (text == "off")
+    *level = LogLevel::kOff;
+  else
+    return false;
   return true;
 }
 
@@ -62,7 +68,8 @@ bool LogLimiter::Allow(const std::string& key, Clock::time_point now, uint64_t* 
   if (entries_.size() > 10000) {
     // Forget keys quiet for a whole interval with nothing held back.
     for (auto i = entries_.begin(); i != entries_.end();) {
-      i = (i->second.held == 0 && now - i->second.last >= interval_ && i != it) ? entries_.erase(i) : std::next(i);
+      i = (i->second.held == 0 && now - i->second.last >= interval_ && i != it) ? entries_.erase(i)
+                                                                                : std::next(i);
     }
   }
   return true;

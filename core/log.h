@@ -43,13 +43,13 @@ class LogLimiter {
 
 }  // namespace flotilla
 
-#define FLOTILLA_LOG(level, component, expr)                                 \
-  do {                                                                       \
+#define FLOTILLA_LOG(level, component, expr)                                      \
+  do {                                                                            \
     if (static_cast<int>(level) >= static_cast<int>(::flotilla::GetLogLevel())) { \
-      std::ostringstream _flotilla_log_os;                                   \
-      _flotilla_log_os << expr;                                              \
-      ::flotilla::LogLine(level, component, _flotilla_log_os.str());         \
-    }                                                                        \
+      std::ostringstream _flotilla_log_os;                                        \
+      _flotilla_log_os << expr;                                                   \
+      ::flotilla::LogLine(level, component, _flotilla_log_os.str());              \
+    }                                                                             \
   } while (0)
 
 #define LOG_DEBUG(component, expr) FLOTILLA_LOG(::flotilla::LogLevel::kDebug, component, expr)

@@ -17,8 +17,8 @@ std::string JsonEscape(const std::string& s) {
 
 }  // namespace
 
-Status WriteRawWeights(const std::string& path, const Weights& weights, const std::string& arch, uint64_t version,
-                       uint32_t round) {
+Status WriteRawWeights(const std::string& path, const Weights& weights, const std::string& arch,
+                       uint64_t version, uint32_t round) {
   {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(weights.data.data()),
@@ -26,8 +26,8 @@ Status WriteRawWeights(const std::string& path, const Weights& weights, const st
     if (!out) return Unavailable("cannot write " + path);
   }
   std::ostringstream json;
-  json << "{\n  \"format\": \"float32-le\",\n  \"arch\": \"" << JsonEscape(arch) << "\",\n  \"version\": " << version
-       << ",\n  \"round\": " << round << ",\n  \"tensors\": [\n";
+  json << "{\n  \"format\": \"float32-le\",\n  \"arch\": \"" << JsonEscape(arch)
+       << "\",\n  \"version\": " << version << ",\n  \"round\": " << round << ",\n  \"tensors\": [\n";
   const auto& tensors = weights.layout->tensors();
   for (size_t i = 0; i < tensors.size(); ++i) {
     json << "    {\"name\": \"" << JsonEscape(tensors[i].name) << "\", \"offset\": " << tensors[i].offset

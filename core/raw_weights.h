@@ -11,7 +11,7 @@
 
 namespace flotilla {
 
-Status WriteRawWeights(const std::string& path, const Weights& weights, const std::string& arch, uint64_t version,
-                       uint32_t round);
+Status WriteRawWeights(const std::string& path, const Weights& weights, const std::string& arch,
+                       uint64_t version, uint32_t round);
 
 }  // namespace flotilla

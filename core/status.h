@@ -19,8 +19,8 @@ enum class StatusCode {
   kAlreadyExists,
   kFailedPrecondition,
   kOutOfRange,
-  kDataLoss,         // stored or received bytes are corrupt
-  kUnavailable,      // transient: peer not up, timeout; retrying may help
+  kDataLoss,     // stored or received bytes are corrupt
+  kUnavailable,  // transient: peer not up, timeout; retrying may help
   kResourceExhausted,
   kPermissionDenied,
   kAborted,
@@ -32,8 +32,7 @@ const char* StatusCodeName(StatusCode code);
 class [[nodiscard]] Status {
  public:
   Status() = default;  // OK
-  Status(StatusCode code, std::string message)
-      : code_(code), message_(std::move(message)) {}
+  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
   static Status Ok() { return Status(); }
 

@@ -17,8 +17,7 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-StatusOr<Layout> Layout::Create(
-    const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors) {
+StatusOr<Layout> Layout::Create(const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors) {
   constexpr int64_t kMaxElements = int64_t{1} << 31;
   Layout layout;
   std::set<std::string> seen;
@@ -48,15 +47,15 @@ std::string Layout::Describe() const {
 
 Status Layout::CheckSame(const Layout& other) const {
   if (tensors_.size() != other.tensors_.size()) {
-    return InvalidArgument("layout has " + std::to_string(other.tensors_.size()) +
-                           " tensors, expected " + std::to_string(tensors_.size()));
+    return InvalidArgument("layout has " + std::to_string(other.tensors_.size()) + " tensors, expected " +
+                           std::to_string(tensors_.size()));
   }
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const TensorSpec& a = tensors_[i];
     const TensorSpec& b = other.tensors_[i];
     if (a.name != b.name) {
-      return InvalidArgument("tensor " + std::to_string(i) + " is named '" + b.name +
-                             "', expected '" + a.name + "'");
+      return InvalidArgument("tensor " + std::to_string(i) + " is named '" + b.name + "', expected '" +
+                             a.name + "'");
     }
     if (a.shape != b.shape) {
       return InvalidArgument("tensor " + std::to_string(i) + " '" + a.name + "': shape " +

@@ -33,8 +33,7 @@ class Layout {
 
   // Builds a layout from (name, shape) pairs in order. Fails on duplicate or
   // empty names, negative dimensions, or a total over 2^31 elements.
-  static StatusOr<Layout> Create(
-      const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors);
+  static StatusOr<Layout> Create(const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors);
 
   const std::vector<TensorSpec>& tensors() const { return tensors_; }
   int64_t total_numel() const { return total_; }

@@ -21,8 +21,8 @@ std::string Z85Encode(const std::vector<unsigned char>& bytes) {
   std::string out;
   out.reserve(bytes.size() / 4 * 5);
   for (size_t i = 0; i + 4 <= bytes.size(); i += 4) {
-    uint32_t value = (uint32_t{bytes[i]} << 24) | (uint32_t{bytes[i + 1]} << 16) | (uint32_t{bytes[i + 2]} << 8) |
-                     uint32_t{bytes[i + 3]};
+    uint32_t value = (uint32_t{bytes[i]} << 24) | (uint32_t{bytes[i + 1]} << 16) |
+                     (uint32_t{bytes[i + 2]} << 8) | uint32_t{bytes[i + 3]};
     char chunk[5];
     for (int j = 4; j >= 0; --j) {
       chunk[j] = kAlphabet[value % 85];

@@ -63,7 +63,8 @@ struct Harness {
       hello.mutable_hello()->set_client_name("c" + std::to_string(i));
       auto identity = privacy::DeriveSecAggIdentity(*privacy::DeriveCurveKeyPairForSimulation(i));
       if (!identity.ok()) std::abort();
-      hello.mutable_hello()->set_secagg_identity_key(identity->public_key.data(), identity->public_key.size());
+      hello.mutable_hello()->set_secagg_identity_key(identity->public_key.data(),
+                                                     identity->public_key.size());
       net::Incoming in{"peer" + std::to_string(i), keys[i], proto::SerializeEnvelope(&hello)};
       if (!agg->Step(in).ok()) std::abort();
     }
@@ -82,6 +83,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                    std::string(reinterpret_cast<const char*>(data + 1), size - 1)};
   Status st = harness->agg->Step(in);
   // Bad input must never be fatal; only the store failing may be.
-  if (!st.ok() && st.code() != StatusCode::kUnavailable && st.code() != StatusCode::kResourceExhausted) std::abort();
+  if (!st.ok() && st.code() != StatusCode::kUnavailable && st.code() != StatusCode::kResourceExhausted)
+    std::abort();
   return 0;
 }

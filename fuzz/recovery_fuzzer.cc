@@ -16,10 +16,10 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <cstdio>
-#include <cstring>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,7 +38,8 @@ using namespace flotilla;
 namespace {
 
 std::shared_ptr<const Layout> TinyLayout() {
-  static auto layout = std::make_shared<const Layout>(*Layout::Create({{"fc.weight", {2, 3}}, {"fc.bias", {2}}}));
+  static auto layout =
+      std::make_shared<const Layout>(*Layout::Create({{"fc.weight", {2, 3}}, {"fc.bias", {2}}}));
   return layout;
 }
 
@@ -146,8 +147,8 @@ void FuzzRecovery(const uint8_t* data, size_t size) {
   auto store = aggregator::Store::OnKvStore(StoreWith(parts, *t));
   if (!store.ok()) std::abort();
   static net::Context* context = new net::Context();
-  auto agg = aggregator::Aggregator::Create(t->config, context, Weights::Zeros(TinyLayout()), nullptr, nullptr,
-                                            std::move(store).value());
+  auto agg = aggregator::Aggregator::Create(t->config, context, Weights::Zeros(TinyLayout()), nullptr,
+                                            nullptr, std::move(store).value());
   // Bad records are quarantined, never a reason not to start.
   if (!agg.ok()) {
     std::fprintf(stderr, "recovery_fuzzer: recovery refused: %s\n", agg.status().ToString().c_str());

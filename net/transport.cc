@@ -81,7 +81,8 @@ Status ApplyClientSecurity(void* socket, const SocketOptions& options) {
   RETURN_IF_ERROR(CheckKey(options.curve.public_key, "client public key"));
   RETURN_IF_ERROR(CheckKey(options.curve.secret_key, "client secret key"));
   RETURN_IF_ERROR(CheckKey(options.curve.server_public_key, "aggregator public key"));
-  RETURN_IF_ERROR(SetString(socket, ZMQ_CURVE_SERVERKEY, options.curve.server_public_key, "ZMQ_CURVE_SERVERKEY"));
+  RETURN_IF_ERROR(
+      SetString(socket, ZMQ_CURVE_SERVERKEY, options.curve.server_public_key, "ZMQ_CURVE_SERVERKEY"));
   RETURN_IF_ERROR(SetString(socket, ZMQ_CURVE_PUBLICKEY, options.curve.public_key, "ZMQ_CURVE_PUBLICKEY"));
   RETURN_IF_ERROR(SetString(socket, ZMQ_CURVE_SECRETKEY, options.curve.secret_key, "ZMQ_CURVE_SECRETKEY"));
   return Status::Ok();
@@ -156,8 +157,8 @@ ServerSocket::~ServerSocket() { zmq_close(socket_); }
 StatusOr<std::optional<Incoming>> ServerSocket::Receive(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     ASSIGN_OR_RETURN(bool readable, WaitReadable(socket_, std::max(left, std::chrono::milliseconds(0))));
     if (!readable) return std::optional<Incoming>();
     Incoming in;

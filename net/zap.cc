@@ -62,9 +62,10 @@ StatusOr<std::set<std::string>> ReadAllowlist(const std::string& path) {
     const bool is_key = key.size() == 40 && decoded.ok() && decoded->size() == 32;
     if (!is_key && !key.empty() && key[0] == '#') continue;
     if (!is_key) {
-      return InvalidArgument(path + ":" + std::to_string(line_no) +
-                             ": not a 40-character Z85 CURVE public key (a line is a key, optionally followed "
-                             "by a label, or a comment starting with '#')");
+      return InvalidArgument(
+          path + ":" + std::to_string(line_no) +
+          ": not a 40-character Z85 CURVE public key (a line is a key, optionally followed "
+          "by a label, or a comment starting with '#')");
     }
     keys.insert(key);
   }

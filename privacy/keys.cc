@@ -30,7 +30,8 @@ StatusOr<std::map<std::string, std::string>> ReadKeyValues(const std::string& pa
     const auto first = line.find_first_not_of(" \t\r");
     if (first == std::string::npos || line[first] == '#') continue;
     const auto eq = line.find('=');
-    if (eq == std::string::npos) return InvalidArgument(path + ":" + std::to_string(line_no) + ": expected name = value");
+    if (eq == std::string::npos)
+      return InvalidArgument(path + ":" + std::to_string(line_no) + ": expected name = value");
     auto trim = [](std::string s) {
       const auto a = s.find_first_not_of(" \t\r");
       const auto b = s.find_last_not_of(" \t\r");
@@ -62,8 +63,8 @@ Status CheckPrivateMode(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return NotFound("cannot stat " + path);
   if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-    return PermissionDenied("secret key file " + path +
-                            " is readable by group or others; run: chmod 600 " + path);
+    return PermissionDenied("secret key file " + path + " is readable by group or others; run: chmod 600 " +
+                            path);
   }
   return Status::Ok();
 }
@@ -133,7 +134,8 @@ StatusOr<CurveKeyPair> DeriveCurveKeyPairForSimulation(uint64_t seed) {
 
 StatusOr<SigningKeyPair> DeriveSecAggIdentity(const CurveKeyPair& curve) {
   RETURN_IF_ERROR(EnsureSodium());
-  if (curve.secret.size() != crypto_box_SECRETKEYBYTES) return InvalidArgument("CURVE secret key must be 32 bytes");
+  if (curve.secret.size() != crypto_box_SECRETKEYBYTES)
+    return InvalidArgument("CURVE secret key must be 32 bytes");
   static const char kLabel[] = "flotilla-secagg-identity-v1";
   SecretBytes seed(crypto_sign_SEEDBYTES);
   crypto_generichash_state state;
@@ -168,8 +170,10 @@ std::vector<unsigned char> SecAggCertMessage(const std::vector<unsigned char>& i
 StatusOr<std::string> CertifySecAggIdentity(const SigningKeyPair& authority,
                                             const std::vector<unsigned char>& identity_public) {
   RETURN_IF_ERROR(EnsureSodium());
-  if (identity_public.size() != crypto_sign_PUBLICKEYBYTES) return InvalidArgument("identity key must be 32 bytes");
-  if (authority.secret.size() != crypto_sign_SECRETKEYBYTES) return InvalidArgument("authority key must be 64 bytes");
+  if (identity_public.size() != crypto_sign_PUBLICKEYBYTES)
+    return InvalidArgument("identity key must be 32 bytes");
+  if (authority.secret.size() != crypto_sign_SECRETKEYBYTES)
+    return InvalidArgument("authority key must be 64 bytes");
   const std::vector<unsigned char> m = SecAggCertMessage(identity_public);
   std::string cert(crypto_sign_BYTES, '\0');
   if (crypto_sign_detached(reinterpret_cast<unsigned char*>(cert.data()), nullptr, m.data(), m.size(),
@@ -182,8 +186,8 @@ StatusOr<std::string> CertifySecAggIdentity(const SigningKeyPair& authority,
 Status VerifySecAggIdentityCert(const std::vector<unsigned char>& authority_public,
                                 const std::vector<unsigned char>& identity_public, const std::string& cert) {
   RETURN_IF_ERROR(EnsureSodium());
-  if (authority_public.size() != crypto_sign_PUBLICKEYBYTES || identity_public.size() != crypto_sign_PUBLICKEYBYTES ||
-      cert.size() != crypto_sign_BYTES) {
+  if (authority_public.size() != crypto_sign_PUBLICKEYBYTES ||
+      identity_public.size() != crypto_sign_PUBLICKEYBYTES || cert.size() != crypto_sign_BYTES) {
     return PermissionDenied("SecAgg identity certificate missing or malformed");
   }
   const std::vector<unsigned char> m = SecAggCertMessage(identity_public);
@@ -229,9 +233,11 @@ StatusOr<SigningKeyPair> GenerateSigningKeyPair() {
 
 Status WriteCurveKeyFiles(const std::string& dir, const std::string& name, const CurveKeyPair& pair,
                           bool overwrite) {
-  const std::string pub = "# Flotilla CURVE public key of '" + name + "'. Share it.\npublic = " + pair.public_z85 + "\n";
-  std::string secret = "# Flotilla CURVE secret key of '" + name + "'. Keep it private (mode 0600).\npublic = " +
-                       pair.public_z85 + "\nsecret = " + pair.SecretZ85() + "\n";
+  const std::string pub =
+      "# Flotilla CURVE public key of '" + name + "'. Share it.\npublic = " + pair.public_z85 + "\n";
+  std::string secret = "# Flotilla CURVE secret key of '" + name +
+                       "'. Keep it private (mode 0600).\npublic = " + pair.public_z85 +
+                       "\nsecret = " + pair.SecretZ85() + "\n";
   Status st = WriteFileWithMode(Join(dir, name + ".curve.key"), secret, 0600, overwrite);
   sodium_memzero(secret.data(), secret.size());
   RETURN_IF_ERROR(st);
@@ -241,8 +247,8 @@ Status WriteCurveKeyFiles(const std::string& dir, const std::string& name, const
 Status WriteSigningKeyFiles(const std::string& dir, const std::string& name, const SigningKeyPair& pair,
                             bool overwrite) {
   const std::string pub_hex = HexEncode(pair.public_key.data(), pair.public_key.size());
-  const std::string pub = "# Flotilla model-signing public key of '" + name + "'. Give it to every client.\npublic = " +
-                          pub_hex + "\n";
+  const std::string pub = "# Flotilla model-signing public key of '" + name +
+                          "'. Give it to every client.\npublic = " + pub_hex + "\n";
   std::string secret = "# Flotilla model-signing secret key of '" + name +
                        "'. Keep it private (mode 0600).\npublic = " + pub_hex +
                        "\nsecret = " + HexEncode(pair.secret.data(), pair.secret.size()) + "\n";
@@ -253,7 +259,8 @@ Status WriteSigningKeyFiles(const std::string& dir, const std::string& name, con
 }
 
 Status CheckCurvePublicKey(const std::string& z85) {
-  if (z85.size() != 40) return InvalidArgument("a CURVE public key is 40 Z85 characters, got " + std::to_string(z85.size()));
+  if (z85.size() != 40)
+    return InvalidArgument("a CURVE public key is 40 Z85 characters, got " + std::to_string(z85.size()));
   ASSIGN_OR_RETURN(std::vector<unsigned char> bytes, Z85Decode(z85));
   if (bytes.size() != 32) return InvalidArgument("CURVE key does not decode to 32 bytes");
   return Status::Ok();
@@ -278,7 +285,8 @@ StatusOr<CurveKeyPair> ReadCurveSecretFile(const std::string& path) {
   RETURN_IF_ERROR(EnsureSodium());
   std::vector<unsigned char> derived(32);
   crypto_scalarmult_base(derived.data(), pair.secret.data());
-  if (Z85Encode(derived) != pair.public_z85) return InvalidArgument(path + ": public key does not match secret key");
+  if (Z85Encode(derived) != pair.public_z85)
+    return InvalidArgument(path + ": public key does not match secret key");
   return pair;
 }
 
@@ -315,7 +323,8 @@ StatusOr<std::vector<unsigned char>> ReadSigningPublicFile(const std::string& pa
   ASSIGN_OR_RETURN(auto values, ReadKeyValues(path));
   if (!values.count("public")) return InvalidArgument(path + " has no 'public = ' line");
   ASSIGN_OR_RETURN(std::vector<unsigned char> key, HexDecode(values["public"]));
-  if (key.size() != crypto_sign_PUBLICKEYBYTES) return InvalidArgument(path + ": signing public key must be 32 bytes");
+  if (key.size() != crypto_sign_PUBLICKEYBYTES)
+    return InvalidArgument(path + ": signing public key must be 32 bytes");
   return key;
 }
 

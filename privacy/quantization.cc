@@ -63,7 +63,8 @@ uint64_t NoiseHeadroom(const QuantizationConfig& c) {
 }
 
 double MaxSafeScale(double clip_norm, uint32_t bit_width, uint32_t num_clients, double noise_stddev) {
-  if (!(clip_norm > 0) || !std::isfinite(clip_norm) || bit_width < 1 || bit_width > 32 || num_clients < 1) return 0;
+  if (!(clip_norm > 0) || !std::isfinite(clip_norm) || bit_width < 1 || bit_width > 32 || num_clients < 1)
+    return 0;
   if (!(noise_stddev >= 0) || !std::isfinite(noise_stddev)) return 0;
   const uint64_t limit = (uint64_t{1} << bit_width) - 1;
   double scale = 0;
@@ -102,7 +103,8 @@ double MaxSafeScale(double clip_norm, uint32_t bit_width, uint32_t num_clients, 
 
 Status CheckQuantization(const QuantizationConfig& c) {
   if (!std::isfinite(c.clip_norm) || c.clip_norm <= 0) {
-    return InvalidArgument("quantization clip_norm must be finite and positive, got " + std::to_string(c.clip_norm));
+    return InvalidArgument("quantization clip_norm must be finite and positive, got " +
+                           std::to_string(c.clip_norm));
   }
   if (!std::isfinite(c.scale) || c.scale <= 0) {
     return InvalidArgument("quantization scale must be finite and positive, got " + std::to_string(c.scale));
@@ -111,7 +113,8 @@ Status CheckQuantization(const QuantizationConfig& c) {
     return InvalidArgument("quantization noise_stddev must be finite and >= 0, got " +
                            std::to_string(c.noise_stddev));
   }
-  if (c.bit_width < 1 || c.bit_width > 32) return InvalidArgument("quantization bit_width must be 1..32, got " + Str(c.bit_width));
+  if (c.bit_width < 1 || c.bit_width > 32)
+    return InvalidArgument("quantization bit_width must be 1..32, got " + Str(c.bit_width));
   if (c.num_clients < 1) return InvalidArgument("quantization num_clients must be at least 1");
   const uint64_t limit = (uint64_t{1} << c.bit_width) - 1;
   const uint64_t per_client = QuantizedMax(c);
@@ -120,16 +123,18 @@ Status CheckQuantization(const QuantizationConfig& c) {
   if (per_client > limit || total > limit) {
     const std::string noise_term =
         headroom == 0 ? std::string()
-                      : " + 2 x noise headroom " + Str(headroom) + " (= ceil(10 x sqrt(" + Str(c.num_clients) +
-                            " clients) x noise_stddev " + std::to_string(c.noise_stddev) + " x scale " +
-                            std::to_string(c.scale) + "))";
+                      : " + 2 x noise headroom " + Str(headroom) + " (= ceil(10 x sqrt(" +
+                            Str(c.num_clients) + " clients) x noise_stddev " +
+                            std::to_string(c.noise_stddev) + " x scale " + std::to_string(c.scale) + "))";
     return InvalidArgument(
-        "quantized sum can overflow: " + Str(c.num_clients) + " clients x per-client maximum " + Str(per_client) +
-        " (= ceil(2 x clip_norm " + std::to_string(c.clip_norm) + " x scale " + std::to_string(c.scale) + "))" +
-        noise_term + " = " + (total > UINT64_MAX ? std::string("more than 2^64") : Str(static_cast<uint64_t>(total))) +
-        " > 2^" + Str(c.bit_width) + " - 1 = " + Str(limit) + "; use scale <= " +
+        "quantized sum can overflow: " + Str(c.num_clients) + " clients x per-client maximum " +
+        Str(per_client) + " (= ceil(2 x clip_norm " + std::to_string(c.clip_norm) + " x scale " +
+        std::to_string(c.scale) + "))" + noise_term + " = " +
+        (total > UINT64_MAX ? std::string("more than 2^64") : Str(static_cast<uint64_t>(total))) + " > 2^" +
+        Str(c.bit_width) + " - 1 = " + Str(limit) + "; use scale <= " +
         std::to_string(MaxSafeScale(c.clip_norm, c.bit_width, c.num_clients, c.noise_stddev)) +
-        (headroom == 0 ? ", a smaller clip_norm or more bits" : ", a smaller clip_norm, less noise or more bits"));
+        (headroom == 0 ? ", a smaller clip_norm or more bits"
+                       : ", a smaller clip_norm, less noise or more bits"));
   }
   return Status::Ok();
 }
@@ -139,7 +144,8 @@ StatusOr<std::vector<uint32_t>> Quantize(const std::vector<float>& values, const
   RETURN_IF_ERROR(CheckQuantization(c));
   double norm2 = 0;
   for (size_t i = 0; i < values.size(); ++i) {
-    if (!std::isfinite(values[i])) return InvalidArgument("cannot quantize non-finite value at index " + Str(i));
+    if (!std::isfinite(values[i]))
+      return InvalidArgument("cannot quantize non-finite value at index " + Str(i));
     norm2 += static_cast<double>(values[i]) * values[i];
   }
   const double norm = std::sqrt(norm2);
@@ -223,7 +229,8 @@ StatusOr<std::vector<float>> Dequantize(const std::vector<uint32_t>& sum, uint32
                                         const QuantizationConfig& c) {
   RETURN_IF_ERROR(CheckQuantization(c));
   if (num_summands < 1 || num_summands > c.num_clients) {
-    return InvalidArgument("Dequantize: num_summands must be 1.." + Str(c.num_clients) + ", got " + Str(num_summands));
+    return InvalidArgument("Dequantize: num_summands must be 1.." + Str(c.num_clients) + ", got " +
+                           Str(num_summands));
   }
   // Centred decoding. The sum of m clients' words is m C scale (the shift)
   // plus scale times the sum of their clipped values plus the noise, mod

@@ -83,12 +83,10 @@ double ComputeLogAInt(double q, double sigma, int64_t alpha) {
   double log_binom = 0.0;  // log C(alpha, i), updated incrementally
   for (int64_t i = 0; i <= alpha; ++i) {
     if (i > 0) {
-      log_binom += std::log(static_cast<double>(alpha - i + 1)) -
-                   std::log(static_cast<double>(i));
+      log_binom += std::log(static_cast<double>(alpha - i + 1)) - std::log(static_cast<double>(i));
     }
     const double di = static_cast<double>(i);
-    const double log_coef =
-        log_binom + di * log_q + static_cast<double>(alpha - i) * log_1mq;
+    const double log_coef = log_binom + di * log_q + static_cast<double>(alpha - i) * log_1mq;
     log_a = LogAdd(log_a, log_coef + (di * di - di) / two_var);
   }
   return log_a;
@@ -159,8 +157,8 @@ StatusOr<double> ComputeRdpAtOrder(double q, double sigma, double alpha) {
     log_a = ComputeLogAFrac(q, sigma, alpha);
   }
   if (std::isnan(log_a)) {
-    return Internal("RDP series did not converge at order " + Num(alpha) +
-                    " for q=" + Num(q) + ", noise multiplier=" + Num(sigma));
+    return Internal("RDP series did not converge at order " + Num(alpha) + " for q=" + Num(q) +
+                    ", noise multiplier=" + Num(sigma));
   }
   return std::max(0.0, log_a / (alpha - 1.0));
 }
@@ -174,8 +172,7 @@ Status ValidateOrders(const std::vector<double>& orders) {
     // The series cost grows with the order, and orders beyond this do not
     // tighten the (epsilon, delta) conversion in any practical regime.
     if (a > kMaxOrder) {
-      return InvalidArgument("RDP order must be <= " + Num(kMaxOrder) +
-                             ", got " + Num(a));
+      return InvalidArgument("RDP order must be <= " + Num(kMaxOrder) + ", got " + Num(a));
     }
   }
   return Status::Ok();
@@ -186,8 +183,7 @@ Status ValidateMechanism(double q, double noise_multiplier, int64_t steps) {
     return InvalidArgument("sampling rate q must be in [0, 1], got " + Num(q));
   }
   if (!std::isfinite(noise_multiplier) || noise_multiplier < 0.0) {
-    return InvalidArgument("noise multiplier must be finite and >= 0, got " +
-                           Num(noise_multiplier));
+    return InvalidArgument("noise multiplier must be finite and >= 0, got " + Num(noise_multiplier));
   }
   if (steps < 0) {
     return InvalidArgument("steps must be >= 0, got " + std::to_string(steps));
@@ -203,22 +199,19 @@ Status ValidateDelta(double delta) {
 }
 
 // ComputeRdp without validation. REQUIRES: inputs validated.
-StatusOr<std::vector<double>> ComputeRdpUnchecked(
-    double q, double noise_multiplier, int64_t steps,
-    const std::vector<double>& orders) {
+StatusOr<std::vector<double>> ComputeRdpUnchecked(double q, double noise_multiplier, int64_t steps,
+                                                  const std::vector<double>& orders) {
   std::vector<double> rdp(orders.size(), 0.0);
   if (steps == 0 || q == 0.0) return rdp;
   for (size_t i = 0; i < orders.size(); ++i) {
-    ASSIGN_OR_RETURN(double per_step,
-                     ComputeRdpAtOrder(q, noise_multiplier, orders[i]));
+    ASSIGN_OR_RETURN(double per_step, ComputeRdpAtOrder(q, noise_multiplier, orders[i]));
     rdp[i] = per_step * static_cast<double>(steps);
   }
   return rdp;
 }
 
 // GetPrivacySpent without validation. REQUIRES: inputs validated.
-PrivacySpent GetPrivacySpentUnchecked(const std::vector<double>& orders,
-                                      const std::vector<double>& rdp,
+PrivacySpent GetPrivacySpentUnchecked(const std::vector<double>& orders, const std::vector<double>& rdp,
                                       double delta) {
   PrivacySpent best;
   best.delta = delta;
@@ -255,29 +248,25 @@ std::vector<double> DefaultRdpOrders() {
   return orders;
 }
 
-StatusOr<std::vector<double>> ComputeRdp(double q, double noise_multiplier,
-                                         int64_t steps,
+StatusOr<std::vector<double>> ComputeRdp(double q, double noise_multiplier, int64_t steps,
                                          const std::vector<double>& orders) {
   RETURN_IF_ERROR(ValidateMechanism(q, noise_multiplier, steps));
   RETURN_IF_ERROR(ValidateOrders(orders));
   return ComputeRdpUnchecked(q, noise_multiplier, steps, orders);
 }
 
-StatusOr<PrivacySpent> GetPrivacySpent(const std::vector<double>& orders,
-                                       const std::vector<double>& rdp,
+StatusOr<PrivacySpent> GetPrivacySpent(const std::vector<double>& orders, const std::vector<double>& rdp,
                                        double delta) {
   RETURN_IF_ERROR(ValidateDelta(delta));
   RETURN_IF_ERROR(ValidateOrders(orders));
   if (orders.size() != rdp.size()) {
-    return InvalidArgument("got " + std::to_string(orders.size()) +
-                           " orders but " + std::to_string(rdp.size()) +
-                           " RDP values");
+    return InvalidArgument("got " + std::to_string(orders.size()) + " orders but " +
+                           std::to_string(rdp.size()) + " RDP values");
   }
   bool any_usable = false;
   for (size_t i = 0; i < orders.size(); ++i) {
     if (std::isnan(rdp[i]) || rdp[i] < 0.0) {
-      return InvalidArgument("RDP values must be >= 0, got " + Num(rdp[i]) +
-                             " at order " + Num(orders[i]));
+      return InvalidArgument("RDP values must be >= 0, got " + Num(rdp[i]) + " at order " + Num(orders[i]));
     }
     if (orders[i] > kMinUsableOrder) any_usable = true;
   }
@@ -288,15 +277,13 @@ StatusOr<PrivacySpent> GetPrivacySpent(const std::vector<double>& orders,
   return GetPrivacySpentUnchecked(orders, rdp, delta);
 }
 
-StatusOr<double> ComputeNoiseMultiplier(double q, int64_t steps,
-                                        double target_epsilon, double delta,
+StatusOr<double> ComputeNoiseMultiplier(double q, int64_t steps, double target_epsilon, double delta,
                                         const std::vector<double>& orders) {
   RETURN_IF_ERROR(ValidateMechanism(q, 0.0, steps));
   RETURN_IF_ERROR(ValidateDelta(delta));
   RETURN_IF_ERROR(ValidateOrders(orders));
   if (!std::isfinite(target_epsilon) || !(target_epsilon > 0.0)) {
-    return InvalidArgument("target epsilon must be finite and > 0, got " +
-                           Num(target_epsilon));
+    return InvalidArgument("target epsilon must be finite and > 0, got " + Num(target_epsilon));
   }
   bool any_usable = false;
   for (double a : orders) any_usable = any_usable || a > kMinUsableOrder;
@@ -308,10 +295,8 @@ StatusOr<double> ComputeNoiseMultiplier(double q, int64_t steps,
 
   // True when noise multiplier `sigma` meets the target.
   auto meets_target = [&](double sigma) -> StatusOr<bool> {
-    ASSIGN_OR_RETURN(std::vector<double> rdp,
-                     ComputeRdpUnchecked(q, sigma, steps, orders));
-    return GetPrivacySpentUnchecked(orders, rdp, delta).epsilon <=
-           target_epsilon;
+    ASSIGN_OR_RETURN(std::vector<double> rdp, ComputeRdpUnchecked(q, sigma, steps, orders));
+    return GetPrivacySpentUnchecked(orders, rdp, delta).epsilon <= target_epsilon;
   };
 
   // Invariant: lo misses the target (sigma 0 gives infinite epsilon), hi
@@ -324,15 +309,12 @@ StatusOr<double> ComputeNoiseMultiplier(double q, int64_t steps,
     lo = hi;
     hi *= 2.0;
     if (hi > kMaxNoiseMultiplier) {
-      return OutOfRange(
-          "target epsilon " + Num(target_epsilon) + " at delta " + Num(delta) +
-          " is not reachable with a noise multiplier up to " +
-          Num(kMaxNoiseMultiplier) +
-          " for the given orders (larger RDP orders may help)");
+      return OutOfRange("target epsilon " + Num(target_epsilon) + " at delta " + Num(delta) +
+                        " is not reachable with a noise multiplier up to " + Num(kMaxNoiseMultiplier) +
+                        " for the given orders (larger RDP orders may help)");
     }
   }
-  for (int iter = 0; iter < 200 && hi - lo > kNoiseRelativeTolerance * hi;
-       ++iter) {
+  for (int iter = 0; iter < 200 && hi - lo > kNoiseRelativeTolerance * hi; ++iter) {
     const double mid = 0.5 * (lo + hi);
     ASSIGN_OR_RETURN(bool ok, meets_target(mid));
     if (ok) {
@@ -354,11 +336,9 @@ StatusOr<RdpAccountant> RdpAccountant::Create(std::vector<double> orders) {
   return RdpAccountant(std::move(orders));
 }
 
-Status RdpAccountant::Compose(double q, double noise_multiplier,
-                              int64_t steps) {
+Status RdpAccountant::Compose(double q, double noise_multiplier, int64_t steps) {
   RETURN_IF_ERROR(ValidateMechanism(q, noise_multiplier, steps));
-  ASSIGN_OR_RETURN(std::vector<double> rdp,
-                   ComputeRdpUnchecked(q, noise_multiplier, steps, orders_));
+  ASSIGN_OR_RETURN(std::vector<double> rdp, ComputeRdpUnchecked(q, noise_multiplier, steps, orders_));
   for (size_t i = 0; i < rdp_.size(); ++i) rdp_[i] += rdp[i];
   return Status::Ok();
 }

@@ -51,9 +51,8 @@ struct PrivacySpent {
 // steps >= 0, all values are finite and every order is in (1, 1e4].
 // Fails with Internal if the fractional-order series does not converge
 // (not observed for valid inputs).
-StatusOr<std::vector<double>> ComputeRdp(
-    double q, double noise_multiplier, int64_t steps,
-    const std::vector<double>& orders = DefaultRdpOrders());
+StatusOr<std::vector<double>> ComputeRdp(double q, double noise_multiplier, int64_t steps,
+                                         const std::vector<double>& orders = DefaultRdpOrders());
 
 // Converts an RDP curve to the smallest (epsilon, delta)-DP guarantee it
 // implies for `delta`, and reports the order that attains it. Orders <= 1.01
@@ -65,8 +64,7 @@ StatusOr<std::vector<double>> ComputeRdp(
 // Fails with InvalidArgument unless delta is in (0, 1), orders and rdp have
 // the same non-zero length, every order is in (1, 1e4], at least one order is
 // > 1.01, and every rdp value is >= 0 (+inf allowed).
-StatusOr<PrivacySpent> GetPrivacySpent(const std::vector<double>& orders,
-                                       const std::vector<double>& rdp,
+StatusOr<PrivacySpent> GetPrivacySpent(const std::vector<double>& orders, const std::vector<double>& rdp,
                                        double delta);
 
 // Returns the smallest noise multiplier sigma (to a relative tolerance of
@@ -80,9 +78,8 @@ StatusOr<PrivacySpent> GetPrivacySpent(const std::vector<double>& orders,
 // Fails with InvalidArgument on the same input checks as ComputeRdp and
 // GetPrivacySpent, or unless target_epsilon is finite and > 0; fails with
 // OutOfRange if even a noise multiplier of 1e6 does not reach the target.
-StatusOr<double> ComputeNoiseMultiplier(
-    double q, int64_t steps, double target_epsilon, double delta,
-    const std::vector<double>& orders = DefaultRdpOrders());
+StatusOr<double> ComputeNoiseMultiplier(double q, int64_t steps, double target_epsilon, double delta,
+                                        const std::vector<double>& orders = DefaultRdpOrders());
 
 // Accumulates the RDP of a sequence of (possibly different) subsampled
 // Gaussian mechanisms and reports the total privacy spent. RDP composes
@@ -101,8 +98,7 @@ class RdpAccountant {
   // Adds `steps` steps of the Gaussian mechanism with `noise_multiplier` on a
   // Poisson subsample with rate `q`. On error (see ComputeRdp) the accountant
   // is left unchanged.
-  [[nodiscard]] Status Compose(double q, double noise_multiplier,
-                               int64_t steps);
+  [[nodiscard]] Status Compose(double q, double noise_multiplier, int64_t steps);
 
   // The (epsilon, delta) guarantee of everything composed so far; see
   // GetPrivacySpent above. With nothing composed, epsilon is 0.

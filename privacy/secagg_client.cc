@@ -30,7 +30,8 @@ static_assert(kEncryptedSharesCiphertextBytes == 2 * kShareBytes + crypto_aead_x
               "a ciphertext holds two shares and a tag");
 
 bool SameAdvertisement(const AdvertiseKeysMessage& a, const AdvertiseKeysMessage& b) {
-  return a.sender == b.sender && a.c_public == b.c_public && a.s_public == b.s_public && a.signature == b.signature;
+  return a.sender == b.sender && a.c_public == b.c_public && a.s_public == b.s_public &&
+         a.signature == b.signature;
 }
 
 }  // namespace
@@ -38,16 +39,20 @@ bool SameAdvertisement(const AdvertiseKeysMessage& a, const AdvertiseKeysMessage
 SecAggClient::SecAggClient(const SecAggParams& params, uint32_t index, NeighbourGraph graph)
     : params_(params), index_(index), graph_(std::move(graph)), session_(SecAggSessionDigest(params)) {}
 
-StatusOr<SecAggClient> SecAggClient::Create(const SecAggParams& params, uint32_t index, const SigningKeyPair& identity,
+StatusOr<SecAggClient> SecAggClient::Create(const SecAggParams& params, uint32_t index,
+                                            const SigningKeyPair& identity,
                                             std::vector<std::vector<unsigned char>> client_public_keys) {
   RETURN_IF_ERROR(EnsureSodium());
   ASSIGN_OR_RETURN(NeighbourGraph graph, NeighbourGraph::Build(params));
   if (index >= params.num_clients) {
-    return InvalidArgument("client index " + Str(index) + " is not below num_clients " + Str(params.num_clients));
+    return InvalidArgument("client index " + Str(index) + " is not below num_clients " +
+                           Str(params.num_clients));
   }
   RETURN_IF_ERROR(CheckPublicKeys(client_public_keys, params.num_clients));
-  if (identity.secret.size() != crypto_sign_SECRETKEYBYTES || identity.public_key != client_public_keys[index]) {
-    return InvalidArgument("the signing key of client " + Str(index) + " is not loaded or does not match its enrolled key");
+  if (identity.secret.size() != crypto_sign_SECRETKEYBYTES ||
+      identity.public_key != client_public_keys[index]) {
+    return InvalidArgument("the signing key of client " + Str(index) +
+                           " is not loaded or does not match its enrolled key");
   }
   SecAggClient client(params, index, std::move(graph));
   client.client_public_keys_ = std::move(client_public_keys);
@@ -77,10 +82,12 @@ StatusOr<ShareKeysMessage> SecAggClient::ShareKeys(const RosterMessage& roster) 
   std::map<uint32_t, Peer> peers;
   for (const AdvertiseKeysMessage& ad : roster.advertisements) {
     if (ad.sender == index_) {
-      if (!SameAdvertisement(ad, advertisement_)) return Abort("roster holds a different advertisement for me");
+      if (!SameAdvertisement(ad, advertisement_))
+        return Abort("roster holds a different advertisement for me");
       continue;
     }
-    if (!graph_.AreNeighbours(index_, ad.sender)) return Abort("roster holds non-neighbour " + Str(ad.sender));
+    if (!graph_.AreNeighbours(index_, ad.sender))
+      return Abort("roster holds non-neighbour " + Str(ad.sender));
     if (peers.count(ad.sender)) return Abort("roster lists client " + Str(ad.sender) + " twice");
     if (!VerifyAdvertisement(ad, session_, params_.round, client_public_keys_[ad.sender])) {
       return Abort("advertisement of client " + Str(ad.sender) + " does not verify with its long-term key");
@@ -97,9 +104,11 @@ StatusOr<ShareKeysMessage> SecAggClient::ShareKeys(const RosterMessage& roster) 
                  " are needed for threshold " + Str(params_.threshold));
   }
   for (auto& [v, peer] : peers) {
-    auto enc = AgreeKey(kEncLabel, session_, c_secret_.data(), index_, advertisement_.c_public, v, peer.c_public);
+    auto enc =
+        AgreeKey(kEncLabel, session_, c_secret_.data(), index_, advertisement_.c_public, v, peer.c_public);
     if (!enc.ok()) return Abort(enc.status().message());
-    auto pair = AgreeKey(kPairLabel, session_, s_secret_.data(), index_, advertisement_.s_public, v, peer.s_public);
+    auto pair =
+        AgreeKey(kPairLabel, session_, s_secret_.data(), index_, advertisement_.s_public, v, peer.s_public);
     if (!pair.ok()) return Abort(pair.status().message());
     peer.enc_key = std::move(enc).value();
     peer.pair_seed = std::move(pair).value();
@@ -132,9 +141,10 @@ StatusOr<ShareKeysMessage> SecAggClient::ShareKeys(const RosterMessage& roster) 
     randombytes_buf(e.nonce.data(), e.nonce.size());
     e.ciphertext.resize(kEncryptedSharesCiphertextBytes);
     const std::string ad = SharesAd(session_, index_, v);
-    crypto_aead_xchacha20poly1305_ietf_encrypt(e.ciphertext.data(), nullptr, plaintext.data(), plaintext.size(),
-                                               reinterpret_cast<const unsigned char*>(ad.data()), ad.size(), nullptr,
-                                               e.nonce.data(), peer.enc_key.data());
+    crypto_aead_xchacha20poly1305_ietf_encrypt(e.ciphertext.data(), nullptr, plaintext.data(),
+                                               plaintext.size(),
+                                               reinterpret_cast<const unsigned char*>(ad.data()), ad.size(),
+                                               nullptr, e.nonce.data(), peer.enc_key.data());
     out.shares.push_back(std::move(e));
     ++i;
   }
@@ -162,7 +172,8 @@ StatusOr<MaskedInputMessage> SecAggClient::MaskInput(const RelayedSharesMessage&
                              Str(params_.bit_width) + " bits");
     }
   }
-  if (relayed.recipient != index_) return Abort("relayed shares are addressed to client " + Str(relayed.recipient));
+  if (relayed.recipient != index_)
+    return Abort("relayed shares are addressed to client " + Str(relayed.recipient));
   for (const EncryptedShares& e : relayed.shares) {
     auto it = peers_.find(e.sender);
     if (e.recipient != index_ || it == peers_.end() || e.sender == index_) {
@@ -176,7 +187,8 @@ StatusOr<MaskedInputMessage> SecAggClient::MaskInput(const RelayedSharesMessage&
     SecretBytes plaintext(2 * kShareBytes);
     const std::string ad = SharesAd(session_, e.sender, index_);
     if (crypto_aead_xchacha20poly1305_ietf_decrypt(plaintext.data(), nullptr, nullptr, e.ciphertext.data(),
-                                                   e.ciphertext.size(), reinterpret_cast<const unsigned char*>(ad.data()),
+                                                   e.ciphertext.size(),
+                                                   reinterpret_cast<const unsigned char*>(ad.data()),
                                                    ad.size(), e.nonce.data(), peer.enc_key.data()) != 0) {
       return Abort("shares from client " + Str(e.sender) + " fail authentication");
     }

@@ -27,7 +27,8 @@ class SecAggClient {
   // them with `identity`. `client_public_keys[i]` is client i's long-term
   // Ed25519 public key (32 bytes), known from enrolment; entry `index` must be
   // identity's public key. The identity secret is not retained.
-  static StatusOr<SecAggClient> Create(const SecAggParams& params, uint32_t index, const SigningKeyPair& identity,
+  static StatusOr<SecAggClient> Create(const SecAggParams& params, uint32_t index,
+                                       const SigningKeyPair& identity,
                                        std::vector<std::vector<unsigned char>> client_public_keys);
 
   uint32_t index() const { return index_; }
@@ -45,7 +46,8 @@ class SecAggClient {
   // client's view of U2), then masks `input`. InvalidArgument (without
   // aborting) when `input` has the wrong length or a value >= 2^k; Aborted
   // when a ciphertext fails or fewer than t - 1 neighbours sent shares.
-  StatusOr<MaskedInputMessage> MaskInput(const RelayedSharesMessage& shares, const std::vector<uint32_t>& input);
+  StatusOr<MaskedInputMessage> MaskInput(const RelayedSharesMessage& shares,
+                                         const std::vector<uint32_t>& input);
 
   // Stage 3: returns shares of b_v for listed survivors and of s_sk_v for
   // listed dropped clients among those this client holds shares of. Aborted
@@ -61,8 +63,8 @@ class SecAggClient {
   struct Peer {
     SecAggPublicKey c_public{};
     SecAggPublicKey s_public{};
-    SecretBytes enc_key;    // from c keys; decrypts the shares this peer sent
-    SecretBytes pair_seed;  // s_uv
+    SecretBytes enc_key;       // from c keys; decrypts the shares this peer sent
+    SecretBytes pair_seed;     // s_uv
     bool sent_shares = false;  // in this client's view of U2
     ShamirShare b_share;       // this client's share of the peer's b
     ShamirShare s_share;       // this client's share of the peer's s_sk
@@ -82,7 +84,7 @@ class SecAggClient {
   AdvertiseKeysMessage advertisement_;
   SecretBytes c_secret_;
   SecretBytes s_secret_;
-  SecretBytes self_seed_;       // b_u
+  SecretBytes self_seed_;           // b_u
   std::map<uint32_t, Peer> peers_;  // neighbours in the roster, and this client itself
 };
 

@@ -14,8 +14,8 @@ constexpr char kSharesLabel[] = "flotilla-secagg-shares-v1";
 
 }  // namespace
 
-std::string SignedKeyBytes(const SecAggDigest& session, uint32_t round, uint32_t index, const SecAggPublicKey& c_public,
-                           const SecAggPublicKey& s_public) {
+std::string SignedKeyBytes(const SecAggDigest& session, uint32_t round, uint32_t index,
+                           const SecAggPublicKey& c_public, const SecAggPublicKey& s_public) {
   ByteWriter w;
   w.Bytes(reinterpret_cast<const unsigned char*>(kKeysLabel), sizeof(kKeysLabel) - 1);
   w.Bytes(session.data(), session.size());

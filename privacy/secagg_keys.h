@@ -20,8 +20,8 @@ inline constexpr char kPairLabel[] = "flotilla-secagg-pair-v1";  // pairwise mas
 
 // The bytes a client signs to advertise its keys: "flotilla-secagg-keys-v1" ||
 // session || c_public || s_public || round u32 || index u32.
-std::string SignedKeyBytes(const SecAggDigest& session, uint32_t round, uint32_t index, const SecAggPublicKey& c_public,
-                           const SecAggPublicKey& s_public);
+std::string SignedKeyBytes(const SecAggDigest& session, uint32_t round, uint32_t index,
+                           const SecAggPublicKey& c_public, const SecAggPublicKey& s_public);
 
 // Signs m's keys (sender, c_public, s_public) with `identity` into
 // m->signature. Internal when libsodium fails.

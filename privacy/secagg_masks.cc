@@ -7,8 +7,10 @@
 namespace flotilla::privacy {
 namespace {
 
-constexpr unsigned char kSelfNonce[crypto_stream_chacha20_NONCEBYTES] = {'f', 's', 'a', '-', 's', 'e', 'l', 'f'};
-constexpr unsigned char kPairNonce[crypto_stream_chacha20_NONCEBYTES] = {'f', 's', 'a', '-', 'p', 'a', 'i', 'r'};
+constexpr unsigned char kSelfNonce[crypto_stream_chacha20_NONCEBYTES] = {'f', 's', 'a', '-',
+                                                                         's', 'e', 'l', 'f'};
+constexpr unsigned char kPairNonce[crypto_stream_chacha20_NONCEBYTES] = {'f', 's', 'a', '-',
+                                                                         'p', 'a', 'i', 'r'};
 
 static_assert(kSecAggSeedBytes == crypto_stream_chacha20_KEYBYTES, "seeds are ChaCha20 keys");
 
@@ -22,7 +24,8 @@ MaskExpander::~MaskExpander() {
 
 void MaskExpander::Expand(const unsigned char* seed, MaskDomain domain, uint32_t* out) const {
   const unsigned char* nonce = domain == MaskDomain::kSelf ? kSelfNonce : kPairNonce;
-  crypto_stream_chacha20(reinterpret_cast<unsigned char*>(out), scratch_.size() * sizeof(uint32_t), nonce, seed);
+  crypto_stream_chacha20(reinterpret_cast<unsigned char*>(out), scratch_.size() * sizeof(uint32_t), nonce,
+                         seed);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
   for (size_t i = 0; i < scratch_.size(); ++i) out[i] = __builtin_bswap32(out[i]);
 #endif

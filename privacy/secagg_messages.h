@@ -25,8 +25,8 @@ namespace flotilla::privacy {
 // Wire: tag 0x41 | 1 | sender u32 | c_public 32 | s_public 32 | signature 64.
 struct AdvertiseKeysMessage {
   uint32_t sender = 0;
-  SecAggPublicKey c_public{};  // X25519, for share encryption
-  SecAggPublicKey s_public{};  // X25519, for pairwise masks
+  SecAggPublicKey c_public{};                 // X25519, for share encryption
+  SecAggPublicKey s_public{};                 // X25519, for pairwise masks
   std::array<unsigned char, 64> signature{};  // Ed25519 by sender's long-term key
 
   std::string Serialize() const;

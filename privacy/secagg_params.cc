@@ -71,9 +71,11 @@ StatusOr<SecAggParams> SecAggParams::Parse(std::string_view bytes) {
 
 Status ValidateSecAggParams(const SecAggParams& p) {
   if (p.num_clients < 2 || p.num_clients > kSecAggMaxClients) {
-    return InvalidArgument("SecAgg needs 2.." + Str(kSecAggMaxClients) + " clients, got " + Str(p.num_clients));
+    return InvalidArgument("SecAgg needs 2.." + Str(kSecAggMaxClients) + " clients, got " +
+                           Str(p.num_clients));
   }
-  if (p.bit_width < 1 || p.bit_width > 32) return InvalidArgument("SecAgg bit_width must be 1..32, got " + Str(p.bit_width));
+  if (p.bit_width < 1 || p.bit_width > 32)
+    return InvalidArgument("SecAgg bit_width must be 1..32, got " + Str(p.bit_width));
   if (p.vector_length < 1 || p.vector_length > kSecAggMaxVectorLength) {
     return InvalidArgument("SecAgg vector_length must be 1.." + Str(kSecAggMaxVectorLength) + ", got " +
                            Str(p.vector_length));
@@ -89,8 +91,8 @@ Status ValidateSecAggParams(const SecAggParams& p) {
   const uint32_t group = p.EffectiveDegree() + 1;  // neighbours and the client itself hold shares
   if (p.threshold > group || 2 * static_cast<uint64_t>(p.threshold) <= group) {
     return InvalidArgument("SecAgg threshold must be a strict majority of the " + Str(group) +
-                           " share holders per client (" + Str(group / 2 + 1) + ".." + Str(group) + "), got " +
-                           Str(p.threshold));
+                           " share holders per client (" + Str(group / 2 + 1) + ".." + Str(group) +
+                           "), got " + Str(p.threshold));
   }
   return Status::Ok();
 }

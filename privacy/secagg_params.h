@@ -32,9 +32,9 @@ enum class SecAggGraph : uint8_t {
 // and every party must use identical values (they are bound into the session
 // digest).
 struct SecAggParams {
-  uint32_t num_clients = 0;    // n >= 2; clients are indexed 0..n-1
-  uint32_t threshold = 0;      // t: shares needed to reconstruct a secret
-  uint32_t bit_width = 32;     // k in 1..32: inputs and the sum are in Z_{2^k}
+  uint32_t num_clients = 0;  // n >= 2; clients are indexed 0..n-1
+  uint32_t threshold = 0;    // t: shares needed to reconstruct a secret
+  uint32_t bit_width = 32;   // k in 1..32: inputs and the sum are in Z_{2^k}
   SecAggGraph graph = SecAggGraph::kComplete;
   uint32_t degree = 0;         // kHarary only: neighbours per client, even, 2..n-1
   uint64_t graph_seed = 0;     // kHarary only: public seed of the relabelling

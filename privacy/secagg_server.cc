@@ -22,12 +22,18 @@ using secagg_internal::VerifyAdvertisement;
 
 const char* StageName(SecAggServer::Stage stage) {
   switch (stage) {
-    case SecAggServer::Stage::kAdvertiseKeys: return "AdvertiseKeys";
-    case SecAggServer::Stage::kShareKeys: return "ShareKeys";
-    case SecAggServer::Stage::kMaskedInput: return "MaskedInput";
-    case SecAggServer::Stage::kUnmask: return "Unmask";
-    case SecAggServer::Stage::kDone: return "Done";
-    case SecAggServer::Stage::kAborted: return "Aborted";
+    case SecAggServer::Stage::kAdvertiseKeys:
+      return "AdvertiseKeys";
+    case SecAggServer::Stage::kShareKeys:
+      return "ShareKeys";
+    case SecAggServer::Stage::kMaskedInput:
+      return "MaskedInput";
+    case SecAggServer::Stage::kUnmask:
+      return "Unmask";
+    case SecAggServer::Stage::kDone:
+      return "Done";
+    case SecAggServer::Stage::kAborted:
+      return "Aborted";
   }
   return "?";
 }
@@ -74,14 +80,17 @@ uint32_t SecAggServer::CountIf(bool ClientState::*flag) const {
 
 Status SecAggServer::HandleAdvertiseKeys(const AdvertiseKeysMessage& m) {
   RETURN_IF_ERROR(CheckStage(Stage::kAdvertiseKeys));
-  if (m.sender >= params_.num_clients) return InvalidArgument("advertisement from unknown client " + Str(m.sender));
+  if (m.sender >= params_.num_clients)
+    return InvalidArgument("advertisement from unknown client " + Str(m.sender));
   ClientState& c = clients_[m.sender];
   if (c.advertised) return AlreadyExists("client " + Str(m.sender) + " already advertised keys");
   if (!VerifyAdvertisement(m, session_, params_.round, client_public_keys_[m.sender])) {
-    return PermissionDenied("advertisement of client " + Str(m.sender) +
-                            " does not verify with its long-term key (tampered, wrong round or wrong parameters)");
+    return PermissionDenied(
+        "advertisement of client " + Str(m.sender) +
+        " does not verify with its long-term key (tampered, wrong round or wrong parameters)");
   }
-  if (m.c_public == m.s_public) return InvalidArgument("client " + Str(m.sender) + " advertised the same key twice");
+  if (m.c_public == m.s_public)
+    return InvalidArgument("client " + Str(m.sender) + " advertised the same key twice");
   if (advertised_keys_.count(m.c_public) || advertised_keys_.count(m.s_public)) {
     return InvalidArgument("client " + Str(m.sender) + " advertised a key already used by another client");
   }
@@ -130,7 +139,8 @@ Status SecAggServer::HandleShareKeys(const ShareKeysMessage& m) {
   }
   std::set<uint32_t> seen;
   for (const EncryptedShares& e : m.shares) {
-    if (e.sender != m.sender) return InvalidArgument("ShareKeys from " + Str(m.sender) + " holds a ciphertext from " + Str(e.sender));
+    if (e.sender != m.sender)
+      return InvalidArgument("ShareKeys from " + Str(m.sender) + " holds a ciphertext from " + Str(e.sender));
     if (!expected.count(e.recipient)) {
       return InvalidArgument("ShareKeys from " + Str(m.sender) + " addresses " + Str(e.recipient) +
                              ", not a neighbour in U1");
@@ -185,15 +195,17 @@ Status SecAggServer::HandleMaskedInput(const MaskedInputMessage& m) {
   if (m.sender >= params_.num_clients || !clients_[m.sender].shared) {
     return InvalidArgument("masked input from client " + Str(m.sender) + ", which is not in U2");
   }
-  if (clients_[m.sender].masked) return AlreadyExists("client " + Str(m.sender) + " already sent its masked input");
+  if (clients_[m.sender].masked)
+    return AlreadyExists("client " + Str(m.sender) + " already sent its masked input");
   if (m.bit_width != params_.bit_width || m.masked.size() != params_.vector_length) {
-    return InvalidArgument("masked input from client " + Str(m.sender) + " has " + Str(m.masked.size()) + " words of " +
-                           Str(m.bit_width) + " bits; the round expects " + Str(params_.vector_length) + " of " +
-                           Str(params_.bit_width));
+    return InvalidArgument("masked input from client " + Str(m.sender) + " has " + Str(m.masked.size()) +
+                           " words of " + Str(m.bit_width) + " bits; the round expects " +
+                           Str(params_.vector_length) + " of " + Str(params_.bit_width));
   }
   const uint32_t mask = LowMask(params_.bit_width);
   for (uint32_t w : m.masked) {
-    if (w > mask) return InvalidArgument("masked input from client " + Str(m.sender) + " has a word over 2^k");
+    if (w > mask)
+      return InvalidArgument("masked input from client " + Str(m.sender) + " has a word over 2^k");
   }
   uint32_t* sum = sum_.data();
   const uint32_t* in = m.masked.data();
@@ -207,7 +219,8 @@ Status SecAggServer::EndMaskedInput() {
   RETURN_IF_ERROR(CheckStage(Stage::kMaskedInput));
   const uint32_t u3 = CountIf(&ClientState::masked);
   if (u3 < params_.threshold) {
-    return Abort("only " + Str(u3) + " clients sent masked inputs; the threshold is " + Str(params_.threshold));
+    return Abort("only " + Str(u3) + " clients sent masked inputs; the threshold is " +
+                 Str(params_.threshold));
   }
   for (ClientState& c : clients_) std::vector<EncryptedShares>().swap(c.inbox);
   stage_ = Stage::kUnmask;
@@ -216,7 +229,8 @@ Status SecAggServer::EndMaskedInput() {
 
 StatusOr<UnmaskRequest> SecAggServer::UnmaskRequestFor(uint32_t client) const {
   if (stage_ == Stage::kAborted) return abort_status_;
-  if (stage_ != Stage::kUnmask && stage_ != Stage::kDone) return FailedPrecondition("the MaskedInput stage is still open");
+  if (stage_ != Stage::kUnmask && stage_ != Stage::kDone)
+    return FailedPrecondition("the MaskedInput stage is still open");
   if (client >= params_.num_clients || !clients_[client].masked) {
     return FailedPrecondition("client " + Str(client) + " is not in U3");
   }
@@ -238,19 +252,23 @@ Status SecAggServer::HandleUnmask(const UnmaskResponse& m) {
   if (m.sender >= params_.num_clients || !clients_[m.sender].masked) {
     return InvalidArgument("unmask response from client " + Str(m.sender) + ", which is not in U3");
   }
-  if (clients_[m.sender].unmasked) return AlreadyExists("client " + Str(m.sender) + " already sent its shares");
+  if (clients_[m.sender].unmasked)
+    return AlreadyExists("client " + Str(m.sender) + " already sent its shares");
   std::set<std::pair<uint32_t, ShareKind>> seen;
   for (const RevealedShare& r : m.shares) {
-    const std::string what = "unmask response from client " + Str(m.sender) + ": share of client " + Str(r.owner);
+    const std::string what =
+        "unmask response from client " + Str(m.sender) + ": share of client " + Str(r.owner);
     if (r.owner >= params_.num_clients || (r.owner != m.sender && !graph_.AreNeighbours(m.sender, r.owner))) {
       return InvalidArgument(what + " cannot be held by this client");
     }
     const ClientState& owner = clients_[r.owner];
-    if (r.kind == ShareKind::kSelfMaskSeed && !owner.masked) return InvalidArgument(what + ": owner is not a survivor");
+    if (r.kind == ShareKind::kSelfMaskSeed && !owner.masked)
+      return InvalidArgument(what + ": owner is not a survivor");
     if (r.kind == ShareKind::kMaskKey && (owner.masked || !owner.shared)) {
       return InvalidArgument(what + ": owner did not drop after sharing keys");
     }
-    if (r.kind != ShareKind::kSelfMaskSeed && r.kind != ShareKind::kMaskKey) return InvalidArgument(what + ": bad kind");
+    if (r.kind != ShareKind::kSelfMaskSeed && r.kind != ShareKind::kMaskKey)
+      return InvalidArgument(what + ": bad kind");
     if (r.share.x != m.sender + 1 || r.share.values.size() != ShamirChunkCount(kSecAggSeedBytes)) {
       return InvalidArgument(what + " is malformed");
     }
@@ -277,15 +295,16 @@ StatusOr<std::vector<uint32_t>> SecAggServer::Finish() {
     ClientState& c = clients_[u];
     if (c.masked) {
       if (c.b_shares.size() < t) {
-        return Abort("self-mask seed of client " + Str(u) + " has " + Str(c.b_shares.size()) + " shares, needs " + Str(t));
+        return Abort("self-mask seed of client " + Str(u) + " has " + Str(c.b_shares.size()) +
+                     " shares, needs " + Str(t));
       }
       auto seed = ShamirReconstruct(c.b_shares, t, kSecAggSeedBytes);
       if (!seed.ok()) return Abort("self-mask seed of client " + Str(u) + ": " + seed.status().message());
       self_seeds[u] = std::move(seed).value();
     } else if (c.shared) {
       if (c.s_shares.size() < t) {
-        return Abort("mask key of dropped client " + Str(u) + " has " + Str(c.s_shares.size()) + " shares, needs " +
-                     Str(t));
+        return Abort("mask key of dropped client " + Str(u) + " has " + Str(c.s_shares.size()) +
+                     " shares, needs " + Str(t));
       }
       auto key = ShamirReconstruct(c.s_shares, t, kSecAggSeedBytes);
       if (!key.ok()) return Abort("mask key of dropped client " + Str(u) + ": " + key.status().message());

@@ -67,10 +67,10 @@ class SecAggServer {
 
  private:
   struct ClientState {
-    bool advertised = false;   // in U1
-    bool shared = false;       // in U2
-    bool masked = false;       // in U3
-    bool unmasked = false;     // in U4
+    bool advertised = false;  // in U1
+    bool shared = false;      // in U2
+    bool masked = false;      // in U3
+    bool unmasked = false;    // in U4
     AdvertiseKeysMessage advertisement;
     std::vector<EncryptedShares> inbox;  // ciphertexts addressed to this client
     std::vector<ShamirShare> b_shares;   // revealed shares of this client's b

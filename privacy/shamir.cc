@@ -61,8 +61,8 @@ uint64_t GetLe(const unsigned char* in, size_t bytes) {
 
 Status CheckSecretSize(size_t secret_size) {
   if (secret_size == 0 || secret_size > kShamirMaxSecretBytes) {
-    return InvalidArgument("Shamir secret must be 1.." + std::to_string(kShamirMaxSecretBytes) + " bytes, got " +
-                           std::to_string(secret_size));
+    return InvalidArgument("Shamir secret must be 1.." + std::to_string(kShamirMaxSecretBytes) +
+                           " bytes, got " + std::to_string(secret_size));
   }
   return Status::Ok();
 }
@@ -101,7 +101,8 @@ StatusOr<ShamirShare> ShamirShare::Parse(const unsigned char* data, size_t size)
   share.values.resize(count);
   for (size_t i = 0; i < count; ++i) {
     share.values[i] = GetLe(data + 6 + 8 * i, 8);
-    if (share.values[i] >= kP) return InvalidArgument("Shamir share: value " + std::to_string(i) + " is not < p");
+    if (share.values[i] >= kP)
+      return InvalidArgument("Shamir share: value " + std::to_string(i) + " is not < p");
   }
   return share;
 }
@@ -111,13 +112,14 @@ StatusOr<std::vector<ShamirShare>> ShamirSplit(const unsigned char* secret, size
   RETURN_IF_ERROR(EnsureSodium());
   RETURN_IF_ERROR(CheckSecretSize(secret_size));
   if (threshold < 1 || threshold > xs.size()) {
-    return InvalidArgument("Shamir threshold must be in 1.." + std::to_string(xs.size()) + " (the number of shares), got " +
-                           std::to_string(threshold));
+    return InvalidArgument("Shamir threshold must be in 1.." + std::to_string(xs.size()) +
+                           " (the number of shares), got " + std::to_string(threshold));
   }
   std::unordered_set<uint32_t> seen;
   for (uint32_t x : xs) {
     if (x == 0) return InvalidArgument("Shamir x-coordinate 0 would reveal the secret");
-    if (!seen.insert(x).second) return InvalidArgument("Shamir x-coordinate " + std::to_string(x) + " is repeated");
+    if (!seen.insert(x).second)
+      return InvalidArgument("Shamir x-coordinate " + std::to_string(x) + " is repeated");
   }
   const size_t chunks = ShamirChunkCount(secret_size);
   std::vector<ShamirShare> shares(xs.size());
@@ -169,7 +171,8 @@ StatusOr<SecretBytes> ShamirReconstruct(const std::vector<ShamirShare>& shares, 
                              std::to_string(chunks));
     }
     for (uint64_t v : s.values) {
-      if (v >= kP) return InvalidArgument("Shamir share " + std::to_string(i) + " has a value that is not < p");
+      if (v >= kP)
+        return InvalidArgument("Shamir share " + std::to_string(i) + " has a value that is not < p");
     }
   }
   // Lagrange basis at 0: l_i = prod_{j != i} x_j / (x_j - x_i).
@@ -192,7 +195,8 @@ StatusOr<SecretBytes> ShamirReconstruct(const std::vector<ShamirShare>& shares, 
     const bool fits = (acc >> (8 * width)) == 0;
     if (!fits) {
       return DataLoss("Shamir shares are inconsistent: chunk " + std::to_string(c) + " does not fit " +
-                      std::to_string(width) + " bytes (corrupt shares, or fewer than the threshold used to split)");
+                      std::to_string(width) +
+                      " bytes (corrupt shares, or fewer than the threshold used to split)");
     }
     PutLe(secret.data() + offset, acc, width);
   }

@@ -12,7 +12,8 @@ constexpr char kContextV2[] = "flotilla-model-v2";
 
 template <typename T>
 void AppendLe(std::string* out, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i) out->push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff));
+  for (size_t i = 0; i < sizeof(T); ++i)
+    out->push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff));
 }
 
 std::string SignedBytesV1(uint64_t version, uint32_t round, const Digest& digest) {
@@ -23,7 +24,8 @@ std::string SignedBytesV1(uint64_t version, uint32_t round, const Digest& digest
   return msg;
 }
 
-std::string SignedBytes(const std::string& federation, uint64_t version, uint32_t round, const Digest& digest) {
+std::string SignedBytes(const std::string& federation, uint64_t version, uint32_t round,
+                        const Digest& digest) {
   std::string msg(kContextV2);
   AppendLe(&msg, static_cast<uint32_t>(federation.size()));
   msg += federation;
@@ -61,7 +63,8 @@ StatusOr<std::string> SignModel(const SigningKeyPair& key, const std::string& fe
   const std::string msg = SignedBytes(federation, version, round, digest);
   std::string sig(crypto_sign_BYTES, '\0');
   if (crypto_sign_detached(reinterpret_cast<unsigned char*>(sig.data()), nullptr,
-                           reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), key.secret.data()) != 0) {
+                           reinterpret_cast<const unsigned char*>(msg.data()), msg.size(),
+                           key.secret.data()) != 0) {
     return Internal("crypto_sign_detached failed");
   }
   return sig;
@@ -72,7 +75,8 @@ namespace {
 Status VerifyBytes(const std::vector<unsigned char>& public_key, const std::string& msg, uint64_t version,
                    const std::string& signature, const std::string& what) {
   RETURN_IF_ERROR(EnsureSodium());
-  if (public_key.size() != crypto_sign_PUBLICKEYBYTES) return InvalidArgument("model-signing public key must be 32 bytes");
+  if (public_key.size() != crypto_sign_PUBLICKEYBYTES)
+    return InvalidArgument("model-signing public key must be 32 bytes");
   if (signature.size() != crypto_sign_BYTES) {
     return PermissionDenied("model version " + std::to_string(version) + " has no valid signature (" +
                             std::to_string(signature.size()) + " bytes)");
@@ -80,17 +84,17 @@ Status VerifyBytes(const std::vector<unsigned char>& public_key, const std::stri
   if (crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(signature.data()),
                                   reinterpret_cast<const unsigned char*>(msg.data()), msg.size(),
                                   public_key.data()) != 0) {
-    return PermissionDenied("model version " + std::to_string(version) + " failed signature verification: it was " +
-                            "not signed by the aggregator's key" + what + ", or its weights were altered; refusing to " +
-                            "load it");
+    return PermissionDenied("model version " + std::to_string(version) +
+                            " failed signature verification: it was " + "not signed by the aggregator's key" +
+                            what + ", or its weights were altered; refusing to " + "load it");
   }
   return Status::Ok();
 }
 
 }  // namespace
 
-Status VerifyModel(const std::vector<unsigned char>& public_key, const std::string& federation, uint64_t version,
-                   uint32_t round, const Digest& digest, const std::string& signature) {
+Status VerifyModel(const std::vector<unsigned char>& public_key, const std::string& federation,
+                   uint64_t version, uint32_t round, const Digest& digest, const std::string& signature) {
   return VerifyBytes(public_key, SignedBytes(federation, version, round, digest), version, signature,
                      " for federation '" + federation + "'");
 }

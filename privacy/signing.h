@@ -36,8 +36,8 @@ StatusOr<std::string> SignModel(const SigningKeyPair& key, const std::string& fe
 // PermissionDenied with a clear message when the signature does not verify
 // with `public_key` (wrong key, tampered weights, another federation,
 // version or round).
-Status VerifyModel(const std::vector<unsigned char>& public_key, const std::string& federation, uint64_t version,
-                   uint32_t round, const Digest& digest, const std::string& signature);
+Status VerifyModel(const std::vector<unsigned char>& public_key, const std::string& federation,
+                   uint64_t version, uint32_t round, const Digest& digest, const std::string& signature);
 
 // The version-1 format (no federation id), for migrating old stores only.
 Status VerifyModelV1(const std::vector<unsigned char>& public_key, uint64_t version, uint32_t round,

@@ -1,13 +1,13 @@
 #include "proto/codec.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/stubs/logging.h>
+#include <google/protobuf/wire_format_lite.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/stubs/logging.h>
-#include <google/protobuf/wire_format_lite.h>
 
 namespace flotilla::proto {
 namespace {
@@ -17,8 +17,8 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 
 Status CheckString(const std::string& s, const char* what, const ParseLimits& limits) {
   if (s.size() > limits.max_string) {
-    return InvalidArgument(std::string(what) + " is " + std::to_string(s.size()) +
-                           " bytes, limit " + std::to_string(limits.max_string));
+    return InvalidArgument(std::string(what) + " is " + std::to_string(s.size()) + " bytes, limit " +
+                           std::to_string(limits.max_string));
   }
   return Status::Ok();
 }
@@ -40,8 +40,8 @@ Status CheckBody(const wire::Envelope& env, const ParseLimits& limits) {
       const auto& u = env.update();
       if (u.num_examples() <= 0) return InvalidArgument("update.num_examples must be positive");
       if (static_cast<size_t>(u.metrics_size()) > limits.max_metrics) {
-        return InvalidArgument("update has " + std::to_string(u.metrics_size()) +
-                               " metrics, limit " + std::to_string(limits.max_metrics));
+        return InvalidArgument("update has " + std::to_string(u.metrics_size()) + " metrics, limit " +
+                               std::to_string(limits.max_metrics));
       }
       for (const auto& [key, value] : u.metrics()) {
         RETURN_IF_ERROR(CheckString(key, "metric name", limits));
@@ -70,12 +70,12 @@ Status CheckBody(const wire::Envelope& env, const ParseLimits& limits) {
 // through Status (and logged once by the caller) instead.
 void SilenceProtobufLogs() {
   static const bool done = [] {
-    google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file, int line,
-                                       const std::string& message) {
-      if (level >= google::protobuf::LOGLEVEL_FATAL) {
-        std::fprintf(stderr, "protobuf fatal %s:%d: %s\n", file, line, message.c_str());
-      }
-    });
+    google::protobuf::SetLogHandler(
+        [](google::protobuf::LogLevel level, const char* file, int line, const std::string& message) {
+          if (level >= google::protobuf::LOGLEVEL_FATAL) {
+            std::fprintf(stderr, "protobuf fatal %s:%d: %s\n", file, line, message.c_str());
+          }
+        });
     return true;
   }();
   (void)done;
@@ -93,7 +93,7 @@ StatusOr<wire::Envelope> ParseEnvelope(const void* data, size_t size, const Pars
   }
   if (env.version() != kProtocolVersion) {
     return FailedPrecondition("unsupported protocol version " + std::to_string(env.version()) +
-                           " (this build speaks " + std::to_string(kProtocolVersion) + ")");
+                              " (this build speaks " + std::to_string(kProtocolVersion) + ")");
   }
   RETURN_IF_ERROR(CheckBody(env, limits));
   return env;
@@ -138,11 +138,10 @@ void WeightsToProto(const Weights& weights, wire::WeightsProto* out) {
 }
 
 StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
-                                   const std::shared_ptr<const Layout>& expected,
-                                   const ParseLimits& limits) {
+                                   const std::shared_ptr<const Layout>& expected, const ParseLimits& limits) {
   if (static_cast<size_t>(proto.layout_size()) > limits.max_tensors) {
-    return InvalidArgument("weights have " + std::to_string(proto.layout_size()) +
-                           " tensors, limit " + std::to_string(limits.max_tensors));
+    return InvalidArgument("weights have " + std::to_string(proto.layout_size()) + " tensors, limit " +
+                           std::to_string(limits.max_tensors));
   }
   std::vector<std::pair<std::string, std::vector<int64_t>>> specs;
   specs.reserve(proto.layout_size());
@@ -189,22 +188,38 @@ wire::Envelope MakeError(wire::ErrorCode code, const std::string& message) {
 
 const char* BodyName(const wire::Envelope& envelope) {
   switch (envelope.body_case()) {
-    case wire::Envelope::kHello: return "Hello";
-    case wire::Envelope::kWelcome: return "Welcome";
-    case wire::Envelope::kTaskRequest: return "TaskRequest";
-    case wire::Envelope::kTrainTask: return "TrainTask";
-    case wire::Envelope::kWait: return "Wait";
-    case wire::Envelope::kUpdate: return "Update";
-    case wire::Envelope::kAck: return "Ack";
-    case wire::Envelope::kError: return "Error";
-    case wire::Envelope::kFinished: return "Finished";
-    case wire::Envelope::kStatusRequest: return "StatusRequest";
-    case wire::Envelope::kStatusReply: return "StatusReply";
-    case wire::Envelope::kPullRequest: return "PullRequest";
-    case wire::Envelope::kPullReply: return "PullReply";
-    case wire::Envelope::kDecline: return "Decline";
-    case wire::Envelope::kSecagg: return "SecAggMessage";
-    case wire::Envelope::BODY_NOT_SET: return "(empty)";
+    case wire::Envelope::kHello:
+      return "Hello";
+    case wire::Envelope::kWelcome:
+      return "Welcome";
+    case wire::Envelope::kTaskRequest:
+      return "TaskRequest";
+    case wire::Envelope::kTrainTask:
+      return "TrainTask";
+    case wire::Envelope::kWait:
+      return "Wait";
+    case wire::Envelope::kUpdate:
+      return "Update";
+    case wire::Envelope::kAck:
+      return "Ack";
+    case wire::Envelope::kError:
+      return "Error";
+    case wire::Envelope::kFinished:
+      return "Finished";
+    case wire::Envelope::kStatusRequest:
+      return "StatusRequest";
+    case wire::Envelope::kStatusReply:
+      return "StatusReply";
+    case wire::Envelope::kPullRequest:
+      return "PullRequest";
+    case wire::Envelope::kPullReply:
+      return "PullReply";
+    case wire::Envelope::kDecline:
+      return "Decline";
+    case wire::Envelope::kSecagg:
+      return "SecAggMessage";
+    case wire::Envelope::BODY_NOT_SET:
+      return "(empty)";
   }
   return "(unknown)";
 }

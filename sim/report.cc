@@ -4,7 +4,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 namespace flotilla::sim {
@@ -12,11 +11,12 @@ namespace flotilla::sim {
 std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
   char line[256];
   if (!r.completed) {
-    std::snprintf(line, sizeof(line), "round %3u/%u  clients %3d/%-3d  FAILED (too few updates)  %6.1fs", r.round,
-                  rounds, r.received, r.selected, r.seconds);
+    std::snprintf(line, sizeof(line), "round %3u/%u  clients %3d/%-3d  FAILED (too few updates)  %6.1fs",
+                  r.round, rounds, r.received, r.selected, r.seconds);
     return line;
   }
-  std::snprintf(line, sizeof(line), "round %3u/%u  clients %3d/%-3d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %6.1fs",
+  std::snprintf(line, sizeof(line),
+                "round %3u/%u  clients %3d/%-3d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %6.1fs",
                 r.round, rounds, r.received, r.selected, r.mean_train_loss, r.test_loss.value_or(NAN),
                 r.test_accuracy.value_or(NAN), r.seconds);
   std::string out = line;
@@ -34,7 +34,8 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
 Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   const std::filesystem::path dir(config.out_dir);
   std::ofstream csv(dir / "metrics.csv");
-  csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_version,"
+  csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_"
+         "version,"
          "epsilon,clip_norm\n";
   for (const auto& r : result.rounds) {
     csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
@@ -65,10 +66,13 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"dp_epsilon_budget", a.dp.epsilon_budget},
       {"dp_adaptive_clip", a.dp.adaptive_clip},
       {"dp_sampling_rate", a.dp.dpsgd_sampling_rate},
-      {"secagg", !a.secagg.enabled ? "off" : a.secagg.graph == privacy::SecAggGraph::kHarary ? "secagg+" : "complete"},
+      {"secagg", !a.secagg.enabled                                 ? "off"
+                 : a.secagg.graph == privacy::SecAggGraph::kHarary ? "secagg+"
+                                                                   : "complete"},
       {"secagg_bits", a.secagg.bit_width},
       {"secagg_dropout", config.secagg_dropout},
-      {"epsilon_spent", result.rounds.empty() || !result.rounds.back().epsilon ? 0.0 : *result.rounds.back().epsilon},
+      {"epsilon_spent",
+       result.rounds.empty() || !result.rounds.back().epsilon ? 0.0 : *result.rounds.back().epsilon},
       {"train_examples", result.train_examples},
       {"final_test_accuracy", result.final_accuracy},
       {"final_test_loss", result.final_loss},

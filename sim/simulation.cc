@@ -35,9 +35,9 @@ StatusOr<Data> LoadData(const SimConfig& config) {
                    training::LoadFashionMnist(config.data_dir, training::Split::kTrain, config.train_limit));
   ASSIGN_OR_RETURN(training::Dataset test,
                    training::LoadFashionMnist(config.data_dir, training::Split::kTest, config.test_limit));
-  ASSIGN_OR_RETURN(data.partition,
-                   training::PartitionByName(config.partition, train.labels, train.num_classes, config.clients,
-                                             DeriveSeed(config.aggregator.seed, "partition")));
+  ASSIGN_OR_RETURN(data.partition, training::PartitionByName(
+                                       config.partition, train.labels, train.num_classes, config.clients,
+                                       DeriveSeed(config.aggregator.seed, "partition")));
   data.train = std::make_shared<const training::Dataset>(std::move(train));
   data.test = std::make_shared<const training::Dataset>(std::move(test));
   return data;
@@ -50,7 +50,8 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const Data& data) {
   ASSIGN_OR_RETURN(std::unique_ptr<training::ModelRunner> runner,
                    training::ModelRunner::Create(a.model_arch, DeriveSeed(a.seed, "init")));
   training::DataView train_view{data.train, {}};
-  for (const auto& part : data.partition) train_view.indices.insert(train_view.indices.end(), part.begin(), part.end());
+  for (const auto& part : data.partition)
+    train_view.indices.insert(train_view.indices.end(), part.begin(), part.end());
   std::sort(train_view.indices.begin(), train_view.indices.end());
   const training::DataView test_view = training::DataView::All(data.test);
   SimResult result;
@@ -144,7 +145,8 @@ StatusOr<client::SessionConfig> SessionConfigFor(int i, const SimConfig& config,
     sc.socket.curve.secret_key = k.SecretZ85();
     sc.socket.curve.server_public_key = agg_config.socket.curve.public_key;
     ASSIGN_OR_RETURN(privacy::SigningKeyPair identity, privacy::DeriveSecAggIdentity(k));
-    ASSIGN_OR_RETURN(sc.secagg_identity_cert, privacy::CertifySecAggIdentity(keys.authority, identity.public_key));
+    ASSIGN_OR_RETURN(sc.secagg_identity_cert,
+                     privacy::CertifySecAggIdentity(keys.authority, identity.public_key));
     sc.secagg_authority_key = keys.authority.public_key;
     sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity));
   } else if (agg_config.secagg.enabled) {
@@ -172,8 +174,9 @@ Status DriveFleet(std::vector<std::unique_ptr<client::Session>>& sessions, Train
       // otherwise retry forever.
       if (!agg_stopped_at) agg_stopped_at = Clock::now();
       if (Clock::now() - *agg_stopped_at > std::chrono::seconds(10)) {
-        LOG_WARN("sim", sessions.size() - done << " of " << sessions.size()
-                                               << " clients were not told the federation ended; stopping them");
+        LOG_WARN("sim", sessions.size() - done
+                            << " of " << sessions.size()
+                            << " clients were not told the federation ended; stopping them");
         return Status::Ok();
       }
     }
@@ -188,7 +191,8 @@ Status DriveFleet(std::vector<std::unique_ptr<client::Session>>& sessions, Train
     done = 0;
     for (size_t i = 0; i < sessions.size(); ++i) {
       RETURN_IF_ERROR(sessions[i]->OnTick());
-      if (std::optional<wire::TrainTask> task = sessions[i]->TakeTask()) pool.Submit(Job{i, std::move(*task), {}});
+      if (std::optional<wire::TrainTask> task = sessions[i]->TakeTask())
+        pool.Submit(Job{i, std::move(*task), {}});
       if (sessions[i]->finished()) ++done;
     }
   }
@@ -249,8 +253,9 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   };
 
   net::Context context(1);
-  ASSIGN_OR_RETURN(std::unique_ptr<aggregator::Aggregator> agg,
-                   aggregator::Aggregator::Create(agg_config, &context, eval_runner->GetWeights(), eval, on_round));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<aggregator::Aggregator> agg,
+      aggregator::Aggregator::Create(agg_config, &context, eval_runner->GetWeights(), eval, on_round));
   // One Torch thread everywhere: at::set_num_threads also sets a process-wide
   // default that other threads pick up lazily, so giving the evaluator more
   // threads would race with the trainers and make runs irreproducible.
@@ -285,7 +290,8 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     StatusOr<client::SessionConfig> sc = SessionConfigFor(i, config, agg_config, keys, agg->endpoint(),
                                                           views[static_cast<size_t>(i)].size(), executor);
     StatusOr<std::unique_ptr<client::Session>> s =
-        sc.ok() ? client::Session::Create(&context, *sc) : StatusOr<std::unique_ptr<client::Session>>(sc.status());
+        sc.ok() ? client::Session::Create(&context, *sc)
+                : StatusOr<std::unique_ptr<client::Session>>(sc.status());
     if (s.ok()) {
       sessions.push_back(std::move(s).value());
     } else {

@@ -19,11 +19,11 @@ struct SimConfig {
   int clients = 10;
   std::string partition = "iid";  // iid | dirichlet:ALPHA | shards:K
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  int64_t train_limit = 0;  // 0 = all 60,000 training examples
-  int64_t test_limit = 0;   // 0 = all 10,000 test examples
-  int workers = 0;          // trainer threads; 0 = number of cores
+  int64_t train_limit = 0;               // 0 = all 60,000 training examples
+  int64_t test_limit = 0;                // 0 = all 10,000 test examples
+  int workers = 0;                       // trainer threads; 0 = number of cores
   std::string out_dir = "flotilla-run";  // store/, metrics.csv, summary.json
-  bool quiet = false;       // no per-round lines on stdout
+  bool quiet = false;                    // no per-round lines on stdout
   // DEBUGGING ONLY: no CURVE, no allowlist. By default every client gets its
   // own CURVE key pair, the aggregator an allowlist of exactly those keys,
   // and every model is signed and verified.

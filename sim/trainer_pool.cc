@@ -21,8 +21,8 @@ void TrainerPool::Work(const std::string& arch) {
       job.work();
       continue;
     }
-    JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client], job.task,
-                                                                    model_key_, federation_)
+    JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client],
+                                                                    job.task, model_key_, federation_)
                                              : StatusOr<wire::Update>(runner.status())};
     std::lock_guard<std::mutex> lock(mu_);
     results_.push_back(std::move(result));

@@ -69,7 +69,8 @@ class TrainerPool {
   }
   std::vector<JobResult> TakeResults() {
     std::lock_guard<std::mutex> lock(mu_);
-    std::vector<JobResult> out(std::make_move_iterator(results_.begin()), std::make_move_iterator(results_.end()));
+    std::vector<JobResult> out(std::make_move_iterator(results_.begin()),
+                               std::make_move_iterator(results_.end()));
     results_.clear();
     return out;
   }

@@ -78,8 +78,9 @@ class KvStore {
   virtual StatusOr<std::string> Get(const std::string& family, const std::string& key) const = 0;
   // Visits the keys starting with `prefix` in order, with their values,
   // until `visit` fails (that status is returned).
-  virtual Status Scan(const std::string& family, const std::string& prefix,
-                      const std::function<Status(std::string_view key, std::string_view value)>& visit) const = 0;
+  virtual Status Scan(
+      const std::string& family, const std::string& prefix,
+      const std::function<Status(std::string_view key, std::string_view value)>& visit) const = 0;
   // The largest key of `family`, or empty when it has none.
   virtual StatusOr<std::string> LastKey(const std::string& family) const = 0;
   // Approximate bytes on disk (and in memory tables).

@@ -22,8 +22,12 @@ class MemoryStore : public KvStore {
     for (const auto& op : batch.ops()) {
       auto& f = families_[op.family];
       switch (op.kind) {
-        case WriteBatch::Op::Kind::kPut: f[op.key] = op.value; break;
-        case WriteBatch::Op::Kind::kDelete: f.erase(op.key); break;
+        case WriteBatch::Op::Kind::kPut:
+          f[op.key] = op.value;
+          break;
+        case WriteBatch::Op::Kind::kDelete:
+          f.erase(op.key);
+          break;
         case WriteBatch::Op::Kind::kDeleteRange:
           f.erase(f.lower_bound(op.key), f.lower_bound(op.value));
           break;
@@ -47,8 +51,8 @@ class MemoryStore : public KvStore {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ASSIGN_OR_RETURN(const Family* f, Find(family));
-      for (auto it = f->lower_bound(prefix); it != f->end() && it->first.compare(0, prefix.size(), prefix) == 0;
-           ++it) {
+      for (auto it = f->lower_bound(prefix);
+           it != f->end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it) {
         range.emplace_back(*it);
       }
     }

@@ -1,10 +1,9 @@
 // The RocksDB KvStore: the only file in Flotilla that includes RocksDB.
 // One error mapping, one lock detection, one free-space check.
-#include <sys/statvfs.h>
-
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -79,12 +78,14 @@ class RocksDbStore : public KvStore {
     }
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* db = nullptr;
-    rocksdb::Status st = options_.read_only ? rocksdb::DB::OpenForReadOnly(options, dir, families, &handles, &db)
-                                            : rocksdb::DB::Open(options, dir, families, &handles, &db);
+    rocksdb::Status st = options_.read_only
+                             ? rocksdb::DB::OpenForReadOnly(options, dir, families, &handles, &db)
+                             : rocksdb::DB::Open(options, dir, families, &handles, &db);
     if (!st.ok()) {
       if (st.IsIOError() && st.ToString().find("lock") != std::string::npos) {
-        return FailedPrecondition("store " + dir + " is locked by another process (is another one running on it?): " +
-                                  st.ToString());
+        return FailedPrecondition(
+            "store " + dir +
+            " is locked by another process (is another one running on it?): " + st.ToString());
       }
       return FromRocks(st, "opening store " + dir);
     }
@@ -113,8 +114,9 @@ class RocksDbStore : public KvStore {
       const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
       const uint64_t needed = min_free_bytes_ + 2 * batch.bytes();
       if (free_bytes < needed) {
-        return ResourceExhausted(what + ": disk nearly full at " + path() + " (" + std::to_string(free_bytes >> 20) +
-                                 " MiB free, keeping " + std::to_string(min_free_bytes_ >> 20) +
+        return ResourceExhausted(what + ": disk nearly full at " + path() + " (" +
+                                 std::to_string(free_bytes >> 20) + " MiB free, keeping " +
+                                 std::to_string(min_free_bytes_ >> 20) +
                                  " MiB in reserve); free space: nothing was written and devices will retry");
       }
     }
@@ -123,9 +125,15 @@ class RocksDbStore : public KvStore {
       ASSIGN_OR_RETURN(rocksdb::ColumnFamilyHandle * cf, Handle(op.family));
       rocksdb::Status st;
       switch (op.kind) {
-        case WriteBatch::Op::Kind::kPut: st = b.Put(cf, op.key, op.value); break;
-        case WriteBatch::Op::Kind::kDelete: st = b.Delete(cf, op.key); break;
-        case WriteBatch::Op::Kind::kDeleteRange: st = b.DeleteRange(cf, op.key, op.value); break;
+        case WriteBatch::Op::Kind::kPut:
+          st = b.Put(cf, op.key, op.value);
+          break;
+        case WriteBatch::Op::Kind::kDelete:
+          st = b.Delete(cf, op.key);
+          break;
+        case WriteBatch::Op::Kind::kDeleteRange:
+          st = b.DeleteRange(cf, op.key, op.value);
+          break;
       }
       RETURN_IF_ERROR(FromRocks(st, what));
     }
@@ -170,8 +178,8 @@ class RocksDbStore : public KvStore {
 
   uint64_t ApproximateSize() const override {
     uint64_t total = 0;
-    for (const char* property :
-         {"rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size", "rocksdb.cur-size-all-mem-tables"}) {
+    for (const char* property : {"rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size",
+                                 "rocksdb.cur-size-all-mem-tables"}) {
       for (const auto& [name, h] : handles_) {
         uint64_t v = 0;
         if (db_->GetIntProperty(h, property, &v)) total += v;

@@ -41,7 +41,8 @@ struct RunningAggregator {
     config.model_arch = arch;
     auto runner = training::ModelRunner::Create(arch, 1);
     REQUIRE(runner.ok());
-    auto created = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
+    auto created =
+        aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
     INFO(created.status().ToString());
     REQUIRE(created.ok());
     agg = std::move(created).value();
@@ -121,8 +122,8 @@ inline std::unique_ptr<Workers> StartHonestClients(const TestKeys& keys, const s
       w->failures.Expect(stats.ok(), sc.name + ": " + stats.status().ToString());
       if (stats.ok() && expect_acked >= 0) {
         w->failures.Expect(stats->updates_acked == expect_acked,
-                           sc.name + ": " + std::to_string(stats->updates_acked) + " updates acknowledged, expected " +
-                               std::to_string(expect_acked));
+                           sc.name + ": " + std::to_string(stats->updates_acked) +
+                               " updates acknowledged, expected " + std::to_string(expect_acked));
       }
     });
   }
@@ -133,9 +134,10 @@ inline std::unique_ptr<Workers> StartHonestClients(const TestKeys& keys, const s
 // attacker, or a broken device): nullopt declines the round. Runs until the
 // federation ends, `deadline` passes, or the session fails; returns how
 // many updates were acknowledged, or the session's error.
-inline StatusOr<int> RunScriptedDevice(const client::SessionConfig& sc,
-                                       const std::function<std::optional<wire::Update>(const wire::TrainTask&)>& make_update,
-                                       std::chrono::steady_clock::time_point deadline) {
+inline StatusOr<int> RunScriptedDevice(
+    const client::SessionConfig& sc,
+    const std::function<std::optional<wire::Update>(const wire::TrainTask&)>& make_update,
+    std::chrono::steady_clock::time_point deadline) {
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, client::Session::Create(&context, sc));
   while (!session->finished() && std::chrono::steady_clock::now() < deadline) {

@@ -43,7 +43,8 @@ struct TestKeys {
 
   // Client socket options for client i (or for arbitrary keys).
   net::SocketOptions ClientSocket(int i) const { return ClientSocketWith(clients[i], server.public_z85); }
-  static net::SocketOptions ClientSocketWith(const privacy::CurveKeyPair& own, const std::string& server_pub) {
+  static net::SocketOptions ClientSocketWith(const privacy::CurveKeyPair& own,
+                                             const std::string& server_pub) {
     net::SocketOptions o;
     o.security = net::TransportSecurity::kCurve;
     o.curve.public_key = own.public_z85;

@@ -8,8 +8,8 @@
 
 namespace flotilla::testing {
 
-inline sim::SimConfig SmallSimConfig(const std::string& out, int clients, int64_t train_limit, int64_t test_limit,
-                                     uint64_t seed) {
+inline sim::SimConfig SmallSimConfig(const std::string& out, int clients, int64_t train_limit,
+                                     int64_t test_limit, uint64_t seed) {
   sim::SimConfig c;
   c.clients = clients;
   c.partition = "iid";

@@ -14,8 +14,11 @@ namespace flotilla::testing {
 // Passes everything to a store it shares with others.
 class SharedKvStore : public storage::KvStore {
  public:
-  explicit SharedKvStore(std::shared_ptr<storage::KvStore> inner) : KvStore(inner->path()), inner_(std::move(inner)) {}
-  Status Write(const storage::WriteBatch& batch, const std::string& what) override { return inner_->Write(batch, what); }
+  explicit SharedKvStore(std::shared_ptr<storage::KvStore> inner)
+      : KvStore(inner->path()), inner_(std::move(inner)) {}
+  Status Write(const storage::WriteBatch& batch, const std::string& what) override {
+    return inner_->Write(batch, what);
+  }
   StatusOr<std::string> Get(const std::string& family, const std::string& key) const override {
     return inner_->Get(family, key);
   }
@@ -39,7 +42,8 @@ class FailingKvStore : public SharedKvStore {
       : SharedKvStore(std::move(inner)), fail_prefix_(std::move(fail_prefix)), left_(times) {}
 
   Status Write(const storage::WriteBatch& batch, const std::string& what) override {
-    if (what.rfind(fail_prefix_, 0) == 0 && left_.fetch_sub(1) > 0) return Unavailable("injected failure: " + what);
+    if (what.rfind(fail_prefix_, 0) == 0 && left_.fetch_sub(1) > 0)
+      return Unavailable("injected failure: " + what);
     return SharedKvStore::Write(batch, what);
   }
 

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 
 #include "aggregator/server.h"
@@ -58,7 +58,8 @@ TEST_CASE("FedAvg equals the hand-computed example-weighted mean", "[aggregator]
   // Equivalently, the weighted mean of the local models.
   for (size_t i = 0; i < expected.size(); ++i) {
     const double local_mean = (10.0 * (global.data[i] + d1.data[i]) + 30.0 * (global.data[i] + d2.data[i]) +
-                               60.0 * (global.data[i] + d3.data[i])) / 100.0;
+                               60.0 * (global.data[i] + d3.data[i])) /
+                              100.0;
     CHECK(next->data[i] == Approx(local_mean).epsilon(1e-6));
   }
 }
@@ -79,8 +80,11 @@ TEST_CASE("WeightedMean refuses bad input and keeps its sum", "[aggregator]") {
 TEST_CASE("Coordinate-wise median and trimmed mean match hand-computed values", "[aggregator][strategy]") {
   auto layout = SmallLayout();
   // Five deltas; the last is an outlier in every coordinate.
-  const std::vector<std::vector<float>> rows = {
-      {1, 10, -1, 0, 5}, {2, 20, -2, 0, 5}, {3, 30, -3, 0, 5}, {4, 40, -4, 0, 5}, {1000, -1000, 1000, 1e6f, -1e6f}};
+  const std::vector<std::vector<float>> rows = {{1, 10, -1, 0, 5},
+                                                {2, 20, -2, 0, 5},
+                                                {3, 30, -3, 0, 5},
+                                                {4, 40, -4, 0, 5},
+                                                {1000, -1000, 1000, 1e6f, -1e6f}};
   auto median = ParseStrategy("median");
   REQUIRE(median.ok());
   CoordinateWise med(layout, *median);
@@ -117,7 +121,8 @@ TEST_CASE("Strategy names parse and bad ones are refused", "[aggregator][strateg
   CHECK_FALSE(ParseStrategy("trimmed-mean:").ok());
 }
 
-TEST_CASE("Strategies that need individual updates are refused under secure aggregation", "[aggregator][strategy]") {
+TEST_CASE("Strategies that need individual updates are refused under secure aggregation",
+          "[aggregator][strategy]") {
   AggregatorConfig c;
   auto key = privacy::GenerateSigningKeyPair();
   REQUIRE(key.ok());
@@ -146,7 +151,8 @@ TEST_CASE("Strategies that need individual updates are refused under secure aggr
   CHECK(st.message().find("adaptive clipping") != std::string::npos);
 }
 
-TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomically", "[aggregator][store]") {
+TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomically",
+          "[aggregator][store]") {
   TempDir dir;
   auto layout = SmallLayout();
   {
@@ -173,10 +179,13 @@ TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomi
   auto store = Store::Open(dir.path.string());
   REQUIRE(store.ok());
   std::vector<std::string> order;
-  REQUIRE((*store)->ForEachUpdate(3, [&](const records::UpdateRecord& u) {
-    order.push_back(u.client_id());
-    return Status::Ok();
-  }).ok());
+  REQUIRE((*store)
+              ->ForEachUpdate(3,
+                              [&](const records::UpdateRecord& u) {
+                                order.push_back(u.client_id());
+                                return Status::Ok();
+                              })
+              .ok());
   CHECK(order == std::vector<std::string>{"alpha", "mid", "zeta"});
 
   SECTION("a second process cannot open a locked store") {
@@ -195,10 +204,13 @@ TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomi
     commit.model = &model;
     REQUIRE((*store)->CommitRound(commit).ok());
     int left = 0;
-    REQUIRE((*store)->ForEachUpdate(3, [&](const records::UpdateRecord&) {
-      ++left;
-      return Status::Ok();
-    }).ok());
+    REQUIRE((*store)
+                ->ForEachUpdate(3,
+                                [&](const records::UpdateRecord&) {
+                                  ++left;
+                                  return Status::Ok();
+                                })
+                .ok());
     CHECK(left == 0);
     CHECK((*store)->HasUpdate(4, "aaa"));
     auto latest = (*store)->LatestModelVersion();
@@ -212,7 +224,8 @@ TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomi
   }
 }
 
-TEST_CASE("A nearly full disk refuses writes cleanly and recovers when space returns", "[aggregator][store]") {
+TEST_CASE("A nearly full disk refuses writes cleanly and recovers when space returns",
+          "[aggregator][store]") {
   TempDir dir;
   auto store = Store::Open(dir.path.string());
   REQUIRE(store.ok());

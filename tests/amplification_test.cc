@@ -16,10 +16,10 @@
 #include <thread>
 
 #include "client/pull.h"
-#include "testing/subprocess.h"
 #include "net/transport.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
+#include "testing/subprocess.h"
 
 using namespace flotilla;
 using namespace std::chrono_literals;
@@ -69,11 +69,33 @@ TEST_CASE("A device that floods pulls and task requests without reading cannot b
   const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreeLoopbackPort());
   // Rate limits off: what is measured here is the bound on bytes queued
   // for a device that does not read, alone.
-  const pid_t agg = SpawnProcess({FLOTILLA_BIN, "aggregator", "--endpoint", endpoint, "--store", (dir / "store").string(),
-                                  "--curve-key", keys + "/aggregator.curve.key", "--signing-key",
-                                  keys + "/aggregator.sign.key", "--allowlist", keys + "/allowlist", "--arch", "cnn",
-                                  "--min-clients", "1", "--rounds", "1", "--deadline", "600", "--no-eval", "--log",
-                                  "warning", "--device-messages-per-second", "0", "--device-bytes-per-second", "0"},
+  const pid_t agg = SpawnProcess({FLOTILLA_BIN,
+                                  "aggregator",
+                                  "--endpoint",
+                                  endpoint,
+                                  "--store",
+                                  (dir / "store").string(),
+                                  "--curve-key",
+                                  keys + "/aggregator.curve.key",
+                                  "--signing-key",
+                                  keys + "/aggregator.sign.key",
+                                  "--allowlist",
+                                  keys + "/allowlist",
+                                  "--arch",
+                                  "cnn",
+                                  "--min-clients",
+                                  "1",
+                                  "--rounds",
+                                  "1",
+                                  "--deadline",
+                                  "600",
+                                  "--no-eval",
+                                  "--log",
+                                  "warning",
+                                  "--device-messages-per-second",
+                                  "0",
+                                  "--device-bytes-per-second",
+                                  "0"},
                                  (dir / "aggregator.log").string());
   REQUIRE(agg > 0);
   client::SessionConfig probe;
@@ -108,7 +130,8 @@ TEST_CASE("A device that floods pulls and task requests without reading cannot b
     // The device's own queue fills when the aggregator stops reading it:
     // keep pushing (never reading) for a bounded time.
     const auto give_up = std::chrono::steady_clock::now() + 10s;
-    while (!(*s)->Send(bytes).ok() && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(1ms);
+    while (!(*s)->Send(bytes).ok() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(1ms);
   };
   wire::Envelope hello;
   hello.mutable_hello()->set_client_name("stolen");
@@ -127,9 +150,10 @@ TEST_CASE("A device that floods pulls and task requests without reading cannot b
   const int64_t after = ResidentBytes(agg);
   const double model_bytes = 1663370.0 * 4;
   const double grown_models = static_cast<double>(after - before) / model_bytes;
-  std::printf("aggregator resident memory: %.1f MB before, %.1f MB after 1,500 pulls and 500 task requests "
-              "never read: +%.2f models' worth\n",
-              before / 1e6, after / 1e6, grown_models);
+  std::printf(
+      "aggregator resident memory: %.1f MB before, %.1f MB after 1,500 pulls and 500 task requests "
+      "never read: +%.2f models' worth\n",
+      before / 1e6, after / 1e6, grown_models);
   // The aggregator still serves.
   auto status = client::QueryStatus(probe, 5s);
   ::kill(agg, SIGTERM);

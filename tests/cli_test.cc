@@ -1,9 +1,9 @@
 // The `flotilla` command and its config file: keys map to the flags of the
 // roles that take them, mistakes name the file and the key, the docs list
 // every key, and the command line overrides the file.
-#include <catch2/catch.hpp>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -62,7 +62,7 @@ TEST_CASE("Config keys become the flags of the roles that take them", "[cli]") {
   REQUIRE(client.ok());
   const std::set<std::string> cflags(client->flags.begin(), client->flags.end());
   CHECK(cflags.count("--connect=tcp://127.0.0.1:7400"));  // the same key, the device's flag
-  CHECK_FALSE(cflags.count("--epochs=2"));                 // training settings travel in tasks
+  CHECK_FALSE(cflags.count("--epochs=2"));                // training settings travel in tasks
   auto train = cli::ReadConfigFlags(kExample, "client train");
   REQUIRE(train.ok());
   const std::set<std::string> tflags(train->flags.begin(), train->flags.end());
@@ -79,11 +79,12 @@ TEST_CASE("Config mistakes name the file, the key and what is allowed", "[cli]")
   CHECK(m.find("'epoch'") != std::string::npos);
   CHECK(m.find("epochs") != std::string::npos);  // the allowed keys
   const fs::path section = TempFile("section.toml", "[rounds]\nepochs = 3\n");
-  CHECK(std::string(cli::ReadConfigFlags(section.string(), "sim").status().message()).find("unknown section [rounds]") !=
-        std::string::npos);
+  CHECK(std::string(cli::ReadConfigFlags(section.string(), "sim").status().message())
+            .find("unknown section [rounds]") != std::string::npos);
   const fs::path top = TempFile("top.toml", "epochs = 3\n");
-  CHECK(std::string(cli::ReadConfigFlags(top.string(), "sim").status().message()).find("outside any section") !=
-        std::string::npos);
+  CHECK(
+      std::string(cli::ReadConfigFlags(top.string(), "sim").status().message()).find("outside any section") !=
+      std::string::npos);
   CHECK_FALSE(cli::ReadConfigFlags("/nonexistent/flotilla.toml", "sim").ok());
   fs::remove(typo);
   fs::remove(section);
@@ -98,7 +99,8 @@ TEST_CASE("docs/configuration.md lists every config key", "[cli]") {
     INFO("[" << k.section << "] " << k.key);
     REQUIRE(section != std::string::npos);
     const size_t next = docs.find("\n## ", section + 1);
-    const std::string body = docs.substr(section, next == std::string::npos ? std::string::npos : next - section);
+    const std::string body =
+        docs.substr(section, next == std::string::npos ? std::string::npos : next - section);
     CHECK(body.find(std::string("| `") + k.key + "` |") != std::string::npos);
     CHECK(body.find(std::string("`") + k.flag + "`") != std::string::npos);
   }
@@ -112,7 +114,8 @@ TEST_CASE("flotilla config show merges the file and the flags", "[cli]") {
   CHECK(out.find("name = \"fashion-demo\"") != std::string::npos);
   REQUIRE(RunFlotilla({"config", "show", "--config", kExample, "--epochs", "9"}, &out) == 0);
   CHECK(out.find("epochs = 9\n") != std::string::npos);  // the command line wins
-  REQUIRE(RunFlotilla({"config", "show", "--config", kExample, "--role", "client", "--name", "dev0"}, &out) == 0);
+  REQUIRE(RunFlotilla({"config", "show", "--config", kExample, "--role", "client", "--name", "dev0"}, &out) ==
+          0);
   CHECK(out.find("endpoint = \"tcp://127.0.0.1:7400\"") != std::string::npos);
   CHECK(out.find("seed = 7") != std::string::npos);
   const fs::path typo = TempFile("typo2.toml", "[round]\nepoch = 3\n");

@@ -1,8 +1,8 @@
 // The client registry as a part: registration, counters in the records it
 // returns, strikes and pauses, and the population after a restart.
-#include <catch2/catch.hpp>
-
 #include "aggregator/client_registry.h"
+
+#include <catch2/catch.hpp>
 
 using namespace flotilla;
 using namespace flotilla::aggregator;

@@ -1,7 +1,7 @@
-#include <catch2/catch.hpp>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <csignal>
 #include <cstdio>

@@ -8,8 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -23,9 +23,9 @@
 #include "aggregator/store.h"
 #include "client/pull.h"
 #include "core/rng.h"
-#include "testing/subprocess.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
+#include "testing/subprocess.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
@@ -84,11 +84,37 @@ struct Fleet {
 
   std::vector<std::string> AggregatorArgs() const {
     const std::string k = (dir / "keys").string();
-    return {FLOTILLA_BIN, "aggregator", "--endpoint", "tcp://127.0.0.1:" + std::to_string(port), "--store",
-            (dir / "store").string(), "--curve-key", k + "/aggregator.curve.key", "--signing-key",
-            k + "/aggregator.sign.key", "--allowlist", k + "/allowlist", "--arch", "2nn", "--min-clients",
-            std::to_string(kClients), "--rounds", std::to_string(kRounds), "--epochs", "1", "--batch", "32", "--lr",
-            "0.05", "--seed", "3", "--no-eval", "--log", "warning", "--finish-grace", "3"};
+    return {FLOTILLA_BIN,
+            "aggregator",
+            "--endpoint",
+            "tcp://127.0.0.1:" + std::to_string(port),
+            "--store",
+            (dir / "store").string(),
+            "--curve-key",
+            k + "/aggregator.curve.key",
+            "--signing-key",
+            k + "/aggregator.sign.key",
+            "--allowlist",
+            k + "/allowlist",
+            "--arch",
+            "2nn",
+            "--min-clients",
+            std::to_string(kClients),
+            "--rounds",
+            std::to_string(kRounds),
+            "--epochs",
+            "1",
+            "--batch",
+            "32",
+            "--lr",
+            "0.05",
+            "--seed",
+            "3",
+            "--no-eval",
+            "--log",
+            "warning",
+            "--finish-grace",
+            "3"};
   }
   // A status query as device 0 (a separate connection; no Hello).
   client::SessionConfig Probe() const {
@@ -97,17 +123,42 @@ struct Fleet {
     auto own = privacy::ReadCurveSecretFile((dir / "keys" / "dev0.curve.key").string());
     probe.socket.curve.public_key = own->public_z85;
     probe.socket.curve.secret_key = own->SecretZ85();
-    probe.socket.curve.server_public_key = *privacy::ReadCurvePublicFile((dir / "keys" / "aggregator.curve.pub").string());
+    probe.socket.curve.server_public_key =
+        *privacy::ReadCurvePublicFile((dir / "keys" / "aggregator.curve.pub").string());
     return probe;
   }
   std::vector<std::string> ClientArgs(int i) const {
     const std::string k = (dir / "keys").string();
     const std::string name = "dev" + std::to_string(i);
-    return {FLOTILLA_BIN, "client", "--connect", "tcp://127.0.0.1:" + std::to_string(port), "--name", name,
-            "--curve-key", k + "/" + name + ".curve.key", "--server-key", k + "/aggregator.curve.pub",
-            "--model-key", k + "/aggregator.sign.pub", "--state-dir", (dir / name).string(),
-            "--request-timeout-ms", "1500", "--log", "warning", "train", "--clients", std::to_string(kClients),
-            "--index", std::to_string(i), "--train-limit", "3000", "--seed", "3", "--threads", "1"};
+    return {FLOTILLA_BIN,
+            "client",
+            "--connect",
+            "tcp://127.0.0.1:" + std::to_string(port),
+            "--name",
+            name,
+            "--curve-key",
+            k + "/" + name + ".curve.key",
+            "--server-key",
+            k + "/aggregator.curve.pub",
+            "--model-key",
+            k + "/aggregator.sign.pub",
+            "--state-dir",
+            (dir / name).string(),
+            "--request-timeout-ms",
+            "1500",
+            "--log",
+            "warning",
+            "train",
+            "--clients",
+            std::to_string(kClients),
+            "--index",
+            std::to_string(i),
+            "--train-limit",
+            "3000",
+            "--seed",
+            "3",
+            "--threads",
+            "1"};
   }
 };
 
@@ -145,8 +196,8 @@ RunResult RunFleet(Fleet& fleet, int kills_wanted, uint64_t seed) {
     if (result.kills < kills_wanted) {
       // Kill at a random moment after the aggregator is serving again, so
       // that every planned kill lands while the federation runs.
-      for (int tries = 0; tries < 100 && !client::QueryStatus(fleet.Probe(), std::chrono::milliseconds(200)).ok();
-           ++tries) {
+      for (int tries = 0;
+           tries < 100 && !client::QueryStatus(fleet.Probe(), std::chrono::milliseconds(200)).ok(); ++tries) {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(rng.UniformInt(400)));
       int status = 0;
@@ -184,7 +235,8 @@ RunResult RunFleet(Fleet& fleet, int kills_wanted, uint64_t seed) {
   }
   // Every update a client saw acknowledged is in its round exactly once.
   for (int i = 0; i < kClients; ++i) {
-    const std::string key = *privacy::ReadCurvePublicFile((fleet.dir / "keys" / ("dev" + std::to_string(i) + ".curve.pub")).string());
+    const std::string key = *privacy::ReadCurvePublicFile(
+        (fleet.dir / "keys" / ("dev" + std::to_string(i) + ".curve.pub")).string());
     const auto recorded = RecordedRounds(fleet.dir / ("dev" + std::to_string(i) + ".log"));
     CHECK(recorded.size() == static_cast<size_t>(kRounds));
     for (uint32_t r : recorded) CHECK(received[r].count(key) == 1);
@@ -200,7 +252,8 @@ RunResult RunFleet(Fleet& fleet, int kills_wanted, uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("kill -9 of the aggregator loses nothing acknowledged and changes nothing", "[crash][integration]") {
+TEST_CASE("kill -9 of the aggregator loses nothing acknowledged and changes nothing",
+          "[crash][integration]") {
   const char* env = std::getenv("FLOTILLA_CRASH_KILLS");
   const int kills = env ? std::atoi(env) : 5;
   kRounds = std::max(20, 2 * kills);
@@ -209,7 +262,9 @@ TEST_CASE("kill -9 of the aggregator loses nothing acknowledged and changes noth
   Fleet crash_fleet("crash");
   const RunResult crashed = RunFleet(crash_fleet, kills, 42);
   INFO("aggregator killed " << crashed.kills << " times");
-  std::printf("crash test: aggregator stopped %d times (3 in 4 by SIGKILL, the rest by SIGTERM) over %d rounds\n", crashed.kills, kRounds);
+  std::printf(
+      "crash test: aggregator stopped %d times (3 in 4 by SIGKILL, the rest by SIGTERM) over %d rounds\n",
+      crashed.kills, kRounds);
   CHECK(crashed.kills == kills);  // every planned stop landed mid-federation
   CHECK(crashed.final_version == reference.final_version);
   CHECK(crashed.final_weights == reference.final_weights);

@@ -415,8 +415,7 @@ TEST_CASE("DP-SGD without noise or clipping is full-batch SGD", "[training][dpsg
   }
 }
 
-TEST_CASE("DP-SGD with noise changes the weights stays finite and is not reproducible",
-          "[training][dpsgd]") {
+TEST_CASE("DP-SGD with noise changes the weights stays finite and is not reproducible", "[training][dpsgd]") {
   training::SetTorchThreads(1);
   const DataView data = SyntheticView(100, 2);
   TrainConfig config;

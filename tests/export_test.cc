@@ -1,4 +1,6 @@
 // Exported LibTorch archives load with torch::load into the model classes.
+#include "training/export.h"
+
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -7,29 +9,32 @@
 #include <fstream>
 
 #include "core/raw_weights.h"
-#include "training/export.h"
 #include "training/model.h"
 #include "training/model_impl.h"
 
 using namespace flotilla;
 
 TEST_CASE("An exported model loads with torch::load into its class", "[training][export]") {
-  const auto path = std::filesystem::temp_directory_path() / ("flotilla-export-" + std::to_string(::getpid()) + ".pt");
+  const auto path =
+      std::filesystem::temp_directory_path() / ("flotilla-export-" + std::to_string(::getpid()) + ".pt");
   for (const std::string arch : {"logreg", "2nn"}) {
     auto runner = training::ModelRunner::Create(arch, 17);
     REQUIRE(runner.ok());
     const Weights w = (*runner)->GetWeights();
     REQUIRE(training::ExportTorchModule(arch, w, path.string()).ok());
     std::shared_ptr<torch::nn::Module> module;
-    if (arch == "logreg") module = std::make_shared<training::internal::LogReg>();
-    else module = std::make_shared<training::internal::Mlp2nn>();
+    if (arch == "logreg")
+      module = std::make_shared<training::internal::LogReg>();
+    else
+      module = std::make_shared<training::internal::Mlp2nn>();
     torch::load(module, path.string());
     size_t i = 0;
     for (const auto& p : module->named_parameters()) {
       const TensorSpec& spec = w.layout->tensors()[i++];
       REQUIRE(p.key() == spec.name);
       auto values = p.value().contiguous();
-      REQUIRE(std::memcmp(values.data_ptr<float>(), w.data.data() + spec.offset, spec.numel * sizeof(float)) == 0);
+      REQUIRE(std::memcmp(values.data_ptr<float>(), w.data.data() + spec.offset,
+                          spec.numel * sizeof(float)) == 0);
     }
     REQUIRE(i == w.layout->tensors().size());
   }
@@ -40,7 +45,8 @@ TEST_CASE("An exported model loads with torch::load into its class", "[training]
 }
 
 TEST_CASE("Raw export writes float32 data and a JSON layout", "[export]") {
-  const auto path = std::filesystem::temp_directory_path() / ("flotilla-raw-" + std::to_string(::getpid()) + ".bin");
+  const auto path =
+      std::filesystem::temp_directory_path() / ("flotilla-raw-" + std::to_string(::getpid()) + ".bin");
   auto layout = std::make_shared<const Layout>(*Layout::Create({{"a.w", {2, 2}}, {"a.b", {2}}}));
   Weights w = Weights::Zeros(layout);
   w.data = {1, 2, 3, 4, 5, 6};

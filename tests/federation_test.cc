@@ -1,8 +1,8 @@
 // End-to-end federations over real TCP on loopback, on real Fashion-MNIST.
-#include <catch2/catch.hpp>
 #include <unistd.h>
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <thread>
 
@@ -13,11 +13,11 @@
 #include "net/transport.h"
 #include "proto/codec.h"
 #include "sim/simulation.h"
-#include "training/dataset.h"
-#include "training/model.h"
 #include "testing/test_aggregator.h"
 #include "testing/test_keys.h"
 #include "testing/test_sim.h"
+#include "training/dataset.h"
+#include "training/model.h"
 
 using namespace flotilla;
 
@@ -78,7 +78,8 @@ TEST_CASE("Two runs with the same seed give the same accuracies", "[integration]
   std::filesystem::remove_all(out2);
 }
 
-TEST_CASE("A wrong-shaped update gets an error reply and the round completes with the others", "[integration]") {
+TEST_CASE("A wrong-shaped update gets an error reply and the round completes with the others",
+          "[integration]") {
   const auto store = TempPath("badshape");
   aggregator::AggregatorConfig config;
   config.endpoint = "tcp://127.0.0.1:*";

@@ -3,11 +3,11 @@
 // ends with exactly the model it reaches without the noise.
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <atomic>
 #include <thread>
 
 #include "aggregator/server.h"
@@ -55,11 +55,21 @@ class Mutator {
       }
       case 3: {  // server-to-client messages sent the wrong way
         switch (rng_.UniformInt(5)) {
-          case 0: env.mutable_welcome()->set_federation("x"); break;
-          case 1: env.mutable_train_task()->set_round(round); break;
-          case 2: env.mutable_ack()->set_round(round); break;
-          case 3: env.mutable_finished()->set_rounds_completed(99); break;
-          default: env.mutable_wait()->set_retry_ms(1); break;
+          case 0:
+            env.mutable_welcome()->set_federation("x");
+            break;
+          case 1:
+            env.mutable_train_task()->set_round(round);
+            break;
+          case 2:
+            env.mutable_ack()->set_round(round);
+            break;
+          case 3:
+            env.mutable_finished()->set_rounds_completed(99);
+            break;
+          default:
+            env.mutable_wait()->set_retry_ms(1);
+            break;
         }
         return Serialize(env);
       }
@@ -67,8 +77,12 @@ class Mutator {
         env = PoisonedUpdate(round, version, 0.0f);
         auto* spec = env.mutable_update()->mutable_delta()->mutable_layout(0);
         switch (rng_.UniformInt(3)) {
-          case 0: spec->set_shape(0, int64_t{1} << 40); break;
-          case 1: spec->set_shape(0, -7); break;
+          case 0:
+            spec->set_shape(0, int64_t{1} << 40);
+            break;
+          case 1:
+            spec->set_shape(0, -7);
+            break;
           default:
             for (int i = 0; i < 64; ++i) spec->add_shape(1 << 20);
             break;
@@ -140,7 +154,8 @@ Outcome RunFederation(bool hostile) {
   std::filesystem::remove_all(store);
   testing::TestKeys keys(0);
   // Deterministic client keys: the merge order and training seeds follow them.
-  for (int i = 0; i <= kHonest; ++i) keys.clients.push_back(std::move(privacy::DeriveCurveKeyPairForSimulation(1000 + i)).value());
+  for (int i = 0; i <= kHonest; ++i)
+    keys.clients.push_back(std::move(privacy::DeriveCurveKeyPairForSimulation(1000 + i)).value());
 
   auto train = training::LoadFashionMnist(training::kDefaultFashionMnistDir, training::Split::kTrain, 1500);
   auto test = training::LoadFashionMnist(training::kDefaultFashionMnistDir, training::Split::kTest, 500);
@@ -203,7 +218,8 @@ Outcome RunFederation(bool hostile) {
     if (!hostile) return;
     Mutator mutator((*eval_runner)->layout());
     for (int i = 0; i < kHostileMessages; ++i) {
-      const std::string msg = mutator.Next(1 + static_cast<uint32_t>(i % 3), 1 + static_cast<uint64_t>(i % 3));
+      const std::string msg =
+          mutator.Next(1 + static_cast<uint32_t>(i % 3), 1 + static_cast<uint64_t>(i % 3));
       while (!(*s)->Send(msg).ok()) {
         (void)(*s)->Receive(1ms);  // queue full: drain replies, retry
       }

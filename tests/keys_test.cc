@@ -1,3 +1,5 @@
+#include "privacy/keys.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -7,14 +9,14 @@
 
 #include "core/z85.h"
 #include "net/zap.h"
-#include "privacy/keys.h"
 #include "privacy/signing.h"
 
 using namespace flotilla;
 
 namespace {
 std::filesystem::path TempDir(const std::string& name) {
-  auto p = std::filesystem::temp_directory_path() / ("flotilla-keys-" + std::to_string(::getpid()) + "-" + name);
+  auto p =
+      std::filesystem::temp_directory_path() / ("flotilla-keys-" + std::to_string(::getpid()) + "-" + name);
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p;
@@ -60,7 +62,8 @@ TEST_CASE("Key files round trip with private modes", "[keys]") {
   auto sread = privacy::ReadSigningSecretFile((dir / "agg.sign.key").string());
   REQUIRE(sread.ok());
   CHECK(*privacy::ReadSigningPublicFile((dir / "agg.sign.pub").string()) == signing->public_key);
-  CHECK(privacy::ReadCurveSecretFile((dir / "missing.key").string()).status().code() == StatusCode::kNotFound);
+  CHECK(privacy::ReadCurveSecretFile((dir / "missing.key").string()).status().code() ==
+        StatusCode::kNotFound);
   std::filesystem::remove_all(dir);
 }
 
@@ -78,7 +81,8 @@ TEST_CASE("Model signatures bind version round and every weight", "[keys]") {
   CHECK_FALSE(privacy::VerifyModel(key->public_key, "fed-a", 7, 5, digest, *sig).ok());
   Weights tampered = w;
   tampered.data[1] = std::nextafter(2.0f, 3.0f);
-  CHECK_FALSE(privacy::VerifyModel(key->public_key, "fed-a", 7, 6, privacy::ModelDigest(tampered), *sig).ok());
+  CHECK_FALSE(
+      privacy::VerifyModel(key->public_key, "fed-a", 7, 6, privacy::ModelDigest(tampered), *sig).ok());
   // Same values under another layout name digest differently.
   Weights renamed = w;
   renamed.layout = std::make_shared<const Layout>(*Layout::Create({{"v", {3}}}));

@@ -134,7 +134,8 @@ RunResult RunFederation(const std::function<std::optional<wire::Update>(const wi
       training::SetTorchThreads(1);
       training::DataView view{data.train, {}};
       for (int k = 0; k < kPerClient; ++k) view.indices.push_back(i * kPerClient + k);
-      auto stats = client::RunClient(DeviceConfig(keys, i, endpoint), view, keys.signing->public_key, nullptr);
+      auto stats =
+          client::RunClient(DeviceConfig(keys, i, endpoint), view, keys.signing->public_key, nullptr);
       devices.failures.Expect(stats.ok(), "honest-" + std::to_string(i) + ": " + stats.status().ToString());
     });
   }
@@ -165,9 +166,10 @@ TEST_CASE("A huge-norm update claiming 2^20 examples leaves the accuracy of the 
   });
   REQUIRE(clean.completed == 4);
   REQUIRE(attacked.completed == 4);
-  std::printf("final test accuracy: clean run %.4f, with the huge-norm attacker %.4f (%llu updates refused)\n",
-              clean.final_accuracy, attacked.final_accuracy,
-              static_cast<unsigned long long>(attacked.rejected_updates));
+  std::printf(
+      "final test accuracy: clean run %.4f, with the huge-norm attacker %.4f (%llu updates refused)\n",
+      clean.final_accuracy, attacked.final_accuracy,
+      static_cast<unsigned long long>(attacked.rejected_updates));
   CHECK(clean.final_accuracy > 0.6);
   CHECK(std::abs(attacked.final_accuracy - clean.final_accuracy) <= 0.01);
   CHECK(attacked.rejected_updates >= 1);
@@ -224,8 +226,8 @@ struct SteppedAggregator {
     std::filesystem::remove_all(store);
   }
   Status Send(int client, wire::Envelope env) {
-    return agg->Step({"peer" + std::to_string(client), keys.clients[client].public_z85,
-                      proto::SerializeEnvelope(&env)});
+    return agg->Step(
+        {"peer" + std::to_string(client), keys.clients[client].public_z85, proto::SerializeEnvelope(&env)});
   }
   void Hello(int client) {
     wire::Envelope env;

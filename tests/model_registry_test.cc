@@ -1,8 +1,9 @@
 // The model registry as a part, on the in-memory store: signing for the
 // federation, retention, pulls of changed tensors, and start-up checks.
+#include "aggregator/model_registry.h"
+
 #include <catch2/catch.hpp>
 
-#include "aggregator/model_registry.h"
 #include "aggregator/store.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
@@ -25,7 +26,8 @@ Weights Filled(float w, float b) {
 }
 
 struct Fixture {
-  std::unique_ptr<Store> store = std::move(Store::OnKvStore(storage::NewMemoryStore(Store::Families()))).value();
+  std::unique_ptr<Store> store =
+      std::move(Store::OnKvStore(storage::NewMemoryStore(Store::Families()))).value();
   RegistryOptions options;
   Fixture() {
     options.federation = "ward-3";
@@ -84,7 +86,8 @@ TEST_CASE("Retention keeps the newest versions, milestones and version 1", "[mod
   f.options.retain_every = 3;
   auto r = ModelRegistry::Recover(f.options, f.store.get(), Filled(0, 0));
   REQUIRE(r.ok());
-  for (uint32_t round = 1; round <= 6; ++round) f.Commit(r->get(), Filled(static_cast<float>(round), 0), round);
+  for (uint32_t round = 1; round <= 6; ++round)
+    f.Commit(r->get(), Filled(static_cast<float>(round), 0), round);
   // Versions 1..7 were made; kept: 1 (first), 3 and 6 (every 3rd), 6 and 7 (newest two).
   CHECK(*f.store->ListModelVersions() == std::vector<uint64_t>{1, 3, 6, 7});
 }
@@ -104,7 +107,8 @@ TEST_CASE("Pulls send the model, only its changed tensors, or nothing", "[model_
   auto b = (*r)->Pull(delta);
   REQUIRE(b.ok());
   CHECK(b->base_version() == 1);
-  CHECK(std::vector<uint32_t>(b->changed_tensors().begin(), b->changed_tensors().end()) == std::vector<uint32_t>{1});
+  CHECK(std::vector<uint32_t>(b->changed_tensors().begin(), b->changed_tensors().end()) ==
+        std::vector<uint32_t>{1});
   CHECK(b->weights().data().size() == 2 * sizeof(float));
   wire::PullRequest current;
   current.set_have_version(2);

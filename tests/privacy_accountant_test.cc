@@ -2,7 +2,6 @@
 // values and independent high-precision (mpmath, 50 digits) evaluations of the
 // same formulas.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -15,9 +14,7 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-double RelErr(double got, double want) {
-  return std::fabs(got - want) / std::fabs(want);
-}
+double RelErr(double got, double want) { return std::fabs(got - want) / std::fabs(want); }
 
 double RdpAt(double q, double sigma, int64_t steps, double order) {
   auto rdp = ComputeRdp(q, sigma, steps, {order});
@@ -46,8 +43,7 @@ TEST_CASE("default orders are TF Privacy's plus 128 256 512", "[privacy]") {
   CHECK(orders.back() == 512.0);
 }
 
-TEST_CASE("compute_rdp(q=0.1 sigma=2 steps=10 order=5) = 0.07737",
-          "[privacy]") {
+TEST_CASE("compute_rdp(q=0.1 sigma=2 steps=10 order=5) = 0.07737", "[privacy]") {
   const double rdp = RdpAt(0.1, 2.0, 10, 5.0);
   // TF Privacy's test value, to the digits it gives.
   CHECK(std::fabs(rdp - 0.07737) <= 0.000005);
@@ -61,23 +57,20 @@ TEST_CASE("fractional order uses the two-series method", "[privacy]") {
   CHECK(RelErr(RdpAt(0.01, 1.1, 1, 2.5), 0.00016207740933084550404) < 1e-6);
 }
 
-TEST_CASE("MNIST vector: N=60000 batch 150 sigma 1.3 15 epochs",
-          "[privacy]") {
+TEST_CASE("MNIST vector: N=60000 batch 150 sigma 1.3 15 epochs", "[privacy]") {
   const PrivacySpent spent = Spent(150.0 / 60000.0, 1.3, 6000, 1e-5);
   CHECK(RelErr(spent.epsilon, 0.7242234026109595) < 1e-6);
   CHECK(spent.order == 19.0);
   CHECK(spent.delta == 1e-5);
 }
 
-TEST_CASE("vector: N=100000 batch 100 sigma 1.0 30 epochs delta 1e-7",
-          "[privacy]") {
+TEST_CASE("vector: N=100000 batch 100 sigma 1.0 30 epochs delta 1e-7", "[privacy]") {
   const PrivacySpent spent = Spent(100.0 / 100000.0, 1.0, 30000, 1e-7);
   CHECK(RelErr(spent.epsilon, 1.4154988495444842) < 1e-6);
   CHECK(spent.order == 13.0);
 }
 
-TEST_CASE("Balle et al. conversion is tighter than eps = rdp - log(delta)/(a-1)",
-          "[privacy]") {
+TEST_CASE("Balle et al. conversion is tighter than eps = rdp - log(delta)/(a-1)", "[privacy]") {
   const std::vector<double> orders = DefaultRdpOrders();
   auto rdp = ComputeRdp(150.0 / 60000.0, 1.3, 6000, orders);
   REQUIRE(rdp.ok());
@@ -97,8 +90,8 @@ TEST_CASE("fractional orders are continuous at integer orders", "[privacy]") {
         const double at = RdpAt(q, sigma, 1, k);
         const double below = RdpAt(q, sigma, 1, k - 1e-7);
         const double above = RdpAt(q, sigma, 1, k + 1e-7);
-        INFO("q=" << q << " sigma=" << sigma << " order=" << k << " below="
-                  << below << " at=" << at << " above=" << above);
+        INFO("q=" << q << " sigma=" << sigma << " order=" << k << " below=" << below << " at=" << at
+                  << " above=" << above);
         CHECK(RelErr(below, at) < 1e-5);
         CHECK(RelErr(above, at) < 1e-5);
       }
@@ -120,8 +113,7 @@ TEST_CASE("RDP is nondecreasing in the order", "[privacy]") {
   }
 }
 
-TEST_CASE("q == 1 is the Gaussian mechanism: alpha / (2 sigma^2)",
-          "[privacy]") {
+TEST_CASE("q == 1 is the Gaussian mechanism: alpha / (2 sigma^2)", "[privacy]") {
   const std::vector<double> orders = DefaultRdpOrders();
   auto rdp = ComputeRdp(1.0, 1.5, 7, orders);
   REQUIRE(rdp.ok());
@@ -154,15 +146,12 @@ TEST_CASE("degenerate mechanisms", "[privacy]") {
   CHECK(spent->epsilon == 0.0);
 }
 
-TEST_CASE("orders at or below 1.01 are not used by the conversion",
-          "[privacy]") {
+TEST_CASE("orders at or below 1.01 are not used by the conversion", "[privacy]") {
   // A tiny RDP at order 1.005 would give a small epsilon if it were used.
   auto spent = GetPrivacySpent({1.005, 2.0}, {1e-9, 1.0}, 1e-5);
   REQUIRE(spent.ok());
   CHECK(spent->order == 2.0);
-  CHECK(RelErr(spent->epsilon,
-               1.0 + std::log(0.5) - (std::log(1e-5) + std::log(2.0))) <
-        1e-12);
+  CHECK(RelErr(spent->epsilon, 1.0 + std::log(0.5) - (std::log(1e-5) + std::log(2.0))) < 1e-12);
 }
 
 TEST_CASE("epsilon grows with steps and shrinks with noise", "[privacy]") {
@@ -212,8 +201,7 @@ TEST_CASE("RdpAccountant composes additively", "[privacy]") {
 
   // A rejected Compose leaves the accountant unchanged.
   const std::vector<double> before = accountant.rdp();
-  CHECK(accountant.Compose(1.5, 1.0, 10).code() ==
-        StatusCode::kInvalidArgument);
+  CHECK(accountant.Compose(1.5, 1.0, 10).code() == StatusCode::kInvalidArgument);
   CHECK(accountant.rdp() == before);
 }
 
@@ -224,15 +212,12 @@ TEST_CASE("RdpAccountant::Create validates orders", "[privacy]") {
   auto spent = custom->GetPrivacySpent(1e-5);
   REQUIRE(spent.ok());
   CHECK(spent->epsilon > 0.0);
-  CHECK(RdpAccountant::Create({}).status().code() ==
-        StatusCode::kInvalidArgument);
-  CHECK(RdpAccountant::Create({2.0, 1.0}).status().code() ==
-        StatusCode::kInvalidArgument);
+  CHECK(RdpAccountant::Create({}).status().code() == StatusCode::kInvalidArgument);
+  CHECK(RdpAccountant::Create({2.0, 1.0}).status().code() == StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("ComputeNoiseMultiplier inverts GetPrivacySpent", "[privacy]") {
-  auto sigma = ComputeNoiseMultiplier(150.0 / 60000.0, 6000,
-                                      0.7242234026109595, 1e-5);
+  auto sigma = ComputeNoiseMultiplier(150.0 / 60000.0, 6000, 0.7242234026109595, 1e-5);
   REQUIRE(sigma.ok());
   CHECK(RelErr(*sigma, 1.3) < 1e-5);
 
@@ -242,12 +227,9 @@ TEST_CASE("ComputeNoiseMultiplier inverts GetPrivacySpent", "[privacy]") {
     double target;
     double delta;
   };
-  for (const Case& c : {Case{0.0025, 6000, 0.5, 1e-5},
-                        Case{0.0025, 6000, 3.0, 1e-5},
-                        Case{0.001, 30000, 1.0, 1e-7},
-                        Case{0.01, 1000, 8.0, 1e-5},
-                        Case{0.1, 100, 2.0, 1e-6},
-                        Case{1.0, 10, 5.0, 1e-5}}) {
+  for (const Case& c :
+       {Case{0.0025, 6000, 0.5, 1e-5}, Case{0.0025, 6000, 3.0, 1e-5}, Case{0.001, 30000, 1.0, 1e-7},
+        Case{0.01, 1000, 8.0, 1e-5}, Case{0.1, 100, 2.0, 1e-6}, Case{1.0, 10, 5.0, 1e-5}}) {
     INFO("q=" << c.q << " steps=" << c.steps << " target=" << c.target);
     auto s = ComputeNoiseMultiplier(c.q, c.steps, c.target, c.delta);
     REQUIRE(s.ok());
@@ -266,8 +248,7 @@ TEST_CASE("ComputeNoiseMultiplier inverts GetPrivacySpent", "[privacy]") {
   CHECK(*none == 0.0);
 }
 
-TEST_CASE("ComputeNoiseMultiplier fails clearly when unreachable",
-          "[privacy]") {
+TEST_CASE("ComputeNoiseMultiplier fails clearly when unreachable", "[privacy]") {
   // With orders only up to 3, epsilon at delta 1e-5 stays above about 4.8
   // unless the RDP drops below delta^2, which for 1000 unsampled steps needs
   // a noise multiplier above 3e6 (beyond the search range).

@@ -2,10 +2,10 @@
 // entries (it writes nothing), replaying them restores the same epsilon,
 // and the budget refuses what would exceed it. Checked against the RDP
 // accountant used directly.
+#include "aggregator/privacy_budget.h"
+
 #include <catch2/catch.hpp>
 #include <cmath>
-
-#include "aggregator/privacy_budget.h"
 
 using namespace flotilla;
 using namespace flotilla::aggregator;

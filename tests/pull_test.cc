@@ -1,11 +1,12 @@
 // Pulling models outside rounds, end to end against a real aggregator.
+#include "client/pull.h"
+
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
 #include <thread>
 
 #include "client/device_store.h"
-#include "client/pull.h"
 #include "client/runner.h"
 #include "net/zap.h"
 #include "privacy/signing.h"
@@ -107,9 +108,11 @@ TEST_CASE("A tampered pulled model is refused and the device keeps its model", "
   auto layout = std::make_shared<const Layout>(*Layout::Create({{"w", {4}}}));
   Weights genuine = Weights::Zeros(layout);
   genuine.data = {1, 2, 3, 4};
-  const std::string sig_v1 = *privacy::SignModel(*keys.signing, "flotilla", 1, 0, privacy::ModelDigest(genuine));
+  const std::string sig_v1 =
+      *privacy::SignModel(*keys.signing, "flotilla", 1, 0, privacy::ModelDigest(genuine));
   genuine.data = {1, 2, 3, 5};
-  const std::string sig_v2 = *privacy::SignModel(*keys.signing, "flotilla", 2, 1, privacy::ModelDigest(genuine));
+  const std::string sig_v2 =
+      *privacy::SignModel(*keys.signing, "flotilla", 2, 1, privacy::ModelDigest(genuine));
 
   int mode = 0;  // 0: honest v1, 1: v2 with a flipped byte, 2: v2 signed by another key
   std::atomic<bool> stop{false};
@@ -131,7 +134,8 @@ TEST_CASE("A tampered pulled model is refused and the device keeps its model", "
         w.data = {1, 2, 3, 5};
         r->set_version(2);
         r->set_round(1);
-        r->set_signature(mode == 1 ? sig_v2 : *privacy::SignModel(*other, "flotilla", 2, 1, privacy::ModelDigest(w)));
+        r->set_signature(mode == 1 ? sig_v2
+                                   : *privacy::SignModel(*other, "flotilla", 2, 1, privacy::ModelDigest(w)));
       }
       r->set_model_arch("tiny");
       proto::WeightsToProto(w, r->mutable_weights());
@@ -214,7 +218,8 @@ TEST_CASE("A device refuses an older model as the latest but takes it by number"
     stop.store(true);
   });
   auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(50, 4));
-  auto stats = client::RunClient(viewer, training::DataView::All(data), keys.signing->public_key, &stop, store->get());
+  auto stats =
+      client::RunClient(viewer, training::DataView::All(data), keys.signing->public_key, &stop, store->get());
   stopper.join();
   REQUIRE(stats.ok());
   CHECK(stats->models_refused >= 1);

@@ -1,10 +1,10 @@
 // The round engine without a socket: an in-memory store, a client registry
 // filled by hand, and the test's own clock.
-#include <catch2/catch.hpp>
+#include "aggregator/round_engine.h"
 
+#include <catch2/catch.hpp>
 #include <memory>
 
-#include "aggregator/round_engine.h"
 #include "aggregator/store.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
@@ -90,7 +90,8 @@ const auto kEveryone = [](const std::string&) { return true; };
 
 }  // namespace
 
-TEST_CASE("A round starts with enough devices, takes each update once and commits the mean", "[round_engine]") {
+TEST_CASE("A round starts with enough devices, takes each update once and commits the mean",
+          "[round_engine]") {
   Fixture f(3);
   f.config.min_clients = 4;
   f.Start();
@@ -138,7 +139,8 @@ TEST_CASE("A round starts with enough devices, takes each update once and commit
   CHECK(f.clients.at("dev0").updates_accepted == 1);
 }
 
-TEST_CASE("The deadline closes a round with the updates it has, or fails it below min_updates", "[round_engine]") {
+TEST_CASE("The deadline closes a round with the updates it has, or fails it below min_updates",
+          "[round_engine]") {
   Fixture f(2);
   f.config.min_updates = 1;
   f.Start();
@@ -173,7 +175,8 @@ TEST_CASE("Devices the server does not allow are never sampled", "[round_engine]
   Fixture f(3);
   f.config.min_clients = 2;
   f.Start();
-  REQUIRE(*f.engine->MaybeStart(RoundEngine::Clock::now(), [](const std::string& id) { return id != "dev1"; }));
+  REQUIRE(
+      *f.engine->MaybeStart(RoundEngine::Clock::now(), [](const std::string& id) { return id != "dev1"; }));
   CHECK(f.engine->selected_count() == 2);
   CHECK_FALSE(f.engine->AwaitsTask("dev1"));
 }

@@ -1,9 +1,8 @@
 // The round engine's policies: sampling and the back-off after failed rounds.
-#include <catch2/catch.hpp>
-
-#include <set>
-
 #include "aggregator/round_policy.h"
+
+#include <catch2/catch.hpp>
+#include <set>
 
 using namespace flotilla::aggregator;
 using namespace std::chrono_literals;
@@ -16,11 +15,11 @@ TEST_CASE("Sampling takes ceil(fraction x n) devices reproducibly from the seed"
   CHECK(a.sampling_rate == Approx(0.1));
   CHECK(std::is_sorted(a.selected.begin(), a.selected.end()));
   CHECK(std::set<std::string>(a.selected.begin(), a.selected.end()).size() == 10);
-  CHECK(SampleDevices(ids, 0.1, 7, 3).selected == a.selected);  // same seed and round
-  CHECK(SampleDevices(ids, 0.1, 7, 4).selected != a.selected);  // another round
-  CHECK(SampleDevices(ids, 0.1, 8, 3).selected != a.selected);  // another run
+  CHECK(SampleDevices(ids, 0.1, 7, 3).selected == a.selected);   // same seed and round
+  CHECK(SampleDevices(ids, 0.1, 7, 4).selected != a.selected);   // another round
+  CHECK(SampleDevices(ids, 0.1, 8, 3).selected != a.selected);   // another run
   CHECK(SampleDevices(ids, 0.101, 7, 3).selected.size() == 11);  // rounded up
-  CHECK(SampleDevices(ids, 1e-9, 7, 3).selected.size() == 1);   // at least one
+  CHECK(SampleDevices(ids, 1e-9, 7, 3).selected.size() == 1);    // at least one
   const Sample all = SampleDevices(ids, 1.0, 7, 3);
   CHECK(all.selected.size() == 100);
   CHECK(all.sampling_rate == 1.0);

@@ -1,9 +1,10 @@
 // Tests for privacy/shamir.h and privacy/secagg.h: Shamir sharing, the
 // SecAgg / SecAgg+ state machines with dropouts at every stage, refusals of
 // a misbehaving server, message parsing, mask uniformity and quantization.
-#include <catch2/catch.hpp>
+#include "privacy/secagg.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -12,7 +13,6 @@
 
 #include "core/rng.h"
 #include "privacy/keys.h"
-#include "privacy/secagg.h"
 #include "privacy/shamir.h"
 
 namespace flotilla::privacy {
@@ -148,7 +148,8 @@ TEST_CASE("Shamir: shares serialize and parse hostile bytes are rejected", "[sha
   std::string huge_count = bytes;
   huge_count[4] = '\xff';
   huge_count[5] = '\xff';
-  CHECK_FALSE(ShamirShare::Parse(reinterpret_cast<const unsigned char*>(huge_count.data()), huge_count.size()).ok());
+  CHECK_FALSE(
+      ShamirShare::Parse(reinterpret_cast<const unsigned char*>(huge_count.data()), huge_count.size()).ok());
 }
 
 // ---------------------------------------------------------------------------
@@ -463,7 +464,8 @@ Staged StageToUnmask(const Fleet& f) {
   for (auto& c : s.clients) REQUIRE(srv.HandleShareKeys(*c.ShareKeys(*srv.RosterFor(c.index()))).ok());
   REQUIRE(srv.EndShareKeys().ok());
   const std::vector<uint32_t> zeros(f.params.vector_length, 0);
-  for (auto& c : s.clients) REQUIRE(srv.HandleMaskedInput(*c.MaskInput(*srv.SharesFor(c.index()), zeros)).ok());
+  for (auto& c : s.clients)
+    REQUIRE(srv.HandleMaskedInput(*c.MaskInput(*srv.SharesFor(c.index()), zeros)).ok());
   REQUIRE(srv.EndMaskedInput().ok());
   return s;
 }
@@ -630,7 +632,8 @@ TEST_CASE("SecAgg messages: round trips and hostile bytes", "[secagg]") {
     m.sender = 9;
     m.bit_width = k;
     Rng rng(k);
-    for (int i = 0; i < 101; ++i) m.masked.push_back(static_cast<uint32_t>(rng.NextU64()) & (k == 32 ? ~0u : (1u << k) - 1));
+    for (int i = 0; i < 101; ++i)
+      m.masked.push_back(static_cast<uint32_t>(rng.NextU64()) & (k == 32 ? ~0u : (1u << k) - 1));
     const std::string bytes = m.Serialize();
     CHECK(bytes.size() == 11 + (101 * k + 7) / 8);
     auto back = MaskedInputMessage::Parse(bytes);
@@ -674,7 +677,8 @@ TEST_CASE("SecAgg: a masked vector is indistinguishable from uniform", "[secagg]
     auto server = SecAggServer::Create(p, f.public_keys);
     for (auto& c : s.clients) REQUIRE(server->HandleAdvertiseKeys(c.AdvertiseKeys()).ok());
     REQUIRE(server->EndAdvertiseKeys().ok());
-    for (auto& c : s.clients) REQUIRE(server->HandleShareKeys(*c.ShareKeys(*server->RosterFor(c.index()))).ok());
+    for (auto& c : s.clients)
+      REQUIRE(server->HandleShareKeys(*c.ShareKeys(*server->RosterFor(c.index()))).ok());
     REQUIRE(server->EndShareKeys().ok());
     // A maximally structured input: every word the same.
     const std::vector<uint32_t> input(p.vector_length, 0x01020304u);
@@ -741,7 +745,8 @@ TEST_CASE("Quantization: round trip within one step clipping applied", "[quantiz
   REQUIRE(back.ok());
   const double step = 1.0 / c.scale;
   double worst = 0;
-  for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::fabs((*back)[i] - static_cast<double>(x[i])));
+  for (size_t i = 0; i < x.size(); ++i)
+    worst = std::max(worst, std::fabs((*back)[i] - static_cast<double>(x[i])));
   CHECK(worst <= step * 1.0001 + 1e-6);
 
   std::vector<float> big(100, 1.0f);  // norm 10 > C = 2
@@ -759,7 +764,7 @@ TEST_CASE("Quantization: round trip within one step clipping applied", "[quantiz
 TEST_CASE("Quantization: stochastic rounding is unbiased", "[quantize]") {
   REQUIRE(EnsureSodium().ok());
   const QuantizationConfig c{1.0, 32, 10, 10.0};  // coarse: step 0.1
-  const float value = 0.0123f;                     // 10 * (0.0123 + 1) = 10.123: floor 10, frac 0.123
+  const float value = 0.0123f;                    // 10 * (0.0123 + 1) = 10.123: floor 10, frac 0.123
   const size_t n = 200000;
   // Below the clip norm per call: quantize in chunks of 50 (norm 0.087).
   double total = 0;
@@ -899,10 +904,10 @@ TEST_CASE("Quantization: centred decoding maps wrapped sums to negative values",
   CHECK((*d)[0] == Approx(0.0).margin(1e-6));
   CHECK((*d)[1] == Approx(2.5));
   CHECK((*d)[2] == Approx(-2.5));
-  CHECK((*d)[3] == Approx(-10.0));    // noise-free minimum: every client at -C
-  CHECK((*d)[4] == Approx(-10.01));   // wrapped: one unit below the minimum
-  CHECK((*d)[5] == Approx(-20.0));    // wrapped further (noise)
-  CHECK((*d)[6] == Approx(327.67));   // the top of the window
+  CHECK((*d)[3] == Approx(-10.0));   // noise-free minimum: every client at -C
+  CHECK((*d)[4] == Approx(-10.01));  // wrapped: one unit below the minimum
+  CHECK((*d)[5] == Approx(-20.0));   // wrapped further (noise)
+  CHECK((*d)[6] == Approx(327.67));  // the top of the window
   // A sum formed by plain uint32 additions is read mod 2^16.
   auto plain = Dequantize({65536u * 3 + 1250}, 10, c);
   REQUIRE(plain.ok());
@@ -928,8 +933,8 @@ TEST_CASE("Quantization + SecAgg: noisy sum has the noise of the survivors", "[q
   p.bit_width = 32;
   p.vector_length = 4000;
   const double sigma = 0.01;
-  const QuantizationConfig c{1.0, p.bit_width, p.num_clients, MaxSafeScale(1.0, p.bit_width, p.num_clients, sigma),
-                             sigma};
+  const QuantizationConfig c{1.0, p.bit_width, p.num_clients,
+                             MaxSafeScale(1.0, p.bit_width, p.num_clients, sigma), sigma};
   REQUIRE(CheckQuantization(c).ok());
   const Fleet f = MakeFleet(p);
   Rng rng(23);
@@ -966,7 +971,8 @@ TEST_CASE("Quantization + SecAgg: noisy sum has the noise of the survivors", "[q
   REQUIRE(plain_sum.ok());
   auto plain_decoded = Dequantize(*plain_sum, static_cast<uint32_t>(plain_survivors.size()), quiet);
   REQUIRE(plain_decoded.ok());
-  CHECK(DecodingError(*plain_decoded, updates, plain_survivors).worst <= plain_survivors.size() / c.scale + 1e-5);
+  CHECK(DecodingError(*plain_decoded, updates, plain_survivors).worst <=
+        plain_survivors.size() / c.scale + 1e-5);
 }
 
 TEST_CASE("Quantization + SecAgg: noisy words that wrap below zero still decode", "[quantize][secagg]") {
@@ -979,8 +985,8 @@ TEST_CASE("Quantization + SecAgg: noisy words that wrap below zero still decode"
   // inputs sit near -C: each client's first coordinates are -0.9 C (the
   // rest small), so those words wrap about a third of the time.
   const double clip = 1.0, sigma = 1.0;
-  const QuantizationConfig c{clip, p.bit_width, p.num_clients, MaxSafeScale(clip, p.bit_width, p.num_clients, sigma),
-                             sigma};
+  const QuantizationConfig c{clip, p.bit_width, p.num_clients,
+                             MaxSafeScale(clip, p.bit_width, p.num_clients, sigma), sigma};
   REQUIRE(CheckQuantization(c).ok());
   REQUIRE(c.scale > 100);  // still a usable resolution (about 787 levels per unit)
   const uint32_t modulus = 1u << p.bit_width;
@@ -992,7 +998,8 @@ TEST_CASE("Quantization + SecAgg: noisy words that wrap below zero still decode"
   for (uint32_t u = 0; u < p.num_clients; ++u) {
     auto& x = updates[u];
     x[u] = static_cast<float>(-0.9 * clip);  // one coordinate per client near -C
-    for (size_t i = p.num_clients; i < x.size(); ++i) x[i] = static_cast<float>(-std::fabs(rng.Normal()) * 0.005);
+    for (size_t i = p.num_clients; i < x.size(); ++i)
+      x[i] = static_cast<float>(-std::fabs(rng.Normal()) * 0.005);
     auto q = Quantize(x, c);
     REQUIRE(q.ok());
     for (uint32_t w : *q) {

@@ -1,8 +1,7 @@
 // Secure aggregation end to end: real aggregator, real sessions over CURVE
 // on loopback, real training on Fashion-MNIST.
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <thread>
 
@@ -100,7 +99,8 @@ aggregator::AggregatorConfig SecureConfig(const testing::TestKeys& keys, uint32_
 
 }  // namespace
 
-TEST_CASE("Secure aggregation gives the same model as plaintext FedAvg up to quantization", "[integration][secagg]") {
+TEST_CASE("Secure aggregation gives the same model as plaintext FedAvg up to quantization",
+          "[integration][secagg]") {
   // Equal-sized IID shards: FedAvg's example weights are equal, so the
   // secure (unweighted) mean must match the plaintext mean. A wrong mask,
   // share or decoding would give noise, not a model within 1e-3 in loss.
@@ -443,6 +443,7 @@ TEST_CASE("A device refuses identity keys its enrolment authority did not certif
 
   wire::SecAggSetup uncertified = setup;
   uncertified.clear_identity_certs();
-  CHECK(client::SecureUpdate::Create(uncertified, 5, identities[0], delta, authority->public_key).status().code() ==
-        StatusCode::kPermissionDenied);
+  CHECK(client::SecureUpdate::Create(uncertified, 5, identities[0], delta, authority->public_key)
+            .status()
+            .code() == StatusCode::kPermissionDenied);
 }

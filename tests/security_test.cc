@@ -73,15 +73,17 @@ TEST_CASE("Clients that fail authentication reach nothing", "[security][integrat
   REQUIRE(wrong_server.ok());
 
   SECTION("a key not on the allowlist") {
-    auto s = net::ClientSocket::Connect(&running.context, running.endpoint(),
-                                        testing::TestKeys::ClientSocketWith(*stranger, keys.server.public_z85));
+    auto s =
+        net::ClientSocket::Connect(&running.context, running.endpoint(),
+                                   testing::TestKeys::ClientSocketWith(*stranger, keys.server.public_z85));
     REQUIRE(s.ok());
     REQUIRE((*s)->Send(Serialize(HelloMsg("stranger"))).ok());
     CHECK_FALSE(TryReply(s->get(), 1500ms).has_value());
   }
   SECTION("an allowed key with the wrong server key") {
-    auto s = net::ClientSocket::Connect(&running.context, running.endpoint(),
-                                        testing::TestKeys::ClientSocketWith(keys.clients[0], wrong_server->public_z85));
+    auto s = net::ClientSocket::Connect(
+        &running.context, running.endpoint(),
+        testing::TestKeys::ClientSocketWith(keys.clients[0], wrong_server->public_z85));
     REQUIRE(s.ok());
     REQUIRE((*s)->Send(Serialize(HelloMsg("confused"))).ok());
     CHECK_FALSE(TryReply(s->get(), 1500ms).has_value());
@@ -301,7 +303,8 @@ TEST_CASE("A client refuses a tampered model and keeps the one it has", "[securi
   }
 }
 
-TEST_CASE("A message one byte over the size limit drops that peer - the round completes", "[security][integration]") {
+TEST_CASE("A message one byte over the size limit drops that peer - the round completes",
+          "[security][integration]") {
   testing::TestKeys keys(3);  // 0, 1 honest; 2 oversends
   auto config = BaseConfig(keys);
   config.min_clients = 3;

@@ -1,8 +1,8 @@
 // The storage layer: one contract, checked on the RocksDB and the in-memory
 // implementation alike; and what the aggregator's store builds on it.
-#include <catch2/catch.hpp>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 
 #include "aggregator/server.h"
@@ -48,9 +48,9 @@ void CheckContract(storage::KvStore* kv) {
   CHECK(kv->Get("b", std::string(1, '\0') + "z")->size() == 10000);
   std::vector<std::string> keys;
   REQUIRE(kv->Scan("a", "k", [&](std::string_view k, std::string_view) {
-                keys.emplace_back(k);
-                return Status::Ok();
-              }).ok());
+              keys.emplace_back(k);
+              return Status::Ok();
+            }).ok());
   CHECK(keys == std::vector<std::string>{"k1", "k2"});
   CHECK(*kv->LastKey("a") == "x1");
   CHECK(kv->LastKey("b")->size() == 2);
@@ -129,7 +129,7 @@ TEST_CASE("Obsolete column families are dropped and unknown ones kept", "[storag
   auto kv = storage::OpenRocksDb(dir.path.string(), now);
   REQUIRE(kv.ok());
   CHECK((*kv)->Get("metrics", "k").status().code() == StatusCode::kInternal);  // gone
-  CHECK(*(*kv)->Get("someone_elses", "k") == "v");                          // kept
+  CHECK(*(*kv)->Get("someone_elses", "k") == "v");                             // kept
 }
 
 TEST_CASE("The device store runs on the in-memory store", "[storage]") {
@@ -391,9 +391,10 @@ TEST_CASE("With retention the store's size on disk stays flat over 300 rounds", 
     REQUIRE((*store)->CommitRound(commit).ok());
     if (r % 100 == 0) sizes.push_back(DirectoryBytes(dir.path));
   }
-  std::printf("store on disk after 100, 200, 300 rounds (2.4 MB written per round, 5 versions kept): "
-              "%.1f, %.1f, %.1f MB\n",
-              sizes[0] / 1e6, sizes[1] / 1e6, sizes[2] / 1e6);
+  std::printf(
+      "store on disk after 100, 200, 300 rounds (2.4 MB written per round, 5 versions kept): "
+      "%.1f, %.1f, %.1f MB\n",
+      sizes[0] / 1e6, sizes[1] / 1e6, sizes[2] / 1e6);
   // Flat: bounded by the write-ahead log and memory-table limits, not by
   // the 720 MB written.
   CHECK(sizes[2] < 150e6);

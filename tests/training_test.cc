@@ -1,9 +1,10 @@
 // Tests for training/: Fashion-MNIST loading, partitioners and ModelRunner.
 // Reads the real dataset from Debian's dataset-fashion-mnist package.
 
-#include <catch2/catch.hpp>
+#include <unistd.h>
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,8 +15,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <unistd.h>
 
 #include "training/dataset.h"
 #include "training/model.h"
@@ -120,7 +119,8 @@ double MeanMaxClassFraction(const Partition& parts, const std::vector<int64_t>& 
   for (const auto& part : parts) {
     std::vector<int64_t> counts(10, 0);
     for (int64_t i : part) ++counts[static_cast<size_t>(labels[static_cast<size_t>(i)])];
-    sum += static_cast<double>(*std::max_element(counts.begin(), counts.end())) / static_cast<double>(part.size());
+    sum += static_cast<double>(*std::max_element(counts.begin(), counts.end())) /
+           static_cast<double>(part.size());
   }
   return sum / static_cast<double>(parts.size());
 }
@@ -255,8 +255,10 @@ TEST_CASE("Bad IDX headers are DataLoss", "[training][dataset]") {
 
 TEST_CASE("A well-formed small IDX file parses exactly", "[training][dataset]") {
   TempDir dir;
-  WriteFile(dir.path() / "train-images-idx3-ubyte.gz",
-            IdxImages(2, 2, 3, std::string("\x00\xff\x00\xff\x00\xff" "\x10\x20\x30\x40\x50\x60", 12)));
+  WriteFile(dir.path() / "train-images-idx3-ubyte.gz", IdxImages(2, 2, 3,
+                                                                 std::string("\x00\xff\x00\xff\x00\xff"
+                                                                             "\x10\x20\x30\x40\x50\x60",
+                                                                             12)));
   WriteFile(dir.path() / "train-labels-idx1-ubyte.gz", IdxLabels(std::string("\x09\x00", 2)));
   auto ds = LoadFashionMnist(dir.path().string(), Split::kTrain);
   INFO(ds.status().ToString());
@@ -435,9 +437,12 @@ TEST_CASE("SetWeights rejects bad weights and leaves the module unchanged", "[tr
     CHECK(st.code() == StatusCode::kInvalidArgument);
   }
   SECTION("same names, one shape changed") {
-    auto layout = Layout::Create({{"fc1.weight", {200, 784}}, {"fc1.bias", {200}},
-                                  {"fc2.weight", {200, 200}}, {"fc2.bias", {200}},
-                                  {"fc3.weight", {10, 100}}, {"fc3.bias", {10}}});
+    auto layout = Layout::Create({{"fc1.weight", {200, 784}},
+                                  {"fc1.bias", {200}},
+                                  {"fc2.weight", {200, 200}},
+                                  {"fc2.bias", {200}},
+                                  {"fc3.weight", {10, 100}},
+                                  {"fc3.bias", {10}}});
     REQUIRE(layout.ok());
     Weights w = Weights::Zeros(std::make_shared<const Layout>(std::move(layout).value()));
     auto st = runner->SetWeights(w);

@@ -1,8 +1,8 @@
 // Update validation, per-device limits, quiet logs and the quarantine, as
 // units: each checked against hand-computed answers.
-#include <catch2/catch.hpp>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cfloat>
 #include <cmath>
 #include <filesystem>
@@ -197,7 +197,8 @@ TEST_CASE("A failed parse still yields the request id and the version error", "[
 }
 
 TEST_CASE("Quarantine moves a record aside with its reason", "[validation]") {
-  const auto dir = std::filesystem::temp_directory_path() / ("flotilla-quarantine-" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("flotilla-quarantine-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   {
     auto store = Store::Open(dir.string());

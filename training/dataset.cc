@@ -35,8 +35,10 @@ class GzReader {
     if (f == nullptr) {
       const int err = errno;
       if (err == ENOENT) {
-        return NotFound(path + ": no such file; the Fashion-MNIST files come from Debian's "
-                        "dataset-fashion-mnist package (" + std::string(kPackageHint) + ")");
+        return NotFound(path +
+                        ": no such file; the Fashion-MNIST files come from Debian's "
+                        "dataset-fashion-mnist package (" +
+                        std::string(kPackageHint) + ")");
       }
       return Status(err == EACCES ? StatusCode::kPermissionDenied : StatusCode::kInternal,
                     path + ": cannot open: " + (err ? std::strerror(err) : "out of memory"));
@@ -65,8 +67,8 @@ class GzReader {
                         "); reinstall the dataset (" + kPackageHint + " --reinstall)");
       }
       if (got == 0) {
-        return DataLoss(path_ + ": file is truncated; reinstall the dataset (" +
-                        std::string(kPackageHint) + " --reinstall)");
+        return DataLoss(path_ + ": file is truncated; reinstall the dataset (" + std::string(kPackageHint) +
+                        " --reinstall)");
       }
       p += got;
       n -= static_cast<size_t>(got);
@@ -101,8 +103,7 @@ struct ImagesHeader {
 StatusOr<ImagesHeader> ReadImagesHeader(GzReader& r) {
   ASSIGN_OR_RETURN(uint32_t magic, r.ReadBigEndian32());
   if (magic != kImagesMagic) {
-    return DataLoss(r.path() + ": not an IDX image file (magic " + Hex32(magic) +
-                    ", expected 0x00000803)");
+    return DataLoss(r.path() + ": not an IDX image file (magic " + Hex32(magic) + ", expected 0x00000803)");
   }
   ImagesHeader h;
   ASSIGN_OR_RETURN(h.count, r.ReadBigEndian32());
@@ -118,8 +119,7 @@ StatusOr<ImagesHeader> ReadImagesHeader(GzReader& r) {
 StatusOr<uint32_t> ReadLabelsHeader(GzReader& r) {
   ASSIGN_OR_RETURN(uint32_t magic, r.ReadBigEndian32());
   if (magic != kLabelsMagic) {
-    return DataLoss(r.path() + ": not an IDX label file (magic " + Hex32(magic) +
-                    ", expected 0x00000801)");
+    return DataLoss(r.path() + ": not an IDX label file (magic " + Hex32(magic) + ", expected 0x00000801)");
   }
   ASSIGN_OR_RETURN(uint32_t count, r.ReadBigEndian32());
   if (count > kMaxExamples) {

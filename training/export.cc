@@ -39,9 +39,9 @@ Status ExportTorchModule(const std::string& arch, const Weights& weights, const 
   try {
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
     for (const TensorSpec& t : weights.layout->tensors()) {
-      torch::Tensor tensor = torch::from_blob(const_cast<float*>(weights.data.data()) + t.offset, t.shape,
-                                              torch::kFloat32)
-                                 .clone();
+      torch::Tensor tensor =
+          torch::from_blob(const_cast<float*>(weights.data.data()) + t.offset, t.shape, torch::kFloat32)
+              .clone();
       tensors.emplace_back(t.name, tensor);
     }
     torch::serialize::OutputArchive archive;

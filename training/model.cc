@@ -81,8 +81,8 @@ Status CheckData(const DataView& data, const char* what) {
   }
   for (int64_t i : data.indices) {
     if (i < 0 || i >= d.size()) {
-      return InvalidArgument(std::string(what) + ": index " + std::to_string(i) + " is outside the dataset of " +
-                             std::to_string(d.size()) + " examples");
+      return InvalidArgument(std::string(what) + ": index " + std::to_string(i) +
+                             " is outside the dataset of " + std::to_string(d.size()) + " examples");
     }
     const int64_t y = d.labels[static_cast<size_t>(i)];
     if (y < 0 || y >= kClasses) {
@@ -95,7 +95,8 @@ Status CheckData(const DataView& data, const char* what) {
 
 Status CheckTrainConfig(const TrainConfig& config, const char* what) {
   const std::string prefix = std::string(what) + ": ";
-  if (config.epochs < 1) return InvalidArgument(prefix + "epochs must be >= 1, got " + std::to_string(config.epochs));
+  if (config.epochs < 1)
+    return InvalidArgument(prefix + "epochs must be >= 1, got " + std::to_string(config.epochs));
   if (config.batch_size < 1) {
     return InvalidArgument(prefix + "batch_size must be >= 1, got " + std::to_string(config.batch_size));
   }
@@ -204,10 +205,9 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
   result.examples = data.size();
   try {
     const DataTensors all = WrapDataset(*data.base);
-    torch::optim::SGD optimizer(impl_->net->parameters(),
-                                torch::optim::SGDOptions(config.learning_rate)
-                                    .momentum(config.momentum)
-                                    .weight_decay(config.weight_decay));
+    torch::optim::SGD optimizer(impl_->net->parameters(), torch::optim::SGDOptions(config.learning_rate)
+                                                              .momentum(config.momentum)
+                                                              .weight_decay(config.weight_decay));
     Rng rng(config.seed);
     std::vector<int64_t> order = data.indices;
     const size_t n = order.size();
@@ -256,7 +256,8 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
 }
 
 StatusOr<EvalResult> ModelRunner::Evaluate(const DataView& data, int batch_size) {
-  if (batch_size < 1) return InvalidArgument("Evaluate: batch_size must be >= 1, got " + std::to_string(batch_size));
+  if (batch_size < 1)
+    return InvalidArgument("Evaluate: batch_size must be >= 1, got " + std::to_string(batch_size));
   RETURN_IF_ERROR(CheckData(data, "Evaluate"));
   EvalResult result;
   result.examples = data.size();
@@ -274,7 +275,8 @@ StatusOr<EvalResult> ModelRunner::Evaluate(const DataView& data, int batch_size)
       const torch::Tensor x = all.features.index_select(0, idx);
       const torch::Tensor y = all.labels.index_select(0, idx);
       const torch::Tensor output = impl_->net->Forward(x);
-      loss_sum += F::cross_entropy(output, y, F::CrossEntropyFuncOptions().reduction(torch::kSum)).item<double>();
+      loss_sum +=
+          F::cross_entropy(output, y, F::CrossEntropyFuncOptions().reduction(torch::kSum)).item<double>();
       correct += output.argmax(1).eq(y).sum().item<int64_t>();
     }
     result.loss = loss_sum / static_cast<double>(n);

@@ -79,12 +79,12 @@ StatusOr<Partition> PartitionIid(int64_t n, int clients, uint64_t seed) {
   return parts;
 }
 
-StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels, int64_t num_classes,
-                                       int clients, double alpha, uint64_t seed,
-                                       int64_t min_per_client) {
+StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels, int64_t num_classes, int clients,
+                                       double alpha, uint64_t seed, int64_t min_per_client) {
   RETURN_IF_ERROR(CheckClients(clients));
   if (!(alpha > 0.0) || !std::isfinite(alpha)) {
-    return InvalidArgument("partition dirichlet: alpha must be a positive number, got " + std::to_string(alpha));
+    return InvalidArgument("partition dirichlet: alpha must be a positive number, got " +
+                           std::to_string(alpha));
   }
   if (num_classes < 1) return InvalidArgument("partition dirichlet: num_classes must be >= 1");
   if (min_per_client < 0) return InvalidArgument("partition dirichlet: min_per_client must be >= 0");
@@ -139,8 +139,8 @@ StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels, int64
                             "; use a larger alpha or fewer clients");
 }
 
-StatusOr<Partition> PartitionShards(const std::vector<int64_t>& labels, int clients,
-                                    int shards_per_client, uint64_t seed) {
+StatusOr<Partition> PartitionShards(const std::vector<int64_t>& labels, int clients, int shards_per_client,
+                                    uint64_t seed) {
   RETURN_IF_ERROR(CheckClients(clients));
   if (shards_per_client < 1) {
     return InvalidArgument("partition shards: shards_per_client must be >= 1, got " +
@@ -151,8 +151,8 @@ StatusOr<Partition> PartitionShards(const std::vector<int64_t>& labels, int clie
   const int64_t shard_size = n / num_shards;
   if (shard_size == 0) {
     return InvalidArgument("partition shards: " + std::to_string(n) + " examples are fewer than " +
-                           std::to_string(num_shards) + " shards (" + std::to_string(clients) + " clients x " +
-                           std::to_string(shards_per_client) + ")");
+                           std::to_string(num_shards) + " shards (" + std::to_string(clients) +
+                           " clients x " + std::to_string(shards_per_client) + ")");
   }
   // Sort by label; ties keep index order so the result does not depend on
   // the sort implementation.
@@ -185,8 +185,9 @@ StatusOr<Partition> PartitionByName(const std::string& spec, const std::vector<i
   const size_t colon = spec.find(':');
   const std::string kind = spec.substr(0, colon);
   const std::string arg = colon == std::string::npos ? "" : spec.substr(colon + 1);
-  const std::string usage = "; expected \"iid\", \"dirichlet:<alpha>\" (e.g. dirichlet:0.5) or "
-                            "\"shards:<per client>\" (e.g. shards:2)";
+  const std::string usage =
+      "; expected \"iid\", \"dirichlet:<alpha>\" (e.g. dirichlet:0.5) or "
+      "\"shards:<per client>\" (e.g. shards:2)";
   if (kind == "iid" && colon == std::string::npos) {
     return PartitionIid(static_cast<int64_t>(labels.size()), clients, seed);
   }
@@ -197,7 +198,8 @@ StatusOr<Partition> PartitionByName(const std::string& spec, const std::vector<i
   }
   if (kind == "shards") {
     int per_client = 0;
-    if (!ParseInt(arg, &per_client)) return InvalidArgument("partition '" + spec + "': bad shard count" + usage);
+    if (!ParseInt(arg, &per_client))
+      return InvalidArgument("partition '" + spec + "': bad shard count" + usage);
     return PartitionShards(labels, clients, per_client, seed);
   }
   return InvalidArgument("unknown partition '" + spec + "'" + usage);

@@ -22,16 +22,15 @@ StatusOr<Partition> PartitionIid(int64_t n, int clients, uint64_t seed);
 // that class's examples accordingly. Smaller alpha, more skew. Every client
 // is guaranteed at least `min_per_client` examples (redrawn until true, up to
 // a bound; fails with a clear error if impossible).
-StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels, int64_t num_classes,
-                                       int clients, double alpha, uint64_t seed,
-                                       int64_t min_per_client = 1);
+StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels, int64_t num_classes, int clients,
+                                       double alpha, uint64_t seed, int64_t min_per_client = 1);
 
 // The FedAvg paper's pathological non-IID split: sort by label, cut into
 // clients * shards_per_client equal shards, give each client
 // shards_per_client random shards. Examples beyond an exact multiple of the
 // shard count are dropped (at most clients*shards_per_client - 1).
-StatusOr<Partition> PartitionShards(const std::vector<int64_t>& labels, int clients,
-                                    int shards_per_client, uint64_t seed);
+StatusOr<Partition> PartitionShards(const std::vector<int64_t>& labels, int clients, int shards_per_client,
+                                    uint64_t seed);
 
 // Parses "iid", "dirichlet:0.5", "shards:2" and calls the matching function.
 StatusOr<Partition> PartitionByName(const std::string& spec, const std::vector<int64_t>& labels,
