@@ -51,6 +51,12 @@ Status AggregatorConfig::Validate() const {
     return InvalidArgument("learning rate must be positive");
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
   if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
+  if (model_buffers != "federated" && model_buffers != "local") {
+    return InvalidArgument("model buffers must be 'federated' or 'local', got '" + model_buffers + "'");
+  }
+  if (model_arch != "torchscript" && (!model_freeze.empty() || !model_personal.empty())) {
+    return InvalidArgument("freeze and personal apply to TorchScript models ([model] path)");
+  }
   RETURN_IF_ERROR(dp.Validate());
   RETURN_IF_ERROR(secagg.Validate());
   RETURN_IF_ERROR(validation.Validate());

@@ -6,6 +6,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "aggregator/peer_limits.h"
 #include "aggregator/secure_round.h"
@@ -49,7 +50,11 @@ struct AggregatorConfig {
   std::string endpoint = "tcp://127.0.0.1:7400";
   std::string store_path = "flotilla-aggregator.db";
   std::string federation = "flotilla";
-  std::string model_arch = "2nn";
+  std::string model_arch = "2nn";  // a built-in architecture, or "torchscript"
+  // For a TorchScript model: how devices split it (see wire::ModelOptions);
+  // sent with every task.
+  std::string model_buffers = "federated";
+  std::vector<std::string> model_freeze, model_personal;
   uint32_t rounds = 10;
   int min_clients = 2;    // registered clients needed before a round starts
   double fraction = 1.0;  // of registered clients sampled per round

@@ -164,6 +164,12 @@ wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_p
   tc->set_weight_decay(config_.weight_decay);
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, DeriveSeed(0, client_id)));
   task->set_deadline_seconds(std::chrono::duration<double>(deadline_ - now).count());
+  if (config_.model_arch == "torchscript") {
+    wire::ModelOptions* options = task->mutable_model_options();
+    options->set_buffers(config_.model_buffers);
+    for (const auto& g : config_.model_freeze) options->add_freeze(g);
+    for (const auto& g : config_.model_personal) options->add_personal(g);
+  }
   task->set_model_signature(registry_->signature());
   task->set_model_round(registry_->round());
   const DpConfig& dp = config_.dp;

@@ -65,6 +65,8 @@ using RoundFn = std::function<void(const RoundSummary&)>;
 
 class RoundEngine {
  public:
+  RoundEngine(const RoundEngine&) = delete;
+  RoundEngine& operator=(const RoundEngine&) = delete;
   using Clock = std::chrono::steady_clock;
 
   // Why a device's message was not taken, for the error reply.

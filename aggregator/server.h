@@ -41,6 +41,8 @@ namespace flotilla::aggregator {
 
 class Aggregator {
  public:
+  Aggregator(const Aggregator&) = delete;
+  Aggregator& operator=(const Aggregator&) = delete;
   // Opens the store (config.store_path, or `store` when given: tests use
   // in-memory or fault-injecting ones), binds the socket and stores
   // `initial` as model version 1 if the store has no model yet.

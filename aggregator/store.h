@@ -35,6 +35,8 @@ struct RoundCommit {
 
 class Store {
  public:
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
   // Opens (creating if needed) the RocksDB store in directory `path`. A
   // store locked by another process gives FailedPrecondition naming the path.
   static StatusOr<std::unique_ptr<Store>> Open(const std::string& path);

@@ -27,7 +27,7 @@ void OnSignal(int sig) {
 }
 }  // namespace
 
-int flotilla::cli::AggregatorMain(int argc, char** argv) {
+int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& origins) {
   using namespace flotilla;
   aggregator::AggregatorConfig config;
   std::string data_dir = training::kDefaultFashionMnistDir;
@@ -84,13 +84,17 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
                "DEBUGGING ONLY: no encryption and no allowlist (models are still signed)");
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   aggregator::AddRoundFlags(&app, &config);
+  std::string model_path;
+  aggregator::AddModelFlags(&app, &config, &model_path);
   aggregator::DpFlags dp_flags;
   aggregator::AddDpFlags(&app, &config, &dp_flags);
   aggregator::SecAggFlags secagg_flags;
   aggregator::AddSecAggFlags(&app, &config, &secagg_flags);
-  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config)) return *exit_code;
+  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config, origins))
+    return *exit_code;
   aggregator::ApplyDpMode(dp_flags, &config);
   aggregator::ApplySecAggFlags(secagg_flags, &config);
+  aggregator::ResolveModel(&config, model_path);
   // Signals are handled from the start: a SIGTERM during start-up still
   // ends the process cleanly, before or after the store is opened.
   std::signal(SIGINT, OnSignal);
@@ -125,7 +129,12 @@ int flotilla::cli::AggregatorMain(int argc, char** argv) {
     config.socket.curve.public_key = curve->public_z85;
     config.socket.curve.secret_key = curve->SecretZ85();
   }
-  auto runner = training::ModelRunner::Create(config.model_arch, DeriveSeed(config.seed, "init"));
+  // A TorchScript model's parameters (its layout and the first global
+  // model) come from its file; a built-in one is initialized from the seed.
+  auto spec = training::MakeModelSpec(config.model_arch, model_path, config.model_buffers,
+                                      config.model_freeze, config.model_personal);
+  auto runner = spec.ok() ? training::ModelRunner::Create(*spec, DeriveSeed(config.seed, "init"))
+                          : StatusOr<std::unique_ptr<training::ModelRunner>>(spec.status());
   if (!runner.ok()) {
     std::fprintf(stderr, "flotilla aggregator: %s\n", runner.status().ToString().c_str());
     return 1;

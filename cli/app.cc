@@ -71,7 +71,8 @@ void PrepareApp(CLI::App* app, bool* print_config) {
   app->add_flag("--print-config", *print_config, "Print the effective settings (TOML) and exit")->group("");
 }
 
-std::optional<int> Parse(CLI::App* app, int argc, char** argv, const bool* print_config) {
+std::optional<int> Parse(CLI::App* app, int argc, char** argv, const bool* print_config,
+                         const FlagOrigins& origins) {
   try {
     app->parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -79,11 +80,11 @@ std::optional<int> Parse(CLI::App* app, int argc, char** argv, const bool* print
       // Name the config file and key when the bad value came from there.
       const std::string message = e.what();
       std::string best;
-      for (const auto& [flag, origin] : ConfigOrigins()) {
+      for (const auto& [flag, origin] : origins) {
         if (message.find(flag) != std::string::npos && flag.size() > best.size()) best = flag;
       }
       if (!best.empty()) {
-        std::fprintf(stderr, "error: %s (from %s)\n", message.c_str(), ConfigOrigins()[best].c_str());
+        std::fprintf(stderr, "error: %s (from %s)\n", message.c_str(), origins.at(best).c_str());
         return e.get_exit_code();
       }
     }

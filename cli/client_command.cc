@@ -28,7 +28,7 @@ int Fail(const flotilla::Status& st) {
 }
 }  // namespace
 
-int flotilla::cli::ClientMain(int argc, char** argv) {
+int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins) {
   using namespace flotilla;
   client::SessionConfig config;
   std::string log_level = "info";
@@ -88,6 +88,11 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
   train->add_option("--train-limit", train_limit, "Use only the first N training examples (0 = all)")
       ->capture_default_str();
   train->add_option("--threads", threads, "Torch threads for local training")->capture_default_str();
+  std::string model_path;
+  train
+      ->add_option("--model-path", model_path,
+                   "This device's copy of the federation's TorchScript model (when it trains one)")
+      ->check(CLI::ExistingFile);
 
   CLI::App* pull = app.add_subcommand("pull", "Fetch a model version, verify it, and write it for inference");
   uint64_t version = 0;
@@ -100,7 +105,8 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
   pull->add_option("--out", out_path, "Write float32 weights here (and OUT.json with the layout)");
 
   CLI::App* status = app.add_subcommand("status", "Print the aggregator's status");
-  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config)) return *exit_code;
+  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config, origins))
+    return *exit_code;
 
   LogLevel level;
   if (!ParseLogLevel(log_level, &level)) {
@@ -211,7 +217,7 @@ int flotilla::cli::ClientMain(int argc, char** argv) {
   config.num_examples = view.size();
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  auto stats = client::RunClient(config, view, *model_key, &g_stop, store->get());
+  auto stats = client::RunClient(config, view, *model_key, &g_stop, store->get(), model_path);
   if (!stats.ok()) return Fail(stats.status());
   std::printf("flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects\n",
               config.name.c_str(), stats->rounds_trained, stats->updates_acked, stats->reconnects);

@@ -21,6 +21,12 @@ const std::vector<ConfigKey>& ConfigKeys() {
     k.push_back({"federation", "endpoint", "client", "--connect"});
     k.push_back({"federation", "store", "aggregator", "--store"});
     both("federation", "arch", "--arch");
+    // [model]: a TorchScript module and how it is split
+    both("model", "path", "--model-path");
+    k.push_back({"model", "path", "client train", "--model-path"});
+    both("model", "buffers", "--buffers");
+    both("model", "freeze", "--freeze");
+    both("model", "personal", "--personal");
     both("federation", "rounds", "--rounds");
     both("federation", "seed", "--seed");
     k.push_back({"federation", "seed", "client train", "--seed"});
@@ -98,11 +104,6 @@ const std::vector<ConfigKey>& ConfigKeys() {
   return keys;
 }
 
-std::map<std::string, std::string>& ConfigOrigins() {
-  static std::map<std::string, std::string> origins;
-  return origins;
-}
-
 StatusOr<ConfigFlags> ReadConfigFlags(const std::string& path, const std::string& role) {
   std::ifstream in(path);
   if (!in) return InvalidArgument("cannot read config file " + path);
@@ -121,7 +122,7 @@ StatusOr<ConfigFlags> ReadConfigFlags(const std::string& path, const std::string
     if (section.empty()) {
       return InvalidArgument(
           path + ": key '" + item.name + "' is outside any section; put it under one of " +
-          "[federation], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], " +
+          "[federation], [model], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], " +
           "[log] (see docs/configuration.md)");
     }
     std::set<std::string> sections, allowed;

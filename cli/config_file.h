@@ -34,8 +34,4 @@ struct ConfigFlags {
 };
 StatusOr<ConfigFlags> ReadConfigFlags(const std::string& path, const std::string& role);
 
-// Where each flag given by the config file came from, for error messages
-// of the command being run (set by the dispatcher, read by Parse).
-std::map<std::string, std::string>& ConfigOrigins();
-
 }  // namespace flotilla::cli

@@ -163,7 +163,7 @@ void Print(const Report& r, bool json) {
 }  // namespace
 }  // namespace flotilla::privacy
 
-int flotilla::cli::DpMain(int argc, char** argv) {
+int flotilla::cli::DpMain(int argc, char** argv, const FlagOrigins& /*origins*/) {
   using flotilla::StatusCode;
   namespace privacy = flotilla::privacy;
   privacy::Options o;

@@ -135,8 +135,34 @@ inline void AddDefenceFlags(CLI::App* app, AggregatorConfig* c) {
       ->capture_default_str();
 }
 
+// A TorchScript model: its file and how it is split. Call ResolveModel
+// after parsing.
+inline void AddModelFlags(CLI::App* app, AggregatorConfig* c, std::string* model_path) {
+  app->add_option("--model-path", *model_path,
+                  "A TorchScript module (torch.jit.save) to federate instead of a built-in --arch")
+      ->check(CLI::ExistingFile);
+  app->add_option(
+         "--buffers", c->model_buffers,
+         "TorchScript model: BatchNorm statistics and other float buffers 'federated' or kept 'local'")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"federated", "local"}));
+  app->add_option("--freeze", c->model_freeze,
+                  "TorchScript model: parameters never trained (globs, e.g. backbone.*)")
+      ->delimiter(',');
+  app->add_option("--personal", c->model_personal,
+                  "TorchScript model: parameters trained on each device that never leave it (globs)")
+      ->delimiter(',');
+}
+
+// A --model-path makes the model a TorchScript one.
+inline void ResolveModel(AggregatorConfig* c, const std::string& model_path) {
+  if (!model_path.empty()) c->model_arch = "torchscript";
+}
+
 inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
-  app->add_option("--arch", c->model_arch, "Model architecture: 2nn, cnn or logreg")->capture_default_str();
+  app->add_option("--arch", c->model_arch,
+                  "Model architecture: 2nn, cnn or logreg (or a TorchScript file: --model-path)")
+      ->capture_default_str();
   app->add_option("--rounds", c->rounds, "Number of federated rounds")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

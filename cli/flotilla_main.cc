@@ -12,8 +12,6 @@
 
 namespace {
 
-using flotilla::cli::ConfigOrigins;
-
 constexpr char kUsage[] =
     "Flotilla: federated learning for fleets of edge devices.\n"
     "\n"
@@ -35,7 +33,7 @@ constexpr char kUsage[] =
 
 struct Command {
   const char* name;
-  int (*run)(int, char**);
+  int (*run)(int, char**, const flotilla::cli::FlagOrigins&);
 };
 
 const Command kCommands[] = {
@@ -49,22 +47,23 @@ const Command kCommands[] = {
 
 // Runs `run` with argv = [name, config flags..., args...]; the config's
 // flags for "client train" go right after the "train" subcommand.
-int RunWithConfig(const std::string& name, int (*run)(int, char**), std::vector<std::string> args,
-                  const std::string& config_path, const std::string& role) {
+int RunWithConfig(const std::string& name, int (*run)(int, char**, const flotilla::cli::FlagOrigins&),
+                  std::vector<std::string> args, const std::string& config_path, const std::string& role) {
   std::vector<std::string> full = {"flotilla " + name};
+  flotilla::cli::FlagOrigins origins;
   if (!config_path.empty()) {
     auto flags = flotilla::cli::ReadConfigFlags(config_path, role);
     if (!flags.ok()) {
       std::fprintf(stderr, "flotilla %s: %s\n", name.c_str(), std::string(flags.status().message()).c_str());
       return 2;
     }
-    ConfigOrigins() = flags->origin;
+    origins = flags->origin;
     full.insert(full.end(), flags->flags.begin(), flags->flags.end());
     if (role == "client") {
       auto train_flags = flotilla::cli::ReadConfigFlags(config_path, "client train");
       auto train = std::find(args.begin(), args.end(), "train");
       if (train_flags.ok() && train != args.end()) {
-        ConfigOrigins().insert(train_flags->origin.begin(), train_flags->origin.end());
+        origins.insert(train_flags->origin.begin(), train_flags->origin.end());
         args.insert(train + 1, train_flags->flags.begin(), train_flags->flags.end());
       }
     }
@@ -73,7 +72,7 @@ int RunWithConfig(const std::string& name, int (*run)(int, char**), std::vector<
   std::vector<char*> argv;
   for (auto& a : full) argv.push_back(a.data());
   argv.push_back(nullptr);
-  return run(static_cast<int>(full.size()), argv.data());
+  return run(static_cast<int>(full.size()), argv.data(), origins);
 }
 
 }  // namespace

@@ -7,7 +7,7 @@
 #include "cli/commands.h"
 #include "privacy/keys.h"
 
-int flotilla::cli::KeygenMain(int argc, char** argv) {
+int flotilla::cli::KeygenMain(int argc, char** argv, const FlagOrigins& /*origins*/) {
   using namespace flotilla;
   std::string out_dir = ".";
   std::string name;

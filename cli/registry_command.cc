@@ -29,7 +29,7 @@ std::string Time(int64_t unix_ms) {
 }
 }  // namespace
 
-int flotilla::cli::RegistryMain(int argc, char** argv) {
+int flotilla::cli::RegistryMain(int argc, char** argv, const FlagOrigins& /*origins*/) {
   using namespace flotilla;
   std::string store_path = "flotilla-aggregator.db";
   CLI::App app{"Flotilla model registry: list, show and export the model versions an aggregator stored."};

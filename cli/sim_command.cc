@@ -8,7 +8,7 @@
 #include "core/log.h"
 #include "sim/simulation.h"
 
-int flotilla::cli::SimMain(int argc, char** argv) {
+int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   flotilla::sim::SimConfig config;
   config.aggregator.endpoint = "tcp://127.0.0.1:*";
   std::string log_level = "warning";
@@ -45,6 +45,7 @@ int flotilla::cli::SimMain(int argc, char** argv) {
   app.add_flag("--insecure", config.insecure, "DEBUGGING ONLY: no CURVE encryption and no allowlist");
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
   flotilla::aggregator::AddRoundFlags(&app, &config.aggregator);
+  flotilla::aggregator::AddModelFlags(&app, &config.aggregator, &config.model_path);
   flotilla::aggregator::DpFlags dp_flags;
   flotilla::aggregator::AddDpFlags(&app, &config.aggregator, &dp_flags);
   flotilla::aggregator::SecAggFlags secagg_flags;
@@ -55,9 +56,11 @@ int flotilla::cli::SimMain(int argc, char** argv) {
          "secure round")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config)) return *exit_code;
+  if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config, origins))
+    return *exit_code;
   flotilla::aggregator::ApplyDpMode(dp_flags, &config.aggregator);
   flotilla::aggregator::ApplySecAggFlags(secagg_flags, &config.aggregator);
+  flotilla::aggregator::ResolveModel(&config.aggregator, config.model_path);
 
   flotilla::LogLevel level;
   if (!flotilla::ParseLogLevel(log_level, &level)) {

@@ -7,6 +7,24 @@
 
 namespace flotilla::client {
 
+StatusOr<training::ModelSpec> ModelSpecFor(const wire::TrainTask& task, const std::string& model_path) {
+  if (task.model_arch() != training::kTorchScript)
+    return training::MakeModelSpec(task.model_arch(), "", "", {}, {});
+  const wire::ModelOptions& o = task.model_options();
+  return training::MakeModelSpec(task.model_arch(), model_path, o.buffers(),
+                                 {o.freeze().begin(), o.freeze().end()},
+                                 {o.personal().begin(), o.personal().end()});
+}
+
+StatusOr<training::ModelRunner*> RunnerCache::For(const wire::TrainTask& task) {
+  const std::string key = task.model_arch() + '\0' + task.model_options().SerializeAsString();
+  if (runner_ && key == built_for_) return runner_.get();
+  ASSIGN_OR_RETURN(training::ModelSpec spec, ModelSpecFor(task, model_path_));
+  ASSIGN_OR_RETURN(runner_, training::ModelRunner::Create(spec, 0));
+  built_for_ = key;
+  return runner_.get();
+}
+
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
                                     const std::vector<unsigned char>& model_public_key,
@@ -15,7 +33,15 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
     return FailedPrecondition("task is for a '" + task.model_arch() + "' model; this client runs '" +
                               runner->arch() + "'");
   }
-  ASSIGN_OR_RETURN(Weights global, proto::WeightsFromProto(task.weights(), runner->layout()));
+  // A model file that is not the federation's: its first differing
+  // parameter is named (the layouts are compared before any value is read).
+  StatusOr<Weights> decoded = proto::WeightsFromProto(task.weights(), runner->layout());
+  if (!decoded.ok()) {
+    return FailedPrecondition(
+        "the global model does not fit this device's " + runner->arch() +
+        " model (the device's is 'expected'): " + std::string(decoded.status().message()));
+  }
+  Weights global = std::move(decoded).value();
   RETURN_IF_ERROR(privacy::VerifyModel(model_public_key, federation, task.model_version(), task.model_round(),
                                        privacy::ModelDigest(global), task.model_signature()));
   RETURN_IF_ERROR(runner->SetWeights(global));

@@ -2,6 +2,8 @@
 // load the global weights, train, delta = local - global.
 #pragma once
 
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "core/status.h"
@@ -17,6 +19,26 @@ namespace flotilla::client {
 // PermissionDenied and leaves `runner` holding the model it had.
 // Also fails when the task's architecture or weights do not fit `runner`,
 // or training fails.
+// The model a task needs on this device: a built-in architecture by name,
+// or (model_arch "torchscript") the device's own TorchScript file
+// `model_path`, split as the task's ModelOptions say. FailedPrecondition
+// when the task needs a file and the device has none.
+StatusOr<training::ModelSpec> ModelSpecFor(const wire::TrainTask& task, const std::string& model_path);
+
+// Keeps a runner built for what the tasks ask: rebuilt when a task names
+// another architecture or other options (a personal layer's training is
+// kept while they stay the same).
+class RunnerCache {
+ public:
+  explicit RunnerCache(std::string model_path) : model_path_(std::move(model_path)) {}
+  StatusOr<training::ModelRunner*> For(const wire::TrainTask& task);
+
+ private:
+  std::string model_path_;
+  std::string built_for_;
+  std::unique_ptr<training::ModelRunner> runner_;
+};
+
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
                                     const std::vector<unsigned char>& model_public_key,

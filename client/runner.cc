@@ -9,8 +9,9 @@ namespace flotilla::client {
 
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
                                 const std::vector<unsigned char>& model_public_key,
-                                const std::atomic<bool>* stop, DeviceStore* store) {
-  std::unique_ptr<training::ModelRunner> runner;
+                                const std::atomic<bool>* stop, DeviceStore* store,
+                                const std::string& model_path) {
+  RunnerCache runners(model_path);
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
   ClientStats stats;
@@ -43,14 +44,12 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
     if (std::optional<wire::TrainTask> task = session->TakeTask()) {
       LOG_INFO("client",
                config.name << ": training round " << task->round() << " on " << data.size() << " examples");
-      if (!runner || runner->arch() != task->model_arch()) {
-        StatusOr<std::unique_ptr<training::ModelRunner>> made =
-            training::ModelRunner::Create(task->model_arch(), 0);
-        if (!made.ok()) {
-          RETURN_IF_ERROR(session->AbandonTask(made.status()));
-          continue;
-        }
-        runner = std::move(made).value();
+      StatusOr<training::ModelRunner*> runner = runners.For(*task);
+      if (!runner.ok()) {
+        LOG_ERROR("client", config.name << ": cannot build the model for round " << task->round() << ": "
+                                        << runner.status().message());
+        RETURN_IF_ERROR(session->AbandonTask(runner.status()));
+        continue;
       }
       StatusOr<wire::Update> update =
           task->model_version() < newest
@@ -58,7 +57,7 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
                                                         std::to_string(task->model_version()) +
                                                         ", older than version " + std::to_string(newest) +
                                                         " this device has verified: refusing a rollback"))
-              : RunTrainTask(runner.get(), data, *task, model_public_key, config.federation);
+              : RunTrainTask(*runner, data, *task, model_public_key, config.federation);
       if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
       if (update.ok() && task->model_version() > newest) {
         newest = task->model_version();

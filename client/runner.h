@@ -21,13 +21,15 @@ struct ClientStats {
 };
 
 // Blocks until Finished, `*stop` becomes true, or a fatal error. The model
-// is built for the architecture each task names.
+// is built for the architecture each task names: a built-in one, or the
+// TorchScript file `model_path` split as the task's options say.
 // Every model is verified with `model_public_key` before it is loaded.
 // With a `store`, each update is written to its outbox (synced) before it is
 // sent and removed once settled; an update left there by a crash is sent
 // again first thing.
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
                                 const std::vector<unsigned char>& model_public_key,
-                                const std::atomic<bool>* stop, DeviceStore* store = nullptr);
+                                const std::atomic<bool>* stop, DeviceStore* store = nullptr,
+                                const std::string& model_path = std::string());
 
 }  // namespace flotilla::client

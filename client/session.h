@@ -73,6 +73,8 @@ struct SessionConfig {
 
 class Session {
  public:
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
   using Clock = std::chrono::steady_clock;
   enum class State {
     kHello,

@@ -1,5 +1,6 @@
 #include "core/weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <sstream>
@@ -46,11 +47,10 @@ std::string Layout::Describe() const {
 }
 
 Status Layout::CheckSame(const Layout& other) const {
-  if (tensors_.size() != other.tensors_.size()) {
-    return InvalidArgument("layout has " + std::to_string(other.tensors_.size()) + " tensors, expected " +
-                           std::to_string(tensors_.size()));
-  }
-  for (size_t i = 0; i < tensors_.size(); ++i) {
+  // The first differing tensor is named, so a wrong model file says where
+  // it differs, not only that it does.
+  const size_t common = std::min(tensors_.size(), other.tensors_.size());
+  for (size_t i = 0; i < common; ++i) {
     const TensorSpec& a = tensors_[i];
     const TensorSpec& b = other.tensors_[i];
     if (a.name != b.name) {
@@ -61,6 +61,13 @@ Status Layout::CheckSame(const Layout& other) const {
       return InvalidArgument("tensor " + std::to_string(i) + " '" + a.name + "': shape " +
                              ShapeString(b.shape) + ", expected " + ShapeString(a.shape));
     }
+  }
+  if (tensors_.size() != other.tensors_.size()) {
+    const bool extra = other.tensors_.size() > tensors_.size();
+    const TensorSpec& first = extra ? other.tensors_[common] : tensors_[common];
+    return InvalidArgument("layout has " + std::to_string(other.tensors_.size()) + " tensors, expected " +
+                           std::to_string(tensors_.size()) +
+                           (extra ? "; first extra: '" : "; first missing: '") + first.name + "'");
   }
   return Status::Ok();
 }

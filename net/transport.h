@@ -80,6 +80,8 @@ struct Incoming {
 // The aggregator's socket.
 class ServerSocket {
  public:
+  ServerSocket(const ServerSocket&) = delete;
+  ServerSocket& operator=(const ServerSocket&) = delete;
   // Binds `endpoint` (e.g. "tcp://127.0.0.1:5555" or "tcp://127.0.0.1:*").
   static StatusOr<std::unique_ptr<ServerSocket>> Bind(Context* context, const std::string& endpoint,
                                                       const SocketOptions& options);
@@ -120,6 +122,8 @@ class ServerSocket {
 // backoff; messages sent before the server is up are queued.
 class ClientSocket {
  public:
+  ClientSocket(const ClientSocket&) = delete;
+  ClientSocket& operator=(const ClientSocket&) = delete;
   static StatusOr<std::unique_ptr<ClientSocket>> Connect(Context* context, const std::string& endpoint,
                                                          const SocketOptions& options);
   ~ClientSocket();

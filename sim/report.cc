@@ -48,6 +48,8 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   nlohmann::json summary = {
       {"mode", config.central_epochs > 0 ? "central" : "federated"},
       {"arch", a.model_arch},
+      {"model_path", config.model_path},
+      {"buffers", a.model_buffers},
       {"clients", config.clients},
       {"partition", config.partition},
       {"rounds", a.rounds},

@@ -89,6 +89,12 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const Data& data) {
   return result;
 }
 
+StatusOr<training::ModelSpec> ModelSpecOf(const SimConfig& config) {
+  const aggregator::AggregatorConfig& a = config.aggregator;
+  return training::MakeModelSpec(a.model_arch, config.model_path, a.model_buffers, a.model_freeze,
+                                 a.model_personal);
+}
+
 // The run's keys: the aggregator's signing pair and CURVE pair (in the
 // aggregator config), every device's CURVE pair (reproducible from the
 // seed: identities decide sampling and merge order) and the enrolment
@@ -226,14 +232,20 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   }
 
   aggregator::AggregatorConfig agg_config = config.aggregator;
+  if (!agg_config.model_personal.empty()) {
+    // One trainer thread serves many simulated devices, so their personal
+    // layers would mix.
+    return InvalidArgument("personal layers are not simulated yet (run devices as separate clients)");
+  }
   agg_config.store_path = (std::filesystem::path(config.out_dir) / "store").string();
   std::filesystem::remove_all(agg_config.store_path, ec);  // a simulation always starts fresh
   agg_config.min_clients = config.clients;
   ASSIGN_OR_RETURN(FleetKeys keys, MakeKeys(config, &agg_config));
 
   // The aggregator's evaluation model runs on its own thread.
+  ASSIGN_OR_RETURN(training::ModelSpec spec, ModelSpecOf(config));
   ASSIGN_OR_RETURN(std::unique_ptr<training::ModelRunner> eval_runner,
-                   training::ModelRunner::Create(agg_config.model_arch, DeriveSeed(agg_config.seed, "init")));
+                   training::ModelRunner::Create(spec, DeriveSeed(agg_config.seed, "init")));
   const training::DataView test_view = training::DataView::All(data.test);
   training::ModelRunner* eval_ptr = eval_runner.get();
   aggregator::EvalFn eval = [eval_ptr, &test_view](const Weights& w) -> StatusOr<aggregator::EvalMetrics> {
@@ -301,7 +313,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     const int workers = std::min(config.workers > 0 ? config.workers : cores, config.clients);
-    TrainerPool pool(workers, agg_config.model_arch, &views, keys.model_key, agg_config.federation);
+    TrainerPool pool(workers, config.model_path, &views, keys.model_key, agg_config.federation);
     pool_slot = &pool;
     if (client_status.ok()) client_status = DriveFleet(sessions, pool, agg_stopped);
   }

@@ -36,6 +36,9 @@ struct SimConfig {
   double secagg_dropout = 0.0;
   // A simulated device that gets no reply this long reconnects.
   double request_timeout_seconds = 120.0;
+  // The TorchScript file every simulated device trains, when
+  // aggregator.model_arch is "torchscript" (its options are there too).
+  std::string model_path;
   aggregator::AggregatorConfig aggregator;  // endpoint, rounds, fraction, training settings, seed
 };
 

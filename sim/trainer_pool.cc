@@ -5,9 +5,9 @@
 
 namespace flotilla::sim {
 
-void TrainerPool::Work(const std::string& arch) {
+void TrainerPool::Work(const std::string& model_path) {
   training::SetTorchThreads(1);
-  StatusOr<std::unique_ptr<training::ModelRunner>> runner = training::ModelRunner::Create(arch, 0);
+  client::RunnerCache runners(model_path);  // one model per trainer thread
   while (true) {
     Job job;
     {
@@ -21,8 +21,9 @@ void TrainerPool::Work(const std::string& arch) {
       job.work();
       continue;
     }
-    JobResult result{job.client, runner.ok() ? client::RunTrainTask(runner->get(), (*views_)[job.client],
-                                                                    job.task, model_key_, federation_)
+    StatusOr<training::ModelRunner*> runner = runners.For(job.task);
+    JobResult result{job.client, runner.ok() ? client::RunTrainTask(*runner, (*views_)[job.client], job.task,
+                                                                    model_key_, federation_)
                                              : StatusOr<wire::Update>(runner.status())};
     std::lock_guard<std::mutex> lock(mu_);
     results_.push_back(std::move(result));

@@ -36,10 +36,12 @@ class TrainerPool {
  public:
   TrainerPool(const TrainerPool&) = delete;
   TrainerPool& operator=(const TrainerPool&) = delete;
-  TrainerPool(int workers, const std::string& arch, const std::vector<training::DataView>* views,
+  // `model_path`: the TorchScript file every simulated device trains (when
+  // the federation's model is one).
+  TrainerPool(int workers, std::string model_path, const std::vector<training::DataView>* views,
               std::vector<unsigned char> model_key, std::string federation)
       : views_(views), model_key_(std::move(model_key)), federation_(std::move(federation)) {
-    for (int i = 0; i < workers; ++i) threads_.emplace_back([this, arch] { Work(arch); });
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this, model_path] { Work(model_path); });
   }
   ~TrainerPool() {
     {
@@ -76,7 +78,7 @@ class TrainerPool {
   }
 
  private:
-  void Work(const std::string& arch);
+  void Work(const std::string& model_path);
 
   const std::vector<training::DataView>* views_;
   const std::vector<unsigned char> model_key_;

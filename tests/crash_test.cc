@@ -25,6 +25,7 @@
 #include "core/rng.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
+#include "testing/process_fleet.h"
 #include "testing/subprocess.h"
 
 using namespace flotilla;
@@ -37,130 +38,17 @@ constexpr int kClients = 3;
 // max(20, 2 * kills).
 int kRounds = 20;
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+using testing::Spawn;
+
+// The aggregator's and the devices' settings of every run.
+std::vector<std::string> AggregatorArgs(const testing::ProcessFleet& fleet) {
+  return fleet.AggregatorArgs({"--arch", "2nn", "--rounds", std::to_string(kRounds), "--epochs", "1",
+                               "--batch", "32", "--lr", "0.05", "--seed", "3", "--no-eval", "--finish-grace",
+                               "3"});
 }
-
-pid_t Spawn(const std::vector<std::string>& args, const fs::path& log) {
-  const pid_t pid = SpawnProcess(args, log.string());
-  REQUIRE(pid >= 0);
-  return pid;
+std::vector<std::string> ClientArgs(const testing::ProcessFleet& fleet, int i) {
+  return fleet.ClientArgs(i, {"--train-limit", "3000", "--seed", "3", "--threads", "1"});
 }
-
-struct Fleet {
-  fs::path dir;
-  int port;
-  explicit Fleet(const std::string& name) {
-    dir = fs::temp_directory_path() / ("flotilla-crash-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(dir);
-    fs::create_directories(dir / "keys");
-    port = FreePort();
-    const std::string keys = (dir / "keys").string();
-    auto server = privacy::GenerateCurveKeyPair();
-    auto signing = privacy::GenerateSigningKeyPair();
-    REQUIRE(server.ok());
-    REQUIRE(signing.ok());
-    REQUIRE(privacy::WriteCurveKeyFiles(keys, "aggregator", *server, false).ok());
-    REQUIRE(privacy::WriteSigningKeyFiles(keys, "aggregator", *signing, false).ok());
-    std::ofstream allow(dir / "keys" / "allowlist");
-    for (int i = 0; i < kClients; ++i) {
-      // Same device identities in every run: merge order and seeds follow them.
-      auto k = privacy::DeriveCurveKeyPairForSimulation(7000 + i);
-      REQUIRE(k.ok());
-      REQUIRE(privacy::WriteCurveKeyFiles(keys, "dev" + std::to_string(i), *k, false).ok());
-      allow << k->public_z85 << " dev" << i << "\n";
-    }
-  }
-  ~Fleet() { fs::remove_all(dir); }
-
-  std::vector<std::string> AggregatorArgs() const {
-    const std::string k = (dir / "keys").string();
-    return {FLOTILLA_BIN,
-            "aggregator",
-            "--endpoint",
-            "tcp://127.0.0.1:" + std::to_string(port),
-            "--store",
-            (dir / "store").string(),
-            "--curve-key",
-            k + "/aggregator.curve.key",
-            "--signing-key",
-            k + "/aggregator.sign.key",
-            "--allowlist",
-            k + "/allowlist",
-            "--arch",
-            "2nn",
-            "--min-clients",
-            std::to_string(kClients),
-            "--rounds",
-            std::to_string(kRounds),
-            "--epochs",
-            "1",
-            "--batch",
-            "32",
-            "--lr",
-            "0.05",
-            "--seed",
-            "3",
-            "--no-eval",
-            "--log",
-            "warning",
-            "--finish-grace",
-            "3"};
-  }
-  // A status query as device 0 (a separate connection; no Hello).
-  client::SessionConfig Probe() const {
-    client::SessionConfig probe;
-    probe.endpoint = "tcp://127.0.0.1:" + std::to_string(port);
-    auto own = privacy::ReadCurveSecretFile((dir / "keys" / "dev0.curve.key").string());
-    probe.socket.curve.public_key = own->public_z85;
-    probe.socket.curve.secret_key = own->SecretZ85();
-    probe.socket.curve.server_public_key =
-        *privacy::ReadCurvePublicFile((dir / "keys" / "aggregator.curve.pub").string());
-    return probe;
-  }
-  std::vector<std::string> ClientArgs(int i) const {
-    const std::string k = (dir / "keys").string();
-    const std::string name = "dev" + std::to_string(i);
-    return {FLOTILLA_BIN,
-            "client",
-            "--connect",
-            "tcp://127.0.0.1:" + std::to_string(port),
-            "--name",
-            name,
-            "--curve-key",
-            k + "/" + name + ".curve.key",
-            "--server-key",
-            k + "/aggregator.curve.pub",
-            "--model-key",
-            k + "/aggregator.sign.pub",
-            "--state-dir",
-            (dir / name).string(),
-            "--request-timeout-ms",
-            "1500",
-            "--log",
-            "warning",
-            "train",
-            "--clients",
-            std::to_string(kClients),
-            "--index",
-            std::to_string(i),
-            "--train-limit",
-            "3000",
-            "--seed",
-            "3",
-            "--threads",
-            "1"};
-  }
-};
 
 // Rounds each client saw recorded, parsed from its "recorded rounds:" line.
 std::vector<uint32_t> RecordedRounds(const fs::path& log) {
@@ -182,11 +70,11 @@ struct RunResult {
   int kills = 0;
 };
 
-RunResult RunFleet(Fleet& fleet, int kills_wanted, uint64_t seed) {
+RunResult RunFleet(testing::ProcessFleet& fleet, int kills_wanted, uint64_t seed) {
   std::vector<pid_t> clients;
-  pid_t agg = Spawn(fleet.AggregatorArgs(), fleet.dir / "aggregator.log");
+  pid_t agg = Spawn(AggregatorArgs(fleet), fleet.dir / "aggregator.log");
   for (int i = 0; i < kClients; ++i) {
-    clients.push_back(Spawn(fleet.ClientArgs(i), fleet.dir / ("dev" + std::to_string(i) + ".log")));
+    clients.push_back(Spawn(ClientArgs(fleet, i), fleet.dir / ("dev" + std::to_string(i) + ".log")));
   }
   RunResult result;
   Rng rng(seed);
@@ -213,7 +101,7 @@ RunResult RunFleet(Fleet& fleet, int kills_wanted, uint64_t seed) {
       const int code = WaitProcess(agg);
       if (graceful) CHECK(code == 0);
       ++result.kills;
-      agg = Spawn(fleet.AggregatorArgs(), fleet.dir / "aggregator.log");
+      agg = Spawn(AggregatorArgs(fleet), fleet.dir / "aggregator.log");
     } else {
       INFO("aggregator log: " << (fleet.dir / "aggregator.log").string());
       REQUIRE(WaitProcess(agg) == 0);
@@ -257,9 +145,9 @@ TEST_CASE("kill -9 of the aggregator loses nothing acknowledged and changes noth
   const char* env = std::getenv("FLOTILLA_CRASH_KILLS");
   const int kills = env ? std::atoi(env) : 5;
   kRounds = std::max(20, 2 * kills);
-  Fleet reference_fleet("reference");
+  testing::ProcessFleet reference_fleet("reference", kClients);
   const RunResult reference = RunFleet(reference_fleet, 0, 1);
-  Fleet crash_fleet("crash");
+  testing::ProcessFleet crash_fleet("crash", kClients);
   const RunResult crashed = RunFleet(crash_fleet, kills, 42);
   INFO("aggregator killed " << crashed.kills << " times");
   std::printf(

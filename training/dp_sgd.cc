@@ -140,7 +140,10 @@ Status CheckDpArchitecture(const std::string& arch, const std::vector<torch::Ten
   } else if (arch == "logreg") {
     weight_dims = {2};
   } else {
-    return InvalidArgument("TrainDpSgd: architecture '" + arch + "' is not supported (2nn, cnn, logreg are)");
+    return InvalidArgument(
+        "TrainDpSgd: architecture '" + arch +
+        "' is not supported yet (2nn, cnn, logreg are; record-level DP on TorchScript models "
+        "is not built yet)");
   }
   if (params.size() != 2 * weight_dims.size()) {
     return Internal("TrainDpSgd: '" + arch + "' has " + std::to_string(params.size()) +
@@ -360,11 +363,11 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
   result.examples = n;
   try {
     torch::AutoGradMode grad_mode(true);
-    impl_->net->train();
+    impl_->SetTraining(true);
     const DataTensors all = WrapDataset(*data.base);
-    torch::optim::SGD optimizer(impl_->net->parameters(), torch::optim::SGDOptions(config.learning_rate)
-                                                              .momentum(config.momentum)
-                                                              .weight_decay(config.weight_decay));
+    torch::optim::SGD optimizer(impl_->trainable, torch::optim::SGDOptions(config.learning_rate)
+                                                      .momentum(config.momentum)
+                                                      .weight_decay(config.weight_decay));
     Rng shuffle_rng(config.seed);
     std::vector<int64_t> order = data.indices;
     size_t position = order.size();  // forces a shuffle before the first fixed batch
@@ -451,6 +454,7 @@ StatusOr<std::vector<Weights>> DpSgdTestPeer::PerExampleGradientsReference(Model
                                                                            const DataView& batch) {
   RETURN_IF_ERROR(CheckData(batch, "PerExampleGradientsReference"));
   ModelRunner::Impl& impl = *runner.impl_;
+  RETURN_IF_ERROR(CheckDpArchitecture(impl.arch, impl.params));
   try {
     torch::AutoGradMode grad_mode(true);
     const DataTensors all = WrapDataset(*batch.base);

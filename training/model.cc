@@ -66,11 +66,12 @@ std::string ShapeText(const Dataset& d) {
 
 namespace internal {
 
-Status CheckData(const DataView& data, const char* what) {
+Status CheckData(const DataView& data, const char* what, bool builtin) {
   if (!data.base) return InvalidArgument(std::string(what) + ": the data view has no dataset");
   if (data.indices.empty()) return InvalidArgument(std::string(what) + ": the data view is empty");
   const Dataset& d = *data.base;
-  if (d.channels != kChannels || d.height != kHeight || d.width != kWidth) {
+  const int64_t classes = builtin ? kClasses : d.num_classes;
+  if (builtin && (d.channels != kChannels || d.height != kHeight || d.width != kWidth)) {
     return InvalidArgument(std::string(what) + ": examples have shape " + ShapeText(d) +
                            ", the model needs [1,28,28]");
   }
@@ -85,9 +86,9 @@ Status CheckData(const DataView& data, const char* what) {
                              " is outside the dataset of " + std::to_string(d.size()) + " examples");
     }
     const int64_t y = d.labels[static_cast<size_t>(i)];
-    if (y < 0 || y >= kClasses) {
+    if (y < 0 || y >= classes) {
       return InvalidArgument(std::string(what) + ": example " + std::to_string(i) + " has label " +
-                             std::to_string(y) + ", the model has 10 classes");
+                             std::to_string(y) + ", the model has " + std::to_string(classes) + " classes");
     }
   }
   return Status::Ok();
@@ -130,13 +131,56 @@ torch::Tensor IndexTensor(const std::vector<int64_t>& indices, size_t begin, siz
 
 std::vector<std::string> KnownArchitectures() { return {"2nn", "cnn", "logreg"}; }
 
+StatusOr<ModelSpec::Buffers> ParseBufferPolicy(const std::string& name) {
+  if (name == "federated") return ModelSpec::Buffers::kFederated;
+  if (name == "local") return ModelSpec::Buffers::kLocal;
+  return InvalidArgument(
+      "buffers must be 'federated' (averaged with the weights) or 'local' (kept on each "
+      "device, as in FedBN), got '" +
+      name + "'");
+}
+
+StatusOr<ModelSpec> MakeModelSpec(const std::string& arch, const std::string& path,
+                                  const std::string& buffers, std::vector<std::string> freeze,
+                                  std::vector<std::string> personal) {
+  ModelSpec spec;
+  spec.arch = arch;
+  spec.path = path;
+  if (!buffers.empty()) {
+    ASSIGN_OR_RETURN(spec.buffers, ParseBufferPolicy(buffers));
+  }
+  spec.freeze = std::move(freeze);
+  spec.personal = std::move(personal);
+  if (arch == kTorchScript && path.empty()) {
+    return FailedPrecondition(
+        "the model is a TorchScript module: give its file ([model] path or --model-path)");
+  }
+  return spec;
+}
+
 StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const std::string& arch, uint64_t init_seed) {
+  ModelSpec spec;
+  spec.arch = arch;
+  return Create(spec, init_seed);
+}
+
+StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const ModelSpec& spec, uint64_t init_seed) {
+  if (spec.arch == kTorchScript) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, LoadScript(spec));
+    return std::unique_ptr<ModelRunner>(new ModelRunner(std::move(impl)));
+  }
+  const std::string& arch = spec.arch;
+  if (!spec.freeze.empty() || !spec.personal.empty()) {
+    return InvalidArgument(
+        "freeze and personal apply to TorchScript models ([model] path), not to the built-in '" + arch + "'");
+  }
   try {
     std::shared_ptr<Net> net = MakeNet(arch);
     if (!net) {
       std::string known;
       for (const auto& name : KnownArchitectures()) known += (known.empty() ? "" : ", ") + name;
-      return InvalidArgument("unknown model architecture '" + arch + "'; known: " + known);
+      return InvalidArgument("unknown model architecture '" + arch + "'; known: " + known +
+                             " (or a TorchScript " + "file: [model] path)");
     }
     InitParameters(*net, init_seed);
     auto impl = std::make_unique<Impl>();
@@ -145,6 +189,7 @@ StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const std::string& ar
       specs.emplace_back(item.key(), item.value().sizes().vec());
       impl->params.push_back(item.value());
     }
+    impl->trainable = impl->state = impl->params;
     ASSIGN_OR_RETURN(Layout layout, Layout::Create(specs));
     impl->arch = arch;
     impl->net = std::move(net);
@@ -191,7 +236,7 @@ Status ModelRunner::SetWeights(const Weights& w) {
 
 StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig& config) {
   RETURN_IF_ERROR(CheckTrainConfig(config, "Train"));
-  RETURN_IF_ERROR(CheckData(data, "Train"));
+  RETURN_IF_ERROR(CheckData(data, "Train", impl_->net != nullptr));
 
   const auto start_time = std::chrono::steady_clock::now();
   std::vector<torch::Tensor> before;
@@ -205,15 +250,15 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
   result.examples = data.size();
   try {
     const DataTensors all = WrapDataset(*data.base);
-    torch::optim::SGD optimizer(impl_->net->parameters(), torch::optim::SGDOptions(config.learning_rate)
-                                                              .momentum(config.momentum)
-                                                              .weight_decay(config.weight_decay));
+    torch::optim::SGD optimizer(impl_->trainable, torch::optim::SGDOptions(config.learning_rate)
+                                                      .momentum(config.momentum)
+                                                      .weight_decay(config.weight_decay));
     Rng rng(config.seed);
     std::vector<int64_t> order = data.indices;
     const size_t n = order.size();
     const size_t batch = static_cast<size_t>(config.batch_size);
     for (int epoch = 0; epoch < config.epochs; ++epoch) {
-      impl_->net->train();
+      impl_->SetTraining(true);
       rng.Shuffle(&order);
       double loss_sum = 0.0;
       int64_t epoch_steps = 0;
@@ -224,7 +269,7 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
         const torch::Tensor y = all.labels.index_select(0, idx);
 
         optimizer.zero_grad();
-        const torch::Tensor output = impl_->net->Forward(x);
+        const torch::Tensor output = impl_->Forward(x);
         const torch::Tensor loss = F::cross_entropy(output, y);
         const double loss_value = loss.item<double>();
         if (!std::isfinite(loss_value)) {
@@ -258,12 +303,12 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
 StatusOr<EvalResult> ModelRunner::Evaluate(const DataView& data, int batch_size) {
   if (batch_size < 1)
     return InvalidArgument("Evaluate: batch_size must be >= 1, got " + std::to_string(batch_size));
-  RETURN_IF_ERROR(CheckData(data, "Evaluate"));
+  RETURN_IF_ERROR(CheckData(data, "Evaluate", impl_->net != nullptr));
   EvalResult result;
   result.examples = data.size();
   try {
     torch::NoGradGuard no_grad;
-    impl_->net->eval();
+    impl_->SetTraining(false);
     const DataTensors all = WrapDataset(*data.base);
     double loss_sum = 0.0;
     int64_t correct = 0;
@@ -274,7 +319,7 @@ StatusOr<EvalResult> ModelRunner::Evaluate(const DataView& data, int batch_size)
       const torch::Tensor idx = IndexTensor(data.indices, begin, end);
       const torch::Tensor x = all.features.index_select(0, idx);
       const torch::Tensor y = all.labels.index_select(0, idx);
-      const torch::Tensor output = impl_->net->Forward(x);
+      const torch::Tensor output = impl_->Forward(x);
       loss_sum +=
           F::cross_entropy(output, y, F::CrossEntropyFuncOptions().reduction(torch::kSum)).item<double>();
       correct += output.argmax(1).eq(y).sum().item<int64_t>();

@@ -23,6 +23,31 @@ namespace flotilla::training {
 //   "logreg" multinomial logistic regression 784-10 (7,850 parameters)
 std::vector<std::string> KnownArchitectures();
 
+// What a federation trains: a built-in architecture, or a TorchScript module
+// (torch.jit.script or trace, saved with torch.jit.save) from a file.
+struct ModelSpec {
+  std::string arch = "2nn";  // a known architecture, or kTorchScript with `path`
+  std::string path;          // the TorchScript file
+  // BatchNorm running statistics and other float buffers: averaged with the
+  // weights (kFederated), or kept on each device (kLocal, as in FedBN).
+  // Integer buffers (num_batches_tracked) always stay on the device.
+  enum class Buffers { kFederated, kLocal } buffers = Buffers::kFederated;
+  // Globs over parameter names (fnmatch: "backbone.*"). Frozen parameters
+  // travel with the model but are never trained; personal ones are trained
+  // but never leave the device (they are not in the layout on the wire).
+  std::vector<std::string> freeze;
+  std::vector<std::string> personal;
+};
+inline constexpr const char* kTorchScript = "torchscript";
+// "federated" | "local"; InvalidArgument naming the allowed values.
+StatusOr<ModelSpec::Buffers> ParseBufferPolicy(const std::string& name);
+// A spec from settings as configs and tasks carry them (an empty `buffers`
+// is "federated"). A TorchScript arch without a path is an error that
+// says how to give one.
+StatusOr<ModelSpec> MakeModelSpec(const std::string& arch, const std::string& path,
+                                  const std::string& buffers, std::vector<std::string> freeze,
+                                  std::vector<std::string> personal);
+
 struct TrainConfig {
   int epochs = 1;
   int batch_size = 32;
@@ -71,12 +96,18 @@ class ModelRunner {
   // Builds `arch` with parameters initialized deterministically from
   // `init_seed`. Unknown arch: InvalidArgument listing the known ones.
   static StatusOr<std::unique_ptr<ModelRunner>> Create(const std::string& arch, uint64_t init_seed);
+  // A built-in architecture (as above) or a TorchScript module, whose
+  // parameters come from the file (`init_seed` is not used). Errors name
+  // the file and what is wrong with it (not TorchScript, no float
+  // parameters, a freeze or personal pattern that matches nothing).
+  static StatusOr<std::unique_ptr<ModelRunner>> Create(const ModelSpec& spec, uint64_t init_seed);
   ~ModelRunner();
   ModelRunner(const ModelRunner&) = delete;
   ModelRunner& operator=(const ModelRunner&) = delete;
 
   const std::string& arch() const;
-  // Parameter names and shapes, in named_parameters() order.
+  // What travels: parameter names and shapes in named_parameters() order
+  // (less personal ones), then the federated buffers.
   std::shared_ptr<const Layout> layout() const;
   Weights GetWeights() const;
   // Copies `w` into the module. Fails without changing the module when the
@@ -110,6 +141,9 @@ class ModelRunner {
   friend class DpSgdTestPeer;  // training/dp_sgd_testing.h
   struct Impl;
   explicit ModelRunner(std::unique_ptr<Impl> impl);
+  // A TorchScript module from spec.path, its parameters and buffers sorted
+  // into what travels, what trains and what stays (script_model.cc).
+  static StatusOr<std::unique_ptr<Impl>> LoadScript(const ModelSpec& spec);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -4,10 +4,12 @@
 // Includes Torch; never include it from outside training/.
 #pragma once
 
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,9 +64,10 @@ struct LogReg : Net {
   torch::nn::Linear fc;
 };
 
-// Checks that `data` is non-empty, consistent and fits a 1x28x28, 10-class
-// model. `what` prefixes error messages (the calling method's name).
-Status CheckData(const DataView& data, const char* what);
+// Checks that `data` is non-empty and consistent and, for the built-in
+// architectures (`builtin`), fits a 1x28x28, 10-class model. `what`
+// prefixes error messages (the calling method's name).
+Status CheckData(const DataView& data, const char* what, bool builtin = true);
 
 // Checks the fields of `config` (epochs, batch size, learning rate,
 // momentum, weight decay); `what` prefixes error messages.
@@ -87,19 +90,37 @@ torch::Tensor IndexTensor(const std::vector<int64_t>& indices, size_t begin, siz
 
 struct ModelRunner::Impl {
   std::string arch;
-  std::shared_ptr<internal::Net> net;
-  std::vector<torch::Tensor> params;  // named_parameters() order; share storage with net
+  std::shared_ptr<internal::Net> net;        // a built-in architecture, or
+  std::optional<torch::jit::Module> script;  // a TorchScript module
+  // What travels, in layout order; share storage with the module.
+  std::vector<torch::Tensor> params;
+  // What the optimizer updates (not frozen; personal ones included).
+  std::vector<torch::Tensor> trainable;
+  // Every parameter and buffer: what a failed training restores.
+  std::vector<torch::Tensor> state;
   std::shared_ptr<const Layout> layout;
 
+  torch::Tensor Forward(const torch::Tensor& x) {
+    if (script) return script->forward({x}).toTensor();
+    return net->Forward(x);
+  }
+  // train() (dropout on, BatchNorm updating its statistics) or eval().
+  void SetTraining(bool on) {
+    if (script) {
+      script->train(on);
+    } else {
+      net->train(on);
+    }
+  }
   std::vector<torch::Tensor> Snapshot() const {
     std::vector<torch::Tensor> copy;
-    copy.reserve(params.size());
-    for (const auto& p : params) copy.push_back(p.detach().clone());
+    copy.reserve(state.size());
+    for (const auto& p : state) copy.push_back(p.detach().clone());
     return copy;
   }
   void Restore(const std::vector<torch::Tensor>& snapshot) {
     torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(snapshot[i]);
+    for (size_t i = 0; i < state.size(); ++i) state[i].copy_(snapshot[i]);
   }
 };
 

@@ -1,0 +1,186 @@
+// TorchScript models (training/script_model.cc): what travels, what trains,
+// what stays on the device. The .pt files are made at build time by
+// scripts/make_models.py with python3-torch.
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <string>
+
+#include "training/dataset.h"
+#include "training/model.h"
+
+namespace flotilla::training {
+namespace {
+
+std::string ModelFile(const std::string& name) { return std::string(FLOTILLA_MODELS) + "/" + name + ".pt"; }
+
+ModelSpec Script(const std::string& name) {
+  ModelSpec spec;
+  spec.arch = kTorchScript;
+  spec.path = ModelFile(name);
+  return spec;
+}
+
+std::unique_ptr<ModelRunner> Load(const ModelSpec& spec) {
+  auto runner = ModelRunner::Create(spec, 0);
+  INFO(runner.status().ToString());
+  REQUIRE(runner.ok());
+  return std::move(runner).value();
+}
+
+std::vector<std::string> Names(const Layout& layout) {
+  std::vector<std::string> names;
+  for (const auto& t : layout.tensors()) names.push_back(t.name);
+  return names;
+}
+
+bool Has(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+// The values of the tensors whose names start with `prefix`.
+std::vector<float> Slice(const Weights& w, const std::string& prefix) {
+  std::vector<float> out;
+  for (const auto& t : w.layout->tensors()) {
+    if (t.name.rfind(prefix, 0) == 0) {
+      out.insert(out.end(), w.data.begin() + t.offset, w.data.begin() + t.offset + t.numel);
+    }
+  }
+  return out;
+}
+
+TrainConfig Sgd() {
+  TrainConfig tc;
+  tc.epochs = 1;
+  tc.batch_size = 16;
+  tc.learning_rate = 0.05;
+  return tc;
+}
+
+}  // namespace
+
+TEST_CASE("A TorchScript model with BatchNorm federates its running statistics, or keeps them local",
+          "[training][script]") {
+  auto federated = Load(Script("bn_cnn"));
+  const std::vector<std::string> names = Names(*federated->layout());
+  CHECK(names.front() == "conv1.weight");
+  CHECK(Has(names, "bn1.weight"));  // BatchNorm's affine parameters are parameters
+  CHECK(Has(names, "bn1.running_mean"));
+  CHECK(Has(names, "bn2.running_var"));
+  CHECK_FALSE(Has(names, "bn1.num_batches_tracked"));  // integer buffers never travel
+  CHECK(federated->arch() == kTorchScript);
+
+  ModelSpec local = Script("bn_cnn");
+  local.buffers = ModelSpec::Buffers::kLocal;
+  auto fedbn = Load(local);
+  const std::vector<std::string> local_names = Names(*fedbn->layout());
+  CHECK_FALSE(Has(local_names, "bn1.running_mean"));
+  CHECK(Has(local_names, "bn1.weight"));
+  CHECK(local_names.size() + 4 == names.size());
+
+  // Training runs in train() mode: the running statistics move.
+  auto data = std::make_shared<const Dataset>(MakeSynthetic(256, 3));
+  const DataView view = DataView::All(data);
+  const Weights before = federated->GetWeights();
+  auto result = federated->Train(view, Sgd());
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  CHECK(std::isfinite(result->mean_loss));
+  const Weights after = federated->GetWeights();
+  CHECK(Slice(after, "bn1.running_mean") != Slice(before, "bn1.running_mean"));
+  CHECK(Slice(after, "fc.") != Slice(before, "fc."));
+  // Evaluation runs in eval() mode: dropout off, statistics fixed, so it is
+  // deterministic and leaves the model as it was.
+  auto e1 = federated->Evaluate(view);
+  auto e2 = federated->Evaluate(view);
+  REQUIRE(e1.ok());
+  REQUIRE(e2.ok());
+  CHECK(e1->loss == e2->loss);
+  CHECK(federated->GetWeights().data == after.data);
+  // And it learns: the synthetic classes are separable.
+  for (int i = 0; i < 4; ++i) REQUIRE(federated->Train(view, Sgd()).ok());
+  CHECK(federated->Evaluate(view)->accuracy > 0.5);  // chance is 0.1
+
+  // Another runner set to the trained weights evaluates the same.
+  auto copy = Load(Script("bn_cnn"));
+  REQUIRE(copy->SetWeights(federated->GetWeights()).ok());
+  CHECK(copy->Evaluate(view)->loss == Approx(federated->Evaluate(view)->loss).epsilon(1e-6));
+}
+
+TEST_CASE("A frozen backbone stays bit-identical while the head trains", "[training][script]") {
+  ModelSpec spec = Script("backbone_head");
+  spec.freeze = {"backbone.*"};
+  auto runner = Load(spec);
+  auto data = std::make_shared<const Dataset>(MakeSynthetic(128, 5));
+  const Weights before = runner->GetWeights();
+  REQUIRE(runner->Train(DataView::All(data), Sgd()).ok());
+  const Weights after = runner->GetWeights();
+  CHECK(Slice(after, "backbone.") == Slice(before, "backbone."));  // exactly, bit for bit
+  CHECK(Slice(after, "head.") != Slice(before, "head."));
+  CHECK(Has(Names(*runner->layout()), "backbone.0.weight"));  // frozen still travels with the model
+}
+
+TEST_CASE("Personal layers train on the device and are not in the layout on the wire", "[training][script]") {
+  ModelSpec spec = Script("backbone_head");
+  spec.personal = {"head.*"};
+  auto runner = Load(spec);
+  const std::vector<std::string> names = Names(*runner->layout());
+  CHECK_FALSE(Has(names, "head.weight"));
+  CHECK_FALSE(Has(names, "head.bias"));
+  CHECK(Has(names, "backbone.3.weight"));
+  auto data = std::make_shared<const Dataset>(MakeSynthetic(128, 5));
+  const DataView view = DataView::All(data);
+  const double untrained = runner->Evaluate(view)->loss;
+  for (int i = 0; i < 3; ++i) REQUIRE(runner->Train(view, Sgd()).ok());
+  const double trained = runner->Evaluate(view)->loss;
+  CHECK(trained < untrained);
+  // A global model arriving replaces the shared part only: the personal
+  // head stays as trained, so the loss stays near what the device reached.
+  auto other = Load(spec);
+  REQUIRE(runner->SetWeights(runner->GetWeights()).ok());
+  CHECK(runner->Evaluate(view)->loss == Approx(trained).epsilon(1e-6));
+  REQUIRE(other->SetWeights(runner->GetWeights()).ok());  // same layout on every device
+}
+
+TEST_CASE("A wrong model file on a device names the first differing parameter", "[training][script]") {
+  auto expected = Load(Script("bn_cnn"));
+  auto wrong = Load(Script("other_cnn"));
+  Status st = wrong->SetWeights(expected->GetWeights());
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.message().find("conv1.weight") != std::string::npos);
+  CHECK(st.message().find("[12,1,3,3]") != std::string::npos);
+
+  auto missing = ModelRunner::Create(Script("no_such_model"), 0);
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.status().message().find("no_such_model.pt") != std::string::npos);
+
+  // Not TorchScript at all.
+  const std::string junk = std::string(FLOTILLA_MODELS) + "/junk.pt";
+  std::ofstream(junk) << "not a model";
+  ModelSpec bad = Script("junk");
+  auto loaded = ModelRunner::Create(bad, 0);
+  REQUIRE_FALSE(loaded.ok());
+  CHECK(loaded.status().message().find("torch.jit.save") != std::string::npos);
+
+  ModelSpec typo = Script("backbone_head");
+  typo.freeze = {"backbon.*"};
+  auto t = ModelRunner::Create(typo, 0);
+  REQUIRE_FALSE(t.ok());
+  CHECK(t.status().message().find("backbon.*") != std::string::npos);
+  CHECK(t.status().message().find("backbone.0.weight") != std::string::npos);
+
+  ModelSpec everything = Script("tabular_mlp");
+  everything.personal = {"*"};
+  CHECK_FALSE(ModelRunner::Create(everything, 0).ok());
+  CHECK(ParseBufferPolicy("local").value() == ModelSpec::Buffers::kLocal);
+  CHECK_FALSE(ParseBufferPolicy("shared").ok());
+}
+
+TEST_CASE("Data a TorchScript model cannot take fails with a clear error, not a crash", "[training][script]") {
+  auto tabular = Load(Script("tabular_mlp"));  // expects 30 features
+  auto images = std::make_shared<const Dataset>(MakeSynthetic(32, 1));
+  auto r = tabular->Train(DataView::All(images), Sgd());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("model was left as before") != std::string::npos);
+}
+
+}  // namespace flotilla::training
