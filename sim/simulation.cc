@@ -13,6 +13,7 @@
 #include "core/log.h"
 #include "core/rng.h"
 #include "privacy/keys.h"
+#include "sim/fleet_data.h"
 #include "sim/report.h"
 #include "sim/trainer_pool.h"
 #include "training/dataset.h"
@@ -24,34 +25,29 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct Data {
-  std::shared_ptr<const training::Dataset> train, test;
-  training::Partition partition;
-};
-
-StatusOr<Data> LoadData(const SimConfig& config) {
-  Data data;
-  ASSIGN_OR_RETURN(training::Dataset train,
-                   training::LoadFashionMnist(config.data_dir, training::Split::kTrain, config.train_limit));
-  ASSIGN_OR_RETURN(training::Dataset test,
-                   training::LoadFashionMnist(config.data_dir, training::Split::kTest, config.test_limit));
-  ASSIGN_OR_RETURN(data.partition, training::PartitionByName(
-                                       config.partition, train.labels, train.num_classes, config.clients,
-                                       DeriveSeed(config.aggregator.seed, "partition")));
-  data.train = std::make_shared<const training::Dataset>(std::move(train));
-  data.test = std::make_shared<const training::Dataset>(std::move(test));
-  return data;
+StatusOr<training::ModelSpec> ModelSpecOf(const SimConfig& config) {
+  const aggregator::AggregatorConfig& a = config.aggregator;
+  return training::MakeModelSpec(a.model_arch, config.model_path, a.model_buffers, a.model_freeze,
+                                 a.model_personal);
 }
 
-StatusOr<SimResult> RunCentral(const SimConfig& config, const Data& data) {
+StatusOr<SimResult> RunCentral(const SimConfig& config, const FleetData& data) {
   const auto& a = config.aggregator;
   const auto start = Clock::now();
   training::SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  ASSIGN_OR_RETURN(training::ModelSpec spec, ModelSpecOf(config));
   ASSIGN_OR_RETURN(std::unique_ptr<training::ModelRunner> runner,
-                   training::ModelRunner::Create(a.model_arch, DeriveSeed(a.seed, "init")));
+                   training::ModelRunner::Create(spec, DeriveSeed(a.seed, "init")));
+  // The union of the devices' data: their examples of the shared training
+  // set, or (when devices hold their own copies) the union's own dataset.
   training::DataView train_view{data.train, {}};
-  for (const auto& part : data.partition)
-    train_view.indices.insert(train_view.indices.end(), part.begin(), part.end());
+  for (const auto& device : data.devices) {
+    if (device.base != data.train) {
+      train_view = training::DataView::All(data.train);
+      break;
+    }
+    train_view.indices.insert(train_view.indices.end(), device.indices.begin(), device.indices.end());
+  }
   std::sort(train_view.indices.begin(), train_view.indices.end());
   const training::DataView test_view = training::DataView::All(data.test);
   SimResult result;
@@ -87,12 +83,6 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const Data& data) {
   }
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return result;
-}
-
-StatusOr<training::ModelSpec> ModelSpecOf(const SimConfig& config) {
-  const aggregator::AggregatorConfig& a = config.aggregator;
-  return training::MakeModelSpec(a.model_arch, config.model_path, a.model_buffers, a.model_freeze,
-                                 a.model_personal);
 }
 
 // The run's keys: the aggregator's signing pair and CURVE pair (in the
@@ -224,7 +214,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   std::filesystem::create_directories(config.out_dir, ec);
   if (ec) return Unavailable("cannot create output directory " + config.out_dir + ": " + ec.message());
   const auto start = Clock::now();
-  ASSIGN_OR_RETURN(Data data, LoadData(config));
+  ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config));
   if (config.central_epochs > 0) {
     ASSIGN_OR_RETURN(SimResult central, RunCentral(config, data));
     RETURN_IF_ERROR(WriteOutputs(config, central));
@@ -280,11 +270,8 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     agg_stopped = true;
   });
 
-  std::vector<training::DataView> views;
-  for (const auto& part : data.partition) {
-    views.push_back(training::DataView{data.train, part});
-    result.train_examples += static_cast<int64_t>(part.size());
-  }
+  const std::vector<training::DataView>& views = data.devices;
+  for (const auto& v : views) result.train_examples += v.size();
   // The sessions outlive the trainer pool: a SecAgg step running on a
   // trainer refers to its session. Until the pool exists (and after it is
   // gone) such steps run inline.

@@ -12,6 +12,7 @@
 
 #include "aggregator/server.h"
 #include "core/status.h"
+#include "training/csv.h"
 
 namespace flotilla::sim {
 
@@ -19,6 +20,11 @@ struct SimConfig {
   int clients = 10;
   std::string partition = "iid";  // iid | dirichlet:ALPHA | shards:K
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  // "fashion-mnist" (data_dir), or "csv:PATH": tabular records, test_fraction
+  // of them held out for the aggregator's evaluation (see sim/fleet_data.h).
+  std::string data_source = "fashion-mnist";
+  training::CsvOptions csv;
+  double test_fraction = 0.2;
   int64_t train_limit = 0;               // 0 = all 60,000 training examples
   int64_t test_limit = 0;                // 0 = all 10,000 test examples
   int workers = 0;                       // trainer threads; 0 = number of cores

@@ -308,14 +308,56 @@ Weights ToWeights(const std::shared_ptr<const Layout>& layout, const std::vector
   return w;
 }
 
+// Any module (TorchScript): per-example gradients one example at a time
+// (microbatches of one), each clipped to `l2_clip` over all trainable
+// parameters, summed. Slower than the batched pass of the built-in
+// architectures, exact for any module. *loss_sum gets the summed loss;
+// false when a loss or a gradient is not finite.
+bool ClippedSumOneByOne(ModelRunner::Impl& impl, const torch::Tensor& x, const torch::Tensor& y,
+                        double l2_clip, std::vector<torch::Tensor>* sums, double* loss_sum) {
+  sums->clear();
+  for (const auto& p : impl.trainable) sums->push_back(torch::zeros_like(p));
+  *loss_sum = 0.0;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    const torch::Tensor loss = F::cross_entropy(impl.Forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1),
+                                                F::CrossEntropyFuncOptions().reduction(torch::kSum));
+    const double value = loss.item<double>();
+    if (!std::isfinite(value)) return false;
+    *loss_sum += value;
+    const std::vector<torch::Tensor> grads = torch::autograd::grad({loss}, impl.trainable);
+    double squared = 0.0;
+    for (const auto& g : grads) squared += g.pow(2).sum().item<double>();
+    if (!std::isfinite(squared)) return false;
+    const double norm = std::sqrt(squared);
+    const double factor = norm > l2_clip ? l2_clip / norm : 1.0;
+    for (size_t j = 0; j < grads.size(); ++j) (*sums)[j].add_(grads[j], factor);
+  }
+  return true;
+}
+
+// DP-SGD needs each example's gradient on its own: BatchNorm mixes the
+// examples of a batch (and its running statistics are not noised).
+Status CheckDpScript(const ModelRunner::Impl& impl) {
+  for (const auto& b : impl.script->named_buffers(/*recurse=*/true)) {
+    if (b.name.find("running_mean") != std::string::npos) {
+      return InvalidArgument("TrainDpSgd: the TorchScript model has BatchNorm ('" + b.name +
+                             "'), which mixes examples and cannot be trained with DP-SGD; use GroupNorm or "
+                             "LayerNorm");
+    }
+  }
+  if (impl.trainable.empty()) return InvalidArgument("TrainDpSgd: the model has no trainable parameters");
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainConfig& config,
                                               const DpSgdConfig& dp) {
   RETURN_IF_ERROR(CheckTrainConfig(config, "TrainDpSgd"));
   RETURN_IF_ERROR(CheckDpConfig(dp));
-  RETURN_IF_ERROR(CheckData(data, "TrainDpSgd"));
-  RETURN_IF_ERROR(CheckDpArchitecture(impl_->arch, impl_->params));
+  const bool script = impl_->script.has_value();
+  RETURN_IF_ERROR(CheckData(data, "TrainDpSgd", !script));
+  RETURN_IF_ERROR(script ? CheckDpScript(*impl_) : CheckDpArchitecture(impl_->arch, impl_->params));
 
   const int64_t n = data.size();
   const double q = dp.sampling_rate > 0.0
@@ -393,7 +435,19 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
       }
 
       std::vector<torch::Tensor> sums;
-      if (!batch.empty()) {
+      if (!batch.empty() && script) {
+        const auto [x, y] = SelectBatch(all, batch);
+        double loss_sum = 0.0;
+        if (!ClippedSumOneByOne(*impl_, x, y, dp.l2_clip, &sums, &loss_sum)) {
+          return fail(
+              InvalidArgument("TrainDpSgd: the loss or a per-example gradient became non-finite at step " +
+                              std::to_string(step + 1) + "; the model was left as before training"));
+        }
+        if (step >= steps - loss_window) {
+          window_loss += loss_sum;
+          window_examples += static_cast<int64_t>(batch.size());
+        }
+      } else if (!batch.empty()) {
         const auto [x, y] = SelectBatch(all, batch);
         const BatchPass pass = RunBatch(impl_->arch, impl_->params, x, y);
         const torch::Tensor squared_norms = SquaredNorms(pass);
@@ -410,20 +464,20 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
           window_examples += pass.size;
         }
       } else {
-        for (const auto& p : impl_->params) sums.push_back(torch::zeros_like(p));
+        for (const auto& p : impl_->trainable) sums.push_back(torch::zeros_like(p));
       }
 
       const double denominator =
           dp.poisson_sampling ? q * static_cast<double>(n) : static_cast<double>(batch.size());
       for (size_t i = 0; i < sums.size(); ++i) {
         noise.AddNoise(sums[i].data_ptr<float>(), static_cast<size_t>(sums[i].numel()), noise_stddev);
-        impl_->params[i].mutable_grad() = sums[i].div_(denominator);
+        impl_->trainable[i].mutable_grad() = sums[i].div_(denominator);
       }
       optimizer.step();
       ++result.steps;
     }
     result.mean_loss = window_examples > 0 ? window_loss / static_cast<double>(window_examples) : 0.0;
-    for (auto& p : impl_->params) p.mutable_grad() = torch::Tensor();
+    for (auto& p : impl_->trainable) p.mutable_grad() = torch::Tensor();
   } catch (const std::exception& e) {
     return fail(Internal("TrainDpSgd: LibTorch failed while training '" + impl_->arch + "': " + e.what() +
                          "; the model was left as before training"));

@@ -137,9 +137,11 @@ class ModelRunner {
   // InvalidArgument on a bad DpSgdConfig.
   StatusOr<TrainResult> TrainDpSgd(const DataView& data, const TrainConfig& config, const DpSgdConfig& dp);
 
+  // The Torch state (training/model_impl.h): opaque outside training/.
+  struct Impl;
+
  private:
   friend class DpSgdTestPeer;  // training/dp_sgd_testing.h
-  struct Impl;
   explicit ModelRunner(std::unique_ptr<Impl> impl);
   // A TorchScript module from spec.path, its parameters and buffers sorted
   // into what travels, what trains and what stays (script_model.cc).

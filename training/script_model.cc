@@ -23,8 +23,8 @@ bool Matches(const std::vector<std::string>& globs, const std::string& name, std
 }
 
 // A pattern that matches nothing is a typo, not a no-op.
-Status CheckAllUsed(const std::vector<std::string>& globs, const std::set<std::string>& used, const char* what,
-                    const std::vector<std::string>& names, const std::string& path) {
+Status CheckAllUsed(const std::vector<std::string>& globs, const std::set<std::string>& used,
+                    const char* what, const std::vector<std::string>& names, const std::string& path) {
   for (const auto& g : globs) {
     if (used.count(g)) continue;
     std::string list;

@@ -1,0 +1,188 @@
+#include "training/csv.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+
+namespace flotilla::training {
+namespace {
+
+// Bounds that keep a hostile file from making us allocate absurdly.
+constexpr size_t kMaxColumns = 100000;
+constexpr int64_t kMaxClasses = 100000;
+
+std::vector<std::string> SplitFields(const std::string& line, char delimiter) {
+  std::vector<std::string> fields;
+  std::string field;
+  for (char c : line) {
+    if (c == delimiter) {
+      fields.push_back(field);
+      field.clear();
+    } else if (c != '\r') {
+      field.push_back(c);
+    }
+  }
+  fields.push_back(field);
+  return fields;
+}
+
+std::string Trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\"");
+  if (b == std::string::npos) return std::string();
+  const size_t e = s.find_last_not_of(" \t\"");
+  return s.substr(b, e - b + 1);
+}
+
+// A column given by header name or index (negative from the end).
+StatusOr<size_t> ResolveColumn(const std::string& spec, const std::vector<std::string>& names, size_t columns,
+                               const std::string& path) {
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == spec) return i;
+  }
+  char* end = nullptr;
+  errno = 0;
+  const long long index = std::strtoll(spec.c_str(), &end, 10);
+  if (spec.empty() || *end != '\0' || errno != 0) {
+    std::string list;
+    for (size_t i = 0; i < names.size() && i < 20; ++i) list += (i ? ", " : "") + names[i];
+    return InvalidArgument(path + ": no column '" + spec + "'" +
+                           (names.empty() ? std::string(" (no header: give a 0-based index, -1 for the last)")
+                                          : " (columns: " + list + ")"));
+  }
+  const long long n = static_cast<long long>(columns);
+  const long long resolved = index < 0 ? n + index : index;
+  if (resolved < 0 || resolved >= n) {
+    return InvalidArgument(path + ": column index " + spec + " is outside the " + std::to_string(columns) +
+                           " columns");
+  }
+  return static_cast<size_t>(resolved);
+}
+
+}  // namespace
+
+StatusOr<DataSourceName> ParseDataSource(const std::string& name) {
+  const size_t colon = name.find(':');
+  DataSourceName out;
+  out.kind = name.substr(0, colon);
+  out.path = colon == std::string::npos ? std::string() : name.substr(colon + 1);
+  if (out.kind == "csv" && !out.path.empty()) return out;
+  if (out.kind == "fashion-mnist") return out;
+  return InvalidArgument("unknown data source '" + name + "'; use csv:PATH or fashion-mnist[:DIR]");
+}
+
+StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options) {
+  std::ifstream in(path);
+  if (!in) {
+    return NotFound(path + ": cannot open: " + std::strerror(errno));
+  }
+  if (options.skip_rows < 0) return InvalidArgument("skip_rows must be >= 0");
+  std::string line;
+  int64_t line_no = 0;
+  for (int64_t i = 0; i < options.skip_rows && std::getline(in, line); ++i) ++line_no;
+
+  CsvData out;
+  std::vector<std::string> names;
+  if (options.header) {
+    if (!std::getline(in, line)) return InvalidArgument(path + ": no header row");
+    ++line_no;
+    for (const auto& f : SplitFields(line, options.delimiter)) names.push_back(Trim(f));
+  }
+  size_t columns = names.size();
+  size_t label = 0;
+  std::vector<size_t> features;
+  std::vector<double> values;  // row-major, features only
+  std::vector<int64_t> labels;
+  int64_t max_label = -1;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (Trim(line).empty()) continue;
+    const std::vector<std::string> fields = SplitFields(line, options.delimiter);
+    const std::string where = path + ":" + std::to_string(line_no);
+    if (columns == 0) {
+      columns = fields.size();
+      if (columns < 2 || columns > kMaxColumns) {
+        return InvalidArgument(where + ": " + std::to_string(columns) + " columns; need a label and a feature");
+      }
+    }
+    if (features.empty()) {
+      ASSIGN_OR_RETURN(label, ResolveColumn(options.label_column, names, columns, path));
+      if (options.feature_columns.empty()) {
+        for (size_t c = 0; c < columns; ++c) {
+          if (c != label) features.push_back(c);
+        }
+      } else {
+        for (const auto& spec : options.feature_columns) {
+          ASSIGN_OR_RETURN(size_t c, ResolveColumn(spec, names, columns, path));
+          if (c == label) return InvalidArgument(path + ": column '" + spec + "' is the label");
+          features.push_back(c);
+        }
+      }
+      for (size_t c : features) {
+        out.feature_names.push_back(c < names.size() ? names[c] : "column " + std::to_string(c));
+      }
+    }
+    if (fields.size() != columns) {
+      return InvalidArgument(where + ": " + std::to_string(fields.size()) + " fields, expected " +
+                             std::to_string(columns) + " (a missing or extra value)");
+    }
+    auto column_name = [&](size_t c) {
+      return c < names.size() ? "'" + names[c] + "'" : std::to_string(c);
+    };
+    for (size_t c : features) {
+      const std::string v = Trim(fields[c]);
+      char* end = nullptr;
+      errno = 0;
+      const double x = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x)) {
+        return InvalidArgument(where + ": column " + column_name(c) + " is '" + v.substr(0, 40) +
+                               "', not a finite number" + (v.empty() ? " (missing value)" : ""));
+      }
+      values.push_back(x);
+    }
+    const std::string v = Trim(fields[label]);
+    char* end = nullptr;
+    errno = 0;
+    const double y = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0' || !(y >= 0) || y != std::floor(y) || y >= kMaxClasses) {
+      return InvalidArgument(where + ": label column " + column_name(label) + " is '" + v.substr(0, 40) +
+                             "', not a class id (0, 1, 2, ...)");
+    }
+    labels.push_back(static_cast<int64_t>(y));
+    max_label = std::max(max_label, labels.back());
+  }
+  if (labels.empty()) return InvalidArgument(path + ": no data rows");
+  const int64_t classes = options.num_classes > 0 ? options.num_classes : max_label + 1;
+  if (max_label >= classes) {
+    return InvalidArgument(path + ": label " + std::to_string(max_label) + " but num_classes is " +
+                           std::to_string(classes));
+  }
+  const size_t f = features.size();
+  const size_t n = labels.size();
+  if (options.standardize) {
+    out.mean.assign(f, 0.0f);
+    out.stddev.assign(f, 1.0f);
+    for (size_t j = 0; j < f; ++j) {
+      double sum = 0.0, sq = 0.0;
+      for (size_t i = 0; i < n; ++i) sum += values[i * f + j];
+      const double mean = sum / static_cast<double>(n);
+      for (size_t i = 0; i < n; ++i) sq += (values[i * f + j] - mean) * (values[i * f + j] - mean);
+      const double sd = std::sqrt(sq / static_cast<double>(n));
+      out.mean[j] = static_cast<float>(mean);
+      out.stddev[j] = static_cast<float>(sd > 1e-12 ? sd : 1.0);  // a constant column stays 0
+      for (size_t i = 0; i < n; ++i) values[i * f + j] = (values[i * f + j] - mean) / out.stddev[j];
+    }
+  }
+  Dataset& d = out.dataset;
+  d.channels = 1;
+  d.height = 1;
+  d.width = static_cast<int64_t>(f);
+  d.num_classes = classes;
+  d.features.assign(values.begin(), values.end());
+  d.labels = std::move(labels);
+  return out;
+}
+
+}  // namespace flotilla::training
