@@ -17,13 +17,15 @@ from torch import nn
 
 
 class BnCnn(nn.Module):
-    """Fashion-MNIST [N,1,28,28] -> 10 logits: conv + BatchNorm + dropout."""
+    """Fashion-MNIST [N,1,28,28] -> 10 logits: conv + BatchNorm + dropout.
+    `width` channels in the first convolution (another width makes the
+    'wrong model file' of tests)."""
 
-    def __init__(self):
+    def __init__(self, width=8):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 16, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(16)
         self.drop = nn.Dropout(0.25)
         self.fc = nn.Linear(16 * 7 * 7, 10)
@@ -62,29 +64,11 @@ class BackboneHead(nn.Module):
         return self.head(self.backbone(x).flatten(1))
 
 
-class OtherCnn(nn.Module):
-    """BnCnn with a wider first convolution: the 'wrong model file' of tests."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 12, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(12)
-        self.conv2 = nn.Conv2d(12, 16, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.drop = nn.Dropout(0.25)
-        self.fc = nn.Linear(16 * 7 * 7, 10)
-
-    def forward(self, x):
-        x = torch.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
-        x = torch.max_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
-        return self.fc(self.drop(x.flatten(1)))
-
-
 MODELS = {
     "bn_cnn": BnCnn,
     "tabular_mlp": TabularMlp,
     "backbone_head": BackboneHead,
-    "other_cnn": OtherCnn,
+    "other_cnn": lambda: BnCnn(width=12),
 }
 
 
