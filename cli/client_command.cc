@@ -1,14 +1,18 @@
 // flotilla client: one device.
-//   train   trains on its share of Fashion-MNIST whenever the aggregator asks,
-//           until the federation is over
-//   pull    fetches a model version (verified) for local inference
-//   status  prints the aggregator's health and progress
+//   train    trains on its data (Fashion-MNIST or a CSV) whenever the
+//            aggregator asks, until the federation is over
+//   pull     fetches a model version (verified) for local inference, as raw
+//            weights or a TorchScript file
+//   status   prints the aggregator's health and progress
+//   predict  runs a TorchScript model over local data (no aggregator)
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "cli/data_flags.h"
 #include "client/pull.h"
 #include "client/runner.h"
 #include "core/log.h"
@@ -16,6 +20,9 @@
 #include "core/rng.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
+#include "training/csv.h"
+#include "training/export.h"
+#include "training/model.h"
 #include "training/partition.h"
 
 namespace {
@@ -25,6 +32,80 @@ void OnSignal(int) { g_stop.store(true); }
 int Fail(const flotilla::Status& st) {
   std::fprintf(stderr, "flotilla client: %s\n", st.ToString().c_str());
   return 1;
+}
+
+// This device's training data: its share (partition `index` of `clients`)
+// of Fashion-MNIST or of a CSV file. CSV features are standardized with the
+// statistics of this device's own records only. A device with its own file
+// is `--clients 1`.
+flotilla::StatusOr<flotilla::training::DataView> LoadDeviceData(
+    const std::string& source_name, const std::string& data_dir, const flotilla::training::CsvOptions& csv,
+    int64_t train_limit, const std::string& partition, int clients, int index, uint64_t seed) {
+  using namespace flotilla;
+  ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(source_name));
+  training::Dataset all;
+  if (source.kind == "csv") {
+    training::CsvOptions raw = csv;
+    raw.standardize = false;  // below, over this device's rows
+    ASSIGN_OR_RETURN(training::CsvData loaded, training::LoadCsv(source.path, raw));
+    all = std::move(loaded.dataset);
+    if (train_limit > 0 && train_limit < all.size()) {
+      all.labels.resize(static_cast<size_t>(train_limit));
+      all.features.resize(static_cast<size_t>(train_limit * all.example_numel()));
+    }
+  } else {
+    ASSIGN_OR_RETURN(all, training::LoadFashionMnist(source.path.empty() ? data_dir : source.path,
+                                                     training::Split::kTrain, train_limit));
+  }
+  ASSIGN_OR_RETURN(training::Partition parts,
+                   training::PartitionByName(partition, all.labels, all.num_classes, clients,
+                                             DeriveSeed(seed, "partition")));
+  std::vector<int64_t> rows = parts[static_cast<size_t>(index)];
+  if (rows.empty()) return InvalidArgument("partition " + partition + " left this device without data");
+  if (source.kind == "csv" && csv.standardize) {
+    auto mine = std::make_shared<const training::Dataset>(training::StandardizedRows(all, rows, rows));
+    return training::DataView::All(mine);
+  }
+  auto shared = std::make_shared<const training::Dataset>(std::move(all));
+  return training::DataView{shared, std::move(rows)};
+}
+// `flotilla client predict`: the model over local data, one forward pass
+// per `batch` examples, timed.
+int Predict(const std::string& model_path, const std::string& source_name, const std::string& data_dir,
+            const flotilla::training::CsvOptions& csv, int64_t limit, int batch) {
+  using namespace flotilla;
+  training::SetTorchThreads(1);
+  auto source = training::ParseDataSource(source_name);
+  if (!source.ok()) return Fail(source.status());
+  training::Dataset data;
+  if (source->kind == "csv") {
+    auto loaded = training::LoadCsv(source->path, csv);
+    if (!loaded.ok()) return Fail(loaded.status());
+    data = std::move(loaded->dataset);
+  } else {
+    auto loaded = training::LoadFashionMnist(source->path.empty() ? data_dir : source->path,
+                                             training::Split::kTest, limit);
+    if (!loaded.ok()) return Fail(loaded.status());
+    data = std::move(loaded).value();
+  }
+  if (limit > 0 && limit < data.size()) {
+    data.labels.resize(static_cast<size_t>(limit));
+    data.features.resize(static_cast<size_t>(limit * data.example_numel()));
+  }
+  training::ModelSpec spec;
+  spec.arch = training::kTorchScript;
+  spec.path = model_path;
+  auto runner = training::ModelRunner::Create(spec, 0);
+  if (!runner.ok()) return Fail(runner.status());
+  const auto view = training::DataView::All(std::make_shared<const training::Dataset>(std::move(data)));
+  const auto start = std::chrono::steady_clock::now();
+  auto result = (*runner)->Evaluate(view, batch);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!result.ok()) return Fail(result.status());
+  std::printf("%lld examples: accuracy %.4f, loss %.4f, %.3f ms per example (batch %d)\n",
+              static_cast<long long>(result->examples), result->accuracy, result->loss,
+              1000.0 * seconds / static_cast<double>(result->examples), batch);
+  return 0;
 }
 }  // namespace
 
@@ -44,8 +125,8 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   flotilla::cli::PrepareApp(&app, &print_config);
   app.require_subcommand(1);
   app.add_option("--connect", config.endpoint, "Aggregator endpoint")->capture_default_str();
-  app.add_option("--name", config.name, "Device name; also names its key file and state directory")
-      ->required();
+  app.add_option("--name", config.name,
+                 "Device name; also names its key file and state directory (required but for predict)");
   app.add_option(
          "--federation", config.federation,
          "The federation this device is enrolled in; the aggregator and every model's signature must match")
@@ -79,6 +160,9 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   uint64_t seed = 1;
   int64_t train_limit = 0;
   train->add_option("--data-dir", data_dir, "Fashion-MNIST directory")->capture_default_str();
+  std::string data_source = "fashion-mnist", csv_delimiter = ",";
+  training::CsvOptions csv;
+  AddCsvFlags(train, &data_source, &csv, &csv_delimiter);
   train->add_option("--partition", partition, "iid | dirichlet:ALPHA | shards:K")->capture_default_str();
   train->add_option("--clients", clients, "Number of partitions")
       ->capture_default_str()
@@ -103,6 +187,32 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
           "is refused as a rollback; asking for it by number takes it deliberately")
       ->capture_default_str();
   pull->add_option("--out", out_path, "Write float32 weights here (and OUT.json with the layout)");
+  std::string script_out, pull_model_path;
+  pull->add_option("--script-out", script_out,
+                   "TorchScript federation: write the model as a TorchScript file your code loads with "
+                   "torch::jit::load (needs --model-path)");
+  pull->add_option("--model-path", pull_model_path,
+                   "This device's copy of the federation's TorchScript model (its personal layers and local "
+                   "buffers are kept)")
+      ->check(CLI::ExistingFile);
+
+  CLI::App* predict = app.add_subcommand(
+      "predict", "Run a model on local data: accuracy, loss and latency per example (no aggregator needed)");
+  std::string predict_model, predict_source = "fashion-mnist", predict_delimiter = ",";
+  training::CsvOptions predict_csv;
+  int64_t predict_limit = 0;
+  int predict_batch = 1;
+  predict->add_option("--model", predict_model, "A TorchScript file (e.g. from pull --script-out)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  AddCsvFlags(predict, &predict_source, &predict_csv, &predict_delimiter);
+  predict->add_option("--data-dir", data_dir, "Fashion-MNIST directory (its test split is used)")
+      ->capture_default_str();
+  predict->add_option("--limit", predict_limit, "Use only the first N examples (0 = all)")
+      ->capture_default_str();
+  predict->add_option("--batch", predict_batch, "Examples per forward pass (1: latency of one example)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 
   CLI::App* status = app.add_subcommand("status", "Print the aggregator's status");
   if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config, origins))
@@ -114,6 +224,15 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
     return 2;
   }
   SetLogLevel(level);
+  if (*predict) {
+    if (!ResolveCsvFlags(predict_delimiter, &predict_csv)) return 2;
+    return Predict(predict_model, predict_source, data_dir, predict_csv, predict_limit, predict_batch);
+  }
+  if (config.name.empty()) {
+    std::fprintf(stderr,
+                 "error: --name is required (the device's name; its key file is keys/NAME.curve.key)\n");
+    return 2;
+  }
   config.request_timeout = std::chrono::milliseconds(request_timeout_ms);
   if (insecure) {
     std::fprintf(stderr, "WARNING: --insecure: traffic is NOT encrypted. Debugging only.\n");
@@ -198,6 +317,19 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
       if (!st.ok()) return Fail(st);
       std::printf("wrote %s and %s.json\n", out_path.c_str(), out_path.c_str());
     }
+    if (!script_out.empty()) {
+      if (pull_model_path.empty()) {
+        std::fprintf(stderr,
+                     "error: --script-out needs --model-path (this device's copy of the model file)\n");
+        return 2;
+      }
+      auto weights = proto::WeightsFromProto(result->model.weights, nullptr);
+      if (!weights.ok()) return Fail(weights.status());
+      Status st = training::WriteTorchScript(pull_model_path, *weights, script_out);
+      if (!st.ok()) return Fail(st);
+      std::printf("wrote %s (TorchScript, model version %llu)\n", script_out.c_str(),
+                  static_cast<unsigned long long>(result->model.version));
+    }
     return 0;
   }
 
@@ -206,18 +338,14 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
     std::fprintf(stderr, "error: --index must be in [0, --clients)\n");
     return 2;
   }
+  if (!ResolveCsvFlags(csv_delimiter, &csv)) return 2;
   training::SetTorchThreads(threads);
-  auto data = training::LoadFashionMnist(data_dir, training::Split::kTrain, train_limit);
-  if (!data.ok()) return Fail(data.status());
-  auto parts = training::PartitionByName(partition, data->labels, data->num_classes, clients,
-                                         DeriveSeed(seed, "partition"));
-  if (!parts.ok()) return Fail(parts.status());
-  auto shared = std::make_shared<const training::Dataset>(std::move(data).value());
-  training::DataView view{shared, (*parts)[index]};
-  config.num_examples = view.size();
+  auto view = LoadDeviceData(data_source, data_dir, csv, train_limit, partition, clients, index, seed);
+  if (!view.ok()) return Fail(view.status());
+  config.num_examples = view->size();
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  auto stats = client::RunClient(config, view, *model_key, &g_stop, store->get(), model_path);
+  auto stats = client::RunClient(config, *view, *model_key, &g_stop, store->get(), model_path);
   if (!stats.ok()) return Fail(stats.status());
   std::printf("flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects\n",
               config.name.c_str(), stats->rounds_trained, stats->updates_acked, stats->reconnects);

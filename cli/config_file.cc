@@ -82,10 +82,15 @@ const std::vector<ConfigKey>& ConfigKeys() {
     // [data]
     both("data", "dir", "--data-dir");
     k.push_back({"data", "source", "sim", "--data"});
+    k.push_back({"data", "source", "client train", "--data"});
     k.push_back({"data", "csv_label", "sim", "--csv-label"});
+    k.push_back({"data", "csv_label", "client train", "--csv-label"});
     k.push_back({"data", "csv_skip_rows", "sim", "--csv-skip-rows"});
+    k.push_back({"data", "csv_skip_rows", "client train", "--csv-skip-rows"});
     k.push_back({"data", "csv_header", "sim", "--csv-header"});
+    k.push_back({"data", "csv_header", "client train", "--csv-header"});
     k.push_back({"data", "csv_delimiter", "sim", "--csv-delimiter"});
+    k.push_back({"data", "csv_delimiter", "client train", "--csv-delimiter"});
     k.push_back({"data", "test_fraction", "sim", "--test-fraction"});
     k.push_back({"data", "dir", "client train", "--data-dir"});
     both("data", "test_limit", "--test-limit");

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/data_flags.h"
 #include "cli/flags.h"
 #include "core/log.h"
 #include "sim/simulation.h"
@@ -23,20 +24,8 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   app.add_option("--partition", config.partition,
                  "iid | dirichlet:ALPHA | shards:K (K label shards per client)")
       ->capture_default_str();
-  app.add_option(
-         "--data", config.data_source,
-         "Data source: fashion-mnist, or csv:PATH (tabular records; see --csv-label, --test-fraction)")
-      ->capture_default_str();
   std::string csv_delimiter = ",";
-  app.add_option("--csv-label", config.csv.label_column,
-                 "CSV: the label column, a header name or a 0-based index (negative from the end)")
-      ->capture_default_str();
-  app.add_option("--csv-skip-rows", config.csv.skip_rows,
-                 "CSV: lines to skip before the header or the first row")
-      ->capture_default_str();
-  app.add_flag("--csv-header", config.csv.header, "CSV: the first row names the columns");
-  app.add_option("--csv-delimiter", csv_delimiter, "CSV: the field delimiter (one character)")
-      ->capture_default_str();
+  flotilla::cli::AddCsvFlags(&app, &config.data_source, &config.csv, &csv_delimiter);
   app.add_option("--test-fraction", config.test_fraction,
                  "CSV: fraction of the records held out for the aggregator's evaluation")
       ->capture_default_str()
@@ -79,11 +68,7 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   flotilla::aggregator::ApplyDpMode(dp_flags, &config.aggregator);
   flotilla::aggregator::ApplySecAggFlags(secagg_flags, &config.aggregator);
   flotilla::aggregator::ResolveModel(&config.aggregator, config.model_path);
-  if (csv_delimiter.size() != 1) {
-    std::fprintf(stderr, "error: --csv-delimiter must be one character, got '%s'\n", csv_delimiter.c_str());
-    return 2;
-  }
-  config.csv.delimiter = csv_delimiter[0];
+  if (!flotilla::cli::ResolveCsvFlags(csv_delimiter, &config.csv)) return 2;
 
   flotilla::LogLevel level;
   if (!flotilla::ParseLogLevel(log_level, &level)) {

@@ -1,5 +1,7 @@
 // The CSV data source (training/csv.h): real records from Debian's
 // python3-sklearn, and bad files that must fail with file, line and column.
+#include "training/csv.h"
+
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -7,8 +9,6 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
-
-#include "training/csv.h"
 
 using namespace flotilla;
 using namespace flotilla::training;
@@ -50,8 +50,7 @@ TEST_CASE("The Wisconsin breast-cancer records load as 569 examples of 30 standa
 }
 
 TEST_CASE("A bad CSV row fails with the file, the line and the column", "[csv]") {
-  const fs::path bad =
-      WriteTemp("bad.csv", "age,dose,outcome\n61,2.5,1\n47,abc,0\n");
+  const fs::path bad = WriteTemp("bad.csv", "age,dose,outcome\n61,2.5,1\n47,abc,0\n");
   CsvOptions o;
   o.header = true;
   o.label_column = "outcome";

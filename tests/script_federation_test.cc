@@ -188,3 +188,46 @@ TEST_CASE("Personal layers never reach the aggregator, and a wrong model file na
     }
   }
 }
+
+TEST_CASE("A pulled TorchScript model loads on the device and predict reproduces the aggregator's evaluation",
+          "[script][integration]") {
+  const std::string file = Model("bn_cnn");
+  testing::ProcessFleet fleet("script-pull", kDevices);
+  const pid_t agg =
+      testing::Spawn(fleet.AggregatorArgs({"--rounds", "1", "--epochs", "1", "--lr", "0.05", "--seed", "3",
+                                           "--test-limit", "500", "--keep-serving", "--model-path", file}),
+                     fleet.log("aggregator"));
+  std::vector<pid_t> devices;
+  for (int i = 0; i < kDevices; ++i) {
+    devices.push_back(testing::Spawn(
+        fleet.ClientArgs(i, {"--train-limit", "3000", "--seed", "3", "--threads", "1", "--model-path", file}),
+        fleet.log("dev" + std::to_string(i))));
+  }
+  for (pid_t d : devices) CHECK(WaitProcess(d) == 0);
+  // Device 0 pulls the newest model and writes it as TorchScript.
+  const std::string out = (fleet.dir / "pulled.pt").string();
+  std::vector<std::string> pull = fleet.ClientArgs(0, {});
+  pull.resize(pull.size() - 5);  // drop "train --clients N --index i"
+  for (const std::string a : {"pull", "--script-out", out.c_str(), "--model-path", file.c_str()})
+    pull.push_back(a);
+  REQUIRE(WaitProcess(testing::Spawn(pull, fleet.log("pull"))) == 0);
+  INFO(ReadFile(fleet.log("pull")));
+  REQUIRE(std::filesystem::exists(out));
+  const std::vector<std::string> predict = {FLOTILLA_BIN, "client", "predict", "--model", out,
+                                            "--limit",    "500",    "--batch", "100"};
+  REQUIRE(WaitProcess(testing::Spawn(predict, fleet.log("predict"))) == 0);
+  ::kill(agg, SIGTERM);
+  CHECK(WaitProcess(agg) == 0);
+
+  auto store = aggregator::Store::OpenReadOnly(fleet.store().string());
+  REQUIRE(store.ok());
+  auto model = (*store)->GetModel(2);
+  REQUIRE(model.ok());
+  const double accuracy = model->metrics().at("test_accuracy");
+  const std::string printed = ReadFile(fleet.log("predict"));
+  INFO(printed);
+  char expected[64];
+  std::snprintf(expected, sizeof(expected), "accuracy %.4f", accuracy);
+  CHECK(printed.find(expected) != std::string::npos);
+  CHECK(printed.find("500 examples") != std::string::npos);
+}

@@ -104,7 +104,8 @@ StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options) {
     if (columns == 0) {
       columns = fields.size();
       if (columns < 2 || columns > kMaxColumns) {
-        return InvalidArgument(where + ": " + std::to_string(columns) + " columns; need a label and a feature");
+        return InvalidArgument(where + ": " + std::to_string(columns) +
+                               " columns; need a label and a feature");
       }
     }
     if (features.empty()) {
@@ -128,9 +129,7 @@ StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options) {
       return InvalidArgument(where + ": " + std::to_string(fields.size()) + " fields, expected " +
                              std::to_string(columns) + " (a missing or extra value)");
     }
-    auto column_name = [&](size_t c) {
-      return c < names.size() ? "'" + names[c] + "'" : std::to_string(c);
-    };
+    auto column_name = [&](size_t c) { return c < names.size() ? "'" + names[c] + "'" : std::to_string(c); };
     for (size_t c : features) {
       const std::string v = Trim(fields[c]);
       char* end = nullptr;
@@ -159,29 +158,54 @@ StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options) {
     return InvalidArgument(path + ": label " + std::to_string(max_label) + " but num_classes is " +
                            std::to_string(classes));
   }
-  const size_t f = features.size();
-  const size_t n = labels.size();
-  if (options.standardize) {
-    out.mean.assign(f, 0.0f);
-    out.stddev.assign(f, 1.0f);
-    for (size_t j = 0; j < f; ++j) {
-      double sum = 0.0, sq = 0.0;
-      for (size_t i = 0; i < n; ++i) sum += values[i * f + j];
-      const double mean = sum / static_cast<double>(n);
-      for (size_t i = 0; i < n; ++i) sq += (values[i * f + j] - mean) * (values[i * f + j] - mean);
-      const double sd = std::sqrt(sq / static_cast<double>(n));
-      out.mean[j] = static_cast<float>(mean);
-      out.stddev[j] = static_cast<float>(sd > 1e-12 ? sd : 1.0);  // a constant column stays 0
-      for (size_t i = 0; i < n; ++i) values[i * f + j] = (values[i * f + j] - mean) / out.stddev[j];
-    }
-  }
   Dataset& d = out.dataset;
   d.channels = 1;
   d.height = 1;
-  d.width = static_cast<int64_t>(f);
+  d.width = static_cast<int64_t>(features.size());
   d.num_classes = classes;
   d.features.assign(values.begin(), values.end());
   d.labels = std::move(labels);
+  if (options.standardize) {
+    std::vector<int64_t> all(static_cast<size_t>(d.size()));
+    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+    d = StandardizedRows(d, all, all, &out.mean, &out.stddev);
+  }
+  return out;
+}
+
+Dataset StandardizedRows(const Dataset& d, const std::vector<int64_t>& rows,
+                         const std::vector<int64_t>& reference, std::vector<float>* mean_out,
+                         std::vector<float>* stddev_out) {
+  const size_t f = static_cast<size_t>(d.example_numel());
+  std::vector<double> mean(f, 0.0), sd(f, 0.0);
+  auto at = [&](int64_t row, size_t j) {
+    return static_cast<double>(d.features[static_cast<size_t>(row) * f + j]);
+  };
+  for (int64_t r : reference) {
+    for (size_t j = 0; j < f; ++j) mean[j] += at(r, j);
+  }
+  const double n = static_cast<double>(std::max<size_t>(1, reference.size()));
+  for (size_t j = 0; j < f; ++j) mean[j] /= n;
+  for (int64_t r : reference) {
+    for (size_t j = 0; j < f; ++j) sd[j] += (at(r, j) - mean[j]) * (at(r, j) - mean[j]);
+  }
+  for (size_t j = 0; j < f; ++j) {
+    sd[j] = std::sqrt(sd[j] / n);
+    if (sd[j] < 1e-12) sd[j] = 1.0;  // a constant feature becomes 0
+  }
+  Dataset out;
+  out.channels = d.channels;
+  out.height = d.height;
+  out.width = d.width;
+  out.num_classes = d.num_classes;
+  out.features.reserve(rows.size() * f);
+  out.labels.reserve(rows.size());
+  for (int64_t r : rows) {
+    for (size_t j = 0; j < f; ++j) out.features.push_back(static_cast<float>((at(r, j) - mean[j]) / sd[j]));
+    out.labels.push_back(d.labels[static_cast<size_t>(r)]);
+  }
+  if (mean_out != nullptr) mean_out->assign(mean.begin(), mean.end());
+  if (stddev_out != nullptr) stddev_out->assign(sd.begin(), sd.end());
   return out;
 }
 

@@ -42,6 +42,14 @@ struct CsvData {
 
 StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options);
 
+// The rows `rows` of `d` (a flattened tabular dataset) as a new dataset,
+// each feature standardized with the statistics of `reference` rows (a
+// device's own rows; or, for an evaluator, the training rows). A constant
+// feature becomes 0. The statistics go to *mean and *stddev when given.
+Dataset StandardizedRows(const Dataset& d, const std::vector<int64_t>& rows,
+                         const std::vector<int64_t>& reference, std::vector<float>* mean = nullptr,
+                         std::vector<float>* stddev = nullptr);
+
 // Parses a data source name: "csv:PATH" or "fashion-mnist[:DIR]". The part
 // after the colon goes to *path ("" for the default Fashion-MNIST folder).
 struct DataSourceName {

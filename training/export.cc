@@ -1,5 +1,7 @@
 #include "training/export.h"
 
+#include <torch/script.h>
+
 #include <map>
 
 #include "training/model.h"
@@ -49,6 +51,41 @@ Status ExportTorchModule(const std::string& arch, const Weights& weights, const 
     archive.save_to(path);
   } catch (const std::exception& e) {
     return Unavailable("cannot write LibTorch archive " + path + ": " + e.what());
+  }
+  return Status::Ok();
+}
+
+Status WriteTorchScript(const std::string& module_path, const Weights& weights, const std::string& out_path) {
+  RETURN_IF_ERROR(weights.Validate());
+  torch::jit::Module module;
+  try {
+    module = torch::jit::load(module_path, torch::kCPU);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    return InvalidArgument("cannot load the TorchScript model " + module_path + ": " +
+                           what.substr(0, what.find('\n')));
+  }
+  try {
+    std::map<std::string, torch::Tensor> slots;
+    for (const auto& p : module.named_parameters(/*recurse=*/true)) slots[p.name] = p.value;
+    for (const auto& b : module.named_buffers(/*recurse=*/true)) slots[b.name] = b.value;
+    torch::NoGradGuard no_grad;
+    for (const TensorSpec& t : weights.layout->tensors()) {
+      auto slot = slots.find(t.name);
+      if (slot == slots.end()) {
+        return InvalidArgument("the global model has '" + t.name + "', which " + module_path +
+                               " does not: is it the federation's model file?");
+      }
+      if (slot->second.sizes().vec() != t.shape || slot->second.scalar_type() != torch::kFloat) {
+        return InvalidArgument("'" + t.name + "' has another shape or type in " + module_path +
+                               " than in the global model: is it the federation's model file?");
+      }
+      slot->second.copy_(
+          torch::from_blob(const_cast<float*>(weights.data.data()) + t.offset, t.shape, torch::kFloat32));
+    }
+    module.save(out_path);
+  } catch (const std::exception& e) {
+    return Unavailable("cannot write TorchScript file " + out_path + ": " + e.what());
   }
   return Status::Ok();
 }
