@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "proto/compression.h"
+
 namespace flotilla::aggregator {
 
 const char* DpModeName(DpConfig::Mode mode) {
@@ -51,6 +53,16 @@ Status AggregatorConfig::Validate() const {
     return InvalidArgument("learning rate must be positive");
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
   if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
+  {
+    StatusOr<proto::Compression> c = proto::ParseCompression(compression);
+    if (!c.ok()) return c.status();
+    if (c->kind != proto::Compression::Kind::kNone && secagg.enabled) {
+      return InvalidArgument(
+          "compression '" + compression +
+          "' cannot combine with secure aggregation: SecAgg masks every element of a fixed-point "
+          "encoding of its own (see --secagg-bits); use compression none");
+    }
+  }
   if (model_buffers != "federated" && model_buffers != "local") {
     return InvalidArgument("model buffers must be 'federated' or 'local', got '" + model_buffers + "'");
   }

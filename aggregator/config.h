@@ -69,6 +69,10 @@ struct AggregatorConfig {
   double learning_rate = 0.05;
   double momentum = 0.0;
   double weight_decay = 0.0;
+  // How devices encode their updates: "none", "int8" or "topk:F"
+  // (proto/compression.h). Not with secure aggregation (it has its own
+  // integer encoding and needs every element).
+  std::string compression = "none";
   // What a device's update must satisfy (norm bound, example counts) and
   // how FedAvg weighs the counts it claims. See docs/security.md.
   ValidationConfig validation;

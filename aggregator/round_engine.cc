@@ -162,6 +162,7 @@ wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_p
   tc->set_learning_rate(config_.learning_rate);
   tc->set_momentum(config_.momentum);
   tc->set_weight_decay(config_.weight_decay);
+  if (config_.compression != "none") tc->set_compression(config_.compression);
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, DeriveSeed(0, client_id)));
   task->set_deadline_seconds(std::chrono::duration<double>(deadline_ - now).count());
   if (config_.model_arch == "torchscript") {

@@ -39,6 +39,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "momentum", "--momentum");
     both("round", "weight_decay", "--weight-decay");
     both("round", "server_lr", "--server-lr");
+    both("round", "compression", "--compression");
     both("round", "strategy", "--strategy");
     both("round", "min_updates", "--min-updates");
     both("round", "deadline", "--deadline");

@@ -10,10 +10,12 @@
 namespace flotilla::cli {
 
 // Call ResolveCsvFlags after parsing (it checks the delimiter).
-inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions* csv, std::string* delimiter) {
-  app->add_option("--data", *source,
-                  "Data source: fashion-mnist, or csv:PATH (tabular records: numeric features, an integer class "
-                  "label; see --csv-label)")
+inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions* csv,
+                        std::string* delimiter) {
+  app->add_option(
+         "--data", *source,
+         "Data source: fashion-mnist, or csv:PATH (tabular records: numeric features, an integer class "
+         "label; see --csv-label)")
       ->capture_default_str();
   app->add_option("--csv-label", csv->label_column,
                   "CSV: the label column, a header name or a 0-based index (negative from the end)")
@@ -21,7 +23,8 @@ inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions
   app->add_option("--csv-skip-rows", csv->skip_rows, "CSV: lines to skip before the header or the first row")
       ->capture_default_str();
   app->add_flag("--csv-header", csv->header, "CSV: the first row names the columns");
-  app->add_option("--csv-delimiter", *delimiter, "CSV: the field delimiter (one character)")->capture_default_str();
+  app->add_option("--csv-delimiter", *delimiter, "CSV: the field delimiter (one character)")
+      ->capture_default_str();
 }
 
 inline bool ResolveCsvFlags(const std::string& delimiter, training::CsvOptions* csv) {

@@ -160,6 +160,10 @@ inline void ResolveModel(AggregatorConfig* c, const std::string& model_path) {
 }
 
 inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
+  app->add_option("--compression", c->compression,
+                  "How devices encode updates: none, int8 (stochastic rounding) or topk:F (largest F of the "
+                  "elements, with error feedback)")
+      ->capture_default_str();
   app->add_option("--arch", c->model_arch,
                   "Model architecture: 2nn, cnn or logreg (or a TorchScript file: --model-path)")
       ->capture_default_str();

@@ -1,9 +1,11 @@
 #include "client/local_trainer.h"
 
+#include "core/rng.h"
 #include "privacy/clipping.h"
 #include "privacy/noise.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
+#include "proto/compression.h"
 
 namespace flotilla::client {
 
@@ -28,7 +30,7 @@ StatusOr<training::ModelRunner*> RunnerCache::For(const wire::TrainTask& task) {
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
                                     const std::vector<unsigned char>& model_public_key,
-                                    const std::string& federation) {
+                                    const std::string& federation, std::vector<float>* residual) {
   if (task.model_arch() != runner->arch()) {
     return FailedPrecondition("task is for a '" + task.model_arch() + "' model; this client runs '" +
                               runner->arch() + "'");
@@ -83,7 +85,13 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   update.set_round(task.round());
   update.set_model_version(task.model_version());
   update.set_num_examples(result.examples);
-  proto::WeightsToProto(local, update.mutable_delta());
+  // Compression comes last: it only re-encodes what DP already clipped and
+  // noised (post-processing), and top-k's residual stays on the device.
+  ASSIGN_OR_RETURN(proto::Compression compression, proto::ParseCompression(tc.compression()));
+  Rng rounding(DeriveSeed(tc.seed(), "compression"));
+  std::vector<float> no_memory;
+  RETURN_IF_ERROR(proto::EncodeUpdate(local, compression, &rounding,
+                                      residual != nullptr ? residual : &no_memory, update.mutable_delta()));
   // Under DP-SGD the training loss is computed on private records without
   // noise, so it stays on the device.
   if (!dpsgd) (*update.mutable_metrics())["train_loss"] = result.mean_loss;

@@ -18,7 +18,9 @@ namespace flotilla::client {
 // tampered or unsigned model, or one signed for another federation, gives
 // PermissionDenied and leaves `runner` holding the model it had.
 // Also fails when the task's architecture or weights do not fit `runner`,
-// or training fails.
+// or training fails. The update is encoded as the task's compression says;
+// `residual` is this device's top-k error-feedback memory (kept across
+// tasks by the caller; nullptr: none).
 // The model a task needs on this device: a built-in architecture by name,
 // or (model_arch "torchscript") the device's own TorchScript file
 // `model_path`, split as the task's ModelOptions say. FailedPrecondition
@@ -42,6 +44,6 @@ class RunnerCache {
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
                                     const std::vector<unsigned char>& model_public_key,
-                                    const std::string& federation);
+                                    const std::string& federation, std::vector<float>* residual = nullptr);
 
 }  // namespace flotilla::client

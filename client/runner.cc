@@ -12,6 +12,7 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
                                 const std::atomic<bool>* stop, DeviceStore* store,
                                 const std::string& model_path) {
   RunnerCache runners(model_path);
+  std::vector<float> residual;  // top-k error feedback, across this device's rounds
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
   ClientStats stats;
@@ -57,7 +58,7 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
                                                         std::to_string(task->model_version()) +
                                                         ", older than version " + std::to_string(newest) +
                                                         " this device has verified: refusing a rollback"))
-              : RunTrainTask(*runner, data, *task, model_public_key, config.federation);
+              : RunTrainTask(*runner, data, *task, model_public_key, config.federation, &residual);
       if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
       if (update.ok() && task->model_version() > newest) {
         newest = task->model_version();

@@ -163,14 +163,69 @@ StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
     shared = std::make_shared<const Layout>(std::move(layout));
   }
   const size_t n = static_cast<size_t>(shared->total_numel());
-  if (proto.data().size() != n * sizeof(float)) {
-    return InvalidArgument("weights payload is " + std::to_string(proto.data().size()) +
-                           " bytes, layout needs " + std::to_string(n * sizeof(float)));
-  }
   Weights w;
+  switch (proto.encoding()) {
+    case wire::WeightsProto::FLOAT32:
+      if (proto.data().size() != n * sizeof(float)) {
+        return InvalidArgument("weights payload is " + std::to_string(proto.data().size()) +
+                               " bytes, layout needs " + std::to_string(n * sizeof(float)));
+      }
+      w.data.resize(n);
+      std::memcpy(w.data.data(), proto.data().data(), n * sizeof(float));
+      break;
+    case wire::WeightsProto::INT8: {
+      if (proto.data().size() != n) {
+        return InvalidArgument("int8 weights payload is " + std::to_string(proto.data().size()) +
+                               " bytes, layout needs " + std::to_string(n));
+      }
+      if (proto.scales_size() != static_cast<int>(shared->tensors().size())) {
+        return InvalidArgument("int8 weights have " + std::to_string(proto.scales_size()) + " scales for " +
+                               std::to_string(shared->tensors().size()) + " tensors");
+      }
+      w.data.resize(n);
+      const auto* q = reinterpret_cast<const int8_t*>(proto.data().data());
+      for (size_t t = 0; t < shared->tensors().size(); ++t) {
+        const TensorSpec& spec = shared->tensors()[t];
+        const float scale = proto.scales(static_cast<int>(t));
+        if (!std::isfinite(scale) || scale < 0.0f) {
+          return InvalidArgument("int8 scale of tensor '" + spec.name +
+                                 "' is not a finite non-negative number");
+        }
+        for (int64_t i = spec.offset; i < spec.offset + spec.numel; ++i) {
+          w.data[static_cast<size_t>(i)] = static_cast<float>(q[i]) * scale;
+        }
+      }
+      break;
+    }
+    case wire::WeightsProto::SPARSE: {
+      const size_t k = proto.indices().size() / sizeof(uint32_t);
+      if (proto.indices().size() % sizeof(uint32_t) != 0 || proto.data().size() != k * sizeof(float) ||
+          k > n) {
+        return InvalidArgument("sparse weights have " + std::to_string(proto.indices().size()) +
+                               " index bytes and " + std::to_string(proto.data().size()) +
+                               " value bytes; need 4 of each per element, at most " + std::to_string(n));
+      }
+      w.data.assign(n, 0.0f);
+      int64_t previous = -1;
+      for (size_t j = 0; j < k; ++j) {
+        uint32_t index;
+        float value;
+        std::memcpy(&index, proto.indices().data() + j * sizeof(uint32_t), sizeof(uint32_t));
+        std::memcpy(&value, proto.data().data() + j * sizeof(float), sizeof(float));
+        if (static_cast<int64_t>(index) <= previous || index >= n) {
+          return InvalidArgument("sparse weights: index " + std::to_string(index) + " at position " +
+                                 std::to_string(j) + " is out of order or outside the " + std::to_string(n) +
+                                 " elements");
+        }
+        previous = index;
+        w.data[index] = value;
+      }
+      break;
+    }
+    default:
+      return InvalidArgument("unknown weights encoding " + std::to_string(proto.encoding()));
+  }
   w.layout = std::move(shared);
-  w.data.resize(n);
-  std::memcpy(w.data.data(), proto.data().data(), n * sizeof(float));
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(w.data[i])) {
       return InvalidArgument("weights value " + std::to_string(i) + " is not finite");

@@ -59,6 +59,7 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"learning_rate", a.learning_rate},
       {"momentum", a.momentum},
       {"strategy", a.strategy.Name()},
+      {"compression", a.compression},
       {"seed", a.seed},
       {"central_epochs", config.central_epochs},
       {"dp", aggregator::DpModeName(a.dp.mode)},

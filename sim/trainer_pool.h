@@ -40,7 +40,10 @@ class TrainerPool {
   // the federation's model is one).
   TrainerPool(int workers, std::string model_path, const std::vector<training::DataView>* views,
               std::vector<unsigned char> model_key, std::string federation)
-      : views_(views), model_key_(std::move(model_key)), federation_(std::move(federation)) {
+      : views_(views),
+        model_key_(std::move(model_key)),
+        federation_(std::move(federation)),
+        residuals_(views->size()) {
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this, model_path] { Work(model_path); });
   }
   ~TrainerPool() {
@@ -83,6 +86,9 @@ class TrainerPool {
   const std::vector<training::DataView>* views_;
   const std::vector<unsigned char> model_key_;
   const std::string federation_;
+  // Each device's top-k error feedback. A device has one job at a time, so
+  // its slot is never used by two trainers at once.
+  std::vector<std::vector<float>> residuals_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;

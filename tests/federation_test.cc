@@ -78,6 +78,23 @@ TEST_CASE("Two runs with the same seed give the same accuracies", "[integration]
   std::filesystem::remove_all(out2);
 }
 
+TEST_CASE("Compressed updates (int8, top-k with error feedback) federate and learn", "[integration]") {
+  for (const char* compression : {"int8", "topk:0.05"}) {
+    INFO(compression);
+    const auto out = TempPath("compressed");
+    auto c = SmallSim(out.string());
+    c.aggregator.rounds = 3;
+    c.aggregator.compression = compression;
+    auto r = sim::RunSimulation(c);
+    INFO(r.status().ToString());
+    REQUIRE(r.ok());
+    REQUIRE(r->rounds.size() == 3);
+    for (const auto& round : r->rounds) CHECK(round.completed);
+    CHECK(r->final_accuracy > 0.6);
+    std::filesystem::remove_all(out);
+  }
+}
+
 TEST_CASE("A wrong-shaped update gets an error reply and the round completes with the others",
           "[integration]") {
   const auto store = TempPath("badshape");
