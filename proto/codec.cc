@@ -163,6 +163,11 @@ StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
     shared = std::make_shared<const Layout>(std::move(layout));
   }
   const size_t n = static_cast<size_t>(shared->total_numel());
+  // A sparse payload does not bound the element count as a dense one does:
+  // compressed weights (updates) are only taken against a known layout.
+  if (proto.encoding() != wire::WeightsProto::FLOAT32 && !expected) {
+    return InvalidArgument("compressed weights need the expected layout (models travel as float32)");
+  }
   Weights w;
   switch (proto.encoding()) {
     case wire::WeightsProto::FLOAT32:

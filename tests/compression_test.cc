@@ -148,6 +148,13 @@ TEST_CASE("Hostile compressed encodings are refused with a reason", "[compressio
     p.set_encoding(static_cast<wire::WeightsProto::Encoding>(9));
     CHECK(refused(p));
   }
+  {
+    // A sparse payload claiming a huge layout is refused before anything is
+    // allocated for it: compressed weights need the expected layout.
+    auto p = sparse;
+    p.mutable_layout(0)->set_shape(0, int64_t{1} << 40);
+    CHECK_FALSE(proto::WeightsFromProto(p, nullptr).ok());
+  }
   CHECK_FALSE(proto::ParseCompression("topk:0").ok());
   CHECK_FALSE(proto::ParseCompression("topk:1.5").ok());
   CHECK_FALSE(proto::ParseCompression("gzip").ok());
