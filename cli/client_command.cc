@@ -22,6 +22,7 @@
 #include "proto/codec.h"
 #include "training/csv.h"
 #include "training/export.h"
+#include "training/image_folder.h"
 #include "training/model.h"
 #include "training/partition.h"
 
@@ -53,6 +54,11 @@ flotilla::StatusOr<flotilla::training::DataView> LoadDeviceData(
       all.labels.resize(static_cast<size_t>(train_limit));
       all.features.resize(static_cast<size_t>(train_limit * all.example_numel()));
     }
+  } else if (source.kind == "images") {
+    // Standardized with this device's own folder.
+    ASSIGN_OR_RETURN(training::ImageFolderData images,
+                     training::LoadImageFolder(source.path, training::ImageFolderOptions()));
+    all = std::move(images.dataset);
   } else {
     ASSIGN_OR_RETURN(all, training::LoadFashionMnist(source.path.empty() ? data_dir : source.path,
                                                      training::Split::kTrain, train_limit));
@@ -80,6 +86,10 @@ int Predict(const std::string& model_path, const std::string& source_name, const
   training::Dataset data;
   if (source->kind == "csv") {
     auto loaded = training::LoadCsv(source->path, csv);
+    if (!loaded.ok()) return Fail(loaded.status());
+    data = std::move(loaded->dataset);
+  } else if (source->kind == "images") {
+    auto loaded = training::LoadImageFolder(source->path, training::ImageFolderOptions());
     if (!loaded.ok()) return Fail(loaded.status());
     data = std::move(loaded->dataset);
   } else {

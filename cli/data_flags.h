@@ -12,10 +12,10 @@ namespace flotilla::cli {
 // Call ResolveCsvFlags after parsing (it checks the delimiter).
 inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions* csv,
                         std::string* delimiter) {
-  app->add_option(
-         "--data", *source,
-         "Data source: fashion-mnist, or csv:PATH (tabular records: numeric features, an integer class "
-         "label; see --csv-label)")
+  app->add_option("--data", *source,
+                  "Data source: fashion-mnist, csv:PATH (tabular records: numeric features, an integer class "
+                  "label; see --csv-label) or images:DIR (one sub-folder of images per class, read as 28x28 "
+                  "grayscale)")
       ->capture_default_str();
   app->add_option("--csv-label", csv->label_column,
                   "CSV: the label column, a header name or a 0-based index (negative from the end)")

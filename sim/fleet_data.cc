@@ -5,6 +5,7 @@
 
 #include "core/rng.h"
 #include "training/csv.h"
+#include "training/image_folder.h"
 #include "training/partition.h"
 
 namespace flotilla::sim {
@@ -51,9 +52,56 @@ StatusOr<FleetData> LoadCsvFleet(const SimConfig& config, const std::string& pat
 
 }  // namespace
 
+// An image folder: shuffled with the seed, test_fraction held out, the rest
+// partitioned; one standardization (the folder's pixel statistics) for all.
+StatusOr<FleetData> LoadImageFleet(const SimConfig& config, const std::string& root) {
+  ASSIGN_OR_RETURN(training::ImageFolderData images,
+                   training::LoadImageFolder(root, training::ImageFolderOptions()));
+  auto all = std::make_shared<const Dataset>(std::move(images.dataset));
+  std::vector<int64_t> order(static_cast<size_t>(all->size()));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  Rng rng(DeriveSeed(config.aggregator.seed, "image-split"));
+  rng.Shuffle(&order);
+  const size_t held =
+      static_cast<size_t>(std::llround(config.test_fraction * static_cast<double>(order.size())));
+  if (held < 1 || held >= order.size()) {
+    return InvalidArgument(root + ": " + std::to_string(order.size()) +
+                           " images; test_fraction leaves no test or no "
+                           "training images");
+  }
+  std::vector<int64_t> test_rows(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(held));
+  std::vector<int64_t> train_rows(order.begin() + static_cast<std::ptrdiff_t>(held), order.end());
+  std::sort(train_rows.begin(), train_rows.end());
+  std::vector<int64_t> train_labels;
+  for (int64_t r : train_rows) train_labels.push_back(all->labels[static_cast<size_t>(r)]);
+  ASSIGN_OR_RETURN(training::Partition parts,
+                   training::PartitionByName(config.partition, train_labels, all->num_classes, config.clients,
+                                             DeriveSeed(config.aggregator.seed, "partition")));
+  FleetData data;
+  data.train = all;
+  // The test set as its own dataset (the evaluator takes every example of it).
+  Dataset test = *all;
+  test.features.clear();
+  test.labels.clear();
+  const size_t numel = static_cast<size_t>(all->example_numel());
+  for (int64_t r : test_rows) {
+    test.features.insert(test.features.end(), all->features.begin() + static_cast<std::ptrdiff_t>(r * numel),
+                         all->features.begin() + static_cast<std::ptrdiff_t>((r + 1) * numel));
+    test.labels.push_back(all->labels[static_cast<size_t>(r)]);
+  }
+  data.test = std::make_shared<const Dataset>(std::move(test));
+  for (const auto& part : parts) {
+    std::vector<int64_t> rows;
+    for (int64_t i : part) rows.push_back(train_rows[static_cast<size_t>(i)]);
+    data.devices.push_back(training::DataView{all, std::move(rows)});
+  }
+  return data;
+}
+
 StatusOr<FleetData> LoadFleetData(const SimConfig& config) {
   ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(config.data_source));
   if (source.kind == "csv") return LoadCsvFleet(config, source.path);
+  if (source.kind == "images") return LoadImageFleet(config, source.path);
   const std::string dir = source.path.empty() ? config.data_dir : source.path;
   ASSIGN_OR_RETURN(Dataset train,
                    training::LoadFashionMnist(dir, training::Split::kTrain, config.train_limit));

@@ -69,8 +69,10 @@ StatusOr<DataSourceName> ParseDataSource(const std::string& name) {
   out.kind = name.substr(0, colon);
   out.path = colon == std::string::npos ? std::string() : name.substr(colon + 1);
   if (out.kind == "csv" && !out.path.empty()) return out;
+  if (out.kind == "images" && !out.path.empty()) return out;
   if (out.kind == "fashion-mnist") return out;
-  return InvalidArgument("unknown data source '" + name + "'; use csv:PATH or fashion-mnist[:DIR]");
+  return InvalidArgument("unknown data source '" + name +
+                         "'; use csv:PATH, images:DIR or fashion-mnist[:DIR]");
 }
 
 StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options) {

@@ -50,10 +50,11 @@ Dataset StandardizedRows(const Dataset& d, const std::vector<int64_t>& rows,
                          const std::vector<int64_t>& reference, std::vector<float>* mean = nullptr,
                          std::vector<float>* stddev = nullptr);
 
-// Parses a data source name: "csv:PATH" or "fashion-mnist[:DIR]". The part
-// after the colon goes to *path ("" for the default Fashion-MNIST folder).
+// Parses a data source name: "csv:PATH", "images:DIR" (one sub-folder per
+// class, training/image_folder.h) or "fashion-mnist[:DIR]". The part after
+// the colon goes to path ("" for the default Fashion-MNIST folder).
 struct DataSourceName {
-  std::string kind;  // "csv" | "fashion-mnist"
+  std::string kind;  // "csv" | "images" | "fashion-mnist"
   std::string path;
 };
 StatusOr<DataSourceName> ParseDataSource(const std::string& name);
