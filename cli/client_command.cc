@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "cli/commands.h"
 #include "cli/data_flags.h"
@@ -182,7 +183,10 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   train->add_option("--train-limit", train_limit, "Use only the first N training examples (0 = all)")
       ->capture_default_str();
   train->add_option("--threads", threads, "Torch threads for local training")->capture_default_str();
-  std::string model_path;
+  std::string model_path, pause_file;
+  train->add_option("--pause-file", pause_file,
+                    "While this file exists the device does not train: it declines the rounds it is offered "
+                    "(create it when the machine is busy, remove it to resume)");
   train
       ->add_option("--model-path", model_path,
                    "This device's copy of the federation's TorchScript model (when it trains one)")
@@ -355,10 +359,19 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   config.num_examples = view->size();
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  auto stats = client::RunClient(config, *view, *model_key, &g_stop, store->get(), model_path);
+  std::function<bool()> may_train;
+  if (!pause_file.empty()) {
+    may_train = [pause_file] {
+      std::error_code ec;
+      return !std::filesystem::exists(pause_file, ec);
+    };
+  }
+  auto stats = client::RunClient(config, *view, *model_key, &g_stop, store->get(), model_path, may_train);
   if (!stats.ok()) return Fail(stats.status());
-  std::printf("flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects\n",
-              config.name.c_str(), stats->rounds_trained, stats->updates_acked, stats->reconnects);
+  std::printf(
+      "flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects, %d rounds paused\n",
+      config.name.c_str(), stats->rounds_trained, stats->updates_acked, stats->reconnects,
+      stats->rounds_paused);
   std::printf("recorded rounds:");
   for (uint32_t r : stats->recorded_rounds) std::printf(" %u", r);
   std::printf("\n");

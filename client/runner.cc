@@ -10,7 +10,7 @@ namespace flotilla::client {
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
                                 const std::vector<unsigned char>& model_public_key,
                                 const std::atomic<bool>* stop, DeviceStore* store,
-                                const std::string& model_path) {
+                                const std::string& model_path, const std::function<bool()>& may_train) {
   RunnerCache runners(model_path);
   std::vector<float> residual;  // top-k error feedback, across this device's rounds
   net::Context context;
@@ -43,6 +43,12 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
       if (store != nullptr) RETURN_IF_ERROR(store->RemoveOutbox(settled.round));
     }
     if (std::optional<wire::TrainTask> task = session->TakeTask()) {
+      if (may_train && !may_train()) {
+        ++stats.rounds_paused;
+        LOG_INFO("client", config.name << ": paused; declining round " << task->round());
+        RETURN_IF_ERROR(session->AbandonTask(Unavailable("paused on the device")));
+        continue;
+      }
       LOG_INFO("client",
                config.name << ": training round " << task->round() << " on " << data.size() << " examples");
       StatusOr<training::ModelRunner*> runner = runners.For(*task);

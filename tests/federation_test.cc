@@ -95,6 +95,58 @@ TEST_CASE("Compressed updates (int8, top-k with error feedback) federate and lea
   }
 }
 
+TEST_CASE("A device paused by its owner declines its rounds and the others finish them", "[integration]") {
+  const auto store = TempPath("paused");
+  aggregator::AggregatorConfig config;
+  config.endpoint = "tcp://127.0.0.1:*";
+  config.store_path = store.string();
+  config.model_arch = "logreg";
+  config.rounds = 2;
+  config.min_clients = 3;
+  config.min_updates = 2;
+  config.round_deadline_seconds = 30.0;
+  config.finish_grace_seconds = 1.0;
+  testing::TestKeys keys(3);
+  keys.Apply(&config);
+  auto runner = training::ModelRunner::Create("logreg", 1);
+  REQUIRE(runner.ok());
+  net::Context context;
+  auto agg = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
+  REQUIRE(agg.ok());
+  Status run;
+  std::thread server([&] { run = (*agg)->Run(); });
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(300, 3));
+  auto honest = testing::StartHonestClients(keys, (*agg)->endpoint(), data, 2, 100, 2);
+  // The third device is busy: its owner's hook says no to every round.
+  client::SessionConfig sc;
+  sc.endpoint = (*agg)->endpoint();
+  sc.name = "busy";
+  sc.num_examples = 100;
+  sc.socket = keys.ClientSocket(2);
+  training::DataView view{data, {}};
+  for (int k = 200; k < 300; ++k) view.indices.push_back(k);
+  std::atomic<int> asked{0};
+  auto busy = client::RunClient(sc, view, keys.signing->public_key, nullptr, nullptr, "", [&] {
+    ++asked;
+    return false;
+  });
+  honest->Join();
+  server.join();
+  REQUIRE(run.ok());
+  REQUIRE(busy.ok());
+  CHECK(busy->rounds_trained == 0);
+  CHECK(busy->rounds_paused == 2);
+  CHECK(asked == 2);
+  const auto& history = (*agg)->history();
+  REQUIRE(history.size() == 2);
+  for (const auto& r : history) {
+    CHECK(r.completed);
+    CHECK(r.received == 2);
+    CHECK(r.seconds < 20);  // the round did not wait for its deadline
+  }
+  std::filesystem::remove_all(store);
+}
+
 TEST_CASE("A wrong-shaped update gets an error reply and the round completes with the others",
           "[integration]") {
   const auto store = TempPath("badshape");
