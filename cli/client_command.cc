@@ -36,6 +36,13 @@ int Fail(const flotilla::Status& st) {
   return 1;
 }
 
+// Keeps the first `limit` examples (0 = all), as --train-limit and --limit say.
+void KeepFirst(flotilla::training::Dataset* d, int64_t limit) {
+  if (limit <= 0 || limit >= d->size()) return;
+  d->labels.resize(static_cast<size_t>(limit));
+  d->features.resize(static_cast<size_t>(limit * d->example_numel()));
+}
+
 // This device's training data: its share (partition `index` of `clients`)
 // of Fashion-MNIST or of a CSV file. CSV features are standardized with the
 // statistics of this device's own records only. A device with its own file
@@ -51,10 +58,7 @@ flotilla::StatusOr<flotilla::training::DataView> LoadDeviceData(
     raw.standardize = false;  // below, over this device's rows
     ASSIGN_OR_RETURN(training::CsvData loaded, training::LoadCsv(source.path, raw));
     all = std::move(loaded.dataset);
-    if (train_limit > 0 && train_limit < all.size()) {
-      all.labels.resize(static_cast<size_t>(train_limit));
-      all.features.resize(static_cast<size_t>(train_limit * all.example_numel()));
-    }
+    KeepFirst(&all, train_limit);
   } else if (source.kind == "images") {
     // Standardized with this device's own folder.
     ASSIGN_OR_RETURN(training::ImageFolderData images,
@@ -99,10 +103,7 @@ int Predict(const std::string& model_path, const std::string& source_name, const
     if (!loaded.ok()) return Fail(loaded.status());
     data = std::move(loaded).value();
   }
-  if (limit > 0 && limit < data.size()) {
-    data.labels.resize(static_cast<size_t>(limit));
-    data.features.resize(static_cast<size_t>(limit * data.example_numel()));
-  }
+  KeepFirst(&data, limit);
   training::ModelSpec spec;
   spec.arch = training::kTorchScript;
   spec.path = model_path;

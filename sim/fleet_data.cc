@@ -13,70 +13,71 @@ namespace {
 
 using training::Dataset;
 
+// A file-based source split for a simulation: its rows shuffled with the
+// run seed (`seed_label` keeps each source's draw its own), test_fraction
+// held out, and each device's share of the rest, as rows of `all`.
+struct Split {
+  std::vector<int64_t> test_rows, train_rows;
+  std::vector<std::vector<int64_t>> device_rows;
+};
+
+StatusOr<Split> SplitRows(const Dataset& all, const SimConfig& config, const std::string& source,
+                          const char* seed_label, const char* unit) {
+  std::vector<int64_t> order(static_cast<size_t>(all.size()));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  Rng rng(DeriveSeed(config.aggregator.seed, seed_label));
+  rng.Shuffle(&order);
+  const size_t held =
+      static_cast<size_t>(std::llround(config.test_fraction * static_cast<double>(order.size())));
+  if (held < 1 || held >= order.size()) {
+    return InvalidArgument(source + ": " + std::to_string(order.size()) + " " + unit + "; test_fraction " +
+                           std::to_string(config.test_fraction) + " leaves no test or no training " + unit);
+  }
+  Split split;
+  split.test_rows.assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(held));
+  split.train_rows.assign(order.begin() + static_cast<std::ptrdiff_t>(held), order.end());
+  std::sort(split.train_rows.begin(), split.train_rows.end());
+  std::vector<int64_t> train_labels;
+  for (int64_t r : split.train_rows) train_labels.push_back(all.labels[static_cast<size_t>(r)]);
+  ASSIGN_OR_RETURN(training::Partition parts,
+                   training::PartitionByName(config.partition, train_labels, all.num_classes, config.clients,
+                                             DeriveSeed(config.aggregator.seed, "partition")));
+  for (const auto& part : parts) {
+    std::vector<int64_t> rows;
+    for (int64_t i : part) rows.push_back(split.train_rows[static_cast<size_t>(i)]);
+    if (rows.empty()) {
+      return InvalidArgument("partition " + config.partition + " left a device without " + unit);
+    }
+    split.device_rows.push_back(std::move(rows));
+  }
+  return split;
+}
+
 StatusOr<FleetData> LoadCsvFleet(const SimConfig& config, const std::string& path) {
   training::CsvOptions options = config.csv;
   options.standardize = false;  // per device, below
   ASSIGN_OR_RETURN(training::CsvData csv, training::LoadCsv(path, options));
   const Dataset& all = csv.dataset;
-  std::vector<int64_t> order(static_cast<size_t>(all.size()));
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-  Rng rng(DeriveSeed(config.aggregator.seed, "csv-split"));
-  rng.Shuffle(&order);
-  const size_t held =
-      static_cast<size_t>(std::llround(config.test_fraction * static_cast<double>(order.size())));
-  if (held < 1 || held >= order.size()) {
-    return InvalidArgument(path + ": " + std::to_string(order.size()) + " records; test_fraction " +
-                           std::to_string(config.test_fraction) + " leaves no test or no training records");
-  }
-  const std::vector<int64_t> test_rows(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(held));
-  std::vector<int64_t> train_rows(order.begin() + static_cast<std::ptrdiff_t>(held), order.end());
-  std::sort(train_rows.begin(), train_rows.end());
-  std::vector<int64_t> train_labels;
-  for (int64_t r : train_rows) train_labels.push_back(all.labels[static_cast<size_t>(r)]);
-  ASSIGN_OR_RETURN(training::Partition parts,
-                   training::PartitionByName(config.partition, train_labels, all.num_classes, config.clients,
-                                             DeriveSeed(config.aggregator.seed, "partition")));
+  ASSIGN_OR_RETURN(Split split, SplitRows(all, config, path, "csv-split", "records"));
   FleetData data;
-  data.train = std::make_shared<const Dataset>(training::StandardizedRows(all, train_rows, train_rows));
-  data.test = std::make_shared<const Dataset>(training::StandardizedRows(all, test_rows, train_rows));
-  for (const auto& part : parts) {
-    std::vector<int64_t> rows;
-    for (int64_t i : part) rows.push_back(train_rows[static_cast<size_t>(i)]);
-    if (rows.empty())
-      return InvalidArgument("partition " + config.partition + " left a device without records");
+  data.train =
+      std::make_shared<const Dataset>(training::StandardizedRows(all, split.train_rows, split.train_rows));
+  data.test =
+      std::make_shared<const Dataset>(training::StandardizedRows(all, split.test_rows, split.train_rows));
+  for (const auto& rows : split.device_rows) {
     data.devices.push_back(training::DataView::All(
         std::make_shared<const Dataset>(training::StandardizedRows(all, rows, rows))));
   }
   return data;
 }
 
-}  // namespace
-
-// An image folder: shuffled with the seed, test_fraction held out, the rest
-// partitioned; one standardization (the folder's pixel statistics) for all.
+// An image folder: one standardization (the folder's pixel statistics) for
+// all; devices are views onto the one decoded copy.
 StatusOr<FleetData> LoadImageFleet(const SimConfig& config, const std::string& root) {
   ASSIGN_OR_RETURN(training::ImageFolderData images,
                    training::LoadImageFolder(root, training::ImageFolderOptions()));
   auto all = std::make_shared<const Dataset>(std::move(images.dataset));
-  std::vector<int64_t> order(static_cast<size_t>(all->size()));
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-  Rng rng(DeriveSeed(config.aggregator.seed, "image-split"));
-  rng.Shuffle(&order);
-  const size_t held =
-      static_cast<size_t>(std::llround(config.test_fraction * static_cast<double>(order.size())));
-  if (held < 1 || held >= order.size()) {
-    return InvalidArgument(root + ": " + std::to_string(order.size()) +
-                           " images; test_fraction leaves no test or no "
-                           "training images");
-  }
-  std::vector<int64_t> test_rows(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(held));
-  std::vector<int64_t> train_rows(order.begin() + static_cast<std::ptrdiff_t>(held), order.end());
-  std::sort(train_rows.begin(), train_rows.end());
-  std::vector<int64_t> train_labels;
-  for (int64_t r : train_rows) train_labels.push_back(all->labels[static_cast<size_t>(r)]);
-  ASSIGN_OR_RETURN(training::Partition parts,
-                   training::PartitionByName(config.partition, train_labels, all->num_classes, config.clients,
-                                             DeriveSeed(config.aggregator.seed, "partition")));
+  ASSIGN_OR_RETURN(Split split, SplitRows(*all, config, root, "image-split", "images"));
   FleetData data;
   data.train = all;
   // The test set as its own dataset (the evaluator takes every example of it).
@@ -84,19 +85,17 @@ StatusOr<FleetData> LoadImageFleet(const SimConfig& config, const std::string& r
   test.features.clear();
   test.labels.clear();
   const size_t numel = static_cast<size_t>(all->example_numel());
-  for (int64_t r : test_rows) {
+  for (int64_t r : split.test_rows) {
     test.features.insert(test.features.end(), all->features.begin() + static_cast<std::ptrdiff_t>(r * numel),
                          all->features.begin() + static_cast<std::ptrdiff_t>((r + 1) * numel));
     test.labels.push_back(all->labels[static_cast<size_t>(r)]);
   }
   data.test = std::make_shared<const Dataset>(std::move(test));
-  for (const auto& part : parts) {
-    std::vector<int64_t> rows;
-    for (int64_t i : part) rows.push_back(train_rows[static_cast<size_t>(i)]);
-    data.devices.push_back(training::DataView{all, std::move(rows)});
-  }
+  for (auto& rows : split.device_rows) data.devices.push_back(training::DataView{all, std::move(rows)});
   return data;
 }
+
+}  // namespace
 
 StatusOr<FleetData> LoadFleetData(const SimConfig& config) {
   ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(config.data_source));
