@@ -1,6 +1,8 @@
 // flotilla client: one device.
-//   train    trains on its data (Fashion-MNIST or a CSV) whenever the
-//            aggregator asks, until the federation is over
+//   run      the device daemon (alias: train): trains on its data whenever
+//            the aggregator asks, until the federation is over; pausable
+//            (a file, SIGUSR1/SIGUSR2), reconnects for as long as it takes,
+//            writes the final model for the device's own code
 //   pull     fetches a model version (verified) for local inference, as raw
 //            weights or a TorchScript file
 //   status   prints the aggregator's health and progress
@@ -9,11 +11,14 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 
 #include "cli/commands.h"
 #include "cli/data_flags.h"
+#include "client/data_source.h"
+#include "client/device.h"
 #include "client/pull.h"
 #include "client/runner.h"
 #include "core/log.h"
@@ -29,81 +34,24 @@
 
 namespace {
 std::atomic<bool> g_stop{false};
+std::atomic<bool> g_paused{false};
 void OnSignal(int) { g_stop.store(true); }
+void OnPause(int) { g_paused.store(true); }
+void OnResume(int) { g_paused.store(false); }
 
 int Fail(const flotilla::Status& st) {
   std::fprintf(stderr, "flotilla client: %s\n", st.ToString().c_str());
   return 1;
 }
 
-// Keeps the first `limit` examples (0 = all), as --train-limit and --limit say.
-void KeepFirst(flotilla::training::Dataset* d, int64_t limit) {
-  if (limit <= 0 || limit >= d->size()) return;
-  d->labels.resize(static_cast<size_t>(limit));
-  d->features.resize(static_cast<size_t>(limit * d->example_numel()));
-}
-
-// This device's training data: its share (partition `index` of `clients`)
-// of Fashion-MNIST or of a CSV file. CSV features are standardized with the
-// statistics of this device's own records only. A device with its own file
-// is `--clients 1`.
-flotilla::StatusOr<flotilla::training::DataView> LoadDeviceData(
-    const std::string& source_name, const std::string& data_dir, const flotilla::training::CsvOptions& csv,
-    int64_t train_limit, const std::string& partition, int clients, int index, uint64_t seed) {
-  using namespace flotilla;
-  ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(source_name));
-  training::Dataset all;
-  if (source.kind == "csv") {
-    training::CsvOptions raw = csv;
-    raw.standardize = false;  // below, over this device's rows
-    ASSIGN_OR_RETURN(training::CsvData loaded, training::LoadCsv(source.path, raw));
-    all = std::move(loaded.dataset);
-    KeepFirst(&all, train_limit);
-  } else if (source.kind == "images") {
-    // Standardized with this device's own folder.
-    ASSIGN_OR_RETURN(training::ImageFolderData images,
-                     training::LoadImageFolder(source.path, training::ImageFolderOptions()));
-    all = std::move(images.dataset);
-  } else {
-    ASSIGN_OR_RETURN(all, training::LoadFashionMnist(source.path.empty() ? data_dir : source.path,
-                                                     training::Split::kTrain, train_limit));
-  }
-  ASSIGN_OR_RETURN(training::Partition parts,
-                   training::PartitionByName(partition, all.labels, all.num_classes, clients,
-                                             DeriveSeed(seed, "partition")));
-  std::vector<int64_t> rows = parts[static_cast<size_t>(index)];
-  if (rows.empty()) return InvalidArgument("partition " + partition + " left this device without data");
-  if (source.kind == "csv" && csv.standardize) {
-    auto mine = std::make_shared<const training::Dataset>(training::StandardizedRows(all, rows, rows));
-    return training::DataView::All(mine);
-  }
-  auto shared = std::make_shared<const training::Dataset>(std::move(all));
-  return training::DataView{shared, std::move(rows)};
-}
 // `flotilla client predict`: the model over local data, one forward pass
 // per `batch` examples, timed.
-int Predict(const std::string& model_path, const std::string& source_name, const std::string& data_dir,
-            const flotilla::training::CsvOptions& csv, int64_t limit, int batch) {
+int Predict(const std::string& model_path, const flotilla::client::FileSourceOptions& source, int batch) {
   using namespace flotilla;
   training::SetTorchThreads(1);
-  auto source = training::ParseDataSource(source_name);
-  if (!source.ok()) return Fail(source.status());
-  training::Dataset data;
-  if (source->kind == "csv") {
-    auto loaded = training::LoadCsv(source->path, csv);
-    if (!loaded.ok()) return Fail(loaded.status());
-    data = std::move(loaded->dataset);
-  } else if (source->kind == "images") {
-    auto loaded = training::LoadImageFolder(source->path, training::ImageFolderOptions());
-    if (!loaded.ok()) return Fail(loaded.status());
-    data = std::move(loaded->dataset);
-  } else {
-    auto loaded = training::LoadFashionMnist(source->path.empty() ? data_dir : source->path,
-                                             training::Split::kTest, limit);
-    if (!loaded.ok()) return Fail(loaded.status());
-    data = std::move(loaded).value();
-  }
-  KeepFirst(&data, limit);
+  auto loaded = client::LoadAllExamples(source);
+  if (!loaded.ok()) return Fail(loaded.status());
+  training::Dataset data = std::move(loaded).value();
   training::ModelSpec spec;
   spec.arch = training::kTorchScript;
   spec.path = model_path;
@@ -132,7 +80,7 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   bool insecure = false;
   int request_timeout_ms = 30000;
 
-  CLI::App app{"Flotilla client (device runtime). Subcommands: train, pull, status."};
+  CLI::App app{"Flotilla client (device runtime). Subcommands: run (alias train), pull, status, predict."};
   bool print_config = false;
   flotilla::cli::PrepareApp(&app, &print_config);
   app.require_subcommand(1);
@@ -162,36 +110,62 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   app.add_flag("--insecure", insecure, "DEBUGGING ONLY: connect without encryption");
   app.add_option("--request-timeout-ms", request_timeout_ms, "Reconnect when a reply takes longer than this")
       ->capture_default_str();
+  int max_backoff_ms = 10000;
+  app.add_option("--max-backoff-ms", max_backoff_ms,
+                 "Longest wait between reconnection attempts (from 0.5 s, doubling, with jitter)")
+      ->capture_default_str()
+      ->check(CLI::Range(500, 3600000));
   app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
 
-  CLI::App* train =
-      app.add_subcommand("train", "Train whenever the aggregator asks, until the federation ends");
+  CLI::App* train = app.add_subcommand(
+      "run",
+      "The device daemon: train whenever the aggregator asks, until the federation ends (alias: train). "
+      "SIGUSR1 pauses it, SIGUSR2 resumes it, SIGTERM stops it");
+  train->alias("train");
   std::string data_dir = training::kDefaultFashionMnistDir;
-  std::string partition = "iid";
-  int clients = 1, index = 0, threads = 1;
-  uint64_t seed = 1;
-  int64_t train_limit = 0;
+  client::FileSourceOptions files;
+  int threads = 1, max_pass_examples = 0;
   train->add_option("--data-dir", data_dir, "Fashion-MNIST directory")->capture_default_str();
-  std::string data_source = "fashion-mnist", csv_delimiter = ",";
-  training::CsvOptions csv;
-  AddCsvFlags(train, &data_source, &csv, &csv_delimiter);
-  train->add_option("--partition", partition, "iid | dirichlet:ALPHA | shards:K")->capture_default_str();
-  train->add_option("--clients", clients, "Number of partitions")
+  std::string csv_delimiter = ",";
+  AddCsvFlags(train, &files.source, &files.csv, &csv_delimiter, &files.images);
+  train->add_option("--partition", files.partition, "iid | dirichlet:ALPHA | shards:K")
+      ->capture_default_str();
+  train->add_option("--clients", files.parts, "Number of partitions (a device with its own file: 1)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  train->add_option("--index", index, "Which partition is this device's (0-based)")->capture_default_str();
-  train->add_option("--seed", seed, "Partition seed (use the aggregator's --seed)")->capture_default_str();
-  train->add_option("--train-limit", train_limit, "Use only the first N training examples (0 = all)")
+  train->add_option("--index", files.index, "Which partition is this device's (0-based)")
       ->capture_default_str();
-  train->add_option("--threads", threads, "Torch threads for local training")->capture_default_str();
-  std::string model_path, pause_file;
+  train->add_option("--seed", files.seed, "Partition seed (use the aggregator's --seed)")
+      ->capture_default_str();
+  train->add_option("--train-limit", files.limit, "Use only the first N examples of the file (0 = all)")
+      ->capture_default_str();
+  train
+      ->add_option("--held-out-fraction", files.held_out_fraction,
+                   "Fraction of this device's examples never trained on, kept for evaluating the global "
+                   "model on the device")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 0.99));
+  train->add_option("--threads", threads, "Torch threads for local training")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  train
+      ->add_option("--max-pass-examples", max_pass_examples,
+                   "Examples per forward/backward pass (0 = the task's batch); a larger batch is accumulated "
+                   "over passes: the same update with less memory")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  std::string model_path, pause_file, model_out;
   train->add_option("--pause-file", pause_file,
                     "While this file exists the device does not train: it declines the rounds it is offered "
-                    "(create it when the machine is busy, remove it to resume)");
+                    "and stops a training in progress (create it when the machine is busy, remove it to "
+                    "resume)");
   train
       ->add_option("--model-path", model_path,
                    "This device's copy of the federation's TorchScript model (when it trains one)")
       ->check(CLI::ExistingFile);
+  train->add_option("--model-out", model_out,
+                    "When the federation ends, write its final verified model here: a TorchScript file with "
+                    "--model-path (personal layers kept), else float32 weights and OUT.json");
 
   CLI::App* pull = app.add_subcommand("pull", "Fetch a model version, verify it, and write it for inference");
   uint64_t version = 0;
@@ -213,17 +187,17 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
 
   CLI::App* predict = app.add_subcommand(
       "predict", "Run a model on local data: accuracy, loss and latency per example (no aggregator needed)");
-  std::string predict_model, predict_source = "fashion-mnist", predict_delimiter = ",";
-  training::CsvOptions predict_csv;
-  int64_t predict_limit = 0;
+  std::string predict_model, predict_delimiter = ",";
+  client::FileSourceOptions predict_source;
   int predict_batch = 1;
   predict->add_option("--model", predict_model, "A TorchScript file (e.g. from pull --script-out)")
       ->required()
       ->check(CLI::ExistingFile);
-  AddCsvFlags(predict, &predict_source, &predict_csv, &predict_delimiter);
+  AddCsvFlags(predict, &predict_source.source, &predict_source.csv, &predict_delimiter,
+              &predict_source.images);
   predict->add_option("--data-dir", data_dir, "Fashion-MNIST directory (its test split is used)")
       ->capture_default_str();
-  predict->add_option("--limit", predict_limit, "Use only the first N examples (0 = all)")
+  predict->add_option("--limit", predict_source.limit, "Use only the first N examples (0 = all)")
       ->capture_default_str();
   predict->add_option("--batch", predict_batch, "Examples per forward pass (1: latency of one example)")
       ->capture_default_str()
@@ -240,8 +214,9 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   }
   SetLogLevel(level);
   if (*predict) {
-    if (!ResolveCsvFlags(predict_delimiter, &predict_csv)) return 2;
-    return Predict(predict_model, predict_source, data_dir, predict_csv, predict_limit, predict_batch);
+    if (!ResolveCsvFlags(predict_delimiter, &predict_source.csv)) return 2;
+    predict_source.fashion_mnist_dir = data_dir;
+    return Predict(predict_model, predict_source, predict_batch);
   }
   if (config.name.empty()) {
     std::fprintf(stderr,
@@ -249,6 +224,7 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
     return 2;
   }
   config.request_timeout = std::chrono::milliseconds(request_timeout_ms);
+  config.max_backoff = std::chrono::milliseconds(max_backoff_ms);
   if (insecure) {
     std::fprintf(stderr, "WARNING: --insecure: traffic is NOT encrypted. Debugging only.\n");
     config.socket.security = net::TransportSecurity::kNone;
@@ -348,26 +324,59 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
     return 0;
   }
 
-  // train
-  if (index < 0 || index >= clients) {
-    std::fprintf(stderr, "error: --index must be in [0, --clients)\n");
-    return 2;
+  // run (train)
+  if (!ResolveCsvFlags(csv_delimiter, &files.csv)) return 2;
+  files.fashion_mnist_dir = data_dir;
+  auto source = client::LoadFileSource(files);
+  if (!source.ok()) return Fail(source.status());
+  client::DeviceOptions options;
+  options.session = config;
+  options.model_public_key = *model_key;
+  options.model_path = model_path;
+  options.threads = threads;
+  options.max_pass_examples = max_pass_examples;
+  if (const char* hold = std::getenv("FLOTILLA_FAULT_HOLD_AFTER_SEND_MS")) {
+    options.hold_after_send = std::chrono::milliseconds(std::atoll(hold));
   }
-  if (!ResolveCsvFlags(csv_delimiter, &csv)) return 2;
-  training::SetTorchThreads(threads);
-  auto view = LoadDeviceData(data_source, data_dir, csv, train_limit, partition, clients, index, seed);
-  if (!view.ok()) return Fail(view.status());
-  config.num_examples = view->size();
+  client::DeviceCallbacks callbacks;
+  callbacks.may_train = [pause_file] {
+    if (g_paused.load()) return false;
+    std::error_code ec;
+    return pause_file.empty() || !std::filesystem::exists(pause_file, ec);
+  };
+  callbacks.on_progress = [name = config.name](const client::Progress& p) {
+    using Event = client::Progress::Event;
+    switch (p.event) {
+      case Event::kStep:
+        // A line at each quarter of the round's steps.
+        if (p.steps > 0 && (p.step * 4 / p.steps) != ((p.step - 1) * 4 / p.steps)) {
+          LOG_INFO("client", name << ": round " << p.round << ": step " << p.step << " of " << p.steps);
+        }
+        break;
+      case Event::kUpdateSent:
+        LOG_INFO("client", name << ": round " << p.round << ": update sent");
+        break;
+      case Event::kUpdateSettled:
+        LOG_INFO("client", name << ": round " << p.round << ": update "
+                                << (p.recorded ? "recorded by the aggregator" : "refused"));
+        break;
+      case Event::kDeclined:
+        LOG_INFO("client", name << ": round " << p.round << ": declined: " << p.detail);
+        break;
+      default:
+        break;
+    }
+  };
+  // The store was opened above for pull; the device opens its own.
+  store->reset();
+  options.state_dir = state_dir;
+  auto device = client::Device::Create(std::move(options), std::move(source).value(), callbacks);
+  if (!device.ok()) return Fail(device.status());
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  std::function<bool()> may_train;
-  if (!pause_file.empty()) {
-    may_train = [pause_file] {
-      std::error_code ec;
-      return !std::filesystem::exists(pause_file, ec);
-    };
-  }
-  auto stats = client::RunClient(config, *view, *model_key, &g_stop, store->get(), model_path, may_train);
+  std::signal(SIGUSR1, OnPause);
+  std::signal(SIGUSR2, OnResume);
+  auto stats = (*device)->Run();
   if (!stats.ok()) return Fail(stats.status());
   std::printf(
       "flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects, %d rounds paused\n",
@@ -376,5 +385,17 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   std::printf("recorded rounds:");
   for (uint32_t r : stats->recorded_rounds) std::printf(" %u", r);
   std::printf("\n");
+  if (!model_out.empty() && !g_stop.load()) {
+    auto result = client::PullModel(config, (*device)->store(), 0, *model_key);
+    if (!result.ok()) return Fail(result.status());
+    auto weights = proto::WeightsFromProto(result->model.weights, nullptr);
+    if (!weights.ok()) return Fail(weights.status());
+    Status st = model_path.empty() ? WriteRawWeights(model_out, *weights, result->model.arch,
+                                                     result->model.version, result->model.round)
+                                   : training::WriteTorchScript(model_path, *weights, model_out);
+    if (!st.ok()) return Fail(st);
+    std::printf("wrote the final model (version %llu, signature verified) to %s\n",
+                static_cast<unsigned long long>(result->model.version), model_out.c_str());
+  }
   return 0;
 }

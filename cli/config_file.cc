@@ -23,13 +23,13 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("federation", "arch", "--arch");
     // [model]: a TorchScript module and how it is split
     both("model", "path", "--model-path");
-    k.push_back({"model", "path", "client train", "--model-path"});
+    k.push_back({"model", "path", "client run", "--model-path"});
     both("model", "buffers", "--buffers");
     both("model", "freeze", "--freeze");
     both("model", "personal", "--personal");
     both("federation", "rounds", "--rounds");
     both("federation", "seed", "--seed");
-    k.push_back({"federation", "seed", "client train", "--seed"});
+    k.push_back({"federation", "seed", "client run", "--seed"});
     // [round]
     k.push_back({"round", "min_clients", "aggregator", "--min-clients"});
     both("round", "fraction", "--fraction");
@@ -83,30 +83,47 @@ const std::vector<ConfigKey>& ConfigKeys() {
     // [data]
     both("data", "dir", "--data-dir");
     k.push_back({"data", "source", "sim", "--data"});
-    k.push_back({"data", "source", "client train", "--data"});
+    k.push_back({"data", "source", "client run", "--data"});
     k.push_back({"data", "csv_label", "sim", "--csv-label"});
-    k.push_back({"data", "csv_label", "client train", "--csv-label"});
+    k.push_back({"data", "csv_label", "client run", "--csv-label"});
     k.push_back({"data", "csv_skip_rows", "sim", "--csv-skip-rows"});
-    k.push_back({"data", "csv_skip_rows", "client train", "--csv-skip-rows"});
+    k.push_back({"data", "csv_skip_rows", "client run", "--csv-skip-rows"});
     k.push_back({"data", "csv_header", "sim", "--csv-header"});
-    k.push_back({"data", "csv_header", "client train", "--csv-header"});
+    k.push_back({"data", "csv_header", "client run", "--csv-header"});
     k.push_back({"data", "csv_delimiter", "sim", "--csv-delimiter"});
-    k.push_back({"data", "csv_delimiter", "client train", "--csv-delimiter"});
+    k.push_back({"data", "csv_delimiter", "client run", "--csv-delimiter"});
     k.push_back({"data", "test_fraction", "sim", "--test-fraction"});
-    k.push_back({"data", "dir", "client train", "--data-dir"});
+    k.push_back({"data", "dir", "client run", "--data-dir"});
     both("data", "test_limit", "--test-limit");
     k.push_back({"data", "partition", "sim", "--partition"});
-    k.push_back({"data", "partition", "client train", "--partition"});
+    k.push_back({"data", "partition", "client run", "--partition"});
     k.push_back({"data", "clients", "sim", "--clients"});
-    k.push_back({"data", "clients", "client train", "--clients"});
+    k.push_back({"data", "clients", "client run", "--clients"});
     k.push_back({"data", "train_limit", "sim", "--train-limit"});
-    k.push_back({"data", "train_limit", "client train", "--train-limit"});
+    k.push_back({"data", "train_limit", "client run", "--train-limit"});
     // [sim]
     k.push_back({"sim", "workers", "sim", "--workers"});
     k.push_back({"sim", "out", "sim", "--out"});
     k.push_back({"sim", "central_epochs", "sim", "--central-epochs"});
     k.push_back({"sim", "request_timeout", "sim", "--request-timeout"});
     k.push_back({"sim", "secagg_dropout", "sim", "--secagg-dropout"});
+    k.push_back({"data", "held_out_fraction", "client run", "--held-out-fraction"});
+    for (const char* role : {"sim", "client run"}) {
+      k.push_back({"data", "image_height", role, "--image-height"});
+      k.push_back({"data", "image_width", role, "--image-width"});
+      k.push_back({"data", "image_channels", role, "--image-channels"});
+    }
+    // [device]: one device's identity, store and limits (device.toml)
+    k.push_back({"device", "name", "client", "--name"});
+    k.push_back({"device", "state_dir", "client", "--state-dir"});
+    k.push_back({"device", "curve_key", "client", "--curve-key"});
+    k.push_back({"device", "secagg_cert", "client", "--secagg-cert"});
+    k.push_back({"device", "request_timeout_ms", "client", "--request-timeout-ms"});
+    k.push_back({"device", "max_backoff_ms", "client", "--max-backoff-ms"});
+    k.push_back({"device", "threads", "client run", "--threads"});
+    k.push_back({"device", "max_pass_examples", "client run", "--max-pass-examples"});
+    k.push_back({"device", "pause_file", "client run", "--pause-file"});
+    k.push_back({"device", "model_out", "client run", "--model-out"});
     // [log]
     k.push_back({"log", "level", "aggregator", "--log"});
     k.push_back({"log", "level", "sim", "--log"});
@@ -135,7 +152,7 @@ StatusOr<ConfigFlags> ReadConfigFlags(const std::string& path, const std::string
       return InvalidArgument(
           path + ": key '" + item.name + "' is outside any section; put it under one of " +
           "[federation], [model], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], " +
-          "[log] (see docs/configuration.md)");
+          "[device], [log] (see docs/configuration.md)");
     }
     std::set<std::string> sections, allowed;
     bool known = false;

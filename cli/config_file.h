@@ -16,7 +16,7 @@ namespace flotilla::cli {
 struct ConfigKey {
   const char* section;
   const char* key;
-  const char* role;  // "aggregator", "sim", "client" or "client train"
+  const char* role;  // "aggregator", "sim", "client" or "client run"
   const char* flag;  // e.g. "--epochs"
 };
 

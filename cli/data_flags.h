@@ -1,21 +1,23 @@
 // The data-source flags shared by `flotilla sim` and `flotilla client
-// train`: which source, and how to read a CSV file.
+// run/predict`: which source, how to read a CSV file, and the size images
+// are read at.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <string>
 
 #include "training/csv.h"
+#include "training/image_folder.h"
 
 namespace flotilla::cli {
 
 // Call ResolveCsvFlags after parsing (it checks the delimiter).
-inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions* csv,
-                        std::string* delimiter) {
+inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions* csv, std::string* delimiter,
+                        training::ImageFolderOptions* images) {
   app->add_option("--data", *source,
                   "Data source: fashion-mnist, csv:PATH (tabular records: numeric features, an integer class "
-                  "label; see --csv-label) or images:DIR (one sub-folder of images per class, read as 28x28 "
-                  "grayscale)")
+                  "label; see --csv-label) or images:DIR (one sub-folder of images per class, resized to "
+                  "--image-height x --image-width)")
       ->capture_default_str();
   app->add_option("--csv-label", csv->label_column,
                   "CSV: the label column, a header name or a 0-based index (negative from the end)")
@@ -25,6 +27,15 @@ inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions
   app->add_flag("--csv-header", csv->header, "CSV: the first row names the columns");
   app->add_option("--csv-delimiter", *delimiter, "CSV: the field delimiter (one character)")
       ->capture_default_str();
+  app->add_option("--image-height", images->height, "Images: the model's input height (images are resized)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app->add_option("--image-width", images->width, "Images: the model's input width")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app->add_option("--image-channels", images->channels, "Images: 1 (grayscale) or 3 (RGB)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({1, 3}));
 }
 
 inline bool ResolveCsvFlags(const std::string& delimiter, training::CsvOptions* csv) {

@@ -19,7 +19,7 @@ constexpr char kUsage[] =
     "\n"
     "subcommands:\n"
     "  aggregator   serve a federation: rounds, validation, signed models, the store\n"
-    "  client       one device: train | pull | status\n"
+    "  client       one device: run (the daemon) | pull | predict | status\n"
     "  sim          a simulated federation (N devices over the real wire), or its central baseline\n"
     "  keygen       CURVE and model-signing keys, allowlists, enrolment certificates\n"
     "  registry     stored models, rounds, the privacy ledger, devices, quarantine\n"
@@ -27,8 +27,8 @@ constexpr char kUsage[] =
     "  config show  the effective settings of a role, merged from --config FILE and flags\n"
     "\n"
     "--config FILE: a TOML file shared by the aggregator, the devices and the simulator\n"
-    "(sections [federation], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], "
-    "[log]);\n"
+    "(sections [federation], [model], [round], [validation], [limits], [dp], [secagg], [keys], [data], "
+    "[sim], [device], [log]);\n"
     "flags given on the command line override it. Every key: docs/configuration.md.\n";
 
 struct Command {
@@ -46,7 +46,7 @@ const Command kCommands[] = {
 };
 
 // Runs `run` with argv = [name, config flags..., args...]; the config's
-// flags for "client train" go right after the "train" subcommand.
+// flags for "client run" go right after the "run" (or "train") subcommand.
 int RunWithConfig(const std::string& name, int (*run)(int, char**, const flotilla::cli::FlagOrigins&),
                   std::vector<std::string> args, const std::string& config_path, const std::string& role) {
   std::vector<std::string> full = {"flotilla " + name};
@@ -60,8 +60,10 @@ int RunWithConfig(const std::string& name, int (*run)(int, char**, const flotill
     origins = flags->origin;
     full.insert(full.end(), flags->flags.begin(), flags->flags.end());
     if (role == "client") {
-      auto train_flags = flotilla::cli::ReadConfigFlags(config_path, "client train");
-      auto train = std::find(args.begin(), args.end(), "train");
+      auto train_flags = flotilla::cli::ReadConfigFlags(config_path, "client run");
+      // `client run` (alias `client train`) takes the device's keys.
+      auto train = std::find_if(args.begin(), args.end(),
+                                [](const std::string& a) { return a == "run" || a == "train"; });
       if (train_flags.ok() && train != args.end()) {
         origins.insert(train_flags->origin.begin(), train_flags->origin.end());
         args.insert(train + 1, train_flags->flags.begin(), train_flags->flags.end());

@@ -25,7 +25,7 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
                  "iid | dirichlet:ALPHA | shards:K (K label shards per client)")
       ->capture_default_str();
   std::string csv_delimiter = ",";
-  flotilla::cli::AddCsvFlags(&app, &config.data_source, &config.csv, &csv_delimiter);
+  flotilla::cli::AddCsvFlags(&app, &config.data_source, &config.csv, &csv_delimiter, &config.images);
   app.add_option("--test-fraction", config.test_fraction,
                  "CSV: fraction of the records held out for the aggregator's evaluation")
       ->capture_default_str()

@@ -30,7 +30,8 @@ StatusOr<training::ModelRunner*> RunnerCache::For(const wire::TrainTask& task) {
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
                                     const std::vector<unsigned char>& model_public_key,
-                                    const std::string& federation, std::vector<float>* residual) {
+                                    const std::string& federation, std::vector<float>* residual,
+                                    const LocalTraining& device) {
   if (task.model_arch() != runner->arch()) {
     return FailedPrecondition("task is for a '" + task.model_arch() + "' model; this client runs '" +
                               runner->arch() + "'");
@@ -54,6 +55,8 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   config.momentum = task.config().momentum();
   config.weight_decay = task.config().weight_decay();
   config.seed = task.config().seed();
+  config.max_pass_examples = device.max_pass_examples;
+  config.on_step = device.on_step;
   const wire::TrainConfig& tc = task.config();
   const bool dpsgd = tc.dpsgd_noise_multiplier() > 0;
   training::TrainResult result;

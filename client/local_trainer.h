@@ -2,6 +2,7 @@
 // load the global weights, train, delta = local - global.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,9 +42,17 @@ class RunnerCache {
   std::unique_ptr<training::ModelRunner> runner_;
 };
 
+// How this device trains, beyond what the task says: its memory limit per
+// pass and a hook after every step (training::TrainConfig's fields).
+struct LocalTraining {
+  int max_pass_examples = 0;
+  std::function<bool(int64_t, int64_t)> on_step;
+};
+
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
                                     const std::vector<unsigned char>& model_public_key,
-                                    const std::string& federation, std::vector<float>* residual = nullptr);
+                                    const std::string& federation, std::vector<float>* residual = nullptr,
+                                    const LocalTraining& device = LocalTraining());
 
 }  // namespace flotilla::client

@@ -1,6 +1,7 @@
 #include "client/runner.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "client/local_trainer.h"
 #include "core/log.h"
@@ -11,7 +12,24 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
                                 const std::vector<unsigned char>& model_public_key,
                                 const std::atomic<bool>* stop, DeviceStore* store,
                                 const std::string& model_path, const std::function<bool()>& may_train) {
-  RunnerCache runners(model_path);
+  std::unique_ptr<DataSource> source = FixedSource(data);
+  RunOptions options;
+  options.data = source.get();
+  options.store = store;
+  options.model_path = model_path;
+  options.may_train = may_train;
+  return RunClient(config, model_public_key, stop, options);
+}
+
+StatusOr<ClientStats> RunClient(const SessionConfig& config,
+                                const std::vector<unsigned char>& model_public_key,
+                                const std::atomic<bool>* stop, const RunOptions& options) {
+  if (options.data == nullptr) return InvalidArgument("RunClient: no data source");
+  DeviceStore* store = options.store;
+  auto report = [&](Progress p) {
+    if (options.on_progress) options.on_progress(p);
+  };
+  RunnerCache runners(options.model_path);
   std::vector<float> residual;  // top-k error feedback, across this device's rounds
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
@@ -31,6 +49,14 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
       RETURN_IF_ERROR(session->ResumeUpdate(outbox.back()));
     }
   }
+  auto decline = [&](uint32_t round, const Status& why) {
+    Progress p;
+    p.event = Progress::Event::kDeclined;
+    p.round = round;
+    p.detail = std::string(why.message());
+    report(p);
+    return session->AbandonTask(why);
+  };
   while (!session->finished() && !(stop && stop->load())) {
     const auto wait = std::clamp(std::chrono::duration_cast<std::chrono::milliseconds>(
                                      session->NextDeadline() - Session::Clock::now()),
@@ -41,45 +67,101 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::Dat
     for (const Session::Settled& settled : session->TakeSettled()) {
       if (settled.recorded) stats.recorded_rounds.push_back(settled.round);
       if (store != nullptr) RETURN_IF_ERROR(store->RemoveOutbox(settled.round));
+      Progress p;
+      p.event = Progress::Event::kUpdateSettled;
+      p.round = settled.round;
+      p.recorded = settled.recorded;
+      report(p);
     }
-    if (std::optional<wire::TrainTask> task = session->TakeTask()) {
-      if (may_train && !may_train()) {
+    std::optional<wire::TrainTask> task = session->TakeTask();
+    if (!task) continue;
+    const uint32_t round = task->round();
+    if (options.may_train && !options.may_train()) {
+      ++stats.rounds_paused;
+      LOG_INFO("client", config.name << ": paused; declining round " << round);
+      RETURN_IF_ERROR(decline(round, Unavailable("paused on the device")));
+      continue;
+    }
+    StatusOr<training::DataView> data = options.data->TrainingData();
+    if (!data.ok()) {
+      ++stats.rounds_without_data;
+      LOG_WARN("client", config.name << ": no data for round " << round << ": " << data.status().message());
+      RETURN_IF_ERROR(decline(round, data.status()));
+      continue;
+    }
+    LOG_INFO("client", config.name << ": training round " << round << " on " << data->size() << " examples");
+    {
+      Progress p;
+      p.event = Progress::Event::kTask;
+      p.round = round;
+      report(p);
+    }
+    StatusOr<training::ModelRunner*> runner = runners.For(*task);
+    if (!runner.ok()) {
+      LOG_ERROR("client", config.name << ": cannot build the model for round " << round << ": "
+                                      << runner.status().message());
+      RETURN_IF_ERROR(decline(round, runner.status()));
+      continue;
+    }
+    LocalTraining local;
+    local.max_pass_examples = options.max_pass_examples;
+    bool paused_mid_round = false;
+    local.on_step = [&](int64_t step, int64_t steps) {
+      Progress p;
+      p.event = Progress::Event::kStep;
+      p.round = round;
+      p.step = step;
+      p.steps = steps;
+      report(p);
+      if ((options.may_train && !options.may_train()) || (stop && stop->load())) {
+        paused_mid_round = true;
+        return false;
+      }
+      return true;
+    };
+    StatusOr<wire::Update> update =
+        task->model_version() < newest
+            ? StatusOr<wire::Update>(PermissionDenied("the aggregator offered model version " +
+                                                      std::to_string(task->model_version()) +
+                                                      ", older than version " + std::to_string(newest) +
+                                                      " this device has verified: refusing a rollback"))
+            : RunTrainTask(*runner, *data, *task, model_public_key, config.federation, &residual, local);
+    if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
+    if (update.ok() && task->model_version() > newest) {
+      newest = task->model_version();
+      if (store != nullptr) RETURN_IF_ERROR(store->NoteVerified(config.federation, newest));
+    }
+    if (!update.ok()) {
+      if (paused_mid_round) {
         ++stats.rounds_paused;
-        LOG_INFO("client", config.name << ": paused; declining round " << task->round());
-        RETURN_IF_ERROR(session->AbandonTask(Unavailable("paused on the device")));
-        continue;
-      }
-      LOG_INFO("client",
-               config.name << ": training round " << task->round() << " on " << data.size() << " examples");
-      StatusOr<training::ModelRunner*> runner = runners.For(*task);
-      if (!runner.ok()) {
-        LOG_ERROR("client", config.name << ": cannot build the model for round " << task->round() << ": "
-                                        << runner.status().message());
-        RETURN_IF_ERROR(session->AbandonTask(runner.status()));
-        continue;
-      }
-      StatusOr<wire::Update> update =
-          task->model_version() < newest
-              ? StatusOr<wire::Update>(PermissionDenied("the aggregator offered model version " +
-                                                        std::to_string(task->model_version()) +
-                                                        ", older than version " + std::to_string(newest) +
-                                                        " this device has verified: refusing a rollback"))
-              : RunTrainTask(*runner, data, *task, model_public_key, config.federation, &residual);
-      if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
-      if (update.ok() && task->model_version() > newest) {
-        newest = task->model_version();
-        if (store != nullptr) RETURN_IF_ERROR(store->NoteVerified(config.federation, newest));
-      }
-      if (update.ok()) {
-        ++stats.rounds_trained;
-        // Durable before it leaves the device. (A secure-aggregation input
-        // is never resent: a new attempt would need fresh keys anyway.)
-        if (store != nullptr && !task->has_secagg()) RETURN_IF_ERROR(store->PutOutbox(*update));
-        RETURN_IF_ERROR(session->SubmitUpdate(std::move(update).value()));
+        LOG_INFO("client", config.name << ": paused during training; declining round " << round);
+        RETURN_IF_ERROR(decline(round, Unavailable("paused on the device")));
       } else {
-        RETURN_IF_ERROR(session->AbandonTask(update.status()));
+        RETURN_IF_ERROR(decline(round, update.status()));
       }
+      continue;
     }
+    ++stats.rounds_trained;
+    // Durable before it leaves the device. (A secure-aggregation input
+    // is never resent: a new attempt would need fresh keys anyway.)
+    if (store != nullptr && !task->has_secagg()) RETURN_IF_ERROR(store->PutOutbox(*update));
+    RETURN_IF_ERROR(session->SubmitUpdate(std::move(update).value()));
+    {
+      Progress p;
+      p.event = Progress::Event::kUpdateSent;
+      p.round = round;
+      report(p);
+    }
+    if (options.hold_after_send.count() > 0) {
+      LOG_WARN("client", config.name << ": FAULT INJECTION: update for round " << round << " sent; holding "
+                                     << options.hold_after_send.count() << " ms before reading the reply");
+      std::this_thread::sleep_for(options.hold_after_send);
+    }
+  }
+  if (session->finished()) {
+    Progress p;
+    p.event = Progress::Event::kFinished;
+    report(p);
   }
   stats.updates_acked = session->updates_acked();
   stats.reconnects = session->reconnects();

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <string>
 
+#include "client/data_source.h"
 #include "client/device_store.h"
 #include "client/session.h"
 #include "core/status.h"
@@ -20,20 +22,56 @@ struct ClientStats {
   int reconnects = 0;
   int models_refused = 0;                 // failed signature verification
   int rounds_paused = 0;                  // declined because may_train said no
+  int rounds_without_data = 0;            // declined because the data source failed
   std::vector<uint32_t> recorded_rounds;  // rounds whose update the aggregator confirmed
+};
+
+// What the runtime reports as it goes (RunOptions::on_progress).
+struct Progress {
+  enum class Event {
+    kTask,           // a round's task arrived; training starts
+    kStep,           // one optimizer step done (step of steps)
+    kUpdateSent,     // the update is in the outbox and on its way
+    kUpdateSettled,  // the aggregator recorded it (recorded) or refused it for good
+    kDeclined,       // the round was declined (detail says why: paused, no data, ...)
+    kFinished,       // the federation is over
+  };
+  Event event = Event::kTask;
+  uint32_t round = 0;
+  int64_t step = 0, steps = 0;
+  bool recorded = false;
+  std::string detail;
+};
+
+struct RunOptions {
+  DataSource* data = nullptr;    // required: asked for its examples before every task
+  DeviceStore* store = nullptr;  // outbox and anti-rollback; nullptr: nothing survives a restart
+  std::string model_path;        // the device's copy of a TorchScript federation's model
+  // Asked before each task and after every training step: false (the
+  // device is busy, on battery, paused by its owner) declines the round
+  // with "paused on the device" (a training in progress is stopped and its
+  // work dropped), so the round does not wait for this device. Keep it cheap.
+  std::function<bool()> may_train;
+  std::function<void(const Progress&)> on_progress;
+  int max_pass_examples = 0;  // training::TrainConfig::max_pass_examples
+  // FAULT INJECTION (tests): after an update is handed to the socket, sleep
+  // this long before reading the reply: a window in which to kill the
+  // process between sending and the acknowledgement.
+  std::chrono::milliseconds hold_after_send{0};
 };
 
 // Blocks until Finished, `*stop` becomes true, or a fatal error. The model
 // is built for the architecture each task names: a built-in one, or the
-// TorchScript file `model_path` split as the task's options say.
+// TorchScript file options.model_path split as the task's options say.
 // Every model is verified with `model_public_key` before it is loaded.
-// With a `store`, each update is written to its outbox (synced) before it is
+// With a store, each update is written to its outbox (synced) before it is
 // sent and removed once settled; an update left there by a crash is sent
-// again first thing.
-// `may_train` (when given) is asked before each task: false (the device is
-// busy, on battery, paused by its owner) declines that round with the
-// reason "paused on the device" instead of training, so the round does not
-// wait for it.
+// again first thing (the aggregator records it once).
+StatusOr<ClientStats> RunClient(const SessionConfig& config,
+                                const std::vector<unsigned char>& model_public_key,
+                                const std::atomic<bool>* stop, const RunOptions& options);
+
+// The same over a fixed set of examples.
 StatusOr<ClientStats> RunClient(const SessionConfig& config, const training::DataView& data,
                                 const std::vector<unsigned char>& model_public_key,
                                 const std::atomic<bool>* stop, DeviceStore* store = nullptr,

@@ -220,7 +220,12 @@ Status Session::OnTick() {
     LOG_INFO("client", config_.name << ": no reply from " << config_.endpoint << " in "
                                     << config_.request_timeout.count() << " ms; reconnecting");
     RETURN_IF_ERROR(Reconnect());
-    reply_deadline_ = now + config_.request_timeout + backoff_;
+    // Jittered, uniform in [backoff/2, backoff]: a fleet that lost its
+    // aggregator does not come back in lockstep.
+    Rng jitter(DeriveSeed(jitter_seed_, "reconnect", static_cast<uint64_t>(reconnects_)));
+    const auto half = backoff_ / 2;
+    reply_deadline_ = now + config_.request_timeout + half +
+                      std::chrono::milliseconds(jitter.UniformInt(static_cast<uint64_t>(half.count()) + 1));
   }
   return Status::Ok();
 }

@@ -14,7 +14,9 @@
 //
 // A request with no reply within request_timeout is treated as a lost
 // connection: the socket is recreated and the session says Hello again
-// (resending an unacknowledged update afterwards), with exponential backoff.
+// (resending an unacknowledged update afterwards), with exponential backoff
+// (0.5 s doubling up to max_backoff) and jitter, so it keeps trying for as
+// long as the aggregator is away.
 //
 // Thread-safety: not thread-safe; one thread drives a session.
 #pragma once
@@ -128,7 +130,11 @@ class Session {
   const std::optional<wire::Finished>& finished_message() const { return finished_msg_; }
 
  private:
-  Session(net::Context* context, const SessionConfig& config) : context_(context), config_(config) {}
+  Session(net::Context* context, const SessionConfig& config)
+      : context_(context),
+        config_(config),
+        jitter_seed_(std::hash<std::string>()(config.name) ^
+                     static_cast<uint64_t>(Clock::now().time_since_epoch().count())) {}
   Status Reconnect();
   Status SendHello();
   Status SendTaskRequest();
@@ -174,6 +180,7 @@ class Session {
   void Settle(bool recorded);
   int updates_acked_ = 0;
   int reconnects_ = 0;
+  uint64_t jitter_seed_;
 };
 
 const char* StateName(Session::State state);

@@ -74,8 +74,7 @@ StatusOr<FleetData> LoadCsvFleet(const SimConfig& config, const std::string& pat
 // An image folder: one standardization (the folder's pixel statistics) for
 // all; devices are views onto the one decoded copy.
 StatusOr<FleetData> LoadImageFleet(const SimConfig& config, const std::string& root) {
-  ASSIGN_OR_RETURN(training::ImageFolderData images,
-                   training::LoadImageFolder(root, training::ImageFolderOptions()));
+  ASSIGN_OR_RETURN(training::ImageFolderData images, training::LoadImageFolder(root, config.images));
   auto all = std::make_shared<const Dataset>(std::move(images.dataset));
   ASSIGN_OR_RETURN(Split split, SplitRows(*all, config, root, "image-split", "images"));
   FleetData data;

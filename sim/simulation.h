@@ -13,6 +13,7 @@
 #include "aggregator/server.h"
 #include "core/status.h"
 #include "training/csv.h"
+#include "training/image_folder.h"
 
 namespace flotilla::sim {
 
@@ -24,6 +25,7 @@ struct SimConfig {
   // of them held out for the aggregator's evaluation (see sim/fleet_data.h).
   std::string data_source = "fashion-mnist";
   training::CsvOptions csv;
+  training::ImageFolderOptions images;  // images:DIR: the model's input size and channels
   double test_fraction = 0.2;
   int64_t train_limit = 0;               // 0 = all 60,000 training examples
   int64_t test_limit = 0;                // 0 = all 10,000 test examples

@@ -475,6 +475,11 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
       }
       optimizer.step();
       ++result.steps;
+      if (config.on_step && !config.on_step(result.steps, steps)) {
+        for (auto& p : impl_->trainable) p.mutable_grad() = torch::Tensor();
+        return fail(Aborted("TrainDpSgd: stopped after step " + std::to_string(result.steps) + " of " +
+                            std::to_string(steps) + "; the model was left as before training"));
+      }
     }
     result.mean_loss = window_examples > 0 ? window_loss / static_cast<double>(window_examples) : 0.0;
     for (auto& p : impl_->trainable) p.mutable_grad() = torch::Tensor();

@@ -257,6 +257,9 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
     std::vector<int64_t> order = data.indices;
     const size_t n = order.size();
     const size_t batch = static_cast<size_t>(config.batch_size);
+    const size_t pass =
+        config.max_pass_examples > 0 ? std::min(batch, static_cast<size_t>(config.max_pass_examples)) : batch;
+    const int64_t total_steps = static_cast<int64_t>((n + batch - 1) / batch) * config.epochs;
     for (int epoch = 0; epoch < config.epochs; ++epoch) {
       impl_->SetTraining(true);
       rng.Shuffle(&order);
@@ -264,14 +267,23 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
       int64_t epoch_steps = 0;
       for (size_t begin = 0; begin < n; begin += batch) {
         const size_t end = std::min(n, begin + batch);
-        const torch::Tensor idx = IndexTensor(order, begin, end);
-        const torch::Tensor x = all.features.index_select(0, idx);
-        const torch::Tensor y = all.labels.index_select(0, idx);
-
         optimizer.zero_grad();
-        const torch::Tensor output = impl_->Forward(x);
-        const torch::Tensor loss = F::cross_entropy(output, y);
-        const double loss_value = loss.item<double>();
+        // One step, over passes of at most `pass` examples whose gradients
+        // add up to the batch mean's.
+        double loss_value = 0.0;
+        for (size_t from = begin; from < end; from += pass) {
+          const size_t to = std::min(end, from + pass);
+          const torch::Tensor idx = IndexTensor(order, from, to);
+          const torch::Tensor x = all.features.index_select(0, idx);
+          const torch::Tensor y = all.labels.index_select(0, idx);
+          const torch::Tensor output = impl_->Forward(x);
+          torch::Tensor loss = F::cross_entropy(output, y);
+          if (to - from != end - begin) {
+            loss = loss * (static_cast<double>(to - from) / static_cast<double>(end - begin));
+          }
+          loss_value += loss.item<double>();
+          loss.backward();
+        }
         if (!std::isfinite(loss_value)) {
           impl_->Restore(before);
           return InvalidArgument("Train: the loss became " + std::to_string(loss_value) + " at epoch " +
@@ -279,11 +291,15 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
                                  "; the model was left as before training. Lower the learning rate (was " +
                                  std::to_string(config.learning_rate) + ") or check the data");
         }
-        loss.backward();
         optimizer.step();
         loss_sum += loss_value;
         ++epoch_steps;
         ++result.steps;
+        if (config.on_step && !config.on_step(result.steps, total_steps)) {
+          impl_->Restore(before);
+          return Aborted("Train: stopped after step " + std::to_string(result.steps) + " of " +
+                         std::to_string(total_steps) + "; the model was left as before training");
+        }
       }
       result.mean_loss = loss_sum / static_cast<double>(epoch_steps);
     }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,15 @@ struct TrainConfig {
   double momentum = 0.0;
   double weight_decay = 0.0;
   uint64_t seed = 0;  // batch order
+  // Examples per forward/backward pass (0 = the whole batch). A larger batch
+  // is accumulated over several passes: the same step with less peak memory
+  // (BatchNorm, which normalizes per pass, then sees the smaller passes).
+  // Ordinary training only; DP-SGD ignores it.
+  int max_pass_examples = 0;
+  // Called after every optimizer step with (steps done, steps in the run).
+  // Returning false stops training: Train and TrainDpSgd then fail with
+  // Aborted and leave the module as it was before.
+  std::function<bool(int64_t, int64_t)> on_step;
 };
 
 struct TrainResult {
