@@ -63,7 +63,7 @@ TEST_CASE("Config keys become the flags of the roles that take them", "[cli]") {
   const std::set<std::string> cflags(client->flags.begin(), client->flags.end());
   CHECK(cflags.count("--connect=tcp://127.0.0.1:7400"));  // the same key, the device's flag
   CHECK_FALSE(cflags.count("--epochs=2"));                // training settings travel in tasks
-  auto train = cli::ReadConfigFlags(kExample, "client train");
+  auto train = cli::ReadConfigFlags(kExample, "client run");
   REQUIRE(train.ok());
   const std::set<std::string> tflags(train->flags.begin(), train->flags.end());
   CHECK(tflags.count("--seed=7"));  // the partition seed is shared, not handed over by hand
