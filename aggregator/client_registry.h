@@ -30,8 +30,9 @@ class ClientRegistry {
     std::optional<uint64_t> parked_request;  // request id of a held TaskRequest
     Clock::time_point parked_since;
     bool told_finished = false;
-    std::string secagg_key;   // Ed25519 identity key from Hello (32 bytes, or empty)
-    std::string secagg_cert;  // its enrolment certificate (64 bytes, or empty)
+    bool wants_final_model = false;  // its TaskRequest asked for the final model with Finished
+    std::string secagg_key;          // Ed25519 identity key from Hello (32 bytes, or empty)
+    std::string secagg_cert;         // its enrolment certificate (64 bytes, or empty)
     int64_t first_seen_unix_ms = 0;
     uint32_t updates_accepted = 0;
     std::map<std::string, uint64_t> rejected;  // refused updates by reason

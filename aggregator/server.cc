@@ -48,8 +48,12 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     LOG_WARN("aggregator",
              "INSECURE MODE: no encryption and no client allowlist. Use only for local debugging.");
   }
+  // The last replies (Finished, with a final model) must leave before the
+  // process exits: up to a second to flush them on close.
+  net::SocketOptions socket_options = config.socket;
+  socket_options.linger_ms = std::max(socket_options.linger_ms, 1000);
   ASSIGN_OR_RETURN(std::unique_ptr<net::ServerSocket> socket,
-                   net::ServerSocket::Bind(context, config.endpoint, config.socket));
+                   net::ServerSocket::Bind(context, config.endpoint, socket_options));
   const uint64_t model_bytes = static_cast<uint64_t>(initial.data.size()) * sizeof(float);
   std::unique_ptr<Aggregator> agg(
       new Aggregator(config, std::move(store), std::move(zap), std::move(socket), model_bytes));
@@ -229,6 +233,7 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
   }
   switch (env.body_case()) {
     case wire::Envelope::kTaskRequest:
+      clients_[client_id].wants_final_model = env.task_request().final_model();
       HandleTaskRequest(client_id, env.request_id());
       return Status::Ok();
     case wire::Envelope::kUpdate:
@@ -380,6 +385,15 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
     reply.mutable_finished()->set_rounds_completed(engine_->rounds_done());
     reply.mutable_finished()->set_final_model_version(model_version());
     reply.mutable_finished()->set_reason("all rounds completed");
+    if (state.wants_final_model) {
+      StatusOr<wire::PullReply> final_model = engine_->registry().Pull(wire::PullRequest());
+      if (final_model.ok()) {
+        *reply.mutable_finished()->mutable_final_model() = std::move(final_model).value();
+      } else {
+        LOG_WARN("aggregator", "cannot attach the final model for '"
+                                   << state.name << "': " << final_model.status().message());
+      }
+    }
     ReplyToClient(client_id, request_id, std::move(reply));
     state.told_finished = true;
     return;

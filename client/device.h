@@ -40,6 +40,7 @@ struct DeviceOptions {
   std::string model_path;                        // the device's copy of a TorchScript federation's model
   int threads = 1;                               // Torch threads for training (the process's pool)
   int max_pass_examples = 0;                     // examples per forward/backward pass (0 = the task's batch)
+  bool keep_final_model = false;                 // RunOptions::keep_final_model (needs state_dir)
   std::chrono::milliseconds hold_after_send{0};  // FAULT INJECTION (tests): RunOptions::hold_after_send
 };
 

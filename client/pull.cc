@@ -36,14 +36,20 @@ StatusOr<PullResult> PullModel(const SessionConfig& config, DeviceStore* store, 
                                const std::vector<unsigned char>& model_public_key,
                                std::chrono::milliseconds timeout) {
   ASSIGN_OR_RETURN(std::optional<HeldModel> held, store->GetModel());
-  ASSIGN_OR_RETURN(const uint64_t newest, store->NewestVerified(config.federation));
   wire::Envelope request;
   request.mutable_pull_request()->set_version(version);
   request.mutable_pull_request()->set_have_version(held ? held->version : 0);
   ASSIGN_OR_RETURN(wire::Envelope reply, Exchange(config, request, timeout));
   if (!reply.has_pull_reply())
     return Internal("unexpected reply to a pull: " + std::string(proto::BodyName(reply)));
-  const wire::PullReply& r = reply.pull_reply();
+  return AcceptPulledModel(config, store, version, reply.pull_reply(), model_public_key);
+}
+
+StatusOr<PullResult> AcceptPulledModel(const SessionConfig& config, DeviceStore* store, uint64_t version,
+                                       const wire::PullReply& r,
+                                       const std::vector<unsigned char>& model_public_key) {
+  ASSIGN_OR_RETURN(std::optional<HeldModel> held, store->GetModel());
+  ASSIGN_OR_RETURN(const uint64_t newest, store->NewestVerified(config.federation));
   if (version != 0 && r.version() != version) {
     return InvalidArgument("asked for model version " + std::to_string(version) +
                            " but the aggregator sent " + std::to_string(r.version()));

@@ -31,6 +31,12 @@ StatusOr<PullResult> PullModel(const SessionConfig& config, DeviceStore* store, 
                                const std::vector<unsigned char>& model_public_key,
                                std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
+// The checks and the store update of PullModel for a reply already in hand
+// (the final model a Finished message carries; `version` 0 = as the latest).
+StatusOr<PullResult> AcceptPulledModel(const SessionConfig& config, DeviceStore* store, uint64_t version,
+                                       const wire::PullReply& reply,
+                                       const std::vector<unsigned char>& model_public_key);
+
 StatusOr<wire::StatusReply> QueryStatus(const SessionConfig& config,
                                         std::chrono::milliseconds timeout = std::chrono::seconds(10));
 

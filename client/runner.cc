@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "client/local_trainer.h"
+#include "client/pull.h"
 #include "core/log.h"
 
 namespace flotilla::client {
@@ -29,10 +30,15 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
   auto report = [&](Progress p) {
     if (options.on_progress) options.on_progress(p);
   };
+  if (options.keep_final_model && store == nullptr) {
+    return InvalidArgument("RunClient: keeping the final model needs a device store");
+  }
+  SessionConfig session_config = config;
+  session_config.want_final_model = options.keep_final_model;
   RunnerCache runners(options.model_path);
   std::vector<float> residual;  // top-k error feedback, across this device's rounds
   net::Context context;
-  ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, config));
+  ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, session_config));
   ClientStats stats;
   // Anti-rollback: never train on a model older than one already verified.
   uint64_t newest = 0;
@@ -157,6 +163,17 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
                                      << options.hold_after_send.count() << " ms before reading the reply");
       std::this_thread::sleep_for(options.hold_after_send);
     }
+  }
+  if (session->finished() && options.keep_final_model) {
+    const auto& finished = session->finished_message();
+    if (!finished || !finished->has_final_model()) {
+      return Unavailable("the federation is over but the aggregator sent no final model");
+    }
+    ASSIGN_OR_RETURN(PullResult kept,
+                     AcceptPulledModel(config, store, 0, finished->final_model(), model_public_key));
+    stats.final_model_version = kept.model.version;
+    LOG_INFO("client", config.name << ": kept the final model, version " << kept.model.version
+                                   << " (signature verified)");
   }
   if (session->finished()) {
     Progress p;

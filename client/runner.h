@@ -24,6 +24,7 @@ struct ClientStats {
   int rounds_paused = 0;                  // declined because may_train said no
   int rounds_without_data = 0;            // declined because the data source failed
   std::vector<uint32_t> recorded_rounds;  // rounds whose update the aggregator confirmed
+  uint64_t final_model_version = 0;       // the final model kept in the store (keep_final_model)
 };
 
 // What the runtime reports as it goes (RunOptions::on_progress).
@@ -54,6 +55,10 @@ struct RunOptions {
   std::function<bool()> may_train;
   std::function<void(const Progress&)> on_progress;
   int max_pass_examples = 0;  // training::TrainConfig::max_pass_examples
+  // When the federation ends, take its final model (sent with Finished),
+  // verify it and keep it in the store (RunOptions::store is then required):
+  // what the device's own inference uses afterwards.
+  bool keep_final_model = false;
   // FAULT INJECTION (tests): after an update is handed to the socket, sleep
   // this long before reading the reply: a window in which to kill the
   // process between sending and the acknowledgement.

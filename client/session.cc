@@ -60,7 +60,7 @@ Status Session::SendHello() {
 
 Status Session::SendTaskRequest() {
   wire::Envelope env;
-  env.mutable_task_request();
+  env.mutable_task_request()->set_final_model(config_.want_final_model);
   return Send(&env, State::kRequesting);
 }
 
@@ -372,8 +372,7 @@ Status Session::EndSecureUpdate(bool completed, const std::string& why) {
 }
 
 Status Session::AbandonTask(const Status& why) {
-  LOG_WARN("client", config_.name << ": local training failed, declining round " << training_round_ << ": "
-                                  << why.ToString());
+  LOG_WARN("client", config_.name << ": declining round " << training_round_ << ": " << why.ToString());
   pending_task_.reset();
   // Tell the aggregator, so that the round does not wait for this device.
   wire::Envelope env;

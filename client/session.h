@@ -45,6 +45,9 @@ struct SessionConfig {
   // must name it, and every model's signature must cover it.
   std::string federation = "flotilla";
   int64_t num_examples = 0;  // announced in Hello
+  // Ask for the federation's final model with Finished (finished_message()
+  // then carries it, unverified: client/pull.h AcceptPulledModel).
+  bool want_final_model = false;
   std::chrono::milliseconds request_timeout{30000};
   std::chrono::milliseconds max_backoff{10000};
   net::SocketOptions socket;

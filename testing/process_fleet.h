@@ -129,6 +129,35 @@ struct ProcessFleet {
     return args;
   }
 
+  // device.toml for device i (as `flotilla client run --config` reads it):
+  // this fleet's endpoint and keys, partition i of `clients` of the
+  // Fashion-MNIST training split, its own store, short timeouts; then
+  // `extra` (more TOML lines, e.g. a [device] model_out). Returns its path.
+  std::filesystem::path WriteDeviceConfig(int i, const std::string& extra = "") const {
+    const std::string k = (dir / "keys").string();
+    const std::string name = "dev" + std::to_string(i);
+    const std::filesystem::path path = dir / (name + ".toml");
+    std::ofstream out(path);
+    out << "[federation]\nendpoint = \"" << endpoint() << "\"\nseed = 3\n"
+        << "[keys]\nserver_key = \"" << k << "/aggregator.curve.pub\"\nmodel_key = \"" << k
+        << "/aggregator.sign.pub\"\n"
+        << "[data]\nclients = " << clients << "\ntrain_limit = 2000\n"
+        << "[log]\nlevel = \"info\"\n"
+        << "[device]\nname = \"" << name << "\"\nstate_dir = \"" << (dir / name).string()
+        << "\"\ncurve_key = \"" << k << "/" << name << ".curve.key\"\n"
+        << "request_timeout_ms = 1500\nmax_backoff_ms = 4000\nthreads = 1\n"
+        << extra;
+    return path;
+  }
+  // `flotilla client --config devI.toml run --index i`, then `extra`.
+  std::vector<std::string> DaemonArgs(int i, const std::vector<std::string>& extra = {}) const {
+    std::vector<std::string> args = {
+        FLOTILLA_BIN, "client",  "--config",       (dir / ("dev" + std::to_string(i) + ".toml")).string(),
+        "run",        "--index", std::to_string(i)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+
   // A status query as device 0 (a separate connection; no Hello).
   client::SessionConfig Probe() const {
     client::SessionConfig probe;

@@ -589,6 +589,48 @@ TEST_CASE("Training is deterministic given its seeds", "[training][model]") {
   }
 }
 
+TEST_CASE("Batches accumulated over smaller passes give the same update", "[training][model]") {
+  SetTorchThreads(1);
+  auto data = std::make_shared<const Dataset>(MakeSynthetic(200, 6));
+  const DataView view = DataView::All(data);
+  TrainConfig config;
+  config.batch_size = 50;
+  config.momentum = 0.9;
+  config.seed = 3;
+  auto whole = MakeRunner("2nn", 2);
+  auto passes = MakeRunner("2nn", 2);
+  REQUIRE(whole->Train(view, config).ok());
+  config.max_pass_examples = 7;  // 50 = 7 * 7 + 1: uneven passes
+  auto result = passes->Train(view, config);
+  REQUIRE(result.ok());
+  CHECK(result->steps == 4);  // steps are batches, not passes
+  const Weights a = whole->GetWeights(), b = passes->GetWeights();
+  double max_diff = 0;
+  for (size_t i = 0; i < a.data.size(); ++i)
+    max_diff = std::max(max_diff, double(std::fabs(a.data[i] - b.data[i])));
+  CHECK(max_diff < 1e-5);  // float summation order only
+  CHECK(max_diff > 0);     // and truly computed another way
+}
+
+TEST_CASE("A step hook that says stop aborts training and restores the model", "[training][model]") {
+  auto data = std::make_shared<const Dataset>(MakeSynthetic(200, 6));
+  auto runner = MakeRunner("logreg", 2);
+  const Weights original = runner->GetWeights();
+  TrainConfig config;
+  config.epochs = 2;
+  std::vector<std::pair<int64_t, int64_t>> seen;
+  config.on_step = [&](int64_t step, int64_t steps) {
+    seen.emplace_back(step, steps);
+    return step < 3;
+  };
+  auto result = runner->Train(DataView::All(data), config);
+  REQUIRE(result.status().code() == StatusCode::kAborted);
+  CHECK_THAT(result.status().message(), Catch::Contains("stopped after step 3 of 14"));
+  REQUIRE(seen.size() == 3);
+  CHECK(seen.back() == std::make_pair<int64_t, int64_t>(3, 14));  // 2 epochs of ceil(200 / 32)
+  CHECK(runner->GetWeights().data == original.data);
+}
+
 TEST_CASE("The 2nn learns Fashion-MNIST", "[training][model][slow]") {
   SetTorchThreads(1);
   auto train = LoadOrFail(Split::kTrain, 2000);

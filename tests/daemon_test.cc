@@ -1,0 +1,181 @@
+// The device daemon (`flotilla client run --config device.toml`) as
+// separate processes against a real aggregator process: started before its
+// aggregator, losing it for a minute, killed with SIGKILL between sending
+// an update and reading its acknowledgement.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "aggregator/store.h"
+#include "client/pull.h"
+#include "privacy/keys.h"
+#include "testing/process_fleet.h"
+#include "testing/subprocess.h"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+
+using testing::Spawn;
+
+std::vector<std::string> AggregatorArgs(const testing::ProcessFleet& fleet, int rounds,
+                                        const std::string& arch = "logreg", int epochs = 1) {
+  return fleet.AggregatorArgs({"--arch", arch, "--rounds", std::to_string(rounds), "--epochs",
+                               std::to_string(epochs), "--batch", "32", "--lr", "0.05", "--seed", "3",
+                               "--no-eval", "--finish-grace", "3", "--deadline", "300"});
+}
+
+std::string ReadAll(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Waits until `log` contains `text` (or the time is up).
+bool WaitForLog(const fs::path& log, const std::string& text, std::chrono::seconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    if (ReadAll(log).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// The end of a log, for failure messages.
+std::string Tail(const fs::path& log) {
+  const std::string all = ReadAll(log);
+  return all.size() > 3000 ? all.substr(all.size() - 3000) : all;
+}
+
+// Every round completed, and in each the devices' updates each counted once.
+void CheckRounds(const testing::ProcessFleet& fleet, int rounds) {
+  auto store = aggregator::Store::OpenReadOnly(fleet.store().string());
+  REQUIRE(store.ok());
+  auto records = (*store)->ListRounds();
+  REQUIRE(records.ok());
+  REQUIRE(records->size() == static_cast<size_t>(rounds));
+  for (const auto& r : *records) {
+    INFO("round " << r.round());
+    CHECK(r.outcome() == records::RoundRecord::OUTCOME_COMPLETED);
+    const std::multiset<std::string> received(r.received().begin(), r.received().end());
+    CHECK(received.size() == static_cast<size_t>(fleet.clients));
+    for (const auto& key : received) CHECK(received.count(key) == 1);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("A daemon started before its aggregator finishes and writes the final model", "[crash][daemon]") {
+  testing::ProcessFleet fleet("daemon-first", 2);
+  std::vector<pid_t> devices;
+  for (int i = 0; i < 2; ++i) {
+    fleet.WriteDeviceConfig(i,
+                            "model_out = \"" + (fleet.dir / ("final" + std::to_string(i))).string() + "\"\n");
+    devices.push_back(Spawn(fleet.DaemonArgs(i), fleet.log("dev" + std::to_string(i))));
+  }
+  // Nobody is listening yet: the daemons keep trying.
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  for (pid_t d : devices) REQUIRE(::waitpid(d, nullptr, WNOHANG) == 0);
+  const pid_t agg = Spawn(AggregatorArgs(fleet, 2), fleet.log("aggregator"));
+  INFO("logs in " << fleet.dir.string());
+  REQUIRE(WaitProcess(agg) == 0);
+  for (int i = 0; i < 2; ++i) {
+    INFO(Tail(fleet.log("dev" + std::to_string(i))));
+    CHECK(WaitProcess(devices[static_cast<size_t>(i)]) == 0);
+  }
+  CheckRounds(fleet, 2);
+  for (int i = 0; i < 2; ++i) {
+    const std::string log = ReadAll(fleet.log("dev" + std::to_string(i)));
+    CHECK(log.find("recorded rounds: 1 2") != std::string::npos);
+    CHECK(log.find("wrote the final model (version 3, signature verified)") != std::string::npos);
+    // The file the device's own code reads: the federation's last model.
+    const std::string weights = ReadAll(fleet.dir / ("final" + std::to_string(i)));
+    CHECK(fs::exists(fleet.dir / ("final" + std::to_string(i) + ".json")));
+    auto store = aggregator::Store::OpenReadOnly(fleet.store().string());
+    REQUIRE(store.ok());
+    auto model = (*store)->GetModel(3);  // version 1 is the initial model
+    REQUIRE(model.ok());
+    CHECK((weights == model->weights().data()));
+  }
+}
+
+TEST_CASE("Daemons whose aggregator disappears for a minute finish the federation", "[crash][daemon]") {
+  const char* env = std::getenv("FLOTILLA_OUTAGE_SECONDS");
+  const int outage = env != nullptr ? std::atoi(env) : 60;
+  testing::ProcessFleet fleet("daemon-outage", 2);
+  std::vector<pid_t> devices;
+  for (int i = 0; i < 2; ++i) {
+    fleet.WriteDeviceConfig(i);
+    devices.push_back(Spawn(fleet.DaemonArgs(i), fleet.log("dev" + std::to_string(i))));
+  }
+  // Rounds of about a second (2nn, 5 epochs): the kill lands mid-federation.
+  pid_t agg = Spawn(AggregatorArgs(fleet, 5, "2nn", 5), fleet.log("aggregator"));
+  INFO("logs in " << fleet.dir.string());
+  // Once the first round is in, the aggregator vanishes without a word.
+  bool first_done = false;
+  for (int tries = 0; tries < 600 && !first_done; ++tries) {
+    auto status = client::QueryStatus(fleet.Probe(), std::chrono::milliseconds(200));
+    first_done = status.ok() && status->rounds_completed() >= 1;
+    if (!first_done) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  INFO(Tail(fleet.log("aggregator")));
+  INFO(Tail(fleet.log("dev0")));
+  REQUIRE(first_done);
+  ::kill(agg, SIGKILL);
+  WaitProcess(agg);
+  std::this_thread::sleep_for(std::chrono::seconds(outage));
+  for (pid_t d : devices) REQUIRE(::waitpid(d, nullptr, WNOHANG) == 0);  // still trying
+  agg = Spawn(AggregatorArgs(fleet, 5, "2nn", 5), fleet.log("aggregator"));
+  REQUIRE(WaitProcess(agg) == 0);
+  for (int i = 0; i < 2; ++i) {
+    INFO(Tail(fleet.log("dev" + std::to_string(i))));
+    CHECK(WaitProcess(devices[static_cast<size_t>(i)]) == 0);
+  }
+  CheckRounds(fleet, 5);
+  for (int i = 0; i < 2; ++i) {
+    const std::string log = ReadAll(fleet.log("dev" + std::to_string(i)));
+    CHECK(log.find("recorded rounds: 1 2 3 4 5") != std::string::npos);
+    CHECK(log.find("reconnecting") != std::string::npos);
+  }
+}
+
+TEST_CASE("A daemon killed between sending its update and the acknowledgement delivers it once",
+          "[crash][daemon]") {
+  testing::ProcessFleet fleet("daemon-kill", 2);
+  for (int i = 0; i < 2; ++i) fleet.WriteDeviceConfig(i);
+  const pid_t agg = Spawn(AggregatorArgs(fleet, 2), fleet.log("aggregator"));
+  const pid_t dev0 = Spawn(fleet.DaemonArgs(0), fleet.log("dev0"));
+  // dev1 holds still for 30 s once its round-1 update is on the wire: the
+  // aggregator stores and acknowledges it meanwhile; dev1 never reads that.
+  std::vector<std::string> held = {"/usr/bin/env", "FLOTILLA_FAULT_HOLD_AFTER_SEND_MS=30000"};
+  for (const auto& a : fleet.DaemonArgs(1)) held.push_back(a);
+  pid_t dev1 = Spawn(held, fleet.log("dev1-first"));
+  INFO("logs in " << fleet.dir.string());
+  REQUIRE(WaitForLog(fleet.log("dev1-first"), "update for round 1 sent; holding", std::chrono::seconds(120)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the update reaches the aggregator
+  ::kill(dev1, SIGKILL);
+  CHECK(WaitProcess(dev1) == -SIGKILL);
+  dev1 = Spawn(fleet.DaemonArgs(1), fleet.log("dev1"));
+  REQUIRE(WaitProcess(agg) == 0);
+  CHECK(WaitProcess(dev0) == 0);
+  CHECK(WaitProcess(dev1) == 0);
+  // The restarted daemon found the update in its outbox, sent it again, and
+  // the aggregator counted it once (it said so: already recorded).
+  const std::string log = ReadAll(fleet.log("dev1"));
+  CHECK(log.find("re-sending the update for round 1 from the outbox") != std::string::npos);
+  CHECK(log.find("recorded rounds: 1 2") != std::string::npos);
+  CHECK(log.find("trained 1 rounds") != std::string::npos);  // round 1 was not trained again
+  CheckRounds(fleet, 2);
+}

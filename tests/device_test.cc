@@ -1,0 +1,242 @@
+// The device runtime as a library (client/device.h) and its data sources
+// (client/data_source.h), against a real aggregator over CURVE on loopback.
+#include "client/device.h"
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "aggregator/server.h"
+#include "client/data_source.h"
+#include "testing/test_aggregator.h"
+#include "testing/test_keys.h"
+#include "training/dataset.h"
+#include "training/model.h"
+
+using namespace flotilla;
+
+namespace {
+
+using testing::TempPath;
+
+// A logreg federation of `rounds` that needs `min_clients` devices and
+// closes a round on the first update when others decline.
+struct Federation {
+  testing::TestKeys keys;
+  std::filesystem::path store;
+  net::Context context;
+  std::unique_ptr<aggregator::Aggregator> agg;
+  Status run;
+  std::thread server;
+
+  Federation(const std::string& name, int rounds, int devices) : keys(devices), store(TempPath(name)) {
+    aggregator::AggregatorConfig config;
+    config.endpoint = "tcp://127.0.0.1:*";
+    config.store_path = store.string();
+    config.model_arch = "logreg";
+    config.rounds = rounds;
+    config.min_clients = devices;
+    config.min_updates = 1;
+    config.round_deadline_seconds = 60.0;
+    config.finish_grace_seconds = 1.0;
+    keys.Apply(&config);
+    auto runner = training::ModelRunner::Create("logreg", 1);
+    REQUIRE(runner.ok());
+    auto created =
+        aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
+    REQUIRE(created.ok());
+    agg = std::move(created).value();
+    server = std::thread([this] { run = agg->Run(); });
+  }
+  ~Federation() {
+    if (server.joinable()) server.join();
+    std::filesystem::remove_all(store);
+  }
+
+  client::DeviceOptions Options(int i) const {
+    client::DeviceOptions o;
+    o.session.endpoint = agg->endpoint();
+    o.session.name = "device-" + std::to_string(i);
+    o.session.socket = keys.ClientSocket(i);
+    o.model_public_key = keys.signing->public_key;
+    return o;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("The application's callback feeds each round and progress is reported", "[integration][device]") {
+  Federation fed("device-callback", 3, 2);
+  // Device 0: the application's own examples, fetched fresh every round.
+  std::atomic<int> fetches{0};
+  auto fetch = [&]() -> StatusOr<training::Dataset> {
+    ++fetches;
+    return training::MakeSynthetic(120, 10 + static_cast<uint64_t>(fetches.load()));
+  };
+  std::mutex mu;
+  std::vector<client::Progress> events;
+  client::DeviceCallbacks callbacks;
+  callbacks.on_progress = [&](const client::Progress& p) {
+    std::lock_guard<std::mutex> lock(mu);
+    events.push_back(p);
+  };
+  auto app = client::Device::Create(fed.Options(0), client::CallbackSource(fetch, 0.25, 7), callbacks);
+  REQUIRE(app.ok());
+  // Device 1: its data source fails every time (a camera that is off):
+  // it declines, and the rounds do not wait for it.
+  auto broken =
+      client::Device::Create(fed.Options(1), client::CallbackSource([]() -> StatusOr<training::Dataset> {
+                               return Unavailable("the camera is off");
+                             }));
+  REQUIRE(broken.ok());
+  StatusOr<client::ClientStats> broken_stats = Internal("not run");
+  std::thread other([&] { broken_stats = (*broken)->Run(); });
+  auto stats = (*app)->Run();
+  other.join();
+  fed.server.join();
+  REQUIRE(fed.run.ok());
+  REQUIRE(stats.ok());
+  CHECK(stats->rounds_trained == 3);
+  CHECK(stats->recorded_rounds == std::vector<uint32_t>{1, 2, 3});
+  CHECK(fetches == 4);  // once for Hello, then once per round
+  REQUIRE(broken_stats.ok());
+  CHECK(broken_stats->rounds_trained == 0);
+  CHECK(broken_stats->rounds_without_data == 3);
+  for (const auto& r : fed.agg->history()) {
+    CHECK(r.completed);
+    CHECK(r.received == 1);
+    CHECK(r.seconds < 30);
+  }
+  // Per round: the task, every step (90 training examples: 3 steps of 32),
+  // the update sent and recorded; then the end.
+  std::map<client::Progress::Event, int> count;
+  for (const auto& e : events) ++count[e.event];
+  CHECK(count[client::Progress::Event::kTask] == 3);
+  CHECK(count[client::Progress::Event::kStep] == 9);
+  CHECK(count[client::Progress::Event::kUpdateSent] == 3);
+  CHECK(count[client::Progress::Event::kUpdateSettled] == 3);
+  CHECK(count[client::Progress::Event::kFinished] == 1);
+  for (const auto& e : events) {
+    if (e.event == client::Progress::Event::kStep) CHECK(e.steps == 3);
+    if (e.event == client::Progress::Event::kUpdateSettled) CHECK(e.recorded);
+  }
+}
+
+TEST_CASE("Pausing a device stops its training mid-round and declines, and resuming trains again",
+          "[integration][device]") {
+  Federation fed("device-pause", 3, 2);
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(400, 3));
+  training::DataView first{data, {}}, second{data, {}};
+  for (int64_t k = 0; k < 200; ++k) first.indices.push_back(k);
+  for (int64_t k = 200; k < 400; ++k) second.indices.push_back(k);
+  client::Device* paused_device = nullptr;
+  std::vector<uint32_t> declined;
+  client::DeviceCallbacks callbacks;
+  callbacks.on_progress = [&](const client::Progress& p) {
+    // The owner needs the machine during round 1's third step.
+    if (p.event == client::Progress::Event::kStep && p.round == 1 && p.step == 3) paused_device->Pause();
+    if (p.event == client::Progress::Event::kDeclined) {
+      declined.push_back(p.round);
+      CHECK(p.detail == "paused on the device");
+      paused_device->Resume();
+    }
+  };
+  auto device = client::Device::Create(fed.Options(0), client::FixedSource(first), callbacks);
+  REQUIRE(device.ok());
+  paused_device = device->get();
+  auto steady = client::Device::Create(fed.Options(1), client::FixedSource(second));
+  REQUIRE(steady.ok());
+  StatusOr<client::ClientStats> steady_stats = Internal("not run");
+  std::thread other([&] { steady_stats = (*steady)->Run(); });
+  auto stats = (*device)->Run();
+  other.join();
+  fed.server.join();
+  REQUIRE(fed.run.ok());
+  REQUIRE(stats.ok());
+  CHECK(declined == std::vector<uint32_t>{1});
+  CHECK(stats->rounds_paused == 1);
+  CHECK(stats->rounds_trained == 2);
+  CHECK(stats->recorded_rounds == std::vector<uint32_t>{2, 3});
+  REQUIRE(steady_stats.ok());
+  CHECK(steady_stats->rounds_trained == 3);
+}
+
+TEST_CASE("A held-out split is disjoint, seeded and never empty on the training side",
+          "[integration][device]") {
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(100, 1));
+  auto split = client::SplitHeldOut(training::DataView::All(data), 0.2, 5);
+  REQUIRE(split.ok());
+  CHECK(split->first.size() == 80);
+  CHECK(split->second.size() == 20);
+  std::set<int64_t> all(split->first.indices.begin(), split->first.indices.end());
+  all.insert(split->second.indices.begin(), split->second.indices.end());
+  CHECK(all.size() == 100);
+  auto again = client::SplitHeldOut(training::DataView::All(data), 0.2, 5);
+  CHECK(again->second.indices == split->second.indices);
+  auto other = client::SplitHeldOut(training::DataView::All(data), 0.2, 6);
+  CHECK(other->second.indices != split->second.indices);
+  auto none = client::SplitHeldOut(training::DataView::All(data), 0.0, 5);
+  CHECK(none->second.size() == 0);
+  CHECK(none->first.indices == training::DataView::All(data).indices);  // order kept
+  auto tiny = std::make_shared<const training::Dataset>(training::MakeSynthetic(1, 1));
+  auto bad = client::SplitHeldOut(training::DataView::All(tiny), 0.6, 5);
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(std::string(bad.status().message()), Catch::Contains("leaves none to train on"));
+  CHECK_FALSE(client::SplitHeldOut(training::DataView::All(data), 1.0, 5).ok());
+}
+
+TEST_CASE("A callback's inconsistent examples are refused with what is wrong", "[integration][device]") {
+  auto source_of = [](training::Dataset d) {
+    return client::CallbackSource([d]() -> StatusOr<training::Dataset> { return d; });
+  };
+  training::Dataset labels = training::MakeSynthetic(10, 1);
+  labels.labels[4] = 12;
+  auto r = source_of(labels)->TrainingData();
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("label 12 for example 4"));
+  training::Dataset shape = training::MakeSynthetic(10, 1);
+  shape.features.pop_back();
+  r = source_of(shape)->TrainingData();
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("feature values for 10 examples"));
+  training::Dataset nan = training::MakeSynthetic(10, 1);
+  nan.features[784 * 3 + 5] = std::nanf("");
+  r = source_of(nan)->TrainingData();
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("non-finite feature value in example 3"));
+  r = source_of(training::Dataset())->TrainingData();
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("no examples"));
+}
+
+TEST_CASE("A device's CSV held-out rows are standardized with its training rows' statistics",
+          "[integration][device]") {
+  const auto path = TempPath("held-out.csv");
+  {
+    std::ofstream out(path);
+    for (int i = 0; i < 40; ++i) out << i << "," << (i % 2) << "\n";
+  }
+  client::FileSourceOptions options;
+  options.source = "csv:" + path.string();
+  options.held_out_fraction = 0.25;
+  auto source = client::LoadFileSource(options);
+  REQUIRE(source.ok());
+  auto train = (*source)->TrainingData();
+  auto held = (*source)->HeldOutData();
+  REQUIRE(train.ok());
+  REQUIRE(held.ok());
+  CHECK(train->size() == 30);
+  CHECK(held->size() == 10);
+  // Training rows: mean 0 by construction. Held-out rows use the same
+  // statistics, so their mean is not forced to 0.
+  double train_mean = 0, held_mean = 0;
+  for (int64_t i : train->indices) train_mean += train->base->features[static_cast<size_t>(i)];
+  for (int64_t i : held->indices) held_mean += held->base->features[static_cast<size_t>(i)];
+  CHECK(std::abs(train_mean / 30) < 1e-5);
+  CHECK(std::abs(held_mean / 10) > 1e-3);
+  std::filesystem::remove(path);
+}
