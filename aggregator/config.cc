@@ -63,6 +63,13 @@ Status AggregatorConfig::Validate() const {
           "encoding of its own (see --secagg-bits); use compression none");
     }
   }
+  if (federated_eval && (dp.enabled() || secagg.enabled)) {
+    return InvalidArgument(std::string("federated evaluation reports each device's loss and accuracy on its "
+                                       "held-out records without noise, which ") +
+                           (dp.enabled() ? "differential privacy does not cover"
+                                         : "would travel in the clear beside a securely aggregated update") +
+                           "; turn off one of them (--federated-eval)");
+  }
   if (model_buffers != "federated" && model_buffers != "local") {
     return InvalidArgument("model buffers must be 'federated' or 'local', got '" + model_buffers + "'");
   }

@@ -73,6 +73,12 @@ struct AggregatorConfig {
   // (proto/compression.h). Not with secure aggregation (it has its own
   // integer encoding and needs every element).
   std::string compression = "none";
+  // Federated evaluation: every task asks the device to evaluate the model
+  // it receives on its held-out examples before training; each round's
+  // record has the example-weighted result. Not with DP (the metrics are
+  // computed on private records without noise) or secure aggregation
+  // (they would travel beside a masked update in the clear).
+  bool federated_eval = false;
   // What a device's update must satisfy (norm bound, example counts) and
   // how FedAvg weighs the counts it claims. See docs/security.md.
   ValidationConfig validation;

@@ -47,6 +47,14 @@ void RoundEngine::NoteRecorded(const std::string& client_id, int64_t num_example
     below_clip_[client_id] = bit->second >= 0.5 ? 1 : 0;
   auto loss = metrics.find("train_loss");
   train_loss_[client_id] = {num_examples, loss != metrics.end() ? loss->second : 0.0};
+  // Federated evaluation: kept only when complete and plausible.
+  auto eval_n = metrics.find("eval_examples"), eval_loss = metrics.find("eval_loss"),
+       eval_acc = metrics.find("eval_accuracy");
+  if (eval_n != metrics.end() && eval_loss != metrics.end() && eval_acc != metrics.end() &&
+      eval_n->second >= 1 && eval_n->second <= 1e9 && std::isfinite(eval_loss->second) &&
+      eval_loss->second >= 0 && eval_acc->second >= 0 && eval_acc->second <= 1) {
+    federated_eval_[client_id] = {static_cast<int64_t>(eval_n->second), eval_loss->second, eval_acc->second};
+  }
 }
 
 bool RoundEngine::AwaitsTask(const std::string& client_id) const {
@@ -163,6 +171,7 @@ wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_p
   tc->set_momentum(config_.momentum);
   tc->set_weight_decay(config_.weight_decay);
   if (config_.compression != "none") tc->set_compression(config_.compression);
+  if (config_.federated_eval) tc->set_evaluate(true);
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, DeriveSeed(0, client_id)));
   task->set_deadline_seconds(std::chrono::duration<double>(deadline_ - now).count());
   if (config_.model_arch == "torchscript") {
@@ -234,6 +243,7 @@ StatusOr<bool> RoundEngine::MaybeStart(Clock::time_point now,
   declined_.clear();
   norms_.clear();
   train_loss_.clear();
+  federated_eval_.clear();
   dp_steps_.clear();
   below_clip_.clear();
   active_ = true;
@@ -431,6 +441,21 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
     } else {
       LOG_WARN("aggregator", "evaluation failed: " << metrics.status().ToString());
     }
+  }
+  if (!federated_eval_.empty()) {
+    int64_t n = 0;
+    double loss = 0, accuracy = 0;
+    for (const auto& [id, e] : federated_eval_) {
+      n += e.examples;
+      loss += e.loss * static_cast<double>(e.examples);
+      accuracy += e.accuracy * static_cast<double>(e.examples);
+    }
+    summary.federated_examples = n;
+    summary.federated_loss = loss / static_cast<double>(n);
+    summary.federated_accuracy = accuracy / static_cast<double>(n);
+    record.set_federated_examples(n);
+    record.set_federated_loss(*summary.federated_loss);
+    record.set_federated_accuracy(*summary.federated_accuracy);
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
   record.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);

@@ -46,6 +46,10 @@ struct RoundSummary {
   int64_t total_examples = 0;
   double mean_train_loss = 0.0;  // example-weighted
   std::optional<double> test_loss, test_accuracy;
+  // Federated evaluation of the round's base model on the devices' held-out
+  // examples (example-weighted), when the devices reported one.
+  int64_t federated_examples = 0;
+  std::optional<double> federated_loss, federated_accuracy;
   double seconds = 0.0;
   uint64_t model_version = 0;
   std::optional<double> epsilon;    // cumulative, when DP is on
@@ -173,9 +177,14 @@ class RoundEngine {
   std::set<std::string> received_;
   std::set<std::string> declined_;  // declined this round, or had its update refused
   std::map<std::string, std::pair<int64_t, double>> train_loss_;  // client -> (examples, loss)
-  std::map<std::string, int64_t> dp_steps_;                       // DP-SGD steps each client reported
-  std::map<std::string, int> below_clip_;                         // adaptive-clipping bits this round
-  std::map<std::string, double> norms_;                           // this round's accepted norms
+  struct DeviceEval {
+    int64_t examples;
+    double loss, accuracy;
+  };
+  std::map<std::string, DeviceEval> federated_eval_;  // this round's federated evaluation
+  std::map<std::string, int64_t> dp_steps_;           // DP-SGD steps each client reported
+  std::map<std::string, int> below_clip_;             // adaptive-clipping bits this round
+  std::map<std::string, double> norms_;               // this round's accepted norms
   double sampling_rate_ = 0.0;
   Clock::time_point started_, deadline_;
   std::unique_ptr<SecureRound> secure_;

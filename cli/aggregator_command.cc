@@ -159,10 +159,15 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
     };
   }
   aggregator::RoundFn on_round = [&config](const aggregator::RoundSummary& r) {
-    LOG_INFO("aggregator", "round " << r.round << "/" << config.rounds << (r.completed ? "" : " FAILED")
-                                    << ": " << r.received << "/" << r.selected << " updates, train_loss "
-                                    << r.mean_train_loss << ", test_acc " << r.test_accuracy.value_or(NAN)
-                                    << ", " << r.seconds << " s, model v" << r.model_version);
+    LOG_INFO("aggregator",
+             "round " << r.round << "/" << config.rounds << (r.completed ? "" : " FAILED") << ": "
+                      << r.received << "/" << r.selected << " updates, train_loss " << r.mean_train_loss
+                      << ", test_acc " << r.test_accuracy.value_or(NAN)
+                      << (r.federated_accuracy
+                              ? ", federated_acc " + std::to_string(*r.federated_accuracy) + " on " +
+                                    std::to_string(r.federated_examples) + " devices' held-out examples"
+                              : std::string())
+                      << ", " << r.seconds << " s, model v" << r.model_version);
   };
   net::Context context;
   auto agg = aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), eval, on_round);

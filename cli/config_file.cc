@@ -40,6 +40,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "weight_decay", "--weight-decay");
     both("round", "server_lr", "--server-lr");
     both("round", "compression", "--compression");
+    both("round", "federated_eval", "--federated-eval");
     both("round", "strategy", "--strategy");
     both("round", "min_updates", "--min-updates");
     both("round", "deadline", "--deadline");
@@ -108,6 +109,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     k.push_back({"sim", "request_timeout", "sim", "--request-timeout"});
     k.push_back({"sim", "secagg_dropout", "sim", "--secagg-dropout"});
     k.push_back({"data", "held_out_fraction", "client run", "--held-out-fraction"});
+    k.push_back({"data", "held_out_fraction", "sim", "--held-out-fraction"});
     for (const char* role : {"sim", "client run"}) {
       k.push_back({"data", "image_height", role, "--image-height"});
       k.push_back({"data", "image_width", role, "--image-width"});

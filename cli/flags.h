@@ -160,6 +160,9 @@ inline void ResolveModel(AggregatorConfig* c, const std::string& model_path) {
 }
 
 inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
+  app->add_flag("--federated-eval", c->federated_eval,
+                "Devices evaluate each round's global model on their held-out examples (reported beside the "
+                "central evaluation; not with DP or secure aggregation)");
   app->add_option("--compression", c->compression,
                   "How devices encode updates: none, int8 (stochastic rounding) or topk:F (largest F of the "
                   "elements, with error feedback)")

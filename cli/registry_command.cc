@@ -120,15 +120,19 @@ int flotilla::cli::RegistryMain(int argc, char** argv, const FlagOrigins& /*orig
   if (*rounds) {
     auto all = (*store)->ListRounds();
     if (!all.ok()) return Fail(all.status());
-    std::printf("%6s %-10s %8s %8s %10s %10s %8s %s\n", "round", "outcome", "updates", "model", "train_loss",
-                "test_acc", "seconds", "note");
+    std::printf("%6s %-10s %8s %8s %10s %10s %10s %8s %s\n", "round", "outcome", "updates", "model",
+                "train_loss", "test_acc", "fed_acc", "seconds", "note");
     for (const auto& r : *all) {
       const char* outcome = r.outcome() == records::RoundRecord::OUTCOME_COMPLETED ? "completed"
                             : r.outcome() == records::RoundRecord::OUTCOME_FAILED  ? "failed"
                                                                                    : "running";
-      std::printf("%6u %-10s %4d/%-3d %8llu %10.4f %10.4f %8.1f %s\n", r.round(), outcome, r.received_size(),
-                  r.selected_size(), static_cast<unsigned long long>(r.result_model_version()),
-                  r.mean_train_loss(), r.test_accuracy(), r.seconds(), r.note().c_str());
+      // fed_acc: the devices' held-out accuracy of the model the round started from.
+      std::printf(
+          "%6u %-10s %4d/%-3d %8llu %10.4f %10.4f %10s %8.1f %s\n", r.round(), outcome, r.received_size(),
+          r.selected_size(), static_cast<unsigned long long>(r.result_model_version()), r.mean_train_loss(),
+          r.test_accuracy(),
+          r.federated_examples() > 0 ? std::to_string(r.federated_accuracy()).substr(0, 6).c_str() : "-",
+          r.seconds(), r.note().c_str());
     }
     return 0;
   }

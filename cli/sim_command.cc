@@ -30,6 +30,10 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
                  "CSV: fraction of the records held out for the aggregator's evaluation")
       ->capture_default_str()
       ->check(CLI::Range(0.01, 0.9));
+  app.add_option("--held-out-fraction", config.held_out_fraction,
+                 "Each device keeps this fraction of its examples out of training, for --federated-eval")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 0.9));
   app.add_option("--data-dir", config.data_dir, "Directory with the Fashion-MNIST .gz IDX files")
       ->capture_default_str();
   app.add_option("--train-limit", config.train_limit, "Use only the first N training examples (0 = all)")

@@ -1,5 +1,7 @@
 #include "client/local_trainer.h"
 
+#include <optional>
+
 #include "core/rng.h"
 #include "privacy/clipping.h"
 #include "privacy/noise.h"
@@ -48,6 +50,15 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   RETURN_IF_ERROR(privacy::VerifyModel(model_public_key, federation, task.model_version(), task.model_round(),
                                        privacy::ModelDigest(global), task.model_signature()));
   RETURN_IF_ERROR(runner->SetWeights(global));
+  std::optional<training::EvalResult> evaluated;
+  // Never beside DP or secure aggregation: the metrics carry no noise and
+  // travel in the clear (the aggregator refuses the combination too).
+  const bool private_round =
+      task.config().clip_norm() > 0 || task.config().dpsgd_noise_multiplier() > 0 || task.has_secagg();
+  if (task.config().evaluate() && !private_round && device.held_out != nullptr &&
+      device.held_out->size() > 0) {
+    ASSIGN_OR_RETURN(evaluated, runner->Evaluate(*device.held_out, 256));
+  }
   training::TrainConfig config;
   config.epochs = static_cast<int>(task.config().epochs());
   config.batch_size = static_cast<int>(task.config().batch_size());
@@ -99,6 +110,11 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   // noise, so it stays on the device.
   if (!dpsgd) (*update.mutable_metrics())["train_loss"] = result.mean_loss;
   (*update.mutable_metrics())["train_seconds"] = result.seconds;
+  if (evaluated) {
+    (*update.mutable_metrics())["eval_loss"] = evaluated->loss;
+    (*update.mutable_metrics())["eval_accuracy"] = evaluated->accuracy;
+    (*update.mutable_metrics())["eval_examples"] = static_cast<double>(evaluated->examples);
+  }
   if (dpsgd) (*update.mutable_metrics())["dpsgd_steps"] = static_cast<double>(result.steps);
   // The adaptive-clipping bit (Andrew et al. 2021); the aggregator only uses
   // the noised sum of these.

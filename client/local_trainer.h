@@ -47,6 +47,10 @@ class RunnerCache {
 struct LocalTraining {
   int max_pass_examples = 0;
   std::function<bool(int64_t, int64_t)> on_step;
+  // Held-out examples: when the task asks for federated evaluation, the
+  // model received is evaluated on them before training (nullptr or empty:
+  // nothing is reported).
+  const training::DataView* held_out = nullptr;
 };
 
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,

@@ -111,6 +111,16 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
     }
     LocalTraining local;
     local.max_pass_examples = options.max_pass_examples;
+    StatusOr<training::DataView> held_out = training::DataView{};
+    if (task->config().evaluate()) {
+      held_out = options.data->HeldOutData();
+      if (!held_out.ok()) {
+        LOG_WARN("client",
+                 config.name << ": no held-out examples to evaluate on: " << held_out.status().message());
+      } else {
+        local.held_out = &*held_out;
+      }
+    }
     bool paused_mid_round = false;
     local.on_step = [&](int64_t step, int64_t steps) {
       Progress p;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "client/data_source.h"
 #include "core/rng.h"
 #include "training/csv.h"
 #include "training/image_folder.h"
@@ -94,9 +95,7 @@ StatusOr<FleetData> LoadImageFleet(const SimConfig& config, const std::string& r
   return data;
 }
 
-}  // namespace
-
-StatusOr<FleetData> LoadFleetData(const SimConfig& config) {
+StatusOr<FleetData> LoadShares(const SimConfig& config) {
   ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(config.data_source));
   if (source.kind == "csv") return LoadCsvFleet(config, source.path);
   if (source.kind == "images") return LoadImageFleet(config, source.path);
@@ -112,6 +111,25 @@ StatusOr<FleetData> LoadFleetData(const SimConfig& config) {
   data.train = std::make_shared<const Dataset>(std::move(train));
   data.test = std::make_shared<const Dataset>(std::move(test));
   for (auto& part : parts) data.devices.push_back(training::DataView{data.train, std::move(part)});
+  return data;
+}
+
+}  // namespace
+
+StatusOr<FleetData> LoadFleetData(const SimConfig& config) {
+  if (config.aggregator.federated_eval && !(config.held_out_fraction > 0)) {
+    return InvalidArgument(
+        "federated evaluation needs held-out examples on the devices: set --held-out-fraction");
+  }
+  ASSIGN_OR_RETURN(FleetData data, LoadShares(config));
+  data.held_out.resize(data.devices.size());
+  if (config.held_out_fraction <= 0) return data;
+  for (size_t i = 0; i < data.devices.size(); ++i) {
+    ASSIGN_OR_RETURN(auto split, client::SplitHeldOut(data.devices[i], config.held_out_fraction,
+                                                      DeriveSeed(config.aggregator.seed, "held-out", i)));
+    data.devices[i] = std::move(split.first);
+    data.held_out[i] = std::move(split.second);
+  }
   return data;
 }
 

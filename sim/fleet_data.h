@@ -22,7 +22,8 @@ namespace flotilla::sim {
 struct FleetData {
   std::shared_ptr<const training::Dataset> train;  // the union of the devices' data
   std::shared_ptr<const training::Dataset> test;
-  std::vector<training::DataView> devices;  // one per simulated device
+  std::vector<training::DataView> devices;   // one per simulated device: what it trains on
+  std::vector<training::DataView> held_out;  // per device: held out for federated evaluation (may be empty)
 };
 
 StatusOr<FleetData> LoadFleetData(const SimConfig& config);

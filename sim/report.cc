@@ -20,6 +20,12 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
                 r.round, rounds, r.received, r.selected, r.mean_train_loss, r.test_loss.value_or(NAN),
                 r.test_accuracy.value_or(NAN), r.seconds);
   std::string out = line;
+  if (r.federated_accuracy) {
+    // The devices' held-out view of the model this round started from.
+    std::snprintf(line, sizeof(line), "  fed_acc %.4f (%lld held out)", *r.federated_accuracy,
+                  static_cast<long long>(r.federated_examples));
+    out += line;
+  }
   if (r.epsilon) {
     std::snprintf(line, sizeof(line), "  eps %.3f", *r.epsilon);
     out += line;
@@ -36,12 +42,13 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   std::ofstream csv(dir / "metrics.csv");
   csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_"
          "version,"
-         "epsilon,clip_norm\n";
+         "epsilon,clip_norm,federated_examples,federated_loss,federated_accuracy\n";
   for (const auto& r : result.rounds) {
     csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
         << r.total_examples << "," << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << ","
         << r.test_accuracy.value_or(NAN) << "," << r.seconds << "," << r.model_version << ","
-        << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "\n";
+        << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "," << r.federated_examples << ","
+        << r.federated_loss.value_or(NAN) << "," << r.federated_accuracy.value_or(NAN) << "\n";
   }
   if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
   const auto& a = config.aggregator;
@@ -60,6 +67,8 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"momentum", a.momentum},
       {"strategy", a.strategy.Name()},
       {"compression", a.compression},
+      {"federated_eval", a.federated_eval},
+      {"held_out_fraction", config.held_out_fraction},
       {"seed", a.seed},
       {"central_epochs", config.central_epochs},
       {"dp", aggregator::DpModeName(a.dp.mode)},

@@ -300,7 +300,8 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     const int workers = std::min(config.workers > 0 ? config.workers : cores, config.clients);
-    TrainerPool pool(workers, config.model_path, &views, keys.model_key, agg_config.federation);
+    TrainerPool pool(workers, config.model_path, &views, &data.held_out, keys.model_key,
+                     agg_config.federation);
     pool_slot = &pool;
     if (client_status.ok()) client_status = DriveFleet(sessions, pool, agg_stopped);
   }

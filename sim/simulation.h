@@ -25,6 +25,9 @@ struct SimConfig {
   // of them held out for the aggregator's evaluation (see sim/fleet_data.h).
   std::string data_source = "fashion-mnist";
   training::CsvOptions csv;
+  // Each device keeps this fraction of its examples out of training, for
+  // federated evaluation ([round] federated_eval).
+  double held_out_fraction = 0.0;
   training::ImageFolderOptions images;  // images:DIR: the model's input size and channels
   double test_fraction = 0.2;
   int64_t train_limit = 0;               // 0 = all 60,000 training examples

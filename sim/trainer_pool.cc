@@ -22,10 +22,12 @@ void TrainerPool::Work(const std::string& model_path) {
       continue;
     }
     StatusOr<training::ModelRunner*> runner = runners.For(job.task);
-    JobResult result{job.client, runner.ok()
-                                     ? client::RunTrainTask(*runner, (*views_)[job.client], job.task,
-                                                            model_key_, federation_, &residuals_[job.client])
-                                     : StatusOr<wire::Update>(runner.status())};
+    client::LocalTraining local;
+    local.held_out = &(*held_out_)[job.client];
+    JobResult result{job.client,
+                     runner.ok() ? client::RunTrainTask(*runner, (*views_)[job.client], job.task, model_key_,
+                                                        federation_, &residuals_[job.client], local)
+                                 : StatusOr<wire::Update>(runner.status())};
     std::lock_guard<std::mutex> lock(mu_);
     results_.push_back(std::move(result));
   }

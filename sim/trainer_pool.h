@@ -38,9 +38,13 @@ class TrainerPool {
   TrainerPool& operator=(const TrainerPool&) = delete;
   // `model_path`: the TorchScript file every simulated device trains (when
   // the federation's model is one).
+  // `held_out` (one view per device, maybe empty) is what federated
+  // evaluation runs on.
   TrainerPool(int workers, std::string model_path, const std::vector<training::DataView>* views,
-              std::vector<unsigned char> model_key, std::string federation)
+              const std::vector<training::DataView>* held_out, std::vector<unsigned char> model_key,
+              std::string federation)
       : views_(views),
+        held_out_(held_out),
         model_key_(std::move(model_key)),
         federation_(std::move(federation)),
         residuals_(views->size()) {
@@ -84,6 +88,7 @@ class TrainerPool {
   void Work(const std::string& model_path);
 
   const std::vector<training::DataView>* views_;
+  const std::vector<training::DataView>* held_out_;
   const std::vector<unsigned char> model_key_;
   const std::string federation_;
   // Each device's top-k error feedback. A device has one job at a time, so
