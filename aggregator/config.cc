@@ -63,6 +63,16 @@ Status AggregatorConfig::Validate() const {
           "encoding of its own (see --secagg-bits); use compression none");
     }
   }
+  if (optimizer != "sgd" && optimizer != "adam") {
+    return InvalidArgument("optimizer must be sgd or adam, got '" + optimizer + "'");
+  }
+  if (loss != "cross_entropy" && loss != "bce" && loss != "mse") {
+    return InvalidArgument("loss must be cross_entropy, bce or mse, got '" + loss + "'");
+  }
+  if (loss != "cross_entropy" && model_arch != "torchscript") {
+    return InvalidArgument("the built-in architectures are 10-class classifiers (loss cross_entropy); loss " +
+                           loss + " needs a TorchScript model ([model] path)");
+  }
   if (federated_eval && (dp.enabled() || secagg.enabled)) {
     return InvalidArgument(std::string("federated evaluation reports each device's loss and accuracy on its "
                                        "held-out records without noise, which ") +

@@ -79,6 +79,10 @@ struct AggregatorConfig {
   // computed on private records without noise) or secure aggregation
   // (they would travel beside a masked update in the clear).
   bool federated_eval = false;
+  // What devices minimize: "cross_entropy", "bce" or "mse" (a TorchScript
+  // model's; training::Loss), and with what: "sgd" (with momentum) or "adam".
+  std::string loss = "cross_entropy";
+  std::string optimizer = "sgd";
   // What a device's update must satisfy (norm bound, example counts) and
   // how FedAvg weighs the counts it claims. See docs/security.md.
   ValidationConfig validation;

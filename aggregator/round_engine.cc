@@ -172,11 +172,13 @@ wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_p
   tc->set_weight_decay(config_.weight_decay);
   if (config_.compression != "none") tc->set_compression(config_.compression);
   if (config_.federated_eval) tc->set_evaluate(true);
+  if (config_.optimizer != "sgd") tc->set_optimizer(config_.optimizer);
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, DeriveSeed(0, client_id)));
   task->set_deadline_seconds(std::chrono::duration<double>(deadline_ - now).count());
   if (config_.model_arch == "torchscript") {
     wire::ModelOptions* options = task->mutable_model_options();
     options->set_buffers(config_.model_buffers);
+    if (config_.loss != "cross_entropy") options->set_loss(config_.loss);
     for (const auto& g : config_.model_freeze) options->add_freeze(g);
     for (const auto& g : config_.model_personal) options->add_personal(g);
   }
@@ -438,6 +440,14 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
       (*model.mutable_metrics())["test_accuracy"] = metrics->accuracy;
       record.set_test_loss(metrics->loss);
       record.set_test_accuracy(metrics->accuracy);
+      if (std::isfinite(metrics->auc)) {
+        summary.test_auc = metrics->auc;
+        (*model.mutable_metrics())["test_auc"] = metrics->auc;
+      }
+      if (std::isfinite(metrics->mae)) {
+        summary.test_mae = metrics->mae;
+        (*model.mutable_metrics())["test_mae"] = metrics->mae;
+      }
     } else {
       LOG_WARN("aggregator", "evaluation failed: " << metrics.status().ToString());
     }

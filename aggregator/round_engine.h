@@ -15,6 +15,7 @@
 #pragma once
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -45,7 +46,7 @@ struct RoundSummary {
   int received = 0;
   int64_t total_examples = 0;
   double mean_train_loss = 0.0;  // example-weighted
-  std::optional<double> test_loss, test_accuracy;
+  std::optional<double> test_loss, test_accuracy, test_auc, test_mae;
   // Federated evaluation of the round's base model on the devices' held-out
   // examples (example-weighted), when the devices reported one.
   int64_t federated_examples = 0;
@@ -60,6 +61,8 @@ struct RoundSummary {
 struct EvalMetrics {
   double loss = 0.0;
   double accuracy = 0.0;
+  double auc = NAN;  // binary cross-entropy models
+  double mae = NAN;  // regression (mse) models
 };
 
 // Evaluates a global model (e.g. on a held-out test set). Called on the

@@ -132,7 +132,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
   // A TorchScript model's parameters (its layout and the first global
   // model) come from its file; a built-in one is initialized from the seed.
   auto spec = training::MakeModelSpec(config.model_arch, model_path, config.model_buffers,
-                                      config.model_freeze, config.model_personal);
+                                      config.model_freeze, config.model_personal, config.loss);
   auto runner = spec.ok() ? training::ModelRunner::Create(*spec, DeriveSeed(config.seed, "init"))
                           : StatusOr<std::unique_ptr<training::ModelRunner>>(spec.status());
   if (!runner.ok()) {
@@ -155,7 +155,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
     eval = [eval_runner, test](const Weights& w) -> StatusOr<aggregator::EvalMetrics> {
       RETURN_IF_ERROR(eval_runner->SetWeights(w));
       ASSIGN_OR_RETURN(training::EvalResult r, eval_runner->Evaluate(training::DataView::All(test)));
-      return aggregator::EvalMetrics{r.loss, r.accuracy};
+      return aggregator::EvalMetrics{r.loss, r.accuracy, r.auc, r.mae};
     };
   }
   aggregator::RoundFn on_round = [&config](const aggregator::RoundSummary& r) {

@@ -41,6 +41,8 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "server_lr", "--server-lr");
     both("round", "compression", "--compression");
     both("round", "federated_eval", "--federated-eval");
+    both("round", "optimizer", "--optimizer");
+    both("model", "loss", "--loss");
     both("round", "strategy", "--strategy");
     both("round", "min_updates", "--min-updates");
     both("round", "deadline", "--deadline");
@@ -93,6 +95,8 @@ const std::vector<ConfigKey>& ConfigKeys() {
     k.push_back({"data", "csv_header", "client run", "--csv-header"});
     k.push_back({"data", "csv_delimiter", "sim", "--csv-delimiter"});
     k.push_back({"data", "csv_delimiter", "client run", "--csv-delimiter"});
+    k.push_back({"data", "csv_target", "sim", "--csv-target"});
+    k.push_back({"data", "csv_target", "client run", "--csv-target"});
     k.push_back({"data", "test_fraction", "sim", "--test-fraction"});
     k.push_back({"data", "dir", "client run", "--data-dir"});
     both("data", "test_limit", "--test-limit");

@@ -27,6 +27,11 @@ inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions
   app->add_flag("--csv-header", csv->header, "CSV: the first row names the columns");
   app->add_option("--csv-delimiter", *delimiter, "CSV: the field delimiter (one character)")
       ->capture_default_str();
+  app->add_option("--csv-target", csv->real_target,
+                  "CSV: the label column holds class ids (class) or real numbers to regress on (real, for "
+                  "--loss mse)")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, bool>{{"class", false}, {"real", true}}))
+      ->default_str("class");
   app->add_option("--image-height", images->height, "Images: the model's input height (images are resized)")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));

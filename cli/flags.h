@@ -160,6 +160,16 @@ inline void ResolveModel(AggregatorConfig* c, const std::string& model_path) {
 }
 
 inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
+  app->add_option(
+         "--loss", c->loss,
+         "What devices minimize: cross_entropy (K classes; accuracy), bce (one logit; accuracy, AUC) or "
+         "mse (one output, real targets: --csv-target real; MSE, MAE); not cross_entropy needs a "
+         "TorchScript model")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cross_entropy", "bce", "mse"}));
+  app->add_option("--optimizer", c->optimizer, "Local optimizer: sgd (with --momentum) or adam")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"sgd", "adam"}));
   app->add_flag("--federated-eval", c->federated_eval,
                 "Devices evaluate each round's global model on their held-out examples (reported beside the "
                 "central evaluation; not with DP or secure aggregation)");

@@ -33,6 +33,10 @@ Status CheckDataset(const training::Dataset& d) {
                            std::to_string(d.height) + "x" + std::to_string(d.width) + " with " +
                            std::to_string(d.num_classes) + " classes; every dimension must be >= 1");
   }
+  if (!d.targets.empty() && d.targets.size() != d.labels.size()) {
+    return InvalidArgument(what + std::to_string(d.targets.size()) + " targets for " +
+                           std::to_string(d.size()) + " examples");
+  }
   if (static_cast<int64_t>(d.features.size()) != d.size() * d.example_numel()) {
     return InvalidArgument(what + std::to_string(d.features.size()) + " feature values for " +
                            std::to_string(d.size()) + " examples of " + std::to_string(d.example_numel()) +
@@ -103,6 +107,7 @@ class Callback : public DataSource {
 void KeepFirst(training::Dataset* d, int64_t limit) {
   if (limit <= 0 || limit >= d->size()) return;
   d->labels.resize(static_cast<size_t>(limit));
+  if (!d->targets.empty()) d->targets.resize(static_cast<size_t>(limit));
   d->features.resize(static_cast<size_t>(limit * d->example_numel()));
 }
 

@@ -17,7 +17,7 @@ StatusOr<training::ModelSpec> ModelSpecFor(const wire::TrainTask& task, const st
   const wire::ModelOptions& o = task.model_options();
   return training::MakeModelSpec(task.model_arch(), model_path, o.buffers(),
                                  {o.freeze().begin(), o.freeze().end()},
-                                 {o.personal().begin(), o.personal().end()});
+                                 {o.personal().begin(), o.personal().end()}, o.loss());
 }
 
 StatusOr<training::ModelRunner*> RunnerCache::For(const wire::TrainTask& task) {
@@ -67,6 +67,7 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   config.weight_decay = task.config().weight_decay();
   config.seed = task.config().seed();
   config.max_pass_examples = device.max_pass_examples;
+  ASSIGN_OR_RETURN(config.optimizer, training::ParseOptimizer(task.config().optimizer()));
   config.on_step = device.on_step;
   const wire::TrainConfig& tc = task.config();
   const bool dpsgd = tc.dpsgd_noise_multiplier() > 0;

@@ -37,13 +37,15 @@ class BnCnn(nn.Module):
 
 
 class TabularMlp(nn.Module):
-    """Tabular records [N,F] -> 2 logits (e.g. the 30 breast-cancer features)."""
+    """Tabular records [N,F] -> `outputs` values: 2 logits (cross-entropy over
+    the 30 breast-cancer features), 1 logit (binary cross-entropy) or 1 real
+    value (regression, e.g. the 13 Boston housing features)."""
 
-    def __init__(self, features=30, hidden=32):
+    def __init__(self, features=30, hidden=32, outputs=2):
         super().__init__()
         self.fc1 = nn.Linear(features, hidden)
         self.drop = nn.Dropout(0.1)
-        self.fc2 = nn.Linear(hidden, 2)
+        self.fc2 = nn.Linear(hidden, outputs)
 
     def forward(self, x):
         return self.fc2(self.drop(torch.relu(self.fc1(x.flatten(1)))))
@@ -91,6 +93,8 @@ def pretrained_backbone_head():
 MODELS = {
     "bn_cnn": BnCnn,
     "tabular_mlp": TabularMlp,
+    "tabular_logit": lambda: TabularMlp(outputs=1),
+    "tabular_regressor": lambda: TabularMlp(features=13, outputs=1),
     "backbone_head": BackboneHead,
     "other_cnn": lambda: BnCnn(width=12),
     "backbone_head_pretrained": pretrained_backbone_head,

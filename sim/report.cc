@@ -20,6 +20,14 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
                 r.round, rounds, r.received, r.selected, r.mean_train_loss, r.test_loss.value_or(NAN),
                 r.test_accuracy.value_or(NAN), r.seconds);
   std::string out = line;
+  if (r.test_auc) {
+    std::snprintf(line, sizeof(line), "  test_auc %.4f", *r.test_auc);
+    out += line;
+  }
+  if (r.test_mae) {
+    std::snprintf(line, sizeof(line), "  test_mae %.4f", *r.test_mae);
+    out += line;
+  }
   if (r.federated_accuracy) {
     // The devices' held-out view of the model this round started from.
     std::snprintf(line, sizeof(line), "  fed_acc %.4f (%lld held out)", *r.federated_accuracy,
@@ -42,13 +50,14 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   std::ofstream csv(dir / "metrics.csv");
   csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_"
          "version,"
-         "epsilon,clip_norm,federated_examples,federated_loss,federated_accuracy\n";
+         "epsilon,clip_norm,federated_examples,federated_loss,federated_accuracy,test_auc,test_mae\n";
   for (const auto& r : result.rounds) {
     csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
         << r.total_examples << "," << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << ","
         << r.test_accuracy.value_or(NAN) << "," << r.seconds << "," << r.model_version << ","
         << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "," << r.federated_examples << ","
-        << r.federated_loss.value_or(NAN) << "," << r.federated_accuracy.value_or(NAN) << "\n";
+        << r.federated_loss.value_or(NAN) << "," << r.federated_accuracy.value_or(NAN) << ","
+        << r.test_auc.value_or(NAN) << "," << r.test_mae.value_or(NAN) << "\n";
   }
   if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
   const auto& a = config.aggregator;
@@ -67,6 +76,8 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"momentum", a.momentum},
       {"strategy", a.strategy.Name()},
       {"compression", a.compression},
+      {"loss", a.loss},
+      {"optimizer", a.optimizer},
       {"federated_eval", a.federated_eval},
       {"held_out_fraction", config.held_out_fraction},
       {"seed", a.seed},
@@ -88,6 +99,10 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"train_examples", result.train_examples},
       {"final_test_accuracy", result.final_accuracy},
       {"final_test_loss", result.final_loss},
+      {"final_test_auc",
+       std::isfinite(result.final_auc) ? nlohmann::json(result.final_auc) : nlohmann::json()},
+      {"final_test_mae",
+       std::isfinite(result.final_mae) ? nlohmann::json(result.final_mae) : nlohmann::json()},
       {"seconds", result.seconds},
   };
   std::ofstream js(dir / "summary.json");

@@ -28,7 +28,7 @@ using Clock = std::chrono::steady_clock;
 StatusOr<training::ModelSpec> ModelSpecOf(const SimConfig& config) {
   const aggregator::AggregatorConfig& a = config.aggregator;
   return training::MakeModelSpec(a.model_arch, config.model_path, a.model_buffers, a.model_freeze,
-                                 a.model_personal);
+                                 a.model_personal, a.loss);
 }
 
 StatusOr<SimResult> RunCentral(const SimConfig& config, const FleetData& data) {
@@ -60,6 +60,7 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const FleetData& data) {
     tc.learning_rate = a.learning_rate;
     tc.momentum = a.momentum;
     tc.weight_decay = a.weight_decay;
+    ASSIGN_OR_RETURN(tc.optimizer, training::ParseOptimizer(a.optimizer));
     tc.seed = DeriveSeed(a.seed, "central", static_cast<uint64_t>(epoch));
     ASSIGN_OR_RETURN(training::TrainResult tr, runner->Train(train_view, tc));
     ASSIGN_OR_RETURN(training::EvalResult ev, runner->Evaluate(test_view));
@@ -71,15 +72,23 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const FleetData& data) {
     r.mean_train_loss = tr.mean_loss;
     r.test_loss = ev.loss;
     r.test_accuracy = ev.accuracy;
+    if (std::isfinite(ev.auc)) r.test_auc = ev.auc;
+    if (std::isfinite(ev.mae)) r.test_mae = ev.mae;
     r.seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
     result.rounds.push_back(r);
     if (!config.quiet) {
-      std::printf("epoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %6.1fs\n", epoch,
-                  config.central_epochs, tr.mean_loss, ev.loss, ev.accuracy, r.seconds);
+      std::printf("epoch %3d/%d  train_loss %.4f  test_loss %.4f  test_acc %.4f%s  %6.1fs\n", epoch,
+                  config.central_epochs, tr.mean_loss, ev.loss, ev.accuracy,
+                  std::isfinite(ev.auc)   ? ("  test_auc " + std::to_string(ev.auc).substr(0, 6)).c_str()
+                  : std::isfinite(ev.mae) ? ("  test_mae " + std::to_string(ev.mae).substr(0, 6)).c_str()
+                                          : "",
+                  r.seconds);
       std::fflush(stdout);
     }
     result.final_accuracy = ev.accuracy;
     result.final_loss = ev.loss;
+    result.final_auc = ev.auc;
+    result.final_mae = ev.mae;
   }
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return result;
@@ -201,6 +210,8 @@ void SetFinalFigures(SimResult* result) {
     if (it->test_accuracy) {
       result->final_accuracy = *it->test_accuracy;
       result->final_loss = it->test_loss.value_or(0.0);
+      result->final_auc = it->test_auc.value_or(NAN);
+      result->final_mae = it->test_mae.value_or(NAN);
       return;
     }
   }
@@ -241,7 +252,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   aggregator::EvalFn eval = [eval_ptr, &test_view](const Weights& w) -> StatusOr<aggregator::EvalMetrics> {
     RETURN_IF_ERROR(eval_ptr->SetWeights(w));
     ASSIGN_OR_RETURN(training::EvalResult r, eval_ptr->Evaluate(test_view));
-    return aggregator::EvalMetrics{r.loss, r.accuracy};
+    return aggregator::EvalMetrics{r.loss, r.accuracy, r.auc, r.mae};
   };
   SimResult result;
   std::mutex print_mu;

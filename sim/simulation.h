@@ -5,6 +5,7 @@
 // client costs a socket and a data view, not a thread.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -57,6 +58,8 @@ struct SimResult {
   std::vector<aggregator::RoundSummary> rounds;
   double final_accuracy = 0.0;
   double final_loss = 0.0;
+  double final_auc = NAN;  // bce models
+  double final_mae = NAN;  // mse models
   double seconds = 0.0;
   int64_t train_examples = 0;
 };

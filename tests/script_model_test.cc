@@ -2,9 +2,12 @@
 // what stays on the device. The .pt files are made at build time by
 // scripts/make_models.py with python3-torch.
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "training/csv.h"
 #include "training/dataset.h"
 #include "training/model.h"
 
@@ -240,6 +243,125 @@ TEST_CASE("DP-SGD trains a TorchScript model with per-example clipping, and Batc
   auto refused = bn->TrainDpSgd(DataView::All(images), Sgd(), dp);
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.status().message().find("BatchNorm") != std::string::npos);
+}
+
+}  // namespace flotilla::training
+
+namespace flotilla::training {
+namespace {
+
+const char* kSklearnData = "/usr/lib/python3/dist-packages/sklearn/datasets/data/";
+
+DataView AllOf(Dataset d) { return DataView::All(std::make_shared<const Dataset>(std::move(d))); }
+
+}  // namespace
+
+TEST_CASE("ROC AUC counts ordered pairs, ties as half", "[training][losses]") {
+  CHECK(RocAuc({0.1f, 0.4f, 0.35f, 0.8f}, {0, 0, 1, 1}) == Approx(0.75));
+  CHECK(RocAuc({1, 2, 3, 4}, {0, 0, 1, 1}) == Approx(1.0));
+  CHECK(RocAuc({4, 3, 2, 1}, {0, 0, 1, 1}) == Approx(0.0));
+  CHECK(RocAuc({1, 1, 1, 1}, {0, 1, 0, 1}) == Approx(0.5));
+  CHECK(std::isnan(RocAuc({1, 2}, {1, 1})));
+}
+
+TEST_CASE("Binary cross-entropy with Adam learns the breast-cancer records and reports AUC",
+          "[training][losses]") {
+  CsvOptions csv;
+  csv.skip_rows = 1;
+  auto data = LoadCsv(std::string(kSklearnData) + "breast_cancer.csv", csv);
+  REQUIRE(data.ok());
+  const DataView view = AllOf(data->dataset);
+  ModelSpec spec = Script("tabular_logit");
+  spec.loss = Loss::kBinaryCrossEntropy;
+  auto runner = Load(spec);
+  auto before = runner->Evaluate(view);
+  REQUIRE(before.ok());
+  TrainConfig tc = Sgd();
+  tc.optimizer = Optimizer::kAdam;
+  tc.learning_rate = 0.01;
+  tc.epochs = 5;
+  REQUIRE(runner->Train(view, tc).ok());
+  auto after = runner->Evaluate(view);
+  REQUIRE(after.ok());
+  CHECK(after->loss < before->loss);
+  CHECK(after->accuracy > 0.95);
+  CHECK(after->auc > 0.98);
+  CHECK(std::isnan(after->mae));
+  // The 2-logit model does not fit the loss: a clear error, no crash.
+  ModelSpec wrong = Script("tabular_mlp");
+  wrong.loss = Loss::kBinaryCrossEntropy;
+  auto two = Load(wrong);
+  auto refused = two->Train(view, tc);
+  REQUIRE_FALSE(refused.ok());
+  CHECK_THAT(std::string(refused.status().message()), Catch::Contains("needs one output per example"));
+  // Labels beyond 0/1 are refused for bce.
+  Dataset three = data->dataset;
+  three.labels[7] = 2;
+  three.num_classes = 3;
+  auto bad = runner->Train(AllOf(three), tc);
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(std::string(bad.status().message()), Catch::Contains("needs labels 0 and 1"));
+}
+
+TEST_CASE("Mean squared error regresses real targets from a CSV and reports MAE", "[training][losses]") {
+  CsvOptions csv;
+  csv.skip_rows = 1;
+  csv.header = true;
+  csv.label_column = "MEDV";
+  csv.real_target = true;
+  auto data = LoadCsv(std::string(kSklearnData) + "boston_house_prices.csv", csv);
+  REQUIRE(data.ok());
+  REQUIRE(data->dataset.targets.size() == 506);
+  CHECK(data->dataset.targets[0] == Approx(24.0));
+  const DataView view = AllOf(data->dataset);
+  ModelSpec spec = Script("tabular_regressor");
+  spec.loss = Loss::kMse;
+  auto runner = Load(spec);
+  auto before = runner->Evaluate(view);
+  REQUIRE(before.ok());
+  TrainConfig tc = Sgd();
+  tc.optimizer = Optimizer::kAdam;
+  tc.learning_rate = 0.01;
+  tc.epochs = 40;
+  REQUIRE(runner->Train(view, tc).ok());
+  auto after = runner->Evaluate(view);
+  REQUIRE(after.ok());
+  // House prices in $1000s: from predicting ~0 to within a few thousand.
+  CHECK(before->mae > 15);
+  CHECK(after->mae < 4);
+  CHECK(after->loss == Approx(after->loss));  // finite
+  CHECK(after->loss < 0.1 * before->loss);
+  CHECK(after->accuracy == 0);
+  // Class labels are not regression targets, and real targets are not classes.
+  auto classes = runner->Evaluate(AllOf(MakeSynthetic(10, 1, 1, 13)));
+  REQUIRE_FALSE(classes.ok());
+  CHECK_THAT(std::string(classes.status().message()), Catch::Contains("needs a real-valued target"));
+  ModelSpec ce = Script("tabular_mlp");
+  auto wrong = Load(ce);
+  CHECK_FALSE(wrong->Evaluate(view).ok());
+  // A bad target is named with its line.
+  CsvOptions strict = csv;
+  const std::string path = std::filesystem::temp_directory_path() / "flotilla-bad-target.csv";
+  {
+    std::ofstream out(path);
+    out << "skip\na,b\n1,2.5\n3,oops\n";
+  }
+  strict.label_column = "b";
+  auto bad = LoadCsv(path, strict);
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(std::string(bad.status().message()), Catch::Contains(":4"));
+  CHECK_THAT(std::string(bad.status().message()), Catch::Contains("not a finite number"));
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("The built-in classifiers take cross-entropy only", "[training][losses]") {
+  auto spec = MakeModelSpec("2nn", "", "", {}, {}, "mse");
+  REQUIRE_FALSE(spec.ok());
+  CHECK_THAT(std::string(spec.status().message()), Catch::Contains("10-class classifier"));
+  CHECK_FALSE(MakeModelSpec(kTorchScript, "m.pt", "", {}, {}, "hinge").ok());
+  CHECK(MakeModelSpec(kTorchScript, "m.pt", "", {}, {}, "bce")->loss == Loss::kBinaryCrossEntropy);
+  CHECK(ParseOptimizer("adam").value() == Optimizer::kAdam);
+  CHECK_FALSE(ParseOptimizer("rmsprop").ok());
 }
 
 }  // namespace flotilla::training

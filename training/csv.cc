@@ -97,6 +97,7 @@ StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options) {
   std::vector<size_t> features;
   std::vector<double> values;  // row-major, features only
   std::vector<int64_t> labels;
+  std::vector<float> targets;  // real_target
   int64_t max_label = -1;
   while (std::getline(in, line)) {
     ++line_no;
@@ -147,6 +148,16 @@ StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options) {
     char* end = nullptr;
     errno = 0;
     const double y = std::strtod(v.c_str(), &end);
+    if (options.real_target) {
+      if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(y)) {
+        return InvalidArgument(where + ": target column " + column_name(label) + " is '" + v.substr(0, 40) +
+                               "', not a finite number" + (v.empty() ? " (missing value)" : ""));
+      }
+      targets.push_back(static_cast<float>(y));
+      labels.push_back(0);
+      max_label = 0;
+      continue;
+    }
     if (v.empty() || *end != '\0' || !(y >= 0) || y != std::floor(y) || y >= kMaxClasses) {
       return InvalidArgument(where + ": label column " + column_name(label) + " is '" + v.substr(0, 40) +
                              "', not a class id (0, 1, 2, ...)");
@@ -167,6 +178,7 @@ StatusOr<CsvData> LoadCsv(const std::string& path, const CsvOptions& options) {
   d.num_classes = classes;
   d.features.assign(values.begin(), values.end());
   d.labels = std::move(labels);
+  d.targets = std::move(targets);
   if (options.standardize) {
     std::vector<int64_t> all(static_cast<size_t>(d.size()));
     for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
@@ -205,6 +217,7 @@ Dataset StandardizedRows(const Dataset& d, const std::vector<int64_t>& rows,
   for (int64_t r : rows) {
     for (size_t j = 0; j < f; ++j) out.features.push_back(static_cast<float>((at(r, j) - mean[j]) / sd[j]));
     out.labels.push_back(d.labels[static_cast<size_t>(r)]);
+    if (!d.targets.empty()) out.targets.push_back(d.targets[static_cast<size_t>(r)]);
   }
   if (mean_out != nullptr) mean_out->assign(mean.begin(), mean.end());
   if (stddev_out != nullptr) stddev_out->assign(sd.begin(), sd.end());

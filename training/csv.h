@@ -1,5 +1,6 @@
 // Tabular records from a CSV file: one example per row, numeric feature
-// columns and an integer class label. No Torch here.
+// columns and an integer class label (or a real-valued target). No Torch
+// here.
 //
 // A bad row is an error naming the file, the line and the column: a missing
 // field, a value that is not a number, a label that is not a class id.
@@ -29,6 +30,9 @@ struct CsvOptions {
   bool standardize = true;
   // Class ids are 0..num_classes-1; 0 = the largest label seen + 1.
   int64_t num_classes = 0;
+  // The label column holds real numbers to regress on (loss mse): they go
+  // to Dataset::targets, and every example has class 0 of 1.
+  bool real_target = false;
 };
 
 // The examples as a Dataset of shape [1, 1, F] (a flattened row), and the

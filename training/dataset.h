@@ -19,6 +19,9 @@ struct Dataset {
   int64_t num_classes = 10;
   std::vector<float> features;  // size() * channels * height * width, row-major NCHW
   std::vector<int64_t> labels;  // in [0, num_classes)
+  // Real-valued targets, one per example, for regression (loss mse); empty
+  // for classification, whose targets are the labels.
+  std::vector<float> targets;
 
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
   int64_t example_numel() const { return channels * height * width; }

@@ -314,13 +314,14 @@ Weights ToWeights(const std::shared_ptr<const Layout>& layout, const std::vector
 // architectures, exact for any module. *loss_sum gets the summed loss;
 // false when a loss or a gradient is not finite.
 bool ClippedSumOneByOne(ModelRunner::Impl& impl, const torch::Tensor& x, const torch::Tensor& y,
-                        double l2_clip, std::vector<torch::Tensor>* sums, double* loss_sum) {
+                        const torch::Tensor& t, double l2_clip, std::vector<torch::Tensor>* sums,
+                        double* loss_sum) {
   sums->clear();
   for (const auto& p : impl.trainable) sums->push_back(torch::zeros_like(p));
   *loss_sum = 0.0;
   for (int64_t i = 0; i < x.size(0); ++i) {
-    const torch::Tensor loss = F::cross_entropy(impl.Forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1),
-                                                F::CrossEntropyFuncOptions().reduction(torch::kSum));
+    const torch::Tensor loss = internal::BatchLoss(impl.loss, impl.Forward(x.slice(0, i, i + 1)),
+                                                   y.slice(0, i, i + 1), t.slice(0, i, i + 1), /*sum=*/true);
     const double value = loss.item<double>();
     if (!std::isfinite(value)) return false;
     *loss_sum += value;
@@ -357,6 +358,7 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
   RETURN_IF_ERROR(CheckDpConfig(dp));
   const bool script = impl_->script.has_value();
   RETURN_IF_ERROR(CheckData(data, "TrainDpSgd", !script));
+  RETURN_IF_ERROR(internal::CheckTargets(impl_->loss, data, "TrainDpSgd"));
   RETURN_IF_ERROR(script ? CheckDpScript(*impl_) : CheckDpArchitecture(impl_->arch, impl_->params));
 
   const int64_t n = data.size();
@@ -407,9 +409,8 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
     torch::AutoGradMode grad_mode(true);
     impl_->SetTraining(true);
     const DataTensors all = WrapDataset(*data.base);
-    torch::optim::SGD optimizer(impl_->trainable, torch::optim::SGDOptions(config.learning_rate)
-                                                      .momentum(config.momentum)
-                                                      .weight_decay(config.weight_decay));
+    // Adam on the noised gradient is post-processing: the same guarantee.
+    std::unique_ptr<torch::optim::Optimizer> optimizer = internal::MakeOptimizer(config, impl_->trainable);
     Rng shuffle_rng(config.seed);
     std::vector<int64_t> order = data.indices;
     size_t position = order.size();  // forces a shuffle before the first fixed batch
@@ -437,8 +438,9 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
       std::vector<torch::Tensor> sums;
       if (!batch.empty() && script) {
         const auto [x, y] = SelectBatch(all, batch);
+        const torch::Tensor t = all.targets.index_select(0, IndexTensor(batch, 0, batch.size()));
         double loss_sum = 0.0;
-        if (!ClippedSumOneByOne(*impl_, x, y, dp.l2_clip, &sums, &loss_sum)) {
+        if (!ClippedSumOneByOne(*impl_, x, y, t, dp.l2_clip, &sums, &loss_sum)) {
           return fail(
               InvalidArgument("TrainDpSgd: the loss or a per-example gradient became non-finite at step " +
                               std::to_string(step + 1) + "; the model was left as before training"));
@@ -473,7 +475,7 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
         noise.AddNoise(sums[i].data_ptr<float>(), static_cast<size_t>(sums[i].numel()), noise_stddev);
         impl_->trainable[i].mutable_grad() = sums[i].div_(denominator);
       }
-      optimizer.step();
+      optimizer->step();
       ++result.steps;
       if (config.on_step && !config.on_step(result.steps, steps)) {
         for (auto& p : impl_->trainable) p.mutable_grad() = torch::Tensor();

@@ -119,7 +119,66 @@ DataTensors WrapDataset(const Dataset& d) {
   t.features = torch::from_blob(const_cast<float*>(d.features.data()),
                                 {d.size(), d.channels, d.height, d.width}, torch::kFloat);
   t.labels = torch::from_blob(const_cast<int64_t*>(d.labels.data()), {d.size()}, torch::kLong);
+  t.targets = d.targets.empty()
+                  ? t.labels.to(torch::kFloat)
+                  : torch::from_blob(const_cast<float*>(d.targets.data()), {d.size()}, torch::kFloat);
   return t;
+}
+
+torch::Tensor BatchLoss(Loss loss, const torch::Tensor& output, const torch::Tensor& labels,
+                        const torch::Tensor& targets, bool sum) {
+  const auto reduction = sum ? torch::Reduction::Sum : torch::Reduction::Mean;
+  if (loss == Loss::kCrossEntropy) {
+    if (sum) return F::cross_entropy(output, labels, F::CrossEntropyFuncOptions().reduction(torch::kSum));
+    return F::cross_entropy(output, labels);
+  }
+  torch::Tensor out = output;
+  if (out.dim() == 2 && out.size(1) == 1) out = out.squeeze(1);
+  if (out.dim() != 1 || out.size(0) != targets.size(0)) {
+    std::ostringstream shape;
+    shape << output.sizes();
+    throw std::invalid_argument(std::string("the loss ") + LossName(loss) +
+                                " needs one output per example ([N] or [N, 1]); the model gives " +
+                                shape.str());
+  }
+  if (loss == Loss::kBinaryCrossEntropy) {
+    return torch::binary_cross_entropy_with_logits(out, targets, {}, {}, reduction);
+  }
+  return torch::mse_loss(out, targets, reduction);
+}
+
+std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const TrainConfig& config,
+                                                       const std::vector<torch::Tensor>& params) {
+  if (config.optimizer == Optimizer::kAdam) {
+    return std::make_unique<torch::optim::Adam>(
+        params, torch::optim::AdamOptions(config.learning_rate).weight_decay(config.weight_decay));
+  }
+  return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(config.learning_rate)
+                                                         .momentum(config.momentum)
+                                                         .weight_decay(config.weight_decay));
+}
+
+Status CheckTargets(Loss loss, const DataView& data, const char* what) {
+  const Dataset& d = *data.base;
+  if (loss == Loss::kMse && d.targets.size() != d.labels.size()) {
+    return InvalidArgument(std::string(what) +
+                           ": the loss mse needs a real-valued target per example (a CSV read with "
+                           "--csv-target real); these examples have class labels");
+  }
+  if (loss != Loss::kMse && !d.targets.empty()) {
+    return InvalidArgument(std::string(what) + ": these examples have real-valued targets; the loss " +
+                           LossName(loss) + " needs class labels (use the loss mse)");
+  }
+  if (loss == Loss::kBinaryCrossEntropy) {
+    for (int64_t i : data.indices) {
+      if (d.labels[static_cast<size_t>(i)] > 1) {
+        return InvalidArgument(std::string(what) + ": example " + std::to_string(i) + " has label " +
+                               std::to_string(d.labels[static_cast<size_t>(i)]) +
+                               "; the loss bce needs labels 0 and 1");
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 torch::Tensor IndexTensor(const std::vector<int64_t>& indices, size_t begin, size_t end) {
@@ -130,6 +189,58 @@ torch::Tensor IndexTensor(const std::vector<int64_t>& indices, size_t begin, siz
 }  // namespace internal
 
 std::vector<std::string> KnownArchitectures() { return {"2nn", "cnn", "logreg"}; }
+
+StatusOr<Loss> ParseLoss(const std::string& name) {
+  if (name == "cross_entropy" || name.empty()) return Loss::kCrossEntropy;
+  if (name == "bce") return Loss::kBinaryCrossEntropy;
+  if (name == "mse") return Loss::kMse;
+  return InvalidArgument(
+      "loss must be cross_entropy (K classes), bce (binary: one logit) or mse (regression: "
+      "one output), got '" +
+      name + "'");
+}
+
+const char* LossName(Loss loss) {
+  switch (loss) {
+    case Loss::kBinaryCrossEntropy:
+      return "bce";
+    case Loss::kMse:
+      return "mse";
+    default:
+      return "cross_entropy";
+  }
+}
+
+StatusOr<Optimizer> ParseOptimizer(const std::string& name) {
+  if (name == "sgd" || name.empty()) return Optimizer::kSgd;
+  if (name == "adam") return Optimizer::kAdam;
+  return InvalidArgument("optimizer must be sgd or adam, got '" + name + "'");
+}
+
+double RocAuc(const std::vector<float>& scores, const std::vector<int64_t>& labels) {
+  std::vector<size_t> order(scores.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scores[a] < scores[b]; });
+  // Mann-Whitney U from average ranks (ties share their mean rank).
+  double positive_rank_sum = 0;
+  int64_t positives = 0;
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i;
+    while (j < order.size() && scores[order[j]] == scores[order[i]]) ++j;
+    const double mean_rank = (static_cast<double>(i + 1) + static_cast<double>(j)) / 2.0;
+    for (size_t k = i; k < j; ++k) {
+      if (labels[order[k]] == 1) {
+        positive_rank_sum += mean_rank;
+        ++positives;
+      }
+    }
+    i = j;
+  }
+  const int64_t negatives = static_cast<int64_t>(scores.size()) - positives;
+  if (positives == 0 || negatives == 0) return NAN;
+  const double p = static_cast<double>(positives);
+  return (positive_rank_sum - p * (p + 1) / 2.0) / (p * static_cast<double>(negatives));
+}
 
 StatusOr<ModelSpec::Buffers> ParseBufferPolicy(const std::string& name) {
   if (name == "federated") return ModelSpec::Buffers::kFederated;
@@ -142,10 +253,15 @@ StatusOr<ModelSpec::Buffers> ParseBufferPolicy(const std::string& name) {
 
 StatusOr<ModelSpec> MakeModelSpec(const std::string& arch, const std::string& path,
                                   const std::string& buffers, std::vector<std::string> freeze,
-                                  std::vector<std::string> personal) {
+                                  std::vector<std::string> personal, const std::string& loss) {
   ModelSpec spec;
   spec.arch = arch;
   spec.path = path;
+  ASSIGN_OR_RETURN(spec.loss, ParseLoss(loss));
+  if (arch != kTorchScript && spec.loss != Loss::kCrossEntropy) {
+    return InvalidArgument(std::string("the built-in '") + arch + "' is a 10-class classifier: its loss is " +
+                           "cross_entropy, not " + loss + " (bring a TorchScript model: [model] path)");
+  }
   if (!buffers.empty()) {
     ASSIGN_OR_RETURN(spec.buffers, ParseBufferPolicy(buffers));
   }
@@ -167,9 +283,16 @@ StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const std::string& ar
 StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const ModelSpec& spec, uint64_t init_seed) {
   if (spec.arch == kTorchScript) {
     ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, LoadScript(spec));
+    impl->loss = spec.loss;
     return std::unique_ptr<ModelRunner>(new ModelRunner(std::move(impl)));
   }
   const std::string& arch = spec.arch;
+  if (spec.loss != Loss::kCrossEntropy) {
+    return InvalidArgument(std::string("the built-in '") + arch +
+                           "' is a 10-class classifier: its loss is "
+                           "cross_entropy, not " +
+                           LossName(spec.loss) + " (bring a TorchScript model for it)");
+  }
   if (!spec.freeze.empty() || !spec.personal.empty()) {
     return InvalidArgument(
         "freeze and personal apply to TorchScript models ([model] path), not to the built-in '" + arch + "'");
@@ -237,6 +360,7 @@ Status ModelRunner::SetWeights(const Weights& w) {
 StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig& config) {
   RETURN_IF_ERROR(CheckTrainConfig(config, "Train"));
   RETURN_IF_ERROR(CheckData(data, "Train", impl_->net != nullptr));
+  RETURN_IF_ERROR(internal::CheckTargets(impl_->loss, data, "Train"));
 
   const auto start_time = std::chrono::steady_clock::now();
   std::vector<torch::Tensor> before;
@@ -250,9 +374,7 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
   result.examples = data.size();
   try {
     const DataTensors all = WrapDataset(*data.base);
-    torch::optim::SGD optimizer(impl_->trainable, torch::optim::SGDOptions(config.learning_rate)
-                                                      .momentum(config.momentum)
-                                                      .weight_decay(config.weight_decay));
+    std::unique_ptr<torch::optim::Optimizer> optimizer = internal::MakeOptimizer(config, impl_->trainable);
     Rng rng(config.seed);
     std::vector<int64_t> order = data.indices;
     const size_t n = order.size();
@@ -267,7 +389,7 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
       int64_t epoch_steps = 0;
       for (size_t begin = 0; begin < n; begin += batch) {
         const size_t end = std::min(n, begin + batch);
-        optimizer.zero_grad();
+        optimizer->zero_grad();
         // One step, over passes of at most `pass` examples whose gradients
         // add up to the batch mean's.
         double loss_value = 0.0;
@@ -276,8 +398,9 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
           const torch::Tensor idx = IndexTensor(order, from, to);
           const torch::Tensor x = all.features.index_select(0, idx);
           const torch::Tensor y = all.labels.index_select(0, idx);
+          const torch::Tensor t = all.targets.index_select(0, idx);
           const torch::Tensor output = impl_->Forward(x);
-          torch::Tensor loss = F::cross_entropy(output, y);
+          torch::Tensor loss = internal::BatchLoss(impl_->loss, output, y, t);
           if (to - from != end - begin) {
             loss = loss * (static_cast<double>(to - from) / static_cast<double>(end - begin));
           }
@@ -291,7 +414,7 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
                                  "; the model was left as before training. Lower the learning rate (was " +
                                  std::to_string(config.learning_rate) + ") or check the data");
         }
-        optimizer.step();
+        optimizer->step();
         loss_sum += loss_value;
         ++epoch_steps;
         ++result.steps;
@@ -320,28 +443,45 @@ StatusOr<EvalResult> ModelRunner::Evaluate(const DataView& data, int batch_size)
   if (batch_size < 1)
     return InvalidArgument("Evaluate: batch_size must be >= 1, got " + std::to_string(batch_size));
   RETURN_IF_ERROR(CheckData(data, "Evaluate", impl_->net != nullptr));
+  RETURN_IF_ERROR(internal::CheckTargets(impl_->loss, data, "Evaluate"));
   EvalResult result;
   result.examples = data.size();
   try {
     torch::NoGradGuard no_grad;
     impl_->SetTraining(false);
     const DataTensors all = WrapDataset(*data.base);
-    double loss_sum = 0.0;
+    double loss_sum = 0.0, abs_sum = 0.0;
     int64_t correct = 0;
+    std::vector<float> scores;
+    std::vector<int64_t> labels;
     const size_t n = data.indices.size();
     const size_t batch = static_cast<size_t>(batch_size);
+    const Loss kind = impl_->loss;
     for (size_t begin = 0; begin < n; begin += batch) {
       const size_t end = std::min(n, begin + batch);
       const torch::Tensor idx = IndexTensor(data.indices, begin, end);
       const torch::Tensor x = all.features.index_select(0, idx);
       const torch::Tensor y = all.labels.index_select(0, idx);
+      const torch::Tensor t = all.targets.index_select(0, idx);
       const torch::Tensor output = impl_->Forward(x);
-      loss_sum +=
-          F::cross_entropy(output, y, F::CrossEntropyFuncOptions().reduction(torch::kSum)).item<double>();
-      correct += output.argmax(1).eq(y).sum().item<int64_t>();
+      loss_sum += internal::BatchLoss(kind, output, y, t, /*sum=*/true).item<double>();
+      if (kind == Loss::kCrossEntropy) {
+        correct += output.argmax(1).eq(y).sum().item<int64_t>();
+        continue;
+      }
+      const torch::Tensor out = output.reshape({-1}).contiguous();
+      if (kind == Loss::kBinaryCrossEntropy) {
+        correct += out.gt(0).to(torch::kLong).eq(y).sum().item<int64_t>();
+        scores.insert(scores.end(), out.data_ptr<float>(), out.data_ptr<float>() + out.numel());
+        labels.insert(labels.end(), y.data_ptr<int64_t>(), y.data_ptr<int64_t>() + y.numel());
+      } else {
+        abs_sum += (out - t).abs().sum().item<double>();
+      }
     }
     result.loss = loss_sum / static_cast<double>(n);
-    result.accuracy = static_cast<double>(correct) / static_cast<double>(n);
+    result.accuracy = kind == Loss::kMse ? 0.0 : static_cast<double>(correct) / static_cast<double>(n);
+    if (kind == Loss::kBinaryCrossEntropy) result.auc = RocAuc(scores, labels);
+    if (kind == Loss::kMse) result.mae = abs_sum / static_cast<double>(n);
   } catch (const std::exception& e) {
     return Internal("Evaluate: LibTorch failed while evaluating '" + impl_->arch + "': " + e.what());
   }

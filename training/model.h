@@ -5,6 +5,7 @@
 // Thread-safety: not thread-safe. Give each trainer thread its own runner.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -26,9 +27,24 @@ std::vector<std::string> KnownArchitectures();
 
 // What a federation trains: a built-in architecture, or a TorchScript module
 // (torch.jit.script or trace, saved with torch.jit.save) from a file.
+// What training minimizes and evaluation reports:
+//   kCrossEntropy        K logits per example, integer labels (accuracy)
+//   kBinaryCrossEntropy  one logit per example, labels 0/1 (accuracy at 0.5, ROC AUC)
+//   kMse                 one output per example, real targets (Dataset::targets; MSE, MAE)
+enum class Loss { kCrossEntropy, kBinaryCrossEntropy, kMse };
+// "cross_entropy" | "bce" | "mse"; InvalidArgument naming the allowed values.
+StatusOr<Loss> ParseLoss(const std::string& name);
+const char* LossName(Loss loss);
+
+enum class Optimizer { kSgd, kAdam };
+// "sgd" | "adam".
+StatusOr<Optimizer> ParseOptimizer(const std::string& name);
+
 struct ModelSpec {
   std::string arch = "2nn";  // a known architecture, or kTorchScript with `path`
-  std::string path;          // the TorchScript file
+  // The built-in architectures are 10-class classifiers: cross-entropy only.
+  Loss loss = Loss::kCrossEntropy;
+  std::string path;  // the TorchScript file
   // BatchNorm running statistics and other float buffers: averaged with the
   // weights (kFederated), or kept on each device (kLocal, as in FedBN).
   // Integer buffers (num_batches_tracked) always stay on the device.
@@ -45,9 +61,10 @@ StatusOr<ModelSpec::Buffers> ParseBufferPolicy(const std::string& name);
 // A spec from settings as configs and tasks carry them (an empty `buffers`
 // is "federated"). A TorchScript arch without a path is an error that
 // says how to give one.
+// An empty `loss` is cross_entropy.
 StatusOr<ModelSpec> MakeModelSpec(const std::string& arch, const std::string& path,
                                   const std::string& buffers, std::vector<std::string> freeze,
-                                  std::vector<std::string> personal);
+                                  std::vector<std::string> personal, const std::string& loss = "");
 
 struct TrainConfig {
   int epochs = 1;
@@ -55,6 +72,8 @@ struct TrainConfig {
   double learning_rate = 0.01;
   double momentum = 0.0;
   double weight_decay = 0.0;
+  // SGD (with `momentum`) or Adam (betas 0.9, 0.999; `momentum` unused).
+  Optimizer optimizer = Optimizer::kSgd;
   uint64_t seed = 0;  // batch order
   // Examples per forward/backward pass (0 = the whole batch). A larger batch
   // is accumulated over several passes: the same step with less peak memory
@@ -96,10 +115,17 @@ struct DpSgdConfig {
 };
 
 struct EvalResult {
-  double loss = 0.0;      // mean cross-entropy
-  double accuracy = 0.0;  // in [0, 1]
+  double loss = 0.0;      // the mean of the model's loss (ModelSpec::loss)
+  double accuracy = 0.0;  // in [0, 1]; classification losses (0 for mse)
+  double auc = NAN;       // bce: ROC AUC of the logits
+  double mae = NAN;       // mse: mean absolute error
   int64_t examples = 0;
 };
+
+// ROC AUC of `scores` for binary `labels` (0/1): the probability that a
+// random positive scores above a random negative, ties counting half. NaN
+// when only one class is present.
+double RocAuc(const std::vector<float>& scores, const std::vector<int64_t>& labels);
 
 class ModelRunner {
  public:

@@ -73,13 +73,29 @@ Status CheckData(const DataView& data, const char* what, bool builtin = true);
 // momentum, weight decay); `what` prefixes error messages.
 Status CheckTrainConfig(const TrainConfig& config, const char* what);
 
+// Checks that `data` has what `loss` needs: real targets for mse, class
+// labels (0/1 for bce) otherwise.
+Status CheckTargets(Loss loss, const DataView& data, const char* what);
+
+// SGD with momentum, or Adam, over `params`, as `config` says.
+std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const TrainConfig& config,
+                                                       const std::vector<torch::Tensor>& params);
+
 // Tensors over the shared dataset's memory. They are only ever read
 // (index_select copies), so the const_cast in WrapDataset never leads to a
 // write. Valid while the dataset lives.
 struct DataTensors {
   torch::Tensor features;  // [N, C, H, W]
   torch::Tensor labels;    // [N] int64
+  torch::Tensor targets;   // [N] float: Dataset::targets, or the labels as floats
 };
+
+// The batch's loss for `loss`: `output` against `labels` (cross-entropy) or
+// `targets` (bce, mse: one output per example, [B] or [B, 1]), the mean or
+// (sum) the sum over the batch. Throws std::invalid_argument naming the
+// shape when the output does not fit the loss.
+torch::Tensor BatchLoss(Loss loss, const torch::Tensor& output, const torch::Tensor& labels,
+                        const torch::Tensor& targets, bool sum = false);
 DataTensors WrapDataset(const Dataset& d);
 
 // A [end - begin] int64 tensor over indices[begin, end) (no copy; valid while
@@ -90,6 +106,7 @@ torch::Tensor IndexTensor(const std::vector<int64_t>& indices, size_t begin, siz
 
 struct ModelRunner::Impl {
   std::string arch;
+  Loss loss = Loss::kCrossEntropy;
   std::shared_ptr<internal::Net> net;        // a built-in architecture, or
   std::optional<torch::jit::Module> script;  // a TorchScript module
   // What travels, in layout order; share storage with the module.
