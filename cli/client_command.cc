@@ -35,7 +35,12 @@
 namespace {
 std::atomic<bool> g_stop{false};
 std::atomic<bool> g_paused{false};
-void OnSignal(int) { g_stop.store(true); }
+std::atomic<flotilla::client::Device*> g_device{nullptr};
+// Async-signal-safe: atomic stores only.
+void OnSignal(int) {
+  g_stop.store(true);
+  if (flotilla::client::Device* device = g_device.load()) device->Stop();
+}
 void OnPause(int) { g_paused.store(true); }
 void OnResume(int) { g_paused.store(false); }
 
@@ -373,11 +378,13 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   options.state_dir = state_dir;
   auto device = client::Device::Create(std::move(options), std::move(source).value(), callbacks);
   if (!device.ok()) return Fail(device.status());
+  g_device.store(device->get());
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGUSR1, OnPause);
   std::signal(SIGUSR2, OnResume);
   auto stats = (*device)->Run();
+  g_device.store(nullptr);
   if (!stats.ok()) return Fail(stats.status());
   std::printf(
       "flotilla client %s: trained %d rounds, %d updates acknowledged, %d reconnects, %d rounds paused\n",

@@ -179,3 +179,32 @@ TEST_CASE("A daemon killed between sending its update and the acknowledgement de
   CHECK(log.find("trained 1 rounds") != std::string::npos);  // round 1 was not trained again
   CheckRounds(fleet, 2);
 }
+
+TEST_CASE("SIGUSR1 pauses a daemon (it declines its rounds) and SIGTERM stops one cleanly",
+          "[crash][daemon]") {
+  testing::ProcessFleet fleet("daemon-signals", 2);
+  for (int i = 0; i < 2; ++i) fleet.WriteDeviceConfig(i);
+  const pid_t dev0 = Spawn(fleet.DaemonArgs(0), fleet.log("dev0"));
+  const pid_t dev1 = Spawn(fleet.DaemonArgs(1), fleet.log("dev1"));
+  INFO("logs in " << fleet.dir.string());
+  // The device is up (its data loaded, its handlers installed) before the
+  // aggregator starts: pause it.
+  REQUIRE(WaitForLog(fleet.log("dev1"), "training examples", std::chrono::seconds(60)));
+  ::kill(dev1, SIGUSR1);
+  const pid_t agg = Spawn(fleet.AggregatorArgs({"--arch", "logreg", "--rounds", "2", "--min-updates", "1",
+                                                "--no-eval", "--finish-grace", "3", "--seed", "3"}),
+                          fleet.log("aggregator"));
+  REQUIRE(WaitProcess(agg) == 0);
+  CHECK(WaitProcess(dev0) == 0);
+  CHECK(WaitProcess(dev1) == 0);
+  const std::string paused = ReadAll(fleet.log("dev1"));
+  CHECK(paused.find("trained 0 rounds") != std::string::npos);
+  CHECK(paused.find("2 rounds paused") != std::string::npos);
+  CHECK(ReadAll(fleet.log("dev0")).find("recorded rounds: 1 2") != std::string::npos);
+
+  // No aggregator at all: the daemon keeps trying until it is told to stop.
+  const pid_t lonely = Spawn(fleet.DaemonArgs(0), fleet.log("lonely"));
+  REQUIRE(WaitForLog(fleet.log("lonely"), "reconnecting", std::chrono::seconds(60)));
+  ::kill(lonely, SIGTERM);
+  CHECK(WaitProcess(lonely) == 0);
+}
