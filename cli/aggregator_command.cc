@@ -162,7 +162,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
     LOG_INFO("aggregator",
              "round " << r.round << "/" << config.rounds << (r.completed ? "" : " FAILED") << ": "
                       << r.received << "/" << r.selected << " updates, train_loss " << r.mean_train_loss
-                      << ", test_acc " << r.test_accuracy.value_or(NAN)
+                      << (r.test_accuracy ? ", test_acc " + std::to_string(*r.test_accuracy) : std::string())
                       << (r.federated_accuracy
                               ? ", federated_acc " + std::to_string(*r.federated_accuracy) + " on " +
                                     std::to_string(r.federated_examples) + " devices' held-out examples"
