@@ -340,7 +340,7 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   options.model_path = model_path;
   options.threads = threads;
   options.max_pass_examples = max_pass_examples;
-  options.keep_final_model = !model_out.empty();
+  options.final_model_out = model_out;
   if (const char* hold = std::getenv("FLOTILLA_FAULT_HOLD_AFTER_SEND_MS")) {
     options.hold_after_send = std::chrono::milliseconds(std::atoll(hold));
   }
@@ -394,17 +394,8 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   for (uint32_t r : stats->recorded_rounds) std::printf(" %u", r);
   std::printf("\n");
   if (!model_out.empty() && stats->final_model_version > 0) {
-    auto held = (*device)->store()->GetModel();
-    if (!held.ok()) return Fail(held.status());
-    if (!held->has_value()) return Fail(Internal("the final model is missing from the device store"));
-    auto weights = proto::WeightsFromProto((*held)->weights, nullptr);
-    if (!weights.ok()) return Fail(weights.status());
-    Status st = model_path.empty()
-                    ? WriteRawWeights(model_out, *weights, (*held)->arch, (*held)->version, (*held)->round)
-                    : training::WriteTorchScript(model_path, *weights, model_out);
-    if (!st.ok()) return Fail(st);
     std::printf("wrote the final model (version %llu, signature verified) to %s\n",
-                static_cast<unsigned long long>((*held)->version), model_out.c_str());
+                static_cast<unsigned long long>(stats->final_model_version), model_out.c_str());
   }
   return 0;
 }

@@ -17,7 +17,7 @@ StatusOr<std::unique_ptr<Device>> Device::Create(DeviceOptions options, std::uni
   }
   if (options.threads < 1) return InvalidArgument("Device: threads must be >= 1");
   if (options.max_pass_examples < 0) return InvalidArgument("Device: max_pass_examples must be >= 0");
-  if (options.keep_final_model && options.state_dir.empty()) {
+  if ((options.keep_final_model || !options.final_model_out.empty()) && options.state_dir.empty()) {
     return InvalidArgument("Device: keep_final_model needs a state_dir to keep it in");
   }
   std::unique_ptr<Device> device(new Device(std::move(options), std::move(data), std::move(callbacks)));
@@ -43,7 +43,8 @@ StatusOr<ClientStats> Device::Run() {
   run.store = store_.get();
   run.model_path = options_.model_path;
   run.max_pass_examples = options_.max_pass_examples;
-  run.keep_final_model = options_.keep_final_model;
+  run.keep_final_model = options_.keep_final_model || !options_.final_model_out.empty();
+  run.final_model_out = options_.final_model_out;
   run.hold_after_send = options_.hold_after_send;
   run.on_progress = callbacks_.on_progress;
   run.may_train = [this] {

@@ -41,6 +41,7 @@ struct DeviceOptions {
   int threads = 1;                               // Torch threads for training (the process's pool)
   int max_pass_examples = 0;                     // examples per forward/backward pass (0 = the task's batch)
   bool keep_final_model = false;                 // RunOptions::keep_final_model (needs state_dir)
+  std::string final_model_out;                   // RunOptions::final_model_out (implies keep_final_model)
   std::chrono::milliseconds hold_after_send{0};  // FAULT INJECTION (tests): RunOptions::hold_after_send
 };
 

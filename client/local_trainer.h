@@ -35,6 +35,8 @@ class RunnerCache {
  public:
   explicit RunnerCache(std::string model_path) : model_path_(std::move(model_path)) {}
   StatusOr<training::ModelRunner*> For(const wire::TrainTask& task);
+  // The runner last built (nullptr before the first task).
+  training::ModelRunner* current() const { return runner_.get(); }
 
  private:
   std::string model_path_;

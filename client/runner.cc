@@ -6,6 +6,9 @@
 #include "client/local_trainer.h"
 #include "client/pull.h"
 #include "core/log.h"
+#include "core/raw_weights.h"
+#include "proto/codec.h"
+#include "training/export.h"
 
 namespace flotilla::client {
 
@@ -182,6 +185,19 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
     ASSIGN_OR_RETURN(PullResult kept,
                      AcceptPulledModel(config, store, 0, finished->final_model(), model_public_key));
     stats.final_model_version = kept.model.version;
+    if (!options.final_model_out.empty()) {
+      ASSIGN_OR_RETURN(Weights final_weights, proto::WeightsFromProto(kept.model.weights, nullptr));
+      training::ModelRunner* trained = runners.current();
+      if (trained != nullptr && trained->arch() == training::kTorchScript) {
+        RETURN_IF_ERROR(trained->SaveScript(final_weights, options.final_model_out));
+      } else if (!options.model_path.empty()) {
+        RETURN_IF_ERROR(
+            training::WriteTorchScript(options.model_path, final_weights, options.final_model_out));
+      } else {
+        RETURN_IF_ERROR(WriteRawWeights(options.final_model_out, final_weights, kept.model.arch,
+                                        kept.model.version, kept.model.round));
+      }
+    }
     LOG_INFO("client", config.name << ": kept the final model, version " << kept.model.version
                                    << " (signature verified)");
   }

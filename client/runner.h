@@ -59,6 +59,12 @@ struct RunOptions {
   // verify it and keep it in the store (RunOptions::store is then required):
   // what the device's own inference uses afterwards.
   bool keep_final_model = false;
+  // With keep_final_model: also write the final model here for the device's
+  // own inference. A TorchScript federation's model is written as a
+  // TorchScript file with this device's trained personal layers and local
+  // buffers in it (from its copy of the model file if it never trained); a
+  // built-in one as float32 weights plus PATH.json (core/raw_weights.h).
+  std::string final_model_out;
   // FAULT INJECTION (tests): after an update is handed to the socket, sleep
   // this long before reading the reply: a window in which to kill the
   // process between sending and the acknowledgement.

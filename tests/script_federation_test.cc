@@ -15,6 +15,7 @@
 #include "proto/codec.h"
 #include "testing/process_fleet.h"
 #include "testing/subprocess.h"
+#include "training/model.h"
 
 using namespace flotilla;
 
@@ -33,8 +34,10 @@ std::string ReadFile(const std::filesystem::path& path) {
 
 // Runs the aggregator with `model_args` and every device with its own
 // model file; returns the aggregator's exit code.
+// With `model_out`, device i writes its final model to devI-final.pt in the
+// fleet's directory.
 int RunFederation(const testing::ProcessFleet& fleet, const std::vector<std::string>& model_args,
-                  const std::vector<std::string>& device_models, int rounds = 2) {
+                  const std::vector<std::string>& device_models, int rounds = 2, bool model_out = false) {
   std::vector<std::string> agg_args = {"--rounds",  std::to_string(rounds),
                                        "--epochs",  "1",
                                        "--batch",   "32",
@@ -47,10 +50,14 @@ int RunFederation(const testing::ProcessFleet& fleet, const std::vector<std::str
   const pid_t agg = testing::Spawn(fleet.AggregatorArgs(agg_args), fleet.log("aggregator"));
   std::vector<pid_t> devices;
   for (int i = 0; i < kDevices; ++i) {
-    devices.push_back(
-        testing::Spawn(fleet.ClientArgs(i, {"--train-limit", "3000", "--seed", "3", "--threads", "1",
-                                            "--model-path", device_models[static_cast<size_t>(i)]}),
-                       fleet.log("dev" + std::to_string(i))));
+    std::vector<std::string> args = {
+        "--train-limit", "3000", "--seed",       "3",
+        "--threads",     "1",    "--model-path", device_models[static_cast<size_t>(i)]};
+    if (model_out) {
+      args.push_back("--model-out");
+      args.push_back((fleet.dir / ("dev" + std::to_string(i) + "-final.pt")).string());
+    }
+    devices.push_back(testing::Spawn(fleet.ClientArgs(i, args), fleet.log("dev" + std::to_string(i))));
   }
   const int code = WaitProcess(agg);
   for (pid_t d : devices) {
@@ -136,7 +143,7 @@ TEST_CASE("Personal layers never reach the aggregator, and a wrong model file na
     testing::ProcessFleet fleet("script-personal", kDevices);
     INFO("aggregator log: " << ReadFile(fleet.log("aggregator")));
     REQUIRE(RunFederation(fleet, {"--model-path", file, "--personal", "head.*"},
-                          std::vector<std::string>(kDevices, file)) == 0);
+                          std::vector<std::string>(kDevices, file), 2, /*model_out=*/true) == 0);
     auto store = aggregator::Store::OpenReadOnly(fleet.store().string());
     REQUIRE(store.ok());
     auto rounds = (*store)->ListRounds();
@@ -152,6 +159,34 @@ TEST_CASE("Personal layers never reach the aggregator, and a wrong model file na
     // The shared backbone did train.
     CHECK(Tensor(*(*store)->GetModel(1), "backbone.0.weight") !=
           Tensor(*(*store)->GetModel(3), "backbone.0.weight"));
+    // Each device's final model file: the federation's final backbone and
+    // the device's own trained head (unlike the file it started from, and
+    // unlike the other devices').
+    auto whole = [](const std::string& path) {
+      training::ModelSpec spec;
+      spec.arch = training::kTorchScript;
+      spec.path = path;
+      auto runner = training::ModelRunner::Create(spec, 0);
+      REQUIRE(runner.ok());
+      return (*runner)->GetWeights();
+    };
+    auto slice = [](const Weights& w, const std::string& name) {
+      for (const auto& t : w.layout->tensors()) {
+        if (t.name == name)
+          return std::vector<float>(w.data.begin() + t.offset, w.data.begin() + t.offset + t.numel);
+      }
+      FAIL("no tensor " << name);
+      return std::vector<float>();
+    };
+    const Weights original = whole(file);
+    std::vector<std::vector<float>> heads;
+    for (int i = 0; i < kDevices; ++i) {
+      const Weights final_model = whole((fleet.dir / ("dev" + std::to_string(i) + "-final.pt")).string());
+      CHECK(slice(final_model, "backbone.0.weight") == Tensor(*(*store)->GetModel(3), "backbone.0.weight"));
+      heads.push_back(slice(final_model, "head.weight"));
+      CHECK(heads.back() != slice(original, "head.weight"));
+    }
+    CHECK(heads[0] != heads[1]);
   }
   SECTION("one device holds another model file") {
     testing::ProcessFleet fleet("script-wrong", kDevices);

@@ -173,6 +173,12 @@ class ModelRunner {
   // InvalidArgument on a bad DpSgdConfig.
   StatusOr<TrainResult> TrainDpSgd(const DataView& data, const TrainConfig& config, const DpSgdConfig& dp);
 
+  // A TorchScript model as a file the device's own code loads with
+  // torch::jit::load, in eval() mode: `global` (what travels) set into this
+  // runner's module, whose personal parameters and local buffers are this
+  // device's trained ones. FailedPrecondition for a built-in architecture.
+  Status SaveScript(const Weights& global, const std::string& path);
+
   // The Torch state (training/model_impl.h): opaque outside training/.
   struct Impl;
 

@@ -94,4 +94,19 @@ StatusOr<std::unique_ptr<ModelRunner::Impl>> ModelRunner::LoadScript(const Model
   return impl;
 }
 
+Status ModelRunner::SaveScript(const Weights& global, const std::string& path) {
+  if (!impl_->script) {
+    return FailedPrecondition("SaveScript: '" + impl_->arch +
+                              "' is a built-in architecture, not TorchScript");
+  }
+  RETURN_IF_ERROR(SetWeights(global));
+  try {
+    impl_->SetTraining(false);
+    impl_->script->save(path);
+  } catch (const std::exception& e) {
+    return Unavailable("cannot write TorchScript file " + path + ": " + e.what());
+  }
+  return Status::Ok();
+}
+
 }  // namespace flotilla::training
