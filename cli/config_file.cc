@@ -95,6 +95,8 @@ const std::vector<ConfigKey>& ConfigKeys() {
     k.push_back({"data", "csv_header", "client run", "--csv-header"});
     k.push_back({"data", "csv_delimiter", "sim", "--csv-delimiter"});
     k.push_back({"data", "csv_delimiter", "client run", "--csv-delimiter"});
+    k.push_back({"data", "csv_features", "sim", "--csv-features"});
+    k.push_back({"data", "csv_features", "client run", "--csv-features"});
     k.push_back({"data", "csv_target", "sim", "--csv-target"});
     k.push_back({"data", "csv_target", "client run", "--csv-target"});
     k.push_back({"data", "test_fraction", "sim", "--test-fraction"});

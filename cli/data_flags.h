@@ -22,6 +22,11 @@ inline void AddCsvFlags(CLI::App* app, std::string* source, training::CsvOptions
   app->add_option("--csv-label", csv->label_column,
                   "CSV: the label column, a header name or a 0-based index (negative from the end)")
       ->capture_default_str();
+  app->add_option(
+         "--csv-features", csv->feature_columns,
+         "CSV: the feature columns, names or 0-based indices (comma-separated; default: every column "
+         "but the label)")
+      ->delimiter(',');
   app->add_option("--csv-skip-rows", csv->skip_rows, "CSV: lines to skip before the header or the first row")
       ->capture_default_str();
   app->add_flag("--csv-header", csv->header, "CSV: the first row names the columns");

@@ -145,11 +145,19 @@ StatusOr<std::pair<training::DataView, training::DataView>> SplitHeldOut(const t
   return std::make_pair(std::move(train), std::move(held_out));
 }
 
-StatusOr<training::Dataset> LoadAllExamples(const FileSourceOptions& options) {
+namespace {
+
+// The examples of options.source: Fashion-MNIST's `split`, a CSV file
+// (standardized over all its rows when `standardize_csv`), or an image
+// folder (standardized with its own pixels); the first options.limit kept.
+StatusOr<training::Dataset> LoadExamples(const FileSourceOptions& options, training::Split split,
+                                         bool standardize_csv) {
   ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(options.source));
   training::Dataset data;
   if (source.kind == "csv") {
-    ASSIGN_OR_RETURN(training::CsvData loaded, training::LoadCsv(source.path, options.csv));
+    training::CsvOptions csv = options.csv;
+    csv.standardize = csv.standardize && standardize_csv;
+    ASSIGN_OR_RETURN(training::CsvData loaded, training::LoadCsv(source.path, csv));
     data = std::move(loaded.dataset);
   } else if (source.kind == "images") {
     ASSIGN_OR_RETURN(training::ImageFolderData images,
@@ -159,10 +167,16 @@ StatusOr<training::Dataset> LoadAllExamples(const FileSourceOptions& options) {
     const std::string dir = !source.path.empty()                 ? source.path
                             : !options.fashion_mnist_dir.empty() ? options.fashion_mnist_dir
                                                                  : training::kDefaultFashionMnistDir;
-    ASSIGN_OR_RETURN(data, training::LoadFashionMnist(dir, training::Split::kTest, options.limit));
+    ASSIGN_OR_RETURN(data, training::LoadFashionMnist(dir, split, options.limit));
   }
   KeepFirst(&data, options.limit);
   return data;
+}
+
+}  // namespace
+
+StatusOr<training::Dataset> LoadAllExamples(const FileSourceOptions& options) {
+  return LoadExamples(options, training::Split::kTest, /*standardize_csv=*/true);
 }
 
 StatusOr<std::unique_ptr<DataSource>> LoadFileSource(const FileSourceOptions& options) {
@@ -171,24 +185,8 @@ StatusOr<std::unique_ptr<DataSource>> LoadFileSource(const FileSourceOptions& op
     return InvalidArgument("the device's share is partition " + std::to_string(options.index) + " of " +
                            std::to_string(options.parts) + "; it must be in [0, parts)");
   }
-  training::Dataset all;
-  if (source.kind == "csv") {
-    training::CsvOptions raw = options.csv;
-    raw.standardize = false;  // below, with this device's own training rows
-    ASSIGN_OR_RETURN(training::CsvData loaded, training::LoadCsv(source.path, raw));
-    all = std::move(loaded.dataset);
-  } else if (source.kind == "images") {
-    // Standardized with this device's own folder.
-    ASSIGN_OR_RETURN(training::ImageFolderData images,
-                     training::LoadImageFolder(source.path, options.images));
-    all = std::move(images.dataset);
-  } else {
-    const std::string dir = !source.path.empty()                 ? source.path
-                            : !options.fashion_mnist_dir.empty() ? options.fashion_mnist_dir
-                                                                 : training::kDefaultFashionMnistDir;
-    ASSIGN_OR_RETURN(all, training::LoadFashionMnist(dir, training::Split::kTrain, options.limit));
-  }
-  KeepFirst(&all, options.limit);
+  // CSV rows are standardized below, with this device's own training rows.
+  ASSIGN_OR_RETURN(training::Dataset all, LoadExamples(options, training::Split::kTrain, false));
   ASSIGN_OR_RETURN(training::Partition parts,
                    training::PartitionByName(options.partition, all.labels, all.num_classes, options.parts,
                                              DeriveSeed(options.seed, "partition")));

@@ -142,3 +142,17 @@ TEST_CASE("flotilla --help lists every subcommand and each has --help", "[cli]")
   CHECK(RunFlotilla({"frobnicate"}, &out) == 2);
   CHECK(out.find("unknown subcommand") != std::string::npos);
 }
+
+TEST_CASE("CSV feature columns and targets reach the reader from flags", "[cli]") {
+  const std::string bc = "csv:/usr/lib/python3/dist-packages/sklearn/datasets/data/breast_cancer.csv";
+  std::string out;
+  // The label column cannot also be a feature (30 is the last column).
+  CHECK(RunFlotilla({"client", "predict", "--model", FLOTILLA_BIN, "--data", bc, "--csv-skip-rows", "1",
+                     "--csv-features", "0,30"},
+                    &out) != 0);
+  CHECK(out.find("column '30' is the label") != std::string::npos);
+  // An unknown target kind is a usage error.
+  CHECK(RunFlotilla({"client", "predict", "--model", FLOTILLA_BIN, "--data", bc, "--csv-target", "bogus"},
+                    &out) != 0);
+  CHECK(out.find("--csv-target") != std::string::npos);
+}
