@@ -1,5 +1,7 @@
 #include "client/device_store.h"
 
+#include <cstring>
+
 namespace flotilla::client {
 namespace {
 
@@ -15,6 +17,7 @@ std::string RoundKey(uint32_t round) {
 }
 
 std::string NewestKey(const std::string& federation) { return "newest_verified/" + federation; }
+std::string LocalKey(const std::string& federation) { return "local_state/" + federation; }
 
 }  // namespace
 
@@ -108,6 +111,45 @@ Status DeviceStore::NoteVerified(const std::string& federation, uint64_t version
   storage::WriteBatch batch;
   batch.Put(kState, NewestKey(federation), value);
   return kv_->Write(batch, "writing the newest verified version");
+}
+
+Status DeviceStore::PutLocalState(const std::string& federation, const LocalState& state) {
+  // The record reuses the wire's weights message: the tensors, then the
+  // residual as one more float32 tensor named "" (it has no layout of its own).
+  wire::WeightsProto record = state.tensors;
+  if (!state.residual.empty()) {
+    auto* t = record.add_layout();
+    t->set_name("");
+    t->add_shape(static_cast<int64_t>(state.residual.size()));
+    record.mutable_data()->append(reinterpret_cast<const char*>(state.residual.data()),
+                                  state.residual.size() * sizeof(float));
+  }
+  storage::WriteBatch batch;
+  batch.Put(kState, LocalKey(federation), record.SerializeAsString());
+  return kv_->Write(batch, "writing the device's local state");
+}
+
+StatusOr<std::optional<DeviceStore::LocalState>> DeviceStore::GetLocalState(
+    const std::string& federation) const {
+  StatusOr<std::string> value = kv_->Get(kState, LocalKey(federation));
+  if (value.status().code() == StatusCode::kNotFound) return std::optional<LocalState>();
+  RETURN_IF_ERROR(value.status());
+  wire::WeightsProto record;
+  if (!record.ParseFromString(*value)) return DataLoss("corrupt local-state record in device store");
+  LocalState state;
+  if (record.layout_size() > 0 && record.layout(record.layout_size() - 1).name().empty()) {
+    const int64_t n = record.layout(record.layout_size() - 1).shape_size() == 1
+                          ? record.layout(record.layout_size() - 1).shape(0)
+                          : -1;
+    const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+    if (n < 0 || record.data().size() < bytes) return DataLoss("corrupt local-state record in device store");
+    state.residual.resize(static_cast<size_t>(n));
+    std::memcpy(state.residual.data(), record.data().data() + record.data().size() - bytes, bytes);
+    record.mutable_data()->resize(record.data().size() - bytes);
+    record.mutable_layout()->RemoveLast();
+  }
+  state.tensors = std::move(record);
+  return std::optional<LocalState>(std::move(state));
 }
 
 }  // namespace flotilla::client

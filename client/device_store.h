@@ -51,6 +51,18 @@ class DeviceStore {
   StatusOr<uint64_t> NewestVerified(const std::string& federation) const;
   Status NoteVerified(const std::string& federation, uint64_t version);
 
+  // What this device keeps of a federation's model that never travels: its
+  // personal parameters and local buffers (training::ModelRunner::
+  // GetLocalState), and its top-k error-feedback residual. Replaced as a
+  // whole after each round it trains (synced), read back when the model is
+  // rebuilt after a restart.
+  struct LocalState {
+    wire::WeightsProto tensors;  // empty layout: none
+    std::vector<float> residual;
+  };
+  Status PutLocalState(const std::string& federation, const LocalState& state);
+  StatusOr<std::optional<LocalState>> GetLocalState(const std::string& federation) const;
+
  private:
   explicit DeviceStore(std::unique_ptr<storage::KvStore> kv) : kv_(std::move(kv)) {}
   std::unique_ptr<storage::KvStore> kv_;

@@ -40,6 +40,13 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
   session_config.want_final_model = options.keep_final_model;
   RunnerCache runners(options.model_path);
   std::vector<float> residual;  // top-k error feedback, across this device's rounds
+  // What never travels (personal layers, local buffers, the residual)
+  // survives restarts in the store: read back when the model is built.
+  std::optional<DeviceStore::LocalState> stored_local;
+  if (store != nullptr) {
+    ASSIGN_OR_RETURN(stored_local, store->GetLocalState(config.federation));
+    if (stored_local) residual = stored_local->residual;
+  }
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, session_config));
   ClientStats stats;
@@ -105,12 +112,23 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
       p.round = round;
       report(p);
     }
+    training::ModelRunner* previous = runners.current();
     StatusOr<training::ModelRunner*> runner = runners.For(*task);
     if (!runner.ok()) {
       LOG_ERROR("client", config.name << ": cannot build the model for round " << round << ": "
                                       << runner.status().message());
       RETURN_IF_ERROR(decline(round, runner.status()));
       continue;
+    }
+    if (*runner != previous && stored_local && stored_local->tensors.layout_size() > 0) {
+      // A freshly built model: put this device's own layers back.
+      StatusOr<Weights> local = proto::WeightsFromProto(stored_local->tensors, nullptr);
+      Status restored = local.ok() ? (*runner)->SetLocalState(*local) : local.status();
+      if (restored.ok()) {
+        LOG_INFO("client", config.name << ": restored its personal layers and local buffers from the store");
+      } else {
+        LOG_WARN("client", config.name << ": not restoring the stored local state: " << restored.message());
+      }
     }
     LocalTraining local;
     local.max_pass_examples = options.max_pass_examples;
@@ -161,6 +179,16 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
       continue;
     }
     ++stats.rounds_trained;
+    if (store != nullptr) {
+      std::optional<Weights> local_state = (*runner)->GetLocalState();
+      if (local_state || !residual.empty()) {
+        DeviceStore::LocalState keep;
+        if (local_state) proto::WeightsToProto(*local_state, &keep.tensors);
+        keep.residual = residual;
+        RETURN_IF_ERROR(store->PutLocalState(config.federation, keep));
+        stored_local = std::move(keep);
+      }
+    }
     // Durable before it leaves the device. (A secure-aggregation input
     // is never resent: a new attempt would need fresh keys anyway.)
     if (store != nullptr && !task->has_secagg()) RETURN_IF_ERROR(store->PutOutbox(*update));

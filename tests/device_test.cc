@@ -13,9 +13,11 @@
 #include "aggregator/server.h"
 #include "aggregator/store.h"
 #include "client/data_source.h"
+#include "client/device_store.h"
 #include "proto/codec.h"
 #include "sim/fleet_data.h"
 #include "sim/simulation.h"
+#include "storage/kv_store.h"
 #include "testing/test_aggregator.h"
 #include "testing/test_keys.h"
 #include "testing/test_sim.h"
@@ -31,25 +33,41 @@ using testing::TempPath;
 // A logreg federation of `rounds` that needs `min_clients` devices and
 // closes a round on the first update when others decline.
 struct Federation {
-  testing::TestKeys keys;
+  std::shared_ptr<testing::TestKeys> owned_keys;
+  const testing::TestKeys& keys;
   std::filesystem::path store;
   net::Context context;
   std::unique_ptr<aggregator::Aggregator> agg;
   Status run;
   std::thread server;
 
-  Federation(const std::string& name, int rounds, int devices) : keys(devices), store(TempPath(name)) {
+  // `script`: a TorchScript model file from build/models whose "head.*"
+  // parameters are personal (empty: the built-in logreg).
+  Federation(const std::string& name, int rounds, int devices, const std::string& script = "",
+             double lr = 0.05, const testing::TestKeys* same_keys = nullptr,
+             const std::filesystem::path& reuse_store = {})
+      : owned_keys(same_keys != nullptr ? nullptr : std::make_shared<testing::TestKeys>(devices)),
+        keys(same_keys != nullptr ? *same_keys : *owned_keys),
+        store(reuse_store.empty() ? TempPath(name) : reuse_store) {
     aggregator::AggregatorConfig config;
     config.endpoint = "tcp://127.0.0.1:*";
     config.store_path = store.string();
-    config.model_arch = "logreg";
+    config.model_arch = script.empty() ? "logreg" : "torchscript";
+    config.learning_rate = lr;
+    training::ModelSpec spec;
+    spec.arch = config.model_arch;
+    if (!script.empty()) {
+      spec.path = std::string(FLOTILLA_MODELS) + "/" + script + ".pt";
+      spec.personal = {"head.*"};
+      config.model_personal = spec.personal;
+    }
     config.rounds = rounds;
     config.min_clients = devices;
     config.min_updates = 1;
     config.round_deadline_seconds = 60.0;
     config.finish_grace_seconds = 1.0;
     keys.Apply(&config);
-    auto runner = training::ModelRunner::Create("logreg", 1);
+    auto runner = training::ModelRunner::Create(spec, 1);
     REQUIRE(runner.ok());
     auto created =
         aggregator::Aggregator::Create(config, &context, (*runner)->GetWeights(), nullptr, nullptr);
@@ -294,4 +312,100 @@ TEST_CASE("Federated evaluation reports the devices' held-out accuracy of each r
   auto refused = sim::RunSimulation(dp);
   REQUIRE_FALSE(refused.ok());
   CHECK_THAT(std::string(refused.status().message()), Catch::Contains("differential privacy does not cover"));
+}
+
+TEST_CASE("A device's personal layers survive its restart, kept in its store", "[integration][device]") {
+  const std::string file = std::string(FLOTILLA_MODELS) + "/backbone_head.pt";
+  const auto state_dir = TempPath("personal-state");
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(160, 4));
+  training::DataView mine{data, {}}, theirs{data, {}};
+  for (int64_t k = 0; k < 160; ++k) (k < 80 ? mine : theirs).indices.push_back(k);
+  auto head_of = [](const std::string& path) {
+    training::ModelSpec spec;
+    spec.arch = training::kTorchScript;
+    spec.path = path;
+    auto runner = training::ModelRunner::Create(spec, 0);
+    REQUIRE(runner.ok());
+    const Weights w = (*runner)->GetWeights();
+    for (const auto& t : w.layout->tensors()) {
+      if (t.name == "head.weight")
+        return std::vector<float>(w.data.begin() + t.offset, w.data.begin() + t.offset + t.numel);
+    }
+    FAIL("no head.weight");
+    return std::vector<float>();
+  };
+  // Run one device through a federation; returns its final model file.
+  auto run = [&](Federation& fed, const std::string& out) {
+    client::DeviceOptions options = fed.Options(0);
+    options.model_path = file;
+    options.state_dir = state_dir.string();
+    options.final_model_out = (state_dir.parent_path() / out).string();
+    auto device = client::Device::Create(options, client::FixedSource(mine));
+    REQUIRE(device.ok());
+    client::DeviceOptions other_options = fed.Options(1);
+    other_options.model_path = file;
+    auto other = client::Device::Create(other_options, client::FixedSource(theirs));
+    REQUIRE(other.ok());
+    StatusOr<client::ClientStats> other_stats = Internal("not run");
+    std::thread t([&] { other_stats = (*other)->Run(); });
+    auto stats = (*device)->Run();
+    t.join();
+    fed.server.join();
+    REQUIRE(fed.run.ok());
+    REQUIRE(stats.ok());
+    REQUIRE(stats->rounds_trained >= 1);
+    return options.final_model_out;
+  };
+  testing::TestKeys keys(2);
+  Federation first("personal-fed", 2, 2, "backbone_head", 0.1, &keys);
+  const std::vector<float> trained = head_of(run(first, "personal-first.pt"));
+  CHECK(trained != head_of(file));
+  first.agg.reset();  // the aggregator process "restarts" on its store
+  {
+    // A new device process (a new Device on the same store) in a last
+    // round that barely moves anything: its head starts from the stored
+    // one, not from the file.
+    Federation second("personal-fed", 3, 2, "backbone_head", 1e-9, &keys, first.store);
+    const std::string out = run(second, "personal-second.pt");
+    const std::vector<float> restarted = head_of(out);
+    REQUIRE(restarted.size() == trained.size());
+    double diff = 0;
+    for (size_t i = 0; i < trained.size(); ++i)
+      diff = std::max(diff, double(std::fabs(restarted[i] - trained[i])));
+    CHECK(diff < 1e-5);
+  }
+  std::filesystem::remove_all(state_dir);
+  std::filesystem::remove(state_dir.parent_path() / "personal-first.pt");
+  std::filesystem::remove(state_dir.parent_path() / "personal-second.pt");
+}
+
+TEST_CASE("The device store keeps local state and the residual, and refuses a corrupt record",
+          "[integration][device]") {
+  auto store = client::DeviceStore::OnKvStore(storage::NewMemoryStore(client::DeviceStore::Families()));
+  auto none = store->GetLocalState("fed");
+  REQUIRE(none.ok());
+  CHECK_FALSE(none->has_value());
+  auto layout =
+      std::make_shared<const Layout>(*Layout::Create({{"head.weight", {2, 3}}, {"head.bias", {2}}}));
+  Weights w = Weights::Zeros(layout);
+  for (size_t i = 0; i < w.data.size(); ++i) w.data[i] = 0.5f * static_cast<float>(i);
+  client::DeviceStore::LocalState state;
+  proto::WeightsToProto(w, &state.tensors);
+  state.residual = {1.5f, -2.0f, 0.25f};
+  REQUIRE(store->PutLocalState("fed", state).ok());
+  auto back = store->GetLocalState("fed");
+  REQUIRE(back.ok());
+  REQUIRE(back->has_value());
+  CHECK((*back)->residual == state.residual);
+  auto tensors = proto::WeightsFromProto((*back)->tensors, nullptr);
+  REQUIRE(tensors.ok());
+  CHECK(tensors->data == w.data);
+  CHECK_FALSE(store->GetLocalState("other")->has_value());  // per federation
+  // Only a residual (a built-in model with top-k): no tensors.
+  client::DeviceStore::LocalState residual_only;
+  residual_only.residual = {3.0f};
+  REQUIRE(store->PutLocalState("fed", residual_only).ok());
+  back = store->GetLocalState("fed");
+  CHECK((*back)->tensors.layout_size() == 0);
+  CHECK((*back)->residual == residual_only.residual);
 }

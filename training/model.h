@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -178,6 +179,14 @@ class ModelRunner {
   // runner's module, whose personal parameters and local buffers are this
   // device's trained ones. FailedPrecondition for a built-in architecture.
   Status SaveScript(const Weights& global, const std::string& path);
+
+  // This device's own part of a TorchScript model: its personal parameters
+  // and local float buffers (nullopt when the model has none), to keep
+  // across restarts. SetLocalState puts it back; a layout that differs (the
+  // model file or its options changed) fails naming the difference and
+  // changes nothing.
+  std::optional<Weights> GetLocalState() const;
+  Status SetLocalState(const Weights& state);
 
   // The Torch state (training/model_impl.h): opaque outside training/.
   struct Impl;

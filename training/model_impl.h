@@ -116,6 +116,10 @@ struct ModelRunner::Impl {
   // Every parameter and buffer: what a failed training restores.
   std::vector<torch::Tensor> state;
   std::shared_ptr<const Layout> layout;
+  // What stays on the device and is not restored by SetWeights: personal
+  // parameters and local float buffers (TorchScript models only).
+  std::vector<torch::Tensor> local;
+  std::shared_ptr<const Layout> local_layout;  // null when nothing is local
 
   torch::Tensor Forward(const torch::Tensor& x) {
     if (script) return script->forward({x}).toTensor();

@@ -4,6 +4,7 @@
 // trains, and what stays on the device.
 #include <fnmatch.h>
 
+#include <cstring>
 #include <set>
 
 #include "training/model_impl.h"
@@ -50,7 +51,7 @@ StatusOr<std::unique_ptr<ModelRunner::Impl>> ModelRunner::LoadScript(const Model
     return InvalidArgument("cannot load the TorchScript model " + spec.path + ": " + what +
                            " (make it with torch.jit.script or torch.jit.trace and torch.jit.save)");
   }
-  std::vector<std::pair<std::string, std::vector<int64_t>>> travels;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> travels, stays;
   std::vector<std::string> names;
   std::set<std::string> frozen_used, personal_used;
   try {
@@ -70,15 +71,22 @@ StatusOr<std::unique_ptr<ModelRunner::Impl>> ModelRunner::LoadScript(const Model
       if (!personal) {
         travels.emplace_back(p.name, t.sizes().vec());
         impl->params.push_back(t);
+      } else {
+        stays.emplace_back(p.name, t.sizes().vec());
+        impl->local.push_back(t);
       }
     }
     for (const auto& b : impl->script->named_buffers(/*recurse=*/true)) {
       impl->state.push_back(b.value);
       // Integer buffers (BatchNorm's num_batches_tracked) count local steps:
       // they never travel.
-      if (spec.buffers == ModelSpec::Buffers::kFederated && b.value.scalar_type() == torch::kFloat) {
+      if (b.value.scalar_type() != torch::kFloat) continue;
+      if (spec.buffers == ModelSpec::Buffers::kFederated) {
         travels.emplace_back(b.name, b.value.sizes().vec());
         impl->params.push_back(b.value);
+      } else {
+        stays.emplace_back(b.name, b.value.sizes().vec());
+        impl->local.push_back(b.value);
       }
     }
   } catch (const std::exception& e) {
@@ -91,7 +99,41 @@ StatusOr<std::unique_ptr<ModelRunner::Impl>> ModelRunner::LoadScript(const Model
   }
   ASSIGN_OR_RETURN(Layout layout, Layout::Create(travels));
   impl->layout = std::make_shared<const Layout>(std::move(layout));
+  if (!stays.empty()) {
+    ASSIGN_OR_RETURN(Layout local, Layout::Create(stays));
+    impl->local_layout = std::make_shared<const Layout>(std::move(local));
+  }
   return impl;
+}
+
+std::optional<Weights> ModelRunner::GetLocalState() const {
+  if (!impl_->local_layout) return std::nullopt;
+  Weights w = Weights::Zeros(impl_->local_layout);
+  const auto& specs = impl_->local_layout->tensors();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const torch::Tensor t = impl_->local[i].detach().contiguous();
+    std::memcpy(w.data.data() + specs[i].offset, t.data_ptr<float>(),
+                static_cast<size_t>(specs[i].numel) * sizeof(float));
+  }
+  return w;
+}
+
+Status ModelRunner::SetLocalState(const Weights& state) {
+  if (!impl_->local_layout) return FailedPrecondition("this model keeps nothing on the device");
+  RETURN_IF_ERROR(state.Validate().WithContext("SetLocalState"));
+  RETURN_IF_ERROR(
+      impl_->local_layout->CheckSame(*state.layout).WithContext("the device's stored local state"));
+  try {
+    torch::NoGradGuard no_grad;
+    const auto& specs = impl_->local_layout->tensors();
+    for (size_t i = 0; i < specs.size(); ++i) {
+      impl_->local[i].copy_(torch::from_blob(const_cast<float*>(state.data.data() + specs[i].offset),
+                                             specs[i].shape, torch::kFloat));
+    }
+  } catch (const std::exception& e) {
+    return Internal(std::string("SetLocalState: LibTorch failed to copy: ") + e.what());
+  }
+  return Status::Ok();
 }
 
 Status ModelRunner::SaveScript(const Weights& global, const std::string& path) {
