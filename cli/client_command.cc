@@ -184,7 +184,7 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   std::string script_out, pull_model_path;
   pull->add_option("--script-out", script_out,
                    "TorchScript federation: write the model as a TorchScript file your code loads with "
-                   "torch::jit::load (needs --model-path)");
+                   "torch::jit::load, with this device's own trained layers (needs --model-path)");
   pull->add_option("--model-path", pull_model_path,
                    "This device's copy of the federation's TorchScript model (its personal layers and local "
                    "buffers are kept)")
@@ -323,8 +323,21 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
       if (!weights.ok()) return Fail(weights.status());
       Status st = training::WriteTorchScript(pull_model_path, *weights, script_out);
       if (!st.ok()) return Fail(st);
-      std::printf("wrote %s (TorchScript, model version %llu)\n", script_out.c_str(),
-                  static_cast<unsigned long long>(result->model.version));
+      // This device's own layers (personal parameters, local buffers), as
+      // its last training kept them in the store.
+      auto local = (*store)->GetLocalState(config.federation);
+      if (!local.ok()) return Fail(local.status());
+      bool with_local = false;
+      if (local->has_value() && (*local)->tensors.layout_size() > 0) {
+        auto tensors = proto::WeightsFromProto((*local)->tensors, nullptr);
+        if (!tensors.ok()) return Fail(tensors.status());
+        st = training::WriteTorchScript(script_out, *tensors, script_out);
+        if (!st.ok()) return Fail(st);
+        with_local = true;
+      }
+      std::printf("wrote %s (TorchScript, model version %llu%s)\n", script_out.c_str(),
+                  static_cast<unsigned long long>(result->model.version),
+                  with_local ? ", with this device's own trained layers" : "");
     }
     return 0;
   }

@@ -187,6 +187,30 @@ TEST_CASE("Personal layers never reach the aggregator, and a wrong model file na
       CHECK(heads.back() != slice(original, "head.weight"));
     }
     CHECK(heads[0] != heads[1]);
+    // Later, dev0 pulls the model as a TorchScript file: its own trained
+    // head comes from its store, the rest from the aggregator (serving
+    // pulls after the federation).
+    const pid_t serving = testing::Spawn(fleet.AggregatorArgs({"--rounds", "2", "--no-eval", "--keep-serving",
+                                                               "--model-path", file, "--personal", "head.*"}),
+                                         fleet.log("aggregator-serving"));
+    std::vector<std::string> pull = fleet.ClientArgs(0, {});
+    pull.resize(pull.size() - 5);  // drop "train --clients N --index 0"
+    const std::string pulled = (fleet.dir / "dev0-pulled.pt").string();
+    pull.insert(pull.end(), {"pull", "--script-out", pulled, "--model-path", file});
+    int code = -1;
+    for (int attempt = 0; attempt < 50 && code != 0; ++attempt) {
+      code = WaitProcess(testing::Spawn(pull, fleet.log("dev0-pull")));
+      if (code != 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    ::kill(serving, SIGTERM);
+    CHECK(WaitProcess(serving) == 0);
+    INFO(ReadFile(fleet.log("dev0-pull")));
+    REQUIRE(code == 0);
+    CHECK(ReadFile(fleet.log("dev0-pull")).find("with this device's own trained layers") !=
+          std::string::npos);
+    const Weights pulled_model = whole(pulled);
+    CHECK(slice(pulled_model, "head.weight") == heads[0]);
+    CHECK(slice(pulled_model, "backbone.0.weight") == Tensor(*(*store)->GetModel(3), "backbone.0.weight"));
   }
   SECTION("one device holds another model file") {
     testing::ProcessFleet fleet("script-wrong", kDevices);
