@@ -330,31 +330,39 @@ const std::string& ModelRunner::arch() const { return impl_->arch; }
 
 std::shared_ptr<const Layout> ModelRunner::layout() const { return impl_->layout; }
 
-Weights ModelRunner::GetWeights() const {
-  Weights w = Weights::Zeros(impl_->layout);
-  const auto& specs = impl_->layout->tensors();
+Weights internal::CopyOut(const std::shared_ptr<const Layout>& layout,
+                          const std::vector<torch::Tensor>& tensors) {
+  Weights w = Weights::Zeros(layout);
+  const auto& specs = layout->tensors();
   for (size_t i = 0; i < specs.size(); ++i) {
-    const torch::Tensor p = impl_->params[i].detach().contiguous();
-    std::memcpy(w.data.data() + specs[i].offset, p.data_ptr<float>(),
+    const torch::Tensor t = tensors[i].detach().contiguous();
+    std::memcpy(w.data.data() + specs[i].offset, t.data_ptr<float>(),
                 static_cast<size_t>(specs[i].numel) * sizeof(float));
   }
   return w;
 }
 
-Status ModelRunner::SetWeights(const Weights& w) {
-  RETURN_IF_ERROR(w.Validate().WithContext("SetWeights"));
-  RETURN_IF_ERROR(impl_->layout->CheckSame(*w.layout).WithContext("SetWeights for '" + impl_->arch + "'"));
+Status internal::CopyIn(const Layout& layout, const Weights& w, std::vector<torch::Tensor>* tensors,
+                        const std::string& what) {
+  RETURN_IF_ERROR(w.Validate().WithContext(what));
+  RETURN_IF_ERROR(layout.CheckSame(*w.layout).WithContext(what));
   try {
     torch::NoGradGuard no_grad;
-    const auto& specs = w.layout->tensors();
+    const auto& specs = layout.tensors();
     for (size_t i = 0; i < specs.size(); ++i) {
-      impl_->params[i].copy_(torch::from_blob(const_cast<float*>(w.data.data() + specs[i].offset),
-                                              specs[i].shape, torch::kFloat));
+      (*tensors)[i].copy_(torch::from_blob(const_cast<float*>(w.data.data() + specs[i].offset),
+                                           specs[i].shape, torch::kFloat));
     }
   } catch (const std::exception& e) {
-    return Internal(std::string("SetWeights: LibTorch failed to copy parameters: ") + e.what());
+    return Internal(what + ": LibTorch failed to copy: " + e.what());
   }
   return Status::Ok();
+}
+
+Weights ModelRunner::GetWeights() const { return internal::CopyOut(impl_->layout, impl_->params); }
+
+Status ModelRunner::SetWeights(const Weights& w) {
+  return internal::CopyIn(*impl_->layout, w, &impl_->params, "SetWeights for '" + impl_->arch + "'");
 }
 
 StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig& config) {

@@ -77,6 +77,13 @@ Status CheckTrainConfig(const TrainConfig& config, const char* what);
 // labels (0/1 for bce) otherwise.
 Status CheckTargets(Loss loss, const DataView& data, const char* what);
 
+// `tensors` (in `layout` order) as flat weights, and back: CopyIn fails,
+// changing nothing, when `w` is not finite or its layout differs (`what`
+// prefixes the error).
+Weights CopyOut(const std::shared_ptr<const Layout>& layout, const std::vector<torch::Tensor>& tensors);
+Status CopyIn(const Layout& layout, const Weights& w, std::vector<torch::Tensor>* tensors,
+              const std::string& what);
+
 // SGD with momentum, or Adam, over `params`, as `config` says.
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const TrainConfig& config,
                                                        const std::vector<torch::Tensor>& params);

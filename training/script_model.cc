@@ -4,7 +4,6 @@
 // trains, and what stays on the device.
 #include <fnmatch.h>
 
-#include <cstring>
 #include <set>
 
 #include "training/model_impl.h"
@@ -108,32 +107,12 @@ StatusOr<std::unique_ptr<ModelRunner::Impl>> ModelRunner::LoadScript(const Model
 
 std::optional<Weights> ModelRunner::GetLocalState() const {
   if (!impl_->local_layout) return std::nullopt;
-  Weights w = Weights::Zeros(impl_->local_layout);
-  const auto& specs = impl_->local_layout->tensors();
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const torch::Tensor t = impl_->local[i].detach().contiguous();
-    std::memcpy(w.data.data() + specs[i].offset, t.data_ptr<float>(),
-                static_cast<size_t>(specs[i].numel) * sizeof(float));
-  }
-  return w;
+  return internal::CopyOut(impl_->local_layout, impl_->local);
 }
 
 Status ModelRunner::SetLocalState(const Weights& state) {
   if (!impl_->local_layout) return FailedPrecondition("this model keeps nothing on the device");
-  RETURN_IF_ERROR(state.Validate().WithContext("SetLocalState"));
-  RETURN_IF_ERROR(
-      impl_->local_layout->CheckSame(*state.layout).WithContext("the device's stored local state"));
-  try {
-    torch::NoGradGuard no_grad;
-    const auto& specs = impl_->local_layout->tensors();
-    for (size_t i = 0; i < specs.size(); ++i) {
-      impl_->local[i].copy_(torch::from_blob(const_cast<float*>(state.data.data() + specs[i].offset),
-                                             specs[i].shape, torch::kFloat));
-    }
-  } catch (const std::exception& e) {
-    return Internal(std::string("SetLocalState: LibTorch failed to copy: ") + e.what());
-  }
-  return Status::Ok();
+  return internal::CopyIn(*impl_->local_layout, state, &impl_->local, "the device's stored local state");
 }
 
 Status ModelRunner::SaveScript(const Weights& global, const std::string& path) {
