@@ -246,6 +246,7 @@ StatusOr<bool> RoundEngine::MaybeStart(Clock::time_point now,
   norms_.clear();
   train_loss_.clear();
   federated_eval_.clear();
+  bytes_in_ = bytes_out_ = 0;
   dp_steps_.clear();
   below_clip_.clear();
   active_ = true;
@@ -403,6 +404,10 @@ Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecor
                                   << " in a row): " << failure << "; next round in " << wait << " s");
   summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
   record.set_seconds(summary.seconds);
+  summary.bytes_in = bytes_in_;
+  summary.bytes_out = bytes_out_;
+  record.set_bytes_in(bytes_in_);
+  record.set_bytes_out(bytes_out_);
   RoundCommit commit;
   commit.round = record;
   commit.clients = clients_->Dirty(NowUnixMs());
@@ -468,6 +473,10 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
     record.set_federated_accuracy(*summary.federated_accuracy);
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
+  summary.bytes_in = bytes_in_;
+  summary.bytes_out = bytes_out_;
+  record.set_bytes_in(bytes_in_);
+  record.set_bytes_out(bytes_out_);
   record.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);
   record.set_result_model_version(model.version());
   record.set_mean_train_loss(summary.mean_train_loss);

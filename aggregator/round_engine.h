@@ -50,6 +50,8 @@ struct RoundSummary {
   // Federated evaluation of the round's base model on the devices' held-out
   // examples (example-weighted), when the devices reported one.
   int64_t federated_examples = 0;
+  // Message bytes the aggregator received and sent during the round.
+  uint64_t bytes_in = 0, bytes_out = 0;
   std::optional<double> federated_loss, federated_accuracy;
   double seconds = 0.0;
   uint64_t model_version = 0;
@@ -116,6 +118,13 @@ class RoundEngine {
   // True when `client_id` is selected for the running round and still owes
   // its update (and, under secure aggregation, has not advertised yet).
   bool AwaitsTask(const std::string& client_id) const;
+  // Bytes the aggregator received and sent while a round runs (the server
+  // counts every message); reported with the round.
+  void CountBytes(uint64_t in, uint64_t out) {
+    if (!active_) return;
+    bytes_in_ += in;
+    bytes_out_ += out;
+  }
   // The running round's TrainTask for `client_id`. REQUIRES: AwaitsTask.
   wire::Envelope MakeTask(const std::string& client_id, Clock::time_point now) const;
 
@@ -185,6 +194,7 @@ class RoundEngine {
     double loss, accuracy;
   };
   std::map<std::string, DeviceEval> federated_eval_;  // this round's federated evaluation
+  uint64_t bytes_in_ = 0, bytes_out_ = 0;             // this round's traffic
   std::map<std::string, int64_t> dp_steps_;           // DP-SGD steps each client reported
   std::map<std::string, int> below_clip_;             // adaptive-clipping bits this round
   std::map<std::string, double> norms_;               // this round's accepted norms

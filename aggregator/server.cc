@@ -180,6 +180,7 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
     limits_.Prune(now);
     last_limits_prune_ = now;
   }
+  engine_->CountBytes(in.payload.size(), 0);
   const PeerLimits::Admission admission = limits_.Admit(tag, in.payload.size(), now);
   if (!admission.admitted) {
     ++rejected_messages_;
@@ -505,6 +506,7 @@ void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t
     }
   }
   const size_t size = bytes.size();
+  engine_->CountBytes(0, size);
   if (Status st = socket_->Send(peer, std::move(bytes), tag); !st.ok()) {
     LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " not delivered: " << st.message());
   } else {

@@ -20,6 +20,11 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
                 r.round, rounds, r.received, r.selected, r.mean_train_loss, r.test_loss.value_or(NAN),
                 r.test_accuracy.value_or(NAN), r.seconds);
   std::string out = line;
+  if (r.bytes_in + r.bytes_out > 0) {
+    std::snprintf(line, sizeof(line), "  MB in/out %.2f/%.2f", static_cast<double>(r.bytes_in) / 1e6,
+                  static_cast<double>(r.bytes_out) / 1e6);
+    out += line;
+  }
   if (r.test_auc) {
     std::snprintf(line, sizeof(line), "  test_auc %.4f", *r.test_auc);
     out += line;
@@ -50,17 +55,24 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   std::ofstream csv(dir / "metrics.csv");
   csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_"
          "version,"
-         "epsilon,clip_norm,federated_examples,federated_loss,federated_accuracy,test_auc,test_mae\n";
+         "epsilon,clip_norm,federated_examples,federated_loss,federated_accuracy,test_auc,test_mae,bytes_in,"
+         "bytes_out\n";
   for (const auto& r : result.rounds) {
     csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
         << r.total_examples << "," << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << ","
         << r.test_accuracy.value_or(NAN) << "," << r.seconds << "," << r.model_version << ","
         << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "," << r.federated_examples << ","
         << r.federated_loss.value_or(NAN) << "," << r.federated_accuracy.value_or(NAN) << ","
-        << r.test_auc.value_or(NAN) << "," << r.test_mae.value_or(NAN) << "\n";
+        << r.test_auc.value_or(NAN) << "," << r.test_mae.value_or(NAN) << "," << r.bytes_in << ","
+        << r.bytes_out << "\n";
   }
   if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
   const auto& a = config.aggregator;
+  uint64_t bytes_in = 0, bytes_out = 0;
+  for (const auto& r : result.rounds) {
+    bytes_in += r.bytes_in;
+    bytes_out += r.bytes_out;
+  }
   nlohmann::json summary = {
       {"mode", config.central_epochs > 0 ? "central" : "federated"},
       {"arch", a.model_arch},
@@ -104,6 +116,8 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"final_test_mae",
        std::isfinite(result.final_mae) ? nlohmann::json(result.final_mae) : nlohmann::json()},
       {"seconds", result.seconds},
+      {"bytes_in", bytes_in},
+      {"bytes_out", bytes_out},
   };
   std::ofstream js(dir / "summary.json");
   js << summary.dump(2) << "\n";

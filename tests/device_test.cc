@@ -288,6 +288,10 @@ TEST_CASE("Federated evaluation reports the devices' held-out accuracy of each r
     INFO("round " << r.round);
     REQUIRE(r.federated_accuracy.has_value());
     CHECK(r.federated_examples == 600);
+    // Every device got the 2NN's 199,210 float32 weights and sent as many back.
+    CHECK(r.bytes_out > 3 * 199210 * 4);
+    CHECK(r.bytes_in > 3 * 199210 * 4);
+    CHECK(r.bytes_in < 4 * 199210 * 4);
     auto base = (*store)->GetModel(r.model_version - 1);
     REQUIRE(base.ok());
     auto weights = proto::WeightsFromProto(base->weights(), nullptr);
