@@ -208,3 +208,22 @@ TEST_CASE("SIGUSR1 pauses a daemon (it declines its rounds) and SIGTERM stops on
   ::kill(lonely, SIGTERM);
   CHECK(WaitProcess(lonely) == 0);
 }
+
+TEST_CASE("The embedding example takes part in a federation with the application's own examples",
+          "[crash][daemon]") {
+  testing::ProcessFleet fleet("embed", 1);
+  const pid_t agg =
+      Spawn(fleet.AggregatorArgs({"--arch", "logreg", "--rounds", "2", "--no-eval", "--finish-grace", "3"}),
+            fleet.log("aggregator"));
+  const std::string state = (fleet.dir / "embed-state").string();
+  const pid_t app = Spawn({EMBED_DEVICE_BIN, "--endpoint", fleet.endpoint(), "--name", "dev0", "--keys",
+                           (fleet.dir / "keys").string(), "--state", state},
+                          fleet.log("embed"));
+  INFO(Tail(fleet.log("embed")));
+  REQUIRE(WaitProcess(agg) == 0);
+  REQUIRE(WaitProcess(app) == 0);
+  const std::string log = ReadAll(fleet.log("embed"));
+  CHECK(log.find("round 1: trained 6 steps") != std::string::npos);  // 180 of 200 examples, batch 32
+  CHECK(log.find("trained 2 rounds; final model version 3") != std::string::npos);
+  CHECK(fs::file_size(state + "/final-model.f32") == 7850 * 4);
+}
