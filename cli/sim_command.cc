@@ -7,6 +7,7 @@
 #include "cli/data_flags.h"
 #include "cli/flags.h"
 #include "core/log.h"
+#include "sim/report.h"
 #include "sim/simulation.h"
 
 int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
@@ -116,6 +117,13 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
     std::fprintf(stderr, "flotilla sim: %s\n", result.status().ToString().c_str());
     return 1;
   }
+  std::fputs(
+      flotilla::sim::FormatSummaryTable(
+          *result,
+          config.central_epochs > 0 ? static_cast<uint32_t>(config.central_epochs) : config.aggregator.rounds,
+          config.central_epochs > 0)
+          .c_str(),
+      stdout);
   std::printf("metrics: %s/metrics.csv, summary: %s/summary.json\n", config.out_dir.c_str(),
               config.out_dir.c_str());
   std::printf("final test accuracy: %.4f (%.2f%%) after %zu %s in %.1f s\n", result->final_accuracy,

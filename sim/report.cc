@@ -1,10 +1,12 @@
 #include "sim/report.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 namespace flotilla::sim {
 
@@ -47,6 +49,67 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
     std::snprintf(line, sizeof(line), "  clip %.3f", *r.clip_norm);
     out += line;
   }
+  return out;
+}
+
+std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned, bool central) {
+  int completed = 0, failed = 0;
+  int64_t selected = 0, received = 0;
+  uint64_t bytes_in = 0, bytes_out = 0;
+  double round_seconds = 0, best = -1;
+  uint32_t best_round = 0;
+  std::optional<double> federated;
+  for (const auto& r : result.rounds) {
+    (r.completed ? completed : failed) += 1;
+    selected += r.selected;
+    received += r.received;
+    bytes_in += r.bytes_in;
+    bytes_out += r.bytes_out;
+    round_seconds += r.seconds;
+    if (r.test_accuracy && *r.test_accuracy > best) {
+      best = *r.test_accuracy;
+      best_round = r.round;
+    }
+    if (r.federated_accuracy) federated = r.federated_accuracy;
+  }
+  const double n = static_cast<double>(std::max<size_t>(1, result.rounds.size()));
+  std::string out;
+  char line[256];
+  auto add = [&](const char* label, const std::string& value) {
+    std::snprintf(line, sizeof(line), "  %-26s %s\n", label, value.c_str());
+    out += line;
+  };
+  auto fmt = [&](const char* f, auto... v) {
+    std::snprintf(line, sizeof(line), f, v...);
+    return std::string(line);
+  };
+  out += "summary\n";
+  if (central) {
+    add("epochs", fmt("%d of %u (central training)", completed, rounds_planned));
+  } else {
+    add("rounds", fmt("%d completed, %d failed (of %u planned)", completed, failed, rounds_planned));
+  }
+  if (selected > 0 && !central) {
+    add("participation", fmt("%lld of %lld selected updates arrived (%.1f%%)",
+                             static_cast<long long>(received), static_cast<long long>(selected),
+                             100.0 * static_cast<double>(received) / static_cast<double>(selected)));
+  }
+  if (best >= 0) {
+    add("test accuracy", fmt("%.4f final, %.4f best (%s %u)", result.final_accuracy, best,
+                             central ? "epoch" : "round", best_round));
+  }
+  if (std::isfinite(result.final_auc)) add("test AUC", fmt("%.4f final", result.final_auc));
+  if (std::isfinite(result.final_mae)) add("test MAE", fmt("%.4f final", result.final_mae));
+  if (federated) add("devices' held-out accuracy", fmt("%.4f (last round)", *federated));
+  if (!result.rounds.empty() && result.rounds.back().epsilon) {
+    add("epsilon spent", fmt("%.3f", *result.rounds.back().epsilon));
+  }
+  if (bytes_in + bytes_out > 0) {
+    add("bytes on the wire", fmt("%.1f MB in, %.1f MB out (aggregator)", static_cast<double>(bytes_in) / 1e6,
+                                 static_cast<double>(bytes_out) / 1e6));
+  }
+  add("time", fmt("%.1f s: %.2f s per %s, %.1f s before the first", result.seconds, round_seconds / n,
+                  central ? "epoch" : "round", std::max(0.0, result.seconds - round_seconds)));
   return out;
 }
 

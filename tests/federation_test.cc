@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "net/transport.h"
 #include "proto/codec.h"
+#include "sim/report.h"
 #include "sim/simulation.h"
 #include "testing/test_aggregator.h"
 #include "testing/test_keys.h"
@@ -57,6 +58,16 @@ TEST_CASE("A 3-client federation over loopback finishes 3 rounds with improving 
   CHECK(result->final_accuracy > 0.6);  // chance is 0.1
   CHECK(std::filesystem::exists(out / "metrics.csv"));
   CHECK(std::filesystem::exists(out / "summary.json"));
+  // The run at a glance: every figure from the rounds themselves.
+  const std::string table = sim::FormatSummaryTable(*result, 3);
+  INFO(table);
+  CHECK(table.find("3 completed, 0 failed (of 3 planned)") != std::string::npos);
+  CHECK(table.find("9 of 9 selected updates arrived (100.0%)") != std::string::npos);
+  char best[64];
+  std::snprintf(best, sizeof(best), "%.4f final", result->final_accuracy);
+  CHECK(table.find(best) != std::string::npos);
+  CHECK(table.find("MB in") != std::string::npos);
+  CHECK(table.find("held-out") == std::string::npos);  // no federated evaluation in this run
   std::filesystem::remove_all(out);
 }
 
