@@ -33,16 +33,18 @@
 #include "training/partition.h"
 
 namespace {
-std::atomic<bool> g_stop{false};
-std::atomic<bool> g_paused{false};
+// The running device, for the signal handlers; Stop, Pause and Resume are
+// atomic stores, so they are async-signal-safe.
 std::atomic<flotilla::client::Device*> g_device{nullptr};
-// Async-signal-safe: atomic stores only.
 void OnSignal(int) {
-  g_stop.store(true);
   if (flotilla::client::Device* device = g_device.load()) device->Stop();
 }
-void OnPause(int) { g_paused.store(true); }
-void OnResume(int) { g_paused.store(false); }
+void OnPause(int) {
+  if (flotilla::client::Device* device = g_device.load()) device->Pause();
+}
+void OnResume(int) {
+  if (flotilla::client::Device* device = g_device.load()) device->Resume();
+}
 
 int Fail(const flotilla::Status& st) {
   std::fprintf(stderr, "flotilla client: %s\n", st.ToString().c_str());
@@ -291,10 +293,10 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   auto model_key = privacy::ReadSigningPublicFile(model_key_path);
   if (!model_key.ok()) return Fail(model_key.status());
   if (state_dir.empty()) state_dir = "flotilla-device-" + config.name;
-  auto store = client::DeviceStore::Open(state_dir);
-  if (!store.ok()) return Fail(store.status());
 
   if (*pull) {
+    auto store = client::DeviceStore::Open(state_dir);
+    if (!store.ok()) return Fail(store.status());
     auto result = client::PullModel(config, store->get(), version, *model_key);
     if (!result.ok()) return Fail(result.status());
     if (result->up_to_date) {
@@ -358,8 +360,7 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
     options.hold_after_send = std::chrono::milliseconds(std::atoll(hold));
   }
   client::DeviceCallbacks callbacks;
-  callbacks.may_train = [pause_file] {
-    if (g_paused.load()) return false;
+  callbacks.may_train = [pause_file] {  // (SIGUSR1 pauses the Device itself)
     std::error_code ec;
     return pause_file.empty() || !std::filesystem::exists(pause_file, ec);
   };
@@ -386,8 +387,6 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
         break;
     }
   };
-  // The store was opened above for pull; the device opens its own.
-  store->reset();
   options.state_dir = state_dir;
   auto device = client::Device::Create(std::move(options), std::move(source).value(), callbacks);
   if (!device.ok()) return Fail(device.status());
