@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/data_flags.h"
@@ -323,20 +324,19 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
       }
       auto weights = proto::WeightsFromProto(result->model.weights, nullptr);
       if (!weights.ok()) return Fail(weights.status());
-      Status st = training::WriteTorchScript(pull_model_path, *weights, script_out);
-      if (!st.ok()) return Fail(st);
       // This device's own layers (personal parameters, local buffers), as
       // its last training kept them in the store.
       auto local = (*store)->GetLocalState(config.federation);
       if (!local.ok()) return Fail(local.status());
-      bool with_local = false;
+      std::optional<Weights> own;
       if (local->has_value() && (*local)->tensors.layout_size() > 0) {
         auto tensors = proto::WeightsFromProto((*local)->tensors, nullptr);
         if (!tensors.ok()) return Fail(tensors.status());
-        st = training::WriteTorchScript(script_out, *tensors, script_out);
-        if (!st.ok()) return Fail(st);
-        with_local = true;
+        own = std::move(tensors).value();
       }
+      Status st = training::WriteTorchScript(pull_model_path, *weights, script_out, own ? &*own : nullptr);
+      if (!st.ok()) return Fail(st);
+      const bool with_local = own.has_value();
       std::printf("wrote %s (TorchScript, model version %llu%s)\n", script_out.c_str(),
                   static_cast<unsigned long long>(result->model.version),
                   with_local ? ", with this device's own trained layers" : "");

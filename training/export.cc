@@ -55,8 +55,10 @@ Status ExportTorchModule(const std::string& arch, const Weights& weights, const 
   return Status::Ok();
 }
 
-Status WriteTorchScript(const std::string& module_path, const Weights& weights, const std::string& out_path) {
+Status WriteTorchScript(const std::string& module_path, const Weights& weights, const std::string& out_path,
+                        const Weights* local) {
   RETURN_IF_ERROR(weights.Validate());
+  if (local != nullptr) RETURN_IF_ERROR(local->Validate());
   torch::jit::Module module;
   try {
     module = torch::jit::load(module_path, torch::kCPU);
@@ -70,19 +72,24 @@ Status WriteTorchScript(const std::string& module_path, const Weights& weights, 
     for (const auto& p : module.named_parameters(/*recurse=*/true)) slots[p.name] = p.value;
     for (const auto& b : module.named_buffers(/*recurse=*/true)) slots[b.name] = b.value;
     torch::NoGradGuard no_grad;
-    for (const TensorSpec& t : weights.layout->tensors()) {
-      auto slot = slots.find(t.name);
-      if (slot == slots.end()) {
-        return InvalidArgument("the global model has '" + t.name + "', which " + module_path +
-                               " does not: is it the federation's model file?");
+    auto copy_in = [&](const Weights& from, const std::string& what) -> Status {
+      for (const TensorSpec& t : from.layout->tensors()) {
+        auto slot = slots.find(t.name);
+        if (slot == slots.end()) {
+          return InvalidArgument(what + " has '" + t.name + "', which " + module_path +
+                                 " does not: is it the federation's model file?");
+        }
+        if (slot->second.sizes().vec() != t.shape || slot->second.scalar_type() != torch::kFloat) {
+          return InvalidArgument("'" + t.name + "' has another shape or type in " + module_path +
+                                 " than in " + what + ": is it the federation's model file?");
+        }
+        slot->second.copy_(
+            torch::from_blob(const_cast<float*>(from.data.data()) + t.offset, t.shape, torch::kFloat32));
       }
-      if (slot->second.sizes().vec() != t.shape || slot->second.scalar_type() != torch::kFloat) {
-        return InvalidArgument("'" + t.name + "' has another shape or type in " + module_path +
-                               " than in the global model: is it the federation's model file?");
-      }
-      slot->second.copy_(
-          torch::from_blob(const_cast<float*>(weights.data.data()) + t.offset, t.shape, torch::kFloat32));
-    }
+      return Status::Ok();
+    };
+    RETURN_IF_ERROR(copy_in(weights, "the global model"));
+    if (local != nullptr) RETURN_IF_ERROR(copy_in(*local, "this device's local state"));
     module.save(out_path);
   } catch (const std::exception& e) {
     return Unavailable("cannot write TorchScript file " + out_path + ": " + e.what());
