@@ -320,8 +320,10 @@ bool ClippedSumOneByOne(ModelRunner::Impl& impl, const torch::Tensor& x, const t
   for (const auto& p : impl.trainable) sums->push_back(torch::zeros_like(p));
   *loss_sum = 0.0;
   for (int64_t i = 0; i < x.size(0); ++i) {
+    // (No targets for cross-entropy: it reads the labels.)
+    const torch::Tensor target = t.defined() ? t.slice(0, i, i + 1) : torch::Tensor();
     const torch::Tensor loss = internal::BatchLoss(impl.loss, impl.Forward(x.slice(0, i, i + 1)),
-                                                   y.slice(0, i, i + 1), t.slice(0, i, i + 1), /*sum=*/true);
+                                                   y.slice(0, i, i + 1), target, /*sum=*/true);
     const double value = loss.item<double>();
     if (!std::isfinite(value)) return false;
     *loss_sum += value;
@@ -408,7 +410,7 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
   try {
     torch::AutoGradMode grad_mode(true);
     impl_->SetTraining(true);
-    const DataTensors all = WrapDataset(*data.base);
+    const DataTensors all = WrapDataset(*data.base, impl_->loss);
     // Adam on the noised gradient is post-processing: the same guarantee.
     std::unique_ptr<torch::optim::Optimizer> optimizer = internal::MakeOptimizer(config, impl_->trainable);
     Rng shuffle_rng(config.seed);
@@ -438,7 +440,7 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
       std::vector<torch::Tensor> sums;
       if (!batch.empty() && script) {
         const auto [x, y] = SelectBatch(all, batch);
-        const torch::Tensor t = all.targets.index_select(0, IndexTensor(batch, 0, batch.size()));
+        const torch::Tensor t = all.Targets(IndexTensor(batch, 0, batch.size()));
         double loss_sum = 0.0;
         if (!ClippedSumOneByOne(*impl_, x, y, t, dp.l2_clip, &sums, &loss_sum)) {
           return fail(

@@ -114,14 +114,16 @@ Status CheckTrainConfig(const TrainConfig& config, const char* what) {
   return Status::Ok();
 }
 
-DataTensors WrapDataset(const Dataset& d) {
+DataTensors WrapDataset(const Dataset& d, Loss loss) {
   DataTensors t;
   t.features = torch::from_blob(const_cast<float*>(d.features.data()),
                                 {d.size(), d.channels, d.height, d.width}, torch::kFloat);
   t.labels = torch::from_blob(const_cast<int64_t*>(d.labels.data()), {d.size()}, torch::kLong);
-  t.targets = d.targets.empty()
-                  ? t.labels.to(torch::kFloat)
-                  : torch::from_blob(const_cast<float*>(d.targets.data()), {d.size()}, torch::kFloat);
+  if (loss != Loss::kCrossEntropy) {
+    t.targets = d.targets.empty()
+                    ? t.labels.to(torch::kFloat)
+                    : torch::from_blob(const_cast<float*>(d.targets.data()), {d.size()}, torch::kFloat);
+  }
   return t;
 }
 
@@ -251,6 +253,18 @@ StatusOr<ModelSpec::Buffers> ParseBufferPolicy(const std::string& name) {
       name + "'");
 }
 
+namespace {
+
+// The built-in architectures are 10-class classifiers: cross-entropy only.
+Status CheckLossFits(const std::string& arch, Loss loss) {
+  if (arch == kTorchScript || loss == Loss::kCrossEntropy) return Status::Ok();
+  return InvalidArgument("the built-in '" + arch +
+                         "' is a 10-class classifier: its loss is cross_entropy, not " + LossName(loss) +
+                         " (bring a TorchScript model: [model] path)");
+}
+
+}  // namespace
+
 StatusOr<ModelSpec> MakeModelSpec(const std::string& arch, const std::string& path,
                                   const std::string& buffers, std::vector<std::string> freeze,
                                   std::vector<std::string> personal, const std::string& loss) {
@@ -258,10 +272,7 @@ StatusOr<ModelSpec> MakeModelSpec(const std::string& arch, const std::string& pa
   spec.arch = arch;
   spec.path = path;
   ASSIGN_OR_RETURN(spec.loss, ParseLoss(loss));
-  if (arch != kTorchScript && spec.loss != Loss::kCrossEntropy) {
-    return InvalidArgument(std::string("the built-in '") + arch + "' is a 10-class classifier: its loss is " +
-                           "cross_entropy, not " + loss + " (bring a TorchScript model: [model] path)");
-  }
+  RETURN_IF_ERROR(CheckLossFits(arch, spec.loss));
   if (!buffers.empty()) {
     ASSIGN_OR_RETURN(spec.buffers, ParseBufferPolicy(buffers));
   }
@@ -287,12 +298,7 @@ StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const ModelSpec& spec
     return std::unique_ptr<ModelRunner>(new ModelRunner(std::move(impl)));
   }
   const std::string& arch = spec.arch;
-  if (spec.loss != Loss::kCrossEntropy) {
-    return InvalidArgument(std::string("the built-in '") + arch +
-                           "' is a 10-class classifier: its loss is "
-                           "cross_entropy, not " +
-                           LossName(spec.loss) + " (bring a TorchScript model for it)");
-  }
+  RETURN_IF_ERROR(CheckLossFits(arch, spec.loss));
   if (!spec.freeze.empty() || !spec.personal.empty()) {
     return InvalidArgument(
         "freeze and personal apply to TorchScript models ([model] path), not to the built-in '" + arch + "'");
@@ -381,7 +387,7 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
   TrainResult result;
   result.examples = data.size();
   try {
-    const DataTensors all = WrapDataset(*data.base);
+    const DataTensors all = WrapDataset(*data.base, impl_->loss);
     std::unique_ptr<torch::optim::Optimizer> optimizer = internal::MakeOptimizer(config, impl_->trainable);
     Rng rng(config.seed);
     std::vector<int64_t> order = data.indices;
@@ -406,7 +412,7 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
           const torch::Tensor idx = IndexTensor(order, from, to);
           const torch::Tensor x = all.features.index_select(0, idx);
           const torch::Tensor y = all.labels.index_select(0, idx);
-          const torch::Tensor t = all.targets.index_select(0, idx);
+          const torch::Tensor t = all.Targets(idx);
           const torch::Tensor output = impl_->Forward(x);
           torch::Tensor loss = internal::BatchLoss(impl_->loss, output, y, t);
           if (to - from != end - begin) {
@@ -457,7 +463,7 @@ StatusOr<EvalResult> ModelRunner::Evaluate(const DataView& data, int batch_size)
   try {
     torch::NoGradGuard no_grad;
     impl_->SetTraining(false);
-    const DataTensors all = WrapDataset(*data.base);
+    const DataTensors all = WrapDataset(*data.base, impl_->loss);
     double loss_sum = 0.0, abs_sum = 0.0;
     int64_t correct = 0;
     std::vector<float> scores;
@@ -470,7 +476,7 @@ StatusOr<EvalResult> ModelRunner::Evaluate(const DataView& data, int batch_size)
       const torch::Tensor idx = IndexTensor(data.indices, begin, end);
       const torch::Tensor x = all.features.index_select(0, idx);
       const torch::Tensor y = all.labels.index_select(0, idx);
-      const torch::Tensor t = all.targets.index_select(0, idx);
+      const torch::Tensor t = all.Targets(idx);
       const torch::Tensor output = impl_->Forward(x);
       loss_sum += internal::BatchLoss(kind, output, y, t, /*sum=*/true).item<double>();
       if (kind == Loss::kCrossEntropy) {

@@ -94,7 +94,14 @@ std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const TrainConfig& config
 struct DataTensors {
   torch::Tensor features;  // [N, C, H, W]
   torch::Tensor labels;    // [N] int64
-  torch::Tensor targets;   // [N] float: Dataset::targets, or the labels as floats
+  // [N] float for bce and mse: Dataset::targets, or the labels as floats.
+  // Undefined for cross-entropy, which needs only the labels.
+  torch::Tensor targets;
+
+  // The targets of the examples `idx` (undefined for cross-entropy).
+  torch::Tensor Targets(const torch::Tensor& idx) const {
+    return targets.defined() ? targets.index_select(0, idx) : torch::Tensor();
+  }
 };
 
 // The batch's loss for `loss`: `output` against `labels` (cross-entropy) or
@@ -103,7 +110,8 @@ struct DataTensors {
 // shape when the output does not fit the loss.
 torch::Tensor BatchLoss(Loss loss, const torch::Tensor& output, const torch::Tensor& labels,
                         const torch::Tensor& targets, bool sum = false);
-DataTensors WrapDataset(const Dataset& d);
+// The dataset as tensors, with the targets `loss` needs.
+DataTensors WrapDataset(const Dataset& d, Loss loss = Loss::kCrossEntropy);
 
 // A [end - begin] int64 tensor over indices[begin, end) (no copy; valid while
 // `indices` is unchanged).
