@@ -391,6 +391,11 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
     }
   }
   secure_.reset();
+  // The round's traffic, whatever its outcome.
+  summary.bytes_in = bytes_in_;
+  summary.bytes_out = bytes_out_;
+  record.set_bytes_in(bytes_in_);
+  record.set_bytes_out(bytes_out_);
   if (!failure.empty()) return CommitFailed(failure, std::move(record), std::move(summary));
   return CommitCompleted(std::move(*next), std::move(record), std::move(summary), std::move(ledger));
 }
@@ -404,10 +409,6 @@ Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecor
                                   << " in a row): " << failure << "; next round in " << wait << " s");
   summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
   record.set_seconds(summary.seconds);
-  summary.bytes_in = bytes_in_;
-  summary.bytes_out = bytes_out_;
-  record.set_bytes_in(bytes_in_);
-  record.set_bytes_out(bytes_out_);
   RoundCommit commit;
   commit.round = record;
   commit.clients = clients_->Dirty(NowUnixMs());
@@ -473,10 +474,6 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
     record.set_federated_accuracy(*summary.federated_accuracy);
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
-  summary.bytes_in = bytes_in_;
-  summary.bytes_out = bytes_out_;
-  record.set_bytes_in(bytes_in_);
-  record.set_bytes_out(bytes_out_);
   record.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);
   record.set_result_model_version(model.version());
   record.set_mean_train_loss(summary.mean_train_loss);

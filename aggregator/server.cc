@@ -386,15 +386,17 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
     reply.mutable_finished()->set_rounds_completed(engine_->rounds_done());
     reply.mutable_finished()->set_final_model_version(model_version());
     reply.mutable_finished()->set_reason("all rounds completed");
-    if (state.wants_final_model) {
+    if (state.wants_final_model && !final_model_) {
       StatusOr<wire::PullReply> final_model = engine_->registry().Pull(wire::PullRequest());
       if (final_model.ok()) {
-        *reply.mutable_finished()->mutable_final_model() = std::move(final_model).value();
+        final_model_ = std::move(final_model).value();
       } else {
         LOG_WARN("aggregator", "cannot attach the final model for '"
                                    << state.name << "': " << final_model.status().message());
       }
     }
+    if (state.wants_final_model && final_model_)
+      *reply.mutable_finished()->mutable_final_model() = *final_model_;
     ReplyToClient(client_id, request_id, std::move(reply));
     state.told_finished = true;
     return;

@@ -136,6 +136,9 @@ class Aggregator {
   Clock::time_point last_allowlist_check_{};
   std::atomic<bool> stop_{false};
   std::optional<Clock::time_point> finished_at_;
+  // The final model as Finished carries it, built once for every device
+  // that asks (the model no longer changes once the federation is done).
+  std::optional<wire::PullReply> final_model_;
   uint64_t rejected_messages_ = 0;
   uint64_t withheld_replies_ = 0;
   uint64_t messages_handled_ = 0;
