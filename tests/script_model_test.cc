@@ -254,6 +254,25 @@ const char* kSklearnData = "/usr/lib/python3/dist-packages/sklearn/datasets/data
 
 DataView AllOf(Dataset d) { return DataView::All(std::make_shared<const Dataset>(std::move(d))); }
 
+TrainConfig Adam(int epochs) {
+  TrainConfig tc = Sgd();
+  tc.optimizer = Optimizer::kAdam;
+  tc.learning_rate = 0.01;
+  tc.epochs = epochs;
+  return tc;
+}
+
+// The evaluation before and after training `runner` on `view` with `tc`.
+std::pair<EvalResult, EvalResult> BeforeAndAfter(ModelRunner* runner, const DataView& view,
+                                                 const TrainConfig& tc) {
+  auto before = runner->Evaluate(view);
+  REQUIRE(before.ok());
+  REQUIRE(runner->Train(view, tc).ok());
+  auto after = runner->Evaluate(view);
+  REQUIRE(after.ok());
+  return {*before, *after};
+}
+
 }  // namespace
 
 TEST_CASE("ROC AUC counts ordered pairs, ties as half", "[training][losses]") {
@@ -274,19 +293,12 @@ TEST_CASE("Binary cross-entropy with Adam learns the breast-cancer records and r
   ModelSpec spec = Script("tabular_logit");
   spec.loss = Loss::kBinaryCrossEntropy;
   auto runner = Load(spec);
-  auto before = runner->Evaluate(view);
-  REQUIRE(before.ok());
-  TrainConfig tc = Sgd();
-  tc.optimizer = Optimizer::kAdam;
-  tc.learning_rate = 0.01;
-  tc.epochs = 5;
-  REQUIRE(runner->Train(view, tc).ok());
-  auto after = runner->Evaluate(view);
-  REQUIRE(after.ok());
-  CHECK(after->loss < before->loss);
-  CHECK(after->accuracy > 0.95);
-  CHECK(after->auc > 0.98);
-  CHECK(std::isnan(after->mae));
+  const TrainConfig tc = Adam(5);
+  const auto [before, after] = BeforeAndAfter(runner.get(), view, tc);
+  CHECK(after.loss < before.loss);
+  CHECK(after.accuracy > 0.95);
+  CHECK(after.auc > 0.98);
+  CHECK(std::isnan(after.mae));
   // The 2-logit model does not fit the loss: a clear error, no crash.
   ModelSpec wrong = Script("tabular_mlp");
   wrong.loss = Loss::kBinaryCrossEntropy;
@@ -317,21 +329,13 @@ TEST_CASE("Mean squared error regresses real targets from a CSV and reports MAE"
   ModelSpec spec = Script("tabular_regressor");
   spec.loss = Loss::kMse;
   auto runner = Load(spec);
-  auto before = runner->Evaluate(view);
-  REQUIRE(before.ok());
-  TrainConfig tc = Sgd();
-  tc.optimizer = Optimizer::kAdam;
-  tc.learning_rate = 0.01;
-  tc.epochs = 40;
-  REQUIRE(runner->Train(view, tc).ok());
-  auto after = runner->Evaluate(view);
-  REQUIRE(after.ok());
+  const auto [before, after] = BeforeAndAfter(runner.get(), view, Adam(40));
   // House prices in $1000s: from predicting ~0 to within a few thousand.
-  CHECK(before->mae > 15);
-  CHECK(after->mae < 4);
-  CHECK(after->loss == Approx(after->loss));  // finite
-  CHECK(after->loss < 0.1 * before->loss);
-  CHECK(after->accuracy == 0);
+  CHECK(before.mae > 15);
+  CHECK(after.mae < 4);
+  CHECK(after.loss == Approx(after.loss));  // finite
+  CHECK(after.loss < 0.1 * before.loss);
+  CHECK(after.accuracy == 0);
   // Class labels are not regression targets, and real targets are not classes.
   auto classes = runner->Evaluate(AllOf(MakeSynthetic(10, 1, 1, 13)));
   REQUIRE_FALSE(classes.ok());
