@@ -31,13 +31,19 @@ bool ClientRegistry::Register(const std::string& id, const std::string& peer, co
   const bool is_new = !clients_.count(id);
   Client& state = clients_[id];
   state.peer = peer;
-  state.name = hello.client_name();
-  state.num_examples = hello.num_examples();
   state.parked_request.reset();
-  state.secagg_key = hello.secagg_identity_key();
-  state.secagg_cert = hello.secagg_identity_cert();
-  if (state.first_seen_unix_ms == 0) state.first_seen_unix_ms = now_ms;
-  state.dirty = true;
+  if (is_new || state.name != hello.client_name() || state.num_examples != hello.num_examples() ||
+      state.secagg_key != hello.secagg_identity_key() || state.secagg_cert != hello.secagg_identity_cert()) {
+    state.name = hello.client_name();
+    state.num_examples = hello.num_examples();
+    state.secagg_key = hello.secagg_identity_key();
+    state.secagg_cert = hello.secagg_identity_cert();
+    state.dirty = true;
+  }
+  if (state.first_seen_unix_ms == 0) {
+    state.first_seen_unix_ms = now_ms;
+    state.dirty = true;
+  }
   return is_new;
 }
 

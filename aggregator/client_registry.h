@@ -40,6 +40,7 @@ class ClientRegistry {
     Clock::time_point paused_until{};
     int64_t paused_until_unix_ms = 0;
     bool dirty = false;  // changed since its record was written
+    bool checks_in = false;  // speaks the check-in protocol (answered ComeBack, not Wait)
   };
 
   // A device with `after_strikes` strikes in a row is not sampled for
@@ -54,7 +55,13 @@ class ClientRegistry {
 
   // The population after a restart, from the stored records.
   void Restore(const std::vector<records::ClientRecord>& records, Clock::time_point now, int64_t now_ms);
-  // Hello: registers the device or updates it. True when it is new.
+  // Puts one stored device back in memory (check-in: a device's record is
+  // loaded when it checks in and dropped when it leaves).
+  void Load(const records::ClientRecord& record, Clock::time_point now, int64_t now_ms) {
+    Restore({record}, now, now_ms);
+  }
+  // Hello: registers the device or updates it (dirty only when something
+  // changed). True when it is new.
   bool Register(const std::string& id, const std::string& peer, const wire::Hello& hello, int64_t now_ms);
   void Forget(const std::string& id) { clients_.erase(id); }
 

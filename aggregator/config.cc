@@ -113,6 +113,24 @@ Status AggregatorConfig::Validate() const {
         "adaptive clipping needs each device's clipped-or-not bit, which secure aggregation hides; "
         "drop --dp-adaptive-clip or --secagg");
   }
+  if (checkin.enabled) {
+    const CheckInConfig& c = checkin;
+    if (c.clients_per_round < 0) return InvalidArgument("check-in: clients_per_round must be >= 0");
+    if (!(c.over_selection >= 1.0 && c.over_selection <= 10.0))
+      return InvalidArgument("check-in: over_selection must be in [1, 10]");
+    if (!(c.window_seconds > 0) || !(c.quiet_seconds >= 0) || !(c.checkin_margin >= 1.0))
+      return InvalidArgument("check-in: window must be > 0, quiet >= 0 and checkin_margin >= 1");
+    if (!(c.min_come_back_seconds >= 0) || !(c.max_come_back_seconds >= c.min_come_back_seconds) ||
+        c.max_come_back_seconds > 86400.0 * 40) {
+      return InvalidArgument("check-in: come-back bounds must satisfy 0 <= min <= max <= 40 days");
+    }
+    if (dp.client_level() || secagg.enabled) {
+      return InvalidArgument(std::string("check-in selection does not support ") +
+                             (secagg.enabled ? "secure aggregation" : "client-level DP") +
+                             " yet: its accounting and key agreement assume a population sampled "
+                             "uniformly; use long-lived connections (--checkin off) for it");
+    }
+  }
   if (!signing_key)
     return InvalidArgument("a model-signing key is required (create one with flotilla keygen --signing)");
   if (socket.security == net::TransportSecurity::kCurve && allowlist_path.empty() &&

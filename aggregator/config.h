@@ -46,6 +46,31 @@ struct DpConfig {
 
 const char* DpModeName(DpConfig::Mode mode);
 
+// Check-in selection (docs/protocol.md, "Check-in"): devices connect when
+// they are available, check in, and are either selected for the round whose
+// selection is open or told when to come back (pace steering), and then
+// disconnect. Idle devices cost the aggregator their record in the store
+// only. Without it every device holds a connection for the whole
+// federation (simpler for a few cross-silo members).
+struct CheckInConfig {
+  bool enabled = false;
+  // N: the updates a round keeps. 0 = ceil(fraction x registered devices).
+  int clients_per_round = 0;
+  // Over-selection: select ceil(N x this) devices, keep the first N updates
+  // to arrive (the rest are told the round closed).
+  double over_selection = 1.3;
+  // Selection closes once it holds ceil(N x over_selection) check-ins and no
+  // new one came for quiet_seconds (it then samples among all it holds), or
+  // after window_seconds with at least min_clients.
+  double window_seconds = 30.0;
+  double quiet_seconds = 0.2;
+  // Pace steering aims at this many check-ins per selected device, and
+  // never tells a device to wait less or more than these.
+  double checkin_margin = 1.25;
+  double min_come_back_seconds = 1.0;
+  double max_come_back_seconds = 3600.0;
+};
+
 struct AggregatorConfig {
   std::string endpoint = "tcp://127.0.0.1:7400";
   std::string store_path = "flotilla-aggregator.db";
@@ -122,6 +147,7 @@ struct AggregatorConfig {
   std::string allowlist_path;
   std::set<std::string> allowed_clients;
   DpConfig dp;
+  CheckInConfig checkin;
   // Secure aggregation (SecAgg / SecAgg+): the aggregator sees only the sum.
   SecureAggregationConfig secagg;
   // Every model version is signed with this key (required).

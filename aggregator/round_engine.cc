@@ -74,6 +74,13 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
     return refuse(wire::ERROR_UNEXPECTED, "plaintext_in_secure_round",
                   "this round uses secure aggregation: plaintext updates are refused");
   }
+  if (!active_ && update.round() == round_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
+      !received_.count(client_id) && !declined_.count(client_id)) {
+    // Over-selection: the round kept the first updates and closed.
+    return refuse(wire::ERROR_WRONG_ROUND, "round_closed",
+                  "round " + std::to_string(round_) + " closed with enough updates; this one is not needed",
+                  false);
+  }
   if (!active_ || update.round() != round_) {
     // A resend of an update that was recorded before the round closed (the
     // ack was lost, e.g. in a crash): tell the device it counted.
@@ -238,9 +245,15 @@ StatusOr<bool> RoundEngine::MaybeStart(Clock::time_point now,
       return false;
     }
   }
+  return BeginRound(std::move(sample.selected), sample.sampling_rate, now);
+}
+
+StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double sampling_rate,
+                                       Clock::time_point now) {
   ++round_;
-  sampling_rate_ = sample.sampling_rate;
-  selected_ = std::move(sample.selected);
+  sampling_rate_ = sampling_rate;
+  selected_ = std::move(selected);
+  target_updates_ = config_.checkin.enabled ? std::min(selected_.size(), UpdatesPerRound()) : selected_.size();
   received_.clear();
   declined_.clear();
   norms_.clear();
@@ -279,7 +292,114 @@ StatusOr<bool> RoundEngine::MaybeStart(Clock::time_point now,
     }
     return false;
   }
+  if (last_round_start_ != Clock::time_point{}) {
+    const double period = std::chrono::duration<double>(now - last_round_start_).count();
+    round_period_seconds_ = round_period_seconds_ == 0.0 ? period : 0.7 * round_period_seconds_ + 0.3 * period;
+  }
+  last_round_start_ = now;
   LOG_DEBUG("aggregator", "round " << round_ << " started with " << selected_.size() << " clients");
+  return true;
+}
+
+size_t RoundEngine::UpdatesPerRound() const {
+  if (config_.checkin.clients_per_round > 0) return static_cast<size_t>(config_.checkin.clients_per_round);
+  return std::max<size_t>(1, static_cast<size_t>(std::ceil(config_.fraction * static_cast<double>(fleet_) - 1e-9)));
+}
+
+size_t RoundEngine::SelectionTarget() const {
+  return static_cast<size_t>(std::ceil(static_cast<double>(UpdatesPerRound()) * config_.checkin.over_selection - 1e-9));
+}
+
+bool RoundEngine::Involves(const std::string& client_id) const {
+  return held_.count(client_id) ||
+         (active_ && std::binary_search(selected_.begin(), selected_.end(), client_id));
+}
+
+bool RoundEngine::MaybeOpenSelection(Clock::time_point now) {
+  if (selecting_ || active_ || federation_done() || backoff_.Waiting(now)) return false;
+  selecting_ = true;
+  selection_opened_ = last_checkin_ = now;
+  held_.clear();
+  LOG_DEBUG("aggregator", "selection for round " << round_ + 1 << " open: wants " << SelectionTarget()
+                                                 << " check-ins");
+  return true;
+}
+
+RoundEngine::CheckInAnswer RoundEngine::CheckIn(const std::string& client_id, Clock::time_point now,
+                                                const std::function<bool(const std::string&)>& eligible) {
+  if (!selecting_) {
+    return ComeBack(client_id, now, active_ ? "round " + std::to_string(round_) + " is running"
+                                            : "no round is selecting");
+  }
+  if (held_.count(client_id)) return CheckInAnswer{true, 0, 0, {}};
+  if (eligible && !eligible(client_id)) return ComeBack(client_id, now, "not eligible");
+  if (clients_->Paused(client_id, now)) return ComeBack(client_id, now, "paused after repeated failures");
+  if (config_.dp.mode == DpConfig::Mode::kRecord) {
+    StatusOr<std::vector<std::string>> ok = budget_->EligibleDevices({client_id});
+    if (!ok.ok() || ok->empty()) return ComeBack(client_id, now, "its privacy budget is spent");
+  }
+  // A bound on how many connections selection holds; pace steering keeps
+  // check-ins near the target, so only a burst reaches it.
+  if (held_.size() >= 4 * std::max<size_t>(SelectionTarget(), 1))
+    return ComeBack(client_id, now, "selection for round " + std::to_string(round_ + 1) + " is full");
+  held_.insert(client_id);
+  last_checkin_ = now;
+  return CheckInAnswer{true, 0, 0, {}};
+}
+
+RoundEngine::CheckInAnswer RoundEngine::ComeBack(const std::string& client_id, Clock::time_point now,
+                                                 std::string reason) const {
+  const CheckInConfig& c = config_.checkin;
+  // The round after the running one (or after the one being selected: the
+  // device was not taken for it).
+  const uint32_t next = round_ + 1 + (selecting_ ? 1 : 0);
+  const double period = round_period_seconds_ > 0 ? round_period_seconds_
+                                                  : std::min(config_.round_deadline_seconds, 10.0);
+  double left = 0.0;
+  if (active_ || selecting_) {
+    left = std::max(0.0, period - std::chrono::duration<double>(now - (active_ ? started_ : selection_opened_)).count());
+  }
+  const ComeBackPlan plan =
+      PlanComeBack(client_id, next, fleet_, static_cast<double>(SelectionTarget()) * c.checkin_margin, period,
+                   left, config_.seed);
+  CheckInAnswer answer;
+  answer.round = plan.round;
+  answer.after_ms = static_cast<uint32_t>(
+      1000.0 * std::clamp(plan.seconds, c.min_come_back_seconds, c.max_come_back_seconds));
+  answer.reason = std::move(reason);
+  return answer;
+}
+
+StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vector<std::string>* released) {
+  if (!selecting_) return false;
+  const size_t target = SelectionTarget();
+  const bool enough = held_.size() >= target && now - last_checkin_ >= Seconds(config_.checkin.quiet_seconds);
+  const bool window = now - selection_opened_ >= Seconds(config_.checkin.window_seconds) &&
+                      held_.size() >= static_cast<size_t>(config_.min_clients);
+  if (!enough && !window) return false;
+  if (federation_done()) {
+    selecting_ = false;
+    released->assign(held_.begin(), held_.end());
+    held_.clear();
+    return false;
+  }
+  std::vector<std::string> candidates(held_.begin(), held_.end());
+  Sample sample = SampleCount(candidates, target, config_.seed, round_ + 1);
+  // The sampling rate against the fleet: the chance a registered device is
+  // in the round (held ones were chosen by availability, not by us).
+  const double rate =
+      fleet_ > 0 ? std::min(1.0, static_cast<double>(sample.selected.size()) / static_cast<double>(fleet_)) : 1.0;
+  std::vector<std::string> chosen = sample.selected;
+  ASSIGN_OR_RETURN(bool started, BeginRound(std::move(sample.selected), rate, now));
+  if (!started) return false;  // the store refused the record: selection stays open
+  selecting_ = false;
+  released->clear();
+  for (const auto& id : candidates) {
+    if (!std::binary_search(chosen.begin(), chosen.end(), id)) released->push_back(id);
+  }
+  held_.clear();
+  LOG_DEBUG("aggregator", "round " << round_ << ": selected " << selected_.size() << " of " << candidates.size()
+                                   << " check-ins (keeps the first " << target_updates_ << " updates)");
   return true;
 }
 
@@ -319,7 +439,7 @@ StatusOr<bool> RoundEngine::MaybeFinish(Clock::time_point now, std::vector<Secur
     std::vector<SecureRound::Reply> replies = secure_->Advance(now, declined_);
     out->insert(out->end(), std::make_move_iterator(replies.begin()), std::make_move_iterator(replies.end()));
     due = secure_->done() || secure_->aborted();
-  } else if (received_.size() + declined_.size() >= selected_.size()) {
+  } else if (received_.size() + declined_.size() >= selected_.size() || received_.size() >= target_updates_) {
     due = true;
   } else if (now >= deadline_) {
     due = deadline_passed = true;

@@ -101,6 +101,39 @@ class RoundEngine {
   // budget allows it. `eligible` filters the population (the server passes
   // its allowlist). True when a round started.
   StatusOr<bool> MaybeStart(Clock::time_point now, const std::function<bool(const std::string&)>& eligible);
+  // Check-in selection (config.checkin.enabled; docs/protocol.md). The
+  // server keeps the fleet size current (registered devices, or the
+  // allowlist when it is larger): it sets N and the pace.
+  void SetFleetSize(size_t n) { fleet_ = n; }
+  // Opens selection for the next round when one is due: no round running,
+  // no back-off, rounds left. True when it opened.
+  bool MaybeOpenSelection(Clock::time_point now);
+  struct CheckInAnswer {
+    bool hold = false;      // held for the open selection; answered when it closes
+    uint32_t after_ms = 0;  // otherwise: check in again after this long,
+    uint32_t round = 0;     // for this round
+    std::string reason;
+  };
+  // A device checks in (it is registered and loaded). Held when selection
+  // is open and it is eligible (`eligible`, not paused, budget left), else
+  // told when to come back.
+  CheckInAnswer CheckIn(const std::string& client_id, Clock::time_point now,
+                        const std::function<bool(const std::string&)>& eligible);
+  // Pace steering for a device that is not needed now.
+  CheckInAnswer ComeBack(const std::string& client_id, Clock::time_point now, std::string reason) const;
+  // Closes selection when due, samples the round's devices among those
+  // held and starts the round; the devices held but not selected are put in
+  // `released` (tell them to come back). True when a round started.
+  StatusOr<bool> MaybeCloseSelection(Clock::time_point now, std::vector<std::string>* released);
+  bool selecting() const { return selecting_; }
+  size_t held_count() const { return held_.size(); }
+  // Held for selection, or selected for the running round: the server keeps
+  // such a device's record in memory; every other one lives in the store.
+  bool Involves(const std::string& client_id) const;
+  // The updates the running round keeps (N under over-selection, else
+  // every selected device).
+  size_t target_updates() const { return target_updates_; }
+
   // Closes the round when every selected device answered or the deadline
   // passed; a secure round advances its stages first and its messages for
   // devices go to `out`. True when a round closed (completed or failed).
@@ -164,6 +197,12 @@ class RoundEngine {
   StatusOr<Weights> FinalizeMerge(Weights mean_delta, records::RoundRecord* record, RoundSummary* summary,
                                   std::vector<records::LedgerEntry>* ledger);
 
+  // Starts round round_ + 1 with `selected` (sorted): the round record,
+  // secure aggregation's setup. False (nothing changed) when the store
+  // refused the record for now.
+  StatusOr<bool> BeginRound(std::vector<std::string> selected, double sampling_rate, Clock::time_point now);
+  size_t SelectionTarget() const;  // ceil(N x over_selection)
+  size_t UpdatesPerRound() const;  // N
   Status StartSecureRound();
   Status FinishRound(bool deadline_passed);
   Status CommitFailed(const std::string& failure, records::RoundRecord record, RoundSummary summary);
@@ -208,6 +247,13 @@ class RoundEngine {
   double global_norm_ = 0.0;
   Backoff backoff_;
   Clock::time_point last_start_error_log_{};
+  size_t target_updates_ = 0;
+  // Check-in selection.
+  size_t fleet_ = 0;
+  bool selecting_ = false;
+  std::set<std::string> held_;
+  Clock::time_point selection_opened_{}, last_checkin_{}, last_round_start_{};
+  double round_period_seconds_ = 0.0;  // moving average of the time between round starts
 };
 
 }  // namespace flotilla::aggregator

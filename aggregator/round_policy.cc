@@ -20,6 +20,33 @@ Sample SampleDevices(std::vector<std::string> eligible, double fraction, uint64_
   return s;
 }
 
+Sample SampleCount(std::vector<std::string> candidates, size_t k, uint64_t seed, uint32_t round) {
+  std::sort(candidates.begin(), candidates.end());
+  const size_t n = candidates.size();
+  k = std::min(k, n);
+  Sample s;
+  s.sampling_rate = n == 0 ? 0.0 : static_cast<double>(k) / static_cast<double>(n);
+  Rng rng(DeriveSeed(seed, "sample", round));
+  rng.Shuffle(&candidates);
+  candidates.resize(k);
+  std::sort(candidates.begin(), candidates.end());
+  s.selected = std::move(candidates);
+  return s;
+}
+
+ComeBackPlan PlanComeBack(const std::string& device, uint32_t next_round, size_t fleet, double wanted_per_round,
+                          double round_seconds, double current_left_seconds, uint64_t seed) {
+  // The fleet cycles through in `period` rounds; each device lands on one
+  // of them uniformly.
+  const double period = std::max(1.0, std::floor(static_cast<double>(fleet) / std::max(1.0, wanted_per_round)));
+  Rng rng(DeriveSeed(seed, "come-back", next_round, DeriveSeed(0, device)));
+  const uint32_t offset = static_cast<uint32_t>(rng.UniformInt(static_cast<uint64_t>(period)));
+  ComeBackPlan plan;
+  plan.round = next_round + offset;
+  plan.seconds = std::max(0.0, current_left_seconds) + offset * std::max(0.0, round_seconds);
+  return plan;
+}
+
 double Backoff::Failed(Clock::time_point now) {
   ++failed_in_a_row_;
   const double wait =

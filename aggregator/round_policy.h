@@ -20,6 +20,21 @@ struct Sample {
 // uniformly, reproducibly from the run seed and the round number.
 // REQUIRES: !eligible.empty().
 Sample SampleDevices(std::vector<std::string> eligible, double fraction, uint64_t seed, uint32_t round);
+// Samples exactly min(k, |candidates|) of `candidates` the same way (check-in
+// selection: k of the devices held; sampling_rate is k / |candidates|).
+Sample SampleCount(std::vector<std::string> candidates, size_t k, uint64_t seed, uint32_t round);
+
+// Pace steering for check-in selection (Bonawitz et al. 2019): a device
+// that is not needed now is told which round to come back for, spread
+// uniformly over the rounds it takes the fleet to cycle through, so that
+// about `wanted_per_round` devices check in for each round. Reproducible
+// from the seed, the device and the round it checked in for.
+struct ComeBackPlan {
+  uint32_t round = 0;     // the round to come back for
+  double seconds = 0.0;   // how long from now, at the current pace
+};
+ComeBackPlan PlanComeBack(const std::string& device, uint32_t next_round, size_t fleet, double wanted_per_round,
+                          double round_seconds, double current_left_seconds, uint64_t seed);
 
 // After a failed round the next waits `base` seconds, doubling with every
 // failure in a row up to `max`; a completed round resets it.

@@ -64,6 +64,8 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
   ASSIGN_OR_RETURN(agg->engine_,
                    RoundEngine::Recover(config, agg->store_.get(), &agg->clients_, std::move(initial),
                                         std::move(eval), std::move(on_round)));
+  agg->known_clients_ = agg->clients_.size();
+  if (config.checkin.enabled) agg->FlushRegistry(/*force=*/true);  // keeps only a resumed round's devices
   return agg;
 }
 
@@ -119,6 +121,7 @@ Status Aggregator::Run() {
       RETURN_IF_ERROR(AdvanceRounds());
     }
     AnswerParked(/*keepalive_only=*/true);
+    if (config_.checkin.enabled) FlushRegistry(false);
     MaybeReloadAllowlist();
     if (engine_->federation_done()) {
       const auto now = Clock::now();
@@ -129,8 +132,10 @@ Status Aggregator::Run() {
       bool all_told = std::all_of(clients_.begin(), clients_.end(), [](const auto& kv) {
         return kv.second.told_finished || kv.second.peer.empty();  // never reconnected since a restart
       });
-      if (!config_.keep_serving &&
-          (all_told || now - *finished_at_ > std::chrono::duration<double>(config_.finish_grace_seconds))) {
+      // Under check-in most devices are away: they learn of the end when
+      // they next check in, during the grace period (or from a pull).
+      if (!config_.keep_serving && ((all_told && !config_.checkin.enabled) ||
+                                    now - *finished_at_ > std::chrono::duration<double>(config_.finish_grace_seconds))) {
         break;
       }
     }
@@ -147,9 +152,26 @@ Status Aggregator::Step(const net::Incoming& in) {
 
 Status Aggregator::AdvanceRounds() {
   const auto now = Clock::now();
-  ASSIGN_OR_RETURN(bool started, engine_->MaybeStart(now, [this](const std::string& id) {
-    return !zap_ || zap_->IsAllowed(id);
-  }));
+  bool started = false;
+  if (config_.checkin.enabled) {
+    engine_->SetFleetSize(FleetSize());
+    engine_->MaybeOpenSelection(now);
+    std::vector<std::string> released;
+    ASSIGN_OR_RETURN(started, engine_->MaybeCloseSelection(now, &released));
+    for (const auto& id : released) {
+      auto it = clients_.find(id);
+      if (it == clients_.end() || !it->second.parked_request) continue;
+      const uint64_t request_id = *it->second.parked_request;
+      it->second.parked_request.reset();
+      ReplyComeBack(id, request_id,
+                    engine_->ComeBack(id, now, started ? "not selected for round " + std::to_string(engine_->round())
+                                                       : "the federation is over"));
+    }
+  } else {
+    ASSIGN_OR_RETURN(started, engine_->MaybeStart(now, [this](const std::string& id) {
+      return !zap_ || zap_->IsAllowed(id);
+    }));
+  }
   if (started) {
     // Hand tasks to the selected clients that are already waiting.
     for (auto& [id, state] : clients_) {
@@ -217,6 +239,8 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
   switch (env.body_case()) {
     case wire::Envelope::kHello:
       return HandleHello(in, env);
+    case wire::Envelope::kCheckIn:
+      return HandleCheckIn(in, env);
     // Status and pull need no Hello, only an enrolled key.
     case wire::Envelope::kStatusRequest:
       HandleStatus(in, env.request_id());
@@ -260,6 +284,12 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
 std::string Aggregator::IdentifyClient(const net::Incoming& in) {
   if (!zap_) return clients_.FindByPeer(in.peer);
   auto it = clients_.find(in.user_id);
+  if (it == clients_.end() && config_.checkin.enabled) {
+    // An away device's record is in the store (e.g. it resends an update
+    // after a crash, or a Hello-speaking device asks again).
+    StatusOr<bool> known = EnsureLoaded(in.user_id);
+    if (known.ok() && *known) it = clients_.find(in.user_id);
+  }
   if (it == clients_.end()) return std::string();
   it->second.peer = in.peer;  // replies go to the connection the key spoke on
   return in.user_id;
@@ -269,6 +299,9 @@ void Aggregator::HandleDecline(const std::string& client_id, const wire::Envelop
   engine_->Decline(client_id, env.decline().round(), env.decline().reason(), Clock::now());
   wire::Envelope ack;
   ack.mutable_ack()->set_round(env.decline().round());
+  if (config_.checkin.enabled && clients_[client_id].checks_in) {
+    FillComeBack(engine_->ComeBack(client_id, Clock::now(), "declined"), ack.mutable_ack()->mutable_come_back());
+  }
   ReplyToClient(client_id, env.request_id(), std::move(ack));
 }
 
@@ -290,6 +323,11 @@ Status Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& en
   if (client_id.empty()) {
     ReplyError(in.peer, in.peer, env.request_id(), wire::ERROR_MALFORMED, "hello without a client name");
     return Status::Ok();
+  }
+  if (config_.checkin.enabled) {
+    // Its record may be in the store only (devices away are not in memory).
+    StatusOr<bool> known = EnsureLoaded(client_id);
+    if (known.ok() && !*known) ++known_clients_;
   }
   const bool is_new = clients_.Register(client_id, in.peer, hello, NowUnixMs());
   if (config_.secagg.enabled && hello.secagg_identity_key().empty() && is_new) {
@@ -321,6 +359,104 @@ Status Aggregator::HandleHello(const net::Incoming& in, const wire::Envelope& en
   return Status::Ok();
 }
 
+StatusOr<bool> Aggregator::EnsureLoaded(const std::string& client_id) {
+  if (clients_.count(client_id)) return true;
+  ASSIGN_OR_RETURN(std::optional<records::ClientRecord> stored, store_->GetClient(client_id));
+  if (!stored) return false;
+  if (stored->client_id() != client_id) return false;  // stored under another key: recovery quarantines it
+  clients_.Load(*stored, Clock::now(), NowUnixMs());
+  return true;
+}
+
+Status Aggregator::HandleCheckIn(const net::Incoming& in, const wire::Envelope& env) {
+  const wire::CheckIn& check_in = env.check_in();
+  const std::string client_id = zap_ ? in.user_id : check_in.hello().client_name();
+  const std::string& tag = in.user_id.empty() ? in.peer : in.user_id;
+  if (client_id.empty()) {
+    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_MALFORMED, "check-in without a client name");
+    return Status::Ok();
+  }
+  if (!config_.checkin.enabled) {
+    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_UNEXPECTED,
+               "this aggregator keeps long-lived connections: say Hello, then TaskRequest (or start it "
+               "with check-in selection, [round] checkin = true)");
+    return Status::Ok();
+  }
+  StatusOr<bool> known = EnsureLoaded(client_id);
+  if (!known.ok()) {
+    if (!known.status().retryable()) return known.status();
+    LOG_ERROR("aggregator", "could not read device record: " << known.status().message());
+    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_INTERNAL, "the aggregator could not read this "
+                                                                      "device's record; retry");
+    return Status::Ok();
+  }
+  clients_.Register(client_id, in.peer, check_in.hello(), NowUnixMs());
+  if (!*known) {
+    ++known_clients_;
+    ++joined_since_log_;
+    LOG_DEBUG("aggregator", "device '" << check_in.hello().client_name() << "' registered");
+  }
+  ClientRegistry::Client& state = clients_[client_id];
+  state.checks_in = true;
+  state.wants_final_model = check_in.final_model();
+  HandleTaskRequest(client_id, env.request_id());
+  return Status::Ok();
+}
+
+size_t Aggregator::FleetSize() const {
+  return std::max(known_clients_, zap_ ? zap_->allowed_count() : size_t{0});
+}
+
+void Aggregator::FlushRegistry(bool force) {
+  const auto now = Clock::now();
+  if (!force && now - last_flush_ < std::chrono::milliseconds(100)) return;
+  last_flush_ = now;
+  std::vector<records::ClientRecord> dirty = clients_.Dirty(NowUnixMs());
+  if (!dirty.empty()) {
+    // New devices and changed records, grouped: one synced write per batch
+    // instead of one per check-in. A device whose record is not written
+    // yet stays in memory; if the aggregator dies first it registers again
+    // at its next check-in.
+    if (Status st = store_->PutClients(dirty); st.ok()) {
+      clients_.MarkWritten(dirty);
+    } else if (uint64_t n = 0; log_limiter_.Allow("registry-flush", now, &n)) {
+      LOG_ERROR("aggregator", "could not write " << dirty.size() << " device records (kept in memory, "
+                                                 << "retried): " << st.message());
+    }
+  }
+  std::vector<std::string> away;
+  for (const auto& [id, c] : clients_) {
+    if (!c.dirty && !c.parked_request && !engine_->Involves(id)) away.push_back(id);
+  }
+  for (const auto& id : away) clients_.Forget(id);
+  if (joined_since_log_ > 0 && (force || now - last_join_log_ > std::chrono::seconds(10))) {
+    LOG_INFO("aggregator", joined_since_log_ << " devices registered since the last such line; " << known_clients_
+                                             << " known, " << clients_.size() << " active");
+    joined_since_log_ = 0;
+    last_join_log_ = now;
+  }
+}
+
+void Aggregator::FillComeBack(const RoundEngine::CheckInAnswer& a, wire::ComeBack* c) const {
+  c->set_after_ms(a.after_ms);
+  c->set_round(a.round);
+  c->set_reason(a.reason);
+  c->set_federation(config_.federation);
+}
+
+void Aggregator::ReplyComeBack(const std::string& client_id, uint64_t request_id,
+                               const RoundEngine::CheckInAnswer& a) {
+  wire::Envelope env;
+  if (clients_[client_id].checks_in) {
+    FillComeBack(a, env.mutable_come_back());
+  } else {
+    // A device on a long-lived connection waits on it.
+    env.mutable_wait()->set_retry_ms(a.after_ms);
+    env.mutable_wait()->set_reason(a.reason);
+  }
+  ReplyToClient(client_id, request_id, std::move(env));
+}
+
 void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
   const auto now = Clock::now();
   const RoundEngine& engine = *engine_;
@@ -333,7 +469,11 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
   r->set_rounds_completed(engine.rounds_done());
   r->set_rounds_total(config_.rounds);
   r->set_model_version(model_version());
-  r->set_known_clients(static_cast<uint32_t>(clients_.size()));
+  r->set_known_clients(static_cast<uint32_t>(config_.checkin.enabled ? known_clients_ : clients_.size()));
+  if (engine.selecting()) {
+    r->set_selecting_round(engine.round() + 1);
+    r->set_checked_in(static_cast<uint32_t>(engine.held_count()));
+  }
   r->set_connected_clients(static_cast<uint32_t>(std::count_if(
       clients_.begin(), clients_.end(), [](const auto& kv) { return !kv.second.peer.empty(); })));
   r->set_updates_received(static_cast<uint32_t>(engine.received_count()));
@@ -405,6 +545,14 @@ void Aggregator::HandleTaskRequest(const std::string& client_id, uint64_t reques
     SendTask(client_id, request_id);
     return;
   }
+  if (config_.checkin.enabled) {
+    const RoundEngine::CheckInAnswer a = engine_->CheckIn(
+        client_id, Clock::now(), [this](const std::string& id) { return !zap_ || zap_->IsAllowed(id); });
+    if (!a.hold) {
+      ReplyComeBack(client_id, request_id, a);
+      return;
+    }
+  }
   // Nothing for this client now: hold the request until a round selects it.
   state.parked_request = request_id;
   state.parked_since = Clock::now();
@@ -455,6 +603,10 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
   if (!refused) {
     wire::Envelope ack;
     ack.mutable_ack()->set_round(update.round());
+    if (config_.checkin.enabled && clients_[client_id].checks_in) {
+      FillComeBack(engine_->ComeBack(client_id, Clock::now(), "update recorded"),
+                   ack.mutable_ack()->mutable_come_back());
+    }
     ReplyToClient(client_id, env.request_id(), std::move(ack));
     return Status::Ok();
   }

@@ -95,6 +95,16 @@ class Aggregator {
   // The device a message after Hello comes from ("" when it said none).
   std::string IdentifyClient(const net::Incoming& in);
   Status HandleHello(const net::Incoming& in, const wire::Envelope& env);
+  Status HandleCheckIn(const net::Incoming& in, const wire::Envelope& env);
+  // Check-in: puts a stored device's record in memory if it is not there.
+  // True when the device is known (in memory or in the store).
+  StatusOr<bool> EnsureLoaded(const std::string& client_id);
+  // Check-in: writes new and changed device records in one batch, then
+  // drops from memory every device that is neither held nor in the round.
+  void FlushRegistry(bool force);
+  void ReplyComeBack(const std::string& client_id, uint64_t request_id, const RoundEngine::CheckInAnswer& a);
+  void FillComeBack(const RoundEngine::CheckInAnswer& a, wire::ComeBack* out) const;
+  size_t FleetSize() const;
   void HandleTaskRequest(const std::string& client_id, uint64_t request_id);
   void HandleStatus(const net::Incoming& in, uint64_t request_id);
   void HandlePull(const net::Incoming& in, const wire::Envelope& env);
@@ -147,6 +157,10 @@ class Aggregator {
   std::map<std::string, std::string> last_large_request_;  // device tag -> the request last answered in bulk
   LogLimiter log_limiter_;
   Clock::time_point started_ = Clock::now();
+  // Check-in: devices in the store (memory holds only the active ones).
+  size_t known_clients_ = 0;
+  size_t joined_since_log_ = 0;
+  Clock::time_point last_flush_{}, last_join_log_{};
 };
 
 }  // namespace flotilla::aggregator

@@ -254,6 +254,13 @@ Status Store::PutClient(const records::ClientRecord& client) {
   return kv_->Write(batch, "writing client record");
 }
 
+Status Store::PutClients(const std::vector<records::ClientRecord>& clients) {
+  if (clients.empty()) return Status::Ok();
+  storage::WriteBatch batch;
+  for (const auto& c : clients) batch.Put(kClients, c.client_id(), c.SerializeAsString());
+  return kv_->Write(batch, "writing client records");
+}
+
 StatusOr<std::optional<records::ClientRecord>> Store::GetClient(const std::string& client_id) const {
   StatusOr<std::string> value = kv_->Get(kClients, client_id);
   if (value.status().code() == StatusCode::kNotFound) return std::optional<records::ClientRecord>();

@@ -83,6 +83,8 @@ class Store {
   StatusOr<std::optional<uint64_t>> LatestModelVersion() const;
 
   Status PutClient(const records::ClientRecord& client);
+  // Several in one synced batch (check-in registrations, grouped).
+  Status PutClients(const std::vector<records::ClientRecord>& clients);
   StatusOr<std::optional<records::ClientRecord>> GetClient(const std::string& client_id) const;
   StatusOr<std::vector<records::ClientRecord>> ListClients(std::vector<std::string>* corrupt = nullptr) const;
 

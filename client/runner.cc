@@ -77,8 +77,12 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
     const auto wait = std::clamp(std::chrono::duration_cast<std::chrono::milliseconds>(
                                      session->NextDeadline() - Session::Clock::now()),
                                  std::chrono::milliseconds(0), std::chrono::milliseconds(200));
-    ASSIGN_OR_RETURN(std::vector<size_t> ready, net::PollReadable({session->socket()}, wait));
-    if (!ready.empty()) RETURN_IF_ERROR(session->OnReadable());
+    if (session->socket() != nullptr) {
+      ASSIGN_OR_RETURN(std::vector<size_t> ready, net::PollReadable({session->socket()}, wait));
+      if (!ready.empty()) RETURN_IF_ERROR(session->OnReadable());
+    } else {
+      std::this_thread::sleep_for(wait);  // away between check-ins: no connection
+    }
     RETURN_IF_ERROR(session->OnTick());
     for (const Session::Settled& settled : session->TakeSettled()) {
       if (settled.recorded) stats.recorded_rounds.push_back(settled.round);

@@ -25,6 +25,8 @@ const char* StateName(Session::State state) {
       return "secure-aggregation";
     case Session::State::kSecAggComputing:
       return "secure-aggregation-computing";
+    case Session::State::kAway:
+      return "away";
     case Session::State::kFinished:
       return "finished";
   }
@@ -45,6 +47,7 @@ Status Session::Reconnect() {
 }
 
 Status Session::SendHello() {
+  if (config_.checkin) return SendCheckIn();
   wire::Envelope env;
   env.mutable_hello()->set_client_name(config_.name);
   env.mutable_hello()->set_num_examples(config_.num_examples);
@@ -58,7 +61,53 @@ Status Session::SendHello() {
   return Send(&env, State::kHello);
 }
 
+Status Session::SendCheckIn() {
+  wire::Envelope env;
+  wire::Hello* hello = env.mutable_check_in()->mutable_hello();
+  hello->set_client_name(config_.name);
+  hello->set_num_examples(config_.num_examples);
+  hello->set_software("flotilla-client/0.1.0");
+  if (config_.secagg_identity) {
+    const auto& key = config_.secagg_identity->public_key;
+    hello->set_secagg_identity_key(key.data(), key.size());
+    if (!config_.secagg_identity_cert.empty()) hello->set_secagg_identity_cert(config_.secagg_identity_cert);
+  }
+  env.mutable_check_in()->set_final_model(config_.want_final_model);
+  env.mutable_check_in()->set_round(come_back_round_);
+  ++check_ins_;
+  return Send(&env, State::kHello);
+}
+
+Status Session::CheckInNow() {
+  if (state_ != State::kAway) return FailedPrecondition("CheckInNow: the session is not away");
+  return Reconnect();
+}
+
+Status Session::GoAway(const wire::ComeBack& come_back) {
+  if (pending_update_) {
+    // The update goes first; the device leaves once it is settled.
+    deferred_come_back_ = come_back;
+    return SendUpdate();
+  }
+  socket_.reset();
+  state_ = State::kAway;
+  outstanding_id_ = 0;
+  come_back_round_ = come_back.round();
+  wake_at_ = Clock::now() + std::chrono::milliseconds(come_back.after_ms());
+  LOG_DEBUG("client", config_.name << ": away until round " << come_back.round() << " (" << come_back.after_ms()
+                                   << " ms): " << come_back.reason());
+  return Status::Ok();
+}
+
 Status Session::SendTaskRequest() {
+  if (config_.checkin) {
+    if (deferred_come_back_) {
+      wire::ComeBack come_back = std::move(*deferred_come_back_);
+      deferred_come_back_.reset();
+      return GoAway(come_back);
+    }
+    return SendCheckIn();
+  }
   wire::Envelope env;
   env.mutable_task_request()->set_final_model(config_.want_final_model);
   return Send(&env, State::kRequesting);
@@ -84,7 +133,7 @@ Status Session::Send(wire::Envelope* env, State next) {
 }
 
 Status Session::OnReadable() {
-  while (true) {
+  while (socket_) {  // a ComeBack closes it
     ASSIGN_OR_RETURN(std::optional<std::string> bytes, socket_->Receive(std::chrono::milliseconds(0)));
     if (!bytes) return Status::Ok();
     StatusOr<wire::Envelope> env = proto::ParseEnvelope(bytes->data(), bytes->size());
@@ -102,6 +151,7 @@ Status Session::OnReadable() {
                                      << " in state " << StateName(state_));
     RETURN_IF_ERROR(Handle(*env));
   }
+  return Status::Ok();
 }
 
 Status Session::Handle(const wire::Envelope& env) {
@@ -121,7 +171,21 @@ Status Session::Handle(const wire::Envelope& env) {
       state_ = State::kWaiting;
       retry_at_ = Clock::now() + std::chrono::milliseconds(env.wait().retry_ms());
       return Status::Ok();
+    case wire::Envelope::kComeBack:
+      if (env.come_back().federation() != config_.federation) {
+        state_ = State::kFinished;
+        return FailedPrecondition("the aggregator at " + config_.endpoint + " serves federation '" +
+                                  env.come_back().federation() + "', but this device is enrolled in '" +
+                                  config_.federation + "' (--federation)");
+      }
+      return GoAway(env.come_back());
     case wire::Envelope::kTrainTask:
+      if (pending_update_) {
+        // Checked in again before the update reached the aggregator: the
+        // same round's task is answered with that update, not trained again.
+        if (pending_update_->round() == env.train_task().round()) return SendUpdate();
+        Settle(false);
+      }
       pending_task_ = env.train_task();
       training_round_ = env.train_task().round();
       secagg_setup_.reset();
@@ -132,6 +196,10 @@ Status Session::Handle(const wire::Envelope& env) {
       if (pending_update_) {  // (an Ack may also answer a Decline)
         Settle(true);
         ++updates_acked_;
+      }
+      if (config_.checkin && env.ack().has_come_back()) {
+        deferred_come_back_.reset();
+        return GoAway(env.ack().come_back());
       }
       return SendTaskRequest();
     case wire::Envelope::kFinished:
@@ -207,6 +275,10 @@ Status Session::OnTick() {
     std::shared_ptr<SecAggJob> job = std::move(secagg_job_);
     return ContinueSecAgg(std::move(job->result));
   }
+  if (state_ == State::kAway) {
+    if (config_.wake_by_timer && now >= wake_at_) return CheckInNow();
+    return Status::Ok();
+  }
   if (state_ == State::kWaiting && now >= retry_at_) {
     if (secure_) return SendSecAgg(/*poll=*/true);
     if (pending_update_) return SendUpdate();
@@ -241,6 +313,8 @@ Session::Clock::time_point Session::NextDeadline() const {
       return reply_deadline_;
     case State::kSecAggComputing:
       return Clock::now() + std::chrono::milliseconds(5);  // poll for the result
+    case State::kAway:
+      return config_.wake_by_timer ? wake_at_ : Clock::now() + std::chrono::hours(1);
     default:
       return Clock::now() + std::chrono::hours(1);
   }

@@ -48,6 +48,14 @@ struct SessionConfig {
   // Ask for the federation's final model with Finished (finished_message()
   // then carries it, unverified: client/pull.h AcceptPulledModel).
   bool want_final_model = false;
+  // Check-in (docs/protocol.md, "Check-in"): instead of Hello and a
+  // connection held for the whole federation, connect, CheckIn, and on
+  // ComeBack (or after an Ack) close the connection until it is time to
+  // check in again.
+  bool checkin = false;
+  // Check in again when ComeBack's after_ms has passed. Off: the session
+  // stays away until CheckInNow() (a simulator that keeps time in rounds).
+  bool wake_by_timer = true;
   std::chrono::milliseconds request_timeout{30000};
   std::chrono::milliseconds max_backoff{10000};
   net::SocketOptions socket;
@@ -89,12 +97,14 @@ class Session {
     kUploading,
     kSecAgg,
     kSecAggComputing,
+    kAway,  // check-in: disconnected until the next check-in
     kFinished
   };
 
   // Creates the socket and sends Hello (queued until the aggregator is up).
   static StatusOr<std::unique_ptr<Session>> Create(net::Context* context, const SessionConfig& config);
 
+  // Null while away (check-in).
   net::ClientSocket* socket() const { return socket_.get(); }
   State state() const { return state_; }
   bool finished() const { return state_ == State::kFinished; }
@@ -102,6 +112,12 @@ class Session {
 
   // Reads and handles every message waiting on the socket.
   Status OnReadable();
+  // Check-in: connects and checks in now (REQUIRES: state() == kAway).
+  Status CheckInNow();
+  // Check-in: the round the last ComeBack named, and when it said to
+  // return.
+  uint32_t come_back_round() const { return come_back_round_; }
+  Clock::time_point wake_at() const { return wake_at_; }
   // Handles timers (retry after Wait, request timeouts). Call at least as
   // often as NextDeadline() says.
   Status OnTick();
@@ -130,6 +146,7 @@ class Session {
   int secagg_completed() const { return secagg_completed_; }
   int secagg_aborted() const { return secagg_aborted_; }
   int reconnects() const { return reconnects_; }
+  int check_ins() const { return check_ins_; }
   const std::optional<wire::Finished>& finished_message() const { return finished_msg_; }
 
  private:
@@ -141,6 +158,9 @@ class Session {
   Status Reconnect();
   Status SendHello();
   Status SendTaskRequest();
+  Status SendCheckIn();
+  // Check-in: closes the connection until `come_back` says to return.
+  Status GoAway(const wire::ComeBack& come_back);
   Status SendUpdate();
   // Secure aggregation: start after training, send the current stage (the
   // full message, or an empty poll), move on with the aggregator's answer.
@@ -183,6 +203,10 @@ class Session {
   void Settle(bool recorded);
   int updates_acked_ = 0;
   int reconnects_ = 0;
+  int check_ins_ = 0;
+  uint32_t come_back_round_ = 0;
+  Clock::time_point wake_at_{};
+  std::optional<wire::ComeBack> deferred_come_back_;  // told to go while an update was still to send
   uint64_t jitter_seed_;
 };
 

@@ -23,19 +23,28 @@ Status CheckString(const std::string& s, const char* what, const ParseLimits& li
   return Status::Ok();
 }
 
+Status CheckHello(const wire::Hello& hello, const ParseLimits& limits) {
+  RETURN_IF_ERROR(CheckString(hello.client_name(), "hello.client_name", limits));
+  RETURN_IF_ERROR(CheckString(hello.software(), "hello.software", limits));
+  if (hello.num_examples() < 0) return InvalidArgument("hello.num_examples is negative");
+  if (!hello.secagg_identity_key().empty() && hello.secagg_identity_key().size() != 32) {
+    return InvalidArgument("hello.secagg_identity_key must be 32 bytes");
+  }
+  if (!hello.secagg_identity_cert().empty() && hello.secagg_identity_cert().size() != 64) {
+    return InvalidArgument("hello.secagg_identity_cert must be 64 bytes");
+  }
+  return Status::Ok();
+}
+
 Status CheckBody(const wire::Envelope& env, const ParseLimits& limits) {
   switch (env.body_case()) {
     case wire::Envelope::kHello:
-      RETURN_IF_ERROR(CheckString(env.hello().client_name(), "hello.client_name", limits));
-      RETURN_IF_ERROR(CheckString(env.hello().software(), "hello.software", limits));
-      if (env.hello().num_examples() < 0) return InvalidArgument("hello.num_examples is negative");
-      if (!env.hello().secagg_identity_key().empty() && env.hello().secagg_identity_key().size() != 32) {
-        return InvalidArgument("hello.secagg_identity_key must be 32 bytes");
-      }
-      if (!env.hello().secagg_identity_cert().empty() && env.hello().secagg_identity_cert().size() != 64) {
-        return InvalidArgument("hello.secagg_identity_cert must be 64 bytes");
-      }
-      return Status::Ok();
+      return CheckHello(env.hello(), limits);
+    case wire::Envelope::kCheckIn:
+      return CheckHello(env.check_in().hello(), limits);
+    case wire::Envelope::kComeBack:
+      RETURN_IF_ERROR(CheckString(env.come_back().reason(), "come_back.reason", limits));
+      return CheckString(env.come_back().federation(), "come_back.federation", limits);
     case wire::Envelope::kUpdate: {
       const auto& u = env.update();
       if (u.num_examples() <= 0) return InvalidArgument("update.num_examples must be positive");
@@ -278,6 +287,10 @@ const char* BodyName(const wire::Envelope& envelope) {
       return "Decline";
     case wire::Envelope::kSecagg:
       return "SecAggMessage";
+    case wire::Envelope::kCheckIn:
+      return "CheckIn";
+    case wire::Envelope::kComeBack:
+      return "ComeBack";
     case wire::Envelope::BODY_NOT_SET:
       return "(empty)";
   }
