@@ -354,7 +354,7 @@ RoundEngine::CheckInAnswer RoundEngine::ComeBack(const std::string& client_id, C
   // device was not taken for it).
   const uint32_t next = round_ + 1 + (selecting_ ? 1 : 0);
   const double period = round_period_seconds_ > 0 ? round_period_seconds_
-                                                  : std::min(config_.round_deadline_seconds, 10.0);
+                                                  : std::min(config_.round_deadline_seconds, config_.checkin.window_seconds);
   double left = 0.0;
   if (active_ || selecting_) {
     left = std::max(0.0, period - std::chrono::duration<double>(now - (active_ ? started_ : selection_opened_)).count());

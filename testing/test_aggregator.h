@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
@@ -137,13 +138,19 @@ inline std::unique_ptr<Workers> StartHonestClients(const TestKeys& keys, const s
 inline StatusOr<int> RunScriptedDevice(
     const client::SessionConfig& sc,
     const std::function<std::optional<wire::Update>(const wire::TrainTask&)>& make_update,
-    std::chrono::steady_clock::time_point deadline) {
+    std::chrono::steady_clock::time_point deadline,
+    const std::function<void(const client::Session&)>& at_end = nullptr,
+    const std::atomic<bool>* stop = nullptr) {
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, client::Session::Create(&context, sc));
-  while (!session->finished() && std::chrono::steady_clock::now() < deadline) {
-    ASSIGN_OR_RETURN(std::vector<size_t> ready,
-                     net::PollReadable({session->socket()}, std::chrono::milliseconds(20)));
-    if (!ready.empty()) RETURN_IF_ERROR(session->OnReadable());
+  while (!session->finished() && std::chrono::steady_clock::now() < deadline && !(stop && stop->load())) {
+    if (session->socket() == nullptr) {  // away between check-ins
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    } else {
+      ASSIGN_OR_RETURN(std::vector<size_t> ready,
+                       net::PollReadable({session->socket()}, std::chrono::milliseconds(20)));
+      if (!ready.empty()) RETURN_IF_ERROR(session->OnReadable());
+    }
     RETURN_IF_ERROR(session->OnTick());
     (void)session->TakeSettled();
     if (std::optional<wire::TrainTask> task = session->TakeTask()) {
@@ -155,6 +162,7 @@ inline StatusOr<int> RunScriptedDevice(
       }
     }
   }
+  if (at_end) at_end(*session);
   return session->updates_acked();
 }
 

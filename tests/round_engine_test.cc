@@ -3,6 +3,7 @@
 #include "aggregator/round_engine.h"
 
 #include <catch2/catch.hpp>
+#include <map>
 #include <memory>
 
 #include "aggregator/store.h"
@@ -216,4 +217,123 @@ TEST_CASE("The federation is done after its rounds - no round starts then", "[ro
   f.Start();
   CHECK(f.engine->federation_done());
   CHECK(f.engine->rounds_done() == 1);
+}
+
+// Check-in selection: a fleet of 20 registered devices, 4 updates kept per
+// round, over-selection 1.5 (6 selected).
+struct CheckInFixture : Fixture {
+  CheckInFixture() : Fixture(20) {
+    config.min_clients = 2;
+    config.checkin.enabled = true;
+    config.checkin.clients_per_round = 4;
+    config.checkin.over_selection = 1.5;
+    config.checkin.quiet_seconds = 0.5;
+    config.checkin.window_seconds = 5;
+    Start();
+    engine->SetFleetSize(20);
+  }
+  // Devices dev<from>..dev<to-1> check in at `now`; how many were held.
+  int CheckIns(int from, int to, RoundEngine::Clock::time_point now) {
+    int held = 0;
+    for (int i = from; i < to; ++i) held += engine->CheckIn("dev" + std::to_string(i), now, kEveryone).hold;
+    return held;
+  }
+};
+
+TEST_CASE("Check-in: selection holds check-ins, waits for quiet, samples the target and releases the rest",
+          "[round_engine][checkin]") {
+  CheckInFixture f;
+  const auto t0 = RoundEngine::Clock::now();
+  // Before selection opens, a check-in is told to come back.
+  RoundEngine::CheckInAnswer early = f.engine->CheckIn("dev0", t0, kEveryone);
+  CHECK_FALSE(early.hold);
+  CHECK(early.round >= 1);
+  REQUIRE(f.engine->MaybeOpenSelection(t0));
+  CHECK(f.CheckIns(0, 9, t0) == 9);
+  std::vector<std::string> released;
+  // Enough (6) are held, but check-ins are still arriving: not yet.
+  auto closed = f.engine->MaybeCloseSelection(t0 + 100ms, &released);
+  REQUIRE(closed.ok());
+  CHECK_FALSE(*closed);
+  closed = f.engine->MaybeCloseSelection(t0 + 600ms, &released);
+  REQUIRE(closed.ok());
+  REQUIRE(*closed);
+  CHECK(f.engine->active());
+  CHECK(f.engine->selected_count() == 6);
+  CHECK(f.engine->target_updates() == 4);
+  CHECK(released.size() == 3);
+  for (const auto& id : released) CHECK_FALSE(f.engine->AwaitsTask(id));
+  // While the round runs, a check-in comes back later, for a later round.
+  RoundEngine::CheckInAnswer later = f.engine->CheckIn("dev15", t0 + 700ms, kEveryone);
+  CHECK_FALSE(later.hold);
+  CHECK(later.round >= 2);
+  CHECK(later.after_ms >= 1000);
+}
+
+TEST_CASE("Check-in: over-selection keeps the first N updates and refuses a late one without a strike",
+          "[round_engine][checkin]") {
+  CheckInFixture f;
+  const auto t0 = RoundEngine::Clock::now();
+  REQUIRE(f.engine->MaybeOpenSelection(t0));
+  f.CheckIns(0, 10, t0);
+  std::vector<std::string> released;
+  REQUIRE(*f.engine->MaybeCloseSelection(t0 + 1s, &released));
+  std::vector<std::string> chosen;
+  for (int i = 0; i < 10; ++i) {
+    if (f.engine->AwaitsTask("dev" + std::to_string(i))) chosen.push_back("dev" + std::to_string(i));
+  }
+  REQUIRE(chosen.size() == 6);
+  for (int i = 0; i < 4; ++i) {
+    CHECK(f.Send(chosen[i], f.UpdateOf(0.1f)) == wire::ERROR_UNSPECIFIED);
+    if (i < 3) CHECK_FALSE(f.Finish());
+  }
+  CHECK(f.Finish());
+  REQUIRE(f.seen.size() == 1);
+  CHECK(f.seen[0].completed);
+  CHECK(f.seen[0].received == 4);
+  CHECK(f.seen[0].selected == 6);
+  auto late = f.engine->RecordUpdate(chosen[4], f.UpdateOf(0.1f), RoundEngine::Clock::now());
+  REQUIRE(late.ok());
+  REQUIRE(late->has_value());
+  CHECK((*late)->reason == "round_closed");
+  CHECK_FALSE((*late)->counted);
+  CHECK(f.engine->rejected_updates() == 0);
+}
+
+TEST_CASE("Check-in: with too few check-ins the window starts the round with what it holds",
+          "[round_engine][checkin]") {
+  CheckInFixture f;
+  const auto t0 = RoundEngine::Clock::now();
+  REQUIRE(f.engine->MaybeOpenSelection(t0));
+  f.CheckIns(0, 1, t0);
+  std::vector<std::string> released;
+  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 6s, &released));  // below min_clients (2)
+  f.CheckIns(1, 3, t0 + 6s);
+  CHECK(*f.engine->MaybeCloseSelection(t0 + 6s, &released));
+  CHECK(f.engine->selected_count() == 3);
+  CHECK(f.engine->target_updates() == 3);
+}
+
+TEST_CASE("Pace steering spreads a fleet over the rounds it takes to cycle, reproducibly",
+          "[round_engine][checkin]") {
+  // 10,000 devices, 125 wanted per round: an 80-round cycle.
+  std::map<uint32_t, int> per_round;
+  for (int i = 0; i < 10000; ++i) {
+    const std::string id = "d" + std::to_string(i);
+    ComeBackPlan p = PlanComeBack(id, 5, 10000, 125.0, 2.0, 0.5, 7);
+    ComeBackPlan again = PlanComeBack(id, 5, 10000, 125.0, 2.0, 0.5, 7);
+    REQUIRE(p.round == again.round);
+    REQUIRE(p.round >= 5);
+    REQUIRE(p.round < 85);
+    CHECK(p.seconds == Approx(0.5 + 2.0 * (p.round - 5)));
+    ++per_round[p.round];
+  }
+  CHECK(per_round.size() == 80);
+  for (const auto& [round, n] : per_round) {
+    INFO("round " << round);
+    CHECK(n > 80);  // mean 125, sd ~11
+    CHECK(n < 170);
+  }
+  // A small fleet: everyone is told to come to the next round.
+  CHECK(PlanComeBack("x", 3, 10, 125.0, 2.0, 0.0, 7).round == 3);
 }
