@@ -50,6 +50,13 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "max_failed_round_backoff", "--max-failed-round-backoff");
     both("round", "pause_after", "--pause-after");
     both("round", "pause_seconds", "--pause-seconds");
+    both("round", "checkin", "--checkin");
+    both("round", "clients_per_round", "--clients-per-round");
+    both("round", "over_selection", "--over-selection");
+    both("round", "selection_window", "--selection-window");
+    both("round", "selection_quiet", "--selection-quiet");
+    both("round", "min_come_back", "--min-come-back");
+    both("round", "max_come_back", "--max-come-back");
     // [validation]
     both("validation", "update_norm_bound", "--update-norm-bound");
     both("validation", "max_examples", "--max-examples");

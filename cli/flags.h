@@ -216,6 +216,30 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--max-message-bytes", c->socket.max_message_bytes,
                   "Largest accepted message in bytes (ZMQ_MAXMSGSIZE)")
       ->capture_default_str();
+  // Check-in selection (docs/protocol.md, "Check-in").
+  app->add_flag("--checkin,!--no-checkin", c->checkin.enabled,
+                "Check-in selection: devices connect when available, check in, and are selected or told "
+                "when to come back (idle devices hold no connection and no aggregator memory)");
+  app->add_option("--clients-per-round", c->checkin.clients_per_round,
+                  "Check-in: the updates a round keeps (N); 0 = --fraction of the registered fleet")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--over-selection", c->checkin.over_selection,
+                  "Check-in: select this many times N and keep the first N updates")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 10.0));
+  app->add_option("--selection-window", c->checkin.window_seconds,
+                  "Check-in: selection starts the round after this many seconds with what it holds")
+      ->capture_default_str();
+  app->add_option("--selection-quiet", c->checkin.quiet_seconds,
+                  "Check-in: with enough held, selection closes once no check-in came for this long")
+      ->capture_default_str();
+  app->add_option("--min-come-back", c->checkin.min_come_back_seconds,
+                  "Check-in: the shortest wait a ComeBack asks for (seconds)")
+      ->capture_default_str();
+  app->add_option("--max-come-back", c->checkin.max_come_back_seconds,
+                  "Check-in: the longest wait a ComeBack asks for (seconds)")
+      ->capture_default_str();
   AddDefenceFlags(app, c);
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "client/data_source.h"
 #include "core/rng.h"
@@ -95,14 +96,44 @@ StatusOr<FleetData> LoadImageFleet(const SimConfig& config, const std::string& r
   return data;
 }
 
+// "windows:N": see FleetData.
+StatusOr<int64_t> ParseWindows(const std::string& spec) {
+  const std::string prefix = "windows:";
+  if (spec.rfind(prefix, 0) != 0) return int64_t{0};
+  char* end = nullptr;
+  const long long n = std::strtoll(spec.c_str() + prefix.size(), &end, 10);
+  if (end == spec.c_str() + prefix.size() || *end != '\0' || n < 1 || n > 1000000) {
+    return InvalidArgument("partition '" + spec + "': windows:N needs N, the examples per device, in 1..1000000");
+  }
+  return static_cast<int64_t>(n);
+}
+
 StatusOr<FleetData> LoadShares(const SimConfig& config) {
   ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(config.data_source));
+  ASSIGN_OR_RETURN(const int64_t window, ParseWindows(config.partition));
+  if (window > 0 && source.kind != "fashion-mnist" && !source.kind.empty()) {
+    return InvalidArgument("partition windows:N is for Fashion-MNIST fleets; CSV and image sources "
+                           "standardize per device and take iid, dirichlet or shards");
+  }
   if (source.kind == "csv") return LoadCsvFleet(config, source.path);
   if (source.kind == "images") return LoadImageFleet(config, source.path);
   const std::string dir = source.path.empty() ? config.data_dir : source.path;
   ASSIGN_OR_RETURN(Dataset train,
                    training::LoadFashionMnist(dir, training::Split::kTrain, config.train_limit));
   ASSIGN_OR_RETURN(Dataset test, training::LoadFashionMnist(dir, training::Split::kTest, config.test_limit));
+  if (window > 0) {
+    FleetData data;
+    data.order.resize(static_cast<size_t>(train.size()));
+    for (size_t i = 0; i < data.order.size(); ++i) data.order[i] = static_cast<int64_t>(i);
+    Rng rng(DeriveSeed(config.aggregator.seed, "partition"));
+    rng.Shuffle(&data.order);
+    data.window = std::min<int64_t>(window, train.size());
+    data.window_devices = static_cast<size_t>(config.clients);
+    data.window_held_out = config.held_out_fraction;
+    data.train = std::make_shared<const Dataset>(std::move(train));
+    data.test = std::make_shared<const Dataset>(std::move(test));
+    return data;
+  }
   ASSIGN_OR_RETURN(
       training::Partition parts,
       training::PartitionByName(config.partition, train.labels, train.num_classes, config.clients,
@@ -116,12 +147,35 @@ StatusOr<FleetData> LoadShares(const SimConfig& config) {
 
 }  // namespace
 
+training::DataView FleetData::View(size_t i) const {
+  if (window == 0) return devices[i];
+  const int64_t held = static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(window) - 1e-9));
+  training::DataView v{train, {}};
+  const int64_t n = static_cast<int64_t>(order.size());
+  const int64_t start = static_cast<int64_t>((static_cast<unsigned __int128>(i) * static_cast<uint64_t>(window)) %
+                                             static_cast<uint64_t>(n));
+  for (int64_t k = 0; k < window - held; ++k) v.indices.push_back(order[static_cast<size_t>((start + k) % n)]);
+  return v;
+}
+
+training::DataView FleetData::HeldOut(size_t i) const {
+  if (window == 0) return held_out[i];
+  const int64_t held = static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(window) - 1e-9));
+  training::DataView v{train, {}};
+  const int64_t n = static_cast<int64_t>(order.size());
+  const int64_t start = static_cast<int64_t>((static_cast<unsigned __int128>(i) * static_cast<uint64_t>(window)) %
+                                             static_cast<uint64_t>(n));
+  for (int64_t k = window - held; k < window; ++k) v.indices.push_back(order[static_cast<size_t>((start + k) % n)]);
+  return v;
+}
+
 StatusOr<FleetData> LoadFleetData(const SimConfig& config) {
   if (config.aggregator.federated_eval && !(config.held_out_fraction > 0)) {
     return InvalidArgument(
         "federated evaluation needs held-out examples on the devices: set --held-out-fraction");
   }
   ASSIGN_OR_RETURN(FleetData data, LoadShares(config));
+  if (data.window > 0) return data;
   data.held_out.resize(data.devices.size());
   if (config.held_out_fraction <= 0) return data;
   for (size_t i = 0; i < data.devices.size(); ++i) {

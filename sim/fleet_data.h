@@ -19,11 +19,28 @@
 
 namespace flotilla::sim {
 
+// Partition "windows:N" (fleets larger than the data set): device i holds
+// the N examples from position start_i of one seeded permutation of the
+// training set, wrapping around, with start_i = i x N; a device is then two
+// numbers until it trains, and devices share examples once i x N passes the
+// set's size (100,000 devices of 60 examples read Fashion-MNIST's 60,000
+// a hundred times over, each window different).
 struct FleetData {
   std::shared_ptr<const training::Dataset> train;  // the union of the devices' data
   std::shared_ptr<const training::Dataset> test;
   std::vector<training::DataView> devices;   // one per simulated device: what it trains on
   std::vector<training::DataView> held_out;  // per device: held out for federated evaluation (may be empty)
+  // Windows (devices and held_out are then empty).
+  std::vector<int64_t> order;  // the permutation
+  int64_t window = 0;          // examples per device
+  size_t window_devices = 0;
+  double window_held_out = 0.0;  // fraction of each window kept out of training
+
+  size_t size() const { return window > 0 ? window_devices : devices.size(); }
+  // What device i trains on, and what it holds out.
+  training::DataView View(size_t i) const;
+  training::DataView HeldOut(size_t i) const;
+  int64_t Examples(size_t i) const { return window > 0 ? View(i).size() : devices[i].size(); }
 };
 
 StatusOr<FleetData> LoadFleetData(const SimConfig& config);

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -12,6 +13,7 @@
 #include "client/session.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "proto/codec.h"
 #include "privacy/keys.h"
 #include "sim/fleet_data.h"
 #include "sim/report.h"
@@ -41,6 +43,7 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const FleetData& data) {
   // The union of the devices' data: their examples of the shared training
   // set, or (when devices hold their own copies) the union's own dataset.
   training::DataView train_view{data.train, {}};
+  if (data.window > 0) train_view = training::DataView::All(data.train);
   for (const auto& device : data.devices) {
     if (device.base != data.train) {
       train_view = training::DataView::All(data.train);
@@ -100,12 +103,22 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const FleetData& data) {
 // authority that certifies their secure-aggregation identities.
 struct FleetKeys {
   std::vector<unsigned char> model_key;  // the aggregator's signing public key
-  std::vector<privacy::CurveKeyPair> clients;
   privacy::SigningKeyPair authority;
+  uint64_t seed = 0;
+  // Device i's CURVE pair, derived again whenever it is needed: a device
+  // away holds no key in memory.
+  StatusOr<privacy::CurveKeyPair> Client(size_t i) const {
+    return privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(seed, "client-key", static_cast<uint64_t>(i)));
+  }
+  // The simulator's own observer (status requests), on the allowlist too.
+  StatusOr<privacy::CurveKeyPair> Observer() const {
+    return privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(seed, "observer-key"));
+  }
 };
 
 StatusOr<FleetKeys> MakeKeys(const SimConfig& config, aggregator::AggregatorConfig* agg_config) {
   FleetKeys keys;
+  keys.seed = agg_config->seed;
   ASSIGN_OR_RETURN(privacy::SigningKeyPair signing, privacy::GenerateSigningKeyPair());
   keys.model_key = signing.public_key;
   agg_config->signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing));
@@ -120,10 +133,12 @@ StatusOr<FleetKeys> MakeKeys(const SimConfig& config, aggregator::AggregatorConf
   agg_config->socket.curve.public_key = server_keys.public_z85;
   agg_config->socket.curve.secret_key = server_keys.SecretZ85();
   for (int i = 0; i < config.clients; ++i) {
-    ASSIGN_OR_RETURN(privacy::CurveKeyPair k, privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(
-                                                  agg_config->seed, "client-key", static_cast<uint64_t>(i))));
+    ASSIGN_OR_RETURN(privacy::CurveKeyPair k, keys.Client(static_cast<size_t>(i)));
     agg_config->allowed_clients.insert(k.public_z85);
-    keys.clients.push_back(std::move(k));
+  }
+  if (agg_config->checkin.enabled) {
+    ASSIGN_OR_RETURN(privacy::CurveKeyPair observer, keys.Observer());
+    agg_config->allowed_clients.insert(observer.public_z85);
   }
   return keys;
 }
@@ -145,15 +160,17 @@ StatusOr<client::SessionConfig> SessionConfigFor(int i, const SimConfig& config,
   sc.request_timeout = std::chrono::milliseconds(static_cast<int64_t>(1000 * config.request_timeout_seconds));
   sc.socket.security = agg_config.socket.security;
   if (!config.insecure) {
-    const privacy::CurveKeyPair& k = keys.clients[static_cast<size_t>(i)];
+    ASSIGN_OR_RETURN(const privacy::CurveKeyPair k, keys.Client(static_cast<size_t>(i)));
     sc.socket.curve.public_key = k.public_z85;
     sc.socket.curve.secret_key = k.SecretZ85();
     sc.socket.curve.server_public_key = agg_config.socket.curve.public_key;
-    ASSIGN_OR_RETURN(privacy::SigningKeyPair identity, privacy::DeriveSecAggIdentity(k));
-    ASSIGN_OR_RETURN(sc.secagg_identity_cert,
-                     privacy::CertifySecAggIdentity(keys.authority, identity.public_key));
-    sc.secagg_authority_key = keys.authority.public_key;
-    sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity));
+    if (agg_config.secagg.enabled) {
+      ASSIGN_OR_RETURN(privacy::SigningKeyPair identity, privacy::DeriveSecAggIdentity(k));
+      ASSIGN_OR_RETURN(sc.secagg_identity_cert,
+                       privacy::CertifySecAggIdentity(keys.authority, identity.public_key));
+      sc.secagg_authority_key = keys.authority.public_key;
+      sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity));
+    }
   } else if (agg_config.secagg.enabled) {
     ASSIGN_OR_RETURN(privacy::SigningKeyPair identity, privacy::GenerateSigningKeyPair());
     sc.secagg_identity = std::make_shared<const privacy::SigningKeyPair>(std::move(identity));
@@ -204,6 +221,167 @@ Status DriveFleet(std::vector<std::unique_ptr<client::Session>>& sessions, Train
   return Status::Ok();
 }
 
+// Check-in fleets (docs/simulator.md): a device away is an index and the
+// round it was told to come back for; it gets a session (a socket, keys)
+// only from its check-in until it leaves again. Time is kept in rounds: the
+// devices due for round r check in when the aggregator opens r's selection,
+// which the simulator sees through status requests on one connection of
+// its own. Devices that were not selected, and those that reported, go
+// away until the round their ComeBack names.
+class CheckInFleet {
+ public:
+  CheckInFleet(const SimConfig& config, const aggregator::AggregatorConfig& agg_config, const FleetKeys& keys,
+               net::Context* context, std::string endpoint, const FleetData& data,
+               std::function<void(std::function<void()>)> executor)
+      : config_(config),
+        agg_config_(agg_config),
+        keys_(keys),
+        context_(context),
+        endpoint_(std::move(endpoint)),
+        data_(data),
+        executor_(std::move(executor)) {}
+
+  Status Drive(TrainerPool& pool, const std::atomic<bool>& agg_stopped) {
+    const size_t fleet = data_.size();
+    // The first check-in of each device, spread as the aggregator's pace
+    // steering would spread it.
+    const aggregator::CheckInConfig& c = agg_config_.checkin;
+    const double per_round =
+        c.clients_per_round > 0 ? c.clients_per_round
+                                : std::ceil(agg_config_.fraction * static_cast<double>(fleet) - 1e-9);
+    const double wanted = std::ceil(per_round * c.over_selection - 1e-9) * c.checkin_margin;
+    wake_.resize(fleet);
+    for (size_t i = 0; i < fleet; ++i)
+      wake_[i] = aggregator::PlanComeBack(DeviceName(i), 1, fleet, wanted, 0, 0, agg_config_.seed).round;
+    RETURN_IF_ERROR(ConnectObserver());
+    std::vector<net::ClientSocket*> sockets;
+    std::vector<size_t> owners;
+    while (!agg_stopped.load()) {
+      RETURN_IF_ERROR(PollObserver());
+      sockets.clear();
+      owners.clear();
+      for (auto& [i, session] : active_) {
+        if (session->socket() != nullptr) {
+          sockets.push_back(session->socket());
+          owners.push_back(i);
+        }
+      }
+      ASSIGN_OR_RETURN(std::vector<size_t> ready, net::PollReadable(sockets, std::chrono::milliseconds(10)));
+      for (size_t k : ready) RETURN_IF_ERROR(active_.at(owners[k])->OnReadable());
+      for (auto& r : pool.TakeResults()) {
+        auto it = active_.find(r.client);
+        if (it == active_.end()) continue;
+        RETURN_IF_ERROR(r.update.ok() ? it->second->SubmitUpdate(std::move(r.update).value())
+                                      : it->second->AbandonTask(r.update.status()));
+      }
+      for (auto it = active_.begin(); it != active_.end();) {
+        client::Session& session = *it->second;
+        RETURN_IF_ERROR(session.OnTick());
+        if (std::optional<wire::TrainTask> task = session.TakeTask()) pool.Submit(Job{it->first, std::move(*task), {}});
+        if (session.state() == client::Session::State::kAway) {
+          // Back for the round it was told, and never for one already released.
+          wake_[it->first] = std::max(session.come_back_round(), released_ + 1);
+          check_ins_ += static_cast<uint64_t>(session.check_ins());
+          it = active_.erase(it);
+        } else if (session.finished()) {
+          wake_[it->first] = UINT32_MAX;
+          check_ins_ += static_cast<uint64_t>(session.check_ins());
+          it = active_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      peak_active_ = std::max(peak_active_, active_.size());
+    }
+    return Status::Ok();
+  }
+
+  uint64_t check_ins() const { return check_ins_; }
+  size_t peak_active() const { return peak_active_; }
+  // What the last status reply said (for the progress line).
+  const wire::StatusReply& status() const { return status_; }
+
+ private:
+  static std::string DeviceName(size_t i) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "client-%05zu", i);
+    return name;
+  }
+
+  Status ConnectObserver() {
+    net::SocketOptions options;
+    options.security = agg_config_.socket.security;
+    if (!config_.insecure) {
+      ASSIGN_OR_RETURN(privacy::CurveKeyPair k, keys_.Observer());
+      options.curve.public_key = k.public_z85;
+      options.curve.secret_key = k.SecretZ85();
+      options.curve.server_public_key = agg_config_.socket.curve.public_key;
+    }
+    ASSIGN_OR_RETURN(observer_, net::ClientSocket::Connect(context_, endpoint_, options));
+    return Status::Ok();
+  }
+
+  // Asks for the aggregator's status every 20 ms; when a new round's
+  // selection is open, the devices due for it check in.
+  Status PollObserver() {
+    const auto now = Clock::now();
+    while (true) {
+      ASSIGN_OR_RETURN(std::optional<std::string> bytes, observer_->Receive(std::chrono::milliseconds(0)));
+      if (!bytes) break;
+      StatusOr<wire::Envelope> env = proto::ParseEnvelope(bytes->data(), bytes->size());
+      if (!env.ok() || !env->has_status_reply()) continue;
+      status_ = env->status_reply();
+      asked_ = false;
+      if (status_.selecting_round() > released_) RETURN_IF_ERROR(Release(status_.selecting_round()));
+    }
+    if (!asked_ || now - asked_at_ > std::chrono::seconds(2)) {
+      if (asked_) {  // lost (the aggregator restarted): a new connection
+        RETURN_IF_ERROR(ConnectObserver());
+      }
+      wire::Envelope req;
+      req.mutable_status_request();
+      req.set_request_id(++request_id_);
+      RETURN_IF_ERROR(observer_->Send(proto::SerializeEnvelope(&req)));
+      asked_ = true;
+      asked_at_ = now;
+    } 
+    return Status::Ok();
+  }
+
+  Status Release(uint32_t round) {
+    released_ = round;
+    for (size_t i = 0; i < wake_.size(); ++i) {
+      if (wake_[i] > round || active_.count(i)) continue;
+      ASSIGN_OR_RETURN(client::SessionConfig sc,
+                       SessionConfigFor(static_cast<int>(i), config_, agg_config_, keys_, endpoint_,
+                                        data_.Examples(i), executor_));
+      sc.checkin = true;
+      sc.wake_by_timer = false;
+      ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, client::Session::Create(context_, sc));
+      active_.emplace(i, std::move(session));
+    }
+    return Status::Ok();
+  }
+
+  const SimConfig& config_;
+  const aggregator::AggregatorConfig& agg_config_;
+  const FleetKeys& keys_;
+  net::Context* context_;
+  const std::string endpoint_;
+  const FleetData& data_;
+  std::function<void(std::function<void()>)> executor_;
+  std::vector<uint32_t> wake_;  // per device: the round it checks in for
+  std::map<size_t, std::unique_ptr<client::Session>> active_;
+  uint32_t released_ = 0;
+  std::unique_ptr<net::ClientSocket> observer_;
+  bool asked_ = false;
+  Clock::time_point asked_at_{};
+  uint64_t request_id_ = 0;
+  wire::StatusReply status_;
+  uint64_t check_ins_ = 0;
+  size_t peak_active_ = 0;
+};
+
 // The final accuracy and loss: the last round that was evaluated.
 void SetFinalFigures(SimResult* result) {
   for (auto it = result->rounds.rbegin(); it != result->rounds.rend(); ++it) {
@@ -240,7 +418,14 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   }
   agg_config.store_path = (std::filesystem::path(config.out_dir) / "store").string();
   std::filesystem::remove_all(agg_config.store_path, ec);  // a simulation always starts fresh
-  agg_config.min_clients = config.clients;
+  if (agg_config.checkin.enabled) {
+    // Rounds start from the devices that check in; the federation's end is
+    // the simulation's (devices away are stopped with it).
+    agg_config.min_clients = std::min(agg_config.min_clients, config.clients);
+    agg_config.finish_grace_seconds = std::min(agg_config.finish_grace_seconds, 0.5);
+  } else {
+    agg_config.min_clients = config.clients;
+  }
   ASSIGN_OR_RETURN(FleetKeys keys, MakeKeys(config, &agg_config));
 
   // The aggregator's evaluation model runs on its own thread.
@@ -281,8 +466,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     agg_stopped = true;
   });
 
-  const std::vector<training::DataView>& views = data.devices;
-  for (const auto& v : views) result.train_examples += v.size();
+  for (size_t i = 0; i < data.size(); ++i) result.train_examples += data.Examples(i);
   // The sessions outlive the trainer pool: a SecAgg step running on a
   // trainer refers to its session. Until the pool exists (and after it is
   // gone) such steps run inline.
@@ -296,9 +480,9 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
       work();
     }
   };
-  for (int i = 0; i < config.clients && client_status.ok(); ++i) {
+  for (int i = 0; i < config.clients && client_status.ok() && !agg_config.checkin.enabled; ++i) {
     StatusOr<client::SessionConfig> sc = SessionConfigFor(i, config, agg_config, keys, agg->endpoint(),
-                                                          views[static_cast<size_t>(i)].size(), executor);
+                                                          data.Examples(static_cast<size_t>(i)), executor);
     StatusOr<std::unique_ptr<client::Session>> s =
         sc.ok() ? client::Session::Create(&context, *sc)
                 : StatusOr<std::unique_ptr<client::Session>>(sc.status());
@@ -311,10 +495,16 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     const int workers = std::min(config.workers > 0 ? config.workers : cores, config.clients);
-    TrainerPool pool(workers, config.model_path, &views, &data.held_out, keys.model_key,
-                     agg_config.federation);
+    TrainerPool pool(workers, config.model_path, &data, keys.model_key, agg_config.federation);
     pool_slot = &pool;
-    if (client_status.ok()) client_status = DriveFleet(sessions, pool, agg_stopped);
+    if (client_status.ok() && agg_config.checkin.enabled) {
+      CheckInFleet fleet(config, agg_config, keys, &context, agg->endpoint(), data, executor);
+      client_status = fleet.Drive(pool, agg_stopped);
+      result.check_ins = fleet.check_ins();
+      result.peak_active_devices = fleet.peak_active();
+    } else if (client_status.ok()) {
+      client_status = DriveFleet(sessions, pool, agg_stopped);
+    }
   }
   pool_slot = nullptr;
   if (!client_status.ok()) agg->RequestStop();

@@ -62,6 +62,10 @@ struct SimResult {
   double final_mae = NAN;  // mse models
   double seconds = 0.0;
   int64_t train_examples = 0;
+  // Check-in fleets: check-ins made, and the most devices holding a
+  // session at once.
+  uint64_t check_ins = 0;
+  size_t peak_active_devices = 0;
 };
 
 // Runs the whole simulation; prints one line per round unless quiet, and

@@ -23,9 +23,10 @@ void TrainerPool::Work(const std::string& model_path) {
     }
     StatusOr<training::ModelRunner*> runner = runners.For(job.task);
     client::LocalTraining local;
-    local.held_out = &(*held_out_)[job.client];
+    const training::DataView held_out = data_->HeldOut(job.client);
+    local.held_out = &held_out;
     JobResult result{job.client,
-                     runner.ok() ? client::RunTrainTask(*runner, (*views_)[job.client], job.task, model_key_,
+                     runner.ok() ? client::RunTrainTask(*runner, data_->View(job.client), job.task, model_key_,
                                                         federation_, &residuals_[job.client], local)
                                  : StatusOr<wire::Update>(runner.status())};
     std::lock_guard<std::mutex> lock(mu_);

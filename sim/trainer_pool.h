@@ -17,6 +17,7 @@
 
 #include "core/status.h"
 #include "proto/flotilla.pb.h"
+#include "sim/fleet_data.h"
 #include "training/dataset.h"
 
 namespace flotilla::sim {
@@ -37,17 +38,14 @@ class TrainerPool {
   TrainerPool(const TrainerPool&) = delete;
   TrainerPool& operator=(const TrainerPool&) = delete;
   // `model_path`: the TorchScript file every simulated device trains (when
-  // the federation's model is one).
-  // `held_out` (one view per device, maybe empty) is what federated
-  // evaluation runs on.
-  TrainerPool(int workers, std::string model_path, const std::vector<training::DataView>* views,
-              const std::vector<training::DataView>* held_out, std::vector<unsigned char> model_key,
+  // the federation's model is one). `data` has each device's examples and
+  // held-out examples (what federated evaluation runs on); it outlives the pool.
+  TrainerPool(int workers, std::string model_path, const FleetData* data, std::vector<unsigned char> model_key,
               std::string federation)
-      : views_(views),
-        held_out_(held_out),
+      : data_(data),
         model_key_(std::move(model_key)),
         federation_(std::move(federation)),
-        residuals_(views->size()) {
+        residuals_(data->size()) {
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this, model_path] { Work(model_path); });
   }
   ~TrainerPool() {
@@ -87,8 +85,7 @@ class TrainerPool {
  private:
   void Work(const std::string& model_path);
 
-  const std::vector<training::DataView>* views_;
-  const std::vector<training::DataView>* held_out_;
+  const FleetData* data_;
   const std::vector<unsigned char> model_key_;
   const std::string federation_;
   // Each device's top-k error feedback. A device has one job at a time, so
