@@ -122,6 +122,7 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
   UpdateVerdict verdict = ValidateUpdate(update.delta(), update.num_examples(), ExpectationNow());
   if (!verdict.accepted()) {
     ++rejected_updates_;
+    ++refused_;
     clients_->NoteRejected(client_id, verdict.reason);
     declined_.insert(client_id);
     clients_->AddStrike(client_id, "sent a refused update (" + verdict.reason + ")", now, NowUnixMs());
@@ -262,6 +263,9 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
   bytes_in_ = bytes_out_ = 0;
   dp_steps_.clear();
   below_clip_.clear();
+  refused_ = 0;
+  selection_seconds_ =
+      config_.checkin.enabled ? std::chrono::duration<double>(now - selection_opened_).count() : 0.0;
   active_ = true;
   started_ = now;
   deadline_ = started_ + Seconds(config_.round_deadline_seconds);
@@ -272,6 +276,7 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
   record.set_base_model_version(registry_->version());
   record.set_started_unix_ms(NowUnixMs());
   record.set_sampling_rate(sampling_rate_);
+  record.set_target_updates(static_cast<uint32_t>(target_updates_));
   record.set_secure_aggregation(config_.secagg.enabled);
   if (config_.secagg.enabled) {
     // Parameters that cannot work (too few clients for the threshold, a
@@ -451,6 +456,7 @@ StatusOr<bool> RoundEngine::MaybeFinish(Clock::time_point now, std::vector<Secur
 
 Status RoundEngine::FinishRound(bool deadline_passed) {
   active_ = false;
+  closed_ = Clock::now();
   // A secure round's contributors are the survivors of its last stage.
   std::string failure;
   if (secure_) {
@@ -466,6 +472,11 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
   summary.secure = secure_ != nullptr;
   summary.selected = static_cast<int>(selected_.size());
   summary.received = static_cast<int>(received_.size());
+  summary.refused = refused_;
+  summary.declined = static_cast<int>(declined_.size()) - refused_;
+  summary.unreported = std::max(0, summary.selected - summary.received - static_cast<int>(declined_.size()));
+  summary.selection_seconds = selection_seconds_;
+  summary.train_seconds = std::chrono::duration<double>(closed_ - started_).count();
   records::RoundRecord record;
   record.set_round(round_);
   for (const auto& id : selected_) record.add_selected(id);
@@ -477,6 +488,7 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
   record.set_started_unix_ms(
       NowUnixMs() -
       static_cast<int64_t>(1000 * std::chrono::duration<double>(Clock::now() - started_).count()));
+  record.set_target_updates(static_cast<uint32_t>(target_updates_));
   record.set_sampling_rate(sampling_rate_);
   if (secure_) {
     record.set_secure_aggregation(true);
@@ -516,6 +528,10 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
   summary.bytes_out = bytes_out_;
   record.set_bytes_in(bytes_in_);
   record.set_bytes_out(bytes_out_);
+  record.set_declined(static_cast<uint32_t>(summary.declined));
+  record.set_refused(static_cast<uint32_t>(summary.refused));
+  record.set_selection_seconds(summary.selection_seconds);
+  record.set_train_seconds(summary.train_seconds);
   if (!failure.empty()) return CommitFailed(failure, std::move(record), std::move(summary));
   return CommitCompleted(std::move(*next), std::move(record), std::move(summary), std::move(ledger));
 }
@@ -528,7 +544,9 @@ Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecor
   LOG_WARN("aggregator", "round " << round_ << " failed (" << backoff_.failed_in_a_row()
                                   << " in a row): " << failure << "; next round in " << wait << " s");
   summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
+  summary.merge_seconds = std::chrono::duration<double>(Clock::now() - closed_).count();
   record.set_seconds(summary.seconds);
+  record.set_merge_seconds(summary.merge_seconds);
   RoundCommit commit;
   commit.round = record;
   commit.clients = clients_->Dirty(NowUnixMs());
@@ -594,6 +612,8 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
     record.set_federated_accuracy(*summary.federated_accuracy);
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - started_).count();
+  summary.merge_seconds = std::chrono::duration<double>(Clock::now() - closed_).count();
+  record.set_merge_seconds(summary.merge_seconds);
   record.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);
   record.set_result_model_version(model.version());
   record.set_mean_train_loss(summary.mean_train_loss);

@@ -53,7 +53,16 @@ struct RoundSummary {
   // Message bytes the aggregator received and sent during the round.
   uint64_t bytes_in = 0, bytes_out = 0;
   std::optional<double> federated_loss, federated_accuracy;
-  double seconds = 0.0;
+  double seconds = 0.0;  // start to commit: train_seconds + merge_seconds
+  // Check-in: how long selection waited for check-ins before the round.
+  double selection_seconds = 0.0;
+  double train_seconds = 0.0;  // start to close: devices training and reporting
+  double merge_seconds = 0.0;  // close to commit: merge, evaluation, signing, the write
+  // Dropouts by stage, as the aggregator sees them: declined (the device
+  // said it cannot train), refused (validation), unreported (selected but
+  // no answer when the round closed: gone, or still training when
+  // over-selection had its N).
+  int declined = 0, refused = 0, unreported = 0;
   uint64_t model_version = 0;
   std::optional<double> epsilon;    // cumulative, when DP is on
   std::optional<double> clip_norm;  // client-level DP: the norm this round used
@@ -253,6 +262,9 @@ class RoundEngine {
   bool selecting_ = false;
   std::set<std::string> held_;
   Clock::time_point selection_opened_{}, last_checkin_{}, last_round_start_{};
+  double selection_seconds_ = 0.0;  // the running round's
+  int refused_ = 0;                 // the running round's refused updates
+  Clock::time_point closed_{};      // when the round closed (merge time from here)
   double round_period_seconds_ = 0.0;  // moving average of the time between round starts
 };
 

@@ -615,7 +615,14 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
     LogRejection(client_id, refused->reason,
                  "update for round " + std::to_string(update.round()) + ": " + refused->message);
   }
-  ReplyError(clients_[client_id].peer, client_id, env.request_id(), refused->code, refused->message);
+  wire::Envelope err = proto::MakeError(refused->code, refused->message);
+  const bool retry = refused->code == wire::ERROR_INTERNAL || refused->code == wire::ERROR_DUPLICATE;
+  if (config_.checkin.enabled && clients_[client_id].checks_in && !retry) {
+    // Its part in the round is over: away until pace steering wants it.
+    FillComeBack(engine_->ComeBack(client_id, Clock::now(), refused->reason),
+                 err.mutable_error()->mutable_come_back());
+  }
+  ReplyToClient(client_id, env.request_id(), std::move(err));
   return Status::Ok();
 }
 

@@ -26,7 +26,7 @@ for k in 10 100 1000; do
   /usr/bin/python3 - "$py" "$out/k$k" "$k" <<'PY'
 import csv, json, sys
 py = json.loads(sys.argv[1])
-rows = list(csv.DictReader(open(sys.argv[2] + "/metrics.csv")))
+rows = list(csv.DictReader(open(sys.argv[2] + "/timing.csv")))
 summary = json.load(open(sys.argv[2] + "/summary.json"))
 later = [float(r["seconds"]) for r in rows[1:]] or [float(rows[0]["seconds"])]
 flotilla = sum(later) / len(later)

@@ -1,6 +1,8 @@
 // flotilla: one command for every job. Thin: picks the subcommand, adds the
 // settings of a --config file before the user's flags (which override
 // them), and runs the subcommand. See docs/configuration.md.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -79,7 +81,23 @@ int RunWithConfig(const std::string& name, int (*run)(int, char**, const flotill
 
 }  // namespace
 
+// Simulated fleets and busy aggregators hold a socket per connected device
+// (and ZeroMQ a few descriptors per socket): lift the soft limit on open
+// files to the hard one (and the hard one too, where we may).
+void RaiseOpenFileLimit() {
+  struct rlimit limit {};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  struct rlimit wanted = limit;
+  wanted.rlim_max = std::max<rlim_t>(limit.rlim_max, 1 << 20);
+  wanted.rlim_cur = wanted.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &wanted) == 0) return;
+  wanted.rlim_max = limit.rlim_max;
+  wanted.rlim_cur = limit.rlim_max;
+  (void)::setrlimit(RLIMIT_NOFILE, &wanted);
+}
+
 int main(int argc, char** argv) {
+  RaiseOpenFileLimit();
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
       !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);

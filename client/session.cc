@@ -251,6 +251,18 @@ Status Session::Handle(const wire::Envelope& env) {
           retry_at_ = Clock::now() + std::chrono::seconds(1);
           return Status::Ok();
         default:
+          if (config_.checkin && err.has_come_back()) {
+            // Check-in: the round is over for this device (over-selection
+            // had its N, or the update was refused); leave until told.
+            if (err.code() == wire::ERROR_WRONG_ROUND) {
+              LOG_DEBUG("client", config_.name << ": update not needed: " << err.message());
+            } else {
+              LOG_WARN("client", config_.name << ": update refused: " << err.message());
+            }
+            Settle(false);
+            deferred_come_back_.reset();
+            return GoAway(err.come_back());
+          }
           if (pending_update_) {
             LOG_WARN("client", config_.name << ": update for round " << pending_update_->round()
                                             << " refused: " << err.message());

@@ -7,8 +7,61 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <unistd.h>
 
 namespace flotilla::sim {
+
+ProgressLine::ProgressLine(bool enabled) : enabled_(enabled), tty_(enabled && ::isatty(2) == 1) {}
+
+std::string ProgressLine::Duration(double seconds) {
+  char out[32];
+  if (!(seconds >= 0) || seconds > 1e7) return "?";
+  if (seconds < 60) {
+    std::snprintf(out, sizeof(out), "%.1fs", seconds);
+  } else if (seconds < 3600) {
+    std::snprintf(out, sizeof(out), "%dm%02ds", static_cast<int>(seconds) / 60, static_cast<int>(seconds) % 60);
+  } else {
+    std::snprintf(out, sizeof(out), "%dh%02dm", static_cast<int>(seconds) / 3600,
+                  static_cast<int>(seconds) % 3600 / 60);
+  }
+  return out;
+}
+
+void ProgressLine::Update(const std::string& text) {
+  if (!enabled_) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  text_ = text;
+  if (tty_) {
+    if (now - last_ < std::chrono::milliseconds(200)) return;
+    std::fprintf(stderr, "\r\033[K%s", text_.c_str());
+  } else {
+    if (now - last_ < std::chrono::seconds(30)) return;
+    std::fprintf(stderr, "%s\n", text_.c_str());
+  }
+  std::fflush(stderr);
+  last_ = now;
+}
+
+void ProgressLine::Print(const std::string& line) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (tty_ && !text_.empty()) std::fprintf(stderr, "\r\033[K");
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+  if (tty_ && !text_.empty()) {
+    std::fprintf(stderr, "%s", text_.c_str());
+    std::fflush(stderr);
+  }
+}
+
+void ProgressLine::Clear() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (tty_ && !text_.empty()) {
+    std::fprintf(stderr, "\r\033[K");
+    std::fflush(stderr);
+  }
+  text_.clear();
+}
 
 std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
   char line[256];
@@ -41,6 +94,12 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
                   static_cast<long long>(r.federated_examples));
     out += line;
   }
+  if (r.selection_seconds > 0) {
+    // Check-in: waiting for check-ins, training and reporting, merging.
+    std::snprintf(line, sizeof(line), "  wait/train/merge %.1f/%.1f/%.1fs", r.selection_seconds, r.train_seconds,
+                  r.merge_seconds);
+    out += line;
+  }
   if (r.epsilon) {
     std::snprintf(line, sizeof(line), "  eps %.3f", *r.epsilon);
     out += line;
@@ -56,7 +115,8 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
   int completed = 0, failed = 0;
   int64_t selected = 0, received = 0;
   uint64_t bytes_in = 0, bytes_out = 0;
-  double round_seconds = 0, best = -1;
+  double round_seconds = 0, best = -1, selection = 0, training = 0, merging = 0;
+  int64_t declined = 0, refused = 0, unreported = 0;
   uint32_t best_round = 0;
   std::optional<double> federated;
   for (const auto& r : result.rounds) {
@@ -65,7 +125,13 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
     received += r.received;
     bytes_in += r.bytes_in;
     bytes_out += r.bytes_out;
-    round_seconds += r.seconds;
+    round_seconds += r.seconds + r.selection_seconds;
+    selection += r.selection_seconds;
+    training += r.train_seconds;
+    merging += r.merge_seconds;
+    declined += r.declined;
+    refused += r.refused;
+    unreported += r.unreported;
     if (r.test_accuracy && *r.test_accuracy > best) {
       best = *r.test_accuracy;
       best_round = r.round;
@@ -94,6 +160,10 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
                              static_cast<long long>(received), static_cast<long long>(selected),
                              100.0 * static_cast<double>(received) / static_cast<double>(selected)));
   }
+  if (declined + refused + unreported > 0 && !central) {
+    add("dropouts", fmt("%lld declined, %lld refused, %lld unreported", static_cast<long long>(declined),
+                        static_cast<long long>(refused), static_cast<long long>(unreported)));
+  }
   if (best >= 0) {
     add("test accuracy", fmt("%.4f final, %.4f best (%s %u)", result.final_accuracy, best,
                              central ? "epoch" : "round", best_round));
@@ -110,26 +180,69 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
   }
   add("time", fmt("%.1f s: %.2f s per %s, %.1f s before the first", result.seconds, round_seconds / n,
                   central ? "epoch" : "round", std::max(0.0, result.seconds - round_seconds)));
+  if (selection > 0) {
+    add("time per round", fmt("%.2f s waiting for check-ins, %.2f s training, %.2f s merging", selection / n,
+                              training / n, merging / n));
+  }
   return out;
 }
 
 Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   const std::filesystem::path dir(config.out_dir);
+  // metrics.csv: what the federation computed, the same to the last digit
+  // for the same scenario and seed. timing.csv: what this machine measured.
+  // rounds.json: both, one object per round.
   std::ofstream csv(dir / "metrics.csv");
-  csv << "round,completed,selected,received,examples,train_loss,test_loss,test_accuracy,seconds,model_"
-         "version,"
-         "epsilon,clip_norm,federated_examples,federated_loss,federated_accuracy,test_auc,test_mae,bytes_in,"
-         "bytes_out\n";
+  csv << "round,completed,selected,received,declined,refused,unreported,examples,train_loss,test_loss,"
+         "test_accuracy,test_auc,test_mae,federated_examples,federated_loss,federated_accuracy,model_version,"
+         "epsilon,clip_norm\n";
+  std::ofstream timing(dir / "timing.csv");
+  timing << "round,seconds,selection_seconds,train_seconds,merge_seconds,bytes_in,bytes_out\n";
+  nlohmann::json rounds = nlohmann::json::array();
+  auto optional = [](const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); };
   for (const auto& r : result.rounds) {
-    csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
-        << r.total_examples << "," << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << ","
-        << r.test_accuracy.value_or(NAN) << "," << r.seconds << "," << r.model_version << ","
-        << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "," << r.federated_examples << ","
+    csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << "," << r.declined
+        << "," << r.refused << "," << r.unreported << "," << r.total_examples << "," << r.mean_train_loss << ","
+        << r.test_loss.value_or(NAN) << "," << r.test_accuracy.value_or(NAN) << "," << r.test_auc.value_or(NAN)
+        << "," << r.test_mae.value_or(NAN) << "," << r.federated_examples << ","
         << r.federated_loss.value_or(NAN) << "," << r.federated_accuracy.value_or(NAN) << ","
-        << r.test_auc.value_or(NAN) << "," << r.test_mae.value_or(NAN) << "," << r.bytes_in << ","
-        << r.bytes_out << "\n";
+        << r.model_version << "," << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "\n";
+    timing << r.round << "," << r.seconds << "," << r.selection_seconds << "," << r.train_seconds << ","
+           << r.merge_seconds << "," << r.bytes_in << "," << r.bytes_out << "\n";
+    rounds.push_back({{"round", r.round},
+                      {"completed", r.completed},
+                      {"selected", r.selected},
+                      {"received", r.received},
+                      {"declined", r.declined},
+                      {"refused", r.refused},
+                      {"unreported", r.unreported},
+                      {"examples", r.total_examples},
+                      {"train_loss", std::isfinite(r.mean_train_loss) ? nlohmann::json(r.mean_train_loss)
+                                                                      : nlohmann::json()},
+                      {"test_loss", optional(r.test_loss)},
+                      {"test_accuracy", optional(r.test_accuracy)},
+                      {"test_auc", optional(r.test_auc)},
+                      {"test_mae", optional(r.test_mae)},
+                      {"federated_examples", r.federated_examples},
+                      {"federated_loss", optional(r.federated_loss)},
+                      {"federated_accuracy", optional(r.federated_accuracy)},
+                      {"model_version", r.model_version},
+                      {"epsilon", optional(r.epsilon)},
+                      {"clip_norm", optional(r.clip_norm)},
+                      {"seconds", r.seconds},
+                      {"selection_seconds", r.selection_seconds},
+                      {"train_seconds", r.train_seconds},
+                      {"merge_seconds", r.merge_seconds},
+                      {"bytes_in", r.bytes_in},
+                      {"bytes_out", r.bytes_out}});
   }
   if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
+  if (!timing) return Unavailable("could not write " + (dir / "timing.csv").string());
+  {
+    std::ofstream rj(dir / "rounds.json");
+    rj << rounds.dump(1) << "\n";
+    if (!rj) return Unavailable("could not write " + (dir / "rounds.json").string());
+  }
   const auto& a = config.aggregator;
   uint64_t bytes_in = 0, bytes_out = 0;
   for (const auto& r : result.rounds) {

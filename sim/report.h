@@ -1,9 +1,13 @@
-// What a simulation leaves behind for people: one line per round on stdout,
-// out_dir/metrics.csv (one row per round) and out_dir/summary.json (the
-// settings and the final figures).
+// What a simulation leaves behind for people: a live progress line, one
+// line per round on stdout, out_dir/metrics.csv (one row per round: what
+// the federation computed, reproducible), out_dir/timing.csv (what the
+// machine measured: time split, bytes), out_dir/rounds.json (both) and
+// out_dir/summary.json (the settings and the final figures).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "aggregator/round_engine.h"
@@ -22,7 +26,29 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds);
 // `central`: the baseline's epochs, not rounds.
 std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned, bool central = false);
 
-// Writes metrics.csv and summary.json into config.out_dir.
+// The live progress line on stderr: rewritten in place on a terminal,
+// one line every 30 s otherwise. Lines printed through Print() go above it.
+// Thread-safe.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled);
+  ~ProgressLine() { Clear(); }
+  // "round 7/20 | checked in 1234 | reporting 800/1000 | 1m02s elapsed | ETA 2m10s"
+  void Update(const std::string& text);
+  // Prints a line on stdout (a round's), keeping the progress line below it.
+  void Print(const std::string& line);
+  void Clear();
+  // "1m02s", "3.4s", "2h05m".
+  static std::string Duration(double seconds);
+
+ private:
+  std::mutex mu_;
+  bool enabled_, tty_;
+  std::string text_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// Writes metrics.csv, timing.csv, rounds.json and summary.json into config.out_dir.
 Status WriteOutputs(const SimConfig& config, const SimResult& result);
 
 }  // namespace flotilla::sim

@@ -232,8 +232,9 @@ class CheckInFleet {
  public:
   CheckInFleet(const SimConfig& config, const aggregator::AggregatorConfig& agg_config, const FleetKeys& keys,
                net::Context* context, std::string endpoint, const FleetData& data,
-               std::function<void(std::function<void()>)> executor)
+               std::function<void(std::function<void()>)> executor, ProgressLine* progress)
       : config_(config),
+        progress_(progress),
         agg_config_(agg_config),
         keys_(keys),
         context_(context),
@@ -332,6 +333,7 @@ class CheckInFleet {
       if (!env.ok() || !env->has_status_reply()) continue;
       status_ = env->status_reply();
       asked_ = false;
+      ShowProgress(now);
       if (status_.selecting_round() > released_) RETURN_IF_ERROR(Release(status_.selecting_round()));
     }
     if (!asked_ || now - asked_at_ > std::chrono::seconds(2)) {
@@ -346,6 +348,27 @@ class CheckInFleet {
       asked_at_ = now;
     } 
     return Status::Ok();
+  }
+
+  // round 7/20 | checked in 1234 | reporting 800/1000 | 1m02s elapsed | ETA 2m10s
+  void ShowProgress(Clock::time_point now) {
+    const wire::StatusReply& s = status_;
+    if (!first_round_ && (s.round_active() || s.rounds_completed() > 0)) first_round_ = now;
+    std::string line = "round " + std::to_string(s.selecting_round() ? s.selecting_round() : s.round()) + "/" +
+                       std::to_string(s.rounds_total());
+    if (s.selecting_round()) {
+      line += " | selecting, " + std::to_string(s.checked_in()) + " checked in";
+    } else if (s.round_active()) {
+      line += " | reporting " + std::to_string(s.updates_received()) + "/" + std::to_string(s.updates_expected());
+    }
+    line += " | " + std::to_string(active_.size()) + " devices connected | " +
+            ProgressLine::Duration(std::chrono::duration<double>(now - started_).count()) + " elapsed";
+    if (first_round_ && s.rounds_completed() > 0) {
+      const double per_round =
+          std::chrono::duration<double>(now - *first_round_).count() / static_cast<double>(s.rounds_completed());
+      line += " | ETA " + ProgressLine::Duration(per_round * (s.rounds_total() - s.rounds_completed()));
+    }
+    progress_->Update(line);
   }
 
   Status Release(uint32_t round) {
@@ -364,6 +387,9 @@ class CheckInFleet {
   }
 
   const SimConfig& config_;
+  ProgressLine* progress_;
+  const Clock::time_point started_ = Clock::now();
+  std::optional<Clock::time_point> first_round_;
   const aggregator::AggregatorConfig& agg_config_;
   const FleetKeys& keys_;
   net::Context* context_;
@@ -441,13 +467,11 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   };
   SimResult result;
   std::mutex print_mu;
+  ProgressLine progress(!config.quiet);
   aggregator::RoundFn on_round = [&](const aggregator::RoundSummary& r) {
     std::lock_guard<std::mutex> lock(print_mu);
     result.rounds.push_back(r);
-    if (!config.quiet) {
-      std::printf("%s\n", FormatRound(r, agg_config.rounds).c_str());
-      std::fflush(stdout);
-    }
+    if (!config.quiet) progress.Print(FormatRound(r, agg_config.rounds));
   };
 
   net::Context context(1);
@@ -498,7 +522,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     TrainerPool pool(workers, config.model_path, &data, keys.model_key, agg_config.federation);
     pool_slot = &pool;
     if (client_status.ok() && agg_config.checkin.enabled) {
-      CheckInFleet fleet(config, agg_config, keys, &context, agg->endpoint(), data, executor);
+      CheckInFleet fleet(config, agg_config, keys, &context, agg->endpoint(), data, executor, &progress);
       client_status = fleet.Drive(pool, agg_stopped);
       result.check_ins = fleet.check_ins();
       result.peak_active_devices = fleet.peak_active();
