@@ -468,6 +468,7 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
   r->set_round_active(engine.active());
   r->set_rounds_completed(engine.rounds_done());
   r->set_rounds_total(config_.rounds);
+  r->set_finished(engine.federation_done());
   r->set_model_version(model_version());
   r->set_known_clients(static_cast<uint32_t>(config_.checkin.enabled ? known_clients_ : clients_.size()));
   if (engine.selecting()) {

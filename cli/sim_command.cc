@@ -11,14 +11,55 @@
 #include "sim/simulation.h"
 
 int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
+  // `flotilla sim serve ...` and `flotilla sim shard ...`: the same flags
+  // (a scenario's), split across processes.
+  enum class Mode { kOne, kServe, kShard } mode = Mode::kOne;
+  std::vector<char*> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string a = args[i];
+    if (a == "serve" || a == "shard") {
+      mode = a == "serve" ? Mode::kServe : Mode::kShard;
+      args.erase(args.begin() + static_cast<std::ptrdiff_t>(i));
+      break;
+    }
+  }
+  argc = static_cast<int>(args.size());
+  argv = args.data();
   flotilla::sim::SimConfig config;
   config.aggregator.endpoint = "tcp://127.0.0.1:*";
   std::string log_level = "warning";
-  CLI::App app{
-      "Flotilla fleet simulator: an aggregator and N clients over TCP on loopback, training on "
-      "Fashion-MNIST. Prints one line per round and writes OUT/metrics.csv and OUT/summary.json."};
+  CLI::App app{mode == Mode::kServe
+                   ? "flotilla sim serve: the aggregator of a check-in simulation split across processes or "
+                     "hosts, with its evaluation and outputs (OUT/metrics.csv, timing.csv, rounds.json, "
+                     "summary.json); shards (flotilla sim shard) join it. Every key derives from the seed."
+               : mode == Mode::kShard
+                   ? "flotilla sim shard: drives the devices i with i % N == I of a check-in simulation "
+                     "against a server (flotilla sim serve) at --join; takes I and N from --index/--of or "
+                     "from mpirun, srun or a Kubernetes Indexed Job. Pass the server's scenario flags."
+                   : "Flotilla fleet simulator: an aggregator and N clients over TCP on loopback, training on "
+                     "Fashion-MNIST. Prints one line per round and writes OUT/metrics.csv (reproducible "
+                     "figures), OUT/timing.csv, OUT/rounds.json and OUT/summary.json. Subcommands for "
+                     "several processes: serve, shard (docs/simulator.md)."};
   bool print_config = false;
   flotilla::cli::PrepareApp(&app, &print_config);
+  flotilla::sim::ServeOptions serve;
+  flotilla::sim::ShardSpec shard;
+  if (mode == Mode::kServe) {
+    app.add_flag("--resume", serve.resume,
+                 "Continue the store in --out (after this server was stopped or killed) instead of starting "
+                 "fresh");
+    app.add_option("--endpoint-file", serve.endpoint_file, "Write the bound endpoint to this file once serving");
+    app.add_option("--finish-grace", serve.finish_grace_seconds,
+                   "Seconds to keep answering after the last round, so every shard learns it")
+        ->capture_default_str();
+  }
+  CLI::Option* index_opt = nullptr;
+  CLI::Option* count_opt = nullptr;
+  if (mode == Mode::kShard) {
+    index_opt = app.add_option("--index", shard.index, "This shard's index I (default: from the launcher)");
+    count_opt = app.add_option("--of", shard.count, "The number of shards N (default: from the launcher)");
+    app.add_option("--join", shard.join, "The server's endpoint (flotilla sim serve prints it)")->required();
+  }
   app.add_option("--clients", config.clients, "Number of simulated clients")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -112,7 +153,28 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
         sa.bit_width, config.secagg_dropout > 0 ? ", injected dropouts" : "");
   }
   std::fflush(stdout);
-  flotilla::StatusOr<flotilla::sim::SimResult> result = flotilla::sim::RunSimulation(config);
+  if (mode == Mode::kShard) {
+    flotilla::StatusOr<flotilla::sim::ShardSpec> spec =
+        flotilla::sim::ResolveShard(shard, index_opt->count() > 0, count_opt->count() > 0);
+    if (!spec.ok()) {
+      std::fprintf(stderr, "flotilla sim shard: %s\n", std::string(spec.status().message()).c_str());
+      return 2;
+    }
+    std::printf("shard %d of %d joining %s\n", spec->index, spec->count, spec->join.c_str());
+    std::fflush(stdout);
+    flotilla::StatusOr<flotilla::sim::ShardResult> ran = flotilla::sim::RunShard(config, *spec);
+    if (!ran.ok()) {
+      std::fprintf(stderr, "flotilla sim shard: %s\n", ran.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("shard %d of %d done: %zu devices, %llu check-ins, at most %zu connected at once, %.1f s\n",
+                spec->index, spec->count, ran->devices, static_cast<unsigned long long>(ran->check_ins),
+                ran->peak_active, ran->seconds);
+    return 0;
+  }
+  flotilla::StatusOr<flotilla::sim::SimResult> result = mode == Mode::kServe
+                                                            ? flotilla::sim::ServeSimulation(config, serve)
+                                                            : flotilla::sim::RunSimulation(config);
   if (!result.ok()) {
     std::fprintf(stderr, "flotilla sim: %s\n", result.status().ToString().c_str());
     return 1;

@@ -108,7 +108,7 @@ StatusOr<int64_t> ParseWindows(const std::string& spec) {
   return static_cast<int64_t>(n);
 }
 
-StatusOr<FleetData> LoadShares(const SimConfig& config) {
+StatusOr<FleetData> LoadShares(const SimConfig& config, bool device_data) {
   ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(config.data_source));
   ASSIGN_OR_RETURN(const int64_t window, ParseWindows(config.partition));
   if (window > 0 && source.kind != "fashion-mnist" && !source.kind.empty()) {
@@ -118,16 +118,29 @@ StatusOr<FleetData> LoadShares(const SimConfig& config) {
   if (source.kind == "csv") return LoadCsvFleet(config, source.path);
   if (source.kind == "images") return LoadImageFleet(config, source.path);
   const std::string dir = source.path.empty() ? config.data_dir : source.path;
+  ASSIGN_OR_RETURN(Dataset test, training::LoadFashionMnist(dir, training::Split::kTest, config.test_limit));
+  if (window > 0 && !device_data) {
+    // A server: the test set; each device's count follows from the window.
+    FleetData data;
+    data.window = window;
+    data.window_devices = static_cast<size_t>(config.clients);
+    data.window_held_out = config.held_out_fraction;
+    data.test = std::make_shared<const Dataset>(std::move(test));
+    return data;
+  }
   ASSIGN_OR_RETURN(Dataset train,
                    training::LoadFashionMnist(dir, training::Split::kTrain, config.train_limit));
-  ASSIGN_OR_RETURN(Dataset test, training::LoadFashionMnist(dir, training::Split::kTest, config.test_limit));
   if (window > 0) {
     FleetData data;
     data.order.resize(static_cast<size_t>(train.size()));
     for (size_t i = 0; i < data.order.size(); ++i) data.order[i] = static_cast<int64_t>(i);
     Rng rng(DeriveSeed(config.aggregator.seed, "partition"));
     rng.Shuffle(&data.order);
-    data.window = std::min<int64_t>(window, train.size());
+    if (window > train.size()) {
+      return InvalidArgument("partition windows:" + std::to_string(window) + " is larger than the " +
+                             std::to_string(train.size()) + " training examples");
+    }
+    data.window = window;
     data.window_devices = static_cast<size_t>(config.clients);
     data.window_held_out = config.held_out_fraction;
     data.train = std::make_shared<const Dataset>(std::move(train));
@@ -146,6 +159,12 @@ StatusOr<FleetData> LoadShares(const SimConfig& config) {
 }
 
 }  // namespace
+
+int64_t FleetData::Examples(size_t i) const {
+  if (window == 0) return devices[i].size();
+  const int64_t held = static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(window) - 1e-9));
+  return window - held;
+}
 
 training::DataView FleetData::View(size_t i) const {
   if (window == 0) return devices[i];
@@ -169,12 +188,12 @@ training::DataView FleetData::HeldOut(size_t i) const {
   return v;
 }
 
-StatusOr<FleetData> LoadFleetData(const SimConfig& config) {
+StatusOr<FleetData> LoadFleetData(const SimConfig& config, bool device_data) {
   if (config.aggregator.federated_eval && !(config.held_out_fraction > 0)) {
     return InvalidArgument(
         "federated evaluation needs held-out examples on the devices: set --held-out-fraction");
   }
-  ASSIGN_OR_RETURN(FleetData data, LoadShares(config));
+  ASSIGN_OR_RETURN(FleetData data, LoadShares(config, device_data));
   if (data.window > 0) return data;
   data.held_out.resize(data.devices.size());
   if (config.held_out_fraction <= 0) return data;

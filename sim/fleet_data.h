@@ -40,9 +40,11 @@ struct FleetData {
   // What device i trains on, and what it holds out.
   training::DataView View(size_t i) const;
   training::DataView HeldOut(size_t i) const;
-  int64_t Examples(size_t i) const { return window > 0 ? View(i).size() : devices[i].size(); }
+  int64_t Examples(size_t i) const;
 };
 
-StatusOr<FleetData> LoadFleetData(const SimConfig& config);
+// `device_data` false: what a server needs only (the test set; the devices'
+// example counts where they are known without loading their data).
+StatusOr<FleetData> LoadFleetData(const SimConfig& config, bool device_data = true);
 
 }  // namespace flotilla::sim

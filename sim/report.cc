@@ -7,6 +7,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+
+#include "core/log.h"
 #include <unistd.h>
 
 namespace flotilla::sim {
@@ -187,6 +189,110 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
   return out;
 }
 
+namespace {
+
+nlohmann::json Optional(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); }
+
+std::optional<double> OptionalOf(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number()) return std::nullopt;
+  return it->get<double>();
+}
+
+}  // namespace
+
+nlohmann::json RoundToJson(const aggregator::RoundSummary& r) {
+  return {{"round", r.round},
+          {"completed", r.completed},
+          {"selected", r.selected},
+          {"received", r.received},
+          {"declined", r.declined},
+          {"refused", r.refused},
+          {"unreported", r.unreported},
+          {"examples", r.total_examples},
+          {"train_loss", std::isfinite(r.mean_train_loss) ? nlohmann::json(r.mean_train_loss) : nlohmann::json()},
+          {"test_loss", Optional(r.test_loss)},
+          {"test_accuracy", Optional(r.test_accuracy)},
+          {"test_auc", Optional(r.test_auc)},
+          {"test_mae", Optional(r.test_mae)},
+          {"federated_examples", r.federated_examples},
+          {"federated_loss", Optional(r.federated_loss)},
+          {"federated_accuracy", Optional(r.federated_accuracy)},
+          {"model_version", r.model_version},
+          {"epsilon", Optional(r.epsilon)},
+          {"clip_norm", Optional(r.clip_norm)},
+          {"secure", r.secure},
+          {"seconds", r.seconds},
+          {"selection_seconds", r.selection_seconds},
+          {"train_seconds", r.train_seconds},
+          {"merge_seconds", r.merge_seconds},
+          {"bytes_in", r.bytes_in},
+          {"bytes_out", r.bytes_out}};
+}
+
+StatusOr<aggregator::RoundSummary> RoundFromJson(const nlohmann::json& j) {
+  try {
+    aggregator::RoundSummary r;
+    r.round = j.at("round").get<uint32_t>();
+    r.completed = j.at("completed").get<bool>();
+    r.selected = j.at("selected").get<int>();
+    r.received = j.at("received").get<int>();
+    r.declined = j.value("declined", 0);
+    r.refused = j.value("refused", 0);
+    r.unreported = j.value("unreported", 0);
+    r.total_examples = j.value("examples", int64_t{0});
+    r.mean_train_loss = OptionalOf(j, "train_loss").value_or(NAN);
+    r.test_loss = OptionalOf(j, "test_loss");
+    r.test_accuracy = OptionalOf(j, "test_accuracy");
+    r.test_auc = OptionalOf(j, "test_auc");
+    r.test_mae = OptionalOf(j, "test_mae");
+    r.federated_examples = j.value("federated_examples", int64_t{0});
+    r.federated_loss = OptionalOf(j, "federated_loss");
+    r.federated_accuracy = OptionalOf(j, "federated_accuracy");
+    r.model_version = j.value("model_version", uint64_t{0});
+    r.epsilon = OptionalOf(j, "epsilon");
+    r.clip_norm = OptionalOf(j, "clip_norm");
+    r.secure = j.value("secure", false);
+    r.seconds = j.value("seconds", 0.0);
+    r.selection_seconds = j.value("selection_seconds", 0.0);
+    r.train_seconds = j.value("train_seconds", 0.0);
+    r.merge_seconds = j.value("merge_seconds", 0.0);
+    r.bytes_in = j.value("bytes_in", uint64_t{0});
+    r.bytes_out = j.value("bytes_out", uint64_t{0});
+    return r;
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgument(std::string("round entry: ") + e.what());
+  }
+}
+
+StatusOr<std::vector<aggregator::RoundSummary>> ReadRoundLog(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<aggregator::RoundSummary> rounds;
+  if (!in) return rounds;  // nothing yet
+  std::string line;
+  size_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) {
+      // A line cut short by a kill while it was written: the round is
+      // committed in the store, but its figures are lost with it.
+      LOG_WARN("sim", path << " line " << number << " is not complete JSON; skipped");
+      continue;
+    }
+    ASSIGN_OR_RETURN(aggregator::RoundSummary r, RoundFromJson(j));
+    // A round logged twice (a restart) keeps its last entry.
+    rounds.erase(std::remove_if(rounds.begin(), rounds.end(),
+                                [&](const aggregator::RoundSummary& o) { return o.round == r.round; }),
+                 rounds.end());
+    rounds.push_back(r);
+  }
+  std::sort(rounds.begin(), rounds.end(),
+            [](const aggregator::RoundSummary& a, const aggregator::RoundSummary& b) { return a.round < b.round; });
+  return rounds;
+}
+
 Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   const std::filesystem::path dir(config.out_dir);
   // metrics.csv: what the federation computed, the same to the last digit
@@ -199,7 +305,6 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   std::ofstream timing(dir / "timing.csv");
   timing << "round,seconds,selection_seconds,train_seconds,merge_seconds,bytes_in,bytes_out\n";
   nlohmann::json rounds = nlohmann::json::array();
-  auto optional = [](const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); };
   for (const auto& r : result.rounds) {
     csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << "," << r.declined
         << "," << r.refused << "," << r.unreported << "," << r.total_examples << "," << r.mean_train_loss << ","
@@ -209,32 +314,7 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
         << r.model_version << "," << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "\n";
     timing << r.round << "," << r.seconds << "," << r.selection_seconds << "," << r.train_seconds << ","
            << r.merge_seconds << "," << r.bytes_in << "," << r.bytes_out << "\n";
-    rounds.push_back({{"round", r.round},
-                      {"completed", r.completed},
-                      {"selected", r.selected},
-                      {"received", r.received},
-                      {"declined", r.declined},
-                      {"refused", r.refused},
-                      {"unreported", r.unreported},
-                      {"examples", r.total_examples},
-                      {"train_loss", std::isfinite(r.mean_train_loss) ? nlohmann::json(r.mean_train_loss)
-                                                                      : nlohmann::json()},
-                      {"test_loss", optional(r.test_loss)},
-                      {"test_accuracy", optional(r.test_accuracy)},
-                      {"test_auc", optional(r.test_auc)},
-                      {"test_mae", optional(r.test_mae)},
-                      {"federated_examples", r.federated_examples},
-                      {"federated_loss", optional(r.federated_loss)},
-                      {"federated_accuracy", optional(r.federated_accuracy)},
-                      {"model_version", r.model_version},
-                      {"epsilon", optional(r.epsilon)},
-                      {"clip_norm", optional(r.clip_norm)},
-                      {"seconds", r.seconds},
-                      {"selection_seconds", r.selection_seconds},
-                      {"train_seconds", r.train_seconds},
-                      {"merge_seconds", r.merge_seconds},
-                      {"bytes_in", r.bytes_in},
-                      {"bytes_out", r.bytes_out}});
+    rounds.push_back(RoundToJson(r));
   }
   if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
   if (!timing) return Unavailable("could not write " + (dir / "timing.csv").string());

@@ -8,7 +8,9 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "aggregator/round_engine.h"
 #include "core/status.h"
@@ -47,6 +49,15 @@ class ProgressLine {
   std::string text_;
   std::chrono::steady_clock::time_point last_{};
 };
+
+// A round as JSON (rounds.json's objects, and the lines of the round log a
+// server appends as rounds commit), and back.
+nlohmann::json RoundToJson(const aggregator::RoundSummary& r);
+StatusOr<aggregator::RoundSummary> RoundFromJson(const nlohmann::json& j);
+// The round log (out_dir/rounds.jsonl): one JSON object per line, written
+// as each round commits, so a server killed and resumed keeps the rounds
+// before. Missing file: none. A round logged twice keeps its last line.
+StatusOr<std::vector<aggregator::RoundSummary>> ReadRoundLog(const std::string& path);
 
 // Writes metrics.csv, timing.csv, rounds.json and summary.json into config.out_dir.
 Status WriteOutputs(const SimConfig& config, const SimResult& result);

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -116,22 +117,34 @@ struct FleetKeys {
   }
 };
 
-StatusOr<FleetKeys> MakeKeys(const SimConfig& config, aggregator::AggregatorConfig* agg_config) {
+// Every key of a simulation comes from its seed (simulation only: a real
+// deployment's keys are random), so that separate processes (the server
+// and its shards) agree on them without exchanging anything. The allowlist
+// is needed by the serving side only.
+StatusOr<FleetKeys> MakeKeys(const SimConfig& config, aggregator::AggregatorConfig* agg_config,
+                             bool allowlist = true) {
   FleetKeys keys;
   keys.seed = agg_config->seed;
-  ASSIGN_OR_RETURN(privacy::SigningKeyPair signing, privacy::GenerateSigningKeyPair());
+  auto derived_signing = [&](const char* label) -> StatusOr<privacy::SigningKeyPair> {
+    ASSIGN_OR_RETURN(privacy::CurveKeyPair base,
+                     privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(keys.seed, label)));
+    return privacy::DeriveSecAggIdentity(base);
+  };
+  ASSIGN_OR_RETURN(privacy::SigningKeyPair signing, derived_signing("sim-model-signing-key"));
   keys.model_key = signing.public_key;
   agg_config->signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing));
-  ASSIGN_OR_RETURN(keys.authority, privacy::GenerateSigningKeyPair());
+  ASSIGN_OR_RETURN(keys.authority, derived_signing("sim-enrolment-authority"));
   if (config.insecure) {
     LOG_WARN("sim", "INSECURE MODE: simulated traffic is not encrypted and no allowlist is enforced");
     agg_config->socket.security = net::TransportSecurity::kNone;
     return keys;
   }
-  ASSIGN_OR_RETURN(privacy::CurveKeyPair server_keys, privacy::GenerateCurveKeyPair());
+  ASSIGN_OR_RETURN(privacy::CurveKeyPair server_keys,
+                   privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(keys.seed, "sim-aggregator-key")));
   agg_config->socket.security = net::TransportSecurity::kCurve;
   agg_config->socket.curve.public_key = server_keys.public_z85;
   agg_config->socket.curve.secret_key = server_keys.SecretZ85();
+  if (!allowlist) return keys;
   for (int i = 0; i < config.clients; ++i) {
     ASSIGN_OR_RETURN(privacy::CurveKeyPair k, keys.Client(static_cast<size_t>(i)));
     agg_config->allowed_clients.insert(k.public_z85);
@@ -232,9 +245,11 @@ class CheckInFleet {
  public:
   CheckInFleet(const SimConfig& config, const aggregator::AggregatorConfig& agg_config, const FleetKeys& keys,
                net::Context* context, std::string endpoint, const FleetData& data,
-               std::function<void(std::function<void()>)> executor, ProgressLine* progress)
+               std::function<void(std::function<void()>)> executor, ProgressLine* progress,
+               ShardSpec slice = ShardSpec())
       : config_(config),
         progress_(progress),
+        slice_(slice),
         agg_config_(agg_config),
         keys_(keys),
         context_(context),
@@ -251,13 +266,23 @@ class CheckInFleet {
         c.clients_per_round > 0 ? c.clients_per_round
                                 : std::ceil(agg_config_.fraction * static_cast<double>(fleet) - 1e-9);
     const double wanted = std::ceil(per_round * c.over_selection - 1e-9) * c.checkin_margin;
-    wake_.resize(fleet);
-    for (size_t i = 0; i < fleet; ++i)
+    wake_.assign(fleet, UINT32_MAX);
+    for (size_t i = static_cast<size_t>(slice_.index); i < fleet; i += static_cast<size_t>(slice_.count)) {
       wake_[i] = aggregator::PlanComeBack(DeviceName(i), 1, fleet, wanted, 0, 0, agg_config_.seed).round;
+      ++devices_;
+    }
     RETURN_IF_ERROR(ConnectObserver());
     std::vector<net::ClientSocket*> sockets;
     std::vector<size_t> owners;
-    while (!agg_stopped.load()) {
+    // Until the aggregator stops (in this process) or says the federation
+    // is over; an aggregator that stops answering for longer than a device
+    // would wait is an error (a restarting one answers again well before).
+    const double patience = std::max(60.0, config_.request_timeout_seconds);
+    while (!agg_stopped.load() && !status_.finished()) {
+      if (std::chrono::duration<double>(Clock::now() - last_reply_).count() > patience) {
+        return Unavailable("the aggregator at " + endpoint_ + " has not answered for " +
+                           std::to_string(static_cast<int>(patience)) + " s");
+      }
       RETURN_IF_ERROR(PollObserver());
       sockets.clear();
       owners.clear();
@@ -299,6 +324,7 @@ class CheckInFleet {
 
   uint64_t check_ins() const { return check_ins_; }
   size_t peak_active() const { return peak_active_; }
+  size_t devices() const { return devices_; }
   // What the last status reply said (for the progress line).
   const wire::StatusReply& status() const { return status_; }
 
@@ -333,6 +359,7 @@ class CheckInFleet {
       if (!env.ok() || !env->has_status_reply()) continue;
       status_ = env->status_reply();
       asked_ = false;
+      last_reply_ = now;
       ShowProgress(now);
       if (status_.selecting_round() > released_) RETURN_IF_ERROR(Release(status_.selecting_round()));
     }
@@ -388,7 +415,9 @@ class CheckInFleet {
 
   const SimConfig& config_;
   ProgressLine* progress_;
+  const ShardSpec slice_;
   const Clock::time_point started_ = Clock::now();
+  Clock::time_point last_reply_ = Clock::now();
   std::optional<Clock::time_point> first_round_;
   const aggregator::AggregatorConfig& agg_config_;
   const FleetKeys& keys_;
@@ -406,6 +435,7 @@ class CheckInFleet {
   wire::StatusReply status_;
   uint64_t check_ins_ = 0;
   size_t peak_active_ = 0;
+  size_t devices_ = 0;
 };
 
 // The final accuracy and loss: the last round that was evaluated.
@@ -421,63 +451,128 @@ void SetFinalFigures(SimResult* result) {
   }
 }
 
+
+// The aggregator's settings in a simulation: its store in out_dir (fresh
+// unless resuming), every device needed before the first round with
+// long-lived connections, or the check-ins selection gets with check-in.
+aggregator::AggregatorConfig SimAggregatorConfig(const SimConfig& config, bool fresh) {
+  aggregator::AggregatorConfig agg_config = config.aggregator;
+  agg_config.store_path = (std::filesystem::path(config.out_dir) / "store").string();
+  std::error_code ec;
+  if (fresh) std::filesystem::remove_all(agg_config.store_path, ec);
+  if (agg_config.checkin.enabled) {
+    agg_config.min_clients = std::min(agg_config.min_clients, config.clients);
+  } else {
+    agg_config.min_clients = config.clients;
+  }
+  return agg_config;
+}
+
+// The serving side of a simulation: the aggregator with the evaluation on
+// the test set, one line per round (through the progress line), and the
+// round log the outputs are written from.
+class SimServer {
+ public:
+  static StatusOr<std::unique_ptr<SimServer>> Create(const SimConfig& config,
+                                                     const aggregator::AggregatorConfig& agg_config,
+                                                     const FleetData& data, net::Context* context,
+                                                     ProgressLine* progress, bool resume) {
+    std::unique_ptr<SimServer> server(new SimServer(config, data, progress));
+    server->log_path_ = (std::filesystem::path(config.out_dir) / "rounds.jsonl").string();
+    server->log_.open(server->log_path_, resume ? std::ios::app : std::ios::trunc);
+    if (!server->log_) return Unavailable("cannot write " + server->log_path_);
+    ASSIGN_OR_RETURN(training::ModelSpec spec, ModelSpecOf(config));
+    ASSIGN_OR_RETURN(server->eval_runner_, training::ModelRunner::Create(spec, DeriveSeed(agg_config.seed, "init")));
+    SimServer* self = server.get();
+    aggregator::EvalFn eval = [self](const Weights& w) -> StatusOr<aggregator::EvalMetrics> {
+      RETURN_IF_ERROR(self->eval_runner_->SetWeights(w));
+      ASSIGN_OR_RETURN(training::EvalResult r, self->eval_runner_->Evaluate(self->test_view_));
+      return aggregator::EvalMetrics{r.loss, r.accuracy, r.auc, r.mae};
+    };
+    const uint32_t rounds = agg_config.rounds;
+    aggregator::RoundFn on_round = [self, rounds](const aggregator::RoundSummary& r) {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      self->log_ << RoundToJson(r).dump() << "\n";
+      self->log_.flush();
+      if (!self->config_.quiet) self->progress_->Print(FormatRound(r, rounds));
+    };
+    ASSIGN_OR_RETURN(server->agg_, aggregator::Aggregator::Create(agg_config, context, server->eval_runner_->GetWeights(),
+                                                                  eval, on_round));
+    return server;
+  }
+
+  aggregator::Aggregator& agg() { return *agg_; }
+  // The rounds of the run (those before a restart included), once it is over.
+  StatusOr<SimResult> Result(Clock::time_point start) {
+    agg_.reset();
+    log_.close();
+    SimResult result;
+    ASSIGN_OR_RETURN(result.rounds, ReadRoundLog(log_path_));
+    for (size_t i = 0; i < data_.size(); ++i) result.train_examples += data_.Examples(i);
+    result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    SetFinalFigures(&result);
+    return result;
+  }
+
+ private:
+  SimServer(const SimConfig& config, const FleetData& data, ProgressLine* progress)
+      : config_(config), data_(data), progress_(progress), test_view_(training::DataView::All(data.test)) {}
+
+  const SimConfig& config_;
+  const FleetData& data_;
+  ProgressLine* progress_;
+  const training::DataView test_view_;
+  std::unique_ptr<training::ModelRunner> eval_runner_;
+  std::mutex mu_;
+  std::string log_path_;
+  std::ofstream log_;
+  std::unique_ptr<aggregator::Aggregator> agg_;  // last: its thread may call the members above
+};
+
+Status CheckSimConfig(const SimConfig& config) {
+  if (config.clients < 1) return InvalidArgument("need at least one client");
+  if (!config.aggregator.model_personal.empty()) {
+    // One trainer thread serves many simulated devices, so their personal
+    // layers would mix.
+    return InvalidArgument("personal layers are not simulated yet (run devices as separate clients)");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(config.out_dir, ec);
+  if (ec) return Unavailable("cannot create output directory " + config.out_dir + ": " + ec.message());
+  return Status::Ok();
+}
+
+int Workers(const SimConfig& config) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::min(config.workers > 0 ? config.workers : cores, config.clients);
+}
+
 }  // namespace
 
 StatusOr<SimResult> RunSimulation(const SimConfig& config) {
+  const auto start = Clock::now();
   if (config.clients < 1) return InvalidArgument("need at least one client");
   std::error_code ec;
   std::filesystem::create_directories(config.out_dir, ec);
   if (ec) return Unavailable("cannot create output directory " + config.out_dir + ": " + ec.message());
-  const auto start = Clock::now();
   ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config));
   if (config.central_epochs > 0) {
     ASSIGN_OR_RETURN(SimResult central, RunCentral(config, data));
     RETURN_IF_ERROR(WriteOutputs(config, central));
     return central;
   }
-
-  aggregator::AggregatorConfig agg_config = config.aggregator;
-  if (!agg_config.model_personal.empty()) {
-    // One trainer thread serves many simulated devices, so their personal
-    // layers would mix.
-    return InvalidArgument("personal layers are not simulated yet (run devices as separate clients)");
-  }
-  agg_config.store_path = (std::filesystem::path(config.out_dir) / "store").string();
-  std::filesystem::remove_all(agg_config.store_path, ec);  // a simulation always starts fresh
-  if (agg_config.checkin.enabled) {
-    // Rounds start from the devices that check in; the federation's end is
-    // the simulation's (devices away are stopped with it).
-    agg_config.min_clients = std::min(agg_config.min_clients, config.clients);
+  RETURN_IF_ERROR(CheckSimConfig(config));
+  aggregator::AggregatorConfig agg_config = SimAggregatorConfig(config, /*fresh=*/true);
+  // In one process the devices away stop with the aggregator.
+  if (agg_config.checkin.enabled)
     agg_config.finish_grace_seconds = std::min(agg_config.finish_grace_seconds, 0.5);
-  } else {
-    agg_config.min_clients = config.clients;
-  }
   ASSIGN_OR_RETURN(FleetKeys keys, MakeKeys(config, &agg_config));
 
-  // The aggregator's evaluation model runs on its own thread.
-  ASSIGN_OR_RETURN(training::ModelSpec spec, ModelSpecOf(config));
-  ASSIGN_OR_RETURN(std::unique_ptr<training::ModelRunner> eval_runner,
-                   training::ModelRunner::Create(spec, DeriveSeed(agg_config.seed, "init")));
-  const training::DataView test_view = training::DataView::All(data.test);
-  training::ModelRunner* eval_ptr = eval_runner.get();
-  aggregator::EvalFn eval = [eval_ptr, &test_view](const Weights& w) -> StatusOr<aggregator::EvalMetrics> {
-    RETURN_IF_ERROR(eval_ptr->SetWeights(w));
-    ASSIGN_OR_RETURN(training::EvalResult r, eval_ptr->Evaluate(test_view));
-    return aggregator::EvalMetrics{r.loss, r.accuracy, r.auc, r.mae};
-  };
-  SimResult result;
-  std::mutex print_mu;
-  ProgressLine progress(!config.quiet);
-  aggregator::RoundFn on_round = [&](const aggregator::RoundSummary& r) {
-    std::lock_guard<std::mutex> lock(print_mu);
-    result.rounds.push_back(r);
-    if (!config.quiet) progress.Print(FormatRound(r, agg_config.rounds));
-  };
-
   net::Context context(1);
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<aggregator::Aggregator> agg,
-      aggregator::Aggregator::Create(agg_config, &context, eval_runner->GetWeights(), eval, on_round));
+  ProgressLine progress(!config.quiet);
+  ASSIGN_OR_RETURN(std::unique_ptr<SimServer> server,
+                   SimServer::Create(config, agg_config, data, &context, &progress, /*resume=*/false));
+  aggregator::Aggregator* agg = &server->agg();
   // One Torch thread everywhere: at::set_num_threads also sets a process-wide
   // default that other threads pick up lazily, so giving the evaluator more
   // threads would race with the trainers and make runs irreproducible.
@@ -490,7 +585,6 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
     agg_stopped = true;
   });
 
-  for (size_t i = 0; i < data.size(); ++i) result.train_examples += data.Examples(i);
   // The sessions outlive the trainer pool: a SecAgg step running on a
   // trainer refers to its session. Until the pool exists (and after it is
   // gone) such steps run inline.
@@ -516,16 +610,16 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
       client_status = s.status();
     }
   }
+  uint64_t check_ins = 0;
+  size_t peak_active = 0;
   {
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    const int workers = std::min(config.workers > 0 ? config.workers : cores, config.clients);
-    TrainerPool pool(workers, config.model_path, &data, keys.model_key, agg_config.federation);
+    TrainerPool pool(Workers(config), config.model_path, &data, keys.model_key, agg_config.federation);
     pool_slot = &pool;
     if (client_status.ok() && agg_config.checkin.enabled) {
       CheckInFleet fleet(config, agg_config, keys, &context, agg->endpoint(), data, executor, &progress);
       client_status = fleet.Drive(pool, agg_stopped);
-      result.check_ins = fleet.check_ins();
-      result.peak_active_devices = fleet.peak_active();
+      check_ins = fleet.check_ins();
+      peak_active = fleet.peak_active();
     } else if (client_status.ok()) {
       client_status = DriveFleet(sessions, pool, agg_stopped);
     }
@@ -536,11 +630,129 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   sessions.clear();
   RETURN_IF_ERROR(agg_status.WithContext("aggregator"));
   RETURN_IF_ERROR(client_status.WithContext("simulated clients"));
-  agg.reset();
-
-  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  SetFinalFigures(&result);
+  progress.Clear();
+  ASSIGN_OR_RETURN(SimResult result, server->Result(start));
+  result.check_ins = check_ins;
+  result.peak_active_devices = peak_active;
   RETURN_IF_ERROR(WriteOutputs(config, result));
+  return result;
+}
+
+StatusOr<SimResult> ServeSimulation(const SimConfig& config, const ServeOptions& options) {
+  const auto start = Clock::now();
+  if (!config.aggregator.checkin.enabled) {
+    return InvalidArgument("flotilla sim serve runs check-in simulations (--checkin): its shards' devices "
+                           "join by checking in");
+  }
+  if (config.central_epochs > 0) return InvalidArgument("the central baseline runs in one process (flotilla sim)");
+  RETURN_IF_ERROR(CheckSimConfig(config));
+  ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config, /*device_data=*/false));
+  aggregator::AggregatorConfig agg_config = SimAggregatorConfig(config, /*fresh=*/!options.resume);
+  agg_config.finish_grace_seconds = options.finish_grace_seconds;
+  ASSIGN_OR_RETURN(FleetKeys keys, MakeKeys(config, &agg_config));
+  training::SetTorchThreads(1);
+  net::Context context(1);
+  ProgressLine progress(false);  // the shards show progress; the server prints rounds
+  ASSIGN_OR_RETURN(std::unique_ptr<SimServer> server,
+                   SimServer::Create(config, agg_config, data, &context, &progress, options.resume));
+  const std::string endpoint = server->agg().endpoint();
+  if (!options.endpoint_file.empty()) {
+    const std::string tmp = options.endpoint_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << endpoint << "\n";
+      if (!out) return Unavailable("cannot write " + tmp);
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, options.endpoint_file, ec);
+    if (ec) return Unavailable("cannot write " + options.endpoint_file + ": " + ec.message());
+  }
+  if (!config.quiet) {
+    std::printf("serving on %s: %d devices, %s\n", endpoint.c_str(), config.clients,
+                options.resume ? "resuming the store" : "fresh store");
+    std::fflush(stdout);
+  }
+  RETURN_IF_ERROR(server->agg().Run().WithContext("aggregator"));
+  ASSIGN_OR_RETURN(SimResult result, server->Result(start));
+  RETURN_IF_ERROR(WriteOutputs(config, result));
+  return result;
+}
+
+StatusOr<ShardSpec> ResolveShard(ShardSpec flags, bool index_given, bool count_given) {
+  auto env_int = [](const char* name) -> std::optional<int> {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') return std::nullopt;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end != '\0' || n < 0 || n > 1000000) return std::nullopt;
+    return static_cast<int>(n);
+  };
+  ShardSpec s = flags;
+  const char* source = "flags";
+  if (!index_given) {
+    if (auto rank = env_int("OMPI_COMM_WORLD_RANK")) {
+      s.index = *rank;
+      if (!count_given) s.count = env_int("OMPI_COMM_WORLD_SIZE").value_or(s.count);
+      source = "OpenMPI";
+    } else if (auto proc = env_int("SLURM_PROCID")) {
+      s.index = *proc;
+      if (!count_given) s.count = env_int("SLURM_NTASKS").value_or(s.count);
+      source = "Slurm";
+    } else if (auto job = env_int("JOB_COMPLETION_INDEX")) {
+      s.index = *job;
+      source = "Kubernetes";
+      if (!count_given) {
+        return InvalidArgument("a Kubernetes Indexed Job gives the shard's index only: pass --of N "
+                               "(the Job's completions)");
+      }
+    } else {
+      return InvalidArgument("no shard index: pass --index I --of N, or start the shards with mpirun, srun "
+                             "or a Kubernetes Indexed Job");
+    }
+  }
+  if (s.count < 1 || s.index < 0 || s.index >= s.count) {
+    return InvalidArgument("shard index " + std::to_string(s.index) + " of " + std::to_string(s.count) +
+                           " (from " + source + "): need 0 <= index < count");
+  }
+  if (s.join.empty()) return InvalidArgument("a shard needs --join ENDPOINT (what flotilla sim serve printed)");
+  return s;
+}
+
+StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard) {
+  const auto start = Clock::now();
+  if (!config.aggregator.checkin.enabled) {
+    return InvalidArgument("shards drive check-in simulations (--checkin, as the server)");
+  }
+  if (config.clients < 1) return InvalidArgument("need at least one client");
+  ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config));
+  aggregator::AggregatorConfig agg_config = config.aggregator;
+  ASSIGN_OR_RETURN(FleetKeys keys, MakeKeys(config, &agg_config, /*allowlist=*/false));
+  training::SetTorchThreads(1);
+  net::Context context(1);
+  ProgressLine progress(!config.quiet);
+  std::atomic<bool> never{false};
+  TrainerPool* pool_slot = nullptr;
+  auto executor = [&pool_slot](std::function<void()> work) {
+    if (pool_slot != nullptr) {
+      pool_slot->SubmitWork(std::move(work));
+    } else {
+      work();
+    }
+  };
+  ShardResult result;
+  Status status;
+  {
+    TrainerPool pool(Workers(config), config.model_path, &data, keys.model_key, agg_config.federation);
+    pool_slot = &pool;
+    CheckInFleet fleet(config, agg_config, keys, &context, shard.join, data, executor, &progress, shard);
+    status = fleet.Drive(pool, never);
+    result.devices = fleet.devices();
+    result.check_ins = fleet.check_ins();
+    result.peak_active = fleet.peak_active();
+  }
+  progress.Clear();
+  RETURN_IF_ERROR(status.WithContext("shard " + std::to_string(shard.index) + " of " + std::to_string(shard.count)));
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return result;
 }
 

@@ -68,8 +68,41 @@ struct SimResult {
   size_t peak_active_devices = 0;
 };
 
-// Runs the whole simulation; prints one line per round unless quiet, and
-// writes out_dir/metrics.csv and out_dir/summary.json.
+// Runs the whole simulation in this process; prints one line per round
+// unless quiet, and writes the outputs into out_dir (sim/report.h).
 StatusOr<SimResult> RunSimulation(const SimConfig& config);
+
+// A check-in simulation across processes or hosts (docs/simulator.md):
+// `flotilla sim serve` runs the aggregator, its evaluation and the outputs;
+// each `flotilla sim shard` drives the devices i with i % count == index and
+// joins the server over the real wire. Every key is derived from the seed,
+// so the processes need nothing from each other but the endpoint.
+struct ShardSpec {
+  int index = 0;
+  int count = 1;
+  std::string join;  // the serving endpoint, e.g. tcp://10.0.0.5:7400
+};
+// The shard's index and count from the flags when given, else from the
+// launcher that started the process: OpenMPI (OMPI_COMM_WORLD_RANK and
+// _SIZE), Slurm (SLURM_PROCID, SLURM_NTASKS) or a Kubernetes Indexed Job
+// (JOB_COMPLETION_INDEX; the count from the flag).
+StatusOr<ShardSpec> ResolveShard(ShardSpec flags, bool index_given, bool count_given);
+
+struct ServeOptions {
+  // Continue the store in out_dir (after the server was killed) instead of
+  // starting fresh; rounds already done keep their rows.
+  bool resume = false;
+  std::string endpoint_file;  // written with the bound endpoint once serving
+  double finish_grace_seconds = 3.0;  // shards see the end within it
+};
+StatusOr<SimResult> ServeSimulation(const SimConfig& config, const ServeOptions& options);
+
+struct ShardResult {
+  size_t devices = 0;       // in this shard's slice
+  uint64_t check_ins = 0;
+  size_t peak_active = 0;   // devices holding a session at once
+  double seconds = 0.0;
+};
+StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard);
 
 }  // namespace flotilla::sim
