@@ -66,7 +66,7 @@ struct CheckInConfig {
   double quiet_seconds = 0.2;
   // Pace steering aims at this many check-ins per selected device, and
   // never tells a device to wait less or more than these.
-  double checkin_margin = 1.25;
+  double checkin_margin = 1.5;
   double min_come_back_seconds = 1.0;
   double max_come_back_seconds = 3600.0;
 };

@@ -111,9 +111,11 @@ struct FleetKeys {
   StatusOr<privacy::CurveKeyPair> Client(size_t i) const {
     return privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(seed, "client-key", static_cast<uint64_t>(i)));
   }
-  // The simulator's own observer (status requests), on the allowlist too.
-  StatusOr<privacy::CurveKeyPair> Observer() const {
-    return privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(seed, "observer-key"));
+  // The simulator's own observers (status requests), one per shard (each
+  // within its own per-device limits), on the allowlist too.
+  static constexpr int kMaxShards = 256;
+  StatusOr<privacy::CurveKeyPair> Observer(int shard) const {
+    return privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(seed, "observer-key", static_cast<uint64_t>(shard)));
   }
 };
 
@@ -150,8 +152,10 @@ StatusOr<FleetKeys> MakeKeys(const SimConfig& config, aggregator::AggregatorConf
     agg_config->allowed_clients.insert(k.public_z85);
   }
   if (agg_config->checkin.enabled) {
-    ASSIGN_OR_RETURN(privacy::CurveKeyPair observer, keys.Observer());
-    agg_config->allowed_clients.insert(observer.public_z85);
+    for (int shard = 0; shard < FleetKeys::kMaxShards; ++shard) {
+      ASSIGN_OR_RETURN(privacy::CurveKeyPair observer, keys.Observer(shard));
+      agg_config->allowed_clients.insert(observer.public_z85);
+    }
   }
   return keys;
 }
@@ -339,7 +343,7 @@ class CheckInFleet {
     net::SocketOptions options;
     options.security = agg_config_.socket.security;
     if (!config_.insecure) {
-      ASSIGN_OR_RETURN(privacy::CurveKeyPair k, keys_.Observer());
+      ASSIGN_OR_RETURN(privacy::CurveKeyPair k, keys_.Observer(slice_.index));
       options.curve.public_key = k.public_z85;
       options.curve.secret_key = k.SecretZ85();
       options.curve.server_public_key = agg_config_.socket.curve.public_key;
@@ -348,7 +352,7 @@ class CheckInFleet {
     return Status::Ok();
   }
 
-  // Asks for the aggregator's status every 20 ms; when a new round's
+  // Asks for the aggregator's status ten times a second; when a new round's
   // selection is open, the devices due for it check in.
   Status PollObserver() {
     const auto now = Clock::now();
@@ -356,14 +360,21 @@ class CheckInFleet {
       ASSIGN_OR_RETURN(std::optional<std::string> bytes, observer_->Receive(std::chrono::milliseconds(0)));
       if (!bytes) break;
       StatusOr<wire::Envelope> env = proto::ParseEnvelope(bytes->data(), bytes->size());
-      if (!env.ok() || !env->has_status_reply()) continue;
+      if (!env.ok()) continue;
+      if (env->has_error()) {  // e.g. over its limits: ask again after the time it was told
+        asked_ = false;
+        next_ask_ = now + std::chrono::milliseconds(std::max<uint32_t>(100, env->error().retry_ms()));
+        continue;
+      }
+      if (!env->has_status_reply()) continue;
       status_ = env->status_reply();
       asked_ = false;
       last_reply_ = now;
       ShowProgress(now);
       if (status_.selecting_round() > released_) RETURN_IF_ERROR(Release(status_.selecting_round()));
     }
-    if (!asked_ || now - asked_at_ > std::chrono::seconds(2)) {
+    // Ten status requests a second: well within a device's message limits.
+    if ((!asked_ && now >= next_ask_) || (asked_ && now - asked_at_ > std::chrono::seconds(2))) {
       if (asked_) {  // lost (the aggregator restarted): a new connection
         RETURN_IF_ERROR(ConnectObserver());
       }
@@ -373,6 +384,7 @@ class CheckInFleet {
       RETURN_IF_ERROR(observer_->Send(proto::SerializeEnvelope(&req)));
       asked_ = true;
       asked_at_ = now;
+      next_ask_ = now + std::chrono::milliseconds(100);
     } 
     return Status::Ok();
   }
@@ -430,7 +442,7 @@ class CheckInFleet {
   uint32_t released_ = 0;
   std::unique_ptr<net::ClientSocket> observer_;
   bool asked_ = false;
-  Clock::time_point asked_at_{};
+  Clock::time_point asked_at_{}, next_ask_{};
   uint64_t request_id_ = 0;
   wire::StatusReply status_;
   uint64_t check_ins_ = 0;
@@ -709,6 +721,10 @@ StatusOr<ShardSpec> ResolveShard(ShardSpec flags, bool index_given, bool count_g
       return InvalidArgument("no shard index: pass --index I --of N, or start the shards with mpirun, srun "
                              "or a Kubernetes Indexed Job");
     }
+  }
+  if (s.count > FleetKeys::kMaxShards) {
+    return InvalidArgument("at most " + std::to_string(FleetKeys::kMaxShards) + " shards (got " +
+                           std::to_string(s.count) + ")");
   }
   if (s.count < 1 || s.index < 0 || s.index >= s.count) {
     return InvalidArgument("shard index " + std::to_string(s.index) + " of " + std::to_string(s.count) +

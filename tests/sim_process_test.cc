@@ -1,0 +1,126 @@
+// The simulator as its users run it: whole `flotilla sim` processes, a
+// server with shards started by mpirun, and what they write.
+#include <signal.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "testing/subprocess.h"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kBin = FLOTILLA_BIN;
+
+fs::path TempDir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("flotilla-sim-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+std::string ReadFile(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// A small check-in federation: 2,000 devices of 30 examples, 40 kept per
+// round, 4 rounds of logistic regression.
+std::vector<std::string> Scenario(const fs::path& out, uint64_t seed) {
+  return {"--clients", "2000", "--partition", "windows:30", "--arch", "logreg", "--rounds", "4",
+          "--checkin", "--clients-per-round", "40", "--over-selection", "1", "--deadline", "60",
+          "--selection-window", "2",
+          "--seed", std::to_string(seed), "--out", out.string(), "--quiet", "--log", "warning"};
+}
+
+int Run(std::vector<std::string> args, const fs::path& log) {
+  args.insert(args.begin(), kBin);
+  pid_t pid = SpawnProcess(args, log.string());
+  REQUIRE(pid > 0);
+  return WaitProcess(pid);
+}
+
+int RunSim(const std::vector<std::string>& scenario, const fs::path& log, const std::string& sub = "") {
+  std::vector<std::string> args = {"sim"};
+  if (!sub.empty()) args.push_back(sub);
+  args.insert(args.end(), scenario.begin(), scenario.end());
+  return Run(args, log);
+}
+
+}  // namespace
+
+TEST_CASE("Two simulations with the same seed write identical metrics files, and another seed does not",
+          "[sim][process]") {
+  const fs::path dir = TempDir("repro");
+  REQUIRE(RunSim(Scenario(dir / "a", 5), dir / "a.log") == 0);
+  REQUIRE(RunSim(Scenario(dir / "b", 5), dir / "b.log") == 0);
+  REQUIRE(RunSim(Scenario(dir / "c", 6), dir / "c.log") == 0);
+  const std::string a = ReadFile(dir / "a" / "metrics.csv"), b = ReadFile(dir / "b" / "metrics.csv"),
+                    c = ReadFile(dir / "c" / "metrics.csv");
+  INFO(a);
+  REQUIRE(std::count(a.begin(), a.end(), '\n') == 5);  // the header and 4 rounds
+  CHECK(a == b);
+  CHECK(a != c);
+  // The measured figures are kept apart.
+  CHECK(ReadFile(dir / "a" / "timing.csv").find("selection_seconds") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("Three shards started by mpirun write the same metrics as one process", "[sim][process][mpi]") {
+  const std::string mpirun = "/usr/bin/mpirun";
+  if (!fs::exists(mpirun)) FAIL("mpirun is missing: install openmpi-bin (scripts/deps.txt)");
+  const fs::path dir = TempDir("mpi");
+  REQUIRE(RunSim(Scenario(dir / "one", 9), dir / "one.log") == 0);
+  // The server, then three shards that take their index from mpirun.
+  std::vector<std::string> serve = {kBin, "sim", "serve"};
+  for (const auto& a : Scenario(dir / "many", 9)) serve.push_back(a);
+  serve.insert(serve.end(), {"--endpoint-file", (dir / "endpoint").string()});
+  pid_t server = SpawnProcess(serve, (dir / "serve.log").string());
+  REQUIRE(server > 0);
+  struct KillOnFailure {
+    pid_t pid;
+    bool done = false;
+    ~KillOnFailure() {
+      if (!done) {
+        ::kill(pid, SIGKILL);
+        WaitProcess(pid);
+      }
+    }
+  } guard{server};
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(dir / "endpoint") && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  REQUIRE(fs::exists(dir / "endpoint"));
+  std::string endpoint = ReadFile(dir / "endpoint");
+  endpoint.erase(endpoint.find_last_not_of("\n") + 1);
+  std::vector<std::string> shards = {mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "3",
+                                     kBin,     "sim",                  "shard",          "--join", endpoint};
+  for (const auto& a : Scenario(dir / "shard-out", 9)) shards.push_back(a);
+  pid_t launcher = SpawnProcess(shards, (dir / "shards.log").string());
+  REQUIRE(launcher > 0);
+  const int shards_rc = WaitProcess(launcher);
+  INFO(ReadFile(dir / "shards.log"));
+  REQUIRE(shards_rc == 0);
+  const int server_rc = WaitProcess(server);
+  guard.done = true;
+  INFO(ReadFile(dir / "shards.log") << ReadFile(dir / "serve.log"));
+  REQUIRE(shards_rc == 0);
+  REQUIRE(server_rc == 0);
+  const std::string log = ReadFile(dir / "shards.log");
+  for (int i = 0; i < 3; ++i) CHECK(log.find("shard " + std::to_string(i) + " of 3 done") != std::string::npos);
+  const std::string one = ReadFile(dir / "one" / "metrics.csv");
+  REQUIRE(std::count(one.begin(), one.end(), '\n') == 5);
+  CHECK(ReadFile(dir / "many" / "metrics.csv") == one);
+  fs::remove_all(dir);
+}
