@@ -121,6 +121,21 @@ const std::vector<ConfigKey>& ConfigKeys() {
     k.push_back({"sim", "central_epochs", "sim", "--central-epochs"});
     k.push_back({"sim", "request_timeout", "sim", "--request-timeout"});
     k.push_back({"sim", "secagg_dropout", "sim", "--secagg-dropout"});
+    // [fleet] and [faults]: a scenario's heterogeneity and fault schedule
+    k.push_back({"fleet", "sizes", "sim", "--sizes"});
+    k.push_back({"fleet", "label_skew", "sim", "--label-skew"});
+    k.push_back({"fleet", "availability", "sim", "--availability"});
+    k.push_back({"fleet", "speed", "sim", "--speed"});
+    k.push_back({"fleet", "latency_ms", "sim", "--latency-ms"});
+    k.push_back({"fleet", "bandwidth_mbps", "sim", "--bandwidth-mbps"});
+    k.push_back({"fleet", "link_loss", "sim", "--link-loss"});
+    k.push_back({"faults", "dropout", "sim", "--dropout"});
+    k.push_back({"faults", "crash", "sim", "--crash"});
+    k.push_back({"faults", "rejoin_seconds", "sim", "--rejoin-seconds"});
+    k.push_back({"faults", "straggler", "sim", "--straggler"});
+    k.push_back({"faults", "straggler_factor", "sim", "--straggler-factor"});
+    k.push_back({"faults", "aggregator_restarts", "sim", "--aggregator-restarts"});
+    k.push_back({"faults", "aggregator_down_seconds", "sim", "--aggregator-down-seconds"});
     k.push_back({"data", "held_out_fraction", "client run", "--held-out-fraction"});
     k.push_back({"data", "held_out_fraction", "sim", "--held-out-fraction"});
     for (const char* role : {"sim", "client run"}) {
@@ -167,7 +182,7 @@ StatusOr<ConfigFlags> ReadConfigFlags(const std::string& path, const std::string
       return InvalidArgument(
           path + ": key '" + item.name + "' is outside any section; put it under one of " +
           "[federation], [model], [round], [validation], [limits], [dp], [secagg], [keys], [data], [sim], " +
-          "[device], [log] (see docs/configuration.md)");
+          "[fleet], [faults], [device], [log] (see docs/configuration.md)");
     }
     std::set<std::string> sections, allowed;
     bool known = false;

@@ -109,6 +109,42 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
          "secure round")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
+  // A scenario's fleet and faults (sim/fleet_model.h, docs/simulator.md).
+  flotilla::sim::FleetModel& m = config.model;
+  app.add_option("--sizes", config.sizes, "windows:N partitions: device sizes, fixed or powerlaw:ALPHA (mean N)")
+      ->capture_default_str();
+  app.add_option("--label-skew", config.label_skew,
+                 "windows:N partitions: none or dirichlet:ALPHA (each device's class mix from Dir(ALPHA))")
+      ->capture_default_str();
+  app.add_option("--availability", m.availability,
+                 "Check-in fleets: always, bernoulli:P, or diurnal:P:A:PERIOD (a day of PERIOD rounds)")
+      ->capture_default_str();
+  app.add_option("--speed", m.speed, "Compute speed per device: same or lognormal:SIGMA")->capture_default_str();
+  app.add_option("--latency-ms", m.latency_ms, "One-way link latency per message")->capture_default_str();
+  app.add_option("--bandwidth-mbps", m.bandwidth_mbps, "Link bandwidth (0 = unlimited)")->capture_default_str();
+  app.add_option("--link-loss", m.loss, "Probability a message is lost (costs a request timeout, then resent)")
+      ->capture_default_str();
+  app.add_option("--dropout", m.dropout,
+                 "FAULT: probability a selected device vanishes in a round (before training, while training or "
+                 "after sending)")
+      ->capture_default_str();
+  app.add_option("--crash", m.crash,
+                 "FAULT: probability a selected device crashes after sending, before its Ack, and rejoins with its "
+                 "outbox")
+      ->capture_default_str();
+  app.add_option("--rejoin-seconds", m.rejoin_seconds, "FAULT: seconds before a crashed device rejoins")
+      ->capture_default_str();
+  app.add_option("--straggler", m.straggler, "FAULT: probability a selected device trains slowly in a round")
+      ->capture_default_str();
+  app.add_option("--straggler-factor", m.straggler_factor, "FAULT: how many times slower a straggler trains")
+      ->capture_default_str();
+  app.add_option("--aggregator-restarts", m.aggregator_restarts,
+                 "FAULT: kill the aggregator (its own process) this many times while a round runs, and start it "
+                 "again on its store")
+      ->capture_default_str();
+  app.add_option("--aggregator-down-seconds", m.aggregator_down_seconds,
+                 "FAULT: seconds the killed aggregator stays down")
+      ->capture_default_str();
   if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config, origins))
     return *exit_code;
   flotilla::aggregator::ApplyDpMode(dp_flags, &config.aggregator);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <random>
 
 #include "client/data_source.h"
 #include "core/rng.h"
@@ -108,9 +109,29 @@ StatusOr<int64_t> ParseWindows(const std::string& spec) {
   return static_cast<int64_t>(n);
 }
 
+// "fixed" (0), "powerlaw:ALPHA" / "dirichlet:ALPHA" (ALPHA).
+StatusOr<double> ParseAlpha(const std::string& spec, const char* what, const char* none, const char* law,
+                            double min_alpha) {
+  if (spec == none) return 0.0;
+  const std::string prefix = std::string(law) + ":";
+  char* end = nullptr;
+  const double alpha = spec.rfind(prefix, 0) == 0 ? std::strtod(spec.c_str() + prefix.size(), &end) : NAN;
+  if (end == nullptr || *end != '\0' || !(alpha > min_alpha) || alpha > 1000) {
+    return InvalidArgument(std::string(what) + " '" + spec + "': use " + none + " or " + law + ":ALPHA (ALPHA > " +
+                           std::to_string(min_alpha).substr(0, 3) + ")");
+  }
+  return alpha;
+}
+
 StatusOr<FleetData> LoadShares(const SimConfig& config, bool device_data) {
   ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(config.data_source));
   ASSIGN_OR_RETURN(const int64_t window, ParseWindows(config.partition));
+  ASSIGN_OR_RETURN(const double size_alpha, ParseAlpha(config.sizes, "sizes", "fixed", "powerlaw", 1.0));
+  ASSIGN_OR_RETURN(const double skew_alpha, ParseAlpha(config.label_skew, "label skew", "none", "dirichlet", 0.0));
+  if (window == 0 && (size_alpha > 0 || skew_alpha > 0)) {
+    return InvalidArgument("sizes and label skew shape windows:N partitions (other partitions have their own: "
+                           "dirichlet:ALPHA, shards:K)");
+  }
   if (window > 0 && source.kind != "fashion-mnist" && !source.kind.empty()) {
     return InvalidArgument("partition windows:N is for Fashion-MNIST fleets; CSV and image sources "
                            "standardize per device and take iid, dirichlet or shards");
@@ -123,6 +144,9 @@ StatusOr<FleetData> LoadShares(const SimConfig& config, bool device_data) {
     // A server: the test set; each device's count follows from the window.
     FleetData data;
     data.window = window;
+    data.size_alpha = size_alpha;
+    data.skew_alpha = skew_alpha;
+    data.seed = DeriveSeed(config.aggregator.seed, "windows");
     data.window_devices = static_cast<size_t>(config.clients);
     data.window_held_out = config.held_out_fraction;
     data.test = std::make_shared<const Dataset>(std::move(test));
@@ -143,6 +167,13 @@ StatusOr<FleetData> LoadShares(const SimConfig& config, bool device_data) {
     data.window = window;
     data.window_devices = static_cast<size_t>(config.clients);
     data.window_held_out = config.held_out_fraction;
+    data.size_alpha = size_alpha;
+    data.skew_alpha = skew_alpha;
+    data.seed = DeriveSeed(config.aggregator.seed, "windows");
+    if (skew_alpha > 0) {
+      data.by_class.resize(static_cast<size_t>(train.num_classes));
+      for (int64_t idx : data.order) data.by_class[static_cast<size_t>(train.labels[static_cast<size_t>(idx)])].push_back(idx);
+    }
     data.train = std::make_shared<const Dataset>(std::move(train));
     data.test = std::make_shared<const Dataset>(std::move(test));
     return data;
@@ -160,32 +191,79 @@ StatusOr<FleetData> LoadShares(const SimConfig& config, bool device_data) {
 
 }  // namespace
 
+int64_t FleetData::HeldOutCount(int64_t size) const {
+  return std::min(size - 1, static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(size) - 1e-9)));
+}
+
+int64_t FleetData::WindowSize(size_t i) const {
+  if (size_alpha <= 0) return window;
+  // Pareto with mean `window`: x_m = window (alpha - 1) / alpha, clamped.
+  Rng rng(DeriveSeed(seed, "device-size", i));
+  const double u = std::max(1e-12, 1.0 - rng.UniformDouble());
+  const double xm = static_cast<double>(window) * (size_alpha - 1) / size_alpha;
+  const double size = xm / std::pow(u, 1.0 / size_alpha);
+  const double cap = std::min<double>(20.0 * static_cast<double>(window),
+                                      order.empty() ? 20.0 * static_cast<double>(window) : order.size());
+  return std::max<int64_t>(2, static_cast<int64_t>(std::min(cap, std::round(size))));
+}
+
 int64_t FleetData::Examples(size_t i) const {
   if (window == 0) return devices[i].size();
-  const int64_t held = static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(window) - 1e-9));
-  return window - held;
+  const int64_t size = WindowSize(i);
+  return size - HeldOutCount(size);
+}
+
+std::vector<int64_t> FleetData::WindowIndices(size_t i) const {
+  const int64_t size = WindowSize(i);
+  std::vector<int64_t> out;
+  out.reserve(static_cast<size_t>(size));
+  const uint64_t n = order.size();
+  if (skew_alpha > 0) {
+    // Class proportions from Dir(alpha) (normalized gammas), then each
+    // class's share from a window of that class's examples.
+    std::mt19937_64 engine(DeriveSeed(seed, "device-skew", i));
+    std::gamma_distribution<double> gamma(skew_alpha, 1.0);
+    std::vector<double> p(by_class.size());
+    double total = 0;
+    for (auto& x : p) total += (x = gamma(engine));
+    int64_t left = size;
+    for (size_t c = 0; c < by_class.size() && left > 0; ++c) {
+      const auto& pool = by_class[c];
+      if (pool.empty()) continue;
+      int64_t k = c + 1 == by_class.size() ? left
+                                           : std::min<int64_t>(left, std::llround(static_cast<double>(size) * p[c] /
+                                                                                  std::max(total, 1e-300)));
+      const uint64_t start = engine() % pool.size();
+      for (int64_t j = 0; j < k; ++j) out.push_back(pool[(start + static_cast<uint64_t>(j)) % pool.size()]);
+      left -= k;
+    }
+    // Rounding left some to place: from the device's largest class.
+    const size_t top = static_cast<size_t>(std::max_element(p.begin(), p.end()) - p.begin());
+    for (int64_t j = 0; left > 0 && !by_class[top].empty(); ++j, --left)
+      out.push_back(by_class[top][static_cast<size_t>(j) % by_class[top].size()]);
+    Rng shuffle(DeriveSeed(seed, "device-order", i));
+    shuffle.Shuffle(&out);
+    return out;
+  }
+  const uint64_t start =
+      size_alpha > 0 ? DeriveSeed(seed, "device-start", i) % n
+                     : static_cast<uint64_t>((static_cast<unsigned __int128>(i) * static_cast<uint64_t>(window)) % n);
+  for (int64_t k = 0; k < size; ++k) out.push_back(order[(start + static_cast<uint64_t>(k)) % n]);
+  return out;
 }
 
 training::DataView FleetData::View(size_t i) const {
   if (window == 0) return devices[i];
-  const int64_t held = static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(window) - 1e-9));
-  training::DataView v{train, {}};
-  const int64_t n = static_cast<int64_t>(order.size());
-  const int64_t start = static_cast<int64_t>((static_cast<unsigned __int128>(i) * static_cast<uint64_t>(window)) %
-                                             static_cast<uint64_t>(n));
-  for (int64_t k = 0; k < window - held; ++k) v.indices.push_back(order[static_cast<size_t>((start + k) % n)]);
-  return v;
+  std::vector<int64_t> all = WindowIndices(i);
+  all.resize(all.size() - static_cast<size_t>(HeldOutCount(static_cast<int64_t>(all.size()))));
+  return training::DataView{train, std::move(all)};
 }
 
 training::DataView FleetData::HeldOut(size_t i) const {
   if (window == 0) return held_out[i];
-  const int64_t held = static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(window) - 1e-9));
-  training::DataView v{train, {}};
-  const int64_t n = static_cast<int64_t>(order.size());
-  const int64_t start = static_cast<int64_t>((static_cast<unsigned __int128>(i) * static_cast<uint64_t>(window)) %
-                                             static_cast<uint64_t>(n));
-  for (int64_t k = window - held; k < window; ++k) v.indices.push_back(order[static_cast<size_t>((start + k) % n)]);
-  return v;
+  std::vector<int64_t> all = WindowIndices(i);
+  const size_t held = static_cast<size_t>(HeldOutCount(static_cast<int64_t>(all.size())));
+  return training::DataView{train, std::vector<int64_t>(all.end() - static_cast<std::ptrdiff_t>(held), all.end())};
 }
 
 StatusOr<FleetData> LoadFleetData(const SimConfig& config, bool device_data) {

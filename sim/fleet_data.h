@@ -35,12 +35,22 @@ struct FleetData {
   int64_t window = 0;          // examples per device
   size_t window_devices = 0;
   double window_held_out = 0.0;  // fraction of each window kept out of training
+  // Heterogeneous windows: sizes drawn per device (0 = fixed), label skew
+  // (0 = none) over the examples of each class (by_class, in permutation order).
+  double size_alpha = 0.0, skew_alpha = 0.0;
+  uint64_t seed = 0;
+  std::vector<std::vector<int64_t>> by_class;
 
   size_t size() const { return window > 0 ? window_devices : devices.size(); }
   // What device i trains on, and what it holds out.
   training::DataView View(size_t i) const;
   training::DataView HeldOut(size_t i) const;
   int64_t Examples(size_t i) const;
+
+ private:
+  int64_t WindowSize(size_t i) const;
+  std::vector<int64_t> WindowIndices(size_t i) const;  // training examples first, held-out last
+  int64_t HeldOutCount(int64_t size) const;
 };
 
 // `device_data` false: what a server needs only (the test set; the devices'

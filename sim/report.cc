@@ -166,6 +166,24 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
     add("dropouts", fmt("%lld declined, %lld refused, %lld unreported", static_cast<long long>(declined),
                         static_cast<long long>(refused), static_cast<long long>(unreported)));
   }
+  const InjectedFaults& f = result.injected;
+  if (f.dropped_before_training + f.dropped_while_training + f.dropped_after_sending + f.crashed + f.stragglers +
+          f.aggregator_restarts >
+      0) {
+    add("faults injected",
+        fmt("%llu dropped (%llu before training, %llu while, %llu after sending), %llu crashed and rejoined, "
+            "%llu stragglers, %llu aggregator restarts",
+            static_cast<unsigned long long>(f.dropped_before_training + f.dropped_while_training +
+                                            f.dropped_after_sending),
+            static_cast<unsigned long long>(f.dropped_before_training),
+            static_cast<unsigned long long>(f.dropped_while_training),
+            static_cast<unsigned long long>(f.dropped_after_sending), static_cast<unsigned long long>(f.crashed),
+            static_cast<unsigned long long>(f.stragglers), static_cast<unsigned long long>(f.aggregator_restarts)));
+  }
+  if (result.check_ins > 0) {
+    add("check-ins", fmt("%llu, at most %zu devices connected at once", static_cast<unsigned long long>(result.check_ins),
+                         result.peak_active_devices));
+  }
   if (best >= 0) {
     add("test accuracy", fmt("%.4f final, %.4f best (%s %u)", result.final_accuracy, best,
                              central ? "epoch" : "round", best_round));
@@ -372,6 +390,22 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"final_test_mae",
        std::isfinite(result.final_mae) ? nlohmann::json(result.final_mae) : nlohmann::json()},
       {"seconds", result.seconds},
+      {"checkin", a.checkin.enabled},
+      {"clients_per_round", a.checkin.clients_per_round},
+      {"over_selection", a.checkin.over_selection},
+      {"sizes", config.sizes},
+      {"label_skew", config.label_skew},
+      {"availability", config.model.availability},
+      {"speed", config.model.speed},
+      {"check_ins", result.check_ins},
+      {"peak_connected_devices", result.peak_active_devices},
+      {"faults_injected",
+       {{"dropped_before_training", result.injected.dropped_before_training},
+        {"dropped_while_training", result.injected.dropped_while_training},
+        {"dropped_after_sending", result.injected.dropped_after_sending},
+        {"crashed", result.injected.crashed},
+        {"stragglers", result.injected.stragglers},
+        {"aggregator_restarts", result.injected.aggregator_restarts}}},
       {"bytes_in", bytes_in},
       {"bytes_out", bytes_out},
   };

@@ -298,20 +298,26 @@ class CheckInFleet {
       }
       ASSIGN_OR_RETURN(std::vector<size_t> ready, net::PollReadable(sockets, std::chrono::milliseconds(10)));
       for (size_t k : ready) RETURN_IF_ERROR(active_.at(owners[k])->OnReadable());
+      const auto now = Clock::now();
       for (auto& r : pool.TakeResults()) {
-        auto it = active_.find(r.client);
-        if (it == active_.end()) continue;
-        RETURN_IF_ERROR(r.update.ok() ? it->second->SubmitUpdate(std::move(r.update).value())
-                                      : it->second->AbandonTask(r.update.status()));
+        if (!active_.count(r.client)) continue;
+        RETURN_IF_ERROR(TrainingDone(r.client, std::move(r.update), now));
       }
+      RETURN_IF_ERROR(RunDue(pool, now));
       for (auto it = active_.begin(); it != active_.end();) {
         client::Session& session = *it->second;
         RETURN_IF_ERROR(session.OnTick());
-        if (std::optional<wire::TrainTask> task = session.TakeTask()) pool.Submit(Job{it->first, std::move(*task), {}});
+        if (std::optional<wire::TrainTask> task = session.TakeTask()) {
+          if (!TaskArrived(it->first, std::move(*task), now)) {
+            it = active_.erase(it);  // vanished before training
+            continue;
+          }
+        }
         if (session.state() == client::Session::State::kAway) {
           // Back for the round it was told, and never for one already released.
           wake_[it->first] = std::max(session.come_back_round(), released_ + 1);
           check_ins_ += static_cast<uint64_t>(session.check_ins());
+          faults_.erase(it->first);
           it = active_.erase(it);
         } else if (session.finished()) {
           wake_[it->first] = UINT32_MAX;
@@ -322,6 +328,7 @@ class CheckInFleet {
         }
       }
       peak_active_ = std::max(peak_active_, active_.size());
+      while (!zombies_.empty() && zombies_.front().first <= now) zombies_.erase(zombies_.begin());
     }
     return Status::Ok();
   }
@@ -329,6 +336,7 @@ class CheckInFleet {
   uint64_t check_ins() const { return check_ins_; }
   size_t peak_active() const { return peak_active_; }
   size_t devices() const { return devices_; }
+  const InjectedFaults& injected() const { return injected_; }
   // What the last status reply said (for the progress line).
   const wire::StatusReply& status() const { return status_; }
 
@@ -389,6 +397,112 @@ class CheckInFleet {
     return Status::Ok();
   }
 
+  // What the scenario does to a device between its task and its update
+  // (sim/fleet_model.h): the link delays both, a slow or straggling device
+  // takes longer than its training did, and faults drop or crash it at
+  // their stage. Each is drawn from the seed, the device and the round.
+  using DueAt = std::multimap<Clock::time_point, std::function<Status(TrainerPool&)>>;
+
+  bool TaskArrived(size_t i, wire::TrainTask task, Clock::time_point now) {
+    const FleetModel& m = config_.model;
+    const uint64_t seed = agg_config_.seed;
+    const Fault fault = FaultFor(m, seed, i, task.round());
+    if (fault == Fault::kDropBeforeTraining) {
+      ++injected_.dropped_before_training;
+      wake_[i] = released_ + 2;
+      return false;
+    }
+    faults_[i] = fault;
+    const double down = LinkSeconds(m, seed, i, task.round(), "link-down", task.ByteSizeLong(),
+                                    config_.request_timeout_seconds);
+    auto shared = std::make_shared<wire::TrainTask>(std::move(task));
+    Later(now, down, [i, shared](TrainerPool& pool) {
+      pool.Submit(Job{i, std::move(*shared), {}});
+      return Status::Ok();
+    });
+    return true;
+  }
+
+  Status TrainingDone(size_t i, StatusOr<wire::Update> update, Clock::time_point now) {
+    const FleetModel& m = config_.model;
+    const uint64_t seed = agg_config_.seed;
+    const Fault fault = faults_.count(i) ? faults_[i] : Fault::kNone;
+    if (fault == Fault::kDropWhileTraining) {
+      ++injected_.dropped_while_training;
+      Vanish(i, now);
+      return Status::Ok();
+    }
+    double delay = 0.0;
+    if (update.ok()) {
+      const auto t = update->metrics().find("train_seconds");
+      const double trained = t != update->metrics().end() ? t->second : 0.0;
+      const uint32_t round = update->round();
+      const bool straggles = Straggles(m, seed, i, round);
+      if (straggles) ++injected_.stragglers;
+      const double takes = trained / Speed(m, seed, i) * (straggles ? m.straggler_factor : 1.0);
+      delay = std::max(0.0, takes - trained) +
+              LinkSeconds(m, seed, i, round, "link-up", update->ByteSizeLong(), config_.request_timeout_seconds);
+    }
+    auto shared = std::make_shared<StatusOr<wire::Update>>(std::move(update));
+    Later(now, delay, [this, i, fault, shared](TrainerPool&) -> Status {
+      auto it = active_.find(i);
+      if (it == active_.end()) return Status::Ok();
+      if (!shared->ok()) return it->second->AbandonTask(shared->status());
+      const wire::Update update = shared->value();
+      RETURN_IF_ERROR(it->second->SubmitUpdate(**shared));
+      if (fault == Fault::kDropAfterSending || fault == Fault::kCrashAfterSending) {
+        // Gone before its Ack: the session is kept (unread) for a second so
+        // that what it sent leaves, then closed.
+        zombies_.emplace_back(Clock::now() + std::chrono::seconds(1), std::move(it->second));
+        active_.erase(it);
+        faults_.erase(i);
+        wake_[i] = released_ + 2;
+        if (fault == Fault::kDropAfterSending) {
+          ++injected_.dropped_after_sending;
+        } else {
+          // It restarts with the update still in its outbox, and resends it.
+          ++injected_.crashed;
+          wake_[i] = UINT32_MAX;
+          Later(Clock::now(), config_.model.rejoin_seconds, [this, i, update](TrainerPool&) { return Rejoin(i, update); });
+        }
+      }
+      return Status::Ok();
+    });
+    return Status::Ok();
+  }
+
+  Status Rejoin(size_t i, const wire::Update& outbox) {
+    ASSIGN_OR_RETURN(client::SessionConfig sc,
+                     SessionConfigFor(static_cast<int>(i), config_, agg_config_, keys_, endpoint_,
+                                      data_.Examples(i), executor_));
+    sc.checkin = true;
+    sc.wake_by_timer = false;
+    ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, client::Session::Create(context_, sc));
+    RETURN_IF_ERROR(session->ResumeUpdate(outbox));
+    active_[i] = std::move(session);
+    return Status::Ok();
+  }
+
+  void Vanish(size_t i, Clock::time_point) {
+    active_.erase(i);
+    faults_.erase(i);
+    wake_[i] = released_ + 2;
+  }
+
+  void Later(Clock::time_point now, double seconds, std::function<Status(TrainerPool&)> action) {
+    due_.emplace(now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds)),
+                 std::move(action));
+  }
+
+  Status RunDue(TrainerPool& pool, Clock::time_point now) {
+    while (!due_.empty() && due_.begin()->first <= now) {
+      auto action = std::move(due_.begin()->second);
+      due_.erase(due_.begin());
+      RETURN_IF_ERROR(action(pool));
+    }
+    return Status::Ok();
+  }
+
   // round 7/20 | checked in 1234 | reporting 800/1000 | 1m02s elapsed | ETA 2m10s
   void ShowProgress(Clock::time_point now) {
     const wire::StatusReply& s = status_;
@@ -414,6 +528,8 @@ class CheckInFleet {
     released_ = round;
     for (size_t i = 0; i < wake_.size(); ++i) {
       if (wake_[i] > round || active_.count(i)) continue;
+      // Offline now: it checks in at the first round it is online.
+      if (!Available(config_.model, agg_config_.seed, i, round)) continue;
       ASSIGN_OR_RETURN(client::SessionConfig sc,
                        SessionConfigFor(static_cast<int>(i), config_, agg_config_, keys_, endpoint_,
                                         data_.Examples(i), executor_));
@@ -448,6 +564,10 @@ class CheckInFleet {
   uint64_t check_ins_ = 0;
   size_t peak_active_ = 0;
   size_t devices_ = 0;
+  DueAt due_;
+  std::map<size_t, Fault> faults_;  // this round's fault of each device with a task
+  std::vector<std::pair<Clock::time_point, std::unique_ptr<client::Session>>> zombies_;
+  InjectedFaults injected_;
 };
 
 // The final accuracy and loss: the last round that was evaluated.
@@ -543,6 +663,14 @@ class SimServer {
 
 Status CheckSimConfig(const SimConfig& config) {
   if (config.clients < 1) return InvalidArgument("need at least one client");
+  RETURN_IF_ERROR(config.model.Validate());
+  const FleetModel plain;
+  if (!config.aggregator.checkin.enabled &&
+      (config.model.any_fault() || config.model.availability != plain.availability ||
+       config.model.speed != plain.speed || config.model.latency_ms > 0 || config.model.bandwidth_mbps > 0 ||
+       config.model.loss > 0)) {
+    return InvalidArgument("a fleet's heterogeneity and faults are simulated on check-in fleets: add --checkin");
+  }
   if (!config.aggregator.model_personal.empty()) {
     // One trainer thread serves many simulated devices, so their personal
     // layers would mix.
@@ -624,6 +752,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   }
   uint64_t check_ins = 0;
   size_t peak_active = 0;
+  InjectedFaults injected;
   {
     TrainerPool pool(Workers(config), config.model_path, &data, keys.model_key, agg_config.federation);
     pool_slot = &pool;
@@ -632,6 +761,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
       client_status = fleet.Drive(pool, agg_stopped);
       check_ins = fleet.check_ins();
       peak_active = fleet.peak_active();
+      injected = fleet.injected();
     } else if (client_status.ok()) {
       client_status = DriveFleet(sessions, pool, agg_stopped);
     }
@@ -646,6 +776,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   ASSIGN_OR_RETURN(SimResult result, server->Result(start));
   result.check_ins = check_ins;
   result.peak_active_devices = peak_active;
+  result.injected = injected;
   RETURN_IF_ERROR(WriteOutputs(config, result));
   return result;
 }
@@ -740,6 +871,7 @@ StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard) 
     return InvalidArgument("shards drive check-in simulations (--checkin, as the server)");
   }
   if (config.clients < 1) return InvalidArgument("need at least one client");
+  RETURN_IF_ERROR(config.model.Validate());
   ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config));
   aggregator::AggregatorConfig agg_config = config.aggregator;
   ASSIGN_OR_RETURN(FleetKeys keys, MakeKeys(config, &agg_config, /*allowlist=*/false));
@@ -765,6 +897,7 @@ StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard) 
     result.devices = fleet.devices();
     result.check_ins = fleet.check_ins();
     result.peak_active = fleet.peak_active();
+    result.injected = fleet.injected();
   }
   progress.Clear();
   RETURN_IF_ERROR(status.WithContext("shard " + std::to_string(shard.index) + " of " + std::to_string(shard.count)));

@@ -13,6 +13,7 @@
 
 #include "aggregator/server.h"
 #include "core/status.h"
+#include "sim/fleet_model.h"
 #include "training/csv.h"
 #include "training/image_folder.h"
 
@@ -20,7 +21,14 @@ namespace flotilla::sim {
 
 struct SimConfig {
   int clients = 10;
-  std::string partition = "iid";  // iid | dirichlet:ALPHA | shards:K
+  std::string partition = "iid";  // iid | dirichlet:ALPHA | shards:K | windows:N (sim/fleet_data.h)
+  // With windows:N, how devices' data differ: sizes "fixed" (N each) or
+  // "powerlaw:ALPHA" (Pareto, mean N); label skew "none" or
+  // "dirichlet:ALPHA" (each device's class mix drawn from Dir(ALPHA)).
+  std::string sizes = "fixed";
+  std::string label_skew = "none";
+  // Availability, speeds, links and faults (sim/fleet_model.h).
+  FleetModel model;
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   // "fashion-mnist" (data_dir), or "csv:PATH": tabular records, test_fraction
   // of them held out for the aggregator's evaluation (see sim/fleet_data.h).
@@ -54,6 +62,12 @@ struct SimConfig {
   aggregator::AggregatorConfig aggregator;  // endpoint, rounds, fraction, training settings, seed
 };
 
+// Faults the devices' side injected (sim/fleet_model.h), by stage.
+struct InjectedFaults {
+  uint64_t dropped_before_training = 0, dropped_while_training = 0, dropped_after_sending = 0;
+  uint64_t crashed = 0, stragglers = 0, aggregator_restarts = 0;
+};
+
 struct SimResult {
   std::vector<aggregator::RoundSummary> rounds;
   double final_accuracy = 0.0;
@@ -66,6 +80,7 @@ struct SimResult {
   // session at once.
   uint64_t check_ins = 0;
   size_t peak_active_devices = 0;
+  InjectedFaults injected;
 };
 
 // Runs the whole simulation in this process; prints one line per round
@@ -102,6 +117,7 @@ struct ShardResult {
   uint64_t check_ins = 0;
   size_t peak_active = 0;   // devices holding a session at once
   double seconds = 0.0;
+  InjectedFaults injected;
 };
 StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard);
 
