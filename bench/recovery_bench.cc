@@ -25,7 +25,7 @@
 #include "privacy/keys.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 #include "training/model.h"
 
 using namespace flotilla;

@@ -1,14 +1,118 @@
 // flotilla sim: run a simulated federation (or its central baseline) on
 // Fashion-MNIST over the real aggregator and the real wire.
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/data_flags.h"
 #include "cli/flags.h"
 #include "core/log.h"
+#include "core/subprocess.h"
 #include "sim/report.h"
 #include "sim/simulation.h"
+
+namespace {
+
+// A scenario that kills the aggregator: the server runs as its own process
+// (flotilla sim serve, output in OUT/serve.log), the devices in this one.
+// When the round a restart is drawn for runs and has an update, the server
+// is killed (SIGKILL), and started again on its store on the same endpoint
+// after the scenario's down time.
+flotilla::StatusOr<flotilla::sim::SimResult> RunWithRestarts(const flotilla::sim::SimConfig& config,
+                                                             const std::vector<std::string>& scenario_args) {
+  using flotilla::InvalidArgument;
+  using Clock = std::chrono::steady_clock;
+  if (!config.aggregator.checkin.enabled) return InvalidArgument("aggregator restarts are simulated with --checkin");
+  const auto start = Clock::now();
+  std::error_code ec;
+  std::filesystem::create_directories(config.out_dir, ec);
+  const std::filesystem::path out(config.out_dir);
+  const std::string endpoint_file = (out / "endpoint").string();
+  std::filesystem::remove(endpoint_file, ec);
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+  if (ec) return flotilla::Unavailable("cannot find this executable: " + ec.message());
+  auto spawn = [&](const std::string& endpoint, bool resume) {
+    std::vector<std::string> args = {self, "sim", "serve"};
+    args.insert(args.end(), scenario_args.begin(), scenario_args.end());
+    args.insert(args.end(), {"--endpoint", endpoint, "--endpoint-file", endpoint_file, "--quiet"});
+    if (resume) args.push_back("--resume");
+    return flotilla::SpawnProcess(args, (out / "serve.log").string());
+  };
+  std::filesystem::remove(out / "serve.log", ec);
+  pid_t server = spawn(config.aggregator.endpoint, false);
+  if (server <= 0) return flotilla::Unavailable("cannot start the server process");
+  while (!std::filesystem::exists(endpoint_file) && Clock::now() - start < std::chrono::seconds(120)) {
+    if (::waitpid(server, nullptr, WNOHANG) == server)
+      return flotilla::Unavailable("the server process exited; see " + (out / "serve.log").string());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::string endpoint;
+  std::ifstream(endpoint_file) >> endpoint;
+  if (endpoint.empty()) return flotilla::Unavailable("the server did not say where it serves");
+  std::vector<uint32_t> restarts =
+      flotilla::sim::AggregatorRestartRounds(config.model, config.aggregator.seed, config.aggregator.rounds);
+  std::printf("aggregator restarts at round%s", restarts.size() == 1 ? "" : "s");
+  for (uint32_t r : restarts) std::printf(" %u", r);
+  std::printf(" (server: %s)\n", (out / "serve.log").string().c_str());
+  std::fflush(stdout);
+  size_t next = 0;
+  std::optional<Clock::time_point> down_until;
+  uint64_t killed = 0;
+  flotilla::sim::ShardSpec shard;
+  shard.join = endpoint;
+  shard.on_tick = [&](const flotilla::wire::StatusReply& status) {
+    if (down_until) {
+      if (Clock::now() < *down_until) return;
+      down_until.reset();
+      server = spawn(endpoint, true);
+      std::printf("aggregator started again on its store\n");
+      std::fflush(stdout);
+      return;
+    }
+    if (next < restarts.size() && status.round() == restarts[next] && status.round_active() &&
+        status.updates_received() > 0) {
+      ::kill(server, SIGKILL);
+      flotilla::WaitProcess(server);
+      ++killed;
+      std::printf("aggregator killed (SIGKILL) in round %u with %u updates recorded\n", status.round(),
+                  status.updates_received());
+      std::fflush(stdout);
+      ++next;
+      down_until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(config.model.aggregator_down_seconds));
+    }
+  };
+  flotilla::StatusOr<flotilla::sim::ShardResult> ran = flotilla::sim::RunShard(config, shard);
+  if (!ran.ok()) {
+    ::kill(server, SIGKILL);
+    flotilla::WaitProcess(server);
+    return ran.status();
+  }
+  const int rc = flotilla::WaitProcess(server);
+  if (rc != 0) return flotilla::Unavailable("the server exited with " + std::to_string(rc) + "; see " +
+                                            (out / "serve.log").string());
+  ASSIGN_OR_RETURN(flotilla::sim::SimResult result, flotilla::sim::ReadServedResult(config));
+  for (const auto& r : result.rounds) {
+    if (!config.quiet) std::printf("%s\n", flotilla::sim::FormatRound(r, config.aggregator.rounds).c_str());
+  }
+  result.check_ins = ran->check_ins;
+  result.peak_active_devices = ran->peak_active;
+  result.injected = ran->injected;
+  result.injected.aggregator_restarts = killed;
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  RETURN_IF_ERROR(flotilla::sim::WriteOutputs(config, result));
+  return result;
+}
+
+}  // namespace
 
 int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   // `flotilla sim serve ...` and `flotilla sim shard ...`: the same flags
@@ -25,6 +129,7 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   }
   argc = static_cast<int>(args.size());
   argv = args.data();
+  const std::vector<std::string> scenario_args(args.begin() + 1, args.end());
   flotilla::sim::SimConfig config;
   config.aggregator.endpoint = "tcp://127.0.0.1:*";
   std::string log_level = "warning";
@@ -208,9 +313,10 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
                 ran->peak_active, ran->seconds);
     return 0;
   }
-  flotilla::StatusOr<flotilla::sim::SimResult> result = mode == Mode::kServe
-                                                            ? flotilla::sim::ServeSimulation(config, serve)
-                                                            : flotilla::sim::RunSimulation(config);
+  flotilla::StatusOr<flotilla::sim::SimResult> result =
+      mode == Mode::kServe                              ? flotilla::sim::ServeSimulation(config, serve)
+      : config.model.aggregator_restarts > 0 ? RunWithRestarts(config, scenario_args)
+                                                        : flotilla::sim::RunSimulation(config);
   if (!result.ok()) {
     std::fprintf(stderr, "flotilla sim: %s\n", result.status().ToString().c_str());
     return 1;

@@ -288,6 +288,7 @@ class CheckInFleet {
                            std::to_string(static_cast<int>(patience)) + " s");
       }
       RETURN_IF_ERROR(PollObserver());
+      if (slice_.on_tick) slice_.on_tick(status_);
       sockets.clear();
       owners.clear();
       for (auto& [i, session] : active_) {
@@ -818,6 +819,13 @@ StatusOr<SimResult> ServeSimulation(const SimConfig& config, const ServeOptions&
   RETURN_IF_ERROR(server->agg().Run().WithContext("aggregator"));
   ASSIGN_OR_RETURN(SimResult result, server->Result(start));
   RETURN_IF_ERROR(WriteOutputs(config, result));
+  return result;
+}
+
+StatusOr<SimResult> ReadServedResult(const SimConfig& config) {
+  SimResult result;
+  ASSIGN_OR_RETURN(result.rounds, ReadRoundLog((std::filesystem::path(config.out_dir) / "rounds.jsonl").string()));
+  SetFinalFigures(&result);
   return result;
 }
 

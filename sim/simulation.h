@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -96,6 +97,9 @@ struct ShardSpec {
   int index = 0;
   int count = 1;
   std::string join;  // the serving endpoint, e.g. tcp://10.0.0.5:7400
+  // Called on every turn of the shard's loop with the server's last status
+  // (a supervisor that kills and restarts the server watches it).
+  std::function<void(const wire::StatusReply&)> on_tick;
 };
 // The shard's index and count from the flags when given, else from the
 // launcher that started the process: OpenMPI (OMPI_COMM_WORLD_RANK and
@@ -120,5 +124,9 @@ struct ShardResult {
   InjectedFaults injected;
 };
 StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard);
+
+// The run as a server left it in out_dir (its round log): for a supervisor
+// whose server ran as another process.
+StatusOr<SimResult> ReadServedResult(const SimConfig& config);
 
 }  // namespace flotilla::sim

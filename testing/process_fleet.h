@@ -17,7 +17,7 @@
 
 #include "client/session.h"
 #include "privacy/keys.h"
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 
 namespace flotilla::testing {
 

@@ -19,7 +19,7 @@
 #include "net/transport.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 
 using namespace flotilla;
 using namespace std::chrono_literals;

@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "cli/config_file.h"
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;

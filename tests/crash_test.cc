@@ -26,7 +26,7 @@
 #include "privacy/keys.h"
 #include "proto/codec.h"
 #include "testing/process_fleet.h"
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;

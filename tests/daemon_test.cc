@@ -20,7 +20,7 @@
 #include "client/pull.h"
 #include "privacy/keys.h"
 #include "testing/process_fleet.h"
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;

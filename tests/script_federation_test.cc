@@ -14,7 +14,7 @@
 #include "aggregator/store.h"
 #include "proto/codec.h"
 #include "testing/process_fleet.h"
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 #include "training/model.h"
 
 using namespace flotilla;

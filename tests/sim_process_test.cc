@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
@@ -122,5 +122,46 @@ TEST_CASE("Three shards started by mpirun write the same metrics as one process"
   const std::string one = ReadFile(dir / "one" / "metrics.csv");
   REQUIRE(std::count(one.begin(), one.end(), '\n') == 5);
   CHECK(ReadFile(dir / "many" / "metrics.csv") == one);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("With 30% dropouts and the aggregator killed and restarted, every round completes as without the kill",
+          "[sim][process][faults]") {
+  const fs::path dir = TempDir("faults");
+  std::vector<std::string> scenario = Scenario(dir / "calm", 3);
+  // Faults: 30% of the selected devices vanish (before, during or after
+  // training); a round's deadline closes it without them.
+  scenario.insert(scenario.end(), {"--dropout", "0.3", "--deadline", "4", "--request-timeout", "3"});
+  REQUIRE(RunSim(scenario, dir / "calm.log") == 0);
+  std::vector<std::string> killed = scenario;
+  for (auto& a : killed) {
+    if (a == (dir / "calm").string()) a = (dir / "killed").string();
+  }
+  killed.insert(killed.end(), {"--aggregator-restarts", "1", "--aggregator-down-seconds", "1"});
+  const int rc = RunSim(killed, dir / "killed.log");
+  const std::string log = ReadFile(dir / "killed.log");
+  INFO(log << ReadFile(dir / "killed" / "serve.log"));
+  REQUIRE(rc == 0);
+  CHECK(log.find("aggregator killed (SIGKILL) in round") != std::string::npos);
+  CHECK(log.find("aggregator started again on its store") != std::string::npos);
+  const std::string calm = ReadFile(dir / "calm" / "metrics.csv");
+  const std::string after_kill = ReadFile(dir / "killed" / "metrics.csv");
+  REQUIRE(std::count(after_kill.begin(), after_kill.end(), '\n') == 5);
+  // Every round completed (the second column), with the dropouts missing.
+  std::istringstream rows(after_kill);
+  std::string row;
+  std::getline(rows, row);
+  int unreported = 0;
+  while (std::getline(rows, row)) {
+    std::vector<std::string> cells;
+    std::stringstream cs(row);
+    for (std::string c; std::getline(cs, c, ',');) cells.push_back(c);
+    REQUIRE(cells.size() > 6);
+    CHECK(cells[1] == "1");
+    unreported += std::stoi(cells[6]);
+  }
+  CHECK(unreported > 0);
+  // The restart resumed the round with its recorded updates: the same run.
+  CHECK(after_kill == calm);
   fs::remove_all(dir);
 }

@@ -1,4 +1,4 @@
-#include "testing/subprocess.h"
+#include "core/subprocess.h"
 
 #include <sys/wait.h>
 #include <unistd.h>

@@ -1,5 +1,5 @@
-// Child processes for the tests and benchmarks that run the real
-// executables (crash tests, recovery benchmark).
+// Child processes: the simulator's supervisor (a server it kills and
+// restarts), and the tests and benchmarks that run the real executables.
 #pragma once
 
 #include <sys/types.h>
