@@ -264,8 +264,11 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
   dp_steps_.clear();
   below_clip_.clear();
   refused_ = 0;
-  selection_seconds_ =
-      config_.checkin.enabled ? std::chrono::duration<double>(now - selection_opened_).count() : 0.0;
+  // Waiting for check-ins: from when selection could close (its opening, or
+  // the end of the round it overlapped) to this start.
+  selection_seconds_ = config_.checkin.enabled
+                           ? std::chrono::duration<double>(now - std::max(selection_opened_, closed_)).count()
+                           : 0.0;
   active_ = true;
   started_ = now;
   deadline_ = started_ + Seconds(config_.round_deadline_seconds);
@@ -321,7 +324,11 @@ bool RoundEngine::Involves(const std::string& client_id) const {
 }
 
 bool RoundEngine::MaybeOpenSelection(Clock::time_point now) {
-  if (selecting_ || active_ || federation_done() || backoff_.Waiting(now)) return false;
+  // Selection opens when the running round has closed. (Opening it while
+  // the round trains, as Bonawitz et al. do, made rounds slower on two
+  // cores: the check-ins then compete with training for the same cores.)
+  if (selecting_ || active_ || federation_done() || backoff_.Waiting(now) || round_ + 1 > config_.rounds)
+    return false;
   selecting_ = true;
   selection_opened_ = last_checkin_ = now;
   held_.clear();
@@ -376,10 +383,13 @@ RoundEngine::CheckInAnswer RoundEngine::ComeBack(const std::string& client_id, C
 }
 
 StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vector<std::string>* released) {
-  if (!selecting_) return false;
+  if (!selecting_ || active_) return false;
   const size_t target = SelectionTarget();
   const bool enough = held_.size() >= target && now - last_checkin_ >= Seconds(config_.checkin.quiet_seconds);
-  const bool window = now - selection_opened_ >= Seconds(config_.checkin.window_seconds) &&
+  // The window counts from when selection could first close: its opening,
+  // or the end of the round it overlapped.
+  const Clock::time_point since = std::max(selection_opened_, closed_);
+  const bool window = now - since >= Seconds(config_.checkin.window_seconds) &&
                       held_.size() >= static_cast<size_t>(config_.min_clients);
   if (!enough && !window) return false;
   if (federation_done()) {

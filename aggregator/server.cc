@@ -152,38 +152,53 @@ Status Aggregator::Step(const net::Incoming& in) {
 
 Status Aggregator::AdvanceRounds() {
   const auto now = Clock::now();
-  bool started = false;
-  if (config_.checkin.enabled) {
+  // Check-in: selection for the next round (open while a round runs), and
+  // the round it starts when the running one has closed.
+  auto select = [&]() -> StatusOr<bool> {
     engine_->SetFleetSize(FleetSize());
     engine_->MaybeOpenSelection(now);
     std::vector<std::string> released;
-    ASSIGN_OR_RETURN(started, engine_->MaybeCloseSelection(now, &released));
+    ASSIGN_OR_RETURN(bool began, engine_->MaybeCloseSelection(now, &released));
     for (const auto& id : released) {
       auto it = clients_.find(id);
       if (it == clients_.end() || !it->second.parked_request) continue;
       const uint64_t request_id = *it->second.parked_request;
       it->second.parked_request.reset();
       ReplyComeBack(id, request_id,
-                    engine_->ComeBack(id, now, started ? "not selected for round " + std::to_string(engine_->round())
-                                                       : "the federation is over"));
+                    engine_->ComeBack(id, now, began ? "not selected for round " + std::to_string(engine_->round())
+                                                     : "the federation is over"));
     }
+    return began;
+  };
+  bool started = false;
+  if (config_.checkin.enabled) {
+    ASSIGN_OR_RETURN(started, select());
   } else {
     ASSIGN_OR_RETURN(started, engine_->MaybeStart(now, [this](const std::string& id) {
       return !zap_ || zap_->IsAllowed(id);
     }));
   }
-  if (started) {
-    // Hand tasks to the selected clients that are already waiting.
-    for (auto& [id, state] : clients_) {
-      if (state.parked_request && engine_->AwaitsTask(id)) SendTask(id, *state.parked_request);
-    }
-  }
+  if (started) SendTasksToParked();
   std::vector<SecureRound::Reply> secure_replies;
   StatusOr<bool> finished = engine_->MaybeFinish(now, &secure_replies);
   SendSecureReplies(std::move(secure_replies));
   RETURN_IF_ERROR(finished.status());
-  if (*finished) AnswerParked(false);
+  if (*finished) {
+    AnswerParked(false);
+    if (config_.checkin.enabled) {
+      // The next round's check-ins are held already: it may start now.
+      ASSIGN_OR_RETURN(started, select());
+      if (started) SendTasksToParked();
+    }
+  }
   return Status::Ok();
+}
+
+void Aggregator::SendTasksToParked() {
+  // Hand tasks to the selected clients that are already waiting.
+  for (auto& [id, state] : clients_) {
+    if (state.parked_request && engine_->AwaitsTask(id)) SendTask(id, *state.parked_request);
+  }
 }
 
 std::vector<std::string> Aggregator::client_ids() const {

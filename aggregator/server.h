@@ -113,6 +113,7 @@ class Aggregator {
   void HandleSecAgg(const std::string& client_id, const wire::Envelope& env);
   void SendSecureReplies(std::vector<SecureRound::Reply> replies);
   void SendTask(const std::string& client_id, uint64_t request_id);
+  void SendTasksToParked();
   void AnswerParked(bool keepalive_only);
   // Starts and closes rounds as the engine finds them due, and tells the
   // devices concerned.
