@@ -10,14 +10,7 @@ namespace flotilla::aggregator {
 Sample SampleDevices(std::vector<std::string> eligible, double fraction, uint64_t seed, uint32_t round) {
   const size_t n = eligible.size();
   const size_t k = std::min(n, std::max<size_t>(1, static_cast<size_t>(std::ceil(fraction * n - 1e-9))));
-  Sample s;
-  s.sampling_rate = n == 0 ? 0.0 : static_cast<double>(k) / static_cast<double>(n);
-  Rng rng(DeriveSeed(seed, "sample", round));
-  rng.Shuffle(&eligible);
-  eligible.resize(k);
-  std::sort(eligible.begin(), eligible.end());
-  s.selected = std::move(eligible);
-  return s;
+  return SampleCount(std::move(eligible), k, seed, round);
 }
 
 Sample SampleCount(std::vector<std::string> candidates, size_t k, uint64_t seed, uint32_t round) {

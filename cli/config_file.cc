@@ -55,6 +55,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "over_selection", "--over-selection");
     both("round", "selection_window", "--selection-window");
     both("round", "selection_quiet", "--selection-quiet");
+    both("round", "checkin_margin", "--checkin-margin");
     both("round", "min_come_back", "--min-come-back");
     both("round", "max_come_back", "--max-come-back");
     // [validation]

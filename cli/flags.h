@@ -234,6 +234,10 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--selection-quiet", c->checkin.quiet_seconds,
                   "Check-in: with enough held, selection closes once no check-in came for this long")
       ->capture_default_str();
+  app->add_option("--checkin-margin", c->checkin.checkin_margin,
+                  "Check-in: pace steering aims at this many check-ins per device a round selects")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 10.0));
   app->add_option("--min-come-back", c->checkin.min_come_back_seconds,
                   "Check-in: the shortest wait a ComeBack asks for (seconds)")
       ->capture_default_str();

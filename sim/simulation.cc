@@ -472,13 +472,18 @@ class CheckInFleet {
     return Status::Ok();
   }
 
-  Status Rejoin(size_t i, const wire::Update& outbox) {
+  // Device i connects and checks in (its keys derived again).
+  StatusOr<std::unique_ptr<client::Session>> CheckIn(size_t i) {
     ASSIGN_OR_RETURN(client::SessionConfig sc,
                      SessionConfigFor(static_cast<int>(i), config_, agg_config_, keys_, endpoint_,
                                       data_.Examples(i), executor_));
     sc.checkin = true;
     sc.wake_by_timer = false;
-    ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, client::Session::Create(context_, sc));
+    return client::Session::Create(context_, sc);
+  }
+
+  Status Rejoin(size_t i, const wire::Update& outbox) {
+    ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
     RETURN_IF_ERROR(session->ResumeUpdate(outbox));
     active_[i] = std::move(session);
     return Status::Ok();
@@ -531,12 +536,7 @@ class CheckInFleet {
       if (wake_[i] > round || active_.count(i)) continue;
       // Offline now: it checks in at the first round it is online.
       if (!Available(config_.model, agg_config_.seed, i, round)) continue;
-      ASSIGN_OR_RETURN(client::SessionConfig sc,
-                       SessionConfigFor(static_cast<int>(i), config_, agg_config_, keys_, endpoint_,
-                                        data_.Examples(i), executor_));
-      sc.checkin = true;
-      sc.wake_by_timer = false;
-      ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, client::Session::Create(context_, sc));
+      ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
       active_.emplace(i, std::move(session));
     }
     return Status::Ok();
@@ -683,6 +683,18 @@ Status CheckSimConfig(const SimConfig& config) {
   return Status::Ok();
 }
 
+// Runs SecAgg steps on the trainer pool while there is one (`*slot`), and
+// inline before it exists and after it is gone.
+std::function<void(std::function<void()>)> OnPoolOrInline(TrainerPool* const* slot) {
+  return [slot](std::function<void()> work) {
+    if (*slot != nullptr) {
+      (*slot)->SubmitWork(std::move(work));
+    } else {
+      work();
+    }
+  };
+}
+
 int Workers(const SimConfig& config) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return std::min(config.workers > 0 ? config.workers : cores, config.clients);
@@ -736,13 +748,7 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   Status client_status;
   std::vector<std::unique_ptr<client::Session>> sessions;
   TrainerPool* pool_slot = nullptr;
-  auto executor = [&pool_slot](std::function<void()> work) {
-    if (pool_slot != nullptr) {
-      pool_slot->SubmitWork(std::move(work));
-    } else {
-      work();
-    }
-  };
+  auto executor = OnPoolOrInline(&pool_slot);
   for (int i = 0; i < config.clients && client_status.ok() && !agg_config.checkin.enabled; ++i) {
     StatusOr<client::SessionConfig> sc = SessionConfigFor(i, config, agg_config, keys, agg->endpoint(),
                                                           data.Examples(static_cast<size_t>(i)), executor);
@@ -892,13 +898,7 @@ StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard) 
   ProgressLine progress(!config.quiet);
   std::atomic<bool> never{false};
   TrainerPool* pool_slot = nullptr;
-  auto executor = [&pool_slot](std::function<void()> work) {
-    if (pool_slot != nullptr) {
-      pool_slot->SubmitWork(std::move(work));
-    } else {
-      work();
-    }
-  };
+  auto executor = OnPoolOrInline(&pool_slot);
   ShardResult result;
   Status status;
   {
