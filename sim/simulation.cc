@@ -449,7 +449,7 @@ class CheckInFleet {
       auto it = active_.find(i);
       if (it == active_.end()) return Status::Ok();
       if (!shared->ok()) return it->second->AbandonTask(shared->status());
-      const wire::Update update = shared->value();
+      const wire::Update sent = shared->value();
       RETURN_IF_ERROR(it->second->SubmitUpdate(**shared));
       if (fault == Fault::kDropAfterSending || fault == Fault::kCrashAfterSending) {
         // Gone before its Ack: the session is kept (unread) for a second so
@@ -464,7 +464,7 @@ class CheckInFleet {
           // It restarts with the update still in its outbox, and resends it.
           ++injected_.crashed;
           wake_[i] = UINT32_MAX;
-          Later(Clock::now(), config_.model.rejoin_seconds, [this, i, update](TrainerPool&) { return Rejoin(i, update); });
+          Later(Clock::now(), config_.model.rejoin_seconds, [this, i, sent](TrainerPool&) { return Rejoin(i, sent); });
         }
       }
       return Status::Ok();
