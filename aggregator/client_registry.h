@@ -39,7 +39,7 @@ class ClientRegistry {
     uint32_t strikes = 0;                      // declines or refused updates in a row
     Clock::time_point paused_until{};
     int64_t paused_until_unix_ms = 0;
-    bool dirty = false;  // changed since its record was written
+    bool dirty = false;      // changed since its record was written
     bool checks_in = false;  // speaks the check-in protocol (answered ComeBack, not Wait)
   };
 

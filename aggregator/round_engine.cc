@@ -74,8 +74,9 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
     return refuse(wire::ERROR_UNEXPECTED, "plaintext_in_secure_round",
                   "this round uses secure aggregation: plaintext updates are refused");
   }
-  if (!active_ && update.round() == round_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
-      !received_.count(client_id) && !declined_.count(client_id)) {
+  if (!active_ && update.round() == round_ &&
+      std::binary_search(selected_.begin(), selected_.end(), client_id) && !received_.count(client_id) &&
+      !declined_.count(client_id)) {
     // Over-selection: the round kept the first updates and closed.
     return refuse(wire::ERROR_WRONG_ROUND, "round_closed",
                   "round " + std::to_string(round_) + " closed with enough updates; this one is not needed",
@@ -254,7 +255,8 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
   ++round_;
   sampling_rate_ = sampling_rate;
   selected_ = std::move(selected);
-  target_updates_ = config_.checkin.enabled ? std::min(selected_.size(), UpdatesPerRound()) : selected_.size();
+  target_updates_ =
+      config_.checkin.enabled ? std::min(selected_.size(), UpdatesPerRound()) : selected_.size();
   received_.clear();
   declined_.clear();
   norms_.clear();
@@ -302,7 +304,8 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
   }
   if (last_round_start_ != Clock::time_point{}) {
     const double period = std::chrono::duration<double>(now - last_round_start_).count();
-    round_period_seconds_ = round_period_seconds_ == 0.0 ? period : 0.7 * round_period_seconds_ + 0.3 * period;
+    round_period_seconds_ =
+        round_period_seconds_ == 0.0 ? period : 0.7 * round_period_seconds_ + 0.3 * period;
   }
   last_round_start_ = now;
   LOG_DEBUG("aggregator", "round " << round_ << " started with " << selected_.size() << " clients");
@@ -311,11 +314,13 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
 
 size_t RoundEngine::UpdatesPerRound() const {
   if (config_.checkin.clients_per_round > 0) return static_cast<size_t>(config_.checkin.clients_per_round);
-  return std::max<size_t>(1, static_cast<size_t>(std::ceil(config_.fraction * static_cast<double>(fleet_) - 1e-9)));
+  return std::max<size_t>(
+      1, static_cast<size_t>(std::ceil(config_.fraction * static_cast<double>(fleet_) - 1e-9)));
 }
 
 size_t RoundEngine::SelectionTarget() const {
-  return static_cast<size_t>(std::ceil(static_cast<double>(UpdatesPerRound()) * config_.checkin.over_selection - 1e-9));
+  return static_cast<size_t>(
+      std::ceil(static_cast<double>(UpdatesPerRound()) * config_.checkin.over_selection - 1e-9));
 }
 
 bool RoundEngine::Involves(const std::string& client_id) const {
@@ -332,16 +337,16 @@ bool RoundEngine::MaybeOpenSelection(Clock::time_point now) {
   selecting_ = true;
   selection_opened_ = last_checkin_ = now;
   held_.clear();
-  LOG_DEBUG("aggregator", "selection for round " << round_ + 1 << " open: wants " << SelectionTarget()
-                                                 << " check-ins");
+  LOG_DEBUG("aggregator",
+            "selection for round " << round_ + 1 << " open: wants " << SelectionTarget() << " check-ins");
   return true;
 }
 
 RoundEngine::CheckInAnswer RoundEngine::CheckIn(const std::string& client_id, Clock::time_point now,
                                                 const std::function<bool(const std::string&)>& eligible) {
   if (!selecting_) {
-    return ComeBack(client_id, now, active_ ? "round " + std::to_string(round_) + " is running"
-                                            : "no round is selecting");
+    return ComeBack(client_id, now,
+                    active_ ? "round " + std::to_string(round_) + " is running" : "no round is selecting");
   }
   if (held_.count(client_id)) return CheckInAnswer{true, 0, 0, {}};
   if (eligible && !eligible(client_id)) return ComeBack(client_id, now, "not eligible");
@@ -365,11 +370,13 @@ RoundEngine::CheckInAnswer RoundEngine::ComeBack(const std::string& client_id, C
   // The round after the running one (or after the one being selected: the
   // device was not taken for it).
   const uint32_t next = round_ + 1 + (selecting_ ? 1 : 0);
-  const double period = round_period_seconds_ > 0 ? round_period_seconds_
-                                                  : std::min(config_.round_deadline_seconds, config_.checkin.window_seconds);
+  const double period = round_period_seconds_ > 0
+                            ? round_period_seconds_
+                            : std::min(config_.round_deadline_seconds, config_.checkin.window_seconds);
   double left = 0.0;
   if (active_ || selecting_) {
-    left = std::max(0.0, period - std::chrono::duration<double>(now - (active_ ? started_ : selection_opened_)).count());
+    left = std::max(
+        0.0, period - std::chrono::duration<double>(now - (active_ ? started_ : selection_opened_)).count());
   }
   const ComeBackPlan plan =
       PlanComeBack(client_id, next, fleet_, static_cast<double>(SelectionTarget()) * c.checkin_margin, period,
@@ -403,7 +410,8 @@ StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vect
   // The sampling rate against the fleet: the chance a registered device is
   // in the round (held ones were chosen by availability, not by us).
   const double rate =
-      fleet_ > 0 ? std::min(1.0, static_cast<double>(sample.selected.size()) / static_cast<double>(fleet_)) : 1.0;
+      fleet_ > 0 ? std::min(1.0, static_cast<double>(sample.selected.size()) / static_cast<double>(fleet_))
+                 : 1.0;
   std::vector<std::string> chosen = sample.selected;
   ASSIGN_OR_RETURN(bool started, BeginRound(std::move(sample.selected), rate, now));
   if (!started) return false;  // the store refused the record: selection stays open
@@ -413,8 +421,9 @@ StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vect
     if (!std::binary_search(chosen.begin(), chosen.end(), id)) released->push_back(id);
   }
   held_.clear();
-  LOG_DEBUG("aggregator", "round " << round_ << ": selected " << selected_.size() << " of " << candidates.size()
-                                   << " check-ins (keeps the first " << target_updates_ << " updates)");
+  LOG_DEBUG("aggregator", "round " << round_ << ": selected " << selected_.size() << " of "
+                                   << candidates.size() << " check-ins (keeps the first " << target_updates_
+                                   << " updates)");
   return true;
 }
 

@@ -262,9 +262,9 @@ class RoundEngine {
   bool selecting_ = false;
   std::set<std::string> held_;
   Clock::time_point selection_opened_{}, last_checkin_{}, last_round_start_{};
-  double selection_seconds_ = 0.0;  // the running round's
-  int refused_ = 0;                 // the running round's refused updates
-  Clock::time_point closed_{};      // when the round closed (merge time from here)
+  double selection_seconds_ = 0.0;     // the running round's
+  int refused_ = 0;                    // the running round's refused updates
+  Clock::time_point closed_{};         // when the round closed (merge time from here)
   double round_period_seconds_ = 0.0;  // moving average of the time between round starts
 };
 

@@ -27,11 +27,13 @@ Sample SampleCount(std::vector<std::string> candidates, size_t k, uint64_t seed,
   return s;
 }
 
-ComeBackPlan PlanComeBack(const std::string& device, uint32_t next_round, size_t fleet, double wanted_per_round,
-                          double round_seconds, double current_left_seconds, uint64_t seed) {
+ComeBackPlan PlanComeBack(const std::string& device, uint32_t next_round, size_t fleet,
+                          double wanted_per_round, double round_seconds, double current_left_seconds,
+                          uint64_t seed) {
   // The fleet cycles through in `period` rounds; each device lands on one
   // of them uniformly.
-  const double period = std::max(1.0, std::floor(static_cast<double>(fleet) / std::max(1.0, wanted_per_round)));
+  const double period =
+      std::max(1.0, std::floor(static_cast<double>(fleet) / std::max(1.0, wanted_per_round)));
   Rng rng(DeriveSeed(seed, "come-back", next_round, DeriveSeed(0, device)));
   const uint32_t offset = static_cast<uint32_t>(rng.UniformInt(static_cast<uint64_t>(period)));
   ComeBackPlan plan;

@@ -30,11 +30,12 @@ Sample SampleCount(std::vector<std::string> candidates, size_t k, uint64_t seed,
 // about `wanted_per_round` devices check in for each round. Reproducible
 // from the seed, the device and the round it checked in for.
 struct ComeBackPlan {
-  uint32_t round = 0;     // the round to come back for
-  double seconds = 0.0;   // how long from now, at the current pace
+  uint32_t round = 0;    // the round to come back for
+  double seconds = 0.0;  // how long from now, at the current pace
 };
-ComeBackPlan PlanComeBack(const std::string& device, uint32_t next_round, size_t fleet, double wanted_per_round,
-                          double round_seconds, double current_left_seconds, uint64_t seed);
+ComeBackPlan PlanComeBack(const std::string& device, uint32_t next_round, size_t fleet,
+                          double wanted_per_round, double round_seconds, double current_left_seconds,
+                          uint64_t seed);
 
 // After a failed round the next waits `base` seconds, doubling with every
 // failure in a row up to `max`; a completed round resets it.

@@ -93,8 +93,9 @@ Status RoundEngine::ResumeRound(const records::RoundRecord& running) {
   selected_.assign(running.selected().begin(), running.selected().end());
   std::sort(selected_.begin(), selected_.end());
   // Over-selection's N (older records have none: every selected device).
-  target_updates_ = running.target_updates() > 0 ? std::min<size_t>(running.target_updates(), selected_.size())
-                                                 : selected_.size();
+  target_updates_ = running.target_updates() > 0
+                        ? std::min<size_t>(running.target_updates(), selected_.size())
+                        : selected_.size();
   sampling_rate_ = running.sampling_rate();
   RETURN_IF_ERROR(RecoverUpdates());
   active_ = true;

@@ -134,8 +134,9 @@ Status Aggregator::Run() {
       });
       // Under check-in most devices are away: they learn of the end when
       // they next check in, during the grace period (or from a pull).
-      if (!config_.keep_serving && ((all_told && !config_.checkin.enabled) ||
-                                    now - *finished_at_ > std::chrono::duration<double>(config_.finish_grace_seconds))) {
+      if (!config_.keep_serving &&
+          ((all_told && !config_.checkin.enabled) ||
+           now - *finished_at_ > std::chrono::duration<double>(config_.finish_grace_seconds))) {
         break;
       }
     }
@@ -165,8 +166,9 @@ Status Aggregator::AdvanceRounds() {
       const uint64_t request_id = *it->second.parked_request;
       it->second.parked_request.reset();
       ReplyComeBack(id, request_id,
-                    engine_->ComeBack(id, now, began ? "not selected for round " + std::to_string(engine_->round())
-                                                     : "the federation is over"));
+                    engine_->ComeBack(id, now,
+                                      began ? "not selected for round " + std::to_string(engine_->round())
+                                            : "the federation is over"));
     }
     return began;
   };
@@ -315,7 +317,8 @@ void Aggregator::HandleDecline(const std::string& client_id, const wire::Envelop
   wire::Envelope ack;
   ack.mutable_ack()->set_round(env.decline().round());
   if (config_.checkin.enabled && clients_[client_id].checks_in) {
-    FillComeBack(engine_->ComeBack(client_id, Clock::now(), "declined"), ack.mutable_ack()->mutable_come_back());
+    FillComeBack(engine_->ComeBack(client_id, Clock::now(), "declined"),
+                 ack.mutable_ack()->mutable_come_back());
   }
   ReplyToClient(client_id, env.request_id(), std::move(ack));
 }
@@ -401,8 +404,9 @@ Status Aggregator::HandleCheckIn(const net::Incoming& in, const wire::Envelope& 
   if (!known.ok()) {
     if (!known.status().retryable()) return known.status();
     LOG_ERROR("aggregator", "could not read device record: " << known.status().message());
-    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_INTERNAL, "the aggregator could not read this "
-                                                                      "device's record; retry");
+    ReplyError(in.peer, tag, env.request_id(), wire::ERROR_INTERNAL,
+               "the aggregator could not read this "
+               "device's record; retry");
     return Status::Ok();
   }
   clients_.Register(client_id, in.peer, check_in.hello(), NowUnixMs());
@@ -445,8 +449,8 @@ void Aggregator::FlushRegistry(bool force) {
   }
   for (const auto& id : away) clients_.Forget(id);
   if (joined_since_log_ > 0 && (force || now - last_join_log_ > std::chrono::seconds(10))) {
-    LOG_INFO("aggregator", joined_since_log_ << " devices registered since the last such line; " << known_clients_
-                                             << " known, " << clients_.size() << " active");
+    LOG_INFO("aggregator", joined_since_log_ << " devices registered since the last such line; "
+                                             << known_clients_ << " known, " << clients_.size() << " active");
     joined_since_log_ = 0;
     last_join_log_ = now;
   }

@@ -27,7 +27,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const int fleet = std::atoi(argv[1]), k = std::atoi(argv[2]), rounds = std::atoi(argv[3]);
-  const int threads = argc > 4 ? std::atoi(argv[4]) : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads =
+      argc > 4 ? std::atoi(argv[4]) : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   sim::SimConfig config;
   config.clients = fleet;
   config.partition = "windows:60";
@@ -38,7 +39,8 @@ int main(int argc, char** argv) {
   }
   training::SetTorchThreads(1);
   std::vector<std::unique_ptr<training::ModelRunner>> runners;
-  for (int t = 0; t < threads; ++t) runners.push_back(std::move(training::ModelRunner::Create("logreg", 1)).value());
+  for (int t = 0; t < threads; ++t)
+    runners.push_back(std::move(training::ModelRunner::Create("logreg", 1)).value());
   Weights global = runners[0]->GetWeights();
   training::TrainConfig tc;
   tc.epochs = 1;
@@ -85,7 +87,7 @@ int main(int argc, char** argv) {
   double later = 0;
   for (size_t i = 1; i < seconds.size(); ++i) later += seconds[i];
   const double per_round = seconds.size() > 1 ? later / static_cast<double>(seconds.size() - 1) : seconds[0];
-  std::printf("{\"fleet\": %d, \"per_round\": %d, \"threads\": %d, \"seconds_per_round\": %.4f}\n", fleet, k, threads,
-              per_round);
+  std::printf("{\"fleet\": %d, \"per_round\": %d, \"threads\": %d, \"seconds_per_round\": %.4f}\n", fleet, k,
+              threads, per_round);
   return 0;
 }

@@ -22,10 +22,10 @@
 #include "client/pull.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "core/subprocess.h"
 #include "privacy/keys.h"
 #include "privacy/signing.h"
 #include "proto/codec.h"
-#include "core/subprocess.h"
 #include "training/model.h"
 
 using namespace flotilla;

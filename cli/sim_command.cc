@@ -30,7 +30,8 @@ flotilla::StatusOr<flotilla::sim::SimResult> RunWithRestarts(const flotilla::sim
                                                              const std::vector<std::string>& scenario_args) {
   using flotilla::InvalidArgument;
   using Clock = std::chrono::steady_clock;
-  if (!config.aggregator.checkin.enabled) return InvalidArgument("aggregator restarts are simulated with --checkin");
+  if (!config.aggregator.checkin.enabled)
+    return InvalidArgument("aggregator restarts are simulated with --checkin");
   const auto start = Clock::now();
   std::error_code ec;
   std::filesystem::create_directories(config.out_dir, ec);
@@ -97,8 +98,9 @@ flotilla::StatusOr<flotilla::sim::SimResult> RunWithRestarts(const flotilla::sim
     return ran.status();
   }
   const int rc = flotilla::WaitProcess(server);
-  if (rc != 0) return flotilla::Unavailable("the server exited with " + std::to_string(rc) + "; see " +
-                                            (out / "serve.log").string());
+  if (rc != 0)
+    return flotilla::Unavailable("the server exited with " + std::to_string(rc) + "; see " +
+                                 (out / "serve.log").string());
   ASSIGN_OR_RETURN(flotilla::sim::SimResult result, flotilla::sim::ReadServedResult(config));
   for (const auto& r : result.rounds) {
     if (!config.quiet) std::printf("%s\n", flotilla::sim::FormatRound(r, config.aggregator.rounds).c_str());
@@ -133,18 +135,19 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   flotilla::sim::SimConfig config;
   config.aggregator.endpoint = "tcp://127.0.0.1:*";
   std::string log_level = "warning";
-  CLI::App app{mode == Mode::kServe
-                   ? "flotilla sim serve: the aggregator of a check-in simulation split across processes or "
-                     "hosts, with its evaluation and outputs (OUT/metrics.csv, timing.csv, rounds.json, "
-                     "summary.json); shards (flotilla sim shard) join it. Every key derives from the seed."
-               : mode == Mode::kShard
-                   ? "flotilla sim shard: drives the devices i with i % N == I of a check-in simulation "
-                     "against a server (flotilla sim serve) at --join; takes I and N from --index/--of or "
-                     "from mpirun, srun or a Kubernetes Indexed Job. Pass the server's scenario flags."
-                   : "Flotilla fleet simulator: an aggregator and N clients over TCP on loopback, training on "
-                     "Fashion-MNIST. Prints one line per round and writes OUT/metrics.csv (reproducible "
-                     "figures), OUT/timing.csv, OUT/rounds.json and OUT/summary.json. Subcommands for "
-                     "several processes: serve, shard (docs/simulator.md)."};
+  CLI::App app{
+      mode == Mode::kServe
+          ? "flotilla sim serve: the aggregator of a check-in simulation split across processes or "
+            "hosts, with its evaluation and outputs (OUT/metrics.csv, timing.csv, rounds.json, "
+            "summary.json); shards (flotilla sim shard) join it. Every key derives from the seed."
+      : mode == Mode::kShard
+          ? "flotilla sim shard: drives the devices i with i % N == I of a check-in simulation "
+            "against a server (flotilla sim serve) at --join; takes I and N from --index/--of or "
+            "from mpirun, srun or a Kubernetes Indexed Job. Pass the server's scenario flags."
+          : "Flotilla fleet simulator: an aggregator and N clients over TCP on loopback, training on "
+            "Fashion-MNIST. Prints one line per round and writes OUT/metrics.csv (reproducible "
+            "figures), OUT/timing.csv, OUT/rounds.json and OUT/summary.json. Subcommands for "
+            "several processes: serve, shard (docs/simulator.md)."};
   bool print_config = false;
   flotilla::cli::PrepareApp(&app, &print_config);
   flotilla::sim::ServeOptions serve;
@@ -153,7 +156,8 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
     app.add_flag("--resume", serve.resume,
                  "Continue the store in --out (after this server was stopped or killed) instead of starting "
                  "fresh");
-    app.add_option("--endpoint-file", serve.endpoint_file, "Write the bound endpoint to this file once serving");
+    app.add_option("--endpoint-file", serve.endpoint_file,
+                   "Write the bound endpoint to this file once serving");
     app.add_option("--finish-grace", serve.finish_grace_seconds,
                    "Seconds to keep answering after the last round, so every shard learns it")
         ->capture_default_str();
@@ -216,7 +220,8 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
       ->check(CLI::Range(0.0, 1.0));
   // A scenario's fleet and faults (sim/fleet_model.h, docs/simulator.md).
   flotilla::sim::FleetModel& m = config.model;
-  app.add_option("--sizes", config.sizes, "windows:N partitions: device sizes, fixed or powerlaw:ALPHA (mean N)")
+  app.add_option("--sizes", config.sizes,
+                 "windows:N partitions: device sizes, fixed or powerlaw:ALPHA (mean N)")
       ->capture_default_str();
   app.add_option("--label-skew", config.label_skew,
                  "windows:N partitions: none or dirichlet:ALPHA (each device's class mix from Dir(ALPHA))")
@@ -224,18 +229,23 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   app.add_option("--availability", m.availability,
                  "Check-in fleets: always, bernoulli:P, or diurnal:P:A:PERIOD (a day of PERIOD rounds)")
       ->capture_default_str();
-  app.add_option("--speed", m.speed, "Compute speed per device: same or lognormal:SIGMA")->capture_default_str();
+  app.add_option("--speed", m.speed, "Compute speed per device: same or lognormal:SIGMA")
+      ->capture_default_str();
   app.add_option("--latency-ms", m.latency_ms, "One-way link latency per message")->capture_default_str();
-  app.add_option("--bandwidth-mbps", m.bandwidth_mbps, "Link bandwidth (0 = unlimited)")->capture_default_str();
-  app.add_option("--link-loss", m.loss, "Probability a message is lost (costs a request timeout, then resent)")
+  app.add_option("--bandwidth-mbps", m.bandwidth_mbps, "Link bandwidth (0 = unlimited)")
       ->capture_default_str();
-  app.add_option("--dropout", m.dropout,
-                 "FAULT: probability a selected device vanishes in a round (before training, while training or "
-                 "after sending)")
+  app.add_option("--link-loss", m.loss,
+                 "Probability a message is lost (costs a request timeout, then resent)")
       ->capture_default_str();
-  app.add_option("--crash", m.crash,
-                 "FAULT: probability a selected device crashes after sending, before its Ack, and rejoins with its "
-                 "outbox")
+  app.add_option(
+         "--dropout", m.dropout,
+         "FAULT: probability a selected device vanishes in a round (before training, while training or "
+         "after sending)")
+      ->capture_default_str();
+  app.add_option(
+         "--crash", m.crash,
+         "FAULT: probability a selected device crashes after sending, before its Ack, and rejoins with its "
+         "outbox")
       ->capture_default_str();
   app.add_option("--rejoin-seconds", m.rejoin_seconds, "FAULT: seconds before a crashed device rejoins")
       ->capture_default_str();
@@ -243,9 +253,10 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
       ->capture_default_str();
   app.add_option("--straggler-factor", m.straggler_factor, "FAULT: how many times slower a straggler trains")
       ->capture_default_str();
-  app.add_option("--aggregator-restarts", m.aggregator_restarts,
-                 "FAULT: kill the aggregator (its own process) this many times while a round runs, and start it "
-                 "again on its store")
+  app.add_option(
+         "--aggregator-restarts", m.aggregator_restarts,
+         "FAULT: kill the aggregator (its own process) this many times while a round runs, and start it "
+         "again on its store")
       ->capture_default_str();
   app.add_option("--aggregator-down-seconds", m.aggregator_down_seconds,
                  "FAULT: seconds the killed aggregator stays down")
@@ -314,9 +325,9 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
     return 0;
   }
   flotilla::StatusOr<flotilla::sim::SimResult> result =
-      mode == Mode::kServe                              ? flotilla::sim::ServeSimulation(config, serve)
+      mode == Mode::kServe                   ? flotilla::sim::ServeSimulation(config, serve)
       : config.model.aggregator_restarts > 0 ? RunWithRestarts(config, scenario_args)
-                                                        : flotilla::sim::RunSimulation(config);
+                                             : flotilla::sim::RunSimulation(config);
   if (!result.ok()) {
     std::fprintf(stderr, "flotilla sim: %s\n", result.status().ToString().c_str());
     return 1;

@@ -94,8 +94,8 @@ Status Session::GoAway(const wire::ComeBack& come_back) {
   outstanding_id_ = 0;
   come_back_round_ = come_back.round();
   wake_at_ = Clock::now() + std::chrono::milliseconds(come_back.after_ms());
-  LOG_DEBUG("client", config_.name << ": away until round " << come_back.round() << " (" << come_back.after_ms()
-                                   << " ms): " << come_back.reason());
+  LOG_DEBUG("client", config_.name << ": away until round " << come_back.round() << " ("
+                                   << come_back.after_ms() << " ms): " << come_back.reason());
   return Status::Ok();
 }
 

@@ -104,7 +104,8 @@ StatusOr<int64_t> ParseWindows(const std::string& spec) {
   char* end = nullptr;
   const long long n = std::strtoll(spec.c_str() + prefix.size(), &end, 10);
   if (end == spec.c_str() + prefix.size() || *end != '\0' || n < 1 || n > 1000000) {
-    return InvalidArgument("partition '" + spec + "': windows:N needs N, the examples per device, in 1..1000000");
+    return InvalidArgument("partition '" + spec +
+                           "': windows:N needs N, the examples per device, in 1..1000000");
   }
   return static_cast<int64_t>(n);
 }
@@ -117,8 +118,8 @@ StatusOr<double> ParseAlpha(const std::string& spec, const char* what, const cha
   char* end = nullptr;
   const double alpha = spec.rfind(prefix, 0) == 0 ? std::strtod(spec.c_str() + prefix.size(), &end) : NAN;
   if (end == nullptr || *end != '\0' || !(alpha > min_alpha) || alpha > 1000) {
-    return InvalidArgument(std::string(what) + " '" + spec + "': use " + none + " or " + law + ":ALPHA (ALPHA > " +
-                           std::to_string(min_alpha).substr(0, 3) + ")");
+    return InvalidArgument(std::string(what) + " '" + spec + "': use " + none + " or " + law +
+                           ":ALPHA (ALPHA > " + std::to_string(min_alpha).substr(0, 3) + ")");
   }
   return alpha;
 }
@@ -127,14 +128,17 @@ StatusOr<FleetData> LoadShares(const SimConfig& config, bool device_data) {
   ASSIGN_OR_RETURN(training::DataSourceName source, training::ParseDataSource(config.data_source));
   ASSIGN_OR_RETURN(const int64_t window, ParseWindows(config.partition));
   ASSIGN_OR_RETURN(const double size_alpha, ParseAlpha(config.sizes, "sizes", "fixed", "powerlaw", 1.0));
-  ASSIGN_OR_RETURN(const double skew_alpha, ParseAlpha(config.label_skew, "label skew", "none", "dirichlet", 0.0));
+  ASSIGN_OR_RETURN(const double skew_alpha,
+                   ParseAlpha(config.label_skew, "label skew", "none", "dirichlet", 0.0));
   if (window == 0 && (size_alpha > 0 || skew_alpha > 0)) {
-    return InvalidArgument("sizes and label skew shape windows:N partitions (other partitions have their own: "
-                           "dirichlet:ALPHA, shards:K)");
+    return InvalidArgument(
+        "sizes and label skew shape windows:N partitions (other partitions have their own: "
+        "dirichlet:ALPHA, shards:K)");
   }
   if (window > 0 && source.kind != "fashion-mnist" && !source.kind.empty()) {
-    return InvalidArgument("partition windows:N is for Fashion-MNIST fleets; CSV and image sources "
-                           "standardize per device and take iid, dirichlet or shards");
+    return InvalidArgument(
+        "partition windows:N is for Fashion-MNIST fleets; CSV and image sources "
+        "standardize per device and take iid, dirichlet or shards");
   }
   if (source.kind == "csv") return LoadCsvFleet(config, source.path);
   if (source.kind == "images") return LoadImageFleet(config, source.path);
@@ -172,7 +176,8 @@ StatusOr<FleetData> LoadShares(const SimConfig& config, bool device_data) {
     data.seed = DeriveSeed(config.aggregator.seed, "windows");
     if (skew_alpha > 0) {
       data.by_class.resize(static_cast<size_t>(train.num_classes));
-      for (int64_t idx : data.order) data.by_class[static_cast<size_t>(train.labels[static_cast<size_t>(idx)])].push_back(idx);
+      for (int64_t idx : data.order)
+        data.by_class[static_cast<size_t>(train.labels[static_cast<size_t>(idx)])].push_back(idx);
     }
     data.train = std::make_shared<const Dataset>(std::move(train));
     data.test = std::make_shared<const Dataset>(std::move(test));
@@ -192,7 +197,8 @@ StatusOr<FleetData> LoadShares(const SimConfig& config, bool device_data) {
 }  // namespace
 
 int64_t FleetData::HeldOutCount(int64_t size) const {
-  return std::min(size - 1, static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(size) - 1e-9)));
+  return std::min(size - 1,
+                  static_cast<int64_t>(std::ceil(window_held_out * static_cast<double>(size) - 1e-9)));
 }
 
 int64_t FleetData::WindowSize(size_t i) const {
@@ -230,9 +236,10 @@ std::vector<int64_t> FleetData::WindowIndices(size_t i) const {
     for (size_t c = 0; c < by_class.size() && left > 0; ++c) {
       const auto& pool = by_class[c];
       if (pool.empty()) continue;
-      int64_t k = c + 1 == by_class.size() ? left
-                                           : std::min<int64_t>(left, std::llround(static_cast<double>(size) * p[c] /
-                                                                                  std::max(total, 1e-300)));
+      int64_t k = c + 1 == by_class.size()
+                      ? left
+                      : std::min<int64_t>(
+                            left, std::llround(static_cast<double>(size) * p[c] / std::max(total, 1e-300)));
       const uint64_t start = engine() % pool.size();
       for (int64_t j = 0; j < k; ++j) out.push_back(pool[(start + static_cast<uint64_t>(j)) % pool.size()]);
       left -= k;
@@ -246,8 +253,9 @@ std::vector<int64_t> FleetData::WindowIndices(size_t i) const {
     return out;
   }
   const uint64_t start =
-      size_alpha > 0 ? DeriveSeed(seed, "device-start", i) % n
-                     : static_cast<uint64_t>((static_cast<unsigned __int128>(i) * static_cast<uint64_t>(window)) % n);
+      size_alpha > 0
+          ? DeriveSeed(seed, "device-start", i) % n
+          : static_cast<uint64_t>((static_cast<unsigned __int128>(i) * static_cast<uint64_t>(window)) % n);
   for (int64_t k = 0; k < size; ++k) out.push_back(order[(start + static_cast<uint64_t>(k)) % n]);
   return out;
 }
@@ -263,7 +271,8 @@ training::DataView FleetData::HeldOut(size_t i) const {
   if (window == 0) return held_out[i];
   std::vector<int64_t> all = WindowIndices(i);
   const size_t held = static_cast<size_t>(HeldOutCount(static_cast<int64_t>(all.size())));
-  return training::DataView{train, std::vector<int64_t>(all.end() - static_cast<std::ptrdiff_t>(held), all.end())};
+  return training::DataView{train,
+                            std::vector<int64_t>(all.end() - static_cast<std::ptrdiff_t>(held), all.end())};
 }
 
 StatusOr<FleetData> LoadFleetData(const SimConfig& config, bool device_data) {

@@ -40,15 +40,15 @@ double Uniform(uint64_t seed, const char* label, uint64_t a, uint64_t b) {
 Status FleetModel::Validate() const {
   const std::vector<std::string> a = Split(availability);
   double x = 0, y = 0, z = 0;
-  const bool avail_ok =
-      (a.size() == 1 && a[0] == "always") ||
-      (a.size() == 2 && a[0] == "bernoulli" && Number(a[1], &x) && x > 0 && x <= 1) ||
-      (a.size() == 4 && a[0] == "diurnal" && Number(a[1], &x) && Number(a[2], &y) && Number(a[3], &z) && x > 0 &&
-       x <= 1 && y >= 0 && y <= 1 && z >= 1);
+  const bool avail_ok = (a.size() == 1 && a[0] == "always") ||
+                        (a.size() == 2 && a[0] == "bernoulli" && Number(a[1], &x) && x > 0 && x <= 1) ||
+                        (a.size() == 4 && a[0] == "diurnal" && Number(a[1], &x) && Number(a[2], &y) &&
+                         Number(a[3], &z) && x > 0 && x <= 1 && y >= 0 && y <= 1 && z >= 1);
   if (!avail_ok) {
-    return InvalidArgument("availability '" + availability +
-                           "': use always, bernoulli:P (0 < P <= 1) or diurnal:P:A:PERIOD (A in [0, 1], PERIOD "
-                           ">= 1 rounds)");
+    return InvalidArgument(
+        "availability '" + availability +
+        "': use always, bernoulli:P (0 < P <= 1) or diurnal:P:A:PERIOD (A in [0, 1], PERIOD "
+        ">= 1 rounds)");
   }
   const std::vector<std::string> s = Split(speed);
   if (!((s.size() == 1 && s[0] == "same") ||
@@ -114,7 +114,7 @@ Fault FaultFor(const FleetModel& m, uint64_t seed, uint64_t device, uint32_t rou
   const double u = Uniform(seed, "fault", device, round);
   if (u < m.dropout) {
     const double stage = u / m.dropout;  // uniform in [0, 1) given a dropout
-    return stage < 1.0 / 3 ? Fault::kDropBeforeTraining
+    return stage < 1.0 / 3   ? Fault::kDropBeforeTraining
            : stage < 2.0 / 3 ? Fault::kDropWhileTraining
                              : Fault::kDropAfterSending;
   }

@@ -1,5 +1,7 @@
 #include "sim/report.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -9,7 +11,6 @@
 #include <optional>
 
 #include "core/log.h"
-#include <unistd.h>
 
 namespace flotilla::sim {
 
@@ -21,7 +22,8 @@ std::string ProgressLine::Duration(double seconds) {
   if (seconds < 60) {
     std::snprintf(out, sizeof(out), "%.1fs", seconds);
   } else if (seconds < 3600) {
-    std::snprintf(out, sizeof(out), "%dm%02ds", static_cast<int>(seconds) / 60, static_cast<int>(seconds) % 60);
+    std::snprintf(out, sizeof(out), "%dm%02ds", static_cast<int>(seconds) / 60,
+                  static_cast<int>(seconds) % 60);
   } else {
     std::snprintf(out, sizeof(out), "%dh%02dm", static_cast<int>(seconds) / 3600,
                   static_cast<int>(seconds) % 3600 / 60);
@@ -98,8 +100,8 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
   }
   if (r.selection_seconds > 0) {
     // Check-in: waiting for check-ins, training and reporting, merging.
-    std::snprintf(line, sizeof(line), "  wait/train/merge %.1f/%.1f/%.1fs", r.selection_seconds, r.train_seconds,
-                  r.merge_seconds);
+    std::snprintf(line, sizeof(line), "  wait/train/merge %.1f/%.1f/%.1fs", r.selection_seconds,
+                  r.train_seconds, r.merge_seconds);
     out += line;
   }
   if (r.epsilon) {
@@ -167,8 +169,8 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
                         static_cast<long long>(refused), static_cast<long long>(unreported)));
   }
   const InjectedFaults& f = result.injected;
-  if (f.dropped_before_training + f.dropped_while_training + f.dropped_after_sending + f.crashed + f.stragglers +
-          f.aggregator_restarts >
+  if (f.dropped_before_training + f.dropped_while_training + f.dropped_after_sending + f.crashed +
+          f.stragglers + f.aggregator_restarts >
       0) {
     add("faults injected",
         fmt("%llu dropped (%llu before training, %llu while, %llu after sending), %llu crashed and rejoined, "
@@ -177,12 +179,13 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
                                             f.dropped_after_sending),
             static_cast<unsigned long long>(f.dropped_before_training),
             static_cast<unsigned long long>(f.dropped_while_training),
-            static_cast<unsigned long long>(f.dropped_after_sending), static_cast<unsigned long long>(f.crashed),
-            static_cast<unsigned long long>(f.stragglers), static_cast<unsigned long long>(f.aggregator_restarts)));
+            static_cast<unsigned long long>(f.dropped_after_sending),
+            static_cast<unsigned long long>(f.crashed), static_cast<unsigned long long>(f.stragglers),
+            static_cast<unsigned long long>(f.aggregator_restarts)));
   }
   if (result.check_ins > 0) {
-    add("check-ins", fmt("%llu, at most %zu devices connected at once", static_cast<unsigned long long>(result.check_ins),
-                         result.peak_active_devices));
+    add("check-ins", fmt("%llu, at most %zu devices connected at once",
+                         static_cast<unsigned long long>(result.check_ins), result.peak_active_devices));
   }
   if (best >= 0) {
     add("test accuracy", fmt("%.4f final, %.4f best (%s %u)", result.final_accuracy, best,
@@ -220,32 +223,33 @@ std::optional<double> OptionalOf(const nlohmann::json& j, const char* key) {
 }  // namespace
 
 nlohmann::json RoundToJson(const aggregator::RoundSummary& r) {
-  return {{"round", r.round},
-          {"completed", r.completed},
-          {"selected", r.selected},
-          {"received", r.received},
-          {"declined", r.declined},
-          {"refused", r.refused},
-          {"unreported", r.unreported},
-          {"examples", r.total_examples},
-          {"train_loss", std::isfinite(r.mean_train_loss) ? nlohmann::json(r.mean_train_loss) : nlohmann::json()},
-          {"test_loss", Optional(r.test_loss)},
-          {"test_accuracy", Optional(r.test_accuracy)},
-          {"test_auc", Optional(r.test_auc)},
-          {"test_mae", Optional(r.test_mae)},
-          {"federated_examples", r.federated_examples},
-          {"federated_loss", Optional(r.federated_loss)},
-          {"federated_accuracy", Optional(r.federated_accuracy)},
-          {"model_version", r.model_version},
-          {"epsilon", Optional(r.epsilon)},
-          {"clip_norm", Optional(r.clip_norm)},
-          {"secure", r.secure},
-          {"seconds", r.seconds},
-          {"selection_seconds", r.selection_seconds},
-          {"train_seconds", r.train_seconds},
-          {"merge_seconds", r.merge_seconds},
-          {"bytes_in", r.bytes_in},
-          {"bytes_out", r.bytes_out}};
+  return {
+      {"round", r.round},
+      {"completed", r.completed},
+      {"selected", r.selected},
+      {"received", r.received},
+      {"declined", r.declined},
+      {"refused", r.refused},
+      {"unreported", r.unreported},
+      {"examples", r.total_examples},
+      {"train_loss", std::isfinite(r.mean_train_loss) ? nlohmann::json(r.mean_train_loss) : nlohmann::json()},
+      {"test_loss", Optional(r.test_loss)},
+      {"test_accuracy", Optional(r.test_accuracy)},
+      {"test_auc", Optional(r.test_auc)},
+      {"test_mae", Optional(r.test_mae)},
+      {"federated_examples", r.federated_examples},
+      {"federated_loss", Optional(r.federated_loss)},
+      {"federated_accuracy", Optional(r.federated_accuracy)},
+      {"model_version", r.model_version},
+      {"epsilon", Optional(r.epsilon)},
+      {"clip_norm", Optional(r.clip_norm)},
+      {"secure", r.secure},
+      {"seconds", r.seconds},
+      {"selection_seconds", r.selection_seconds},
+      {"train_seconds", r.train_seconds},
+      {"merge_seconds", r.merge_seconds},
+      {"bytes_in", r.bytes_in},
+      {"bytes_out", r.bytes_out}};
 }
 
 StatusOr<aggregator::RoundSummary> RoundFromJson(const nlohmann::json& j) {
@@ -306,8 +310,9 @@ StatusOr<std::vector<aggregator::RoundSummary>> ReadRoundLog(const std::string& 
                  rounds.end());
     rounds.push_back(r);
   }
-  std::sort(rounds.begin(), rounds.end(),
-            [](const aggregator::RoundSummary& a, const aggregator::RoundSummary& b) { return a.round < b.round; });
+  std::sort(
+      rounds.begin(), rounds.end(),
+      [](const aggregator::RoundSummary& a, const aggregator::RoundSummary& b) { return a.round < b.round; });
   return rounds;
 }
 
@@ -324,11 +329,11 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   timing << "round,seconds,selection_seconds,train_seconds,merge_seconds,bytes_in,bytes_out\n";
   nlohmann::json rounds = nlohmann::json::array();
   for (const auto& r : result.rounds) {
-    csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << "," << r.declined
-        << "," << r.refused << "," << r.unreported << "," << r.total_examples << "," << r.mean_train_loss << ","
-        << r.test_loss.value_or(NAN) << "," << r.test_accuracy.value_or(NAN) << "," << r.test_auc.value_or(NAN)
-        << "," << r.test_mae.value_or(NAN) << "," << r.federated_examples << ","
-        << r.federated_loss.value_or(NAN) << "," << r.federated_accuracy.value_or(NAN) << ","
+    csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
+        << r.declined << "," << r.refused << "," << r.unreported << "," << r.total_examples << ","
+        << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << "," << r.test_accuracy.value_or(NAN)
+        << "," << r.test_auc.value_or(NAN) << "," << r.test_mae.value_or(NAN) << "," << r.federated_examples
+        << "," << r.federated_loss.value_or(NAN) << "," << r.federated_accuracy.value_or(NAN) << ","
         << r.model_version << "," << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "\n";
     timing << r.round << "," << r.seconds << "," << r.selection_seconds << "," << r.train_seconds << ","
            << r.merge_seconds << "," << r.bytes_in << "," << r.bytes_out << "\n";

@@ -14,8 +14,8 @@
 #include "client/session.h"
 #include "core/log.h"
 #include "core/rng.h"
-#include "proto/codec.h"
 #include "privacy/keys.h"
+#include "proto/codec.h"
 #include "sim/fleet_data.h"
 #include "sim/report.h"
 #include "sim/trainer_pool.h"
@@ -115,7 +115,8 @@ struct FleetKeys {
   // within its own per-device limits), on the allowlist too.
   static constexpr int kMaxShards = 256;
   StatusOr<privacy::CurveKeyPair> Observer(int shard) const {
-    return privacy::DeriveCurveKeyPairForSimulation(DeriveSeed(seed, "observer-key", static_cast<uint64_t>(shard)));
+    return privacy::DeriveCurveKeyPairForSimulation(
+        DeriveSeed(seed, "observer-key", static_cast<uint64_t>(shard)));
   }
 };
 
@@ -266,9 +267,9 @@ class CheckInFleet {
     // The first check-in of each device, spread as the aggregator's pace
     // steering would spread it.
     const aggregator::CheckInConfig& c = agg_config_.checkin;
-    const double per_round =
-        c.clients_per_round > 0 ? c.clients_per_round
-                                : std::ceil(agg_config_.fraction * static_cast<double>(fleet) - 1e-9);
+    const double per_round = c.clients_per_round > 0
+                                 ? c.clients_per_round
+                                 : std::ceil(agg_config_.fraction * static_cast<double>(fleet) - 1e-9);
     const double wanted = std::ceil(per_round * c.over_selection - 1e-9) * c.checkin_margin;
     wake_.assign(fleet, UINT32_MAX);
     for (size_t i = static_cast<size_t>(slice_.index); i < fleet; i += static_cast<size_t>(slice_.count)) {
@@ -394,7 +395,7 @@ class CheckInFleet {
       asked_ = true;
       asked_at_ = now;
       next_ask_ = now + std::chrono::milliseconds(100);
-    } 
+    }
     return Status::Ok();
   }
 
@@ -441,8 +442,9 @@ class CheckInFleet {
       const bool straggles = Straggles(m, seed, i, round);
       if (straggles) ++injected_.stragglers;
       const double takes = trained / Speed(m, seed, i) * (straggles ? m.straggler_factor : 1.0);
-      delay = std::max(0.0, takes - trained) +
-              LinkSeconds(m, seed, i, round, "link-up", update->ByteSizeLong(), config_.request_timeout_seconds);
+      delay =
+          std::max(0.0, takes - trained) +
+          LinkSeconds(m, seed, i, round, "link-up", update->ByteSizeLong(), config_.request_timeout_seconds);
     }
     auto shared = std::make_shared<StatusOr<wire::Update>>(std::move(update));
     Later(now, delay, [this, i, fault, shared](TrainerPool&) -> Status {
@@ -464,7 +466,8 @@ class CheckInFleet {
           // It restarts with the update still in its outbox, and resends it.
           ++injected_.crashed;
           wake_[i] = UINT32_MAX;
-          Later(Clock::now(), config_.model.rejoin_seconds, [this, i, sent](TrainerPool&) { return Rejoin(i, sent); });
+          Later(Clock::now(), config_.model.rejoin_seconds,
+                [this, i, sent](TrainerPool&) { return Rejoin(i, sent); });
         }
       }
       return Status::Ok();
@@ -513,18 +516,19 @@ class CheckInFleet {
   void ShowProgress(Clock::time_point now) {
     const wire::StatusReply& s = status_;
     if (!first_round_ && (s.round_active() || s.rounds_completed() > 0)) first_round_ = now;
-    std::string line = "round " + std::to_string(s.selecting_round() ? s.selecting_round() : s.round()) + "/" +
-                       std::to_string(s.rounds_total());
+    std::string line = "round " + std::to_string(s.selecting_round() ? s.selecting_round() : s.round()) +
+                       "/" + std::to_string(s.rounds_total());
     if (s.selecting_round()) {
       line += " | selecting, " + std::to_string(s.checked_in()) + " checked in";
     } else if (s.round_active()) {
-      line += " | reporting " + std::to_string(s.updates_received()) + "/" + std::to_string(s.updates_expected());
+      line +=
+          " | reporting " + std::to_string(s.updates_received()) + "/" + std::to_string(s.updates_expected());
     }
     line += " | " + std::to_string(active_.size()) + " devices connected | " +
             ProgressLine::Duration(std::chrono::duration<double>(now - started_).count()) + " elapsed";
     if (first_round_ && s.rounds_completed() > 0) {
-      const double per_round =
-          std::chrono::duration<double>(now - *first_round_).count() / static_cast<double>(s.rounds_completed());
+      const double per_round = std::chrono::duration<double>(now - *first_round_).count() /
+                               static_cast<double>(s.rounds_completed());
       line += " | ETA " + ProgressLine::Duration(per_round * (s.rounds_total() - s.rounds_completed()));
     }
     progress_->Update(line);
@@ -584,7 +588,6 @@ void SetFinalFigures(SimResult* result) {
   }
 }
 
-
 // The aggregator's settings in a simulation: its store in out_dir (fresh
 // unless resuming), every device needed before the first round with
 // long-lived connections, or the check-ins selection gets with check-in.
@@ -615,7 +618,8 @@ class SimServer {
     server->log_.open(server->log_path_, resume ? std::ios::app : std::ios::trunc);
     if (!server->log_) return Unavailable("cannot write " + server->log_path_);
     ASSIGN_OR_RETURN(training::ModelSpec spec, ModelSpecOf(config));
-    ASSIGN_OR_RETURN(server->eval_runner_, training::ModelRunner::Create(spec, DeriveSeed(agg_config.seed, "init")));
+    ASSIGN_OR_RETURN(server->eval_runner_,
+                     training::ModelRunner::Create(spec, DeriveSeed(agg_config.seed, "init")));
     SimServer* self = server.get();
     aggregator::EvalFn eval = [self](const Weights& w) -> StatusOr<aggregator::EvalMetrics> {
       RETURN_IF_ERROR(self->eval_runner_->SetWeights(w));
@@ -629,8 +633,9 @@ class SimServer {
       self->log_.flush();
       if (!self->config_.quiet) self->progress_->Print(FormatRound(r, rounds));
     };
-    ASSIGN_OR_RETURN(server->agg_, aggregator::Aggregator::Create(agg_config, context, server->eval_runner_->GetWeights(),
-                                                                  eval, on_round));
+    ASSIGN_OR_RETURN(server->agg_,
+                     aggregator::Aggregator::Create(agg_config, context, server->eval_runner_->GetWeights(),
+                                                    eval, on_round));
     return server;
   }
 
@@ -670,7 +675,8 @@ Status CheckSimConfig(const SimConfig& config) {
       (config.model.any_fault() || config.model.availability != plain.availability ||
        config.model.speed != plain.speed || config.model.latency_ms > 0 || config.model.bandwidth_mbps > 0 ||
        config.model.loss > 0)) {
-    return InvalidArgument("a fleet's heterogeneity and faults are simulated on check-in fleets: add --checkin");
+    return InvalidArgument(
+        "a fleet's heterogeneity and faults are simulated on check-in fleets: add --checkin");
   }
   if (!config.aggregator.model_personal.empty()) {
     // One trainer thread serves many simulated devices, so their personal
@@ -795,10 +801,12 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
 StatusOr<SimResult> ServeSimulation(const SimConfig& config, const ServeOptions& options) {
   const auto start = Clock::now();
   if (!config.aggregator.checkin.enabled) {
-    return InvalidArgument("flotilla sim serve runs check-in simulations (--checkin): its shards' devices "
-                           "join by checking in");
+    return InvalidArgument(
+        "flotilla sim serve runs check-in simulations (--checkin): its shards' devices "
+        "join by checking in");
   }
-  if (config.central_epochs > 0) return InvalidArgument("the central baseline runs in one process (flotilla sim)");
+  if (config.central_epochs > 0)
+    return InvalidArgument("the central baseline runs in one process (flotilla sim)");
   RETURN_IF_ERROR(CheckSimConfig(config));
   ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config, /*device_data=*/false));
   aggregator::AggregatorConfig agg_config = SimAggregatorConfig(config, /*fresh=*/!options.resume);
@@ -834,7 +842,8 @@ StatusOr<SimResult> ServeSimulation(const SimConfig& config, const ServeOptions&
 
 StatusOr<SimResult> ReadServedResult(const SimConfig& config) {
   SimResult result;
-  ASSIGN_OR_RETURN(result.rounds, ReadRoundLog((std::filesystem::path(config.out_dir) / "rounds.jsonl").string()));
+  ASSIGN_OR_RETURN(result.rounds,
+                   ReadRoundLog((std::filesystem::path(config.out_dir) / "rounds.jsonl").string()));
   SetFinalFigures(&result);
   return result;
 }
@@ -863,12 +872,14 @@ StatusOr<ShardSpec> ResolveShard(ShardSpec flags, bool index_given, bool count_g
       s.index = *job;
       source = "Kubernetes";
       if (!count_given) {
-        return InvalidArgument("a Kubernetes Indexed Job gives the shard's index only: pass --of N "
-                               "(the Job's completions)");
+        return InvalidArgument(
+            "a Kubernetes Indexed Job gives the shard's index only: pass --of N "
+            "(the Job's completions)");
       }
     } else {
-      return InvalidArgument("no shard index: pass --index I --of N, or start the shards with mpirun, srun "
-                             "or a Kubernetes Indexed Job");
+      return InvalidArgument(
+          "no shard index: pass --index I --of N, or start the shards with mpirun, srun "
+          "or a Kubernetes Indexed Job");
     }
   }
   if (s.count > FleetKeys::kMaxShards) {
@@ -879,7 +890,8 @@ StatusOr<ShardSpec> ResolveShard(ShardSpec flags, bool index_given, bool count_g
     return InvalidArgument("shard index " + std::to_string(s.index) + " of " + std::to_string(s.count) +
                            " (from " + source + "): need 0 <= index < count");
   }
-  if (s.join.empty()) return InvalidArgument("a shard needs --join ENDPOINT (what flotilla sim serve printed)");
+  if (s.join.empty())
+    return InvalidArgument("a shard needs --join ENDPOINT (what flotilla sim serve printed)");
   return s;
 }
 
@@ -912,7 +924,8 @@ StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard) 
     result.injected = fleet.injected();
   }
   progress.Clear();
-  RETURN_IF_ERROR(status.WithContext("shard " + std::to_string(shard.index) + " of " + std::to_string(shard.count)));
+  RETURN_IF_ERROR(
+      status.WithContext("shard " + std::to_string(shard.index) + " of " + std::to_string(shard.count)));
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return result;
 }

@@ -111,15 +111,15 @@ struct ServeOptions {
   // Continue the store in out_dir (after the server was killed) instead of
   // starting fresh; rounds already done keep their rows.
   bool resume = false;
-  std::string endpoint_file;  // written with the bound endpoint once serving
+  std::string endpoint_file;          // written with the bound endpoint once serving
   double finish_grace_seconds = 3.0;  // shards see the end within it
 };
 StatusOr<SimResult> ServeSimulation(const SimConfig& config, const ServeOptions& options);
 
 struct ShardResult {
-  size_t devices = 0;       // in this shard's slice
+  size_t devices = 0;  // in this shard's slice
   uint64_t check_ins = 0;
-  size_t peak_active = 0;   // devices holding a session at once
+  size_t peak_active = 0;  // devices holding a session at once
   double seconds = 0.0;
   InjectedFaults injected;
 };

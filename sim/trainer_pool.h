@@ -40,8 +40,8 @@ class TrainerPool {
   // `model_path`: the TorchScript file every simulated device trains (when
   // the federation's model is one). `data` has each device's examples and
   // held-out examples (what federated evaluation runs on); it outlives the pool.
-  TrainerPool(int workers, std::string model_path, const FleetData* data, std::vector<unsigned char> model_key,
-              std::string federation)
+  TrainerPool(int workers, std::string model_path, const FleetData* data,
+              std::vector<unsigned char> model_key, std::string federation)
       : data_(data),
         model_key_(std::move(model_key)),
         federation_(std::move(federation)),

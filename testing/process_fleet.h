@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "client/session.h"
-#include "privacy/keys.h"
 #include "core/subprocess.h"
+#include "privacy/keys.h"
 
 namespace flotilla::testing {
 

@@ -16,10 +16,10 @@
 #include <thread>
 
 #include "client/pull.h"
+#include "core/subprocess.h"
 #include "net/transport.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
-#include "core/subprocess.h"
 
 using namespace flotilla;
 using namespace std::chrono_literals;

@@ -65,7 +65,8 @@ DeviceLog RunCheckInDevice(const testing::TestKeys& keys, int i, const std::stri
         proto::WeightsToProto(delta, u.mutable_delta());
         return u;
       },
-      std::chrono::steady_clock::now() + 90s, [&](const client::Session& s) {
+      std::chrono::steady_clock::now() + 90s,
+      [&](const client::Session& s) {
         log.check_ins = s.check_ins();
         log.finished = s.finished();
       },
@@ -107,7 +108,8 @@ TEST_CASE("Check-in: a device told to come back later does so and is selected in
     trained += static_cast<int>(logs[i].trained.size());
     // Trained after at least one check-in that ended in ComeBack (or in an
     // Ack that said when to return): it came back and was selected again.
-    if (logs[i].check_ins >= 2 && !logs[i].trained.empty() && logs[i].trained.back() > 1) ++came_back_and_trained;
+    if (logs[i].check_ins >= 2 && !logs[i].trained.empty() && logs[i].trained.back() > 1)
+      ++came_back_and_trained;
   }
   for (const auto& r : agg.agg->history()) {
     CHECK(r.completed);

@@ -23,10 +23,10 @@
 #include "aggregator/store.h"
 #include "client/pull.h"
 #include "core/rng.h"
+#include "core/subprocess.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
 #include "testing/process_fleet.h"
-#include "core/subprocess.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;

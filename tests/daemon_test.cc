@@ -18,9 +18,9 @@
 
 #include "aggregator/store.h"
 #include "client/pull.h"
+#include "core/subprocess.h"
 #include "privacy/keys.h"
 #include "testing/process_fleet.h"
-#include "core/subprocess.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "aggregator/store.h"
+#include "core/subprocess.h"
 #include "proto/codec.h"
 #include "testing/process_fleet.h"
-#include "core/subprocess.h"
 #include "training/model.h"
 
 using namespace flotilla;

@@ -38,10 +38,30 @@ std::string ReadFile(const fs::path& p) {
 // A small check-in federation: 2,000 devices of 30 examples, 40 kept per
 // round, 4 rounds of logistic regression.
 std::vector<std::string> Scenario(const fs::path& out, uint64_t seed) {
-  return {"--clients", "2000", "--partition", "windows:30", "--arch", "logreg", "--rounds", "4",
-          "--checkin", "--clients-per-round", "40", "--over-selection", "1", "--deadline", "60",
-          "--selection-window", "2",
-          "--seed", std::to_string(seed), "--out", out.string(), "--quiet", "--log", "warning"};
+  return {"--clients",
+          "2000",
+          "--partition",
+          "windows:30",
+          "--arch",
+          "logreg",
+          "--rounds",
+          "4",
+          "--checkin",
+          "--clients-per-round",
+          "40",
+          "--over-selection",
+          "1",
+          "--deadline",
+          "60",
+          "--selection-window",
+          "2",
+          "--seed",
+          std::to_string(seed),
+          "--out",
+          out.string(),
+          "--quiet",
+          "--log",
+          "warning"};
 }
 
 int Run(std::vector<std::string> args, const fs::path& log) {
@@ -104,8 +124,8 @@ TEST_CASE("Three shards started by mpirun write the same metrics as one process"
   REQUIRE(fs::exists(dir / "endpoint"));
   std::string endpoint = ReadFile(dir / "endpoint");
   endpoint.erase(endpoint.find_last_not_of("\n") + 1);
-  std::vector<std::string> shards = {mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "3",
-                                     kBin,     "sim",                  "shard",          "--join", endpoint};
+  std::vector<std::string> shards = {
+      mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "3", kBin, "sim", "shard", "--join", endpoint};
   for (const auto& a : Scenario(dir / "shard-out", 9)) shards.push_back(a);
   pid_t launcher = SpawnProcess(shards, (dir / "shards.log").string());
   REQUIRE(launcher > 0);
@@ -118,15 +138,17 @@ TEST_CASE("Three shards started by mpirun write the same metrics as one process"
   REQUIRE(shards_rc == 0);
   REQUIRE(server_rc == 0);
   const std::string log = ReadFile(dir / "shards.log");
-  for (int i = 0; i < 3; ++i) CHECK(log.find("shard " + std::to_string(i) + " of 3 done") != std::string::npos);
+  for (int i = 0; i < 3; ++i)
+    CHECK(log.find("shard " + std::to_string(i) + " of 3 done") != std::string::npos);
   const std::string one = ReadFile(dir / "one" / "metrics.csv");
   REQUIRE(std::count(one.begin(), one.end(), '\n') == 5);
   CHECK(ReadFile(dir / "many" / "metrics.csv") == one);
   fs::remove_all(dir);
 }
 
-TEST_CASE("With 30% dropouts and the aggregator killed and restarted, every round completes as without the kill",
-          "[sim][process][faults]") {
+TEST_CASE(
+    "With 30% dropouts and the aggregator killed and restarted, every round completes as without the kill",
+    "[sim][process][faults]") {
   const fs::path dir = TempDir("faults");
   std::vector<std::string> scenario = Scenario(dir / "calm", 3);
   // Faults: 30% of the selected devices vanish (before, during or after
