@@ -266,11 +266,9 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
   dp_steps_.clear();
   below_clip_.clear();
   refused_ = 0;
-  // Waiting for check-ins: from when selection could close (its opening, or
-  // the end of the round it overlapped) to this start.
-  selection_seconds_ = config_.checkin.enabled
-                           ? std::chrono::duration<double>(now - std::max(selection_opened_, closed_)).count()
-                           : 0.0;
+  // Waiting for check-ins: from selection's opening to this start.
+  selection_seconds_ =
+      config_.checkin.enabled ? std::chrono::duration<double>(now - selection_opened_).count() : 0.0;
   active_ = true;
   started_ = now;
   deadline_ = started_ + Seconds(config_.round_deadline_seconds);
@@ -313,14 +311,11 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
 }
 
 size_t RoundEngine::UpdatesPerRound() const {
-  if (config_.checkin.clients_per_round > 0) return static_cast<size_t>(config_.checkin.clients_per_round);
-  return std::max<size_t>(
-      1, static_cast<size_t>(std::ceil(config_.fraction * static_cast<double>(fleet_) - 1e-9)));
+  return aggregator::UpdatesPerRound(config_.checkin.clients_per_round, config_.fraction, fleet_);
 }
 
 size_t RoundEngine::SelectionTarget() const {
-  return static_cast<size_t>(
-      std::ceil(static_cast<double>(UpdatesPerRound()) * config_.checkin.over_selection - 1e-9));
+  return aggregator::SelectionTarget(UpdatesPerRound(), config_.checkin.over_selection);
 }
 
 bool RoundEngine::Involves(const std::string& client_id) const {
@@ -390,13 +385,10 @@ RoundEngine::CheckInAnswer RoundEngine::ComeBack(const std::string& client_id, C
 }
 
 StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vector<std::string>* released) {
-  if (!selecting_ || active_) return false;
+  if (!selecting_) return false;  // (selection only opens with no round running)
   const size_t target = SelectionTarget();
   const bool enough = held_.size() >= target && now - last_checkin_ >= Seconds(config_.checkin.quiet_seconds);
-  // The window counts from when selection could first close: its opening,
-  // or the end of the round it overlapped.
-  const Clock::time_point since = std::max(selection_opened_, closed_);
-  const bool window = now - since >= Seconds(config_.checkin.window_seconds) &&
+  const bool window = now - selection_opened_ >= Seconds(config_.checkin.window_seconds) &&
                       held_.size() >= static_cast<size_t>(config_.min_clients);
   if (!enough && !window) return false;
   if (federation_done()) {

@@ -27,6 +27,15 @@ Sample SampleCount(std::vector<std::string> candidates, size_t k, uint64_t seed,
   return s;
 }
 
+size_t UpdatesPerRound(int clients_per_round, double fraction, size_t fleet) {
+  if (clients_per_round > 0) return static_cast<size_t>(clients_per_round);
+  return std::max<size_t>(1, static_cast<size_t>(std::ceil(fraction * static_cast<double>(fleet) - 1e-9)));
+}
+
+size_t SelectionTarget(size_t updates_per_round, double over_selection) {
+  return static_cast<size_t>(std::ceil(static_cast<double>(updates_per_round) * over_selection - 1e-9));
+}
+
 ComeBackPlan PlanComeBack(const std::string& device, uint32_t next_round, size_t fleet,
                           double wanted_per_round, double round_seconds, double current_left_seconds,
                           uint64_t seed) {

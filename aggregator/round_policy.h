@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,6 +30,12 @@ Sample SampleCount(std::vector<std::string> candidates, size_t k, uint64_t seed,
 // uniformly over the rounds it takes the fleet to cycle through, so that
 // about `wanted_per_round` devices check in for each round. Reproducible
 // from the seed, the device and the round it checked in for.
+// Check-in selection's sizes: N, the updates a round keeps
+// (`clients_per_round`, or ceil(fraction x fleet) when that is 0), and the
+// check-ins selection waits for, ceil(N x over_selection).
+size_t UpdatesPerRound(int clients_per_round, double fraction, size_t fleet);
+size_t SelectionTarget(size_t updates_per_round, double over_selection);
+
 struct ComeBackPlan {
   uint32_t round = 0;    // the round to come back for
   double seconds = 0.0;  // how long from now, at the current pace

@@ -153,13 +153,24 @@ Status Aggregator::Step(const net::Incoming& in) {
 
 Status Aggregator::AdvanceRounds() {
   const auto now = Clock::now();
-  // Check-in: selection for the next round (open while a round runs), and
-  // the round it starts when the running one has closed.
-  auto select = [&]() -> StatusOr<bool> {
+  if (!config_.checkin.enabled) {
+    ASSIGN_OR_RETURN(bool started, engine_->MaybeStart(now, [this](const std::string& id) {
+      return !zap_ || zap_->IsAllowed(id);
+    }));
+    if (started) SendTasksToParked();
+  }
+  std::vector<SecureRound::Reply> secure_replies;
+  StatusOr<bool> finished = engine_->MaybeFinish(now, &secure_replies);
+  SendSecureReplies(std::move(secure_replies));
+  RETURN_IF_ERROR(finished.status());
+  if (*finished) AnswerParked(false);
+  if (config_.checkin.enabled) {
+    // Check-in: selection for the next round opens once no round runs (at
+    // once after one closes), and starts the round when it closes.
     engine_->SetFleetSize(FleetSize());
     engine_->MaybeOpenSelection(now);
     std::vector<std::string> released;
-    ASSIGN_OR_RETURN(bool began, engine_->MaybeCloseSelection(now, &released));
+    ASSIGN_OR_RETURN(bool started, engine_->MaybeCloseSelection(now, &released));
     for (const auto& id : released) {
       auto it = clients_.find(id);
       if (it == clients_.end() || !it->second.parked_request) continue;
@@ -167,31 +178,10 @@ Status Aggregator::AdvanceRounds() {
       it->second.parked_request.reset();
       ReplyComeBack(id, request_id,
                     engine_->ComeBack(id, now,
-                                      began ? "not selected for round " + std::to_string(engine_->round())
-                                            : "the federation is over"));
+                                      started ? "not selected for round " + std::to_string(engine_->round())
+                                              : "the federation is over"));
     }
-    return began;
-  };
-  bool started = false;
-  if (config_.checkin.enabled) {
-    ASSIGN_OR_RETURN(started, select());
-  } else {
-    ASSIGN_OR_RETURN(started, engine_->MaybeStart(now, [this](const std::string& id) {
-      return !zap_ || zap_->IsAllowed(id);
-    }));
-  }
-  if (started) SendTasksToParked();
-  std::vector<SecureRound::Reply> secure_replies;
-  StatusOr<bool> finished = engine_->MaybeFinish(now, &secure_replies);
-  SendSecureReplies(std::move(secure_replies));
-  RETURN_IF_ERROR(finished.status());
-  if (*finished) {
-    AnswerParked(false);
-    if (config_.checkin.enabled) {
-      // The next round's check-ins are held already: it may start now.
-      ASSIGN_OR_RETURN(started, select());
-      if (started) SendTasksToParked();
-    }
+    if (started) SendTasksToParked();
   }
   return Status::Ok();
 }
@@ -316,10 +306,8 @@ void Aggregator::HandleDecline(const std::string& client_id, const wire::Envelop
   engine_->Decline(client_id, env.decline().round(), env.decline().reason(), Clock::now());
   wire::Envelope ack;
   ack.mutable_ack()->set_round(env.decline().round());
-  if (config_.checkin.enabled && clients_[client_id].checks_in) {
-    FillComeBack(engine_->ComeBack(client_id, Clock::now(), "declined"),
-                 ack.mutable_ack()->mutable_come_back());
-  }
+  if (auto come_back = ComeBackFor(client_id, "declined"))
+    *ack.mutable_ack()->mutable_come_back() = *come_back;
   ReplyToClient(client_id, env.request_id(), std::move(ack));
 }
 
@@ -454,6 +442,16 @@ void Aggregator::FlushRegistry(bool force) {
     joined_since_log_ = 0;
     last_join_log_ = now;
   }
+}
+
+std::optional<wire::ComeBack> Aggregator::ComeBackFor(const std::string& client_id,
+                                                      const std::string& reason) {
+  // Only a device that checks in leaves; one on a long-lived connection
+  // asks again on it.
+  if (!config_.checkin.enabled || !clients_[client_id].checks_in) return std::nullopt;
+  wire::ComeBack come_back;
+  FillComeBack(engine_->ComeBack(client_id, Clock::now(), reason), &come_back);
+  return come_back;
 }
 
 void Aggregator::FillComeBack(const RoundEngine::CheckInAnswer& a, wire::ComeBack* c) const {
@@ -623,10 +621,8 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
   if (!refused) {
     wire::Envelope ack;
     ack.mutable_ack()->set_round(update.round());
-    if (config_.checkin.enabled && clients_[client_id].checks_in) {
-      FillComeBack(engine_->ComeBack(client_id, Clock::now(), "update recorded"),
-                   ack.mutable_ack()->mutable_come_back());
-    }
+    if (auto come_back = ComeBackFor(client_id, "update recorded"))
+      *ack.mutable_ack()->mutable_come_back() = *come_back;
     ReplyToClient(client_id, env.request_id(), std::move(ack));
     return Status::Ok();
   }
@@ -636,11 +632,11 @@ Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelo
                  "update for round " + std::to_string(update.round()) + ": " + refused->message);
   }
   wire::Envelope err = proto::MakeError(refused->code, refused->message);
-  const bool retry = refused->code == wire::ERROR_INTERNAL || refused->code == wire::ERROR_DUPLICATE;
-  if (config_.checkin.enabled && clients_[client_id].checks_in && !retry) {
-    // Its part in the round is over: away until pace steering wants it.
-    FillComeBack(engine_->ComeBack(client_id, Clock::now(), refused->reason),
-                 err.mutable_error()->mutable_come_back());
+  // Unless it should retry, its part in the round is over: away until pace
+  // steering wants it.
+  if (refused->code != wire::ERROR_INTERNAL && refused->code != wire::ERROR_DUPLICATE) {
+    if (auto come_back = ComeBackFor(client_id, refused->reason))
+      *err.mutable_error()->mutable_come_back() = *come_back;
   }
   ReplyToClient(client_id, env.request_id(), std::move(err));
   return Status::Ok();

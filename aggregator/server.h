@@ -104,6 +104,9 @@ class Aggregator {
   void FlushRegistry(bool force);
   void ReplyComeBack(const std::string& client_id, uint64_t request_id, const RoundEngine::CheckInAnswer& a);
   void FillComeBack(const RoundEngine::CheckInAnswer& a, wire::ComeBack* out) const;
+  // Check-in: when a device that checks in should come back (for an Ack or
+  // an Error); nullopt for a device on a long-lived connection.
+  std::optional<wire::ComeBack> ComeBackFor(const std::string& client_id, const std::string& reason);
   size_t FleetSize() const;
   void HandleTaskRequest(const std::string& client_id, uint64_t request_id);
   void HandleStatus(const net::Incoming& in, uint64_t request_id);

@@ -161,6 +161,12 @@ StatusOr<FleetKeys> MakeKeys(const SimConfig& config, aggregator::AggregatorConf
   return keys;
 }
 
+std::string DeviceName(size_t i) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "client-%05zu", i);
+  return name;
+}
+
 // Device i's session settings: its keys, its certified SecAgg identity,
 // its fault seed. `executor` runs SecAgg steps (on the trainer pool).
 StatusOr<client::SessionConfig> SessionConfigFor(int i, const SimConfig& config,
@@ -170,9 +176,7 @@ StatusOr<client::SessionConfig> SessionConfigFor(int i, const SimConfig& config,
                                                  std::function<void(std::function<void()>)> executor) {
   client::SessionConfig sc;
   sc.endpoint = endpoint;
-  char name[32];
-  std::snprintf(name, sizeof(name), "client-%05d", i);
-  sc.name = name;
+  sc.name = DeviceName(static_cast<size_t>(i));
   sc.federation = agg_config.federation;
   sc.num_examples = num_examples;
   sc.request_timeout = std::chrono::milliseconds(static_cast<int64_t>(1000 * config.request_timeout_seconds));
@@ -267,10 +271,10 @@ class CheckInFleet {
     // The first check-in of each device, spread as the aggregator's pace
     // steering would spread it.
     const aggregator::CheckInConfig& c = agg_config_.checkin;
-    const double per_round = c.clients_per_round > 0
-                                 ? c.clients_per_round
-                                 : std::ceil(agg_config_.fraction * static_cast<double>(fleet) - 1e-9);
-    const double wanted = std::ceil(per_round * c.over_selection - 1e-9) * c.checkin_margin;
+    const double wanted = static_cast<double>(aggregator::SelectionTarget(
+                              aggregator::UpdatesPerRound(c.clients_per_round, agg_config_.fraction, fleet),
+                              c.over_selection)) *
+                          c.checkin_margin;
     wake_.assign(fleet, UINT32_MAX);
     for (size_t i = static_cast<size_t>(slice_.index); i < fleet; i += static_cast<size_t>(slice_.count)) {
       wake_[i] = aggregator::PlanComeBack(DeviceName(i), 1, fleet, wanted, 0, 0, agg_config_.seed).round;
@@ -339,16 +343,8 @@ class CheckInFleet {
   size_t peak_active() const { return peak_active_; }
   size_t devices() const { return devices_; }
   const InjectedFaults& injected() const { return injected_; }
-  // What the last status reply said (for the progress line).
-  const wire::StatusReply& status() const { return status_; }
 
  private:
-  static std::string DeviceName(size_t i) {
-    char name[32];
-    std::snprintf(name, sizeof(name), "client-%05zu", i);
-    return name;
-  }
-
   Status ConnectObserver() {
     net::SocketOptions options;
     options.security = agg_config_.socket.security;
@@ -431,7 +427,7 @@ class CheckInFleet {
     const Fault fault = faults_.count(i) ? faults_[i] : Fault::kNone;
     if (fault == Fault::kDropWhileTraining) {
       ++injected_.dropped_while_training;
-      Vanish(i, now);
+      Vanish(i);
       return Status::Ok();
     }
     double delay = 0.0;
@@ -492,7 +488,7 @@ class CheckInFleet {
     return Status::Ok();
   }
 
-  void Vanish(size_t i, Clock::time_point) {
+  void Vanish(size_t i) {
     active_.erase(i);
     faults_.erase(i);
     wake_[i] = released_ + 2;
@@ -591,8 +587,21 @@ void SetFinalFigures(SimResult* result) {
 // The aggregator's settings in a simulation: its store in out_dir (fresh
 // unless resuming), every device needed before the first round with
 // long-lived connections, or the check-ins selection gets with check-in.
-aggregator::AggregatorConfig SimAggregatorConfig(const SimConfig& config, bool fresh) {
+// A check-in fleet's N from `fraction` counts the devices only: the
+// aggregator's allowlist also holds the simulator's observer keys, which
+// its own fleet size would count. Server and shards size rounds the same.
+aggregator::AggregatorConfig WithRoundSize(const SimConfig& config) {
   aggregator::AggregatorConfig agg_config = config.aggregator;
+  aggregator::CheckInConfig& c = agg_config.checkin;
+  if (c.enabled && c.clients_per_round == 0) {
+    c.clients_per_round = static_cast<int>(
+        aggregator::UpdatesPerRound(0, agg_config.fraction, static_cast<size_t>(config.clients)));
+  }
+  return agg_config;
+}
+
+aggregator::AggregatorConfig SimAggregatorConfig(const SimConfig& config, bool fresh) {
+  aggregator::AggregatorConfig agg_config = WithRoundSize(config);
   agg_config.store_path = (std::filesystem::path(config.out_dir) / "store").string();
   std::error_code ec;
   if (fresh) std::filesystem::remove_all(agg_config.store_path, ec);
@@ -667,7 +676,8 @@ class SimServer {
   std::unique_ptr<aggregator::Aggregator> agg_;  // last: its thread may call the members above
 };
 
-Status CheckSimConfig(const SimConfig& config) {
+// What every federated run checks before loading any data.
+Status CheckFleetConfig(const SimConfig& config) {
   if (config.clients < 1) return InvalidArgument("need at least one client");
   RETURN_IF_ERROR(config.model.Validate());
   const FleetModel plain;
@@ -683,6 +693,10 @@ Status CheckSimConfig(const SimConfig& config) {
     // layers would mix.
     return InvalidArgument("personal layers are not simulated yet (run devices as separate clients)");
   }
+  return Status::Ok();
+}
+
+Status MakeOutDir(const SimConfig& config) {
   std::error_code ec;
   std::filesystem::create_directories(config.out_dir, ec);
   if (ec) return Unavailable("cannot create output directory " + config.out_dir + ": " + ec.message());
@@ -711,16 +725,14 @@ int Workers(const SimConfig& config) {
 StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   const auto start = Clock::now();
   if (config.clients < 1) return InvalidArgument("need at least one client");
-  std::error_code ec;
-  std::filesystem::create_directories(config.out_dir, ec);
-  if (ec) return Unavailable("cannot create output directory " + config.out_dir + ": " + ec.message());
+  if (config.central_epochs == 0) RETURN_IF_ERROR(CheckFleetConfig(config));
+  RETURN_IF_ERROR(MakeOutDir(config));
   ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config));
   if (config.central_epochs > 0) {
     ASSIGN_OR_RETURN(SimResult central, RunCentral(config, data));
     RETURN_IF_ERROR(WriteOutputs(config, central));
     return central;
   }
-  RETURN_IF_ERROR(CheckSimConfig(config));
   aggregator::AggregatorConfig agg_config = SimAggregatorConfig(config, /*fresh=*/true);
   // In one process the devices away stop with the aggregator.
   if (agg_config.checkin.enabled)
@@ -807,7 +819,8 @@ StatusOr<SimResult> ServeSimulation(const SimConfig& config, const ServeOptions&
   }
   if (config.central_epochs > 0)
     return InvalidArgument("the central baseline runs in one process (flotilla sim)");
-  RETURN_IF_ERROR(CheckSimConfig(config));
+  RETURN_IF_ERROR(CheckFleetConfig(config));
+  RETURN_IF_ERROR(MakeOutDir(config));
   ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config, /*device_data=*/false));
   aggregator::AggregatorConfig agg_config = SimAggregatorConfig(config, /*fresh=*/!options.resume);
   agg_config.finish_grace_seconds = options.finish_grace_seconds;
@@ -900,10 +913,9 @@ StatusOr<ShardResult> RunShard(const SimConfig& config, const ShardSpec& shard) 
   if (!config.aggregator.checkin.enabled) {
     return InvalidArgument("shards drive check-in simulations (--checkin, as the server)");
   }
-  if (config.clients < 1) return InvalidArgument("need at least one client");
-  RETURN_IF_ERROR(config.model.Validate());
+  RETURN_IF_ERROR(CheckFleetConfig(config));
   ASSIGN_OR_RETURN(FleetData data, LoadFleetData(config));
-  aggregator::AggregatorConfig agg_config = config.aggregator;
+  aggregator::AggregatorConfig agg_config = WithRoundSize(config);
   ASSIGN_OR_RETURN(FleetKeys keys, MakeKeys(config, &agg_config, /*allowlist=*/false));
   training::SetTorchThreads(1);
   net::Context context(1);
