@@ -46,24 +46,7 @@ Status Session::Reconnect() {
   return SendHello();
 }
 
-Status Session::SendHello() {
-  if (config_.checkin) return SendCheckIn();
-  wire::Envelope env;
-  env.mutable_hello()->set_client_name(config_.name);
-  env.mutable_hello()->set_num_examples(config_.num_examples);
-  env.mutable_hello()->set_software("flotilla-client/0.1.0");
-  if (config_.secagg_identity) {
-    const auto& key = config_.secagg_identity->public_key;
-    env.mutable_hello()->set_secagg_identity_key(key.data(), key.size());
-    if (!config_.secagg_identity_cert.empty())
-      env.mutable_hello()->set_secagg_identity_cert(config_.secagg_identity_cert);
-  }
-  return Send(&env, State::kHello);
-}
-
-Status Session::SendCheckIn() {
-  wire::Envelope env;
-  wire::Hello* hello = env.mutable_check_in()->mutable_hello();
+void Session::FillHello(wire::Hello* hello) const {
   hello->set_client_name(config_.name);
   hello->set_num_examples(config_.num_examples);
   hello->set_software("flotilla-client/0.1.0");
@@ -72,6 +55,18 @@ Status Session::SendCheckIn() {
     hello->set_secagg_identity_key(key.data(), key.size());
     if (!config_.secagg_identity_cert.empty()) hello->set_secagg_identity_cert(config_.secagg_identity_cert);
   }
+}
+
+Status Session::SendHello() {
+  if (config_.checkin) return SendCheckIn();
+  wire::Envelope env;
+  FillHello(env.mutable_hello());
+  return Send(&env, State::kHello);
+}
+
+Status Session::SendCheckIn() {
+  wire::Envelope env;
+  FillHello(env.mutable_check_in()->mutable_hello());
   env.mutable_check_in()->set_final_model(config_.want_final_model);
   env.mutable_check_in()->set_round(come_back_round_);
   ++check_ins_;

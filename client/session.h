@@ -156,6 +156,7 @@ class Session {
         jitter_seed_(std::hash<std::string>()(config.name) ^
                      static_cast<uint64_t>(Clock::now().time_since_epoch().count())) {}
   Status Reconnect();
+  void FillHello(wire::Hello* hello) const;  // Hello's fields, also what CheckIn carries
   Status SendHello();
   Status SendTaskRequest();
   Status SendCheckIn();
