@@ -162,6 +162,9 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
                    "over passes: the same update with less memory")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  train->add_flag("--checkin", config.checkin,
+                  "Check in instead of holding a connection: connect, take a task or a 'come back after T', "
+                  "and disconnect until then (the aggregator must run with --checkin; docs/protocol.md)");
   std::string model_path, pause_file, model_out;
   train->add_option("--pause-file", pause_file,
                     "While this file exists the device does not train: it declines the rounds it is offered "

@@ -155,6 +155,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     k.push_back({"device", "max_pass_examples", "client run", "--max-pass-examples"});
     k.push_back({"device", "pause_file", "client run", "--pause-file"});
     k.push_back({"device", "model_out", "client run", "--model-out"});
+    k.push_back({"device", "checkin", "client run", "--checkin"});
     // [log]
     k.push_back({"log", "level", "aggregator", "--log"});
     k.push_back({"log", "level", "sim", "--log"});
