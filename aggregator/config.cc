@@ -52,7 +52,8 @@ Status AggregatorConfig::Validate() const {
   if (!(learning_rate > 0) || !std::isfinite(learning_rate))
     return InvalidArgument("learning rate must be positive");
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
-  if (!(server_learning_rate > 0)) return InvalidArgument("server learning rate must be positive");
+  if (!(server_learning_rate >= 0) || !std::isfinite(server_learning_rate))
+    return InvalidArgument("server learning rate must be positive (or 0 for the server optimizer's default)");
   {
     StatusOr<proto::Compression> c = proto::ParseCompression(compression);
     if (!c.ok()) return c.status();
@@ -102,6 +103,12 @@ Status AggregatorConfig::Validate() const {
         "the " + strategy.Name() +
         " strategy needs every device's update, but secure aggregation shows the aggregator "
         "only their sum; use --strategy fedavg with --secagg, or turn secure aggregation off");
+  }
+  RETURN_IF_ERROR(strategy.optimizer.Validate());
+  if (strategy.clip.mode != NormBound::Mode::kOff && secagg.enabled) {
+    return InvalidArgument(
+        "server-side update clipping (--clip-updates) needs each device's update, which secure aggregation "
+        "hides; the devices clip their own with --secagg-clip");
   }
   if (dp.client_level() && strategy.NeedsIndividualUpdates()) {
     return InvalidArgument("client-level DP calibrates its noise to the mean of clipped updates; the " +

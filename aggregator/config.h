@@ -85,7 +85,14 @@ struct AggregatorConfig {
   double fraction = 1.0;  // of registered clients sampled per round
   int min_updates = 1;    // fewer by the deadline fails the round
   double round_deadline_seconds = 600.0;
-  double server_learning_rate = 1.0;
+  // The server's step size; 0 = the optimizer's default: 1 for sgd and
+  // momentum (plain FedAvg), 0.01 for adam, yogi and adagrad (Reddi et al.
+  // 2021 tune it in [1e-3, 1e-1]; 1 would move every weight by about 1).
+  double server_learning_rate = 0.0;
+  double ServerLearningRate() const {
+    if (server_learning_rate > 0) return server_learning_rate;
+    return strategy.optimizer.has_second_moment() ? 0.01 : 1.0;
+  }
   Strategy strategy;  // fedavg, median or trimmed mean
   uint64_t seed = 1;
   // Local training settings sent with every task (seed is derived per client).

@@ -506,9 +506,13 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
     record.set_secagg_threshold(secure_->params().threshold);
     record.set_secagg_survivors(static_cast<uint32_t>(received_.size()));
   }
-  if (failure.empty() && static_cast<int>(received_.size()) < config_.min_updates) {
-    failure = "only " + std::to_string(received_.size()) + " of " + std::to_string(selected_.size()) +
-              " updates by the deadline (min " + std::to_string(config_.min_updates) + ")";
+  // Krum and Bulyan need enough updates for the F they tolerate.
+  const int min_updates = std::max(config_.min_updates, config_.strategy.MinUpdates());
+  if (failure.empty() && static_cast<int>(received_.size()) < min_updates) {
+    failure =
+        "only " + std::to_string(received_.size()) + " of " + std::to_string(selected_.size()) +
+        " updates by the deadline (min " + std::to_string(min_updates) +
+        (min_updates > config_.min_updates ? " for " + config_.strategy.CombinerName() : std::string()) + ")";
   }
   if (failure.empty() && deadline_passed) {
     LOG_WARN("aggregator", "round " << round_ << " deadline passed with " << received_.size() << " of "
@@ -636,9 +640,17 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
   commit.expire = registry_->Expired(model.version());
   commit.clients = clients_->Dirty(NowUnixMs());
   commit.ledger = std::move(ledger);
+  std::optional<records::ServerStateRecord> server_state;
+  if (next_server_state_ && config_.strategy.optimizer.stateful()) {
+    server_state =
+        ServerStateToRecord(config_.strategy.optimizer, *next_server_state_, model.version(), round_);
+    commit.server_state = &*server_state;
+  }
   RETURN_IF_ERROR(store_->CommitRound(commit));
   clients_->MarkWritten(commit.clients);
   registry_->Committed(model, std::move(next), commit.expire);
+  if (next_server_state_) server_state_ = std::move(*next_server_state_);
+  next_server_state_.reset();
   global_norm_ = L2Norm(global().data);
   ++rounds_done_;
   backoff_.Succeeded();

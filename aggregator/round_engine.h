@@ -198,6 +198,7 @@ class RoundEngine {
   Status ResumeRound(const records::RoundRecord& running);
   Status RecoverUpdates();
   Status RecoverLedger(const std::vector<records::RoundRecord>& rounds);
+  Status RecoverServerState();
 
   // round_merge.cc: the mean delta of the round (streamed from the store,
   // or the secure sum), then the next model from it.
@@ -266,6 +267,10 @@ class RoundEngine {
   int refused_ = 0;                    // the running round's refused updates
   Clock::time_point closed_{};         // when the round closed (merge time from here)
   double round_period_seconds_ = 0.0;  // moving average of the time between round starts
+  // The server optimizer's state (server_optimizer.h): as of the latest
+  // model, and the one the round being merged produces (committed with it).
+  ServerState server_state_;
+  std::optional<ServerState> next_server_state_;
 };
 
 }  // namespace flotilla::aggregator

@@ -1,9 +1,11 @@
 // The round engine's merge: from the round's updates to the next global
 // model (see round_engine.h).
+#include <algorithm>
 #include <cmath>
 
 #include "aggregator/round_engine.h"
 #include "aggregator/strategy.h"
+#include "core/log.h"
 #include "privacy/clipping.h"
 #include "privacy/noise.h"
 #include "proto/codec.h"
@@ -16,7 +18,7 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
   const DpConfig& dp = config_.dp;
   // One of the two, so FedAvg does not hold every update and the robust
   // strategies do not allocate a running sum.
-  std::optional<CoordinateWise> robust;
+  std::optional<RobustCombiner> robust;
   std::optional<WeightedMean> mean;
   if (config_.strategy.NeedsIndividualUpdates()) {
     robust.emplace(global().layout, config_.strategy);
@@ -33,8 +35,27 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
     size_t i = 0;
     for (const auto& kv : train_loss_) weight[kv.first] = w[i++];
   }
+  // Server-side norm bounding: clip (not refuse) every update to an
+  // absolute bound or a multiple of this round's median norm.
+  const NormBound& clip = config_.strategy.clip;
+  double clip_bound = 0.0;
+  if (clip.mode == NormBound::Mode::kAbsolute) {
+    clip_bound = clip.absolute;
+  } else if (clip.mode == NormBound::Mode::kMedian) {
+    std::vector<double> round_norms;
+    for (const auto& [id, norm] : norms_) {
+      if (received_.count(id)) round_norms.push_back(norm);
+    }
+    if (!round_norms.empty()) {
+      const size_t mid = round_norms.size() / 2;
+      std::nth_element(round_norms.begin(), round_norms.begin() + static_cast<long>(mid), round_norms.end());
+      clip_bound = clip.median_multiple * round_norms[mid];
+      if (clip.absolute > 0) clip_bound = std::min(clip_bound, clip.absolute);
+    }
+  }
   RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
     ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global().layout));
+    if (clip_bound > 0) ClipToNorm(&delta, L2Norm(delta.data), clip_bound);
     if (robust) return robust->Add(delta);
     if (dp.mode == DpConfig::Mode::kClientCentral) {
       // The trusted aggregator enforces the bound itself as well.
@@ -51,7 +72,13 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
     return DataLoss("round " + std::to_string(round_) + " recorded " + std::to_string(received_.size()) +
                     " updates but the store holds " + std::to_string(merged));
   }
-  return robust ? robust->Result() : mean->Mean();
+  if (!robust) return mean->Mean();
+  StatusOr<Weights> combined = robust->Result();
+  if (combined.ok() && !robust->picked().empty()) {
+    LOG_DEBUG("aggregator", "round " << round_ << ": " << config_.strategy.CombinerName() << " kept "
+                                     << robust->picked().size() << " of " << robust->count() << " updates");
+  }
+  return combined;
 }
 
 // The secure sum of the survivors' clipped (and noised) deltas, divided by
@@ -84,7 +111,9 @@ StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundR
   }
   // Computed before any privacy is accounted, so a round that fails here
   // charges nothing.
-  ASSIGN_OR_RETURN(Weights next, ApplyDelta(global(), mean_delta, config_.server_learning_rate));
+  next_server_state_.emplace();
+  ASSIGN_OR_RETURN(Weights next, ServerStep(config_.strategy.optimizer, config_.ServerLearningRate(),
+                                            global(), mean_delta, server_state_, &*next_server_state_));
   if (dp.client_level()) {
     // sum / m with the fixed denominator m = clients sampled, plus central noise.
     const double m = static_cast<double>(selected_.size());
@@ -97,7 +126,8 @@ StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundR
     }
     record->set_clip_norm(budget_->clip_norm());
     summary->clip_norm = budget_->clip_norm();
-    ASSIGN_OR_RETURN(next, ApplyDelta(global(), mean_delta, config_.server_learning_rate));
+    ASSIGN_OR_RETURN(next, ServerStep(config_.strategy.optimizer, config_.ServerLearningRate(), global(),
+                                      mean_delta, server_state_, &*next_server_state_));
   }
   ASSIGN_OR_RETURN(*ledger,
                    budget_->Account(round_, sampling_rate_, selected_.size(), received_, dp_steps_, record));

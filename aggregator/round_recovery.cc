@@ -58,6 +58,7 @@ Status RoundEngine::RecoverFromStore(Weights initial) {
     if (!failed) RETURN_IF_ERROR(ResumeRound(*running));
   }
   RETURN_IF_ERROR(RecoverLedger(rounds));
+  RETURN_IF_ERROR(RecoverServerState());
   LOG_INFO("aggregator", "recovered model version " << registry_->version() << " after " << rounds_done_
                                                     << " completed rounds; " << clients_->size()
                                                     << " known clients");
@@ -174,6 +175,44 @@ Status RoundEngine::RecoverLedger(const std::vector<records::RoundRecord>& round
                    PrivacyBudget::Recover(config_.dp, config_.epochs, config_.fraction * config_.min_clients,
                                           ledger, rounds));
   budget_.emplace(std::move(budget));
+  return Status::Ok();
+}
+
+// The server optimizer continues from the state committed with the latest
+// model. A store without one (a new federation, or one that ran with a
+// stateless strategy so far) starts from zero, and says so; so does one
+// whose state is another optimizer's or an older model's (the strategy was
+// changed between runs).
+Status RoundEngine::RecoverServerState() {
+  const ServerOptimizer& opt = config_.strategy.optimizer;
+  ASSIGN_OR_RETURN(std::optional<records::ServerStateRecord> stored, store_->GetServerState());
+  if (!opt.stateful()) {
+    if (stored) {
+      LOG_WARN("aggregator", "the store holds '" << stored->optimizer()
+                                                 << "' server optimizer state, which this run's strategy ("
+                                                 << config_.strategy.Name() << ") does not use");
+    }
+    return Status::Ok();
+  }
+  if (!stored) {
+    if (rounds_done_ > 0) {
+      LOG_INFO("aggregator", "server optimizer " << opt.Name() << " starts from zero at model version "
+                                                 << registry_->version());
+    }
+    return Status::Ok();
+  }
+  // Another optimizer's state, or state from before a stretch of rounds run
+  // with another strategy: the configuration changed, so start afresh.
+  if (stored->optimizer() != opt.Name() || stored->model_version() != registry_->version()) {
+    LOG_WARN("aggregator", "the store's server optimizer state is "
+                               << stored->optimizer() << "'s for model version " << stored->model_version()
+                               << "; " << opt.Name() << " starts from zero at model version "
+                               << registry_->version());
+    return Status::Ok();
+  }
+  ASSIGN_OR_RETURN(server_state_, ServerStateFromRecord(*stored, opt, global().data.size()));
+  LOG_INFO("aggregator", "server optimizer " << opt.Name() << " resumes after " << server_state_.steps
+                                             << " steps (model version " << registry_->version() << ")");
   return Status::Ok();
 }
 

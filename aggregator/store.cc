@@ -10,6 +10,8 @@ constexpr char kModels[] = "models";
 constexpr char kModelIndex[] = "model_index";
 constexpr char kRounds[] = "rounds";
 constexpr char kUpdates[] = "updates";
+constexpr char kServerState[] = "server_state";
+constexpr char kServerStateKey[] = "optimizer";
 constexpr char kClients[] = "clients";
 constexpr char kLedger[] = "privacy_ledger";
 constexpr char kQuarantine[] = "quarantine";
@@ -59,7 +61,7 @@ std::string IndexValue(const records::ModelRecord& model) {
 
 storage::StoreOptions Store::Families() {
   storage::StoreOptions o;
-  o.families = {kModels, kModelIndex, kRounds, kUpdates, kClients, kLedger, kQuarantine};
+  o.families = {kModels, kModelIndex, kRounds, kUpdates, kClients, kLedger, kQuarantine, kServerState};
   o.obsolete_families = {"metrics", "strategy_state"};  // created by earlier versions, never used
   o.blob_families = {kModels, kUpdates};
   return o;
@@ -148,9 +150,20 @@ Status Store::CommitRound(const RoundCommit& c) {
   }
   for (const auto& client : c.clients) batch.Put(kClients, client.client_id(), client.SerializeAsString());
   for (const auto& e : c.ledger) batch.Put(kLedger, LedgerKey(e), e.SerializeAsString());
+  if (c.server_state != nullptr)
+    batch.Put(kServerState, kServerStateKey, c.server_state->SerializeAsString());
   batch.Put(kRounds, RoundKey(c.round.round()), c.round.SerializeAsString());
   batch.DeleteRange(kUpdates, RoundKey(c.round.round()), RoundKey(c.round.round() + 1));
   return kv_->Write(batch, "committing round " + std::to_string(c.round.round()));
+}
+
+StatusOr<std::optional<records::ServerStateRecord>> Store::GetServerState() const {
+  StatusOr<std::string> value = kv_->Get(kServerState, kServerStateKey);
+  if (value.status().code() == StatusCode::kNotFound) return std::optional<records::ServerStateRecord>();
+  RETURN_IF_ERROR(value.status());
+  records::ServerStateRecord record;
+  RETURN_IF_ERROR(ParseRecord(*value, &record, "server optimizer state"));
+  return std::optional<records::ServerStateRecord>(std::move(record));
 }
 
 Status Store::PutRound(const records::RoundRecord& round) {

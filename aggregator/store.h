@@ -1,7 +1,7 @@
 // The aggregator's durable state, on the storage layer (storage/kv_store.h),
 // one column family per kind of record: models (with a small model_index
 // beside them, so that listing versions and recovering never read model
-// blobs), rounds, updates, clients, privacy_ledger, quarantine. See
+// blobs), rounds, updates, clients, privacy_ledger, quarantine, server_state. See
 // docs/operations.md for the key layout. Keys sort so that iteration order
 // is the merge order (round, then client id).
 //
@@ -31,6 +31,8 @@ struct RoundCommit {
   std::vector<uint64_t> expire;                 // model versions to delete (retention)
   std::vector<records::ClientRecord> clients;   // device records whose counters changed
   std::vector<records::LedgerEntry> ledger;     // the privacy cost of this round
+  // The server optimizer's state after this round (stateful strategies).
+  const records::ServerStateRecord* server_state = nullptr;
 };
 
 class Store {
@@ -87,6 +89,10 @@ class Store {
   Status PutClients(const std::vector<records::ClientRecord>& clients);
   StatusOr<std::optional<records::ClientRecord>> GetClient(const std::string& client_id) const;
   StatusOr<std::vector<records::ClientRecord>> ListClients(std::vector<std::string>* corrupt = nullptr) const;
+
+  // The server optimizer's state as of the latest committed round that had
+  // one (written by CommitRound); nullopt when none was ever written.
+  StatusOr<std::optional<records::ServerStateRecord>> GetServerState() const;
 
   // Privacy ledger, in (round, client) order. Entries are written by CommitRound.
   StatusOr<std::vector<records::LedgerEntry>> ListLedger() const;

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/server_optimizer.h"
+#include "aggregator/update_validation.h"
 #include "core/status.h"
 #include "core/weights.h"
 
@@ -35,43 +37,101 @@ class WeightedMean {
   int count_ = 0;
 };
 
-// How the round's deltas are combined.
-//   fedavg            the example-weighted mean (McMahan et al. 2017)
+// How the round's deltas are combined, and how the result moves the model.
+//
+// Combiners (the delta of the round):
+//   fedavg            the example-weighted mean (McMahan et al. 2017); uniform
+//                     with [validation] example_weighting = "uniform"
 //   median            the coordinate-wise median (Yin et al. 2018)
 //   trimmed-mean:B    per coordinate, drop the floor(B n) largest and
 //                     smallest values and average the rest (Yin et al. 2018)
-// The robust ones are unweighted (a device could lie about its example
+//   krum:F            the update whose n - F - 2 nearest neighbours are
+//                     closest (sum of squared L2 distances; Blanchard et
+//                     al. 2017). Needs n >= 2F + 3.
+//   multi-krum:F:M    the unweighted mean of the M updates with the best
+//                     Krum scores, scored once over all n (Flower weights the
+//                     M by example counts; we do not: a device can lie about
+//                     its count). Needs n >= max(2F+3, M).
+//   bulyan:F          Krum applied n - 2F times, each time on the updates
+//                     not yet picked (with max(1, r - F - 2) neighbours
+//                     among r left); then per coordinate the mean of the
+//                     n - 4F picked values closest to their median (El
+//                     Mhamdi et al. 2018). Needs n >= 4F + 3.
+// Krum's ties go to the update first in client-id order (the store's
+// order), so the result never depends on arrival order.
+//
+// Named strategies that also choose the server's step (server_optimizer.h):
+//   fedavgm = fedavg + momentum, fedadam = fedavg + adam,
+//   fedyogi = fedavg + yogi, fedadagrad = fedavg + adagrad.
+//
+// The robust combiners are unweighted (a device could lie about its example
 // count) and need every update in memory at once; they cannot run under
 // secure aggregation, which shows the aggregator only the sum.
 struct Strategy {
-  enum class Kind { kFedAvg, kMedian, kTrimmedMean };
+  enum class Kind { kFedAvg, kMedian, kTrimmedMean, kKrum, kMultiKrum, kBulyan };
   Kind kind = Kind::kFedAvg;
   double trim_fraction = 0.0;  // kTrimmedMean: B in [0, 0.5)
+  int byzantine = 0;           // Krum, Multi-Krum, Bulyan: F, the devices assumed malicious
+  int keep = 1;                // Multi-Krum: M
+  ServerOptimizer optimizer;
+  bool optimizer_from_name = false;  // fedavgm, fedadam, ...: --server-optimizer may not contradict it
+  // Server-side norm bounding: every update is clipped (not refused) to
+  // this bound before combining; kMedian is a multiple of the round's own
+  // median update norm. Off by default ([validation] refuses the absurd).
+  NormBound clip = [] {
+    NormBound b;
+    b.mode = NormBound::Mode::kOff;
+    return b;
+  }();
 
+  // The name as parsed ("fedadam", "krum:2"); with a server optimizer set
+  // on its own, "fedavg+momentum".
   std::string Name() const;
+  // The combiner alone ("fedavg", "krum:2", ...).
+  std::string CombinerName() const;
   bool NeedsIndividualUpdates() const { return kind != Kind::kFedAvg; }
+  // The fewest updates the combiner can work with (1 for the means).
+  int MinUpdates() const;
 };
 
-// Parses "fedavg", "median" or "trimmed-mean:B"; InvalidArgument otherwise.
+// Parses a combiner or a named strategy (see above); InvalidArgument with
+// the accepted forms otherwise.
 StatusOr<Strategy> ParseStrategy(const std::string& text);
 
-// Coordinate-wise median or trimmed mean of the deltas added. Keeps them
-// all: memory is O(clients x model). Not thread-safe.
-class CoordinateWise {
+// A robust combiner over the deltas added. Keeps them all: memory is
+// O(clients x model). Not thread-safe.
+class RobustCombiner {
  public:
-  CoordinateWise(std::shared_ptr<const Layout> layout, Strategy strategy);
+  RobustCombiner(std::shared_ptr<const Layout> layout, Strategy strategy);
 
   // Fails without changing anything on a layout mismatch or non-finite values.
   Status Add(const Weights& delta);
   int count() const { return static_cast<int>(deltas_.size()); }
-  // FailedPrecondition when empty, or when trimming would leave nothing.
+  // FailedPrecondition when empty, when trimming would leave nothing, or
+  // when there are too few updates for F.
   StatusOr<Weights> Result() const;
+  // Krum, Multi-Krum, Bulyan: the indices (in the order added) of the
+  // updates the last Result() picked.
+  const std::vector<size_t>& picked() const { return picked_; }
 
  private:
   std::shared_ptr<const Layout> layout_;
   Strategy strategy_;
   std::vector<std::vector<float>> deltas_;
+  mutable std::vector<size_t> picked_;
 };
+
+// Krum's scores of `updates`: for each, the sum of squared L2 distances
+// to its max(1, n - f - 2) nearest others, from the pairwise squared
+// distances `d2` (n x n, row-major). Only the rows and columns in
+// `among` take part.
+std::vector<double> KrumScores(const std::vector<double>& d2, size_t n, const std::vector<size_t>& among,
+                               int f);
+// Pairwise squared L2 distances (n x n, row-major), in double.
+std::vector<double> PairwiseSquaredDistances(const std::vector<std::vector<float>>& updates);
+
+// Scales `delta`, whose L2 norm is `norm`, down to `bound` when larger.
+void ClipToNorm(Weights* delta, double norm, double bound);
 
 // new_global = global + server_learning_rate * mean_delta. With rate 1 this
 // is FedAvg: the example-weighted mean of the clients' local models.

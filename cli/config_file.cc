@@ -44,6 +44,12 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "optimizer", "--optimizer");
     both("model", "loss", "--loss");
     both("round", "strategy", "--strategy");
+    both("round", "server_optimizer", "--server-optimizer");
+    both("round", "server_momentum", "--server-momentum");
+    both("round", "server_beta1", "--server-beta1");
+    both("round", "server_beta2", "--server-beta2");
+    both("round", "server_tau", "--server-tau");
+    both("round", "clip_updates", "--clip-updates");
     both("round", "min_updates", "--min-updates");
     both("round", "deadline", "--deadline");
     both("round", "failed_round_backoff", "--failed-round-backoff");
@@ -135,6 +141,8 @@ const std::vector<ConfigKey>& ConfigKeys() {
     k.push_back({"faults", "rejoin_seconds", "sim", "--rejoin-seconds"});
     k.push_back({"faults", "straggler", "sim", "--straggler"});
     k.push_back({"faults", "straggler_factor", "sim", "--straggler-factor"});
+    k.push_back({"faults", "malicious", "sim", "--malicious"});
+    k.push_back({"faults", "attack", "sim", "--attack"});
     k.push_back({"faults", "aggregator_restarts", "sim", "--aggregator-restarts"});
     k.push_back({"faults", "aggregator_down_seconds", "sim", "--aggregator-down-seconds"});
     k.push_back({"data", "held_out_fraction", "client run", "--held-out-fraction"});

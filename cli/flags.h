@@ -195,7 +195,10 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--lr", c->learning_rate, "Local learning rate")->capture_default_str();
   app->add_option("--momentum", c->momentum, "Local SGD momentum [0,1)")->capture_default_str();
   app->add_option("--weight-decay", c->weight_decay, "Local L2 weight decay")->capture_default_str();
-  app->add_option("--server-lr", c->server_learning_rate, "Server learning rate applied to the mean delta")
+  app->add_option(
+         "--server-lr", c->server_learning_rate,
+         "Server learning rate applied to the combined update (0: 1 for sgd and momentum, 0.01 for adam, "
+         "yogi, adagrad)")
       ->capture_default_str();
   app->add_option_function<std::string>(
          "--strategy",
@@ -204,9 +207,47 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
            if (!s.ok()) throw CLI::ValidationError("--strategy", std::string(s.status().message()));
            c->strategy = *s;
          },
-         "Aggregation: fedavg, median (coordinate-wise) or trimmed-mean:B (drop the B fraction at each end); "
-         "the robust ones need individual updates, so not with --secagg")
+         "Aggregation: fedavg, fedavgm, fedadam, fedyogi, fedadagrad, median, trimmed-mean:B, krum:F, "
+         "multi-krum:F:M or bulyan:F (docs/strategies.md); the robust ones need individual updates, so not "
+         "with --secagg")
       ->default_str("fedavg");
+  app->add_option_function<std::string>(
+         "--server-optimizer",
+         [c](const std::string& text) {
+           StatusOr<ServerOptimizer::Kind> k = ParseServerOptimizer(text);
+           if (!k.ok()) throw CLI::ValidationError("--server-optimizer", std::string(k.status().message()));
+           if (c->strategy.optimizer_from_name && *k != c->strategy.optimizer.kind) {
+             throw CLI::ValidationError("--server-optimizer",
+                                        "strategy " + c->strategy.Name() + " already uses " +
+                                            c->strategy.optimizer.Name() + ", not " + text);
+           }
+           c->strategy.optimizer.kind = *k;
+         },
+         "The server's step with the combined update: sgd, momentum, adam, yogi or adagrad (default: what "
+         "the "
+         "strategy names, else sgd); with a robust strategy, e.g. krum:2 and momentum")
+      ->default_str("sgd");
+  app->add_option("--server-momentum", c->strategy.optimizer.momentum, "Server momentum beta (fedavgm)")
+      ->capture_default_str();
+  app->add_option("--server-beta1", c->strategy.optimizer.beta1,
+                  "First-moment decay (fedadam, fedyogi, fedadagrad)")
+      ->capture_default_str();
+  app->add_option("--server-beta2", c->strategy.optimizer.beta2, "Second-moment decay (fedadam, fedyogi)")
+      ->capture_default_str();
+  app->add_option("--server-tau", c->strategy.optimizer.tau,
+                  "Adaptivity tau, added to sqrt(v) (fedadam, fedyogi, fedadagrad)")
+      ->capture_default_str();
+  app->add_option_function<std::string>(
+         "--clip-updates",
+         [c](const std::string& text) {
+           StatusOr<NormBound> b = ParseNormBound(text);
+           if (!b.ok()) throw CLI::ValidationError("--clip-updates", std::string(b.status().message()));
+           c->strategy.clip = *b;
+         },
+         "Server-side norm bounding: clip every update to absolute:X, or to median:K times the round's "
+         "median "
+         "update norm, before combining (off)")
+      ->default_str("off");
   app->add_option("--min-updates", c->min_updates, "Fewer updates than this by the deadline fails the round")
       ->capture_default_str();
   app->add_option("--deadline", c->round_deadline_seconds, "Per-round deadline in seconds")

@@ -251,6 +251,17 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
       ->capture_default_str();
   app.add_option("--straggler", m.straggler, "FAULT: probability a selected device trains slowly in a round")
       ->capture_default_str();
+  app.add_option(
+         "--malicious", m.malicious,
+         "ATTACK: fraction of the fleet (chosen by the seed) that sends a poisoned update instead of its "
+         "own; with --attack")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option(
+         "--attack", m.attack,
+         "ATTACK: none, sign-flip[:S] (-S x the delta, S 4), scale[:S] (S 10), noise[:SIGMA] (Gaussian "
+         "updates, SIGMA 1) or lie[:Z] (a little is enough: the colluders' mean - Z x std)")
+      ->capture_default_str();
   app.add_option("--straggler-factor", m.straggler_factor, "FAULT: how many times slower a straggler trains")
       ->capture_default_str();
   app.add_option(
@@ -290,6 +301,18 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
         config.aggregator.rounds, config.aggregator.fraction, config.aggregator.epochs,
         config.aggregator.batch_size, config.aggregator.learning_rate, config.aggregator.momentum,
         static_cast<unsigned long long>(config.aggregator.seed));
+    const aggregator::Strategy& st = config.aggregator.strategy;
+    if (st.kind != aggregator::Strategy::Kind::kFedAvg || st.optimizer.stateful() ||
+        st.clip.mode != aggregator::NormBound::Mode::kOff) {
+      std::printf("strategy: %s, server lr %g%s%s\n", st.Name().c_str(),
+                  config.aggregator.ServerLearningRate(),
+                  st.clip.mode != aggregator::NormBound::Mode::kOff ? ", updates clipped to " : "",
+                  st.clip.mode != aggregator::NormBound::Mode::kOff ? st.clip.Describe().c_str() : "");
+    }
+    if (config.model.malicious > 0) {
+      std::printf("ATTACK: %g%% of the devices are malicious (%s)\n", 100.0 * config.model.malicious,
+                  config.model.attack.c_str());
+    }
   }
   if (config.aggregator.dp.enabled()) {
     const auto& dp = config.aggregator.dp;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "sim/attacks.h"
 
 namespace flotilla::sim {
 namespace {
@@ -63,6 +64,13 @@ Status FleetModel::Validate() const {
   if (!(rejoin_seconds >= 0) || !(straggler_factor >= 1) || aggregator_restarts < 0 ||
       !(aggregator_down_seconds >= 0)) {
     return InvalidArgument("faults: rejoin and down times >= 0, straggler factor >= 1, restarts >= 0");
+  }
+  if (!probability(malicious))
+    return InvalidArgument("faults: malicious is a fraction of the fleet, in [0, 1]");
+  StatusOr<Attack> parsed = ParseAttack(attack);
+  if (!parsed.ok()) return parsed.status();
+  if ((malicious > 0) != (parsed->kind != Attack::Kind::kNone)) {
+    return InvalidArgument("faults: set both malicious (a fraction of the fleet) and attack, or neither");
   }
   return Status::Ok();
 }

@@ -38,6 +38,10 @@ struct FleetModel {
   // the seed among 2..rounds-1.
   int aggregator_restarts = 0;
   double aggregator_down_seconds = 2.0;
+  // Malicious devices (sim/attacks.h): this fraction of the fleet, chosen
+  // by the seed, sends `attack` instead of what it trained.
+  double malicious = 0.0;
+  std::string attack = "none";
 
   Status Validate() const;
   bool any_fault() const { return dropout > 0 || crash > 0 || straggler > 0 || aggregator_restarts > 0; }

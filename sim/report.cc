@@ -183,6 +183,11 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
             static_cast<unsigned long long>(f.crashed), static_cast<unsigned long long>(f.stragglers),
             static_cast<unsigned long long>(f.aggregator_restarts)));
   }
+  if (f.poisoned > 0) {
+    add("attack",
+        fmt("%llu poisoned updates from %s devices (%s)", static_cast<unsigned long long>(f.poisoned),
+            fmt("%g%%", 100.0 * result.malicious_fraction).c_str(), result.attack.c_str()));
+  }
   if (result.check_ins > 0) {
     add("check-ins", fmt("%llu, at most %zu devices connected at once",
                          static_cast<unsigned long long>(result.check_ins), result.peak_active_devices));
@@ -410,7 +415,8 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
         {"dropped_after_sending", result.injected.dropped_after_sending},
         {"crashed", result.injected.crashed},
         {"stragglers", result.injected.stragglers},
-        {"aggregator_restarts", result.injected.aggregator_restarts}}},
+        {"aggregator_restarts", result.injected.aggregator_restarts},
+        {"poisoned_updates", result.injected.poisoned}}},
       {"bytes_in", bytes_in},
       {"bytes_out", bytes_out},
   };

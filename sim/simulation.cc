@@ -16,6 +16,7 @@
 #include "core/rng.h"
 #include "privacy/keys.h"
 #include "proto/codec.h"
+#include "sim/attacks.h"
 #include "sim/fleet_data.h"
 #include "sim/report.h"
 #include "sim/trainer_pool.h"
@@ -203,12 +204,74 @@ StatusOr<client::SessionConfig> SessionConfigFor(int i, const SimConfig& config,
   return sc;
 }
 
+// The malicious devices' side (sim/attacks.h): their finished training
+// passes through here on its way out. Per-device attacks change it at once;
+// the lie attack holds a round's colluders until all that got a task have
+// trained, then sends the same poisoned vector for each.
+class Adversary {
+ public:
+  Adversary(const FleetModel& model, size_t fleet, uint64_t seed) : seed_(seed), fleet_(fleet) {
+    StatusOr<Attack> a = ParseAttack(model.attack);
+    if (a.ok()) attack_ = *a;
+    if (attack_.kind != Attack::Kind::kNone) malicious_ = MaliciousDevices(model.malicious, fleet, seed);
+    for (bool m : malicious_) count_ += m;
+  }
+  size_t count() const { return count_; }
+  bool is_malicious(size_t device) const { return device < malicious_.size() && malicious_[device]; }
+
+  void TaskGiven(size_t device, uint32_t round) {
+    if (is_malicious(device)) ++tasks_[round];
+  }
+
+  // The results to pass on now.
+  StatusOr<std::vector<JobResult>> Process(JobResult r) {
+    std::vector<JobResult> out;
+    if (!is_malicious(r.client)) {
+      out.push_back(std::move(r));
+      return out;
+    }
+    if (attack_.kind != Attack::Kind::kLie) {
+      if (r.update.ok()) RETURN_IF_ERROR(Poison(attack_, seed_, r.client, &r.update.value()));
+      ++poisoned_;
+      out.push_back(std::move(r));
+      return out;
+    }
+    const uint32_t round = r.update.ok() ? r.update->round() : last_round_;
+    if (r.update.ok()) last_round_ = round;
+    std::vector<JobResult>& held = held_[round];
+    held.push_back(std::move(r));
+    if (held.size() < tasks_[round]) return out;
+    std::vector<wire::Update*> updates;
+    for (JobResult& h : held) {
+      if (h.update.ok()) updates.push_back(&h.update.value());
+    }
+    RETURN_IF_ERROR(PoisonTogether(attack_, fleet_, count_, updates));
+    poisoned_ += updates.size();
+    out = std::move(held);
+    held_.erase(round);
+    tasks_.erase(round);
+    return out;
+  }
+  uint64_t poisoned() const { return poisoned_; }
+
+ private:
+  Attack attack_;
+  uint64_t seed_;
+  size_t fleet_;
+  std::vector<bool> malicious_;
+  size_t count_ = 0;
+  std::map<uint32_t, size_t> tasks_;
+  std::map<uint32_t, std::vector<JobResult>> held_;
+  uint32_t last_round_ = 0;
+  uint64_t poisoned_ = 0;
+};
+
 // The devices' event loop: reads what is readable, hands finished training
 // to its session, ticks every session and queues new tasks, until every
 // session is finished (or the aggregator stopped 10 s ago without telling
 // some of them).
 Status DriveFleet(std::vector<std::unique_ptr<client::Session>>& sessions, TrainerPool& pool,
-                  const std::atomic<bool>& agg_stopped) {
+                  const std::atomic<bool>& agg_stopped, Adversary* adversary) {
   std::vector<net::ClientSocket*> sockets;
   std::optional<Clock::time_point> agg_stopped_at;
   size_t done = 0;
@@ -228,15 +291,20 @@ Status DriveFleet(std::vector<std::unique_ptr<client::Session>>& sessions, Train
     for (auto& s : sessions) sockets.push_back(s->socket());
     ASSIGN_OR_RETURN(std::vector<size_t> ready, net::PollReadable(sockets, std::chrono::milliseconds(20)));
     for (size_t i : ready) RETURN_IF_ERROR(sessions[i]->OnReadable());
-    for (auto& r : pool.TakeResults()) {
-      RETURN_IF_ERROR(r.update.ok() ? sessions[r.client]->SubmitUpdate(std::move(r.update).value())
-                                    : sessions[r.client]->AbandonTask(r.update.status()));
+    for (auto& finished : pool.TakeResults()) {
+      ASSIGN_OR_RETURN(std::vector<JobResult> results, adversary->Process(std::move(finished)));
+      for (auto& r : results) {
+        RETURN_IF_ERROR(r.update.ok() ? sessions[r.client]->SubmitUpdate(std::move(r.update).value())
+                                      : sessions[r.client]->AbandonTask(r.update.status()));
+      }
     }
     done = 0;
     for (size_t i = 0; i < sessions.size(); ++i) {
       RETURN_IF_ERROR(sessions[i]->OnTick());
-      if (std::optional<wire::TrainTask> task = sessions[i]->TakeTask())
+      if (std::optional<wire::TrainTask> task = sessions[i]->TakeTask()) {
+        adversary->TaskGiven(i, task->round());
         pool.Submit(Job{i, std::move(*task), {}});
+      }
       if (sessions[i]->finished()) ++done;
     }
   }
@@ -264,7 +332,8 @@ class CheckInFleet {
         context_(context),
         endpoint_(std::move(endpoint)),
         data_(data),
-        executor_(std::move(executor)) {}
+        executor_(std::move(executor)),
+        adversary_(config.model, data.size(), agg_config.seed) {}
 
   Status Drive(TrainerPool& pool, const std::atomic<bool>& agg_stopped) {
     const size_t fleet = data_.size();
@@ -305,9 +374,12 @@ class CheckInFleet {
       ASSIGN_OR_RETURN(std::vector<size_t> ready, net::PollReadable(sockets, std::chrono::milliseconds(10)));
       for (size_t k : ready) RETURN_IF_ERROR(active_.at(owners[k])->OnReadable());
       const auto now = Clock::now();
-      for (auto& r : pool.TakeResults()) {
-        if (!active_.count(r.client)) continue;
-        RETURN_IF_ERROR(TrainingDone(r.client, std::move(r.update), now));
+      for (auto& finished : pool.TakeResults()) {
+        ASSIGN_OR_RETURN(std::vector<JobResult> results, adversary_.Process(std::move(finished)));
+        for (auto& r : results) {
+          if (!active_.count(r.client)) continue;
+          RETURN_IF_ERROR(TrainingDone(r.client, std::move(r.update), now));
+        }
       }
       RETURN_IF_ERROR(RunDue(pool, now));
       for (auto it = active_.begin(); it != active_.end();) {
@@ -342,7 +414,11 @@ class CheckInFleet {
   uint64_t check_ins() const { return check_ins_; }
   size_t peak_active() const { return peak_active_; }
   size_t devices() const { return devices_; }
-  const InjectedFaults& injected() const { return injected_; }
+  InjectedFaults injected() const {
+    InjectedFaults f = injected_;
+    f.poisoned = adversary_.poisoned();
+    return f;
+  }
 
  private:
   Status ConnectObserver() {
@@ -411,6 +487,7 @@ class CheckInFleet {
       return false;
     }
     faults_[i] = fault;
+    adversary_.TaskGiven(i, task.round());
     const double down = LinkSeconds(m, seed, i, task.round(), "link-down", task.ByteSizeLong(),
                                     config_.request_timeout_seconds);
     auto shared = std::make_shared<wire::TrainTask>(std::move(task));
@@ -567,6 +644,7 @@ class CheckInFleet {
   size_t devices_ = 0;
   DueAt due_;
   std::map<size_t, Fault> faults_;  // this round's fault of each device with a task
+  Adversary adversary_;
   std::vector<std::pair<Clock::time_point, std::unique_ptr<client::Session>>> zombies_;
   InjectedFaults injected_;
 };
@@ -792,7 +870,9 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
       peak_active = fleet.peak_active();
       injected = fleet.injected();
     } else if (client_status.ok()) {
-      client_status = DriveFleet(sessions, pool, agg_stopped);
+      Adversary adversary(config.model, data.size(), agg_config.seed);
+      client_status = DriveFleet(sessions, pool, agg_stopped, &adversary);
+      injected.poisoned = adversary.poisoned();
     }
   }
   pool_slot = nullptr;
@@ -805,6 +885,8 @@ StatusOr<SimResult> RunSimulation(const SimConfig& config) {
   ASSIGN_OR_RETURN(SimResult result, server->Result(start));
   result.check_ins = check_ins;
   result.peak_active_devices = peak_active;
+  result.malicious_fraction = config.model.malicious;
+  result.attack = config.model.attack;
   result.injected = injected;
   RETURN_IF_ERROR(WriteOutputs(config, result));
   return result;

@@ -67,6 +67,7 @@ struct SimConfig {
 struct InjectedFaults {
   uint64_t dropped_before_training = 0, dropped_while_training = 0, dropped_after_sending = 0;
   uint64_t crashed = 0, stragglers = 0, aggregator_restarts = 0;
+  uint64_t poisoned = 0;  // updates malicious devices replaced (sim/attacks.h)
 };
 
 struct SimResult {
@@ -81,6 +82,8 @@ struct SimResult {
   // session at once.
   uint64_t check_ins = 0;
   size_t peak_active_devices = 0;
+  double malicious_fraction = 0.0;  // [faults] malicious and attack, as run
+  std::string attack = "none";
   InjectedFaults injected;
 };
 

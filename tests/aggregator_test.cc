@@ -87,19 +87,19 @@ TEST_CASE("Coordinate-wise median and trimmed mean match hand-computed values", 
                                                 {1000, -1000, 1000, 1e6f, -1e6f}};
   auto median = ParseStrategy("median");
   REQUIRE(median.ok());
-  CoordinateWise med(layout, *median);
+  RobustCombiner med(layout, *median);
   for (const auto& r : rows) REQUIRE(med.Add(Make(layout, r)).ok());
   auto m = med.Result();
   REQUIRE(m.ok());
   CHECK(m->data == std::vector<float>{3, 20, -2, 0, 5});
   // Even count: mean of the two middle values.
-  CoordinateWise even(layout, *median);
+  RobustCombiner even(layout, *median);
   for (size_t i = 0; i < 4; ++i) REQUIRE(even.Add(Make(layout, rows[i])).ok());
   CHECK(even.Result()->data == std::vector<float>{2.5f, 25, -2.5f, 0, 5});
 
   auto trimmed = ParseStrategy("trimmed-mean:0.2");  // drops 1 of 5 at each end
   REQUIRE(trimmed.ok());
-  CoordinateWise tm(layout, *trimmed);
+  RobustCombiner tm(layout, *trimmed);
   for (const auto& r : rows) REQUIRE(tm.Add(Make(layout, r)).ok());
   auto t = tm.Result();
   REQUIRE(t.ok());
@@ -109,7 +109,7 @@ TEST_CASE("Coordinate-wise median and trimmed mean match hand-computed values", 
   // A NaN delta is refused and changes nothing.
   CHECK_FALSE(tm.Add(Make(layout, {NAN, 0, 0, 0, 0})).ok());
   CHECK(tm.count() == 5);
-  CHECK_FALSE(CoordinateWise(layout, *median).Result().ok());
+  CHECK_FALSE(RobustCombiner(layout, *median).Result().ok());
 }
 
 TEST_CASE("Strategy names parse and bad ones are refused", "[aggregator][strategy]") {

@@ -1,0 +1,334 @@
+// Strategies against values computed by hand on small vectors (the
+// arithmetic is in the comments), and the server optimizers' state across
+// rounds and across a restart of the round engine on its store.
+#include "aggregator/strategy.h"
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+
+#include "aggregator/round_engine.h"
+#include "aggregator/server_optimizer.h"
+#include "aggregator/store.h"
+#include "privacy/keys.h"
+#include "proto/codec.h"
+#include "storage/kv_store.h"
+#include "testing/test_storage.h"
+
+using namespace flotilla;
+using namespace flotilla::aggregator;
+
+namespace {
+
+std::shared_ptr<const Layout> LayoutOf(int64_t n) {
+  return std::make_shared<const Layout>(*Layout::Create({{"w", {n}}}));
+}
+
+Weights Make(const std::shared_ptr<const Layout>& layout, std::vector<float> values) {
+  Weights w;
+  w.layout = layout;
+  w.data = std::move(values);
+  return w;
+}
+
+StatusOr<Weights> Combine(const std::string& strategy, const std::vector<std::vector<float>>& rows,
+                          std::vector<size_t>* picked = nullptr) {
+  auto s = ParseStrategy(strategy);
+  REQUIRE(s.ok());
+  auto layout = LayoutOf(static_cast<int64_t>(rows[0].size()));
+  RobustCombiner c(layout, *s);
+  for (const auto& r : rows) REQUIRE(c.Add(Make(layout, r)).ok());
+  StatusOr<Weights> out = c.Result();
+  if (picked != nullptr) *picked = c.picked();
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Krum picks the update closest to its n - f - 2 neighbours, ties to the first in client-id order",
+          "[aggregator][strategy]") {
+  // n = 5, f = 1: each score sums the 2 smallest squared distances.
+  // Squared distances: d01 = 1, d02 = 4, d03 = 18, d04 = 100, d12 = 5,
+  // d13 = 13, d14 = 121, d23 = 10, d24 = 104, d34 = 178.
+  // Scores: u0 1+4 = 5, u1 1+5 = 6, u2 4+5 = 9, u3 10+13 = 23, u4 100+104 = 204.
+  const std::vector<std::vector<float>> rows = {{0, 0}, {1, 0}, {0, 2}, {3, 3}, {-10, 0}};
+  std::vector<size_t> picked;
+  auto krum = Combine("krum:1", rows, &picked);
+  REQUIRE(krum.ok());
+  CHECK(krum->data == std::vector<float>{0, 0});
+  CHECK(picked == std::vector<size_t>{0});
+  // Multi-Krum averages the M best, unweighted: (u0 + u1) / 2, then
+  // (u0 + u1 + u2) / 3.
+  auto mk2 = Combine("multi-krum:1:2", rows, &picked);
+  REQUIRE(mk2.ok());
+  CHECK(mk2->data == std::vector<float>{0.5f, 0});
+  CHECK(picked == std::vector<size_t>{0, 1});
+  auto mk3 = Combine("multi-krum:1:3", rows, &picked);
+  REQUIRE(mk3.ok());
+  CHECK(mk3->data[0] == Approx(1.0 / 3));
+  CHECK(mk3->data[1] == Approx(2.0 / 3));
+
+  // The unit square and an outlier: u0..u3 all score 1 + 1 = 2 (two
+  // neighbours at distance 1). The tie goes to u0, the first in the
+  // store's client-id order; Multi-Krum with M = 3 takes u0, u1, u2.
+  const std::vector<std::vector<float>> square = {{0, 0}, {1, 0}, {0, 1}, {1, 1}, {10, 10}};
+  auto tie = Combine("krum:1", square, &picked);
+  REQUIRE(tie.ok());
+  CHECK(tie->data == std::vector<float>{0, 0});
+  auto mk = Combine("multi-krum:1:3", square, &picked);
+  REQUIRE(mk.ok());
+  CHECK(picked == std::vector<size_t>{0, 1, 2});
+  CHECK(mk->data[0] == Approx(1.0 / 3));
+  CHECK(mk->data[1] == Approx(1.0 / 3));
+
+  // Too few updates for f: Krum needs n >= 2f + 3.
+  auto few = Combine("krum:2", rows);
+  REQUIRE_FALSE(few.ok());
+  CHECK(std::string(few.status().message()).find("at least 7 updates") != std::string::npos);
+}
+
+TEST_CASE("Bulyan picks n - 2f by repeated Krum, then averages the n - 4f values nearest each median",
+          "[aggregator][strategy]") {
+  // n = 7, f = 1: theta = 5 picks, beta = 3 values per coordinate.
+  // Pick 1 (r = 7, 4 neighbours): scores 0:30 1:15 2:10 3:15 4:30 100:38030
+  //   -50:10614 -> 2. Pick 2 (r = 6, 3 neighbours): 0:26 1:14 3:14 4:26 -> 1
+  //   (tie with 3, first in order). Pick 3 (r = 5, 2): 0:25 3:10 4:17 -> 3.
+  // Pick 4 (r = 4, 1): 0:16 4:16 -> 0 (tie). Pick 5 (r = 3, 1): 4:2916
+  //   100:9216 -50:2916 -> 4 (tie with -50).
+  // Picked {0, 1, 2, 3, 4}: median 2, the 3 nearest 1, 2, 3 -> 2.
+  std::vector<size_t> picked;
+  auto one = Combine("bulyan:1", {{0}, {1}, {2}, {3}, {4}, {100}, {-50}}, &picked);
+  REQUIRE(one.ok());
+  CHECK(picked == std::vector<size_t>{2, 1, 3, 0, 4});
+  CHECK(one->data == std::vector<float>{2});
+  // Two coordinates, the same picks: first coordinate {0, 1, 2, 3, 6}
+  // (median 2, nearest 1, 2, 3 -> 2); second {5, -1, 0, 2, 1} sorted
+  // -1 0 1 2 5 (median 1, nearest 0, 1, 2 -> 1).
+  auto two = Combine("bulyan:1", {{0, 5}, {1, -1}, {2, 0}, {3, 2}, {6, 1}, {100, 100}, {-50, 3}}, &picked);
+  REQUIRE(two.ok());
+  CHECK(two->data == std::vector<float>{2, 1});
+  // n >= 4f + 3.
+  CHECK_FALSE(Combine("bulyan:2", {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}}).ok());
+}
+
+TEST_CASE("Strategy and server optimizer names parse, and bad ones say what is accepted",
+          "[aggregator][strategy]") {
+  for (const char* ok : {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median",
+                         "trimmed-mean:0.1", "krum:2", "multi-krum:2:5", "bulyan:1"}) {
+    INFO(ok);
+    auto s = ParseStrategy(ok);
+    REQUIRE(s.ok());
+    CHECK(s->Name() == ok);
+  }
+  CHECK(ParseStrategy("fedadam")->optimizer.kind == ServerOptimizer::Kind::kAdam);
+  CHECK(ParseStrategy("fedavgm")->optimizer.kind == ServerOptimizer::Kind::kMomentum);
+  CHECK(ParseStrategy("multi-krum:2:5")->MinUpdates() == 7);
+  CHECK(ParseStrategy("bulyan:2")->MinUpdates() == 11);
+  for (const char* bad : {"krum", "krum:", "krum:-1", "krum:x", "multi-krum:1", "multi-krum:1:0",
+                          "bulyan:1:2", "fedadamw", "krum:1.5"}) {
+    INFO(bad);
+    auto s = ParseStrategy(bad);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.status().code() == StatusCode::kInvalidArgument);
+  }
+  CHECK(ParseServerOptimizer("yogi").ok());
+  CHECK_FALSE(ParseServerOptimizer("rmsprop").ok());
+  ServerOptimizer bad;
+  bad.beta2 = 1.0;
+  CHECK_FALSE(bad.Validate().ok());
+}
+
+TEST_CASE("Server optimizers take the steps of their papers", "[aggregator][strategy]") {
+  auto layout = LayoutOf(2);
+  const Weights global = Make(layout, {1.0f, 1.0f});
+  const Weights delta = Make(layout, {0.5f, -1.0f});
+  ServerState none, next;
+
+  ServerOptimizer opt;  // sgd: x + eta d
+  auto sgd = ServerStep(opt, 0.1, global, delta, none, &next);
+  REQUIRE(sgd.ok());
+  CHECK(sgd->data[0] == Approx(1.05));
+  CHECK(sgd->data[1] == Approx(0.9));
+  CHECK(next.first.empty());
+
+  // FedAvgM, beta 0.9: v1 = d; x1 = 1 + 0.1 * 0.5 = 1.05. Again with the
+  // same delta: v2 = 0.9 * 0.5 + 0.5 = 0.95; x2 = 1.05 + 0.095 = 1.145.
+  opt.kind = ServerOptimizer::Kind::kMomentum;
+  auto m1 = ServerStep(opt, 0.1, global, delta, none, &next);
+  REQUIRE(m1.ok());
+  CHECK(m1->data[0] == Approx(1.05));
+  ServerState after2;
+  auto m2 = ServerStep(opt, 0.1, *m1, delta, next, &after2);
+  REQUIRE(m2.ok());
+  CHECK(m2->data[0] == Approx(1.145));
+  CHECK(m2->data[1] == Approx(1.0 - 0.1 - 0.19));  // v2 = -0.9 - 1 = -1.9
+  CHECK(after2.steps == 2);
+
+  // FedAdam, beta1 0.9, beta2 0.99, tau 1e-3, v0 = tau^2 = 1e-6:
+  // m1 = 0.1 * 0.5 = 0.05; v1 = 0.99e-6 + 0.01 * 0.25 = 0.00250099;
+  // x1 = 1 + 0.1 * 0.05 / (sqrt(0.00250099) + 0.001) = 1 + 0.1 * 0.980201.
+  opt.kind = ServerOptimizer::Kind::kAdam;
+  auto adam = ServerStep(opt, 0.1, global, delta, none, &next);
+  REQUIRE(adam.ok());
+  CHECK(next.first[0] == Approx(0.05));
+  CHECK(next.second[0] == Approx(0.00250099).epsilon(1e-6));
+  CHECK(adam->data[0] == Approx(1.0980201).epsilon(1e-6));
+  // The second coordinate: m = -0.1, v = 0.99e-6 + 0.01 = 0.01000099;
+  // step = -0.1 / (0.10000495 + 0.001) = -0.990050.
+  CHECK(adam->data[1] == Approx(1.0 - 0.0990050).epsilon(1e-6));
+
+  // FedYogi: v1 = v0 - 0.01 * d^2 * sign(v0 - d^2) = 1e-6 + 0.0025.
+  opt.kind = ServerOptimizer::Kind::kYogi;
+  auto yogi = ServerStep(opt, 0.1, global, delta, none, &next);
+  REQUIRE(yogi.ok());
+  CHECK(next.second[0] == Approx(0.002501).epsilon(1e-6));
+  CHECK(yogi->data[0] == Approx(1.0 + 0.1 * 0.05 / (std::sqrt(0.002501) + 0.001)).epsilon(1e-6));
+  // Yogi's v shrinks when it exceeds d^2 (Adam's would decay by beta2):
+  // from v = 1, d = 0.5: v = 1 - 0.01 * 0.25 = 0.9975.
+  ServerState big;
+  big.first = {0.0f, 0.0f};
+  big.second = {1.0f, 1.0f};
+  REQUIRE(ServerStep(opt, 0.1, global, delta, big, &next).ok());
+  CHECK(next.second[0] == Approx(0.9975));
+
+  // FedAdagrad: v1 = v0 + d^2 = 0.250001; x1 = 1 + 0.1 * 0.05 / (0.500001 + 0.001).
+  opt.kind = ServerOptimizer::Kind::kAdagrad;
+  auto adagrad = ServerStep(opt, 0.1, global, delta, none, &next);
+  REQUIRE(adagrad.ok());
+  CHECK(next.second[0] == Approx(0.250001));
+  CHECK(adagrad->data[0] == Approx(1.0 + 0.1 * 0.05 / 0.501001).epsilon(1e-6));
+
+  // State of the wrong size is refused, and nothing is written.
+  ServerState wrong;
+  wrong.first = {1.0f};
+  ServerState untouched;
+  CHECK_FALSE(ServerStep(opt, 0.1, global, delta, wrong, &untouched).ok());
+  CHECK(untouched.steps == 0);
+}
+
+TEST_CASE("Server norm bounding clips an update to the bound and leaves smaller ones alone",
+          "[aggregator][strategy]") {
+  auto layout = LayoutOf(2);
+  Weights big = Make(layout, {3, 4});  // norm 5
+  ClipToNorm(&big, 5.0, 2.5);
+  CHECK(big.data[0] == Approx(1.5));
+  CHECK(big.data[1] == Approx(2.0));
+  Weights small = Make(layout, {0.3f, 0.4f});
+  ClipToNorm(&small, 0.5, 2.5);
+  CHECK(small.data == std::vector<float>{0.3f, 0.4f});
+}
+
+namespace {
+
+std::shared_ptr<const Layout> TinyLayout() {
+  return std::make_shared<const Layout>(*Layout::Create({{"fc.weight", {2, 3}}, {"fc.bias", {2}}}));
+}
+
+// A round engine on an in-memory store that outlives it, three devices that
+// always report, and a restart whenever the test asks.
+struct Federation {
+  std::shared_ptr<storage::KvStore> memory{storage::NewMemoryStore(Store::Families())};
+  std::unique_ptr<Store> store;
+  ClientRegistry clients{ClientRegistry::PausePolicy{}};
+  AggregatorConfig config;
+  std::unique_ptr<RoundEngine> engine;
+
+  explicit Federation(const std::string& strategy) {
+    config.model_arch = "tiny";
+    config.store_path = "memory";
+    config.rounds = 6;
+    config.min_clients = 3;
+    config.round_deadline_seconds = 30;
+    config.strategy = *ParseStrategy(strategy);
+    config.server_learning_rate = 0.1;
+    auto signing = privacy::GenerateSigningKeyPair();
+    REQUIRE(signing.ok());
+    config.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(signing).value());
+    for (int i = 0; i < 3; ++i) {
+      wire::Hello hello;
+      hello.set_client_name("dev" + std::to_string(i));
+      clients.Register("dev" + std::to_string(i), "peer" + std::to_string(i), hello, 0);
+    }
+  }
+
+  void Start() {
+    engine.reset();
+    auto s = Store::OnKvStore(std::make_unique<testing::SharedKvStore>(memory));
+    REQUIRE(s.ok());
+    store = std::move(s).value();
+    auto e =
+        RoundEngine::Recover(config, store.get(), &clients, Weights::Zeros(TinyLayout()), nullptr, nullptr);
+    INFO(e.status().ToString());
+    REQUIRE(e.ok());
+    engine = std::move(e).value();
+  }
+
+  // One round in which device i sends a delta that depends on the round
+  // and the coordinate, so the moments differ from step to step.
+  void Round() {
+    const auto now = RoundEngine::Clock::now();
+    REQUIRE(*engine->MaybeStart(now, [](const std::string&) { return true; }));
+    const uint32_t round = engine->round();
+    for (int i = 0; i < 3; ++i) {
+      wire::Update u;
+      u.set_round(round);
+      u.set_model_version(engine->registry().version());
+      u.set_num_examples(10 + i);
+      Weights d = Weights::Zeros(TinyLayout());
+      for (size_t k = 0; k < d.data.size(); ++k)
+        d.data[k] =
+            0.01f * static_cast<float>((static_cast<int>(k) + i + static_cast<int>(round)) % 5) - 0.02f;
+      proto::WeightsToProto(d, u.mutable_delta());
+      auto r = engine->RecordUpdate("dev" + std::to_string(i), u, now);
+      REQUIRE(r.ok());
+    }
+    std::vector<SecureRound::Reply> out;
+    auto f = engine->MaybeFinish(now, &out);
+    REQUIRE(f.ok());
+    REQUIRE(*f);
+    REQUIRE(engine->history().back().completed);
+  }
+
+  std::string StoredState() const {
+    auto s = store->GetServerState();
+    REQUIRE(s.ok());
+    return s->has_value() ? (*s)->SerializeAsString() : std::string();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("Server optimizer state is committed with its round and a restarted engine continues bit for bit",
+          "[aggregator][strategy]") {
+  const std::string strategy = GENERATE(as<std::string>{}, "fedavgm", "fedadam", "fedyogi", "fedadagrad");
+  INFO(strategy);
+  Federation straight(strategy);
+  straight.Start();
+  for (int r = 0; r < 4; ++r) straight.Round();
+
+  Federation restarted(strategy);
+  restarted.Start();
+  restarted.Round();
+  restarted.Round();
+  const std::string before = restarted.StoredState();
+  REQUIRE_FALSE(before.empty());
+  records::ServerStateRecord record;
+  REQUIRE(record.ParseFromString(before));
+  CHECK(record.model_version() == restarted.engine->registry().version());
+  CHECK(record.steps() == 2);
+  restarted.Start();  // the process died here; a new engine on the same store
+  restarted.Round();
+  restarted.Round();
+
+  const Weights& a = straight.engine->global();
+  const Weights& b = restarted.engine->global();
+  REQUIRE(a.data.size() == b.data.size());
+  CHECK(std::memcmp(a.data.data(), b.data.data(), a.data.size() * sizeof(float)) == 0);
+  CHECK(straight.StoredState() == restarted.StoredState());
+  // The state moved the model differently from plain FedAvg.
+  Federation plain("fedavg");
+  plain.Start();
+  for (int r = 0; r < 4; ++r) plain.Round();
+  CHECK(std::memcmp(a.data.data(), plain.engine->global().data.data(), a.data.size() * sizeof(float)) != 0);
+  CHECK(plain.StoredState().empty());
+}
