@@ -105,6 +105,14 @@ Status AggregatorConfig::Validate() const {
         "only their sum; use --strategy fedavg with --secagg, or turn secure aggregation off");
   }
   RETURN_IF_ERROR(strategy.optimizer.Validate());
+  if (!(strategy.proximal_mu >= 0) || !std::isfinite(strategy.proximal_mu))
+    return InvalidArgument("proximal mu must be >= 0");
+  if (strategy.proximal_mu > 0 && dp.mode == DpConfig::Mode::kRecord) {
+    return InvalidArgument(
+        "FedProx's proximal term is not implemented in DP-SGD training yet; drop --proximal-mu (or fedprox) "
+        "or "
+        "record-level DP");
+  }
   if (strategy.clip.mode != NormBound::Mode::kOff && secagg.enabled) {
     return InvalidArgument(
         "server-side update clipping (--clip-updates) needs each device's update, which secure aggregation "

@@ -182,6 +182,7 @@ wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_p
   if (config_.compression != "none") tc->set_compression(config_.compression);
   if (config_.federated_eval) tc->set_evaluate(true);
   if (config_.optimizer != "sgd") tc->set_optimizer(config_.optimizer);
+  if (config_.strategy.proximal_mu > 0) tc->set_proximal_mu(config_.strategy.proximal_mu);
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, DeriveSeed(0, client_id)));
   task->set_deadline_seconds(std::chrono::duration<double>(deadline_ - now).count());
   if (config_.model_arch == "torchscript") {

@@ -75,6 +75,11 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
   if (!robust) return mean->Mean();
   StatusOr<Weights> combined = robust->Result();
   if (combined.ok() && !robust->picked().empty()) {
+    if (robust->byzantine_used() < config_.strategy.byzantine) {
+      LOG_WARN("aggregator", "round " << round_ << ": " << robust->count() << " updates are too few for "
+                                      << config_.strategy.CombinerName()
+                                      << "; it tolerated F = " << robust->byzantine_used() << " this round");
+    }
     LOG_DEBUG("aggregator", "round " << round_ << ": " << config_.strategy.CombinerName() << " kept "
                                      << robust->picked().size() << " of " << robust->count() << " updates");
   }

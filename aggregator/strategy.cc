@@ -54,6 +54,11 @@ std::string Strategy::CombinerName() const {
 }
 
 std::string Strategy::Name() const {
+  if (prox_from_name && !optimizer.stateful()) {
+    std::ostringstream mu;
+    mu << proximal_mu;
+    return "fedprox:" + mu.str();
+  }
   if (optimizer_from_name)
     return "fed" +
            std::string(optimizer.kind == ServerOptimizer::Kind::kMomentum ? "avgm" : optimizer.Name());
@@ -64,14 +69,28 @@ std::string Strategy::Name() const {
 int Strategy::MinUpdates() const {
   switch (kind) {
     case Kind::kKrum:
-      return 2 * byzantine + 3;
     case Kind::kMultiKrum:
-      return std::max(2 * byzantine + 3, keep);
     case Kind::kBulyan:
-      return 4 * byzantine + 3;
+      return 3;  // with F lowered to 0: one neighbour each
     default:
       return 1;
   }
+}
+
+int Strategy::ByzantineFor(int n) const {
+  int most = 0;
+  switch (kind) {
+    case Kind::kKrum:
+    case Kind::kMultiKrum:
+      most = (n - 3) / 2;  // n >= 2F + 3
+      break;
+    case Kind::kBulyan:
+      most = (n - 3) / 4;  // n >= 4F + 3
+      break;
+    default:
+      return 0;
+  }
+  return std::max(0, std::min(byzantine, most));
 }
 
 namespace {
@@ -97,7 +116,8 @@ std::optional<std::vector<int>> ParseInts(const std::string& rest) {
 StatusOr<Strategy> ParseStrategy(const std::string& text) {
   Strategy s;
   const std::string forms =
-      " (use fedavg, fedavgm, fedadam, fedyogi, fedadagrad, median, trimmed-mean:B, krum:F, multi-krum:F:M "
+      " (use fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox:MU, median, trimmed-mean:B, krum:F, "
+      "multi-krum:F:M "
       "or "
       "bulyan:F)";
   if (text == "fedavg") return s;
@@ -114,6 +134,18 @@ StatusOr<Strategy> ParseStrategy(const std::string& text) {
   }
   if (text == "median") {
     s.kind = Strategy::Kind::kMedian;
+    return s;
+  }
+  if (text.rfind("fedprox:", 0) == 0) {
+    const std::string number = text.substr(8);
+    char* end = nullptr;
+    const double mu = std::strtod(number.c_str(), &end);
+    if (number.empty() || end != number.c_str() + number.size() || !(mu > 0) || !std::isfinite(mu)) {
+      return InvalidArgument("fedprox needs mu > 0, the proximal term's weight, e.g. fedprox:0.01; got '" +
+                             number + "'");
+    }
+    s.proximal_mu = mu;
+    s.prox_from_name = true;
     return s;
   }
   const std::string prefix = "trimmed-mean:";
@@ -223,6 +255,8 @@ StatusOr<Weights> RobustCombiner::Result() const {
                               std::to_string(strategy_.MinUpdates()) + " updates, the round has " +
                               std::to_string(n));
   }
+  const int f = strategy_.ByzantineFor(static_cast<int>(n));
+  byzantine_used_ = f;
   Weights out = Weights::Zeros(layout_);
   const Strategy::Kind kind = strategy_.kind;
   if (kind == Strategy::Kind::kKrum || kind == Strategy::Kind::kMultiKrum ||
@@ -231,8 +265,8 @@ StatusOr<Weights> RobustCombiner::Result() const {
     std::vector<size_t> all(n);
     for (size_t i = 0; i < n; ++i) all[i] = i;
     if (kind != Strategy::Kind::kBulyan) {
-      const std::vector<size_t> order = ByScore(KrumScores(d2, n, all, strategy_.byzantine));
-      const size_t m = kind == Strategy::Kind::kKrum ? 1 : static_cast<size_t>(strategy_.keep);
+      const std::vector<size_t> order = ByScore(KrumScores(d2, n, all, f));
+      const size_t m = kind == Strategy::Kind::kKrum ? 1 : std::min(n, static_cast<size_t>(strategy_.keep));
       picked_.assign(order.begin(), order.begin() + static_cast<long>(m));
       std::vector<double> sum(out.data.size(), 0.0);
       for (size_t p : picked_) {
@@ -244,11 +278,11 @@ StatusOr<Weights> RobustCombiner::Result() const {
     }
     // Bulyan: theta = n - 2f picks by Krum on what is left, then per
     // coordinate the beta = theta - 2f values closest to their median.
-    const size_t theta = n - 2 * static_cast<size_t>(strategy_.byzantine);
-    const size_t beta = theta - 2 * static_cast<size_t>(strategy_.byzantine);
+    const size_t theta = n - 2 * static_cast<size_t>(f);
+    const size_t beta = theta - 2 * static_cast<size_t>(f);
     std::vector<size_t> left = all;
     while (picked_.size() < theta) {
-      const std::vector<size_t> order = ByScore(KrumScores(d2, n, left, strategy_.byzantine));
+      const std::vector<size_t> order = ByScore(KrumScores(d2, n, left, f));
       picked_.push_back(left[order[0]]);
       left.erase(left.begin() + static_cast<long>(order[0]));
     }

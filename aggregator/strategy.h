@@ -47,18 +47,23 @@ class WeightedMean {
 //                     smallest values and average the rest (Yin et al. 2018)
 //   krum:F            the update whose n - F - 2 nearest neighbours are
 //                     closest (sum of squared L2 distances; Blanchard et
-//                     al. 2017). Needs n >= 2F + 3.
+//                     al. 2017). Needs n >= 2F + 3; with fewer updates
+//                     (devices refused or paused by validation) F is
+//                     lowered to fit, and the round's log says so.
 //   multi-krum:F:M    the unweighted mean of the M updates with the best
 //                     Krum scores, scored once over all n (Flower weights the
 //                     M by example counts; we do not: a device can lie about
-//                     its count). Needs n >= max(2F+3, M).
+//                     its count). F as Krum's; M at most n.
 //   bulyan:F          Krum applied n - 2F times, each time on the updates
 //                     not yet picked (with max(1, r - F - 2) neighbours
 //                     among r left); then per coordinate the mean of the
 //                     n - 4F picked values closest to their median (El
-//                     Mhamdi et al. 2018). Needs n >= 4F + 3.
+//                     Mhamdi et al. 2018). Needs n >= 4F + 3 (F lowered to fit).
 // Krum's ties go to the update first in client-id order (the store's
 // order), so the result never depends on arrival order.
+//
+// fedprox:MU is fedavg whose devices add the proximal term (mu / 2)
+// ||w - w_global||^2 to their local objective (Li et al. 2020).
 //
 // Named strategies that also choose the server's step (server_optimizer.h):
 //   fedavgm = fedavg + momentum, fedadam = fedavg + adam,
@@ -73,8 +78,13 @@ struct Strategy {
   double trim_fraction = 0.0;  // kTrimmedMean: B in [0, 0.5)
   int byzantine = 0;           // Krum, Multi-Krum, Bulyan: F, the devices assumed malicious
   int keep = 1;                // Multi-Krum: M
+  // FedProx (Li et al. 2020): the devices add (mu / 2) ||w - w_global||^2
+  // to their local objective; "fedprox:MU" is fedavg with it, and
+  // --proximal-mu adds it to any strategy. 0 = off.
+  double proximal_mu = 0.0;
   ServerOptimizer optimizer;
   bool optimizer_from_name = false;  // fedavgm, fedadam, ...: --server-optimizer may not contradict it
+  bool prox_from_name = false;       // fedprox:MU
   // Server-side norm bounding: every update is clipped (not refused) to
   // this bound before combining; kMedian is a multiple of the round's own
   // median update norm. Off by default ([validation] refuses the absurd).
@@ -90,8 +100,12 @@ struct Strategy {
   // The combiner alone ("fedavg", "krum:2", ...).
   std::string CombinerName() const;
   bool NeedsIndividualUpdates() const { return kind != Kind::kFedAvg; }
-  // The fewest updates the combiner can work with (1 for the means).
+  // The fewest updates the combiner can work with (1 for the means, 3 for
+  // the Krum family).
   int MinUpdates() const;
+  // The F the combiner uses on n updates: `byzantine`, lowered to the most
+  // n allows (n >= 2F + 3 for Krum and Multi-Krum, n >= 4F + 3 for Bulyan).
+  int ByzantineFor(int n) const;
 };
 
 // Parses a combiner or a named strategy (see above); InvalidArgument with
@@ -113,12 +127,15 @@ class RobustCombiner {
   // Krum, Multi-Krum, Bulyan: the indices (in the order added) of the
   // updates the last Result() picked.
   const std::vector<size_t>& picked() const { return picked_; }
+  // The F the last Result() used (ByzantineFor its updates).
+  int byzantine_used() const { return byzantine_used_; }
 
  private:
   std::shared_ptr<const Layout> layout_;
   Strategy strategy_;
   std::vector<std::vector<float>> deltas_;
   mutable std::vector<size_t> picked_;
+  mutable int byzantine_used_ = 0;
 };
 
 // Krum's scores of `updates`: for each, the sum of squared L2 distances

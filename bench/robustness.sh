@@ -3,7 +3,9 @@
 # "Robustness to malicious devices"): Fashion-MNIST, 50 devices (IID),
 # 20% of them malicious, each attack of sim/attacks.h against each strategy,
 # beside every strategy's clean run. Prints a Markdown table of final test
-# accuracy and writes every run under OUT.
+# accuracy and writes every run under OUT. "fedavg unbounded" turns the
+# aggregator's update validation norm bound off (--update-norm-bound off),
+# "fedavg clip" adds server-side clipping to the median norm.
 #   bash bench/robustness.sh [ROUNDS] [OUT] [ARCH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,7 @@ out=${2:-runs/robustness}
 arch=${3:-logreg}
 F=build/cli/flotilla
 mkdir -p "$out"
-strategies=(fedavg "fedavg clip" median trimmed-mean:0.2 krum:10 multi-krum:10:40 bulyan:10)
+strategies=("fedavg unbounded" fedavg "fedavg clip" median trimmed-mean:0.2 krum:10 multi-krum:10:40 bulyan:10)
 attacks=(none sign-flip scale noise lie)
 for s in "${strategies[@]}"; do
   for a in "${attacks[@]}"; do
@@ -24,6 +26,7 @@ for s in "${strategies[@]}"; do
     read -r strategy extra <<<"$s"
     args+=(--strategy "$strategy")
     [ "${extra:-}" = clip ] && args+=(--clip-updates median:1)
+    [ "${extra:-}" = unbounded ] && args+=(--update-norm-bound off)
     [ "$a" != none ] && args+=(--malicious 0.2 --attack "$a")
     echo "== $s / $a" >&2
     "$F" sim "${args[@]}" >"$out/$name.log" 2>&1 || echo "   failed: see $out/$name.log" >&2
@@ -32,7 +35,7 @@ done
 /usr/bin/python3 - "$out" "${attacks[@]}" <<'PY'
 import json, os, sys
 out, attacks = sys.argv[1], sys.argv[2:]
-rows = ["fedavg", "fedavg-clip", "median", "trimmed-mean:0.2", "krum:10", "multi-krum:10:40", "bulyan:10"]
+rows = ["fedavg-unbounded", "fedavg", "fedavg-clip", "median", "trimmed-mean:0.2", "krum:10", "multi-krum:10:40", "bulyan:10"]
 def acc(name):
     p = os.path.join(out, name, "summary.json")
     if not os.path.exists(p):

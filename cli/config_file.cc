@@ -45,6 +45,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("model", "loss", "--loss");
     both("round", "strategy", "--strategy");
     both("round", "server_optimizer", "--server-optimizer");
+    both("round", "proximal_mu", "--proximal-mu");
     both("round", "server_momentum", "--server-momentum");
     both("round", "server_beta1", "--server-beta1");
     both("round", "server_beta2", "--server-beta2");

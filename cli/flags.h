@@ -227,6 +227,10 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
          "the "
          "strategy names, else sgd); with a robust strategy, e.g. krum:2 and momentum")
       ->default_str("sgd");
+  app->add_option("--proximal-mu", c->strategy.proximal_mu,
+                  "FedProx: the devices add (mu/2)||w - w_global||^2 to their local objective (0 = off; "
+                  "--strategy fedprox:MU sets it too)")
+      ->capture_default_str();
   app->add_option("--server-momentum", c->strategy.optimizer.momentum, "Server momentum beta (fedavgm)")
       ->capture_default_str();
   app->add_option("--server-beta1", c->strategy.optimizer.beta1,

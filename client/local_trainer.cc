@@ -67,6 +67,7 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   config.weight_decay = task.config().weight_decay();
   config.seed = task.config().seed();
   config.max_pass_examples = device.max_pass_examples;
+  config.proximal_mu = task.config().proximal_mu();
   ASSIGN_OR_RETURN(config.optimizer, training::ParseOptimizer(task.config().optimizer()));
   config.on_step = device.on_step;
   const wire::TrainConfig& tc = task.config();

@@ -81,10 +81,19 @@ TEST_CASE("Krum picks the update closest to its n - f - 2 neighbours, ties to th
   CHECK(mk->data[0] == Approx(1.0 / 3));
   CHECK(mk->data[1] == Approx(1.0 / 3));
 
-  // Too few updates for f: Krum needs n >= 2f + 3.
-  auto few = Combine("krum:2", rows);
-  REQUIRE_FALSE(few.ok());
-  CHECK(std::string(few.status().message()).find("at least 7 updates") != std::string::npos);
+  // Too few updates for f (Krum needs n >= 2f + 3): f is lowered to what
+  // n allows, here 1, and the result is krum:1's.
+  auto s2 = ParseStrategy("krum:2");
+  CHECK(s2->ByzantineFor(5) == 1);
+  CHECK(s2->ByzantineFor(7) == 2);
+  CHECK(s2->ByzantineFor(100) == 2);
+  auto few = Combine("krum:2", rows, &picked);
+  REQUIRE(few.ok());
+  CHECK(few->data == std::vector<float>{0, 0});
+  // Below three updates there is no neighbour to score against.
+  auto two = Combine("krum:0", {{0, 0}, {1, 1}});
+  REQUIRE_FALSE(two.ok());
+  CHECK(std::string(two.status().message()).find("at least 3 updates") != std::string::npos);
 }
 
 TEST_CASE("Bulyan picks n - 2f by repeated Krum, then averages the n - 4f values nearest each median",
@@ -107,13 +116,16 @@ TEST_CASE("Bulyan picks n - 2f by repeated Krum, then averages the n - 4f values
   auto two = Combine("bulyan:1", {{0, 5}, {1, -1}, {2, 0}, {3, 2}, {6, 1}, {100, 100}, {-50, 3}}, &picked);
   REQUIRE(two.ok());
   CHECK(two->data == std::vector<float>{2, 1});
-  // n >= 4f + 3.
-  CHECK_FALSE(Combine("bulyan:2", {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}}).ok());
+  // n >= 4f + 3: with 7 updates bulyan:2 runs as bulyan:1.
+  auto lowered = Combine("bulyan:2", {{0}, {1}, {2}, {3}, {4}, {100}, {-50}}, &picked);
+  REQUIRE(lowered.ok());
+  CHECK(picked == std::vector<size_t>{2, 1, 3, 0, 4});
+  CHECK(lowered->data == std::vector<float>{2});
 }
 
 TEST_CASE("Strategy and server optimizer names parse, and bad ones say what is accepted",
           "[aggregator][strategy]") {
-  for (const char* ok : {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median",
+  for (const char* ok : {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox:0.01", "median",
                          "trimmed-mean:0.1", "krum:2", "multi-krum:2:5", "bulyan:1"}) {
     INFO(ok);
     auto s = ParseStrategy(ok);
@@ -122,10 +134,11 @@ TEST_CASE("Strategy and server optimizer names parse, and bad ones say what is a
   }
   CHECK(ParseStrategy("fedadam")->optimizer.kind == ServerOptimizer::Kind::kAdam);
   CHECK(ParseStrategy("fedavgm")->optimizer.kind == ServerOptimizer::Kind::kMomentum);
-  CHECK(ParseStrategy("multi-krum:2:5")->MinUpdates() == 7);
-  CHECK(ParseStrategy("bulyan:2")->MinUpdates() == 11);
+  CHECK(ParseStrategy("multi-krum:2:5")->MinUpdates() == 3);
+  CHECK(ParseStrategy("bulyan:2")->ByzantineFor(11) == 2);
+  CHECK(ParseStrategy("bulyan:2")->ByzantineFor(10) == 1);
   for (const char* bad : {"krum", "krum:", "krum:-1", "krum:x", "multi-krum:1", "multi-krum:1:0",
-                          "bulyan:1:2", "fedadamw", "krum:1.5"}) {
+                          "bulyan:1:2", "fedadamw", "krum:1.5", "fedprox", "fedprox:0", "fedprox:-1"}) {
     INFO(bad);
     auto s = ParseStrategy(bad);
     REQUIRE_FALSE(s.ok());

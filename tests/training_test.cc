@@ -612,6 +612,42 @@ TEST_CASE("Batches accumulated over smaller passes give the same update", "[trai
   CHECK(max_diff > 0);     // and truly computed another way
 }
 
+TEST_CASE("FedProx's proximal term pulls each step toward where training started", "[training][model]") {
+  SetTorchThreads(1);
+  auto data = std::make_shared<const Dataset>(MakeSynthetic(64, 6));
+  const DataView view = DataView::All(data);
+  TrainConfig config;  // plain SGD, lr 0.01: two steps of 32
+  config.seed = 4;
+  // Without the term: w0 -> w1 -> w2, w1 seen from the step hook.
+  auto plain = MakeRunner("logreg", 2);
+  const Weights w0 = plain->GetWeights();
+  Weights w1;
+  config.on_step = [&](int64_t step, int64_t) {
+    if (step == 1) w1 = plain->GetWeights();
+    return true;
+  };
+  REQUIRE(plain->Train(view, config).ok());
+  const Weights w2 = plain->GetWeights();
+  // With it: the first step is the same (w = w0, the term's gradient is 0);
+  // the second adds mu (w1 - w0) to the gradient, so
+  // w2' = w2 - lr mu (w1 - w0).
+  config.on_step = nullptr;
+  config.proximal_mu = 5.0;
+  auto prox = MakeRunner("logreg", 2);
+  REQUIRE(prox->Train(view, config).ok());
+  const Weights p2 = prox->GetWeights();
+  double max_err = 0, moved = 0;
+  for (size_t i = 0; i < w2.data.size(); ++i) {
+    const double expected = w2.data[i] - 0.01 * 5.0 * (w1.data[i] - w0.data[i]);
+    max_err = std::max(max_err, std::fabs(expected - p2.data[i]));
+    moved = std::max(moved, double(std::fabs(p2.data[i] - w2.data[i])));
+  }
+  CHECK(max_err < 1e-6);
+  CHECK(moved > 1e-5);  // the term did change the result
+  config.proximal_mu = -1;
+  CHECK_FALSE(MakeRunner("logreg", 2)->Train(view, config).ok());
+}
+
 TEST_CASE("A step hook that says stop aborts training and restores the model", "[training][model]") {
   auto data = std::make_shared<const Dataset>(MakeSynthetic(200, 6));
   auto runner = MakeRunner("logreg", 2);

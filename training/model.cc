@@ -111,6 +111,9 @@ Status CheckTrainConfig(const TrainConfig& config, const char* what) {
   if (!(config.weight_decay >= 0.0) || !std::isfinite(config.weight_decay)) {
     return InvalidArgument(prefix + "weight_decay must be >= 0, got " + std::to_string(config.weight_decay));
   }
+  if (!(config.proximal_mu >= 0.0) || !std::isfinite(config.proximal_mu)) {
+    return InvalidArgument(prefix + "proximal_mu must be >= 0, got " + std::to_string(config.proximal_mu));
+  }
   return Status::Ok();
 }
 
@@ -389,6 +392,11 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
   try {
     const DataTensors all = WrapDataset(*data.base, impl_->loss);
     std::unique_ptr<torch::optim::Optimizer> optimizer = internal::MakeOptimizer(config, impl_->trainable);
+    // FedProx: where training started, for the proximal term's gradient.
+    std::vector<torch::Tensor> anchor;
+    if (config.proximal_mu > 0) {
+      for (const auto& p : impl_->trainable) anchor.push_back(p.detach().clone());
+    }
     Rng rng(config.seed);
     std::vector<int64_t> order = data.indices;
     const size_t n = order.size();
@@ -427,6 +435,14 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
                                  std::to_string(epoch + 1) + ", step " + std::to_string(epoch_steps + 1) +
                                  "; the model was left as before training. Lower the learning rate (was " +
                                  std::to_string(config.learning_rate) + ") or check the data");
+        }
+        if (!anchor.empty()) {
+          torch::NoGradGuard no_grad;
+          for (size_t i = 0; i < anchor.size(); ++i) {
+            torch::Tensor& p = impl_->trainable[i];
+            if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+            p.mutable_grad().add_(p.detach() - anchor[i], config.proximal_mu);
+          }
         }
         optimizer->step();
         loss_sum += loss_value;

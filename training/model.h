@@ -81,6 +81,10 @@ struct TrainConfig {
   // (BatchNorm, which normalizes per pass, then sees the smaller passes).
   // Ordinary training only; DP-SGD ignores it.
   int max_pass_examples = 0;
+  // FedProx's proximal term: (mu / 2) ||w - w_start||^2 is added to the
+  // objective, so every step's gradient gains mu (w - w_start) for the
+  // trainable parameters (0 = off). Ordinary training only.
+  double proximal_mu = 0.0;
   // Called after every optimizer step with (steps done, steps in the run).
   // Returning false stops training: Train and TrainDpSgd then fail with
   // Aborted and leave the module as it was before.
