@@ -53,7 +53,16 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
       if (clip.absolute > 0) clip_bound = std::min(clip_bound, clip.absolute);
     }
   }
+  // FedAvg over plain float32 updates that nothing rescales reads each
+  // payload once, straight into the sum (no decoded copy).
+  const bool streamed = mean && clip_bound == 0 && dp.mode != DpConfig::Mode::kClientCentral;
   RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
+    if (streamed && u.delta().encoding() == wire::WeightsProto::FLOAT32) {
+      auto w = weight.find(u.client_id());
+      if (w == weight.end()) return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
+      ASSIGN_OR_RETURN(std::string_view payload, proto::Float32Payload(u.delta(), *global().layout));
+      return mean->AddFloat32(payload, dp.client_level() ? 1.0 : w->second);
+    }
     ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global().layout));
     if (clip_bound > 0) ClipToNorm(&delta, L2Norm(delta.data), clip_bound);
     if (robust) return robust->Add(delta);

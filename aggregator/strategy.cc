@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <sstream>
 #include <tuple>
@@ -25,7 +26,34 @@ Status WeightedMean::Add(const Weights& delta, double weight) {
   return Status::Ok();
 }
 
+Status WeightedMean::AddFloat32(std::string_view bytes, double weight) {
+  if (!(weight > 0.0) || !std::isfinite(weight)) {
+    return InvalidArgument("aggregation weight must be positive and finite, got " + std::to_string(weight));
+  }
+  if (bytes.size() != sum_.size() * sizeof(float)) {
+    return InvalidArgument("update has " + std::to_string(bytes.size()) + " bytes, the model needs " +
+                           std::to_string(sum_.size() * sizeof(float)));
+  }
+  constexpr size_t kBlock = 2048;
+  float block[kBlock];
+  for (size_t start = 0; start < sum_.size(); start += kBlock) {
+    const size_t len = std::min(kBlock, sum_.size() - start);
+    std::memcpy(block, bytes.data() + start * sizeof(float), len * sizeof(float));
+    const size_t bad = FirstNonFinite(block, len);
+    if (bad < len) {
+      poisoned_ = true;
+      return InvalidArgument("update value " + std::to_string(start + bad) + " is not finite");
+    }
+    double* sum = sum_.data() + start;
+    for (size_t i = 0; i < len; ++i) sum[i] += weight * static_cast<double>(block[i]);
+  }
+  total_weight_ += weight;
+  ++count_;
+  return Status::Ok();
+}
+
 StatusOr<Weights> WeightedMean::Mean() const {
+  if (poisoned_) return FailedPrecondition("an update with a non-finite value was partly added");
   if (count_ == 0) return FailedPrecondition("no updates to average");
   Weights out = Weights::Zeros(layout_);
   for (size_t i = 0; i < sum_.size(); ++i) out.data[i] = static_cast<float>(sum_[i] / total_weight_);

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "aggregator/server_optimizer.h"
@@ -25,6 +26,12 @@ class WeightedMean {
   // Adds `delta` with weight `weight` (> 0). Fails without changing the sum
   // on a layout mismatch, non-finite values or a non-positive weight.
   Status Add(const Weights& delta, double weight);
+  // Adds `n` little-endian float32 values straight from their bytes (a
+  // stored update's payload, see proto::Float32Payload) with `weight`,
+  // checking each block for finiteness as it goes: one read of the update.
+  // A non-finite value fails the call and poisons the sum (Mean() fails
+  // from then on): the merge that uses it fails its round anyway.
+  Status AddFloat32(std::string_view bytes, double weight);
   int count() const { return count_; }
   double total_weight() const { return total_weight_; }
   // The mean of the deltas added so far. FailedPrecondition when empty.
@@ -35,6 +42,7 @@ class WeightedMean {
   std::vector<double> sum_;
   double total_weight_ = 0.0;
   int count_ = 0;
+  bool poisoned_ = false;
 };
 
 // How the round's deltas are combined, and how the result moves the model.

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <set>
 #include <sstream>
 
@@ -85,12 +87,32 @@ Status Weights::Validate() const {
     return InvalidArgument("weights have " + std::to_string(data.size()) + " values, layout needs " +
                            std::to_string(layout->total_numel()));
   }
-  for (size_t i = 0; i < data.size(); ++i) {
-    if (!std::isfinite(data[i])) {
-      return InvalidArgument("weights contain a non-finite value at index " + std::to_string(i));
-    }
+  const size_t bad = FirstNonFinite(data.data(), data.size());
+  if (bad < data.size()) {
+    return InvalidArgument("weights contain a non-finite value at index " + std::to_string(bad));
   }
   return Status::Ok();
+}
+
+size_t FirstNonFinite(const float* values, size_t n) {
+  // A float is NaN or infinite exactly when its exponent bits are all ones.
+  constexpr uint32_t kExponent = 0x7f800000u;
+  constexpr size_t kBlock = 1024;
+  for (size_t start = 0; start < n; start += kBlock) {
+    const size_t end = std::min(n, start + kBlock);
+    uint32_t any = 0;
+    for (size_t i = start; i < end; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, values + i, sizeof(bits));
+      any |= static_cast<uint32_t>((bits & kExponent) == kExponent);
+    }
+    if (any != 0) {
+      for (size_t i = start; i < end; ++i) {
+        if (!std::isfinite(values[i])) return i;
+      }
+    }
+  }
+  return n;
 }
 
 double Weights::L2Norm() const {

@@ -63,4 +63,9 @@ struct Weights {
   double L2Norm() const;
 };
 
+// The index of the first value that is NaN or infinite, or n when all are
+// finite. Branch-free over blocks (the compiler vectorizes it), so checking
+// a model costs about one read of it.
+size_t FirstNonFinite(const float* values, size_t n);
+
 }  // namespace flotilla

@@ -240,12 +240,37 @@ StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
       return InvalidArgument("unknown weights encoding " + std::to_string(proto.encoding()));
   }
   w.layout = std::move(shared);
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(w.data[i])) {
-      return InvalidArgument("weights value " + std::to_string(i) + " is not finite");
+  const size_t bad = FirstNonFinite(w.data.data(), n);
+  if (bad < n) return InvalidArgument("weights value " + std::to_string(bad) + " is not finite");
+  return w;
+}
+
+StatusOr<std::string_view> Float32Payload(const wire::WeightsProto& proto, const Layout& expected,
+                                          const ParseLimits& limits) {
+  if (proto.encoding() != wire::WeightsProto::FLOAT32) return InvalidArgument("weights are not float32");
+  if (static_cast<size_t>(proto.layout_size()) > limits.max_tensors) {
+    return InvalidArgument("weights have " + std::to_string(proto.layout_size()) + " tensors, limit " +
+                           std::to_string(limits.max_tensors));
+  }
+  if (static_cast<size_t>(proto.layout_size()) != expected.tensors().size()) {
+    return InvalidArgument("weights have " + std::to_string(proto.layout_size()) + " tensors, the model " +
+                           std::to_string(expected.tensors().size()));
+  }
+  for (int t = 0; t < proto.layout_size(); ++t) {
+    const wire::TensorSpec& got = proto.layout(t);
+    const TensorSpec& want = expected.tensors()[static_cast<size_t>(t)];
+    if (got.name() != want.name || got.shape_size() != static_cast<int>(want.shape.size()) ||
+        !std::equal(got.shape().begin(), got.shape().end(), want.shape.begin())) {
+      return InvalidArgument("tensor " + std::to_string(t) + " ('" + got.name().substr(0, limits.max_string) +
+                             "') does not match the model's '" + want.name + "'");
     }
   }
-  return w;
+  const size_t n = static_cast<size_t>(expected.total_numel());
+  if (proto.data().size() != n * sizeof(float)) {
+    return InvalidArgument("weights payload is " + std::to_string(proto.data().size()) +
+                           " bytes, layout needs " + std::to_string(n * sizeof(float)));
+  }
+  return std::string_view(proto.data());
 }
 
 wire::Envelope MakeError(wire::ErrorCode code, const std::string& message) {

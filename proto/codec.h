@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "core/status.h"
 #include "core/weights.h"
@@ -53,6 +54,14 @@ void WeightsToProto(const Weights& weights, wire::WeightsProto* out);
 StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
                                    const std::shared_ptr<const Layout>& expected,
                                    const ParseLimits& limits = ParseLimits());
+
+// A FLOAT32 payload's raw bytes (little-endian float32, n x 4 bytes, not
+// yet checked for finiteness), after the same layout checks against
+// `expected` as WeightsFromProto: for consumers that read the values once
+// (the aggregator's FedAvg merge) without decoding into a vector first.
+// InvalidArgument for other encodings or a mismatch.
+StatusOr<std::string_view> Float32Payload(const wire::WeightsProto& proto, const Layout& expected,
+                                          const ParseLimits& limits = ParseLimits());
 
 // Convenience builders.
 wire::Envelope MakeError(wire::ErrorCode code, const std::string& message);

@@ -345,3 +345,40 @@ TEST_CASE("Server optimizer state is committed with its round and a restarted en
   CHECK(std::memcmp(a.data.data(), plain.engine->global().data.data(), a.data.size() * sizeof(float)) != 0);
   CHECK(plain.StoredState().empty());
 }
+
+TEST_CASE("FedAvg's streamed merge from float32 bytes equals the decoded one and refuses non-finite values",
+          "[aggregator][strategy]") {
+  auto layout = LayoutOf(5000);  // several of AddFloat32's blocks
+  std::vector<Weights> deltas;
+  for (int c = 0; c < 3; ++c) {
+    Weights d = Weights::Zeros(layout);
+    for (size_t i = 0; i < d.data.size(); ++i)
+      d.data[i] = 0.001f * static_cast<float>((i * (c + 3)) % 17) - 0.008f;
+    deltas.push_back(std::move(d));
+  }
+  WeightedMean decoded(layout), streamed(layout);
+  for (int c = 0; c < 3; ++c) {
+    REQUIRE(decoded.Add(deltas[static_cast<size_t>(c)], 10.0 + c).ok());
+    wire::WeightsProto proto;
+    proto::WeightsToProto(deltas[static_cast<size_t>(c)], &proto);
+    auto payload = proto::Float32Payload(proto, *layout);
+    REQUIRE(payload.ok());
+    REQUIRE(streamed.AddFloat32(*payload, 10.0 + c).ok());
+  }
+  CHECK(decoded.Mean()->data == streamed.Mean()->data);
+
+  // A payload of another layout is refused before anything is added.
+  wire::WeightsProto other;
+  proto::WeightsToProto(Make(LayoutOf(4), {1, 2, 3, 4}), &other);
+  CHECK_FALSE(proto::Float32Payload(other, *layout).ok());
+  // A NaN in the third block fails the call and poisons the sum.
+  Weights bad = deltas[0];
+  bad.data[4500] = NAN;
+  CHECK(FirstNonFinite(bad.data.data(), bad.data.size()) == 4500);
+  CHECK(FirstNonFinite(deltas[0].data.data(), deltas[0].data.size()) == deltas[0].data.size());
+  auto st = streamed.AddFloat32(
+      std::string_view(reinterpret_cast<const char*>(bad.data.data()), bad.data.size() * sizeof(float)), 1.0);
+  REQUIRE_FALSE(st.ok());
+  CHECK(std::string(st.message()).find("4500") != std::string::npos);
+  CHECK_FALSE(streamed.Mean().ok());
+}
