@@ -1,10 +1,7 @@
 #include "aggregator/server.h"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 
 #include "core/clock.h"
 #include "core/log.h"
@@ -391,17 +388,6 @@ Status Aggregator::HandleCheckIn(const net::Incoming& in, const wire::Envelope& 
                "with check-in selection, [round] checkin = true)");
     return Status::Ok();
   }
-  if (AtConnectionLimit(Clock::now()) && !engine_->Involves(client_id)) {
-    // Shed: the device leaves at once (freeing its connection) and comes
-    // back later, paced like any other; the store keeps its descriptors.
-    ++shed_check_ins_;
-    wire::Envelope reply;
-    FillComeBack(engine_->ComeBack(client_id, Clock::now(),
-                                   "the aggregator is at its limit of open connections; come back later"),
-                 reply.mutable_come_back());
-    Reply(in.peer, tag, env.request_id(), std::move(reply));
-    return Status::Ok();
-  }
   StatusOr<bool> known = EnsureLoaded(client_id);
   if (!known.ok()) {
     if (!known.status().retryable()) return known.status();
@@ -422,37 +408,6 @@ Status Aggregator::HandleCheckIn(const net::Incoming& in, const wire::Envelope& 
   state.wants_final_model = check_in.final_model();
   HandleTaskRequest(client_id, env.request_id());
   return Status::Ok();
-}
-
-bool Aggregator::AtConnectionLimit(Clock::time_point now) {
-  if (now - last_fd_check_ < std::chrono::milliseconds(250)) return at_fd_limit_;
-  last_fd_check_ = now;
-  struct rlimit limit {};
-  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return at_fd_limit_ = false;
-  // Keep a tenth of the descriptors (at least 64, at most 1,024) for the
-  // store, the log and whatever else the process must still open.
-  const uint64_t cap = static_cast<uint64_t>(limit.rlim_cur);
-  const uint64_t reserve = std::clamp<uint64_t>(cap / 10, 64, 1024);
-  uint64_t open = 0;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    ++open;
-  }
-  if (ec) return at_fd_limit_ = false;  // no /proc: no guard
-  const bool at = open + reserve >= cap;
-  if (at != at_fd_limit_) {
-    if (at) {
-      LOG_WARN("aggregator", open << " of " << cap << " file descriptors open: telling devices that check in "
-                                  << "to come back later until connections close (raise the limit with "
-                                  << "`ulimit -n` or LimitNOFILE= to hold more devices at once)");
-    } else {
-      LOG_INFO("aggregator", "open file descriptors below the limit again (" << open << " of " << cap << "); "
-                                                                             << shed_check_ins_
-                                                                             << " check-ins were sent away");
-    }
-  }
-  return at_fd_limit_ = at;
 }
 
 size_t Aggregator::FleetSize() const {

@@ -165,14 +165,6 @@ class Aggregator {
   size_t known_clients_ = 0;
   size_t joined_since_log_ = 0;
   Clock::time_point last_flush_{}, last_join_log_{};
-  // File descriptors: every connection holds one, and the store needs some
-  // to open its next log or table. Near the process's limit, check-ins of
-  // devices the round does not involve are told to come back instead of
-  // being held (AtConnectionLimit, sampled every 250 ms).
-  bool AtConnectionLimit(Clock::time_point now);
-  Clock::time_point last_fd_check_{};
-  bool at_fd_limit_ = false;
-  uint64_t shed_check_ins_ = 0;
 };
 
 }  // namespace flotilla::aggregator

@@ -71,6 +71,17 @@ int Run(std::vector<std::string> args, const fs::path& log) {
   return WaitProcess(pid);
 }
 
+// The endpoint a `sim serve` writes to its --endpoint-file, once it is there.
+std::string WaitForEndpoint(const fs::path& file) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(file) && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  REQUIRE(fs::exists(file));
+  std::string endpoint = ReadFile(file);
+  endpoint.erase(endpoint.find_last_not_of("\n") + 1);
+  return endpoint;
+}
+
 int RunSim(const std::vector<std::string>& scenario, const fs::path& log, const std::string& sub = "") {
   std::vector<std::string> args = {"sim"};
   if (!sub.empty()) args.push_back(sub);
@@ -118,12 +129,7 @@ TEST_CASE("Three shards started by mpirun write the same metrics as one process"
       }
     }
   } guard{server};
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (!fs::exists(dir / "endpoint") && std::chrono::steady_clock::now() < give_up)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  REQUIRE(fs::exists(dir / "endpoint"));
-  std::string endpoint = ReadFile(dir / "endpoint");
-  endpoint.erase(endpoint.find_last_not_of("\n") + 1);
+  const std::string endpoint = WaitForEndpoint(dir / "endpoint");
   std::vector<std::string> shards = {
       mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "3", kBin, "sim", "shard", "--join", endpoint};
   for (const auto& a : Scenario(dir / "shard-out", 9)) shards.push_back(a);
@@ -185,75 +191,5 @@ TEST_CASE(
   CHECK(unreported > 0);
   // The restart resumed the round with its recorded updates: the same run.
   CHECK(after_kill == calm);
-  fs::remove_all(dir);
-}
-
-TEST_CASE("An aggregator near its file-descriptor limit sends check-ins away and completes every round",
-          "[sim][process][faults]") {
-  const std::string prlimit = "/usr/bin/prlimit";
-  if (!fs::exists(prlimit)) FAIL("prlimit is missing (util-linux)");
-  const fs::path dir = TempDir("fdlimit");
-  // 300 devices per round against an aggregator allowed 200 open files:
-  // it holds what it can and tells the rest to come back, and the rounds
-  // start with what they hold when the window closes. (With larger updates
-  // the store must open new files mid-run; a burst of connections can
-  // still take the reserve then: see docs/operations.md.)
-  std::vector<std::string> scenario = {"--clients",
-                                       "1200",
-                                       "--partition",
-                                       "windows:20",
-                                       "--arch",
-                                       "logreg",
-                                       "--rounds",
-                                       "3",
-                                       "--checkin",
-                                       "--clients-per-round",
-                                       "300",
-                                       "--over-selection",
-                                       "1",
-                                       "--selection-window",
-                                       "3",
-                                       "--deadline",
-                                       "60",
-                                       "--seed",
-                                       "5",
-                                       "--out",
-                                       (dir / "run").string(),
-                                       "--quiet",
-                                       "--log",
-                                       "info"};
-  std::vector<std::string> serve = {prlimit, "--nofile=200:200", kBin, "sim", "serve"};
-  serve.insert(serve.end(), scenario.begin(), scenario.end());
-  serve.insert(serve.end(), {"--endpoint-file", (dir / "endpoint").string()});
-  pid_t server = SpawnProcess(serve, (dir / "serve.log").string());
-  REQUIRE(server > 0);
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (!fs::exists(dir / "endpoint") && std::chrono::steady_clock::now() < give_up)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  REQUIRE(fs::exists(dir / "endpoint"));
-  std::string endpoint = ReadFile(dir / "endpoint");
-  endpoint.erase(endpoint.find_last_not_of("\n") + 1);
-  std::vector<std::string> shard = {kBin, "sim", "shard", "--index", "0", "--of", "1", "--join", endpoint};
-  shard.insert(shard.end(), scenario.begin(), scenario.end());
-  for (auto& a : shard) {
-    if (a == (dir / "run").string()) a = (dir / "shard").string();
-  }
-  const pid_t devices = SpawnProcess(shard, (dir / "shard.log").string());
-  REQUIRE(devices > 0);
-  const int devices_rc = WaitProcess(devices);
-  const int server_rc = WaitProcess(server);
-  const std::string log = ReadFile(dir / "serve.log");
-  INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0) << ReadFile(dir / "shard.log"));
-  REQUIRE(server_rc == 0);
-  REQUIRE(devices_rc == 0);
-  CHECK(log.find("telling devices that check in to come back later") != std::string::npos);
-  CHECK(log.find("Too many open files") == std::string::npos);
-  CHECK(log.find("could not store") == std::string::npos);
-  const std::string metrics = ReadFile(dir / "run" / "metrics.csv");
-  REQUIRE(std::count(metrics.begin(), metrics.end(), '\n') == 4);
-  std::istringstream rows(metrics);
-  std::string row;
-  std::getline(rows, row);
-  while (std::getline(rows, row)) CHECK(row.compare(row.find(',') + 1, 2, "1,") == 0);  // completed
   fs::remove_all(dir);
 }
