@@ -113,6 +113,19 @@ Status AggregatorConfig::Validate() const {
         "or "
         "record-level DP");
   }
+  if (strategy.scaffold) {
+    if (secagg.enabled)
+      return InvalidArgument(
+          "SCAFFOLD needs each device's control-variate change, which secure aggregation hides; use "
+          "--strategy fedavg with --secagg");
+    if (dp.enabled())
+      return InvalidArgument(
+          "SCAFFOLD's control variates are computed from each device's update and are not covered by the "
+          "privacy accounting; use --strategy fedavg (or fedadam, fedavgm) with DP");
+    if (optimizer != "sgd")
+      return InvalidArgument(
+          "SCAFFOLD's control variates assume SGD steps on the devices; use --optimizer sgd");
+  }
   if (strategy.clip.mode != NormBound::Mode::kOff && secagg.enabled) {
     return InvalidArgument(
         "server-side update clipping (--clip-updates) needs each device's update, which secure aggregation "

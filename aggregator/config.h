@@ -136,9 +136,11 @@ struct AggregatorConfig {
   // Keep serving after the last round (status, pull, Finished) until
   // RequestStop() / SIGTERM, instead of exiting after the grace period.
   bool keep_serving = false;
-  // A round whose deadline passed while the aggregator was down: kExtend
-  // gives it a fresh deadline from the restart, kClose closes it at once
-  // with the updates it has (or fails it below min_updates).
+  // A round resumed after a restart: kExtend gives it a fresh deadline from
+  // the restart (or keeps the original one when that is later), so the
+  // outage does not eat the devices' time; kClose keeps the original
+  // deadline and, when it passed while the aggregator was down, closes the
+  // round at once with the updates it has (or fails it below min_updates).
   enum class DeadlinePolicy { kExtend, kClose };
   DeadlinePolicy deadline_policy = DeadlinePolicy::kExtend;
   // Model registry retention: keep the newest `retain_last` versions plus

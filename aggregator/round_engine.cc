@@ -32,6 +32,7 @@ UpdateExpectation RoundEngine::ExpectationNow() const {
   e.layout = global().layout;
   e.max_norm = norm_history_.Bound(config_.validation.norm, global_norm_);
   e.max_examples = config_.validation.max_examples_per_update;
+  e.control = config_.strategy.scaffold;
   return e;
 }
 
@@ -120,7 +121,8 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
   }
   // Content: layout, finite values, norm, example count. A refused update
   // never reaches the store or the merge, and the device is out of the round.
-  UpdateVerdict verdict = ValidateUpdate(update.delta(), update.num_examples(), ExpectationNow());
+  UpdateVerdict verdict = ValidateUpdate(update.delta(), update.num_examples(), ExpectationNow(),
+                                         update.has_control_delta() ? &update.control_delta() : nullptr);
   if (!verdict.accepted()) {
     ++rejected_updates_;
     ++refused_;
@@ -135,6 +137,7 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
   record.set_client_id(client_id);
   record.set_num_examples(update.num_examples());
   *record.mutable_delta() = update.delta();
+  if (update.has_control_delta()) *record.mutable_control_delta() = update.control_delta();
   for (const auto& [k, v] : update.metrics()) (*record.mutable_metrics())[k] = v;
   record.set_received_unix_ms(NowUnixMs());
   // Durable before acknowledged.
@@ -183,6 +186,12 @@ wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_p
   if (config_.federated_eval) tc->set_evaluate(true);
   if (config_.optimizer != "sgd") tc->set_optimizer(config_.optimizer);
   if (config_.strategy.proximal_mu > 0) tc->set_proximal_mu(config_.strategy.proximal_mu);
+  if (config_.strategy.scaffold) {
+    tc->set_scaffold(true);
+    Weights c = Weights::Zeros(global().layout);
+    if (!server_state_.control.empty()) c.data = server_state_.control;
+    proto::WeightsToProto(c, task->mutable_control());
+  }
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, DeriveSeed(0, client_id)));
   task->set_deadline_seconds(std::chrono::duration<double>(deadline_ - now).count());
   if (config_.model_arch == "torchscript") {
@@ -642,9 +651,9 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
   commit.clients = clients_->Dirty(NowUnixMs());
   commit.ledger = std::move(ledger);
   std::optional<records::ServerStateRecord> server_state;
-  if (next_server_state_ && config_.strategy.optimizer.stateful()) {
+  if (next_server_state_ && config_.strategy.stateful()) {
     server_state =
-        ServerStateToRecord(config_.strategy.optimizer, *next_server_state_, model.version(), round_);
+        ServerStateToRecord(config_.strategy.StateName(), *next_server_state_, model.version(), round_);
     commit.server_state = &*server_state;
   }
   RETURN_IF_ERROR(store_->CommitRound(commit));

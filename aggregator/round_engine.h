@@ -173,6 +173,7 @@ class RoundEngine {
   bool federation_done() const { return rounds_done_ >= config_.rounds || budget_->exhausted(); }
   uint32_t round() const { return round_; }  // current or last round number
   bool active() const { return active_; }
+  Clock::time_point deadline() const { return deadline_; }  // the running round's
   uint32_t rounds_done() const { return rounds_done_; }
   size_t selected_count() const { return selected_.size(); }
   size_t received_count() const { return received_.size(); }
@@ -271,6 +272,8 @@ class RoundEngine {
   // model, and the one the round being merged produces (committed with it).
   ServerState server_state_;
   std::optional<ServerState> next_server_state_;
+  // SCAFFOLD: the mean control-variate change of the round being merged.
+  std::optional<Weights> control_mean_;
 };
 
 }  // namespace flotilla::aggregator

@@ -56,7 +56,18 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
   // FedAvg over plain float32 updates that nothing rescales reads each
   // payload once, straight into the sum (no decoded copy).
   const bool streamed = mean && clip_bound == 0 && dp.mode != DpConfig::Mode::kClientCentral;
+  // SCAFFOLD: the unweighted mean of the control-variate changes.
+  std::optional<WeightedMean> control;
+  if (config_.strategy.scaffold) control.emplace(global().layout);
+  control_mean_.reset();
   RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
+    if (control) {
+      if (!u.has_control_delta())
+        return DataLoss("stored update from '" + u.client_id() +
+                        "' has no control_delta in a SCAFFOLD round");
+      ASSIGN_OR_RETURN(Weights dc, proto::WeightsFromProto(u.control_delta(), global().layout));
+      RETURN_IF_ERROR(control->Add(dc, 1.0));
+    }
     if (streamed && u.delta().encoding() == wire::WeightsProto::FLOAT32) {
       auto w = weight.find(u.client_id());
       if (w == weight.end()) return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
@@ -80,6 +91,10 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
   if (merged != static_cast<int>(received_.size())) {
     return DataLoss("round " + std::to_string(round_) + " recorded " + std::to_string(received_.size()) +
                     " updates but the store holds " + std::to_string(merged));
+  }
+  if (control) {
+    ASSIGN_OR_RETURN(Weights c, control->Mean());
+    control_mean_ = std::move(c);
   }
   if (!robust) return mean->Mean();
   StatusOr<Weights> combined = robust->Result();
@@ -128,6 +143,14 @@ StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundR
   next_server_state_.emplace();
   ASSIGN_OR_RETURN(Weights next, ServerStep(config_.strategy.optimizer, config_.ServerLearningRate(),
                                             global(), mean_delta, server_state_, &*next_server_state_));
+  if (config_.strategy.scaffold) {
+    if (!control_mean_) return Internal("SCAFFOLD round without the control-variate changes' mean");
+    // N: the fleet (the check-in fleet size, or the registered devices).
+    const double fleet = static_cast<double>(std::max({fleet_, clients_->size(), received_.size()}));
+    RETURN_IF_ERROR(ScaffoldControlStep(server_state_.control, *control_mean_,
+                                        static_cast<double>(received_.size()) / fleet,
+                                        &next_server_state_->control));
+  }
   if (dp.client_level()) {
     // sum / m with the fixed denominator m = clients sampled, plus central noise.
     const double m = static_cast<double>(selected_.size());

@@ -105,13 +105,15 @@ Status RoundEngine::ResumeRound(const records::RoundRecord& running) {
   started_ = now - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(elapsed));
   const auto deadline_length = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(config_.round_deadline_seconds));
+  // The devices that still owe an update were cut off while the aggregator
+  // was down and must reconnect: under kExtend the outage does not eat
+  // their time (a full deadline from the restart, or the original one when
+  // that is later). kClose keeps the original deadline, or closes at once.
   const auto original_deadline = started_ + deadline_length;
-  if (original_deadline > now) {
-    deadline_ = original_deadline;
-  } else if (config_.deadline_policy == AggregatorConfig::DeadlinePolicy::kClose) {
-    deadline_ = now;
+  if (config_.deadline_policy == AggregatorConfig::DeadlinePolicy::kExtend) {
+    deadline_ = std::max(original_deadline, now + deadline_length);
   } else {
-    deadline_ = now + deadline_length;
+    deadline_ = std::max(original_deadline, now);
   }
   LOG_INFO("aggregator", "resuming round " << round_ << " with " << received_.size() << "/"
                                            << selected_.size() << " updates already recorded");
@@ -147,7 +149,8 @@ Status RoundEngine::RecoverUpdates() {
                                "the client was not selected for round " + std::to_string(round_));
           return Status::Ok();
         }
-        const UpdateVerdict verdict = ValidateUpdate(u.delta(), u.num_examples(), ExpectationNow());
+        const UpdateVerdict verdict = ValidateUpdate(u.delta(), u.num_examples(), ExpectationNow(),
+                                                     u.has_control_delta() ? &u.control_delta() : nullptr);
         if (!verdict.accepted()) {
           refused.emplace_back(u.client_id(), verdict.reason + ": " + verdict.message);
           return Status::Ok();
@@ -184,9 +187,9 @@ Status RoundEngine::RecoverLedger(const std::vector<records::RoundRecord>& round
 // whose state is another optimizer's or an older model's (the strategy was
 // changed between runs).
 Status RoundEngine::RecoverServerState() {
-  const ServerOptimizer& opt = config_.strategy.optimizer;
+  const std::string name = config_.strategy.StateName();
   ASSIGN_OR_RETURN(std::optional<records::ServerStateRecord> stored, store_->GetServerState());
-  if (!opt.stateful()) {
+  if (!config_.strategy.stateful()) {
     if (stored) {
       LOG_WARN("aggregator", "the store holds '" << stored->optimizer()
                                                  << "' server optimizer state, which this run's strategy ("
@@ -196,23 +199,23 @@ Status RoundEngine::RecoverServerState() {
   }
   if (!stored) {
     if (rounds_done_ > 0) {
-      LOG_INFO("aggregator", "server optimizer " << opt.Name() << " starts from zero at model version "
-                                                 << registry_->version());
+      LOG_INFO("aggregator",
+               "server state " << name << " starts from zero at model version " << registry_->version());
     }
     return Status::Ok();
   }
   // Another optimizer's state, or state from before a stretch of rounds run
   // with another strategy: the configuration changed, so start afresh.
-  if (stored->optimizer() != opt.Name() || stored->model_version() != registry_->version()) {
+  if (stored->optimizer() != name || stored->model_version() != registry_->version()) {
     LOG_WARN("aggregator", "the store's server optimizer state is "
                                << stored->optimizer() << "'s for model version " << stored->model_version()
-                               << "; " << opt.Name() << " starts from zero at model version "
+                               << "; " << name << " starts from zero at model version "
                                << registry_->version());
     return Status::Ok();
   }
-  ASSIGN_OR_RETURN(server_state_, ServerStateFromRecord(*stored, opt, global().data.size()));
-  LOG_INFO("aggregator", "server optimizer " << opt.Name() << " resumes after " << server_state_.steps
-                                             << " steps (model version " << registry_->version() << ")");
+  ASSIGN_OR_RETURN(server_state_, ServerStateFromRecord(*stored, name, global().data.size()));
+  LOG_INFO("aggregator", "server state " << name << " resumes after " << server_state_.steps
+                                         << " steps (model version " << registry_->version() << ")");
   return Status::Ok();
 }
 

@@ -1,5 +1,6 @@
 #include "aggregator/server_optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -61,6 +62,7 @@ StatusOr<Weights> ServerStep(const ServerOptimizer& opt, double learning_rate, c
                            " second-moment values for a model of " + std::to_string(n));
   ServerState next;
   next.steps = state.steps + 1;
+  next.control = state.control;
   if (has_first) next.first.resize(n);
   if (has_second) next.second.resize(n);
   const double tau2 = opt.tau * opt.tau;
@@ -135,30 +137,52 @@ StatusOr<std::vector<float>> BytesToFloats(const std::string& bytes, size_t n, c
 
 }  // namespace
 
-records::ServerStateRecord ServerStateToRecord(const ServerOptimizer& opt, const ServerState& state,
+Status ScaffoldControlStep(const std::vector<float>& c, const Weights& mean_control_delta, double fraction,
+                           std::vector<float>* control) {
+  const size_t n = mean_control_delta.data.size();
+  if (!c.empty() && c.size() != n) {
+    return InvalidArgument("SCAFFOLD's control variate has " + std::to_string(c.size()) +
+                           " values for a model of " + std::to_string(n));
+  }
+  if (!(fraction > 0.0 && fraction <= 1.0))
+    return InvalidArgument("SCAFFOLD's fraction of reporting devices must be in (0, 1], got " +
+                           std::to_string(fraction));
+  std::vector<float> next(n);
+  for (size_t i = 0; i < n; ++i) {
+    const double v = (c.empty() ? 0.0 : double{c[i]}) + fraction * double{mean_control_delta.data[i]};
+    next[i] = static_cast<float>(v);
+    if (!std::isfinite(next[i])) return InvalidArgument("SCAFFOLD's control variate is not finite");
+  }
+  *control = std::move(next);
+  return Status::Ok();
+}
+
+records::ServerStateRecord ServerStateToRecord(const std::string& name, const ServerState& state,
                                                uint64_t model_version, uint32_t round) {
   records::ServerStateRecord r;
-  r.set_optimizer(opt.Name());
+  r.set_optimizer(name);
   r.set_model_version(model_version);
   r.set_round(round);
   r.set_steps(state.steps);
   r.set_first_moment(FloatBytes(state.first));
   r.set_second_moment(FloatBytes(state.second));
-  r.set_num_parameters(std::max(state.first.size(), state.second.size()));
+  r.set_control(FloatBytes(state.control));
+  r.set_num_parameters(std::max({state.first.size(), state.second.size(), state.control.size()}));
   return r;
 }
 
-StatusOr<ServerState> ServerStateFromRecord(const records::ServerStateRecord& record,
-                                            const ServerOptimizer& opt, size_t num_parameters) {
-  if (record.optimizer() != opt.Name()) {
+StatusOr<ServerState> ServerStateFromRecord(const records::ServerStateRecord& record, const std::string& name,
+                                            size_t num_parameters) {
+  if (record.optimizer() != name) {
     return FailedPrecondition("the store holds server optimizer state for '" + record.optimizer() +
-                              "' but this aggregator is configured with '" + opt.Name() +
+                              "' but this aggregator is configured with '" + name +
                               "'; run with the same strategy, or start a new store");
   }
   ServerState state;
   state.steps = record.steps();
   ASSIGN_OR_RETURN(state.first, BytesToFloats(record.first_moment(), num_parameters, "first moment"));
   ASSIGN_OR_RETURN(state.second, BytesToFloats(record.second_moment(), num_parameters, "second moment"));
+  ASSIGN_OR_RETURN(state.control, BytesToFloats(record.control(), num_parameters, "control variate"));
   return state;
 }
 

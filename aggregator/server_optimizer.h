@@ -52,6 +52,9 @@ struct ServerState {
   uint64_t steps = 0;
   std::vector<float> first;   // momentum buffer, or m
   std::vector<float> second;  // v
+  // SCAFFOLD's server control variate c (empty: zero). ServerStep carries
+  // it over unchanged; ScaffoldControlStep moves it.
+  std::vector<float> control;
 };
 
 // next = global moved by `delta` under `opt` from `state`; the state after
@@ -60,12 +63,20 @@ struct ServerState {
 StatusOr<Weights> ServerStep(const ServerOptimizer& opt, double learning_rate, const Weights& global,
                              const Weights& delta, const ServerState& state, ServerState* next_state);
 
-// To and from the stored record; FromRecord checks the optimizer's name
-// and the vectors' sizes against the model (DataLoss or
-// FailedPrecondition with what to do).
-records::ServerStateRecord ServerStateToRecord(const ServerOptimizer& opt, const ServerState& state,
+// SCAFFOLD's server step for c (Karimireddy et al. 2020, Algorithm 1,
+// line 17): c + (|S| / N) * mean_control_delta, where `fraction` = |S| / N
+// (the devices that reported over the fleet). The result goes to *control.
+// Fails, changing nothing, on a size mismatch or a non-finite result.
+Status ScaffoldControlStep(const std::vector<float>& c, const Weights& mean_control_delta, double fraction,
+                           std::vector<float>* control);
+
+// To and from the stored record under `name` (the optimizer's name, with
+// "+scaffold" when SCAFFOLD's c is kept too); FromRecord checks the name and
+// the vectors' sizes against the model (DataLoss or FailedPrecondition with
+// what to do).
+records::ServerStateRecord ServerStateToRecord(const std::string& name, const ServerState& state,
                                                uint64_t model_version, uint32_t round);
-StatusOr<ServerState> ServerStateFromRecord(const records::ServerStateRecord& record,
-                                            const ServerOptimizer& opt, size_t num_parameters);
+StatusOr<ServerState> ServerStateFromRecord(const records::ServerStateRecord& record, const std::string& name,
+                                            size_t num_parameters);
 
 }  // namespace flotilla::aggregator

@@ -82,6 +82,7 @@ std::string Strategy::CombinerName() const {
 }
 
 std::string Strategy::Name() const {
+  if (scaffold) return optimizer.stateful() ? "scaffold+" + optimizer.Name() : "scaffold";
   if (prox_from_name && !optimizer.stateful()) {
     std::ostringstream mu;
     mu << proximal_mu;
@@ -144,11 +145,16 @@ std::optional<std::vector<int>> ParseInts(const std::string& rest) {
 StatusOr<Strategy> ParseStrategy(const std::string& text) {
   Strategy s;
   const std::string forms =
-      " (use fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox:MU, median, trimmed-mean:B, krum:F, "
+      " (use fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox:MU, scaffold, median, trimmed-mean:B, "
+      "krum:F, "
       "multi-krum:F:M "
       "or "
       "bulyan:F)";
   if (text == "fedavg") return s;
+  if (text == "scaffold") {
+    s.scaffold = true;
+    return s;
+  }
   using K = ServerOptimizer::Kind;
   for (const auto& [name, kind] : std::vector<std::pair<std::string, K>>{{"fedavgm", K::kMomentum},
                                                                          {"fedadam", K::kAdam},

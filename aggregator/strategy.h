@@ -73,6 +73,13 @@ class WeightedMean {
 // fedprox:MU is fedavg whose devices add the proximal term (mu / 2)
 // ||w - w_global||^2 to their local objective (Li et al. 2020).
 //
+// scaffold is fedavg with SCAFFOLD's control variates (Karimireddy et al.
+// 2020, option II): each task carries the server's c, each device keeps
+// its own c_i and corrects every local step's gradient by c - c_i, then
+// sends c_i's change beside its delta; the server moves c by |S| / N times
+// the changes' unweighted mean (N: the fleet). c is server state, written
+// with the round. Fedavg combiner only; not with DP or secure aggregation.
+//
 // Named strategies that also choose the server's step (server_optimizer.h):
 //   fedavgm = fedavg + momentum, fedadam = fedavg + adam,
 //   fedyogi = fedavg + yogi, fedadagrad = fedavg + adagrad.
@@ -93,6 +100,7 @@ struct Strategy {
   ServerOptimizer optimizer;
   bool optimizer_from_name = false;  // fedavgm, fedadam, ...: --server-optimizer may not contradict it
   bool prox_from_name = false;       // fedprox:MU
+  bool scaffold = false;             // SCAFFOLD's control variates ("scaffold")
   // Server-side norm bounding: every update is clipped (not refused) to
   // this bound before combining; kMedian is a multiple of the round's own
   // median update norm. Off by default ([validation] refuses the absurd).
@@ -108,6 +116,10 @@ struct Strategy {
   // The combiner alone ("fedavg", "krum:2", ...).
   std::string CombinerName() const;
   bool NeedsIndividualUpdates() const { return kind != Kind::kFedAvg; }
+  // Keeps state between rounds (a stateful server optimizer, or SCAFFOLD's c).
+  bool stateful() const { return optimizer.stateful() || scaffold; }
+  // The name the state is stored under: the optimizer's, "+scaffold" with SCAFFOLD.
+  std::string StateName() const { return optimizer.Name() + (scaffold ? "+scaffold" : ""); }
   // The fewest updates the combiner can work with (1 for the means, 3 for
   // the Krum family).
   int MinUpdates() const;

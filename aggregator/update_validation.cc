@@ -138,8 +138,23 @@ double L2Norm(const std::vector<float>& values) {
 }
 
 UpdateVerdict ValidateUpdate(const wire::WeightsProto& delta, int64_t num_examples,
-                             const UpdateExpectation& expect) {
+                             const UpdateExpectation& expect, const wire::WeightsProto* control) {
   UpdateVerdict v;
+  if ((control != nullptr) != expect.control) {
+    v.reason = "control";
+    v.message = expect.control
+                    ? "this round runs SCAFFOLD: the update must carry its control_delta"
+                    : "this round does not run SCAFFOLD: the update must not carry a control_delta";
+    return v;
+  }
+  if (control != nullptr) {
+    StatusOr<Weights> c = proto::WeightsFromProto(*control, expect.layout);
+    if (!c.ok()) {
+      v.reason = "control";
+      v.message = "control_delta: " + std::string(c.status().message());
+      return v;
+    }
+  }
   if (num_examples < 1 || num_examples > expect.max_examples) {
     v.reason = "examples";
     v.message = "num_examples " + std::to_string(num_examples) + " is outside [1, " +

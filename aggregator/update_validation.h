@@ -82,11 +82,15 @@ struct UpdateExpectation {
   std::shared_ptr<const Layout> layout;
   double max_norm = 0.0;  // 0 = unbounded
   int64_t max_examples = int64_t{1} << 24;
+  // SCAFFOLD rounds: the update must carry its control-variate change (in
+  // the layout, finite); other rounds refuse one.
+  bool control = false;
 };
 
 // The outcome: accepted (reason empty; the decoded delta and its norm) or
 // refused with a short stable reason ("layout", "non_finite", "norm",
-// "examples") for counters, and a message that tells the device why.
+// "examples", "control") for counters, and a message that tells the device
+// why.
 struct UpdateVerdict {
   std::string reason;
   std::string message;
@@ -96,8 +100,10 @@ struct UpdateVerdict {
   bool accepted() const { return reason.empty(); }
 };
 
+// `control`: the update's SCAFFOLD control-variate change, nullptr when it
+// has none.
 UpdateVerdict ValidateUpdate(const wire::WeightsProto& delta, int64_t num_examples,
-                             const UpdateExpectation& expect);
+                             const UpdateExpectation& expect, const wire::WeightsProto* control = nullptr);
 
 // L2 norm accumulated in double: no overflow for any finite float input.
 double L2Norm(const std::vector<float>& values);

@@ -60,7 +60,8 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
   std::string deadline_policy = "extend";
   app.add_option(
          "--deadline-policy", deadline_policy,
-         "A round whose deadline passed while the aggregator was down: extend (fresh deadline) or close")
+         "A round resumed after a restart: extend (a fresh deadline from the restart) or close (the original "
+         "deadline; at once when it passed while the aggregator was down)")
       ->capture_default_str()
       ->check(CLI::IsMember({"extend", "close"}));
   app.add_option("--finish-grace", config.finish_grace_seconds,

@@ -113,17 +113,28 @@ Status DeviceStore::NoteVerified(const std::string& federation, uint64_t version
   return kv_->Write(batch, "writing the newest verified version");
 }
 
+namespace {
+
+// The local-state record reuses the wire's weights message: the tensors,
+// then the kept vectors as float32 tensors named after them (they have no
+// layout of their own). The residual's name is "" (older records).
+constexpr char kResidualName[] = "";
+constexpr char kControlName[] = "@control";
+
+void AppendVector(const char* name, const std::vector<float>& v, wire::WeightsProto* record) {
+  if (v.empty()) return;
+  auto* t = record->add_layout();
+  t->set_name(name);
+  t->add_shape(static_cast<int64_t>(v.size()));
+  record->mutable_data()->append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+}  // namespace
+
 Status DeviceStore::PutLocalState(const std::string& federation, const LocalState& state) {
-  // The record reuses the wire's weights message: the tensors, then the
-  // residual as one more float32 tensor named "" (it has no layout of its own).
   wire::WeightsProto record = state.tensors;
-  if (!state.residual.empty()) {
-    auto* t = record.add_layout();
-    t->set_name("");
-    t->add_shape(static_cast<int64_t>(state.residual.size()));
-    record.mutable_data()->append(reinterpret_cast<const char*>(state.residual.data()),
-                                  state.residual.size() * sizeof(float));
-  }
+  AppendVector(kResidualName, state.residual, &record);
+  AppendVector(kControlName, state.control, &record);
   storage::WriteBatch batch;
   batch.Put(kState, LocalKey(federation), record.SerializeAsString());
   return kv_->Write(batch, "writing the device's local state");
@@ -137,14 +148,18 @@ StatusOr<std::optional<DeviceStore::LocalState>> DeviceStore::GetLocalState(
   wire::WeightsProto record;
   if (!record.ParseFromString(*value)) return DataLoss("corrupt local-state record in device store");
   LocalState state;
-  if (record.layout_size() > 0 && record.layout(record.layout_size() - 1).name().empty()) {
-    const int64_t n = record.layout(record.layout_size() - 1).shape_size() == 1
-                          ? record.layout(record.layout_size() - 1).shape(0)
-                          : -1;
+  // The kept vectors, from the end.
+  while (record.layout_size() > 0) {
+    const auto& last = record.layout(record.layout_size() - 1);
+    std::vector<float>* into = last.name() == kResidualName  ? &state.residual
+                               : last.name() == kControlName ? &state.control
+                                                             : nullptr;
+    if (into == nullptr) break;
+    const int64_t n = last.shape_size() == 1 ? last.shape(0) : -1;
     const size_t bytes = static_cast<size_t>(n) * sizeof(float);
     if (n < 0 || record.data().size() < bytes) return DataLoss("corrupt local-state record in device store");
-    state.residual.resize(static_cast<size_t>(n));
-    std::memcpy(state.residual.data(), record.data().data() + record.data().size() - bytes, bytes);
+    into->resize(static_cast<size_t>(n));
+    std::memcpy(into->data(), record.data().data() + record.data().size() - bytes, bytes);
     record.mutable_data()->resize(record.data().size() - bytes);
     record.mutable_layout()->RemoveLast();
   }

@@ -53,12 +53,13 @@ class DeviceStore {
 
   // What this device keeps of a federation's model that never travels: its
   // personal parameters and local buffers (training::ModelRunner::
-  // GetLocalState), and its top-k error-feedback residual. Replaced as a
+  // GetLocalState), its top-k error-feedback residual and SCAFFOLD's c_i. Replaced as a
   // whole after each round it trains (synced), read back when the model is
   // rebuilt after a restart.
   struct LocalState {
     wire::WeightsProto tensors;  // empty layout: none
     std::vector<float> residual;
+    std::vector<float> control;
   };
   Status PutLocalState(const std::string& federation, const LocalState& state);
   StatusOr<std::optional<LocalState>> GetLocalState(const std::string& federation) const;

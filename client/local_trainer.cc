@@ -1,5 +1,6 @@
 #include "client/local_trainer.h"
 
+#include <algorithm>
 #include <optional>
 
 #include "core/rng.h"
@@ -32,7 +33,7 @@ StatusOr<training::ModelRunner*> RunnerCache::For(const wire::TrainTask& task) {
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
                                     const std::vector<unsigned char>& model_public_key,
-                                    const std::string& federation, std::vector<float>* residual,
+                                    const std::string& federation, DeviceMemory* memory,
                                     const LocalTraining& device) {
   if (task.model_arch() != runner->arch()) {
     return FailedPrecondition("task is for a '" + task.model_arch() + "' model; this client runs '" +
@@ -72,6 +73,31 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   config.on_step = device.on_step;
   const wire::TrainConfig& tc = task.config();
   const bool dpsgd = tc.dpsgd_noise_multiplier() > 0;
+  DeviceMemory scratch;  // when the caller keeps nothing
+  DeviceMemory& kept = memory != nullptr ? *memory : scratch;
+  // SCAFFOLD: steps are corrected by c - c_i (the server's control variate
+  // from the task, this device's own).
+  std::optional<Weights> server_control;
+  Weights correction;
+  if (tc.scaffold()) {
+    if (dpsgd || tc.clip_norm() > 0 || task.has_secagg())
+      return FailedPrecondition(
+          "the task asks for SCAFFOLD together with DP or secure aggregation, which "
+          "it does not support");
+    if (config.optimizer != training::Optimizer::kSgd)
+      return FailedPrecondition("the task asks for SCAFFOLD with a local optimizer other than SGD");
+    StatusOr<Weights> c = proto::WeightsFromProto(task.control(), runner->layout());
+    if (!c.ok()) {
+      return InvalidArgument("the task's SCAFFOLD control variate does not fit the model: " +
+                             std::string(c.status().message()));
+    }
+    server_control = std::move(c).value();
+    if (kept.control.size() != server_control->data.size())
+      kept.control.assign(server_control->data.size(), 0.f);
+    correction = *server_control;
+    for (size_t i = 0; i < correction.data.size(); ++i) correction.data[i] -= kept.control[i];
+    config.control_correction = &correction;
+  }
   training::TrainResult result;
   if (dpsgd) {
     training::DpSgdConfig dp;
@@ -84,6 +110,27 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   }
   Weights local = runner->GetWeights();
   for (size_t i = 0; i < local.data.size(); ++i) local.data[i] -= global.data[i];
+
+  std::optional<Weights> control_delta;
+  if (server_control) {
+    // Option II of Karimireddy et al.: c_i+ = c_i - c + (x - y) / (K lr),
+    // so c_i's change is -c - delta / (K lr) on the trained entries. With
+    // momentum beta, a step moves lr / (1 - beta) per unit of gradient.
+    const double unit = static_cast<double>(std::max<int64_t>(1, result.steps)) * config.learning_rate /
+                        (1.0 - config.momentum);
+    control_delta = Weights::Zeros(runner->layout());
+    const std::vector<bool> trained = runner->TrainedEntries();
+    const auto& tensors = runner->layout()->tensors();
+    for (size_t t = 0; t < tensors.size(); ++t) {
+      if (!trained[t]) continue;
+      for (int64_t j = tensors[t].offset; j < tensors[t].offset + tensors[t].numel; ++j) {
+        const size_t i = static_cast<size_t>(j);
+        const float dc = static_cast<float>(-double{server_control->data[i]} - double{local.data[i]} / unit);
+        control_delta->data[i] = dc;
+        kept.control[i] += dc;
+      }
+    }
+  }
 
   double below_clip = -1;
   if (tc.clip_norm() > 0) {
@@ -105,9 +152,8 @@ StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const trainin
   // noised (post-processing), and top-k's residual stays on the device.
   ASSIGN_OR_RETURN(proto::Compression compression, proto::ParseCompression(tc.compression()));
   Rng rounding(DeriveSeed(tc.seed(), "compression"));
-  std::vector<float> no_memory;
-  RETURN_IF_ERROR(proto::EncodeUpdate(local, compression, &rounding,
-                                      residual != nullptr ? residual : &no_memory, update.mutable_delta()));
+  RETURN_IF_ERROR(proto::EncodeUpdate(local, compression, &rounding, &kept.residual, update.mutable_delta()));
+  if (control_delta) proto::WeightsToProto(*control_delta, update.mutable_control_delta());
   // Under DP-SGD the training loss is computed on private records without
   // noise, so it stays on the device.
   if (!dpsgd) (*update.mutable_metrics())["train_loss"] = result.mean_loss;

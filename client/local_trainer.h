@@ -20,8 +20,8 @@ namespace flotilla::client {
 // PermissionDenied and leaves `runner` holding the model it had.
 // Also fails when the task's architecture or weights do not fit `runner`,
 // or training fails. The update is encoded as the task's compression says;
-// `residual` is this device's top-k error-feedback memory (kept across
-// tasks by the caller; nullptr: none).
+// `memory` is what this device keeps across its tasks (top-k's residual,
+// SCAFFOLD's c_i; kept by the caller; nullptr: nothing is kept).
 // The model a task needs on this device: a built-in architecture by name,
 // or (model_arch "torchscript") the device's own TorchScript file
 // `model_path`, split as the task's ModelOptions say. FailedPrecondition
@@ -44,6 +44,15 @@ class RunnerCache {
   std::unique_ptr<training::ModelRunner> runner_;
 };
 
+// What a device keeps from one task to the next (the caller holds it, and a
+// daemon stores it with DeviceStore::LocalState): top-k's error-feedback
+// residual and SCAFFOLD's control variate c_i (empty: zero; reset when the
+// model's size changes).
+struct DeviceMemory {
+  std::vector<float> residual;
+  std::vector<float> control;
+};
+
 // How this device trains, beyond what the task says: its memory limit per
 // pass and a hook after every step (training::TrainConfig's fields).
 struct LocalTraining {
@@ -58,7 +67,7 @@ struct LocalTraining {
 StatusOr<wire::Update> RunTrainTask(training::ModelRunner* runner, const training::DataView& data,
                                     const wire::TrainTask& task,
                                     const std::vector<unsigned char>& model_public_key,
-                                    const std::string& federation, std::vector<float>* residual = nullptr,
+                                    const std::string& federation, DeviceMemory* memory = nullptr,
                                     const LocalTraining& device = LocalTraining());
 
 }  // namespace flotilla::client

@@ -39,13 +39,16 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
   SessionConfig session_config = config;
   session_config.want_final_model = options.keep_final_model;
   RunnerCache runners(options.model_path);
-  std::vector<float> residual;  // top-k error feedback, across this device's rounds
-  // What never travels (personal layers, local buffers, the residual)
+  DeviceMemory memory;  // top-k error feedback and SCAFFOLD's c_i, across this device's rounds
+  // What never travels (personal layers, local buffers, the memory above)
   // survives restarts in the store: read back when the model is built.
   std::optional<DeviceStore::LocalState> stored_local;
   if (store != nullptr) {
     ASSIGN_OR_RETURN(stored_local, store->GetLocalState(config.federation));
-    if (stored_local) residual = stored_local->residual;
+    if (stored_local) {
+      memory.residual = stored_local->residual;
+      memory.control = stored_local->control;
+    }
   }
   net::Context context;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(&context, session_config));
@@ -166,7 +169,7 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
                                                       std::to_string(task->model_version()) +
                                                       ", older than version " + std::to_string(newest) +
                                                       " this device has verified: refusing a rollback"))
-            : RunTrainTask(*runner, *data, *task, model_public_key, config.federation, &residual, local);
+            : RunTrainTask(*runner, *data, *task, model_public_key, config.federation, &memory, local);
     if (update.status().code() == StatusCode::kPermissionDenied) ++stats.models_refused;
     if (update.ok() && task->model_version() > newest) {
       newest = task->model_version();
@@ -185,10 +188,11 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
     ++stats.rounds_trained;
     if (store != nullptr) {
       std::optional<Weights> local_state = (*runner)->GetLocalState();
-      if (local_state || !residual.empty()) {
+      if (local_state || !memory.residual.empty() || !memory.control.empty()) {
         DeviceStore::LocalState keep;
         if (local_state) proto::WeightsToProto(*local_state, &keep.tensors);
-        keep.residual = residual;
+        keep.residual = memory.residual;
+        keep.control = memory.control;
         RETURN_IF_ERROR(store->PutLocalState(config.federation, keep));
         stored_local = std::move(keep);
       }

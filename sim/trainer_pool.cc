@@ -27,7 +27,7 @@ void TrainerPool::Work(const std::string& model_path) {
     local.held_out = &held_out;
     JobResult result{
         job.client, runner.ok() ? client::RunTrainTask(*runner, data_->View(job.client), job.task, model_key_,
-                                                       federation_, &residuals_[job.client], local)
+                                                       federation_, &memories_[job.client], local)
                                 : StatusOr<wire::Update>(runner.status())};
     std::lock_guard<std::mutex> lock(mu_);
     results_.push_back(std::move(result));

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/local_trainer.h"
 #include "core/status.h"
 #include "proto/flotilla.pb.h"
 #include "sim/fleet_data.h"
@@ -45,7 +46,7 @@ class TrainerPool {
       : data_(data),
         model_key_(std::move(model_key)),
         federation_(std::move(federation)),
-        residuals_(data->size()) {
+        memories_(data->size()) {
     for (int i = 0; i < workers; ++i) threads_.emplace_back([this, model_path] { Work(model_path); });
   }
   ~TrainerPool() {
@@ -88,9 +89,9 @@ class TrainerPool {
   const FleetData* data_;
   const std::vector<unsigned char> model_key_;
   const std::string federation_;
-  // Each device's top-k error feedback. A device has one job at a time, so
-  // its slot is never used by two trainers at once.
-  std::vector<std::vector<float>> residuals_;
+  // Each device's memory (top-k's error feedback, SCAFFOLD's c_i). A device
+  // has one job at a time, so its slot is never used by two trainers at once.
+  std::vector<client::DeviceMemory> memories_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;

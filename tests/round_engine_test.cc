@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <map>
 #include <memory>
+#include <thread>
 
 #include "aggregator/store.h"
 #include "privacy/keys.h"
@@ -203,6 +204,34 @@ TEST_CASE("A restart resumes the running round with its recorded updates", "[rou
   REQUIRE(r->has_value());
   CHECK((*r)->code == wire::ERROR_DUPLICATE);
   CHECK_FALSE((*r)->counted);
+}
+
+TEST_CASE("A resumed round gives the devices a fresh deadline under extend, the original one under close",
+          "[round_engine]") {
+  for (const auto policy :
+       {AggregatorConfig::DeadlinePolicy::kExtend, AggregatorConfig::DeadlinePolicy::kClose}) {
+    Fixture f(2);
+    f.config.round_deadline_seconds = 1;
+    f.config.deadline_policy = policy;
+    f.Start();
+    const auto t0 = RoundEngine::Clock::now();
+    REQUIRE(*f.engine->MaybeStart(t0, kEveryone));
+    CHECK(f.Send("dev0", f.UpdateOf(0.2f)) == wire::ERROR_UNSPECIFIED);
+    // The aggregator is down for most of the deadline.
+    std::this_thread::sleep_for(600ms);
+    f.Start();
+    const auto restarted = RoundEngine::Clock::now();
+    REQUIRE(f.engine->active());
+    if (policy == AggregatorConfig::DeadlinePolicy::kExtend) {
+      // dev1 has a whole second from the restart to reconnect and report.
+      CHECK(f.engine->deadline() >= restarted + 900ms);
+      CHECK_FALSE(f.Finish(restarted + 900ms));
+    } else {
+      CHECK(f.engine->deadline() <= restarted + 500ms);
+      REQUIRE(f.Finish(restarted + 500ms));
+      CHECK(f.seen.back().received == 1);
+    }
+  }
 }
 
 TEST_CASE("The federation is done after its rounds - no round starts then", "[round_engine]") {

@@ -358,6 +358,9 @@ StatusOr<TrainResult> ModelRunner::TrainDpSgd(const DataView& data, const TrainC
                                               const DpSgdConfig& dp) {
   RETURN_IF_ERROR(CheckTrainConfig(config, "TrainDpSgd"));
   RETURN_IF_ERROR(CheckDpConfig(dp));
+  if (config.control_correction != nullptr || config.proximal_mu > 0)
+    return InvalidArgument(
+        "TrainDpSgd: SCAFFOLD's correction and FedProx's term are for ordinary training only");
   const bool script = impl_->script.has_value();
   RETURN_IF_ERROR(CheckData(data, "TrainDpSgd", !script));
   RETURN_IF_ERROR(internal::CheckTargets(impl_->loss, data, "TrainDpSgd"));

@@ -339,6 +339,31 @@ const std::string& ModelRunner::arch() const { return impl_->arch; }
 
 std::shared_ptr<const Layout> ModelRunner::layout() const { return impl_->layout; }
 
+namespace {
+
+// For each tensor of what travels, the index of the trainable parameter it
+// is (the same storage), or -1.
+std::vector<int> TrainableIndex(const ModelRunner::Impl& impl) {
+  std::vector<int> index(impl.params.size(), -1);
+  for (size_t i = 0; i < impl.params.size(); ++i) {
+    for (size_t j = 0; j < impl.trainable.size(); ++j) {
+      if (impl.trainable[j].data_ptr() == impl.params[i].data_ptr() &&
+          impl.trainable[j].numel() == impl.params[i].numel()) {
+        index[i] = static_cast<int>(j);
+      }
+    }
+  }
+  return index;
+}
+
+}  // namespace
+
+std::vector<bool> ModelRunner::TrainedEntries() const {
+  std::vector<bool> trained;
+  for (int j : TrainableIndex(*impl_)) trained.push_back(j >= 0);
+  return trained;
+}
+
 Weights internal::CopyOut(const std::shared_ptr<const Layout>& layout,
                           const std::vector<torch::Tensor>& tensors) {
   Weights w = Weights::Zeros(layout);
@@ -397,6 +422,23 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
     if (config.proximal_mu > 0) {
       for (const auto& p : impl_->trainable) anchor.push_back(p.detach().clone());
     }
+    // SCAFFOLD: each trained tensor's gradient correction c - c_i.
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> corrections;  // (parameter, correction)
+    if (config.control_correction != nullptr) {
+      const Weights& c = *config.control_correction;
+      if (!c.layout) return InvalidArgument("Train: the SCAFFOLD correction has no layout");
+      RETURN_IF_ERROR(impl_->layout->CheckSame(*c.layout));
+      RETURN_IF_ERROR(c.Validate());
+      const std::vector<int> index = TrainableIndex(*impl_);
+      for (size_t i = 0; i < index.size(); ++i) {
+        if (index[i] < 0) continue;
+        const TensorSpec& spec = impl_->layout->tensors()[i];
+        torch::Tensor corr =
+            torch::from_blob(const_cast<float*>(c.data.data() + spec.offset), spec.shape, torch::kFloat)
+                .clone();
+        corrections.emplace_back(impl_->trainable[static_cast<size_t>(index[i])], corr);
+      }
+    }
     Rng rng(config.seed);
     std::vector<int64_t> order = data.indices;
     const size_t n = order.size();
@@ -442,6 +484,13 @@ StatusOr<TrainResult> ModelRunner::Train(const DataView& data, const TrainConfig
             torch::Tensor& p = impl_->trainable[i];
             if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
             p.mutable_grad().add_(p.detach() - anchor[i], config.proximal_mu);
+          }
+        }
+        if (!corrections.empty()) {
+          torch::NoGradGuard no_grad;
+          for (auto& [p, corr] : corrections) {
+            if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+            p.mutable_grad().add_(corr);
           }
         }
         optimizer->step();

@@ -85,6 +85,10 @@ struct TrainConfig {
   // objective, so every step's gradient gains mu (w - w_start) for the
   // trainable parameters (0 = off). Ordinary training only.
   double proximal_mu = 0.0;
+  // SCAFFOLD's correction c - c_i, in the layout of what travels
+  // (ModelRunner::layout()): every step's gradient gains it for the trained
+  // entries (ModelRunner::TrainedEntries). nullptr = off. Ordinary training only.
+  const Weights* control_correction = nullptr;
   // Called after every optimizer step with (steps done, steps in the run).
   // Returning false stops training: Train and TrainDpSgd then fail with
   // Aborted and leave the module as it was before.
@@ -151,6 +155,9 @@ class ModelRunner {
   // (less personal ones), then the federated buffers.
   std::shared_ptr<const Layout> layout() const;
   Weights GetWeights() const;
+  // For each tensor of layout(): true when Train changes it through its
+  // gradient (a parameter neither frozen nor a buffer).
+  std::vector<bool> TrainedEntries() const;
   // Copies `w` into the module. Fails without changing the module when the
   // layout's names or shapes differ or a value is not finite.
   Status SetWeights(const Weights& w);
