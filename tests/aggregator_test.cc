@@ -151,6 +151,34 @@ TEST_CASE("Strategies that need individual updates are refused under secure aggr
   CHECK(st.message().find("adaptive clipping") != std::string::npos);
 }
 
+TEST_CASE("SCAFFOLD is refused with secure aggregation, DP and local Adam, each saying why",
+          "[aggregator][strategy]") {
+  AggregatorConfig c;
+  auto key = privacy::GenerateSigningKeyPair();
+  REQUIRE(key.ok());
+  c.signing_key = std::make_shared<const privacy::SigningKeyPair>(std::move(key).value());
+  c.allowed_clients.insert("placeholder");
+  c.strategy = *ParseStrategy("scaffold");
+  CHECK(c.strategy.Name() == "scaffold");
+  CHECK(c.strategy.stateful());
+  REQUIRE(c.Validate().ok());
+  c.secagg.enabled = true;
+  auto st = c.Validate();
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.message().find("SCAFFOLD needs each device's control-variate change") != std::string::npos);
+  c.secagg.enabled = false;
+  c.dp.mode = DpConfig::Mode::kClientDistributed;
+  c.dp.epsilon_budget = 8;
+  st = c.Validate();
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.message().find("not covered by the privacy accounting") != std::string::npos);
+  c.dp = DpConfig();
+  c.optimizer = "adam";
+  st = c.Validate();
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.message().find("--optimizer sgd") != std::string::npos);
+}
+
 TEST_CASE("Store keeps updates durable sorted by client and commits rounds atomically",
           "[aggregator][store]") {
   TempDir dir;

@@ -2,8 +2,10 @@
 // processes train; after every restart nothing acknowledged is lost or
 // counted twice, every round completes, and the final model is bit for bit
 // the one an uninterrupted run reaches. Kills: FLOTILLA_CRASH_KILLS (default 5).
-// The federation runs FedAdam, so the server optimizer's moments (committed
-// with each round) must survive every kill as well.
+// The federation runs SCAFFOLD with the Adam server optimizer, so the
+// server's control variate and Adam's moments (committed with each round)
+// must survive every kill as well, and each device's c_i must advance once
+// per round it reports in, however often the aggregator dies.
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -46,7 +48,7 @@ using testing::Spawn;
 std::vector<std::string> AggregatorArgs(const testing::ProcessFleet& fleet) {
   return fleet.AggregatorArgs({"--arch", "2nn", "--rounds", std::to_string(kRounds), "--epochs", "1",
                                "--batch", "32", "--lr", "0.05", "--seed", "3", "--no-eval", "--finish-grace",
-                               "3", "--strategy", "fedadam"});
+                               "3", "--strategy", "scaffold", "--server-optimizer", "adam"});
 }
 std::vector<std::string> ClientArgs(const testing::ProcessFleet& fleet, int i) {
   return fleet.ClientArgs(i, {"--train-limit", "3000", "--seed", "3", "--threads", "1"});

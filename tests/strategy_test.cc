@@ -6,14 +6,20 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "aggregator/round_engine.h"
 #include "aggregator/server_optimizer.h"
 #include "aggregator/store.h"
+#include "client/device_store.h"
+#include "client/local_trainer.h"
 #include "privacy/keys.h"
+#include "privacy/signing.h"
 #include "proto/codec.h"
 #include "storage/kv_store.h"
 #include "testing/test_storage.h"
+#include "training/dataset.h"
+#include "training/model.h"
 
 using namespace flotilla;
 using namespace flotilla::aggregator;
@@ -245,6 +251,10 @@ struct Federation {
   ClientRegistry clients{ClientRegistry::PausePolicy{}};
   AggregatorConfig config;
   std::unique_ptr<RoundEngine> engine;
+  // The devices a round may select (dev0..dev2 report; others never do).
+  std::function<bool(const std::string&)> eligible = [](const std::string& id) {
+    return id == "dev0" || id == "dev1" || id == "dev2";
+  };
 
   explicit Federation(const std::string& strategy) {
     config.model_arch = "tiny";
@@ -280,7 +290,7 @@ struct Federation {
   // and the coordinate, so the moments differ from step to step.
   void Round() {
     const auto now = RoundEngine::Clock::now();
-    REQUIRE(*engine->MaybeStart(now, [](const std::string&) { return true; }));
+    if (!engine->active()) REQUIRE(*engine->MaybeStart(now, eligible));  // else resumed after a restart
     const uint32_t round = engine->round();
     for (int i = 0; i < 3; ++i) {
       wire::Update u;
@@ -292,14 +302,25 @@ struct Federation {
         d.data[k] =
             0.01f * static_cast<float>((static_cast<int>(k) + i + static_cast<int>(round)) % 5) - 0.02f;
       proto::WeightsToProto(d, u.mutable_delta());
+      if (config.strategy.scaffold) proto::WeightsToProto(ControlDelta(i), u.mutable_control_delta());
       auto r = engine->RecordUpdate("dev" + std::to_string(i), u, now);
       REQUIRE(r.ok());
+      REQUIRE_FALSE(r->has_value());
     }
     std::vector<SecureRound::Reply> out;
     auto f = engine->MaybeFinish(now, &out);
     REQUIRE(f.ok());
     REQUIRE(*f);
     REQUIRE(engine->history().back().completed);
+  }
+
+  // SCAFFOLD: device i's control-variate change, 0.1 (i + 1) + 0.01 k at
+  // coordinate k; their mean is 0.2 + 0.01 k.
+  static Weights ControlDelta(int i) {
+    Weights c = Weights::Zeros(TinyLayout());
+    for (size_t k = 0; k < c.data.size(); ++k)
+      c.data[k] = 0.1f * static_cast<float>(i + 1) + 0.01f * static_cast<float>(k);
+    return c;
   }
 
   std::string StoredState() const {
@@ -381,4 +402,157 @@ TEST_CASE("FedAvg's streamed merge from float32 bytes equals the decoded one and
   REQUIRE_FALSE(st.ok());
   CHECK(std::string(st.message()).find("4500") != std::string::npos);
   CHECK_FALSE(streamed.Mean().ok());
+}
+
+TEST_CASE(
+    "SCAFFOLD moves c by |S| / N times the mean change, tasks carry it, and it survives a restart bit for "
+    "bit",
+    "[aggregator][strategy]") {
+  Federation straight("scaffold");
+  // A fourth registered device that is never selected: N = 4, |S| = 3.
+  wire::Hello hello;
+  hello.set_client_name("dev3");
+  straight.clients.Register("dev3", "peer3", hello, 0);
+  straight.Start();
+  straight.Round();
+  // c = 0.75 * (0.2 + 0.01 k), and the next round's tasks carry it.
+  REQUIRE(*straight.engine->MaybeStart(RoundEngine::Clock::now(), straight.eligible));
+  const wire::Envelope env = straight.engine->MakeTask("dev0", RoundEngine::Clock::now());
+  CHECK(env.train_task().config().scaffold());
+  auto c = proto::WeightsFromProto(env.train_task().control(), TinyLayout());
+  REQUIRE(c.ok());
+  for (size_t k = 0; k < c->data.size(); ++k) CHECK(c->data[k] == Approx(0.75 * (0.2 + 0.01 * k)));
+
+  SECTION("an update without its control change, or with a non-finite one, is refused") {
+    wire::Update u;
+    u.set_round(straight.engine->round());
+    u.set_model_version(straight.engine->registry().version());
+    u.set_num_examples(10);
+    proto::WeightsToProto(Weights::Zeros(TinyLayout()), u.mutable_delta());
+    auto r = straight.engine->RecordUpdate("dev0", u, RoundEngine::Clock::now());
+    REQUIRE(r.ok());
+    REQUIRE(r->has_value());
+    CHECK((*r)->code == wire::ERROR_BAD_UPDATE);
+    CHECK((*r)->reason == "control");
+    Weights bad = Federation::ControlDelta(1);
+    bad.data[2] = std::nanf("");
+    proto::WeightsToProto(bad, u.mutable_control_delta());
+    r = straight.engine->RecordUpdate("dev1", u, RoundEngine::Clock::now());
+    REQUIRE(r.ok());
+    REQUIRE(r->has_value());
+    CHECK((*r)->reason == "control");
+  }
+  SECTION("and continues bit for bit after a restart") {
+    straight.Start();  // the process died here: round 2 resumes with no updates yet
+    straight.Round();
+    straight.Round();
+    Federation calm("scaffold");
+    calm.clients.Register("dev3", "peer3", hello, 0);
+    calm.Start();
+    for (int r = 0; r < 3; ++r) calm.Round();
+    CHECK(straight.StoredState() == calm.StoredState());
+    auto stored = straight.store->GetServerState();
+    REQUIRE(stored.ok());
+    REQUIRE(stored->has_value());
+    CHECK((*stored)->optimizer() == "sgd+scaffold");
+    CHECK((*stored)->steps() == 3);
+    auto state = ServerStateFromRecord(**stored, "sgd+scaffold", TinyLayout()->total_numel());
+    REQUIRE(state.ok());
+    // Three rounds: c = 3 * 0.75 * (0.2 + 0.01 k).
+    REQUIRE(state->control.size() == 8);
+    for (size_t k = 0; k < state->control.size(); ++k)
+      CHECK(state->control[k] == Approx(2.25 * (0.2 + 0.01 * k)).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("A FedAvg round refuses an update that carries a SCAFFOLD control change",
+          "[aggregator][strategy]") {
+  Federation f("fedavg");
+  f.Start();
+  REQUIRE(*f.engine->MaybeStart(RoundEngine::Clock::now(), f.eligible));
+  CHECK_FALSE(f.engine->MakeTask("dev0", RoundEngine::Clock::now()).train_task().config().scaffold());
+  wire::Update u;
+  u.set_round(f.engine->round());
+  u.set_model_version(f.engine->registry().version());
+  u.set_num_examples(10);
+  proto::WeightsToProto(Weights::Zeros(TinyLayout()), u.mutable_delta());
+  proto::WeightsToProto(Federation::ControlDelta(0), u.mutable_control_delta());
+  auto r = f.engine->RecordUpdate("dev0", u, RoundEngine::Clock::now());
+  REQUIRE(r.ok());
+  REQUIRE(r->has_value());
+  CHECK((*r)->reason == "control");
+}
+
+TEST_CASE(
+    "A SCAFFOLD device corrects its steps by c - c_i, sends c_i's change and keeps c_i across tasks and "
+    "restarts",
+    "[aggregator][strategy]") {
+  auto signing = privacy::GenerateSigningKeyPair();
+  REQUIRE(signing.ok());
+  auto data = std::make_shared<const training::Dataset>(training::MakeSynthetic(64, 2));
+  const training::DataView view = training::DataView::All(data);
+  auto runner = training::ModelRunner::Create("logreg", 5);
+  REQUIRE(runner.ok());
+  const Weights global = (*runner)->GetWeights();
+  wire::TrainTask task;
+  task.set_round(1);
+  task.set_model_version(1);
+  task.set_model_round(0);
+  task.set_model_arch("logreg");
+  task.mutable_config()->set_epochs(1);
+  task.mutable_config()->set_batch_size(16);  // K = 4 steps
+  task.mutable_config()->set_learning_rate(0.1);
+  task.mutable_config()->set_scaffold(true);
+  proto::WeightsToProto(global, task.mutable_weights());
+  task.set_model_signature(*privacy::SignModel(*signing, "flotilla", 1, 0, privacy::ModelDigest(global)));
+  Weights c = Weights::Zeros(global.layout);
+  for (size_t i = 0; i < c.data.size(); ++i) c.data[i] = 0.01f * static_cast<float>(i % 7) - 0.03f;
+  proto::WeightsToProto(c, task.mutable_control());
+
+  client::DeviceMemory memory;
+  auto update = client::RunTrainTask(runner->get(), view, task, signing->public_key, "flotilla", &memory);
+  REQUIRE(update.ok());
+  REQUIRE(update->has_control_delta());
+  auto delta = proto::WeightsFromProto(update->delta(), global.layout);
+  auto dc = proto::WeightsFromProto(update->control_delta(), global.layout);
+  REQUIRE(delta.ok());
+  REQUIRE(dc.ok());
+  // c_i's change = -c - delta / (K lr), and c_i (from 0) is that change.
+  REQUIRE(memory.control.size() == c.data.size());
+  double max_err = 0;
+  for (size_t i = 0; i < c.data.size(); ++i) {
+    const double expect = -double{c.data[i]} - double{delta->data[i]} / (4 * 0.1);
+    max_err = std::max(max_err, std::fabs(expect - double{dc->data[i]}));
+    CHECK(memory.control[i] == dc->data[i]);
+  }
+  CHECK(max_err < 1e-5);
+
+  // The next task trains with c - c_i: the same task again gives another
+  // delta than a device without memory would.
+  client::DeviceMemory fresh;
+  auto again = client::RunTrainTask(runner->get(), view, task, signing->public_key, "flotilla", &memory);
+  auto first_time = client::RunTrainTask(runner->get(), view, task, signing->public_key, "flotilla", &fresh);
+  REQUIRE(again.ok());
+  REQUIRE(first_time.ok());
+  CHECK(again->delta().data() != first_time->delta().data());
+  CHECK(first_time->delta().data() == update->delta().data());
+
+  // c_i survives a restart in the device store, beside the top-k residual.
+  auto store = client::DeviceStore::OnKvStore(storage::NewMemoryStore(client::DeviceStore::Families()));
+  client::DeviceStore::LocalState keep;
+  keep.residual = {1.5f, -2.5f};
+  keep.control = memory.control;
+  REQUIRE(store->PutLocalState("flotilla", keep).ok());
+  auto back = store->GetLocalState("flotilla");
+  REQUIRE(back.ok());
+  REQUIRE(back->has_value());
+  CHECK((*back)->residual == keep.residual);
+  CHECK((*back)->control == keep.control);
+  CHECK((*back)->tensors.layout_size() == 0);
+
+  // A task whose control variate does not fit the model is refused.
+  task.mutable_control()->mutable_data()->resize(12);
+  CHECK(client::RunTrainTask(runner->get(), view, task, signing->public_key, "flotilla", &memory)
+            .status()
+            .code() == StatusCode::kInvalidArgument);
 }

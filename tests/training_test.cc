@@ -648,6 +648,37 @@ TEST_CASE("FedProx's proximal term pulls each step toward where training started
   CHECK_FALSE(MakeRunner("logreg", 2)->Train(view, config).ok());
 }
 
+TEST_CASE("SCAFFOLD's correction is added to every step's gradient of the trained tensors",
+          "[training][model]") {
+  SetTorchThreads(1);
+  auto data = std::make_shared<const Dataset>(MakeSynthetic(64, 6));
+  const DataView view = DataView::All(data);
+  TrainConfig config;  // plain SGD, lr 0.01, one step over all 64 examples
+  config.batch_size = 64;
+  config.seed = 4;
+  auto plain = MakeRunner("logreg", 2);
+  REQUIRE(plain->Train(view, config).ok());
+  const Weights w1 = plain->GetWeights();
+  // One step: w1' = w0 - lr (g + v) = w1 - lr v.
+  auto corrected = MakeRunner("logreg", 2);
+  const std::vector<bool> trained = corrected->TrainedEntries();
+  CHECK(trained == std::vector<bool>{true, true});
+  Weights v = Weights::Zeros(corrected->layout());
+  for (size_t i = 0; i < v.data.size(); ++i) v.data[i] = 0.5f - 0.0001f * static_cast<float>(i % 1000);
+  config.control_correction = &v;
+  REQUIRE(corrected->Train(view, config).ok());
+  const Weights c1 = corrected->GetWeights();
+  double max_err = 0;
+  for (size_t i = 0; i < w1.data.size(); ++i)
+    max_err =
+        std::max(max_err, std::fabs(double{w1.data[i]} - 0.01 * double{v.data[i]} - double{c1.data[i]}));
+  CHECK(max_err < 1e-6);
+  // A correction for another model is refused before training.
+  Weights wrong = Weights::Zeros(MakeRunner("2nn", 2)->layout());
+  config.control_correction = &wrong;
+  CHECK(corrected->Train(view, config).status().code() == StatusCode::kInvalidArgument);
+}
+
 TEST_CASE("A step hook that says stop aborts training and restores the model", "[training][model]") {
   auto data = std::make_shared<const Dataset>(MakeSynthetic(200, 6));
   auto runner = MakeRunner("logreg", 2);
