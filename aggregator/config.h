@@ -13,6 +13,7 @@
 #include "aggregator/strategy.h"
 #include "aggregator/update_validation.h"
 #include "core/status.h"
+#include "monitoring/http_server.h"
 #include "net/transport.h"
 #include "privacy/keys.h"
 
@@ -143,6 +144,13 @@ struct AggregatorConfig {
   // round at once with the updates it has (or fails it below min_updates).
   enum class DeadlinePolicy { kExtend, kClose };
   DeadlinePolicy deadline_policy = DeadlinePolicy::kExtend;
+  // The HTTP endpoint for operators (/metrics, /healthz, /readyz;
+  // monitoring/http_server.h). Empty listen: off.
+  monitoring::HttpOptions http = [] {
+    monitoring::HttpOptions o;
+    o.listen.clear();
+    return o;
+  }();
   // Model registry retention: keep the newest `retain_last` versions plus
   // every version divisible by `retain_every`. 0 = keep everything.
   uint64_t retain_last = 0;

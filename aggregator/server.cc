@@ -61,11 +61,28 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     std::error_code ec;
     agg->allowlist_mtime_ = std::filesystem::last_write_time(config.allowlist_path, ec);
   }
+  agg->metrics_ = std::make_shared<AggregatorMetrics>(config.federation);
+  RoundFn counted = [metrics = agg->metrics_, on_round = std::move(on_round)](const RoundSummary& r) {
+    metrics->RoundFinished(r);
+    if (on_round) on_round(r);
+  };
   ASSIGN_OR_RETURN(agg->engine_,
                    RoundEngine::Recover(config, agg->store_.get(), &agg->clients_, std::move(initial),
-                                        std::move(eval), std::move(on_round)));
+                                        std::move(eval), std::move(counted)));
   agg->known_clients_ = agg->clients_.size();
   if (config.checkin.enabled) agg->FlushRegistry(/*force=*/true);  // keeps only a resumed round's devices
+  agg->PublishMetrics(true);
+  if (!config.http.listen.empty()) {
+    monitoring::HttpHandlers handlers;
+    handlers.metrics = [metrics = agg->metrics_] { return metrics->Render(); };
+    Aggregator* self = agg.get();
+    handlers.ready = [self](std::string* why) {
+      if (self->serving_.load()) return true;
+      *why = "the aggregator is not serving devices (starting or stopped)";
+      return false;
+    };
+    ASSIGN_OR_RETURN(agg->http_, monitoring::HttpServer::Start(config.http, std::move(handlers)));
+  }
   return agg;
 }
 
@@ -81,6 +98,7 @@ Aggregator::Aggregator(const AggregatorConfig& config, std::unique_ptr<Store> st
       limits_(config.limits.Resolved(model_bytes)) {}
 
 Aggregator::~Aggregator() {
+  http_.reset();    // its handlers read this object
   socket_.reset();  // close the socket before its authenticator
   zap_.reset();
 }
@@ -113,7 +131,13 @@ Status Aggregator::Run() {
                                      << " rounds of " << config_.model_arch << " ("
                                      << engine_->global().layout->Describe() << "), waiting for "
                                      << config_.min_clients << " clients");
+  serving_.store(true);
+  struct NotServing {
+    std::atomic<bool>* flag;
+    ~NotServing() { flag->store(false); }
+  } not_serving{&serving_};
   while (!stop_.load()) {
+    PublishMetrics(false);
     ASSIGN_OR_RETURN(std::optional<net::Incoming> in, socket_->Receive(kPollInterval));
     if (in) {
       RETURN_IF_ERROR(Step(*in));
@@ -141,6 +165,7 @@ Status Aggregator::Run() {
       }
     }
   }
+  PublishMetrics(true);
   LOG_INFO("aggregator",
            "stopped after " << engine_->rounds_done() << " rounds; final model version " << model_version());
   return Status::Ok();
@@ -210,6 +235,7 @@ Status Aggregator::HandleMessage(const net::Incoming& in) {
     last_limits_prune_ = now;
   }
   engine_->CountBytes(in.payload.size(), 0);
+  metrics_->Bytes(in.payload.size(), 0);
   const PeerLimits::Admission admission = limits_.Admit(tag, in.payload.size(), now);
   if (!admission.admitted) {
     ++rejected_messages_;
@@ -311,7 +337,36 @@ void Aggregator::HandleDecline(const std::string& client_id, const wire::Envelop
   ReplyToClient(client_id, env.request_id(), std::move(ack));
 }
 
+void Aggregator::PublishMetrics(bool now) {
+  const auto t = Clock::now();
+  if (!now && t - metrics_published_ < std::chrono::milliseconds(250)) return;
+  metrics_published_ = t;
+  const RoundEngine& engine = *engine_;
+  AggregatorGauges g;
+  g.round = engine.round();
+  g.round_active = engine.active();
+  g.rounds_planned = config_.rounds;
+  g.model_version = model_version();
+  g.known_devices = config_.checkin.enabled ? known_clients_ : clients_.size();
+  g.connected_devices = static_cast<uint64_t>(std::count_if(
+      clients_.begin(), clients_.end(), [](const auto& kv) { return !kv.second.peer.empty(); }));
+  g.paused_devices = clients_.CountPaused(t);
+  g.checked_in_devices = engine.selecting() ? engine.held_count() : 0;
+  g.selected_devices = engine.active() ? engine.selected_count() : 0;
+  g.reporting_devices = engine.active() ? engine.received_count() : 0;
+  g.updates_rejected = engine.rejected_updates();
+  g.store_bytes = store_->ApproximateSize();
+  if (const SecureRound* secure = engine.secure()) {
+    g.secagg_stage = secure->stage_name();
+    g.secagg_remaining = secure->remaining();
+  }
+  g.finished = engine.federation_done();
+  if (config_.dp.enabled()) g.epsilon_budget = config_.dp.epsilon_budget;
+  metrics_->Publish(g);
+}
+
 void Aggregator::LogRejection(const std::string& who, const std::string& reason, const std::string& message) {
+  metrics_->Rejected(reason);
   uint64_t suppressed = 0;
   const std::string name = clients_.count(who) ? clients_.at(who).name : std::string();
   if (!log_limiter_.Allow(who + '\0' + reason, Clock::now(), &suppressed)) return;
@@ -684,6 +739,7 @@ void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t
   }
   const size_t size = bytes.size();
   engine_->CountBytes(0, size);
+  metrics_->Bytes(0, size);
   if (Status st = socket_->Send(peer, std::move(bytes), tag); !st.ok()) {
     LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " not delivered: " << st.message());
   } else {

@@ -25,6 +25,7 @@
 
 #include "aggregator/client_registry.h"
 #include "aggregator/config.h"
+#include "aggregator/metrics.h"
 #include "aggregator/peer_limits.h"
 #include "aggregator/round_engine.h"
 #include "aggregator/secure_round.h"
@@ -32,6 +33,7 @@
 #include "core/log.h"
 #include "core/status.h"
 #include "core/weights.h"
+#include "monitoring/http_server.h"
 #include "net/transport.h"
 #include "net/zap.h"
 #include "privacy/keys.h"
@@ -82,6 +84,10 @@ class Aggregator {
   // Large replies not queued because the device had not read earlier ones.
   uint64_t withheld_replies() const { return withheld_replies_; }
   uint32_t failed_rounds_in_a_row() const { return engine_->backoff().failed_in_a_row(); }
+  // The HTTP endpoint's URL ("" when [http] listen is off).
+  std::string http_url() const { return http_ ? http_->url() : std::string(); }
+  // What /metrics shows (also without the HTTP endpoint).
+  std::string RenderMetrics() const { return metrics_->Render(); }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -138,6 +144,8 @@ class Aggregator {
                      const std::string& dedupe = std::string());
   // One log line per device and reason per interval, with a count.
   void LogRejection(const std::string& who, const std::string& reason, const std::string& message);
+  // Publishes the gauges for /metrics (at most every 250 ms unless `now`).
+  void PublishMetrics(bool now);
 
   AggregatorConfig config_;
   std::unique_ptr<Store> store_;
@@ -154,6 +162,12 @@ class Aggregator {
   // that asks (the model no longer changes once the federation is done).
   std::optional<wire::PullReply> final_model_;
   uint64_t rejected_messages_ = 0;
+  // Shared with the round callback and the HTTP threads.
+  std::shared_ptr<AggregatorMetrics> metrics_;
+  Clock::time_point metrics_published_{};
+  std::atomic<bool> serving_{false};
+  // Last: stopped first, before anything its handlers read.
+  std::unique_ptr<monitoring::HttpServer> http_;
   uint64_t withheld_replies_ = 0;
   uint64_t messages_handled_ = 0;
   PeerLimits limits_;

@@ -4,7 +4,7 @@
 # with Dirichlet(0.1) label skew and with 2 label shards per device (the
 # FedAvg paper's pathological split), for FedAvg, FedAvgM (beta 0.9, server
 # lr 0.1: the same effective step, Hsu et al. 2019), FedProx (mu 0.01) and
-# FedAdam (server lr 0.01). Prints test accuracy every 10 rounds and the
+# FedAdam (server lr 0.01) and SCAFFOLD. Prints test accuracy every 10 rounds and the
 # first round at 70% and 80%, and writes every run under OUT.
 #   bash bench/noniid.sh [ROUNDS] [OUT] [ARCH]
 set -euo pipefail
@@ -14,7 +14,7 @@ out=${2:-runs/noniid}
 arch=${3:-2nn}
 F=build/cli/flotilla
 mkdir -p "$out"
-strategies=(fedavg "fedavgm --server-lr 0.1" fedprox:0.01 fedadam)
+strategies=(fedavg "fedavgm --server-lr 0.1" fedprox:0.01 fedadam scaffold)
 for p in dirichlet:0.1 shards:2; do
   for s in "${strategies[@]}"; do
     read -r strategy extra <<<"$s"
@@ -31,7 +31,7 @@ done
 /usr/bin/python3 - "$out" "$rounds" <<'PY'
 import csv, os, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
-names = ["fedavg", "fedavgm", "fedprox:0.01", "fedadam"]
+names = ["fedavg", "fedavgm", "fedprox:0.01", "fedadam", "scaffold"]
 marks = list(range(10, rounds + 1, 10))
 for p in ["dirichlet:0.1", "shards:2"]:
     print(f"\n{p}\n")

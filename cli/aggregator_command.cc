@@ -91,11 +91,17 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
   aggregator::AddDpFlags(&app, &config, &dp_flags);
   aggregator::SecAggFlags secagg_flags;
   aggregator::AddSecAggFlags(&app, &config, &secagg_flags);
+  aggregator::HttpFlags http_flags;
+  aggregator::AddHttpFlags(&app, &config, &http_flags);
   if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config, origins))
     return *exit_code;
   aggregator::ApplyDpMode(dp_flags, &config);
   aggregator::ApplySecAggFlags(secagg_flags, &config);
   aggregator::ResolveModel(&config, model_path);
+  if (Status st = aggregator::ApplyHttpFlags(http_flags, &config); !st.ok()) {
+    std::fprintf(stderr, "flotilla aggregator: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   // Signals are handled from the start: a SIGTERM during start-up still
   // ends the process cleanly, before or after the store is opened.
   std::signal(SIGINT, OnSignal);
@@ -177,6 +183,9 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
     return 1;
   }
   g_aggregator.store(agg->get());
+  if (const std::string url = (*agg)->http_url(); !url.empty())
+    std::fprintf(stderr, "flotilla aggregator: metrics on %s/metrics, probes %s/healthz and /readyz\n",
+                 url.c_str(), url.c_str());
   if (g_stop.load()) (*agg)->RequestStop();
   Status st = (*agg)->Run();
   g_aggregator.store(nullptr);

@@ -91,6 +91,9 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("secagg", "degree", "--secagg-degree");
     both("secagg", "threshold", "--secagg-threshold");
     both("secagg", "stage_timeout", "--secagg-stage-timeout");
+    // [http]
+    both("http", "listen", "--http-listen");
+    both("http", "token_file", "--http-token-file");
     // [keys]
     k.push_back({"keys", "curve_key", "aggregator", "--curve-key"});
     k.push_back({"keys", "signing_key", "aggregator", "--signing-key"});

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <fstream>
+#include <string>
 
 #include "aggregator/server.h"
 
@@ -137,6 +139,38 @@ inline void AddDefenceFlags(CLI::App* app, AggregatorConfig* c) {
 
 // A TorchScript model: its file and how it is split. Call ResolveModel
 // after parsing.
+// The HTTP endpoint for operators; call ApplyHttpFlags after parsing.
+struct HttpFlags {
+  std::string token_file;
+};
+
+inline void AddHttpFlags(CLI::App* app, AggregatorConfig* c, HttpFlags* f) {
+  app->add_option(
+         "--http-listen", c->http.listen,
+         "Serve /metrics (Prometheus), /healthz and /readyz on HOST:PORT, e.g. 127.0.0.1:9464 (port 0 "
+         "picks one; empty = off). Any address but loopback needs --http-token-file")
+      ->capture_default_str();
+  app->add_option("--http-token-file", f->token_file,
+                  "File holding the bearer token (16+ characters) HTTP clients must send; required when "
+                  "--http-listen is not a loopback address")
+      ->capture_default_str();
+}
+
+// Reads the token file; a one-line error for the user when it cannot.
+inline Status ApplyHttpFlags(const HttpFlags& f, AggregatorConfig* c) {
+  if (f.token_file.empty()) return Status::Ok();
+  std::ifstream in(f.token_file);
+  if (!in) return InvalidArgument("cannot read --http-token-file " + f.token_file);
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.size() < 16)
+    return InvalidArgument("--http-token-file " + f.token_file +
+                           ": the token must be at least 16 characters (e.g. openssl rand -hex 24)");
+  c->http.token = token;
+  return Status::Ok();
+}
+
 inline void AddModelFlags(CLI::App* app, AggregatorConfig* c, std::string* model_path) {
   app->add_option("--model-path", *model_path,
                   "A TorchScript module (torch.jit.save) to federate instead of a built-in --arch")

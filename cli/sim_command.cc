@@ -212,6 +212,8 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   flotilla::aggregator::AddDpFlags(&app, &config.aggregator, &dp_flags);
   flotilla::aggregator::SecAggFlags secagg_flags;
   flotilla::aggregator::AddSecAggFlags(&app, &config.aggregator, &secagg_flags);
+  flotilla::aggregator::HttpFlags http_flags;
+  flotilla::aggregator::AddHttpFlags(&app, &config.aggregator, &http_flags);
   app.add_option(
          "--secagg-dropout", config.secagg_dropout,
          "FAULT INJECTION: probability that a client vanishes mid-protocol (at a random stage 1-3) in each "
@@ -277,6 +279,10 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   flotilla::aggregator::ApplyDpMode(dp_flags, &config.aggregator);
   flotilla::aggregator::ApplySecAggFlags(secagg_flags, &config.aggregator);
   flotilla::aggregator::ResolveModel(&config.aggregator, config.model_path);
+  if (flotilla::Status st = flotilla::aggregator::ApplyHttpFlags(http_flags, &config.aggregator); !st.ok()) {
+    std::fprintf(stderr, "flotilla sim: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   if (!flotilla::cli::ResolveCsvFlags(csv_delimiter, &config.csv)) return 2;
 
   flotilla::LogLevel level;

@@ -723,12 +723,21 @@ class SimServer {
     ASSIGN_OR_RETURN(server->agg_,
                      aggregator::Aggregator::Create(agg_config, context, server->eval_runner_->GetWeights(),
                                                     eval, on_round));
+    if (const std::string url = server->agg_->http_url(); !url.empty()) {
+      // Where to look (and, for scripts and tests, OUT/http.url).
+      std::printf("metrics: %s/metrics\n", url.c_str());
+      std::fflush(stdout);
+      std::ofstream((std::filesystem::path(config.out_dir) / "http.url").string()) << url << "\n";
+    }
     return server;
   }
 
   aggregator::Aggregator& agg() { return *agg_; }
   // The rounds of the run (those before a restart included), once it is over.
   StatusOr<SimResult> Result(Clock::time_point start) {
+    // The aggregator's counters at the end, as /metrics showed them.
+    const std::string prom = (std::filesystem::path(config_.out_dir) / "metrics.prom").string();
+    std::ofstream(prom) << agg_->RenderMetrics();
     agg_.reset();
     log_.close();
     SimResult result;

@@ -1,0 +1,65 @@
+// What the aggregator shows Prometheus (docs/operations.md, "Metrics"): the
+// event loop records rounds, rejections and bytes as they happen and
+// publishes its gauges a few times a second; an HTTP thread renders the
+// text format from what was published, never touching the loop's state.
+//
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "aggregator/round_engine.h"
+#include "monitoring/exposition.h"
+
+namespace flotilla::aggregator {
+
+// The loop's current state, published as gauges.
+struct AggregatorGauges {
+  uint32_t round = 0;
+  bool round_active = false;
+  uint32_t rounds_planned = 0;
+  uint64_t model_version = 0;
+  uint64_t known_devices = 0;
+  uint64_t connected_devices = 0;
+  uint64_t paused_devices = 0;
+  uint64_t checked_in_devices = 0;  // held for the open check-in selection
+  uint64_t selected_devices = 0;    // in the running round
+  uint64_t reporting_devices = 0;   // updates recorded in the running round
+  uint64_t updates_rejected = 0;    // by validation since the start (the engine's count)
+  uint64_t store_bytes = 0;
+  std::string secagg_stage;  // empty: no secure round running
+  uint64_t secagg_remaining = 0;
+  bool finished = false;
+  double epsilon_budget = 0.0;  // 0: no DP
+};
+
+class AggregatorMetrics {
+ public:
+  explicit AggregatorMetrics(std::string federation);
+
+  void Publish(const AggregatorGauges& gauges);
+  void RoundFinished(const RoundSummary& summary);
+  void Rejected(const std::string& reason);
+  void Bytes(uint64_t in, uint64_t out);
+  // The Prometheus text of everything recorded so far.
+  std::string Render() const;
+
+ private:
+  mutable std::mutex mu_;
+  const std::string federation_;
+  AggregatorGauges gauges_;
+  uint64_t rounds_completed_ = 0, rounds_failed_ = 0;
+  uint64_t updates_accepted_ = 0, declined_ = 0, unreported_ = 0;
+  uint64_t secure_rounds_ = 0, secure_dropouts_ = 0;
+  uint64_t bytes_in_ = 0, bytes_out_ = 0;
+  std::map<std::string, uint64_t> rejected_;  // messages, by reason
+  monitoring::Histogram selection_, training_, merging_, round_;
+  std::optional<double> test_accuracy_, test_loss_, epsilon_;
+  uint64_t examples_ = 0;
+};
+
+}  // namespace flotilla::aggregator
