@@ -7,6 +7,8 @@
 
   var PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
                  '#bcbd22', '#17becf'];
+  // Ticks on the round axis: whole rounds only.
+  var ROUND_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
   // Participation and round-time series within one run.
   var STAGE_COLORS = ['#444444', '#2ca02c', '#ff7f0e', '#d62728', '#9467bd'];
 
@@ -68,7 +70,7 @@
       width: chartWidth(small), height: small ? 220 : 280,
       scales: fromZero ? {x: {time: false}, y: {range: function (u, min, max) { return [0, max > 0 ? max * 1.08 : 1]; }}}
                        : {x: {time: false}},
-      axes: [{label: 'round'}, {label: yLabel, size: 64}],
+      axes: [{label: 'round', incrs: ROUND_STEPS}, {label: yLabel, size: 64}],
       series: series,
       legend: {live: true},
       cursor: {drag: {x: true, y: false}}
