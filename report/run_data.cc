@@ -1,10 +1,12 @@
 #include "report/run_data.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "aggregator/store.h"
@@ -233,7 +235,25 @@ RunData RunFromRoundRecords(const std::vector<records::RoundRecord>& records) {
     run.rounds.push_back(r.round());
     for (size_t i = 0; i < std::size(kNames); ++i) run.series[kNames[i]].push_back(values[i]);
   }
+  // Records written before the bytes and the time split were recorded hold
+  // zeros there: no data, not a measurement.
+  auto all_zero = [&run](const char* name) {
+    const std::vector<double>& values = run.series[name];
+    return std::all_of(values.begin(), values.end(), [](double v) { return v == 0; });
+  };
+  const bool no_bytes = all_zero("bytes_in") && all_zero("bytes_out");
+  if (no_bytes) {
+    run.series.erase("bytes_in");
+    run.series.erase("bytes_out");
+  }
+  if (all_zero("selection_seconds") && all_zero("train_seconds") && all_zero("merge_seconds")) {
+    for (const char* name : {"selection_seconds", "train_seconds", "merge_seconds"}) run.series.erase(name);
+  }
   FindMissingPlots(&run, "", "the store");
+  if (no_bytes) {
+    run.missing[kPlotBytes] =
+        "its round records hold no bytes (written by an aggregator from before they were)";
+  }
   return run;
 }
 

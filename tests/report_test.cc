@@ -174,6 +174,21 @@ TEST_CASE("Report: an aggregator store's round records become series", "[unit]")
   CHECK(run->series.at("completed") == std::vector<double>{1, 0});
   CHECK(run->missing.empty());
 
+  // Records from before bytes and the time split were recorded: no bytes
+  // plot (zeros are no data), the total time only.
+  records::RoundRecord old_record;
+  old_record.set_round(1);
+  old_record.set_outcome(records::RoundRecord::OUTCOME_COMPLETED);
+  old_record.add_selected("a");
+  old_record.add_received("a");
+  old_record.set_seconds(0.5);
+  const report::RunData old = report::RunFromRoundRecords({old_record});
+  CHECK(old.missing.at(report::kPlotBytes).find("hold no bytes") != std::string::npos);
+  CHECK_FALSE(old.missing.count(report::kPlotRoundTime));
+  CHECK_FALSE(old.series.count("train_seconds"));
+  CHECK(old.series.at("seconds") == std::vector<double>{0.5});
+  CHECK(old.missing.count(report::kPlotAccuracy));
+
   // A simulator's directory with only its store/ (no metrics.csv) reads the store.
   const fs::path parent = dir.parent_path() / "store-parent";
   fs::remove_all(parent);
