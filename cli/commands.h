@@ -22,6 +22,7 @@ int SimMain(int argc, char** argv, const FlagOrigins& origins);
 int KeygenMain(int argc, char** argv, const FlagOrigins& origins);
 int RegistryMain(int argc, char** argv, const FlagOrigins& origins);
 int DpMain(int argc, char** argv, const FlagOrigins& origins);
+int ReportMain(int argc, char** argv, const FlagOrigins& origins);
 
 // For commands that take a config file: options keep their last value, and
 // a hidden --print-config sets *print_config. Call before adding options.

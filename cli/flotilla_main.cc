@@ -26,6 +26,8 @@ constexpr char kUsage[] =
     "  keygen       CURVE and model-signing keys, allowlists, enrolment certificates\n"
     "  registry     stored models, rounds, the privacy ledger, devices, quarantine\n"
     "  dp           the privacy accountant: epsilon for a plan, or the noise for a target epsilon\n"
+    "  report       one HTML page with plots of a run (or several overlaid): a simulator's directory or a "
+    "store\n"
     "  config show  the effective settings of a role, merged from --config FILE and flags\n"
     "\n"
     "--config FILE: a TOML file shared by the aggregator, the devices and the simulator\n"
@@ -45,6 +47,7 @@ const Command kCommands[] = {
     {"keygen", flotilla::cli::KeygenMain},
     {"registry", flotilla::cli::RegistryMain},
     {"dp", flotilla::cli::DpMain},
+    {"report", flotilla::cli::ReportMain},
 };
 
 // Runs `run` with argv = [name, config flags..., args...]; the config's

@@ -131,10 +131,11 @@ TEST_CASE("flotilla config show merges the file and the flags", "[cli]") {
 TEST_CASE("flotilla --help lists every subcommand and each has --help", "[cli]") {
   std::string out;
   REQUIRE(RunFlotilla({"--help"}, &out) == 0);
-  for (const char* sub : {"aggregator", "client", "sim", "keygen", "registry", "dp", "config show"}) {
+  for (const char* sub :
+       {"aggregator", "client", "sim", "keygen", "registry", "dp", "report", "config show"}) {
     CHECK(out.find(std::string("  ") + sub) != std::string::npos);
   }
-  for (const char* sub : {"aggregator", "client", "sim", "keygen", "registry", "dp"}) {
+  for (const char* sub : {"aggregator", "client", "sim", "keygen", "registry", "dp", "report"}) {
     INFO(sub);
     CHECK(RunFlotilla({sub, "--help"}, &out) == 0);
     CHECK(out.find("--") != std::string::npos);
