@@ -1,11 +1,13 @@
 #include "aggregator/metrics.h"
 
+#include <nlohmann/json.hpp>
+
 namespace flotilla::aggregator {
 
 using monitoring::DurationBuckets;
 
-AggregatorMetrics::AggregatorMetrics(std::string federation)
-    : federation_(std::move(federation)),
+AggregatorMetrics::AggregatorMetrics(AggregatorInfo info)
+    : info_(std::move(info)),
       selection_(DurationBuckets()),
       training_(DurationBuckets()),
       merging_(DurationBuckets()),
@@ -36,6 +38,8 @@ void AggregatorMetrics::RoundFinished(const RoundSummary& s) {
   if (s.test_accuracy) test_accuracy_ = s.test_accuracy;
   if (s.test_loss) test_loss_ = s.test_loss;
   if (s.epsilon) epsilon_ = s.epsilon;
+  rounds_.push_back(s);
+  if (rounds_.size() > 1000) rounds_.pop_front();
 }
 
 void AggregatorMetrics::Rejected(const std::string& reason) {
@@ -54,7 +58,7 @@ std::string AggregatorMetrics::Render() const {
   const AggregatorGauges& g = gauges_;
   monitoring::PromText t;
   t.Family("flotilla_info", "gauge", "The federation this aggregator serves (always 1).");
-  t.Sample(1, {{"federation", federation_}});
+  t.Sample(1, {{"federation", info_.federation}, {"arch", info_.model_arch}, {"strategy", info_.strategy}});
   // Rounds.
   t.Counter("flotilla_rounds_started_total", "Rounds started by this process.",
             static_cast<double>(rounds_completed_ + rounds_failed_ + (g.round_active ? 1 : 0)));
@@ -128,6 +132,57 @@ std::string AggregatorMetrics::Render() const {
   t.Gauge("flotilla_store_size_bytes", "Approximate size of the aggregator's store on disk.",
           static_cast<double>(g.store_bytes));
   return t.text();
+}
+
+std::string AggregatorMetrics::RenderJson() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const AggregatorGauges& g = gauges_;
+  auto opt = [](const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); };
+  nlohmann::json rounds = nlohmann::json::array();
+  for (const RoundSummary& r : rounds_) {
+    rounds.push_back({{"round", r.round},
+                      {"completed", r.completed},
+                      {"selected", r.selected},
+                      {"received", r.received},
+                      {"declined", r.declined},
+                      {"refused", r.refused},
+                      {"unreported", r.unreported},
+                      {"model_version", r.model_version},
+                      {"test_accuracy", opt(r.test_accuracy)},
+                      {"test_loss", opt(r.test_loss)},
+                      {"epsilon", opt(r.epsilon)},
+                      {"seconds", r.seconds},
+                      {"bytes_in", r.bytes_in},
+                      {"bytes_out", r.bytes_out}});
+  }
+  nlohmann::json rejected = nlohmann::json::object();
+  for (const auto& [reason, n] : rejected_) rejected[reason] = n;
+  const nlohmann::json state = {
+      {"federation", info_.federation},
+      {"model_arch", info_.model_arch},
+      {"strategy", info_.strategy},
+      {"signing_key_fingerprint", info_.signing_key_fingerprint},
+      {"uptime_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count()},
+      {"round", g.round},
+      {"round_active", g.round_active},
+      {"rounds_planned", g.rounds_planned},
+      {"finished", g.finished},
+      {"model_version", g.model_version},
+      {"registered", g.known_devices},
+      {"connected", g.connected_devices},
+      {"paused", g.paused_devices},
+      {"checked_in", g.checked_in_devices},
+      {"selected", g.selected_devices},
+      {"reporting", g.reporting_devices},
+      {"updates_rejected", g.updates_rejected},
+      {"epsilon_budget", g.epsilon_budget},
+      {"epsilon_spent", epsilon_.value_or(0.0)},
+      {"secagg_stage", g.secagg_stage},
+      {"store_bytes", g.store_bytes},
+      {"rounds", rounds},
+      {"rejected", rejected},
+  };
+  return state.dump();
 }
 
 }  // namespace flotilla::aggregator

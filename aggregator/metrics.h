@@ -6,7 +6,9 @@
 // Thread-safety: every method may be called from any thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -37,9 +39,17 @@ struct AggregatorGauges {
   double epsilon_budget = 0.0;  // 0: no DP
 };
 
+// What does not change while the aggregator runs.
+struct AggregatorInfo {
+  std::string federation;
+  std::string model_arch;
+  std::string strategy;
+  std::string signing_key_fingerprint;  // privacy::KeyFingerprint of the model-signing key
+};
+
 class AggregatorMetrics {
  public:
-  explicit AggregatorMetrics(std::string federation);
+  explicit AggregatorMetrics(AggregatorInfo info);
 
   void Publish(const AggregatorGauges& gauges);
   void RoundFinished(const RoundSummary& summary);
@@ -47,10 +57,15 @@ class AggregatorMetrics {
   void Bytes(uint64_t in, uint64_t out);
   // The Prometheus text of everything recorded so far.
   std::string Render() const;
+  // The dashboard's state (GET /api/state; docs/operations.md): the gauges,
+  // the rounds of this process (at most the latest 1,000) and the rejections.
+  std::string RenderJson() const;
 
  private:
   mutable std::mutex mu_;
-  const std::string federation_;
+  const AggregatorInfo info_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::deque<RoundSummary> rounds_;
   AggregatorGauges gauges_;
   uint64_t rounds_completed_ = 0, rounds_failed_ = 0;
   uint64_t updates_accepted_ = 0, declined_ = 0, unreported_ = 0;

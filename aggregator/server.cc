@@ -61,7 +61,13 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
     std::error_code ec;
     agg->allowlist_mtime_ = std::filesystem::last_write_time(config.allowlist_path, ec);
   }
-  agg->metrics_ = std::make_shared<AggregatorMetrics>(config.federation);
+  AggregatorInfo info;
+  info.federation = config.federation;
+  info.model_arch = config.model_arch;
+  info.strategy = config.strategy.Name();
+  if (config.signing_key)
+    info.signing_key_fingerprint = privacy::KeyFingerprint(config.signing_key->public_key);
+  agg->metrics_ = std::make_shared<AggregatorMetrics>(std::move(info));
   RoundFn counted = [metrics = agg->metrics_, on_round = std::move(on_round)](const RoundSummary& r) {
     metrics->RoundFinished(r);
     if (on_round) on_round(r);
@@ -75,6 +81,7 @@ StatusOr<std::unique_ptr<Aggregator>> Aggregator::Create(const AggregatorConfig&
   if (!config.http.listen.empty()) {
     monitoring::HttpHandlers handlers;
     handlers.metrics = [metrics = agg->metrics_] { return metrics->Render(); };
+    handlers.state_json = [metrics = agg->metrics_] { return metrics->RenderJson(); };
     Aggregator* self = agg.get();
     handlers.ready = [self](std::string* why) {
       if (self->serving_.load()) return true;
@@ -177,6 +184,7 @@ Status Aggregator::Step(const net::Incoming& in) {
 }
 
 Status Aggregator::AdvanceRounds() {
+  const ScopedLogFields fields({{"round", std::to_string(engine_->round())}});
   const auto now = Clock::now();
   if (!config_.checkin.enabled) {
     ASSIGN_OR_RETURN(bool started, engine_->MaybeStart(now, [this](const std::string& id) {
@@ -226,6 +234,11 @@ std::vector<std::string> Aggregator::client_ids() const {
 
 Status Aggregator::HandleMessage(const net::Incoming& in) {
   ++messages_handled_;
+  // Every line logged while handling it carries the round and the device's
+  // key prefix (never the whole key).
+  const ScopedLogFields fields(
+      {{"round", std::to_string(engine_->round())},
+       {"device", in.user_id.empty() ? std::string("peer") : in.user_id.substr(0, 12)}});
   const auto now = Clock::now();
   // The device's identity for its limits and its queued-bytes account: the
   // authenticated key, or the connection without CURVE.

@@ -7,6 +7,7 @@
 #include "aggregator/server.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
+#include "cli/log_flags.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "privacy/keys.h"
@@ -33,7 +34,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
   std::string data_dir = training::kDefaultFashionMnistDir;
   int64_t test_limit = 0;
   bool no_eval = false;
-  std::string log_level = "info";
+  flotilla::cli::LogFlags log_flags;
   std::string curve_key_path = "keys/aggregator.curve.key";
   std::string signing_key_path = "keys/aggregator.sign.key";
   bool insecure = false;
@@ -83,7 +84,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
       ->capture_default_str();
   app.add_flag("--insecure", insecure,
                "DEBUGGING ONLY: no encryption and no allowlist (models are still signed)");
-  app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
+  flotilla::cli::AddLogFlags(&app, &log_flags);
   aggregator::AddRoundFlags(&app, &config);
   std::string model_path;
   aggregator::AddModelFlags(&app, &config, &model_path);
@@ -109,12 +110,7 @@ int flotilla::cli::AggregatorMain(int argc, char** argv, const FlagOrigins& orig
   std::signal(SIGHUP, OnSignal);
   config.deadline_policy = deadline_policy == "close" ? aggregator::AggregatorConfig::DeadlinePolicy::kClose
                                                       : aggregator::AggregatorConfig::DeadlinePolicy::kExtend;
-  LogLevel level;
-  if (!ParseLogLevel(log_level, &level)) {
-    std::fprintf(stderr, "error: unknown --log level '%s'\n", log_level.c_str());
-    return 2;
-  }
-  SetLogLevel(level);
+  if (!flotilla::cli::ApplyLogFlags(log_flags, "flotilla aggregator")) return 2;
 
   auto signing = privacy::ReadSigningSecretFile(signing_key_path);
   if (!signing.ok()) {

@@ -18,6 +18,7 @@
 
 #include "cli/commands.h"
 #include "cli/data_flags.h"
+#include "cli/log_flags.h"
 #include "client/data_source.h"
 #include "client/device.h"
 #include "client/pull.h"
@@ -80,7 +81,7 @@ int Predict(const std::string& model_path, const flotilla::client::FileSourceOpt
 int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins) {
   using namespace flotilla;
   client::SessionConfig config;
-  std::string log_level = "info";
+  flotilla::cli::LogFlags log_flags;
   std::string curve_key_path, server_key_path = "keys/aggregator.curve.pub",
                               model_key_path = "keys/aggregator.sign.pub";
   std::string cert_path, authority_key_path = "keys/enrolment.sign.pub";
@@ -123,7 +124,7 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
                  "Longest wait between reconnection attempts (from 0.5 s, doubling, with jitter)")
       ->capture_default_str()
       ->check(CLI::Range(500, 3600000));
-  app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
+  flotilla::cli::AddLogFlags(&app, &log_flags);
 
   CLI::App* train = app.add_subcommand(
       "run",
@@ -218,12 +219,7 @@ int flotilla::cli::ClientMain(int argc, char** argv, const FlagOrigins& origins)
   if (std::optional<int> exit_code = flotilla::cli::Parse(&app, argc, argv, &print_config, origins))
     return *exit_code;
 
-  LogLevel level;
-  if (!ParseLogLevel(log_level, &level)) {
-    std::fprintf(stderr, "error: unknown --log level '%s'\n", log_level.c_str());
-    return 2;
-  }
-  SetLogLevel(level);
+  if (!flotilla::cli::ApplyLogFlags(log_flags, "flotilla client")) return 2;
   if (*predict) {
     if (!ResolveCsvFlags(predict_delimiter, &predict_source.csv)) return 2;
     predict_source.fashion_mnist_dir = data_dir;

@@ -31,7 +31,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("federation", "seed", "--seed");
     k.push_back({"federation", "seed", "client run", "--seed"});
     // [round]
-    k.push_back({"round", "min_clients", "aggregator", "--min-clients"});
+    both("round", "min_clients", "--min-clients");
     both("round", "fraction", "--fraction");
     both("round", "epochs", "--epochs");
     both("round", "batch", "--batch");
@@ -172,6 +172,10 @@ const std::vector<ConfigKey>& ConfigKeys() {
     k.push_back({"log", "level", "aggregator", "--log"});
     k.push_back({"log", "level", "sim", "--log"});
     k.push_back({"log", "level", "client", "--log"});
+    for (const char* role : {"aggregator", "sim", "client"}) {
+      k.push_back({"log", "format", role, "--log-format"});
+      k.push_back({"log", "file", role, "--log-file"});
+    }
     return k;
   }();
   return keys;

@@ -14,6 +14,7 @@
 #include "cli/commands.h"
 #include "cli/data_flags.h"
 #include "cli/flags.h"
+#include "cli/log_flags.h"
 #include "core/log.h"
 #include "core/subprocess.h"
 #include "sim/report.h"
@@ -134,7 +135,8 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   const std::vector<std::string> scenario_args(args.begin() + 1, args.end());
   flotilla::sim::SimConfig config;
   config.aggregator.endpoint = "tcp://127.0.0.1:*";
-  std::string log_level = "warning";
+  flotilla::cli::LogFlags log_flags;
+  log_flags.level = "warning";
   CLI::App app{
       mode == Mode::kServe
           ? "flotilla sim serve: the aggregator of a check-in simulation split across processes or "
@@ -172,6 +174,11 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   app.add_option("--clients", config.clients, "Number of simulated clients")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--min-clients", config.aggregator.min_clients,
+                 "Check-in: a round's selection never closes with fewer devices held than this (without "
+                 "check-in every client takes part in each round's sampling)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--partition", config.partition,
                  "iid | dirichlet:ALPHA | shards:K (K label shards per client)")
       ->capture_default_str();
@@ -205,7 +212,7 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_flag("--insecure", config.insecure, "DEBUGGING ONLY: no CURVE encryption and no allowlist");
-  app.add_option("--log", log_level, "Log level: debug, info, warning, error")->capture_default_str();
+  flotilla::cli::AddLogFlags(&app, &log_flags);
   flotilla::aggregator::AddRoundFlags(&app, &config.aggregator);
   flotilla::aggregator::AddModelFlags(&app, &config.aggregator, &config.model_path);
   flotilla::aggregator::DpFlags dp_flags;
@@ -285,13 +292,7 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
   }
   if (!flotilla::cli::ResolveCsvFlags(csv_delimiter, &config.csv)) return 2;
 
-  flotilla::LogLevel level;
-  if (!flotilla::ParseLogLevel(log_level, &level)) {
-    std::fprintf(stderr, "error: unknown --log level '%s' (use debug, info, warning or error)\n",
-                 log_level.c_str());
-    return 2;
-  }
-  flotilla::SetLogLevel(level);
+  if (!flotilla::cli::ApplyLogFlags(log_flags, "flotilla sim")) return 2;
   if (config.central_epochs > 0) {
     std::printf(
         "flotilla sim (central baseline): %s on the union of %d clients' data (%s), %d epochs, B=%u, lr %g, "

@@ -99,6 +99,7 @@ StatusOr<ClientStats> RunClient(const SessionConfig& config,
     std::optional<wire::TrainTask> task = session->TakeTask();
     if (!task) continue;
     const uint32_t round = task->round();
+    const ScopedLogFields fields({{"round", std::to_string(round)}, {"device", config.name}});
     if (options.may_train && !options.may_train()) {
       ++stats.rounds_paused;
       LOG_INFO("client", config.name << ": paused; declining round " << round);

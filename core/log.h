@@ -1,12 +1,19 @@
-// Minimal leveled logging to stderr: "2026-11-24T21:59:41.123Z W aggregator: text".
+// Leveled logging, one line per event, to stderr or a file:
+//   text: "2026-11-24T21:59:41.123Z W aggregator: text [round=3 device=ab12cd34ef56]"
+//   json: {"ts":"2026-11-24T21:59:41.123Z","level":"warning","component":"aggregator",
+//          "msg":"text","round":3,"device":"ab12cd34ef56"}
+// Structured fields come from ScopedLogFields on the writing thread.
 // Thread-safe (one line is written with one call).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 namespace flotilla {
 
@@ -18,7 +25,30 @@ LogLevel GetLogLevel();
 // Parses "debug", "info", "warning", "error", "off".
 bool ParseLogLevel(const std::string& text, LogLevel* level);
 
+enum class LogFormat { kText, kJson };
+void SetLogFormat(LogFormat format);
+// Parses "text", "json".
+bool ParseLogFormat(const std::string& text, LogFormat* format);
+// Appends every line to `path` instead of stderr (created when missing;
+// "" goes back to stderr).
+// False, leaving stderr, when it cannot be opened; *error then says why.
+bool SetLogFile(const std::string& path, std::string* error);
+
 void LogLine(LogLevel level, const char* component, const std::string& message);
+
+// Fields added to every line this thread writes while the object lives
+// (inner scopes add to, or override, outer ones): the round, a device's
+// key prefix. Values that are whole numbers are JSON numbers.
+class ScopedLogFields {
+ public:
+  ScopedLogFields(std::initializer_list<std::pair<const char*, std::string>> fields);
+  ~ScopedLogFields();
+  ScopedLogFields(const ScopedLogFields&) = delete;
+  ScopedLogFields& operator=(const ScopedLogFields&) = delete;
+
+ private:
+  size_t added_ = 0;
+};
 
 // Lets one log line per key through per interval and counts the others, so
 // a flood of the same event (one device's rejected messages) writes one

@@ -5,8 +5,13 @@
 #include <cstdlib>
 
 #include "core/log.h"
+#include "web/assets.h"
 
 namespace flotilla::monitoring {
+
+// monitoring/dashboard.html and dashboard.js (embedded by the build).
+extern const std::string_view kDashboardHtml;
+extern const std::string_view kDashboardJs;
 
 StatusOr<std::pair<std::string, int>> ParseListen(const std::string& listen) {
   const std::string form = "'" + listen + "': use HOST:PORT, e.g. 127.0.0.1:9464 (port 0 picks a free one)";
@@ -28,15 +33,39 @@ bool IsLoopback(const std::string& host) {
 
 namespace {
 
-bool Authorized(const httplib::Request& req, const std::string& token) {
-  if (token.empty()) return true;
-  const std::string expected = "Bearer " + token;
-  const std::string got = req.get_header_value("Authorization");
-  // Constant time in the token's length.
+// Constant time in the length of `expected`.
+bool SameSecret(const std::string& got, const std::string& expected) {
   if (got.size() != expected.size()) return false;
   unsigned char diff = 0;
   for (size_t i = 0; i < got.size(); ++i) diff |= static_cast<unsigned char>(got[i] ^ expected[i]);
   return diff == 0;
+}
+
+bool Authorized(const httplib::Request& req, const std::string& token) {
+  if (token.empty()) return true;
+  if (SameSecret(req.get_header_value("Authorization"), "Bearer " + token)) return true;
+  return req.has_param("token") && SameSecret(req.get_param_value("token"), token);
+}
+
+void Unauthorized(httplib::Response& res) {
+  res.status = 401;
+  res.set_header("WWW-Authenticate", "Bearer");
+  res.set_content("a bearer token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)\n",
+                  "text/plain");
+}
+
+// The dashboard page with uPlot and its script inline (nothing fetched
+// but /api/state).
+std::string DashboardPage() {
+  std::string page(kDashboardHtml);
+  auto put = [&page](const std::string& marker, std::string_view with) {
+    const size_t at = page.find(marker);
+    if (at != std::string::npos) page.replace(at, marker.size(), web::EscapeForInlineElement(with));
+  };
+  put("/*UPLOT_CSS*/", web::kUplotCss);
+  put("/*UPLOT_JS*/", web::kUplotJs);
+  put("/*DASHBOARD_JS*/", kDashboardJs);
+  return page;
 }
 
 }  // namespace
@@ -63,13 +92,22 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions& optio
   svr.set_payload_max_length(8 << 10);
   auto metrics = handlers.metrics;
   svr.Get("/metrics", [metrics, token](const httplib::Request& req, httplib::Response& res) {
-    if (!Authorized(req, token)) {
-      res.status = 401;
-      res.set_header("WWW-Authenticate", "Bearer");
-      res.set_content("a bearer token is required\n", "text/plain");
-      return;
-    }
+    if (!Authorized(req, token)) return Unauthorized(res);
     res.set_content(metrics ? metrics() : std::string(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  auto state = handlers.state_json;
+  svr.Get("/api/state", [state, token](const httplib::Request& req, httplib::Response& res) {
+    if (!Authorized(req, token)) return Unauthorized(res);
+    res.set_header("Cache-Control", "no-store");
+    res.set_content(state ? state() : std::string("{}"), "application/json");
+  });
+  const std::string page = DashboardPage();
+  svr.Get("/", [page, token](const httplib::Request& req, httplib::Response& res) {
+    if (!Authorized(req, token)) return Unauthorized(res);
+    res.set_header(
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'");
+    res.set_content(page, "text/html; charset=utf-8");
   });
   svr.Get("/healthz",
           [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
@@ -94,7 +132,7 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions& optio
   }
   s->host_ = hp.first;
   s->thread_ = std::thread([&svr] { svr.listen_after_bind(); });
-  LOG_INFO("http", "serving /metrics, /healthz and /readyz on "
+  LOG_INFO("http", "serving the dashboard (/), /metrics, /healthz and /readyz on "
                        << s->url() << (token.empty() ? "" : " (bearer token required)"));
   return s;
 }

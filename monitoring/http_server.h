@@ -1,13 +1,15 @@
-// The aggregator's HTTP endpoint for operators: Prometheus metrics
-// (/metrics), liveness and readiness probes (/healthz, /readyz). It runs
+// The aggregator's HTTP endpoint for operators: the live dashboard (/, its
+// data at /api/state), Prometheus metrics (/metrics), liveness and readiness
+// probes (/healthz, /readyz). It runs
 // cpp-httplib on its own threads (a small fixed pool), so a flood of
 // connections or malformed requests never reaches the federation's loop;
 // handlers only read what the loop published.
 //
 // Security: read-only. Bound to a loopback address it answers anyone on the
 // machine; bound to any other address it requires "Authorization: Bearer
-// TOKEN" on everything but the probes (401 otherwise), and refuses to start
-// without a token.
+// TOKEN" (or ?token=TOKEN, for a browser opening the dashboard) on
+// everything but the probes (401 otherwise), and refuses to start without a
+// token. The dashboard shows no key material and no device data.
 //
 // Thread-safety: Start and Stop from one thread; the handlers are called on
 // the server's threads and must be thread-safe.
@@ -42,7 +44,8 @@ StatusOr<std::pair<std::string, int>> ParseListen(const std::string& listen);
 bool IsLoopback(const std::string& host);
 
 struct HttpHandlers {
-  std::function<std::string()> metrics;  // the Prometheus text
+  std::function<std::string()> metrics;     // the Prometheus text
+  std::function<std::string()> state_json;  // the dashboard's state (GET /api/state)
   // Ready to serve devices; *why says what is missing when not.
   std::function<bool(std::string* why)> ready;
 };

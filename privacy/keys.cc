@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -109,6 +110,23 @@ StatusOr<CurveKeyPair> GenerateCurveKeyPair() {
   if (crypto_box_keypair(pub.data(), pair.secret.data()) != 0) return Internal("crypto_box_keypair failed");
   pair.public_z85 = Z85Encode(pub);
   return pair;
+}
+
+std::string KeyFingerprint(const std::vector<unsigned char>& public_key) {
+  unsigned char hash[32];
+  if (EnsureSodium().ok()) {
+    crypto_generichash(hash, sizeof hash, public_key.data(), public_key.size(), nullptr, 0);
+  } else {
+    std::fill(std::begin(hash), std::end(hash), 0);
+  }
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 8; ++i) {
+    if (i == 4) out += ':';
+    out += kHex[hash[i] >> 4];
+    out += kHex[hash[i] & 15];
+  }
+  return out;
 }
 
 StatusOr<CurveKeyPair> DeriveCurveKeyPairForSimulation(uint64_t seed) {

@@ -54,6 +54,9 @@ struct SigningKeyPair {
 };
 
 StatusOr<CurveKeyPair> GenerateCurveKeyPair();
+// A public key's short fingerprint for people to compare: the first 8 bytes
+// of its BLAKE2b-256 hash in hex, "ab12cd34:ef56ab78" (never key material).
+std::string KeyFingerprint(const std::vector<unsigned char>& public_key);
 // A key pair derived from `seed` (crypto_box_seed_keypair over BLAKE2b of
 // the seed). Only for the simulator and tests, where reproducible runs need
 // reproducible client identities; never for a real device.

@@ -6,7 +6,12 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
 
+#include "core/log.h"
 #include "core/rng.h"
 #include "core/status.h"
 #include "core/weights.h"
@@ -93,4 +98,49 @@ TEST_CASE("StatusOr value() on an error aborts in every build", "[core]") {
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   CHECK(WIFSIGNALED(status));
   CHECK(WTERMSIG(status) == SIGABRT);
+}
+
+TEST_CASE("Log lines as text or JSON, with the scope's fields, to a file", "[core]") {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("flotilla-log-" + std::to_string(::getpid()) + ".log"))
+          .string();
+  std::filesystem::remove(path);
+  std::string error;
+  REQUIRE(SetLogFile(path, &error));
+  const LogLevel before = GetLogLevel();
+  SetLogLevel(LogLevel::kInfo);
+  {
+    const ScopedLogFields outer({{"round", "7"}, {"device", "ab12cd34ef56"}});
+    LOG_INFO("test", "plain");
+    SetLogFormat(LogFormat::kJson);
+    {
+      const ScopedLogFields inner({{"round", "8"}});  // overrides the outer round
+      LOG_WARN("test", "quote \" backslash \\ newline \n tab \t");
+    }
+    LOG_DEBUG("test", "below the level: not written");
+  }
+  LOG_ERROR("test", "no fields");
+  SetLogFormat(LogFormat::kText);
+  SetLogLevel(before);
+  REQUIRE(SetLogFile("", &error));  // back to stderr
+  std::ifstream in(path);
+  std::string text, json, last;
+  std::getline(in, text);
+  std::getline(in, json);
+  std::getline(in, last);
+  CHECK(text.find(" I test: plain [round=7 device=ab12cd34ef56]") != std::string::npos);
+  CHECK(json.rfind("{\"ts\":\"", 0) == 0);
+  CHECK(
+      json.find(
+          "\"level\":\"warning\",\"component\":\"test\",\"msg\":\"quote \\\" backslash \\\\ newline \\n tab "
+          "\\u0009\",\"round\":8,\"device\":\"ab12cd34ef56\"}") != std::string::npos);
+  CHECK(last.find("\"msg\":\"no fields\"}") != std::string::npos);
+  std::string more;
+  CHECK_FALSE(std::getline(in, more));
+  CHECK_FALSE(SetLogFile("/nonexistent-dir/x.log", &error));
+  CHECK(error.find("cannot open log file") != std::string::npos);
+  LogFormat f;
+  CHECK(ParseLogFormat("json", &f));
+  CHECK_FALSE(ParseLogFormat("xml", &f));
+  std::filesystem::remove(path);
 }

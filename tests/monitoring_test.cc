@@ -46,7 +46,12 @@ TEST_CASE("The Prometheus text format: families, labels, escaping, histograms", 
 }
 
 TEST_CASE("Aggregator metrics count rounds, updates and rejections as they finish", "[monitoring]") {
-  aggregator::AggregatorMetrics m("fed");
+  aggregator::AggregatorInfo info;
+  info.federation = "fed";
+  info.model_arch = "2nn";
+  info.strategy = "fedavg";
+  info.signing_key_fingerprint = "0011aabb:ccddeeff";
+  aggregator::AggregatorMetrics m(info);
   aggregator::RoundSummary r;
   r.completed = true;
   r.selected = 5;
@@ -68,17 +73,23 @@ TEST_CASE("Aggregator metrics count rounds, updates and rejections as they finis
   g.round_active = true;
   m.Publish(g);
   const std::string text = m.Render();
-  for (const char* line :
-       {"flotilla_rounds_started_total 3\n", "flotilla_rounds_completed_total 1\n",
-        "flotilla_rounds_failed_total 1\n", "flotilla_updates_accepted_total 5\n",
-        "flotilla_updates_unreported_total 2\n", "flotilla_examples_total 400\n",
-        "flotilla_messages_rejected_total{reason=\"norm\"} 2\n", "flotilla_received_bytes_total 10\n",
-        "flotilla_sent_bytes_total 20\n", "flotilla_model_test_accuracy 0.8",
-        "flotilla_round_duration_seconds_count 1\n", "flotilla_info{federation=\"fed\"} 1\n"}) {
+  for (const char* line : {"flotilla_rounds_started_total 3\n", "flotilla_rounds_completed_total 1\n",
+                           "flotilla_rounds_failed_total 1\n", "flotilla_updates_accepted_total 5\n",
+                           "flotilla_updates_unreported_total 2\n", "flotilla_examples_total 400\n",
+                           "flotilla_messages_rejected_total{reason=\"norm\"} 2\n",
+                           "flotilla_received_bytes_total 10\n", "flotilla_sent_bytes_total 20\n",
+                           "flotilla_model_test_accuracy 0.8", "flotilla_round_duration_seconds_count 1\n",
+                           "flotilla_info{federation=\"fed\",arch=\"2nn\",strategy=\"fedavg\"} 1\n"}) {
     INFO(line);
     CHECK(text.find(line) != std::string::npos);
   }
   CHECK(text.find("flotilla_dp_epsilon") == std::string::npos);  // no DP, no privacy gauges
+  // The dashboard's state: the rounds, the rejections, the key's fingerprint only.
+  const std::string json = m.RenderJson();
+  CHECK(json.find("\"signing_key_fingerprint\":\"0011aabb:ccddeeff\"") != std::string::npos);
+  CHECK(json.find("\"rejected\":{\"norm\":2}") != std::string::npos);
+  CHECK(json.find("\"test_accuracy\":0.8") != std::string::npos);
+  CHECK(json.find("\"round_active\":true") != std::string::npos);
 }
 
 namespace {

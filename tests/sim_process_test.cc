@@ -38,29 +38,11 @@ std::string ReadFile(const fs::path& p) {
 // A small check-in federation: 2,000 devices of 30 examples, 40 kept per
 // round, 4 rounds of logistic regression.
 std::vector<std::string> Scenario(const fs::path& out, uint64_t seed) {
-  return {"--clients",
-          "2000",
-          "--partition",
-          "windows:30",
-          "--arch",
-          "logreg",
-          "--rounds",
-          "4",
-          "--checkin",
-          "--clients-per-round",
-          "40",
-          "--over-selection",
-          "1",
-          "--deadline",
-          "60",
-          "--selection-window",
-          "2",
-          "--seed",
-          std::to_string(seed),
-          "--out",
-          out.string(),
-          "--quiet",
-          "--log",
+  return {"--clients", "2000", "--partition", "windows:30", "--arch", "logreg", "--rounds", "4", "--checkin",
+          "--clients-per-round", "40", "--over-selection", "1", "--deadline", "60", "--selection-window", "2",
+          // The window never closes below a full round, however late the
+          // devices (or shards) start on a loaded machine.
+          "--min-clients", "40", "--seed", std::to_string(seed), "--out", out.string(), "--quiet", "--log",
           "warning"};
 }
 
@@ -191,5 +173,5 @@ TEST_CASE(
   CHECK(unreported > 0);
   // The restart resumed the round with its recorded updates: the same run.
   CHECK(after_kill == calm);
-  fs::remove_all(dir);
+  if (after_kill == calm) fs::remove_all(dir);  // else kept for a look
 }
