@@ -47,9 +47,7 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
       if (received_.count(id)) round_norms.push_back(norm);
     }
     if (!round_norms.empty()) {
-      const size_t mid = round_norms.size() / 2;
-      std::nth_element(round_norms.begin(), round_norms.begin() + static_cast<long>(mid), round_norms.end());
-      clip_bound = clip.median_multiple * round_norms[mid];
+      clip_bound = clip.median_multiple * Median(std::move(round_norms));
       if (clip.absolute > 0) clip_bound = std::min(clip_bound, clip.absolute);
     }
   }

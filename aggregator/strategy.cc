@@ -380,15 +380,4 @@ void ClipToNorm(Weights* delta, double norm, double bound) {
   for (float& v : delta->data) v = static_cast<float>(static_cast<double>(v) * scale);
 }
 
-StatusOr<Weights> ApplyDelta(const Weights& global, const Weights& mean_delta, double server_learning_rate) {
-  RETURN_IF_ERROR(global.layout->CheckSame(*mean_delta.layout));
-  Weights out = global;
-  for (size_t i = 0; i < out.data.size(); ++i) {
-    out.data[i] = static_cast<float>(static_cast<double>(global.data[i]) +
-                                     server_learning_rate * static_cast<double>(mean_delta.data[i]));
-  }
-  RETURN_IF_ERROR(out.Validate());
-  return out;
-}
-
 }  // namespace flotilla::aggregator

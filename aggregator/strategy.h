@@ -170,8 +170,4 @@ std::vector<double> PairwiseSquaredDistances(const std::vector<std::vector<float
 // Scales `delta`, whose L2 norm is `norm`, down to `bound` when larger.
 void ClipToNorm(Weights* delta, double norm, double bound);
 
-// new_global = global + server_learning_rate * mean_delta. With rate 1 this
-// is FedAvg: the example-weighted mean of the clients' local models.
-StatusOr<Weights> ApplyDelta(const Weights& global, const Weights& mean_delta, double server_learning_rate);
-
 }  // namespace flotilla::aggregator

@@ -30,15 +30,17 @@ bool AnyNonFinite(const std::string& bytes) {
   return false;
 }
 
+}  // namespace
+
 double Median(std::vector<double> values) {
+  if (values.empty()) return 0.0;
   const size_t mid = values.size() / 2;
-  std::nth_element(values.begin(), values.begin() + mid, values.end());
+  std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(mid), values.end());
   double m = values[mid];
-  if (values.size() % 2 == 0) m = 0.5 * (m + *std::max_element(values.begin(), values.begin() + mid));
+  if (values.size() % 2 == 0)
+    m = 0.5 * (m + *std::max_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(mid)));
   return m;
 }
-
-}  // namespace
 
 std::string NormBound::Describe() const {
   std::ostringstream os;

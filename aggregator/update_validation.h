@@ -105,6 +105,9 @@ struct UpdateVerdict {
 UpdateVerdict ValidateUpdate(const wire::WeightsProto& delta, int64_t num_examples,
                              const UpdateExpectation& expect, const wire::WeightsProto* control = nullptr);
 
+// The median; for an even count the mean of the two middle values (0 when empty).
+double Median(std::vector<double> values);
+
 // L2 norm accumulated in double: no overflow for any finite float input.
 double L2Norm(const std::vector<float>& values);
 

@@ -50,7 +50,9 @@ TEST_CASE("FedAvg equals the hand-computed example-weighted mean", "[aggregator]
   REQUIRE(mean.Add(d3, 60).ok());
   auto m = mean.Mean();
   REQUIRE(m.ok());
-  auto next = ApplyDelta(global, *m, 1.0);
+  // The server's plain SGD step at rate 1 (what the round engine runs).
+  ServerState state, next_state;
+  auto next = ServerStep(ServerOptimizer(), 1.0, global, *m, state, &next_state);
   REQUIRE(next.ok());
   // By hand: global + (10*d1 + 30*d2 + 60*d3) / 100.
   const std::vector<double> expected = {1 + 0.1, 2 + 0.3, 3 - 0.6, 4 + (0.6 + 0.6), 5 + (-0.1 + 0.3)};
