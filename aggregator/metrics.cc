@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "aggregator/round_json.h"
+
 namespace flotilla::aggregator {
 
 using monitoring::DurationBuckets;
@@ -137,24 +139,8 @@ std::string AggregatorMetrics::Render() const {
 std::string AggregatorMetrics::RenderJson() const {
   std::lock_guard<std::mutex> lock(mu_);
   const AggregatorGauges& g = gauges_;
-  auto opt = [](const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); };
   nlohmann::json rounds = nlohmann::json::array();
-  for (const RoundSummary& r : rounds_) {
-    rounds.push_back({{"round", r.round},
-                      {"completed", r.completed},
-                      {"selected", r.selected},
-                      {"received", r.received},
-                      {"declined", r.declined},
-                      {"refused", r.refused},
-                      {"unreported", r.unreported},
-                      {"model_version", r.model_version},
-                      {"test_accuracy", opt(r.test_accuracy)},
-                      {"test_loss", opt(r.test_loss)},
-                      {"epsilon", opt(r.epsilon)},
-                      {"seconds", r.seconds},
-                      {"bytes_in", r.bytes_in},
-                      {"bytes_out", r.bytes_out}});
-  }
+  for (const RoundSummary& r : rounds_) rounds.push_back(RoundToJson(r));
   nlohmann::json rejected = nlohmann::json::object();
   for (const auto& [reason, n] : rejected_) rejected[reason] = n;
   const nlohmann::json state = {

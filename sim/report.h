@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "aggregator/round_engine.h"
+#include "aggregator/round_json.h"
 #include "core/status.h"
 #include "sim/simulation.h"
 
@@ -51,9 +52,9 @@ class ProgressLine {
 };
 
 // A round as JSON (rounds.json's objects, and the lines of the round log a
-// server appends as rounds commit), and back.
-nlohmann::json RoundToJson(const aggregator::RoundSummary& r);
-StatusOr<aggregator::RoundSummary> RoundFromJson(const nlohmann::json& j);
+// server appends as rounds commit), and back: aggregator/round_json.h.
+using aggregator::RoundFromJson;
+using aggregator::RoundToJson;
 // The round log (out_dir/rounds.jsonl): one JSON object per line, written
 // as each round commits, so a server killed and resumed keeps the rounds
 // before. Missing file: none. A round logged twice keeps its last line.
