@@ -28,7 +28,8 @@ struct FleetModel {
   double bandwidth_mbps = 0.0;
   double loss = 0.0;
   // Faults, for each selected device in each round.
-  double dropout = 0.0;         // vanishes: before training, while training or after sending (a third each)
+  double dropout =
+      0.0;  // vanishes: before training, while training or once its update is delivered (a third each)
   double crash = 0.0;           // crashes after sending, before its Ack; rejoins with its outbox
   double rejoin_seconds = 2.0;  // after a crash
   double straggler = 0.0;       // trains straggler_factor times slower this round

@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "client/session.h"
@@ -394,11 +395,13 @@ class CheckInFleet {
         if (session.state() == client::Session::State::kAway) {
           // Back for the round it was told, and never for one already released.
           wake_[it->first] = std::max(session.come_back_round(), released_ + 1);
+          if (drop_when_away_.erase(it->first)) wake_[it->first] = std::max(wake_[it->first], released_ + 2);
           check_ins_ += static_cast<uint64_t>(session.check_ins());
           faults_.erase(it->first);
           it = active_.erase(it);
         } else if (session.finished()) {
           wake_[it->first] = UINT32_MAX;
+          drop_when_away_.erase(it->first);
           check_ins_ += static_cast<uint64_t>(session.check_ins());
           it = active_.erase(it);
         } else {
@@ -526,22 +529,24 @@ class CheckInFleet {
       if (!shared->ok()) return it->second->AbandonTask(shared->status());
       const wire::Update sent = shared->value();
       RETURN_IF_ERROR(it->second->SubmitUpdate(**shared));
-      if (fault == Fault::kDropAfterSending || fault == Fault::kCrashAfterSending) {
+      if (fault == Fault::kDropAfterSending) {
+        // Gone once its update is delivered (acknowledged: a resend after an
+        // aggregator restart included, so a kill does not lose it), and away
+        // longer than pace steering asks.
+        ++injected_.dropped_after_sending;
+        faults_.erase(i);
+        drop_when_away_.insert(i);
+      } else if (fault == Fault::kCrashAfterSending) {
         // Gone before its Ack: the session is kept (unread) for a second so
-        // that what it sent leaves, then closed.
+        // that what it sent leaves, then closed. It restarts with the update
+        // still in its outbox, and resends it.
         zombies_.emplace_back(Clock::now() + std::chrono::seconds(1), std::move(it->second));
         active_.erase(it);
         faults_.erase(i);
-        wake_[i] = released_ + 2;
-        if (fault == Fault::kDropAfterSending) {
-          ++injected_.dropped_after_sending;
-        } else {
-          // It restarts with the update still in its outbox, and resends it.
-          ++injected_.crashed;
-          wake_[i] = UINT32_MAX;
-          Later(Clock::now(), config_.model.rejoin_seconds,
-                [this, i, sent](TrainerPool&) { return Rejoin(i, sent); });
-        }
+        ++injected_.crashed;
+        wake_[i] = UINT32_MAX;
+        Later(Clock::now(), config_.model.rejoin_seconds,
+              [this, i, sent](TrainerPool&) { return Rejoin(i, sent); });
       }
       return Status::Ok();
     });
@@ -643,7 +648,8 @@ class CheckInFleet {
   size_t peak_active_ = 0;
   size_t devices_ = 0;
   DueAt due_;
-  std::map<size_t, Fault> faults_;  // this round's fault of each device with a task
+  std::map<size_t, Fault> faults_;   // this round's fault of each device with a task
+  std::set<size_t> drop_when_away_;  // dropped after sending: away longer once acknowledged
   Adversary adversary_;
   std::vector<std::pair<Clock::time_point, std::unique_ptr<client::Session>>> zombies_;
   InjectedFaults injected_;

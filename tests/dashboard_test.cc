@@ -1,7 +1,7 @@
 // The live dashboard in a real browser: a simulated federation with its
-// HTTP endpoint on, Debian's headless Chromium opening the page while
-// rounds run. The chart must hold every finished round, the round counter
-// must advance between two looks, and a screenshot is saved
+// HTTP endpoint on (more rounds than the test waits for: it is killed at
+// the end), Debian's headless Chromium opening the page while rounds run. The chart must hold every finished
+// round, the round counter must advance between two looks, and a screenshot is saved
 // (test-output/dashboard.png beside the test binary).
 #include <signal.h>
 #include <unistd.h>
@@ -74,7 +74,7 @@ TEST_CASE("The dashboard in headless Chromium charts the finished rounds and its
   fs::remove_all(dir);
   fs::create_directories(dir);
   const pid_t sim =
-      SpawnProcess({FLOTILLA_BIN, "sim", "--clients", "12", "--rounds", "60", "--arch", "2nn", "--fraction",
+      SpawnProcess({FLOTILLA_BIN, "sim", "--clients", "12", "--rounds", "500", "--arch", "2nn", "--fraction",
                     "0.5", "--train-limit", "6000", "--http-listen", "127.0.0.1:0", "--out",
                     (dir / "run").string(), "--quiet", "--log", "warning"},
                    (dir / "sim.log").string());
