@@ -2,6 +2,7 @@
 // on loopback, real training on Fashion-MNIST.
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
 #include <thread>
 
@@ -55,6 +56,7 @@ struct Fleet {
   std::vector<client::ClientStats> stats;
   std::atomic<bool> stop{false};
   std::atomic<int> failures{0};
+  std::atomic<int> ended{0};
 
   Fleet(std::vector<client::SessionConfig> configs, std::shared_ptr<const training::Dataset> data,
         std::vector<unsigned char> model_key)
@@ -69,6 +71,7 @@ struct Fleet {
         } else {
           ++failures;
         }
+        ++ended;
       });
     }
   }
@@ -76,6 +79,17 @@ struct Fleet {
     for (auto& t : threads) {
       if (t.joinable()) t.join();
     }
+  }
+  // Waits for the aggregator to end its federation by itself, then gives
+  // the devices a few seconds to hear so: a device whose retry fell after
+  // the aggregator's finish grace would otherwise wait for it forever.
+  void JoinAfter(testing::RunningAggregator& agg) {
+    if (agg.thread.joinable()) agg.thread.join();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < until && ended.load() < static_cast<int>(threads.size()))
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    stop = true;
+    Join();
   }
   ~Fleet() {
     stop = true;
@@ -136,7 +150,7 @@ TEST_CASE("Secure aggregation survives a dropout at every stage", "[integration]
   std::vector<client::SessionConfig> configs;
   for (int i = 0; i < 8; ++i) configs.push_back(SecureClient(keys, agg.endpoint(), i, i < 3 ? i + 1 : -1));
   Fleet fleet(configs, TrainData(1600), keys.signing->public_key);
-  fleet.Join();
+  fleet.JoinAfter(agg);
   agg.Stop();
   REQUIRE(agg.status.ok());
   CHECK(fleet.failures == 0);
@@ -164,7 +178,7 @@ TEST_CASE("Too many dropouts abort the secure round cleanly and the next round s
   std::vector<client::SessionConfig> configs;
   for (int i = 0; i < 5; ++i) configs.push_back(SecureClient(keys, agg.endpoint(), i, i < 3 ? 2 : -1, 1));
   Fleet fleet(configs, TrainData(1000), keys.signing->public_key);
-  fleet.Join();
+  fleet.JoinAfter(agg);
   agg.Stop();
   REQUIRE(agg.status.ok());
   const auto& history = agg.agg->history();
@@ -344,7 +358,7 @@ TEST_CASE("Under secure aggregation plaintext updates and another index's messag
   decline.mutable_decline()->set_reason("leaving");
   send(decline);
   CHECK(read().has_ack());
-  fleet.Join();
+  fleet.JoinAfter(agg);
   agg.Stop();
   REQUIRE(agg.status.ok());
   REQUIRE(agg.agg->history().size() == 1);
