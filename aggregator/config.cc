@@ -1,6 +1,7 @@
 #include "aggregator/config.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "proto/compression.h"
 
@@ -39,6 +40,32 @@ Status DpConfig::Validate() const {
       return InvalidArgument("target quantile must be in (0, 1)");
   }
   return Status::Ok();
+}
+
+double AsyncConfig::Weight(uint32_t staleness) const {
+  const double s = static_cast<double>(staleness);
+  if (staleness_weight == "constant") return 1.0;
+  if (staleness_weight.rfind("poly:", 0) == 0)
+    return std::pow(1.0 + s, -std::stod(staleness_weight.substr(5)));
+  return 1.0 / std::sqrt(1.0 + s);
+}
+
+Status AsyncConfig::Validate() const {
+  if (buffer < 0 || buffer > 100000) return InvalidArgument("async buffer must be in [0, 100000]");
+  if (concurrency < 0 || (concurrency > 0 && concurrency < buffer))
+    return InvalidArgument("async concurrency must be 0 (2 x buffer) or at least the buffer (" +
+                           std::to_string(buffer) + ")");
+  if (max_staleness > 1000) return InvalidArgument("max staleness must be at most 1000 versions");
+  if (staleness_weight == "sqrt" || staleness_weight == "constant") return Status::Ok();
+  if (staleness_weight.rfind("poly:", 0) == 0) {
+    const std::string a = staleness_weight.substr(5);
+    char* end = nullptr;
+    const double v = std::strtod(a.c_str(), &end);
+    if (!a.empty() && end == a.c_str() + a.size() && std::isfinite(v) && v >= 0 && v <= 10)
+      return Status::Ok();
+  }
+  return InvalidArgument("staleness weight must be sqrt, constant or poly:A with 0 <= A <= 10, got '" +
+                         staleness_weight + "'");
 }
 
 Status AggregatorConfig::Validate() const {
@@ -158,6 +185,30 @@ Status AggregatorConfig::Validate() const {
                              " yet: its accounting and key agreement assume a population sampled "
                              "uniformly; use long-lived connections (--checkin off) for it");
     }
+  }
+  if (async.enabled()) {
+    RETURN_IF_ERROR(async.Validate());
+    if (secagg.enabled)
+      return InvalidArgument(
+          "asynchronous rounds take updates one at a time, but secure aggregation needs a fixed cohort "
+          "that reports together; use synchronous rounds (--async-buffer 0) with --secagg");
+    if (dp.mode == DpConfig::Mode::kClientDistributed || dp.mode == DpConfig::Mode::kRecord) {
+      return InvalidArgument(
+          std::string("asynchronous rounds support client-level DP with central noise only (--dp client, "
+                      "accounted per published version without subsampling); ") +
+          (dp.mode == DpConfig::Mode::kRecord
+               ? "record-level DP checks each device's budget when a round samples it, which asynchronous "
+                 "rounds do not do"
+               : "distributed noise assumes a fixed cohort per round") +
+          "; use synchronous rounds (--async-buffer 0)");
+    }
+    if (strategy.scaffold)
+      return InvalidArgument(
+          "SCAFFOLD's control variates assume every device trains on the current model; use synchronous "
+          "rounds (--async-buffer 0) with --strategy scaffold");
+    if (min_updates > async.buffer)
+      return InvalidArgument("--min-updates " + std::to_string(min_updates) + " is more than the buffer (" +
+                             std::to_string(async.buffer) + " updates)");
   }
   if (!signing_key)
     return InvalidArgument("a model-signing key is required (create one with flotilla keygen --signing)");

@@ -72,6 +72,23 @@ struct CheckInConfig {
   double max_come_back_seconds = 3600.0;
 };
 
+// Asynchronous buffered aggregation (FedBuff, Nguyen et al. 2022;
+// docs/strategies.md#fedbuff): devices train whenever they are available,
+// on the version they were given; the aggregator keeps the first `buffer`
+// updates to arrive, discounts each by its staleness (versions published
+// since its base), and publishes the next version. A "round" is one buffer.
+struct AsyncConfig {
+  int buffer = 0;                         // K: updates per published version; 0 = synchronous rounds
+  int concurrency = 0;                    // C: devices training at once; 0 = 2K
+  uint32_t max_staleness = 10;            // updates on older versions are refused
+  std::string staleness_weight = "sqrt";  // sqrt: 1/sqrt(1+s); constant: 1; poly:A: (1+s)^-A
+  bool enabled() const { return buffer > 0; }
+  int Concurrency() const { return concurrency > 0 ? concurrency : 2 * buffer; }
+  // The factor an update `staleness` versions old is weighted with.
+  double Weight(uint32_t staleness) const;
+  Status Validate() const;
+};
+
 struct AggregatorConfig {
   std::string endpoint = "tcp://127.0.0.1:7400";
   std::string store_path = "flotilla-aggregator.db";
@@ -165,6 +182,7 @@ struct AggregatorConfig {
   std::set<std::string> allowed_clients;
   DpConfig dp;
   CheckInConfig checkin;
+  AsyncConfig async;
   // Secure aggregation (SecAgg / SecAgg+): the aggregator sees only the sum.
   SecureAggregationConfig secagg;
   // Every model version is signed with this key (required).

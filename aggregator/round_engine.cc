@@ -59,22 +59,24 @@ void RoundEngine::NoteRecorded(const std::string& client_id, int64_t num_example
 }
 
 bool RoundEngine::AwaitsTask(const std::string& client_id) const {
+  if (async()) {
+    // Any device not already in the buffer, while a slot is free (or to
+    // replace the task it has, e.g. after it restarted).
+    return active_ && !received_.count(client_id) && (in_flight_.count(client_id) || HasCapacity()) &&
+           !clients_->Paused(client_id, now_);
+  }
   return active_ && std::binary_search(selected_.begin(), selected_.end(), client_id) &&
          !received_.count(client_id) && !declined_.count(client_id) &&
          !(secure_ && secure_->Advertised(client_id));
 }
 
-StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const std::string& client_id,
-                                                                        const wire::Update& update,
-                                                                        Clock::time_point now) {
+// Synchronous rounds: the update answers the running round's task.
+std::optional<RoundEngine::Refusal> RoundEngine::CheckSyncUpdate(const std::string& client_id,
+                                                                 const wire::Update& update) const {
   using R = std::optional<Refusal>;
   auto refuse = [](wire::ErrorCode code, std::string reason, std::string message, bool counted = true) {
     return R(Refusal{code, std::move(reason), std::move(message), counted});
   };
-  if (secure_) {
-    return refuse(wire::ERROR_UNEXPECTED, "plaintext_in_secure_round",
-                  "this round uses secure aggregation: plaintext updates are refused");
-  }
   if (!active_ && update.round() == round_ &&
       std::binary_search(selected_.begin(), selected_.end(), client_id) && !received_.count(client_id) &&
       !declined_.count(client_id)) {
@@ -119,6 +121,27 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
                   "update is against model version " + std::to_string(update.model_version()) +
                       ", current is " + std::to_string(registry_->version()));
   }
+  return R();
+}
+
+StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const std::string& client_id,
+                                                                        const wire::Update& update,
+                                                                        Clock::time_point now) {
+  using R = std::optional<Refusal>;
+  auto refuse = [](wire::ErrorCode code, std::string reason, std::string message, bool counted = true) {
+    return R(Refusal{code, std::move(reason), std::move(message), counted});
+  };
+  if (secure_) {
+    return refuse(wire::ERROR_UNEXPECTED, "plaintext_in_secure_round",
+                  "this round uses secure aggregation: plaintext updates are refused");
+  }
+  now_ = now;
+  uint32_t staleness = 0;
+  {
+    ASSIGN_OR_RETURN(R refused, async() ? CheckAsyncUpdate(client_id, update, &staleness)
+                                        : StatusOr<R>(CheckSyncUpdate(client_id, update)));
+    if (refused) return refused;
+  }
   // Content: layout, finite values, norm, example count. A refused update
   // never reaches the store or the merge, and the device is out of the round.
   UpdateVerdict verdict = ValidateUpdate(update.delta(), update.num_examples(), ExpectationNow(),
@@ -128,6 +151,7 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
     ++refused_;
     clients_->NoteRejected(client_id, verdict.reason);
     declined_.insert(client_id);
+    in_flight_.erase(client_id);
     clients_->AddStrike(client_id, "sent a refused update (" + verdict.reason + ")", now, NowUnixMs());
     return refuse(wire::ERROR_BAD_UPDATE, verdict.reason, verdict.message);
   }
@@ -136,6 +160,10 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
   record.set_round(round_);
   record.set_client_id(client_id);
   record.set_num_examples(update.num_examples());
+  if (async()) {
+    record.set_task_round(update.round());
+    record.set_staleness(staleness);
+  }
   *record.mutable_delta() = update.delta();
   if (update.has_control_delta()) *record.mutable_control_delta() = update.control_delta();
   for (const auto& [k, v] : update.metrics()) (*record.mutable_metrics())[k] = v;
@@ -151,6 +179,10 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
     return refuse(wire::ERROR_INTERNAL, "store", "aggregator could not store the update; retry", false);
   }
   NoteRecorded(client_id, update.num_examples(), verdict.norm, update.metrics());
+  if (async()) {
+    buffered_[client_id] = Buffered{update.round(), staleness};
+    in_flight_.erase(client_id);
+  }
   clients_->NoteAccepted(client_id);
   LOG_DEBUG("aggregator", "round " << round_ << ": update " << received_.size() << "/" << selected_.size()
                                    << " from '" << client_id << "' (norm " << verdict.norm << ")");
@@ -159,6 +191,16 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
 
 void RoundEngine::Decline(const std::string& client_id, uint32_t round, const std::string& reason,
                           Clock::time_point now) {
+  now_ = now;
+  if (async()) {
+    auto task = in_flight_.find(client_id);
+    if (task == in_flight_.end() || task->second.round != round) return;
+    in_flight_.erase(task);
+    if (active_) declined_.insert(client_id);
+    LOG_WARN("aggregator", "client '" << (*clients_)[client_id].name << "' declined its task: " << reason);
+    clients_->AddStrike(client_id, "declined a task", now, NowUnixMs());
+    return;
+  }
   if (!active_ || round != round_ || !std::binary_search(selected_.begin(), selected_.end(), client_id) ||
       received_.count(client_id) || declined_.count(client_id)) {
     return;
@@ -193,7 +235,8 @@ wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_p
     proto::WeightsToProto(c, task->mutable_control());
   }
   tc->set_seed(DeriveSeed(config_.seed, "train", round_, DeriveSeed(0, client_id)));
-  task->set_deadline_seconds(std::chrono::duration<double>(deadline_ - now).count());
+  task->set_deadline_seconds(async() ? config_.round_deadline_seconds
+                                     : std::chrono::duration<double>(deadline_ - now).count());
   if (config_.model_arch == "torchscript") {
     wire::ModelOptions* options = task->mutable_model_options();
     options->set_buffers(config_.model_buffers);
@@ -265,8 +308,10 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
   ++round_;
   sampling_rate_ = sampling_rate;
   selected_ = std::move(selected);
-  target_updates_ =
-      config_.checkin.enabled ? std::min(selected_.size(), UpdatesPerRound()) : selected_.size();
+  target_updates_ = async()                   ? static_cast<size_t>(config_.async.buffer)
+                    : config_.checkin.enabled ? std::min(selected_.size(), UpdatesPerRound())
+                                              : selected_.size();
+  buffered_.clear();
   received_.clear();
   declined_.clear();
   norms_.clear();
@@ -277,8 +322,9 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
   below_clip_.clear();
   refused_ = 0;
   // Waiting for check-ins: from selection's opening to this start.
-  selection_seconds_ =
-      config_.checkin.enabled ? std::chrono::duration<double>(now - selection_opened_).count() : 0.0;
+  selection_seconds_ = config_.checkin.enabled && !async()
+                           ? std::chrono::duration<double>(now - selection_opened_).count()
+                           : 0.0;
   active_ = true;
   started_ = now;
   deadline_ = started_ + Seconds(config_.round_deadline_seconds);
@@ -329,7 +375,7 @@ size_t RoundEngine::SelectionTarget() const {
 }
 
 bool RoundEngine::Involves(const std::string& client_id) const {
-  return held_.count(client_id) ||
+  return held_.count(client_id) || in_flight_.count(client_id) ||
          (active_ && std::binary_search(selected_.begin(), selected_.end(), client_id));
 }
 
@@ -379,6 +425,17 @@ RoundEngine::CheckInAnswer RoundEngine::ComeBack(const std::string& client_id, C
                             ? round_period_seconds_
                             : std::min(config_.round_deadline_seconds, config_.checkin.window_seconds);
   double left = 0.0;
+  if (async()) {
+    // Slots free at any moment: the device tries again after a pause (or
+    // the versions its place in the fleet's cycle puts it after).
+    const ComeBackPlan plan = PlanComeBack(
+        client_id, next, fleet_, static_cast<double>(config_.async.Concurrency()) * c.checkin_margin,
+        round_period_seconds_, 0.0, config_.seed);
+    return CheckInAnswer{false,
+                         static_cast<uint32_t>(1000.0 * std::clamp(plan.seconds, c.min_come_back_seconds,
+                                                                   c.max_come_back_seconds)),
+                         plan.round, std::move(reason)};
+  }
   if (active_ || selecting_) {
     left = std::max(
         0.0, period - std::chrono::duration<double>(now - (active_ ? started_ : selection_opened_)).count());
@@ -458,10 +515,17 @@ Status RoundEngine::StartSecureRound() {
 }
 
 StatusOr<bool> RoundEngine::MaybeFinish(Clock::time_point now, std::vector<SecureRound::Reply>* out) {
+  now_ = now;
   if (!active_) return false;
   bool due = false;
   bool deadline_passed = false;
-  if (secure_) {
+  if (async()) {
+    // A full buffer; or, past the deadline, a partial one with min_updates
+    // (an emptier one stays open: nothing is lost by waiting).
+    due = received_.size() >= target_updates_ ||
+          (now >= deadline_ && static_cast<int>(received_.size()) >= std::max(config_.min_updates, 1));
+    deadline_passed = due && received_.size() < target_updates_;
+  } else if (secure_) {
     std::vector<SecureRound::Reply> replies = secure_->Advance(now, declined_);
     out->insert(out->end(), std::make_move_iterator(replies.begin()), std::make_move_iterator(replies.end()));
     due = secure_->done() || secure_->aborted();
@@ -515,6 +579,23 @@ Status RoundEngine::FinishRound(bool deadline_passed) {
     record.set_secure_aggregation(true);
     record.set_secagg_threshold(secure_->params().threshold);
     record.set_secagg_survivors(static_cast<uint32_t>(received_.size()));
+  }
+  if (async()) {
+    // Tasks of this buffer still training count toward later ones.
+    summary.unreported = 0;
+    summary.async = true;
+    record.set_async_buffer(true);
+    uint64_t sum = 0;
+    for (const auto& id : received_) {
+      auto b = buffered_.find(id);
+      const Buffered got = b != buffered_.end() ? b->second : Buffered{};
+      record.add_received_task_rounds(got.task_round);
+      record.add_received_staleness(got.staleness);
+      sum += got.staleness;
+      summary.max_staleness = std::max(summary.max_staleness, got.staleness);
+    }
+    if (!received_.empty())
+      summary.mean_staleness = static_cast<double>(sum) / static_cast<double>(received_.size());
   }
   // Krum and Bulyan need enough updates for the F they tolerate.
   const int min_updates = std::max(config_.min_updates, config_.strategy.MinUpdates());
@@ -578,6 +659,7 @@ Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecor
   RETURN_IF_ERROR(store_->CommitRound(commit));
   clients_->MarkWritten(commit.clients);
   summary.model_version = registry_->version();
+  summary.finished_unix_ms = NowUnixMs();
   history_.push_back(summary);
   if (on_round_) on_round_(summary);
   return Status::Ok();
@@ -666,6 +748,7 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
   backoff_.Succeeded();
   summary.completed = true;
   summary.model_version = registry_->version();
+  summary.finished_unix_ms = NowUnixMs();
   history_.push_back(summary);
   if (on_round_) on_round_(summary);
   return Status::Ok();

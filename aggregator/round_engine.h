@@ -67,6 +67,12 @@ struct RoundSummary {
   std::optional<double> epsilon;    // cumulative, when DP is on
   std::optional<double> clip_norm;  // client-level DP: the norm this round used
   bool secure = false;              // the round ran secure aggregation (no train loss known)
+  // Asynchronous rounds: the buffer's staleness (versions between an
+  // update's base model and the one it was merged into).
+  bool async = false;
+  double mean_staleness = 0.0;
+  uint32_t max_staleness = 0;
+  int64_t finished_unix_ms = 0;  // when it committed
 };
 
 struct EvalMetrics {
@@ -170,12 +176,29 @@ class RoundEngine {
   // The running round's TrainTask for `client_id`. REQUIRES: AwaitsTask.
   wire::Envelope MakeTask(const std::string& client_id, Clock::time_point now) const;
 
+  // Asynchronous rounds (config.async, FedBuff; docs/strategies.md#fedbuff):
+  // a round is one buffer of updates, open from the moment the previous one
+  // committed. Any eligible device that asks gets a task on the current
+  // version while fewer than C devices train; updates count when they
+  // arrive, discounted by their staleness, and refused past the maximum.
+  // Starts the next buffer when none is open. True when one started.
+  StatusOr<bool> MaybeStartBuffer(Clock::time_point now);
+  // The server sent `client_id` its task (MakeTask): it trains from now.
+  void TaskSent(const std::string& client_id, Clock::time_point now);
+  // Async: a task can go to one more device now.
+  bool HasCapacity() const;
+  // Async: devices given a task that have not answered yet (and whose task
+  // is younger than the round deadline, the task timeout in async mode).
+  size_t in_flight() const;
+  bool async() const { return config_.async.enabled(); }
+
   bool federation_done() const { return rounds_done_ >= config_.rounds || budget_->exhausted(); }
   uint32_t round() const { return round_; }  // current or last round number
   bool active() const { return active_; }
   Clock::time_point deadline() const { return deadline_; }  // the running round's
   uint32_t rounds_done() const { return rounds_done_; }
-  size_t selected_count() const { return selected_.size(); }
+  // Devices selected for the running round (async: training now).
+  size_t selected_count() const { return async() ? in_flight() : selected_.size(); }
   size_t received_count() const { return received_.size(); }
   const Weights& global() const { return registry_->global(); }
   const ModelRegistry& registry() const { return *registry_; }
@@ -274,6 +297,30 @@ class RoundEngine {
   std::optional<ServerState> next_server_state_;
   // SCAFFOLD: the mean control-variate change of the round being merged.
   std::optional<Weights> control_mean_;
+  // Asynchronous rounds.
+  struct InFlight {
+    uint32_t round = 0;  // of the task
+    Clock::time_point sent{};
+  };
+  std::map<std::string, InFlight> in_flight_;  // devices training, by id
+  struct Buffered {
+    uint32_t task_round = 0;
+    uint32_t staleness = 0;
+  };
+  std::map<std::string, Buffered> buffered_;  // the open buffer's updates
+  // Tasks of rounds up to this one may have been handed out before the
+  // last restart (in-flight tasks are not stored): their updates count.
+  uint32_t restart_round_ = 0;
+  Clock::time_point now_{};  // the latest time a call brought
+  // Sync: refuses an update that does not answer the running round's task.
+  std::optional<Refusal> CheckSyncUpdate(const std::string& client_id, const wire::Update& update) const;
+  // Async: refuses what an update must not be (nullopt: record it), and
+  // its staleness.
+  StatusOr<std::optional<Refusal>> CheckAsyncUpdate(const std::string& client_id, const wire::Update& update,
+                                                    uint32_t* staleness);
+  // True when `client_id`'s update for the task of `task_round` is in a
+  // buffer that already committed (a resend whose Ack was lost).
+  bool AsyncAlreadyMerged(const std::string& client_id, uint32_t task_round) const;
 };
 
 }  // namespace flotilla::aggregator

@@ -17,7 +17,7 @@ std::optional<double> OptionalOf(const nlohmann::json& j, const char* key) {
 }  // namespace
 
 nlohmann::json RoundToJson(const RoundSummary& r) {
-  return {
+  nlohmann::json j = {
       {"round", r.round},
       {"completed", r.completed},
       {"selected", r.selected},
@@ -43,7 +43,14 @@ nlohmann::json RoundToJson(const RoundSummary& r) {
       {"train_seconds", r.train_seconds},
       {"merge_seconds", r.merge_seconds},
       {"bytes_in", r.bytes_in},
-      {"bytes_out", r.bytes_out}};
+      {"bytes_out", r.bytes_out},
+      {"finished_unix_ms", r.finished_unix_ms}};
+  if (r.async) {
+    j["async"] = true;
+    j["mean_staleness"] = r.mean_staleness;
+    j["max_staleness"] = r.max_staleness;
+  }
+  return j;
 }
 
 StatusOr<RoundSummary> RoundFromJson(const nlohmann::json& j) {
@@ -75,6 +82,10 @@ StatusOr<RoundSummary> RoundFromJson(const nlohmann::json& j) {
     r.merge_seconds = j.value("merge_seconds", 0.0);
     r.bytes_in = j.value("bytes_in", uint64_t{0});
     r.bytes_out = j.value("bytes_out", uint64_t{0});
+    r.async = j.value("async", false);
+    r.finished_unix_ms = j.value("finished_unix_ms", int64_t{0});
+    r.mean_staleness = j.value("mean_staleness", 0.0);
+    r.max_staleness = j.value("max_staleness", uint32_t{0});
     return r;
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgument(std::string("round entry: ") + e.what());

@@ -35,6 +35,22 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
     size_t i = 0;
     for (const auto& kv : train_loss_) weight[kv.first] = w[i++];
   }
+  // Asynchronous rounds (FedBuff): each update's weight is discounted by
+  // its staleness s, and the mean is taken over the undiscounted weights,
+  // so the buffer moves the model by sum(w_i d(s_i) delta_i) / sum(w_i).
+  double discount = 1.0;
+  if (async()) {
+    double plain = 0.0, discounted = 0.0;
+    for (auto& [id, w] : weight) {
+      if (dp.client_level()) w = 1.0;  // equal weights (below), then discounted
+      auto b = buffered_.find(id);
+      const double d = config_.async.Weight(b != buffered_.end() ? b->second.staleness : 0);
+      plain += w;
+      w *= d;
+      discounted += w;
+    }
+    if (plain > 0 && discounted > 0) discount = discounted / plain;
+  }
   // Server-side norm bounding: clip (not refuse) every update to an
   // absolute bound or a multiple of this round's median norm.
   const NormBound& clip = config_.strategy.clip;
@@ -70,7 +86,7 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
       auto w = weight.find(u.client_id());
       if (w == weight.end()) return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
       ASSIGN_OR_RETURN(std::string_view payload, proto::Float32Payload(u.delta(), *global().layout));
-      return mean->AddFloat32(payload, dp.client_level() ? 1.0 : w->second);
+      return mean->AddFloat32(payload, dp.client_level() && !async() ? 1.0 : w->second);
     }
     ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global().layout));
     if (clip_bound > 0) ClipToNorm(&delta, L2Norm(delta.data), clip_bound);
@@ -83,7 +99,7 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
     // private and would change the sensitivity (docs/privacy.md).
     auto w = weight.find(u.client_id());
     if (w == weight.end()) return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
-    return mean->Add(delta, dp.client_level() ? 1.0 : w->second);
+    return mean->Add(delta, dp.client_level() && !async() ? 1.0 : w->second);
   }));
   const int merged = robust ? robust->count() : mean->count();
   if (merged != static_cast<int>(received_.size())) {
@@ -94,7 +110,13 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
     ASSIGN_OR_RETURN(Weights c, control->Mean());
     control_mean_ = std::move(c);
   }
-  if (!robust) return mean->Mean();
+  if (!robust) {
+    ASSIGN_OR_RETURN(Weights result, mean->Mean());
+    if (discount != 1.0) {
+      for (float& v : result.data) v = static_cast<float>(v * discount);
+    }
+    return result;
+  }
   StatusOr<Weights> combined = robust->Result();
   if (combined.ok() && !robust->picked().empty()) {
     if (robust->byzantine_used() < config_.strategy.byzantine) {
@@ -150,8 +172,9 @@ StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundR
                                         &next_server_state_->control));
   }
   if (dp.client_level()) {
-    // sum / m with the fixed denominator m = clients sampled, plus central noise.
-    const double m = static_cast<double>(selected_.size());
+    // sum / m with the fixed denominator m = clients sampled (async: the
+    // buffer size), plus central noise.
+    const double m = static_cast<double>(async() ? target_updates_ : selected_.size());
     const double sum_scale = static_cast<double>(received_.size()) / m;
     for (auto& v : mean_delta.data) v = static_cast<float>(v * sum_scale);
     if (dp.mode == DpConfig::Mode::kClientCentral) {
@@ -165,7 +188,8 @@ StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundR
                                       mean_delta, server_state_, &*next_server_state_));
   }
   ASSIGN_OR_RETURN(*ledger,
-                   budget_->Account(round_, sampling_rate_, selected_.size(), received_, dp_steps_, record));
+                   budget_->Account(round_, sampling_rate_, async() ? target_updates_ : selected_.size(),
+                                    received_, dp_steps_, record));
   int64_t below = 0;
   for (const auto& kv : below_clip_) below += kv.second;
   RETURN_IF_ERROR(budget_->UpdateClip(below, static_cast<int64_t>(received_.size())));

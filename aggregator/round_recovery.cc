@@ -53,6 +53,10 @@ Status RoundEngine::RecoverFromStore(Weights initial) {
     if (r.outcome() == records::RoundRecord::OUTCOME_COMPLETED) ++rounds_done_;
     if (r.outcome() == records::RoundRecord::OUTCOME_RUNNING) running = &r;
   }
+  // Tasks handed out before the restart were not stored: their updates are
+  // taken (asynchronous rounds) without the record of the task.
+  restart_round_ = round_;
+  now_ = Clock::now();
   if (running != nullptr && running->round() == round_) {
     ASSIGN_OR_RETURN(bool failed, FailUnresumable(*running));
     if (!failed) RETURN_IF_ERROR(ResumeRound(*running));
@@ -97,6 +101,8 @@ Status RoundEngine::ResumeRound(const records::RoundRecord& running) {
   target_updates_ = running.target_updates() > 0
                         ? std::min<size_t>(running.target_updates(), selected_.size())
                         : selected_.size();
+  // Async: the buffer's size (its `selected` are the tasks handed out).
+  if (async()) target_updates_ = static_cast<size_t>(config_.async.buffer);
   sampling_rate_ = running.sampling_rate();
   RETURN_IF_ERROR(RecoverUpdates());
   active_ = true;
@@ -144,7 +150,7 @@ Status RoundEngine::RecoverUpdates() {
   RETURN_IF_ERROR(store_->ForEachUpdate(
       round_,
       [&](const records::UpdateRecord& u) -> Status {
-        if (!std::binary_search(selected_.begin(), selected_.end(), u.client_id())) {
+        if (!async() && !std::binary_search(selected_.begin(), selected_.end(), u.client_id())) {
           refused.emplace_back(u.client_id(),
                                "the client was not selected for round " + std::to_string(round_));
           return Status::Ok();
@@ -156,6 +162,7 @@ Status RoundEngine::RecoverUpdates() {
           return Status::Ok();
         }
         NoteRecorded(u.client_id(), u.num_examples(), verdict.norm, u.metrics());
+        if (async()) buffered_[u.client_id()] = Buffered{u.task_round(), u.staleness()};
         return Status::Ok();
       },
       &corrupt));

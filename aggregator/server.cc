@@ -186,6 +186,20 @@ Status Aggregator::Step(const net::Incoming& in) {
 Status Aggregator::AdvanceRounds() {
   const ScopedLogFields fields({{"round", std::to_string(engine_->round())}});
   const auto now = Clock::now();
+  if (engine_->async()) {
+    // Asynchronous rounds: a buffer is always open; tasks go to waiting
+    // devices whenever a slot is free.
+    engine_->SetFleetSize(FleetSize());
+    ASSIGN_OR_RETURN(bool started, engine_->MaybeStartBuffer(now));
+    std::vector<SecureRound::Reply> none;
+    ASSIGN_OR_RETURN(bool finished, engine_->MaybeFinish(now, &none));
+    if (finished) {
+      ASSIGN_OR_RETURN(started, engine_->MaybeStartBuffer(now));
+      AnswerParked(false);
+    }
+    if (started || engine_->HasCapacity()) SendTasksToParked();
+    return Status::Ok();
+  }
   if (!config_.checkin.enabled) {
     ASSIGN_OR_RETURN(bool started, engine_->MaybeStart(now, [this](const std::string& id) {
       return !zap_ || zap_->IsAllowed(id);
@@ -223,6 +237,7 @@ void Aggregator::SendTasksToParked() {
   // Hand tasks to the selected clients that are already waiting.
   for (auto& [id, state] : clients_) {
     if (state.parked_request && engine_->AwaitsTask(id)) SendTask(id, *state.parked_request);
+    if (engine_->async() && !engine_->HasCapacity()) break;
   }
 }
 
@@ -563,7 +578,9 @@ void Aggregator::HandleStatus(const net::Incoming& in, uint64_t request_id) {
   r->set_connected_clients(static_cast<uint32_t>(std::count_if(
       clients_.begin(), clients_.end(), [](const auto& kv) { return !kv.second.peer.empty(); })));
   r->set_updates_received(static_cast<uint32_t>(engine.received_count()));
-  r->set_updates_expected(engine.active() ? static_cast<uint32_t>(engine.selected_count()) : 0);
+  r->set_updates_expected(!engine.active() ? 0
+                          : engine.async() ? static_cast<uint32_t>(engine.target_updates())
+                                           : static_cast<uint32_t>(engine.selected_count()));
   r->set_store_bytes(store_->ApproximateSize());
   r->set_uptime_seconds(std::chrono::duration<double>(now - started_).count());
   if (const SecureRound* secure = engine.secure()) {
@@ -654,7 +671,9 @@ void Aggregator::SendTask(const std::string& client_id, uint64_t request_id) {
     return;
   }
   // A device that repeats its request before reading the task gets it once.
-  ReplyToClient(client_id, request_id, engine_->MakeTask(client_id, Clock::now()), dedupe);
+  const auto now = Clock::now();
+  if (ReplyToClient(client_id, request_id, engine_->MakeTask(client_id, now), dedupe))
+    engine_->TaskSent(client_id, now);
 }
 
 void Aggregator::AnswerParked(bool keepalive_only) {
@@ -684,6 +703,12 @@ void Aggregator::AnswerParked(bool keepalive_only) {
 
 Status Aggregator::HandleUpdate(const std::string& client_id, const wire::Envelope& env) {
   const wire::Update& update = env.update();
+  if (engine_->async() && engine_->federation_done()) {
+    // Updates still training when the last version was published: the
+    // device learns the federation is over (Finished), not a refusal.
+    HandleTaskRequest(client_id, env.request_id());
+    return Status::Ok();
+  }
   ASSIGN_OR_RETURN(std::optional<RoundEngine::Refusal> refused,
                    engine_->RecordUpdate(client_id, update, Clock::now()));
   if (!refused) {
@@ -730,12 +755,12 @@ void Aggregator::SendSecureReplies(std::vector<SecureRound::Reply> replies) {
   for (auto& r : replies) ReplyToClient(r.client_id, r.request_id, std::move(r.envelope));
 }
 
-void Aggregator::ReplyToClient(const std::string& client_id, uint64_t request_id, wire::Envelope env,
+bool Aggregator::ReplyToClient(const std::string& client_id, uint64_t request_id, wire::Envelope env,
                                const std::string& dedupe) {
-  Reply(clients_[client_id].peer, client_id, request_id, std::move(env), dedupe);
+  return Reply(clients_[client_id].peer, client_id, request_id, std::move(env), dedupe);
 }
 
-void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t request_id,
+bool Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t request_id,
                        wire::Envelope env, const std::string& dedupe) {
   // Replies below this size are never withheld (they are bounded by the
   // socket's per-peer message queue instead).
@@ -743,7 +768,7 @@ void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t
   env.set_request_id(request_id);
   std::string bytes = proto::SerializeEnvelope(&env);
   if (bytes.size() >= kLargeReply) {
-    if (Withhold(peer, tag, request_id, bytes.size(), dedupe, proto::BodyName(env))) return;
+    if (Withhold(peer, tag, request_id, bytes.size(), dedupe, proto::BodyName(env))) return false;
     if (!dedupe.empty()) {
       if (last_large_request_.size() > 4096)
         last_large_request_.clear();  // a bound; only repeats are affected
@@ -755,10 +780,11 @@ void Aggregator::Reply(const std::string& peer, const std::string& tag, uint64_t
   metrics_->Bytes(0, size);
   if (Status st = socket_->Send(peer, std::move(bytes), tag); !st.ok()) {
     LOG_DEBUG("aggregator", "reply " << proto::BodyName(env) << " not delivered: " << st.message());
-  } else {
-    LOG_DEBUG("aggregator",
-              "reply " << proto::BodyName(env) << " #" << request_id << " sent (" << size << " bytes)");
+    return false;
   }
+  LOG_DEBUG("aggregator",
+            "reply " << proto::BodyName(env) << " #" << request_id << " sent (" << size << " bytes)");
+  return true;
 }
 
 bool Aggregator::Withhold(const std::string& peer, const std::string& tag, uint64_t request_id, size_t bytes,

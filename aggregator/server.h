@@ -132,7 +132,8 @@ class Aggregator {
   // identity). A large reply is withheld (a small ERROR_RATE_LIMITED goes
   // instead) while the device has more than the limit queued and unread, or
   // when it repeats `dedupe` (the same request) before it read the answer.
-  void Reply(const std::string& peer, const std::string& tag, uint64_t request_id, wire::Envelope env,
+  // False when it was withheld or not delivered.
+  bool Reply(const std::string& peer, const std::string& tag, uint64_t request_id, wire::Envelope env,
              const std::string& dedupe = std::string());
   void ReplyError(const std::string& peer, const std::string& tag, uint64_t request_id, wire::ErrorCode code,
                   const std::string& msg, uint32_t retry_ms = 0);
@@ -140,7 +141,7 @@ class Aggregator {
   // built: true when it was withheld (the small error is sent).
   bool Withhold(const std::string& peer, const std::string& tag, uint64_t request_id, size_t bytes,
                 const std::string& dedupe, const char* what);
-  void ReplyToClient(const std::string& client_id, uint64_t request_id, wire::Envelope env,
+  bool ReplyToClient(const std::string& client_id, uint64_t request_id, wire::Envelope env,
                      const std::string& dedupe = std::string());
   // One log line per device and reason per interval, with a count.
   void LogRejection(const std::string& who, const std::string& reason, const std::string& message);

@@ -65,6 +65,11 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "checkin_margin", "--checkin-margin");
     both("round", "min_come_back", "--min-come-back");
     both("round", "max_come_back", "--max-come-back");
+    // [async]
+    both("async", "buffer", "--async-buffer");
+    both("async", "concurrency", "--async-concurrency");
+    both("async", "max_staleness", "--max-staleness");
+    both("async", "staleness_weight", "--staleness-weight");
     // [validation]
     both("validation", "update_norm_bound", "--update-norm-bound");
     both("validation", "max_examples", "--max-examples");

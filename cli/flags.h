@@ -323,6 +323,23 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
   app->add_option("--max-come-back", c->checkin.max_come_back_seconds,
                   "Check-in: the longest wait a ComeBack asks for (seconds)")
       ->capture_default_str();
+  // Asynchronous buffered aggregation (docs/strategies.md#fedbuff).
+  app->add_option("--async-buffer", c->async.buffer,
+                  "Asynchronous rounds (FedBuff): publish a new version every K updates, from devices "
+                  "training on whatever version they were given (0 = synchronous rounds)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
+  app->add_option("--async-concurrency", c->async.concurrency,
+                  "Asynchronous rounds: at most this many devices train at once (0 = 2 x --async-buffer)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--max-staleness", c->async.max_staleness,
+                  "Asynchronous rounds: refuse updates on a version more than this many versions old")
+      ->capture_default_str();
+  app->add_option("--staleness-weight", c->async.staleness_weight,
+                  "Asynchronous rounds: how an update s versions old is discounted: sqrt (1/sqrt(1+s)), "
+                  "constant (1) or poly:A ((1+s)^-A)")
+      ->capture_default_str();
   AddDefenceFlags(app, c);
 }
 

@@ -15,6 +15,7 @@
 #include "cli/data_flags.h"
 #include "cli/flags.h"
 #include "cli/log_flags.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/subprocess.h"
 #include "sim/report.h"
@@ -111,6 +112,7 @@ flotilla::StatusOr<flotilla::sim::SimResult> RunWithRestarts(const flotilla::sim
   result.injected = ran->injected;
   result.injected.aggregator_restarts = killed;
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  result.started_unix_ms = flotilla::NowUnixMs() - static_cast<int64_t>(result.seconds * 1000.0);
   RETURN_IF_ERROR(flotilla::sim::WriteOutputs(config, result));
   return result;
 }
@@ -236,7 +238,8 @@ int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
                  "windows:N partitions: none or dirichlet:ALPHA (each device's class mix from Dir(ALPHA))")
       ->capture_default_str();
   app.add_option("--availability", m.availability,
-                 "Check-in fleets: always, bernoulli:P, or diurnal:P:A:PERIOD (a day of PERIOD rounds)")
+                 "Check-in fleets: always, bernoulli:P, diurnal:P:A:PERIOD (a day of PERIOD rounds), or "
+                 "slots:P:SECONDS (online in each wall-clock slot with probability P)")
       ->capture_default_str();
   app.add_option("--speed", m.speed, "Compute speed per device: same or lognormal:SIGMA")
       ->capture_default_str();

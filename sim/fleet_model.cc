@@ -41,15 +41,17 @@ double Uniform(uint64_t seed, const char* label, uint64_t a, uint64_t b) {
 Status FleetModel::Validate() const {
   const std::vector<std::string> a = Split(availability);
   double x = 0, y = 0, z = 0;
-  const bool avail_ok = (a.size() == 1 && a[0] == "always") ||
-                        (a.size() == 2 && a[0] == "bernoulli" && Number(a[1], &x) && x > 0 && x <= 1) ||
-                        (a.size() == 4 && a[0] == "diurnal" && Number(a[1], &x) && Number(a[2], &y) &&
-                         Number(a[3], &z) && x > 0 && x <= 1 && y >= 0 && y <= 1 && z >= 1);
+  const bool avail_ok =
+      (a.size() == 1 && a[0] == "always") ||
+      (a.size() == 2 && a[0] == "bernoulli" && Number(a[1], &x) && x > 0 && x <= 1) ||
+      (a.size() == 4 && a[0] == "diurnal" && Number(a[1], &x) && Number(a[2], &y) && Number(a[3], &z) &&
+       x > 0 && x <= 1 && y >= 0 && y <= 1 && z >= 1) ||
+      (a.size() == 3 && a[0] == "slots" && Number(a[1], &x) && Number(a[2], &y) && x > 0 && x <= 1 && y > 0);
   if (!avail_ok) {
     return InvalidArgument(
         "availability '" + availability +
-        "': use always, bernoulli:P (0 < P <= 1) or diurnal:P:A:PERIOD (A in [0, 1], PERIOD "
-        ">= 1 rounds)");
+        "': use always, bernoulli:P (0 < P <= 1), diurnal:P:A:PERIOD (A in [0, 1], PERIOD "
+        ">= 1 rounds) or slots:P:SECONDS (online in each slot of SECONDS with probability P)");
   }
   const std::vector<std::string> s = Split(speed);
   if (!((s.size() == 1 && s[0] == "same") ||
@@ -91,11 +93,18 @@ const char* FaultName(Fault f) {
   return "?";
 }
 
-bool Available(const FleetModel& m, uint64_t seed, uint64_t device, uint32_t round) {
+bool TimeBasedAvailability(const FleetModel& m) { return m.availability.rfind("slots:", 0) == 0; }
+
+bool Available(const FleetModel& m, uint64_t seed, uint64_t device, uint32_t round, double seconds) {
   const std::vector<std::string> a = Split(m.availability);
   if (a[0] == "always") return true;
   double p = 0;
   Number(a[1], &p);
+  if (a[0] == "slots") {
+    double slot = 1;
+    Number(a[2], &slot);
+    return Uniform(seed, "slot", device, static_cast<uint64_t>(std::max(0.0, seconds) / slot)) < p;
+  }
   if (a[0] == "diurnal") {
     double amplitude = 0, period = 1;
     Number(a[2], &amplitude);

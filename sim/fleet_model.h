@@ -16,7 +16,11 @@ struct FleetModel {
   // When a device can check in: "always"; "bernoulli:P" (each round,
   // independently); "diurnal:P:A:PERIOD" (probability P x (1 + A sin(2 pi
   // (round / PERIOD + phase))), each device with its own phase: a day of
-  // PERIOD rounds across time zones).
+  // PERIOD rounds across time zones); "slots:P:SECONDS" (wall-clock time in
+  // slots of SECONDS, each device online in a slot with probability P; a
+  // device whose slot ends while it trains is gone with its update: for
+  // comparing synchronous and asynchronous rounds on the same fleet in
+  // time, and not reproducible to the digit as the round-based ones are).
   std::string availability = "always";
   // Compute speed: "same", or "lognormal:SIGMA" (a device's training takes
   // the measured time divided by its speed, exp(N(0, SIGMA^2))).
@@ -52,7 +56,9 @@ struct FleetModel {
 enum class Fault { kNone, kDropBeforeTraining, kDropWhileTraining, kDropAfterSending, kCrashAfterSending };
 const char* FaultName(Fault f);
 
-bool Available(const FleetModel& m, uint64_t seed, uint64_t device, uint32_t round);
+// `seconds`: since the simulation started (slots:P:SECONDS only).
+bool Available(const FleetModel& m, uint64_t seed, uint64_t device, uint32_t round, double seconds = 0.0);
+bool TimeBasedAvailability(const FleetModel& m);
 // 1 = the reference speed; 0.5 takes twice as long.
 double Speed(const FleetModel& m, uint64_t seed, uint64_t device);
 Fault FaultFor(const FleetModel& m, uint64_t seed, uint64_t device, uint32_t round);

@@ -84,6 +84,10 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
                   static_cast<double>(r.bytes_out) / 1e6);
     out += line;
   }
+  if (r.async) {
+    std::snprintf(line, sizeof(line), "  staleness %.2f (max %u)", r.mean_staleness, r.max_staleness);
+    out += line;
+  }
   if (r.test_auc) {
     std::snprintf(line, sizeof(line), "  test_auc %.4f", *r.test_auc);
     out += line;
@@ -183,6 +187,10 @@ std::string FormatSummaryTable(const SimResult& result, uint32_t rounds_planned,
             static_cast<unsigned long long>(f.crashed), static_cast<unsigned long long>(f.stragglers),
             static_cast<unsigned long long>(f.aggregator_restarts)));
   }
+  if (f.went_offline > 0) {
+    add("availability", fmt("%llu devices went offline while training (their updates were lost)",
+                            static_cast<unsigned long long>(f.went_offline)));
+  }
   if (f.poisoned > 0) {
     add("attack",
         fmt("%llu poisoned updates from %s devices (%s)", static_cast<unsigned long long>(f.poisoned),
@@ -252,9 +260,10 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
   std::ofstream csv(dir / "metrics.csv");
   csv << "round,completed,selected,received,declined,refused,unreported,examples,train_loss,test_loss,"
          "test_accuracy,test_auc,test_mae,federated_examples,federated_loss,federated_accuracy,model_version,"
-         "epsilon,clip_norm\n";
+         "epsilon,clip_norm,mean_staleness\n";
   std::ofstream timing(dir / "timing.csv");
-  timing << "round,seconds,selection_seconds,train_seconds,merge_seconds,bytes_in,bytes_out\n";
+  timing
+      << "round,seconds,selection_seconds,train_seconds,merge_seconds,bytes_in,bytes_out,elapsed_seconds\n";
   nlohmann::json rounds = nlohmann::json::array();
   for (const auto& r : result.rounds) {
     csv << r.round << "," << (r.completed ? 1 : 0) << "," << r.selected << "," << r.received << ","
@@ -262,9 +271,14 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
         << r.mean_train_loss << "," << r.test_loss.value_or(NAN) << "," << r.test_accuracy.value_or(NAN)
         << "," << r.test_auc.value_or(NAN) << "," << r.test_mae.value_or(NAN) << "," << r.federated_examples
         << "," << r.federated_loss.value_or(NAN) << "," << r.federated_accuracy.value_or(NAN) << ","
-        << r.model_version << "," << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << "\n";
+        << r.model_version << "," << r.epsilon.value_or(NAN) << "," << r.clip_norm.value_or(NAN) << ","
+        << (r.async ? r.mean_staleness : NAN) << "\n";
     timing << r.round << "," << r.seconds << "," << r.selection_seconds << "," << r.train_seconds << ","
-           << r.merge_seconds << "," << r.bytes_in << "," << r.bytes_out << "\n";
+           << r.merge_seconds << "," << r.bytes_in << "," << r.bytes_out << ","
+           << (r.finished_unix_ms > 0 && result.started_unix_ms > 0
+                   ? static_cast<double>(r.finished_unix_ms - result.started_unix_ms) / 1000.0
+                   : NAN)
+           << "\n";
     rounds.push_back(RoundToJson(r));
   }
   if (!csv) return Unavailable("could not write " + (dir / "metrics.csv").string());
@@ -335,6 +349,7 @@ Status WriteOutputs(const SimConfig& config, const SimResult& result) {
       {"faults_injected",
        {{"dropped_before_training", result.injected.dropped_before_training},
         {"dropped_while_training", result.injected.dropped_while_training},
+        {"went_offline", result.injected.went_offline},
         {"dropped_after_sending", result.injected.dropped_after_sending},
         {"crashed", result.injected.crashed},
         {"stragglers", result.injected.stragglers},

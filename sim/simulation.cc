@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "client/session.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "privacy/keys.h"
@@ -97,6 +98,7 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const FleetData& data) {
     result.final_mae = ev.mae;
   }
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  result.started_unix_ms = NowUnixMs() - static_cast<int64_t>(result.seconds * 1000.0);
   return result;
 }
 
@@ -395,6 +397,11 @@ class CheckInFleet {
         if (session.state() == client::Session::State::kAway) {
           // Back for the round it was told, and never for one already released.
           wake_[it->first] = std::max(session.come_back_round(), released_ + 1);
+          // Asynchronous rounds: back when the ComeBack said, in time.
+          if (agg_config_.async.enabled()) {
+            wake_[it->first] = 0;
+            wake_at_[it->first] = session.wake_at();
+          }
           if (drop_when_away_.erase(it->first)) wake_[it->first] = std::max(wake_[it->first], released_ + 2);
           check_ins_ += static_cast<uint64_t>(session.check_ins());
           faults_.erase(it->first);
@@ -456,7 +463,17 @@ class CheckInFleet {
       asked_ = false;
       last_reply_ = now;
       ShowProgress(now);
-      if (status_.selecting_round() > released_) RETURN_IF_ERROR(Release(status_.selecting_round()));
+      if (agg_config_.async.enabled()) {
+        // Asynchronous rounds: no selection; due devices that are online
+        // check in whenever they like, and are given a task or told later.
+        RETURN_IF_ERROR(ReleaseAsync(std::max<uint32_t>(1, status_.round()), now));
+      } else if (status_.selecting_round() > released_ ||
+                 (TimeBasedAvailability(config_.model) && status_.selecting_round() == released_ &&
+                  released_ > 0)) {
+        // (With availability in time, devices that come online while
+        // selection is open check in too.)
+        RETURN_IF_ERROR(Release(status_.selecting_round()));
+      }
     }
     // Ten status requests a second: well within a device's message limits.
     if ((!asked_ && now >= next_ask_) || (asked_ && now - asked_at_ > std::chrono::seconds(2))) {
@@ -526,6 +543,13 @@ class CheckInFleet {
     Later(now, delay, [this, i, fault, shared](TrainerPool&) -> Status {
       auto it = active_.find(i);
       if (it == active_.end()) return Status::Ok();
+      if (TimeBasedAvailability(config_.model) &&
+          !Available(config_.model, agg_config_.seed, i, 0, SecondsSinceStart())) {
+        // Its online slot ended before it finished: gone with its update.
+        ++injected_.went_offline;
+        Vanish(i);
+        return Status::Ok();
+      }
       if (!shared->ok()) return it->second->AbandonTask(shared->status());
       const wire::Update sent = shared->value();
       RETURN_IF_ERROR(it->second->SubmitUpdate(**shared));
@@ -570,6 +594,8 @@ class CheckInFleet {
     return Status::Ok();
   }
 
+  double SecondsSinceStart() const { return std::chrono::duration<double>(Clock::now() - started_).count(); }
+
   void Vanish(size_t i) {
     active_.erase(i);
     faults_.erase(i);
@@ -612,12 +638,27 @@ class CheckInFleet {
     progress_->Update(line);
   }
 
+  // Asynchronous rounds: every device whose come-back time has passed and
+  // that is online checks in.
+  Status ReleaseAsync(uint32_t round, Clock::time_point now) {
+    released_ = round;
+    if (wake_at_.size() != wake_.size()) wake_at_.assign(wake_.size(), Clock::time_point{});
+    const double seconds = SecondsSinceStart();
+    for (size_t i = 0; i < wake_.size(); ++i) {
+      if (wake_[i] > round || wake_at_[i] > now || active_.count(i)) continue;
+      if (!Available(config_.model, agg_config_.seed, i, round, seconds)) continue;
+      ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
+      active_.emplace(i, std::move(session));
+    }
+    return Status::Ok();
+  }
+
   Status Release(uint32_t round) {
     released_ = round;
     for (size_t i = 0; i < wake_.size(); ++i) {
       if (wake_[i] > round || active_.count(i)) continue;
       // Offline now: it checks in at the first round it is online.
-      if (!Available(config_.model, agg_config_.seed, i, round)) continue;
+      if (!Available(config_.model, agg_config_.seed, i, round, SecondsSinceStart())) continue;
       ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
       active_.emplace(i, std::move(session));
     }
@@ -636,7 +677,8 @@ class CheckInFleet {
   const std::string endpoint_;
   const FleetData& data_;
   std::function<void(std::function<void()>)> executor_;
-  std::vector<uint32_t> wake_;  // per device: the round it checks in for
+  std::vector<uint32_t> wake_;              // per device: the round it checks in for
+  std::vector<Clock::time_point> wake_at_;  // asynchronous rounds: and the time
   std::map<size_t, std::unique_ptr<client::Session>> active_;
   uint32_t released_ = 0;
   std::unique_ptr<net::ClientSocket> observer_;
@@ -750,6 +792,7 @@ class SimServer {
     ASSIGN_OR_RETURN(result.rounds, ReadRoundLog(log_path_));
     for (size_t i = 0; i < data_.size(); ++i) result.train_examples += data_.Examples(i);
     result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    result.started_unix_ms = NowUnixMs() - static_cast<int64_t>(result.seconds * 1000.0);
     SetFinalFigures(&result);
     return result;
   }

@@ -68,6 +68,8 @@ struct InjectedFaults {
   uint64_t dropped_before_training = 0, dropped_while_training = 0, dropped_after_sending = 0;
   uint64_t crashed = 0, stragglers = 0, aggregator_restarts = 0;
   uint64_t poisoned = 0;  // updates malicious devices replaced (sim/attacks.h)
+  // Availability slots:P:SECONDS: devices whose slot ended while they trained.
+  uint64_t went_offline = 0;
 };
 
 struct SimResult {
@@ -77,6 +79,7 @@ struct SimResult {
   double final_auc = NAN;  // bce models
   double final_mae = NAN;  // mse models
   double seconds = 0.0;
+  int64_t started_unix_ms = 0;  // the run's start (rounds' finished_unix_ms count from it)
   int64_t train_examples = 0;
   // Check-in fleets: check-ins made, and the most devices holding a
   // session at once.

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "aggregator/server.h"
@@ -294,4 +295,56 @@ TEST_CASE("A held task request gets its keepalive even when rounds finish faster
   honest.Join();
   CHECK(agg.status.ok());
   socket->reset();
+}
+
+TEST_CASE("Asynchronous rounds: long-lived devices fill buffers of K, and the outputs carry the staleness",
+          "[integration][async]") {
+  const auto out = TempPath("async-long");
+  auto c = SmallSim(out.string());
+  c.aggregator.rounds = 6;
+  c.aggregator.async.buffer = 2;
+  c.aggregator.async.concurrency = 3;
+  auto result = sim::RunSimulation(c);
+  REQUIRE(result.ok());
+  REQUIRE(result->rounds.size() == 6);
+  for (const auto& r : result->rounds) {
+    CHECK(r.completed);
+    CHECK(r.async);
+    CHECK(r.received == 2);  // one buffer of K
+    CHECK(r.max_staleness <= c.aggregator.async.max_staleness);
+  }
+  // Three devices and buffers of two: the third device's update lands in
+  // the next buffer, one version old.
+  double staleness = 0;
+  for (const auto& r : result->rounds) staleness += r.mean_staleness;
+  CHECK(staleness > 0);
+  CHECK(result->final_accuracy > 0.6);  // chance is 0.1
+  std::ifstream metrics(out / "metrics.csv");
+  std::string header;
+  std::getline(metrics, header);
+  CHECK(header.find("mean_staleness") != std::string::npos);
+  std::filesystem::remove_all(out);
+}
+
+TEST_CASE("Asynchronous rounds: a check-in fleet gets tasks while slots are free and comes back for more",
+          "[integration][async]") {
+  const auto out = TempPath("async-checkin");
+  auto c = testing::SmallSimConfig(out.string(), 8, 4000, 1000, 3);
+  c.aggregator.rounds = 6;
+  c.aggregator.checkin.enabled = true;
+  c.aggregator.checkin.min_come_back_seconds = 0.2;
+  c.aggregator.round_deadline_seconds = 30;
+  c.aggregator.async.buffer = 3;
+  c.aggregator.async.concurrency = 4;
+  auto result = sim::RunSimulation(c);
+  REQUIRE(result.ok());
+  REQUIRE(result->rounds.size() == 6);
+  for (const auto& r : result->rounds) {
+    CHECK(r.completed);
+    CHECK(r.received == 3);
+  }
+  CHECK(result->check_ins > 8);  // devices came back after their updates
+  CHECK(result->peak_active_devices <= 8);
+  CHECK(result->final_accuracy > 0.6);
+  std::filesystem::remove_all(out);
 }

@@ -3,6 +3,7 @@
 #include "aggregator/round_engine.h"
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <thread>
@@ -365,4 +366,137 @@ TEST_CASE("Pace steering spreads a fleet over the rounds it takes to cycle, repr
   }
   // A small fleet: everyone is told to come to the next round.
   CHECK(PlanComeBack("x", 3, 10, 125.0, 2.0, 0.0, 7).round == 3);
+}
+
+namespace {
+
+// Asynchronous rounds: K = 2, C = 3, updates at most 1 version old.
+void MakeAsync(Fixture* f) {
+  f->config.async.buffer = 2;
+  f->config.async.concurrency = 3;
+  f->config.async.max_staleness = 1;
+  f->config.min_clients = 1;
+  f->config.rounds = 5;
+}
+
+// Hands `id` a task as the server does; the task's round and version.
+std::pair<uint32_t, uint64_t> GiveTask(Fixture* f, const std::string& id) {
+  const auto now = RoundEngine::Clock::now();
+  REQUIRE(f->engine->AwaitsTask(id));
+  const wire::Envelope task = f->engine->MakeTask(id, now);
+  f->engine->TaskSent(id, now);
+  return {task.train_task().round(), task.train_task().model_version()};
+}
+
+wire::Update AnswerTo(const Fixture& f, std::pair<uint32_t, uint64_t> task, float value) {
+  wire::Update u = f.UpdateOf(value);
+  u.set_round(task.first);
+  u.set_model_version(task.second);
+  return u;
+}
+
+}  // namespace
+
+TEST_CASE("Async: at most C devices train, K updates publish a version, each weighted by its staleness",
+          "[round_engine][async]") {
+  Fixture f(4);
+  MakeAsync(&f);
+  f.Start();
+  REQUIRE(*f.engine->MaybeStartBuffer(RoundEngine::Clock::now()));
+  CHECK(f.engine->round() == 1);
+  auto t0 = GiveTask(&f, "dev0"), t1 = GiveTask(&f, "dev1"), t2 = GiveTask(&f, "dev2");
+  CHECK(f.engine->in_flight() == 3);
+  CHECK_FALSE(f.engine->AwaitsTask("dev3"));  // C = 3 train already
+  CHECK(f.Send("dev0", AnswerTo(f, t0, 1.0f)) == wire::ERROR_UNSPECIFIED);
+  CHECK_FALSE(f.engine->AwaitsTask("dev0"));  // one update per device and buffer
+  auto t3 = GiveTask(&f, "dev3");             // dev0's slot is free
+  CHECK(f.Send("dev1", AnswerTo(f, t1, 1.0f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Finish());
+  CHECK(f.engine->registry().version() == 2);
+  CHECK(f.engine->global().data[0] == Approx(1.0));  // both fresh: their mean
+  REQUIRE(f.seen.back().async);
+  CHECK(f.seen.back().mean_staleness == 0.0);
+
+  REQUIRE(*f.engine->MaybeStartBuffer(RoundEngine::Clock::now()));
+  CHECK(f.engine->round() == 2);
+  // dev2 trained version 1: one version old, weighted 1/sqrt(2).
+  CHECK(f.Send("dev2", AnswerTo(f, t2, 4.0f)) == wire::ERROR_UNSPECIFIED);
+  auto t0b = GiveTask(&f, "dev0");
+  CHECK(t0b.second == 2);
+  CHECK(f.Send("dev0", AnswerTo(f, t0b, 2.0f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Finish());
+  // 1 + (0.5 x 4 / sqrt(2) + 0.5 x 2 x 1), the mean over the undiscounted weights.
+  CHECK(f.engine->global().data[0] == Approx(1.0 + 4.0 / (2.0 * std::sqrt(2.0)) + 1.0));
+  CHECK(f.seen.back().mean_staleness == 0.5);
+  CHECK(f.seen.back().max_staleness == 1);
+  auto record = f.store->GetRound(2);
+  REQUIRE(record.ok());
+  REQUIRE(record->has_value());
+  CHECK(record->value().async_buffer());
+  CHECK(record->value().received_staleness_size() == 2);
+
+  REQUIRE(*f.engine->MaybeStartBuffer(RoundEngine::Clock::now()));
+  // dev3's task was on version 1: now two versions old, past the bound.
+  auto r = f.engine->RecordUpdate("dev3", AnswerTo(f, t3, 1.0f), RoundEngine::Clock::now());
+  REQUIRE(r.ok());
+  REQUIRE(r->has_value());
+  CHECK((*r)->reason == "stale");
+  CHECK_FALSE((*r)->counted);
+  // dev0 resends its update of round 2 (its Ack was lost): it was merged.
+  CHECK(f.Send("dev0", AnswerTo(f, t0b, 2.0f)) == wire::ERROR_DUPLICATE);
+  // An update for a task nobody gave is refused.
+  CHECK(f.Send("dev1", f.UpdateOf(1.0f)) == wire::ERROR_WRONG_ROUND);
+  CHECK(f.engine->global().data[0] == Approx(2.0 + std::sqrt(2.0)));
+}
+
+TEST_CASE("Async: a restart keeps the open buffer with its staleness and takes updates of earlier tasks",
+          "[round_engine][async]") {
+  Fixture f(4);
+  MakeAsync(&f);
+  f.Start();
+  REQUIRE(*f.engine->MaybeStartBuffer(RoundEngine::Clock::now()));
+  auto t0 = GiveTask(&f, "dev0"), t1 = GiveTask(&f, "dev1"), t2 = GiveTask(&f, "dev2");
+  REQUIRE(f.Send("dev0", AnswerTo(f, t0, 1.0f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Send("dev1", AnswerTo(f, t1, 1.0f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Finish());
+  REQUIRE(*f.engine->MaybeStartBuffer(RoundEngine::Clock::now()));
+  REQUIRE(f.Send("dev2", AnswerTo(f, t2, 4.0f)) == wire::ERROR_UNSPECIFIED);  // staleness 1
+  auto t3 = GiveTask(&f, "dev3");
+
+  f.Start();  // the aggregator restarts; tasks in flight are not stored
+  CHECK(f.engine->active());
+  CHECK(f.engine->round() == 2);
+  CHECK(f.engine->received_count() == 1);
+  CHECK(f.Send("dev2", AnswerTo(f, t2, 4.0f)) == wire::ERROR_DUPLICATE);
+  // dev3's task was handed out before the restart: its update counts.
+  CHECK(f.Send("dev3", AnswerTo(f, t3, 2.0f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Finish());
+  // The recovered staleness still discounts dev2's update.
+  CHECK(f.engine->global().data[0] == Approx(1.0 + 4.0 / (2.0 * std::sqrt(2.0)) + 1.0));
+}
+
+TEST_CASE("Async: a declined task frees its slot, and the deadline closes a partial buffer at min_updates",
+          "[round_engine][async]") {
+  Fixture f(4);
+  MakeAsync(&f);
+  f.config.async.buffer = 3;
+  f.config.min_updates = 2;
+  f.Start();
+  const auto now = RoundEngine::Clock::now();
+  REQUIRE(*f.engine->MaybeStartBuffer(now));
+  auto t0 = GiveTask(&f, "dev0");
+  GiveTask(&f, "dev1");
+  auto t2 = GiveTask(&f, "dev2");
+  CHECK_FALSE(f.engine->AwaitsTask("dev3"));
+  f.engine->Decline("dev1", 1, "battery low", now);
+  CHECK(f.engine->in_flight() == 2);
+  CHECK(f.engine->AwaitsTask("dev3"));
+  REQUIRE(f.Send("dev0", AnswerTo(f, t0, 1.0f)) == wire::ERROR_UNSPECIFIED);
+  CHECK_FALSE(f.Finish(now + 31s));  // one update: below min_updates, stays open
+  REQUIRE(f.Send("dev2", AnswerTo(f, t2, 3.0f)) == wire::ERROR_UNSPECIFIED);
+  CHECK_FALSE(f.Finish(now + 1s));  // 2 of 3 before the deadline
+  REQUIRE(f.Finish(now + 31s));
+  CHECK(f.seen.back().completed);
+  CHECK(f.seen.back().received == 2);
+  CHECK(f.engine->global().data[0] == Approx(2.0));
 }
