@@ -74,33 +74,40 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
   std::optional<WeightedMean> control;
   if (config_.strategy.scaffold) control.emplace(global().layout);
   control_mean_.reset();
-  RETURN_IF_ERROR(store_->ForEachUpdate(round_, [&](const records::UpdateRecord& u) -> Status {
-    if (control) {
-      if (!u.has_control_delta())
-        return DataLoss("stored update from '" + u.client_id() +
-                        "' has no control_delta in a SCAFFOLD round");
-      ASSIGN_OR_RETURN(Weights dc, proto::WeightsFromProto(u.control_delta(), global().layout));
-      RETURN_IF_ERROR(control->Add(dc, 1.0));
-    }
-    if (streamed && u.delta().encoding() == wire::WeightsProto::FLOAT32) {
-      auto w = weight.find(u.client_id());
-      if (w == weight.end()) return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
-      ASSIGN_OR_RETURN(std::string_view payload, proto::Float32Payload(u.delta(), *global().layout));
-      return mean->AddFloat32(payload, dp.client_level() && !async() ? 1.0 : w->second);
-    }
-    ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global().layout));
-    if (clip_bound > 0) ClipToNorm(&delta, L2Norm(delta.data), clip_bound);
-    if (robust) return robust->Add(delta);
-    if (dp.mode == DpConfig::Mode::kClientCentral) {
-      // The trusted aggregator enforces the bound itself as well.
-      privacy::ClipL2(delta.data.data(), delta.data.size(), budget_->clip_norm());
-    }
-    // Client-level DP averages with equal weights: example counts are
-    // private and would change the sensitivity (docs/privacy.md).
-    auto w = weight.find(u.client_id());
-    if (w == weight.end()) return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
-    return mean->Add(delta, dp.client_level() && !async() ? 1.0 : w->second);
-  }));
+  RETURN_IF_ERROR(store_->ForEachUpdatePayload(
+      round_, [&](const records::UpdateRecord& meta, std::string_view data) -> Status {
+        if (control) {
+          if (!meta.has_control_delta())
+            return DataLoss("stored update from '" + meta.client_id() +
+                            "' has no control_delta in a SCAFFOLD round");
+          ASSIGN_OR_RETURN(Weights dc, proto::WeightsFromProto(meta.control_delta(), global().layout));
+          RETURN_IF_ERROR(control->Add(dc, 1.0));
+        }
+        if (streamed && meta.delta().encoding() == wire::WeightsProto::FLOAT32) {
+          // Read in place from the store's buffer, straight into the sum.
+          auto w = weight.find(meta.client_id());
+          if (w == weight.end())
+            return DataLoss("stored update from '" + meta.client_id() + "' was never recorded");
+          ASSIGN_OR_RETURN(std::string_view payload,
+                           proto::Float32Payload(meta.delta(), data, *global().layout));
+          return mean->AddFloat32(payload, dp.client_level() && !async() ? 1.0 : w->second);
+        }
+        records::UpdateRecord u = meta;
+        u.mutable_delta()->set_data(std::string(data));
+        ASSIGN_OR_RETURN(Weights delta, proto::WeightsFromProto(u.delta(), global().layout));
+        if (clip_bound > 0) ClipToNorm(&delta, L2Norm(delta.data), clip_bound);
+        if (robust) return robust->Add(delta);
+        if (dp.mode == DpConfig::Mode::kClientCentral) {
+          // The trusted aggregator enforces the bound itself as well.
+          privacy::ClipL2(delta.data.data(), delta.data.size(), budget_->clip_norm());
+        }
+        // Client-level DP averages with equal weights: example counts are
+        // private and would change the sensitivity (docs/privacy.md).
+        auto w = weight.find(u.client_id());
+        if (w == weight.end())
+          return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
+        return mean->Add(delta, dp.client_level() && !async() ? 1.0 : w->second);
+      }));
   const int merged = robust ? robust->count() : mean->count();
   if (merged != static_cast<int>(received_.size())) {
     return DataLoss("round " + std::to_string(round_) + " recorded " + std::to_string(received_.size()) +

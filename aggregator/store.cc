@@ -2,6 +2,8 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "proto/codec.h"
+#include "storage/sealed_value.h"
 
 namespace flotilla::aggregator {
 namespace {
@@ -64,6 +66,10 @@ storage::StoreOptions Store::Families() {
   o.families = {kModels, kModelIndex, kRounds, kUpdates, kClients, kLedger, kQuarantine, kServerState};
   o.obsolete_families = {"metrics", "strategy_state"};  // created by earlier versions, never used
   o.blob_families = {kModels, kUpdates};
+  // Updates are sealed with XXH3 (storage/sealed_value.h): the merge reads
+  // a round's worth of them, and RocksDB's software CRC32C was most of it.
+  o.self_checked_families = {kUpdates};
+  o.mmap_reads = true;
   return o;
 }
 
@@ -112,7 +118,8 @@ Status Store::PutUpdate(const records::UpdateRecord& update) {
                          update.client_id() + " already recorded");
   }
   storage::WriteBatch batch;
-  batch.Put(kUpdates, UpdateKey(update.round(), update.client_id()), update.SerializeAsString());
+  batch.Put(kUpdates, UpdateKey(update.round(), update.client_id()),
+            storage::Seal(update.SerializeAsString()));
   return kv_->Write(batch, "writing update");
 }
 
@@ -122,19 +129,39 @@ bool Store::HasUpdate(uint32_t round, const std::string& client_id) const {
 
 Status Store::ForEachUpdate(uint32_t round, const std::function<Status(const records::UpdateRecord&)>& visit,
                             std::vector<std::string>* corrupt) const {
+  return ForEachUpdatePayload(
+      round,
+      [&](const records::UpdateRecord& meta, std::string_view data) -> Status {
+        if (data.empty()) return visit(meta);
+        records::UpdateRecord whole = meta;
+        whole.mutable_delta()->set_data(std::string(data));
+        return visit(whole);
+      },
+      corrupt);
+}
+
+Status Store::ForEachUpdatePayload(uint32_t round, const PayloadVisit& visit,
+                                   std::vector<std::string>* corrupt) const {
   const std::string prefix = RoundKey(round);
+  // UpdateRecord.delta (4), WeightsProto.data (2).
+  static const std::vector<int> kDeltaData = {4, 2};
   return kv_->Scan(kUpdates, prefix, [&](std::string_view key, std::string_view value) -> Status {
     records::UpdateRecord record;
     const std::string key_client(key.substr(prefix.size()));
-    // A record that does not parse, or contradicts its key, is corrupt.
-    if (!ParseRecord(value, &record, "update").ok() || record.round() != round ||
+    // A record whose checksum fails, that does not parse, or that
+    // contradicts its key, is corrupt.
+    std::string_view data;
+    StatusOr<std::string_view> payload = storage::Unseal(value);
+    StatusOr<std::string> rest = payload.ok() ? proto::SplitOutField(*payload, kDeltaData, &data)
+                                              : StatusOr<std::string>(payload.status());
+    if (!rest.ok() || !ParseRecord(*rest, &record, "update").ok() || record.round() != round ||
         record.client_id() != key_client) {
       if (corrupt == nullptr)
         return DataLoss("corrupt update record in store for round " + std::to_string(round));
       corrupt->push_back(key_client);
       return Status::Ok();
     }
-    return visit(record);
+    return visit(record, data);
   });
 }
 
@@ -291,7 +318,11 @@ Status Store::Quarantine(const std::string& family, const std::string& key, cons
   records::QuarantineRecord q;
   q.set_family(family);
   q.set_key(key);
-  q.set_value(*value);
+  // A sealed update is kept as its record, for an operator to read (or
+  // whole when its checksum fails).
+  StatusOr<std::string_view> payload =
+      family == kUpdates ? storage::Unseal(*value) : StatusOr<std::string_view>(std::string_view(*value));
+  q.set_value(payload.ok() ? std::string(*payload) : *value);
   q.set_reason(reason);
   q.set_quarantined_unix_ms(NowUnixMs());
   // Time-ordered and unique: milliseconds, then where the record was.

@@ -63,6 +63,11 @@ class Store {
   // key, is skipped and the client id of its key listed there.
   Status ForEachUpdate(uint32_t round, const std::function<Status(const records::UpdateRecord&)>& visit,
                        std::vector<std::string>* corrupt = nullptr) const;
+  // The same without copying each update's payload: `visit` gets the record
+  // with delta.data unset and the payload beside it (valid during the call).
+  using PayloadVisit = std::function<Status(const records::UpdateRecord&, std::string_view delta_data)>;
+  Status ForEachUpdatePayload(uint32_t round, const PayloadVisit& visit,
+                              std::vector<std::string>* corrupt = nullptr) const;
 
   // One synced batch: the new model version (and its index entry), the
   // round record, client records and ledger entries; deletes the round's

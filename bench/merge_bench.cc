@@ -6,7 +6,8 @@
 //   accumulate    WeightedMean::AddFloat32 over the updates' bytes: FedAvg's
 //                 in-memory accumulation (finiteness checked as it goes),
 //                 and WeightedMean::Add on decoded Weights;
-//   whole path    Store::ForEachUpdate from a real RocksDB store on disk,
+//   whole path    Store::ForEachUpdatePayload from a real RocksDB store on
+//                 disk (XXH3-sealed values, the payload read in place),
 //                 proto::Float32Payload, WeightedMean::AddFloat32: what
 //                 RoundEngine::MergeStoredUpdates does for FedAvg;
 //   robust        RobustCombiner (median, trimmed mean, Krum, Multi-Krum,
@@ -131,10 +132,11 @@ int main(int argc, char** argv) {
     whole = Best(repeats, [&] {
       WeightedMean mean(layout);
       // As RoundEngine::MergeStoredUpdates streams float32 updates.
-      Status s = (*store)->ForEachUpdate(1, [&](const records::UpdateRecord& u) -> Status {
-        ASSIGN_OR_RETURN(std::string_view payload, proto::Float32Payload(u.delta(), *layout));
-        return mean.AddFloat32(payload, static_cast<double>(u.num_examples()));
-      });
+      Status s = (*store)->ForEachUpdatePayload(
+          1, [&](const records::UpdateRecord& u, std::string_view data) -> Status {
+            ASSIGN_OR_RETURN(std::string_view payload, proto::Float32Payload(u.delta(), data, *layout));
+            return mean.AddFloat32(payload, static_cast<double>(u.num_examples()));
+          });
       if (!s.ok()) Fail(s);
       if (mean.count() != n) Fail(Internal("merged a different number of updates"));
     });

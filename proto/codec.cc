@@ -5,6 +5,7 @@
 #include <google/protobuf/wire_format_lite.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -247,6 +248,11 @@ StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
 
 StatusOr<std::string_view> Float32Payload(const wire::WeightsProto& proto, const Layout& expected,
                                           const ParseLimits& limits) {
+  return Float32Payload(proto, proto.data(), expected, limits);
+}
+
+StatusOr<std::string_view> Float32Payload(const wire::WeightsProto& proto, std::string_view data,
+                                          const Layout& expected, const ParseLimits& limits) {
   if (proto.encoding() != wire::WeightsProto::FLOAT32) return InvalidArgument("weights are not float32");
   if (static_cast<size_t>(proto.layout_size()) > limits.max_tensors) {
     return InvalidArgument("weights have " + std::to_string(proto.layout_size()) + " tensors, limit " +
@@ -266,11 +272,88 @@ StatusOr<std::string_view> Float32Payload(const wire::WeightsProto& proto, const
     }
   }
   const size_t n = static_cast<size_t>(expected.total_numel());
-  if (proto.data().size() != n * sizeof(float)) {
-    return InvalidArgument("weights payload is " + std::to_string(proto.data().size()) +
-                           " bytes, layout needs " + std::to_string(n * sizeof(float)));
+  if (data.size() != n * sizeof(float)) {
+    return InvalidArgument("weights payload is " + std::to_string(data.size()) + " bytes, layout needs " +
+                           std::to_string(n * sizeof(float)));
   }
-  return std::string_view(proto.data());
+  return data;
+}
+
+namespace {
+
+bool ReadVarint(std::string_view* in, uint64_t* v) {
+  *v = 0;
+  for (int shift = 0; shift < 64 && !in->empty(); shift += 7) {
+    const auto b = static_cast<unsigned char>(in->front());
+    in->remove_prefix(1);
+    *v |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+void WriteVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+}  // namespace
+
+StatusOr<std::string> SplitOutField(std::string_view bytes, const std::vector<int>& path,
+                                    std::string_view* field) {
+  if (path.empty()) return InvalidArgument("SplitOutField: empty path");
+  *field = std::string_view();
+  std::string rest;
+  std::string_view in = bytes;
+  while (!in.empty()) {
+    const char* start = in.data();
+    uint64_t tag = 0;
+    if (!ReadVarint(&in, &tag) || (tag >> 3) == 0) return InvalidArgument("record: bad field tag");
+    const int number = static_cast<int>(std::min<uint64_t>(tag >> 3, INT32_MAX));
+    std::string_view value;
+    switch (tag & 7) {
+      case 0: {
+        uint64_t unused = 0;
+        if (!ReadVarint(&in, &unused)) return InvalidArgument("record: bad varint");
+        break;
+      }
+      case 1:
+      case 5: {
+        const size_t n = (tag & 7) == 1 ? 8 : 4;
+        if (in.size() < n) return InvalidArgument("record: truncated fixed field");
+        in.remove_prefix(n);
+        break;
+      }
+      case 2: {
+        uint64_t len = 0;
+        if (!ReadVarint(&in, &len) || len > in.size()) return InvalidArgument("record: bad length");
+        value = in.substr(0, static_cast<size_t>(len));
+        in.remove_prefix(static_cast<size_t>(len));
+        break;
+      }
+      default:
+        return InvalidArgument("record: unsupported wire type");
+    }
+    if ((tag & 7) != 2 || number != path.front()) {
+      rest.append(start, static_cast<size_t>(in.data() - start));  // kept as it was
+      continue;
+    }
+    if (path.size() == 1) {
+      *field = value;  // left out of the rest
+      continue;
+    }
+    std::string_view inner;
+    ASSIGN_OR_RETURN(std::string sub,
+                     SplitOutField(value, std::vector<int>(path.begin() + 1, path.end()), &inner));
+    if (!inner.empty()) *field = inner;
+    WriteVarint(tag, &rest);
+    WriteVarint(sub.size(), &rest);
+    rest += sub;
+  }
+  return rest;
 }
 
 wire::Envelope MakeError(wire::ErrorCode code, const std::string& message) {

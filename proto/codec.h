@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/status.h"
 #include "core/weights.h"
@@ -62,6 +63,20 @@ StatusOr<Weights> WeightsFromProto(const wire::WeightsProto& proto,
 // InvalidArgument for other encodings or a mismatch.
 StatusOr<std::string_view> Float32Payload(const wire::WeightsProto& proto, const Layout& expected,
                                           const ParseLimits& limits = ParseLimits());
+// The same for weights whose payload is held apart (`data`; `proto` has
+// its other fields: see SplitOutField).
+StatusOr<std::string_view> Float32Payload(const wire::WeightsProto& proto, std::string_view data,
+                                          const Layout& expected, const ParseLimits& limits = ParseLimits());
+
+// Wire-format surgery for large stored records, so that reading one does
+// not copy its payload: returns the serialized message `bytes` without the
+// length-delimited field at `path` (field numbers, outermost first: {4, 2}
+// is UpdateRecord.delta.data), which `*field` then points at inside
+// `bytes` (empty when absent; the last occurrence, as a parser keeps).
+// The result parses as the message with that field unset. InvalidArgument
+// when the bytes are not a well-formed message.
+StatusOr<std::string> SplitOutField(std::string_view bytes, const std::vector<int>& path,
+                                    std::string_view* field);
 
 // Convenience builders.
 wire::Envelope MakeError(wire::ErrorCode code, const std::string& message);

@@ -51,6 +51,12 @@ struct StoreOptions {
   std::vector<std::string> obsolete_families;
   // Families with model-sized values (kept out of compactions as blobs).
   std::vector<std::string> blob_families;
+  // Families whose values carry their own checksum (storage/sealed_value.h,
+  // checked by whoever reads them): RocksDB reads them without verifying
+  // its own block and blob checksums.
+  std::vector<std::string> self_checked_families;
+  // RocksDB: read through memory maps (no copy into a read buffer).
+  bool mmap_reads = false;
   // RocksDB: open without the lock (tools beside a running process); a
   // family of `families` the store does not have yet reads as empty.
   bool read_only = false;

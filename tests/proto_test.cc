@@ -114,3 +114,37 @@ TEST_CASE("Envelopes are parsed with bounds", "[proto]") {
     SUCCEED();
   }
 }
+
+TEST_CASE("SplitOutField takes a nested payload out of a record without copying it", "[proto]") {
+  wire::Update u;
+  u.set_round(7);
+  u.set_num_examples(11);
+  u.mutable_delta()->set_data(std::string(4000, 'x'));
+  u.mutable_delta()->set_encoding(wire::WeightsProto::FLOAT32);
+  u.mutable_delta()->add_layout()->set_name("w");
+  (*u.mutable_metrics())["loss"] = 1.5;
+  const std::string bytes = u.SerializeAsString();
+  std::string_view data;
+  auto rest = proto::SplitOutField(bytes, {4, 2}, &data);  // Update.delta, WeightsProto.data
+  REQUIRE(rest.ok());
+  wire::Update back;
+  REQUIRE(back.ParseFromString(*rest));
+  CHECK(data.size() == 4000);
+  CHECK(data.data() >= bytes.data());
+  CHECK(data.data() < bytes.data() + bytes.size());  // a view into the input
+  CHECK(back.delta().data().empty());
+  CHECK(back.delta().layout(0).name() == "w");
+  CHECK(back.round() == 7);
+  CHECK(back.num_examples() == 11);
+  CHECK(back.metrics().at("loss") == 1.5);
+  // Absent: the record unchanged.
+  std::string_view none;
+  auto same = proto::SplitOutField(bytes, {99}, &none);
+  REQUIRE(same.ok());
+  CHECK(none.empty());
+  CHECK(*same == bytes);
+  // Not a message: an error, not a crash.
+  for (std::string bad : {std::string("\xff\xff\xff"), std::string("\x1a\x7f", 2), std::string("\x0b", 1)}) {
+    CHECK_FALSE(proto::SplitOutField(bad, {3, 2}, &none).ok());
+  }
+}

@@ -10,6 +10,7 @@
 
 #include "aggregator/store.h"
 #include "privacy/keys.h"
+#include "privacy/rdp_accountant.h"
 #include "proto/codec.h"
 #include "storage/kv_store.h"
 #include "testing/test_storage.h"
@@ -499,4 +500,27 @@ TEST_CASE("Async: a declined task frees its slot, and the deadline closes a part
   CHECK(f.seen.back().completed);
   CHECK(f.seen.back().received == 2);
   CHECK(f.engine->global().data[0] == Approx(2.0));
+}
+
+TEST_CASE("Async with client-level DP: each version is accounted without subsampling, noise for K",
+          "[round_engine][async]") {
+  Fixture f(4);
+  MakeAsync(&f);
+  f.config.dp.mode = DpConfig::Mode::kClientCentral;
+  f.config.dp.noise_multiplier = 1.0;
+  f.config.dp.clip_norm = 1.0;
+  f.config.dp.epsilon_budget = 1000;
+  f.Start();
+  REQUIRE(*f.engine->MaybeStartBuffer(RoundEngine::Clock::now()));
+  auto t0 = GiveTask(&f, "dev0"), t1 = GiveTask(&f, "dev1");
+  REQUIRE(f.Send("dev0", AnswerTo(f, t0, 0.1f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Send("dev1", AnswerTo(f, t1, 0.1f)) == wire::ERROR_UNSPECIFIED);
+  REQUIRE(f.Finish());
+  REQUIRE(f.seen.back().completed);
+  REQUIRE(f.seen.back().epsilon.has_value());
+  privacy::RdpAccountant expected;
+  REQUIRE(expected.Compose(1.0, 1.0, 1).ok());  // q = 1: one Gaussian mechanism
+  auto spent = expected.GetPrivacySpent(f.config.dp.delta);
+  REQUIRE(spent.ok());
+  CHECK(*f.seen.back().epsilon == Approx(spent->epsilon));
 }
