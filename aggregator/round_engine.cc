@@ -395,6 +395,15 @@ bool RoundEngine::MaybeOpenSelection(Clock::time_point now) {
 
 RoundEngine::CheckInAnswer RoundEngine::CheckIn(const std::string& client_id, Clock::time_point now,
                                                 const std::function<bool(const std::string&)>& eligible) {
+  if (async()) {
+    // (AwaitsTask said no: every slot is taken, or the device is paused or
+    // already in the open buffer.)
+    return ComeBack(client_id, now,
+                    clients_->Paused(client_id, now) ? "paused after repeated failures"
+                    : received_.count(client_id)
+                        ? "its update is in version " + std::to_string(registry_->version() + 1) + "'s buffer"
+                        : "all " + std::to_string(config_.async.Concurrency()) + " training slots are taken");
+  }
   if (!selecting_) {
     return ComeBack(client_id, now,
                     active_ ? "round " + std::to_string(round_) + " is running" : "no round is selecting");
