@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/clock.h"
 #include "core/log.h"
 
 namespace flotilla::aggregator {
@@ -105,7 +106,7 @@ void ClientRegistry::AddStrike(const std::string& id, const std::string& why, Cl
   if (policy_.after_strikes <= 0 || c.strikes < static_cast<uint32_t>(policy_.after_strikes)) return;
   const int doublings = std::min<int>(20, static_cast<int>(c.strikes) - policy_.after_strikes);
   const double pause = std::min(policy_.max_seconds, policy_.seconds * std::ldexp(1.0, doublings));
-  c.paused_until = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(pause));
+  c.paused_until = now + SecondsOf(pause);
   c.paused_until_unix_ms = now_ms + static_cast<int64_t>(pause * 1000);
   LOG_WARN("aggregator", "client '" << c.name << "' " << why << " (" << c.strikes
                                     << " in a row): not sampled for " << pause << " s");

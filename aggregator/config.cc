@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 
 #include "proto/compression.h"
 
@@ -42,11 +43,24 @@ Status DpConfig::Validate() const {
   return Status::Ok();
 }
 
+namespace {
+
+// A of "poly:A" (0 <= A <= 10); nullopt for any other spec.
+std::optional<double> PolyExponent(const std::string& spec) {
+  if (spec.rfind("poly:", 0) != 0) return std::nullopt;
+  const std::string a = spec.substr(5);
+  char* end = nullptr;
+  const double v = std::strtod(a.c_str(), &end);
+  if (a.empty() || end != a.c_str() + a.size() || !std::isfinite(v) || v < 0 || v > 10) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
 double AsyncConfig::Weight(uint32_t staleness) const {
   const double s = static_cast<double>(staleness);
   if (staleness_weight == "constant") return 1.0;
-  if (staleness_weight.rfind("poly:", 0) == 0)
-    return std::pow(1.0 + s, -std::stod(staleness_weight.substr(5)));
+  if (std::optional<double> a = PolyExponent(staleness_weight)) return std::pow(1.0 + s, -*a);
   return 1.0 / std::sqrt(1.0 + s);
 }
 
@@ -56,14 +70,8 @@ Status AsyncConfig::Validate() const {
     return InvalidArgument("async concurrency must be 0 (2 x buffer) or at least the buffer (" +
                            std::to_string(buffer) + ")");
   if (max_staleness > 1000) return InvalidArgument("max staleness must be at most 1000 versions");
-  if (staleness_weight == "sqrt" || staleness_weight == "constant") return Status::Ok();
-  if (staleness_weight.rfind("poly:", 0) == 0) {
-    const std::string a = staleness_weight.substr(5);
-    char* end = nullptr;
-    const double v = std::strtod(a.c_str(), &end);
-    if (!a.empty() && end == a.c_str() + a.size() && std::isfinite(v) && v >= 0 && v <= 10)
-      return Status::Ok();
-  }
+  if (staleness_weight == "sqrt" || staleness_weight == "constant" || PolyExponent(staleness_weight))
+    return Status::Ok();
   return InvalidArgument("staleness weight must be sqrt, constant or poly:A with 0 <= A <= 10, got '" +
                          staleness_weight + "'");
 }

@@ -5,17 +5,10 @@
 #include <algorithm>
 
 #include "aggregator/round_engine.h"
+#include "core/clock.h"
 #include "core/log.h"
 
 namespace flotilla::aggregator {
-namespace {
-
-RoundEngine::Clock::duration Seconds(double s) {
-  return std::chrono::duration_cast<RoundEngine::Clock::duration>(std::chrono::duration<double>(s));
-}
-
-}  // namespace
-
 StatusOr<bool> RoundEngine::MaybeStartBuffer(Clock::time_point now) {
   now_ = now;
   if (active_ || federation_done() || backoff_.Waiting(now)) return false;
@@ -30,11 +23,21 @@ StatusOr<bool> RoundEngine::MaybeStartBuffer(Clock::time_point now) {
       return false;
     }
   }
-  return BeginRound({}, 1.0, now);
+  ASSIGN_OR_RETURN(bool started, BeginRound({}, 1.0, now));
+  if (started) {
+    // A task older than every update that could still count is forgotten
+    // (the bound moves once per buffer).
+    const uint32_t oldest =
+        round_ > config_.async.max_staleness + 1 ? round_ - config_.async.max_staleness - 1 : 0;
+    for (auto it = in_flight_.begin(); it != in_flight_.end();) {
+      it = it->second.round < oldest ? in_flight_.erase(it) : std::next(it);
+    }
+  }
+  return started;
 }
 
 size_t RoundEngine::in_flight() const {
-  const auto timeout = Seconds(config_.round_deadline_seconds);
+  const auto timeout = SecondsOf(config_.round_deadline_seconds);
   return static_cast<size_t>(std::count_if(in_flight_.begin(), in_flight_.end(),
                                            [&](const auto& kv) { return now_ - kv.second.sent < timeout; }));
 }
@@ -50,12 +53,6 @@ void RoundEngine::TaskSent(const std::string& client_id, Clock::time_point now) 
   // The round record's `selected`: the devices given a task during it.
   auto at = std::lower_bound(selected_.begin(), selected_.end(), client_id);
   if (at == selected_.end() || *at != client_id) selected_.insert(at, client_id);
-  // A task older than every update that could still count is forgotten.
-  const uint32_t oldest =
-      round_ > config_.async.max_staleness + 1 ? round_ - config_.async.max_staleness - 1 : 0;
-  for (auto it = in_flight_.begin(); it != in_flight_.end();) {
-    it = it->second.round < oldest ? in_flight_.erase(it) : std::next(it);
-  }
 }
 
 bool RoundEngine::AsyncAlreadyMerged(const std::string& client_id, uint32_t task_round) const {
@@ -76,28 +73,24 @@ bool RoundEngine::AsyncAlreadyMerged(const std::string& client_id, uint32_t task
 StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::CheckAsyncUpdate(const std::string& client_id,
                                                                             const wire::Update& update,
                                                                             uint32_t* staleness) {
-  using R = std::optional<Refusal>;
-  auto refuse = [](wire::ErrorCode code, std::string reason, std::string message, bool counted = true) {
-    return R(Refusal{code, std::move(reason), std::move(message), counted});
-  };
   if (!active_) {
-    return refuse(wire::ERROR_WRONG_ROUND, "no_buffer",
+    return Refuse(wire::ERROR_WRONG_ROUND, "no_buffer",
                   federation_done() ? "the federation is over" : "no buffer is open (after a failed one)",
                   false);
   }
   if (received_.count(client_id)) {
-    return refuse(wire::ERROR_DUPLICATE, "duplicate",
+    return Refuse(wire::ERROR_DUPLICATE, "duplicate",
                   "an update from this device is already in buffer " + std::to_string(round_), false);
   }
   const uint64_t version = registry_->version();
   if (update.model_version() > version || update.model_version() == 0 || update.round() > round_) {
-    return refuse(wire::ERROR_WRONG_ROUND, "wrong_model",
+    return Refuse(wire::ERROR_WRONG_ROUND, "wrong_model",
                   "update is against model version " + std::to_string(update.model_version()) + " (round " +
                       std::to_string(update.round()) + "), current is " + std::to_string(version));
   }
   const uint64_t s = version - update.model_version();
   if (s > config_.async.max_staleness) {
-    return refuse(wire::ERROR_WRONG_ROUND, "stale",
+    return Refuse(wire::ERROR_WRONG_ROUND, "stale",
                   "update is " + std::to_string(s) + " versions old (max " +
                       std::to_string(config_.async.max_staleness) + "); ask for a new task",
                   false);
@@ -106,7 +99,7 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::CheckAsyncUpdate(cons
   const bool assigned = task != in_flight_.end() && task->second.round == update.round();
   if (!assigned) {
     if (AsyncAlreadyMerged(client_id, update.round())) {
-      return refuse(wire::ERROR_DUPLICATE, "duplicate",
+      return Refuse(wire::ERROR_DUPLICATE, "duplicate",
                     "the update for the task of round " + std::to_string(update.round()) +
                         " was merged into an earlier version",
                     false);
@@ -114,12 +107,12 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::CheckAsyncUpdate(cons
     // Tasks handed out before a restart are not known; any other update
     // needs the task it answers.
     if (update.round() > restart_round_) {
-      return refuse(wire::ERROR_WRONG_ROUND, "not_assigned",
+      return Refuse(wire::ERROR_WRONG_ROUND, "not_assigned",
                     "no task of round " + std::to_string(update.round()) + " was given to this device");
     }
   }
   *staleness = static_cast<uint32_t>(s);
-  return R();
+  return std::optional<Refusal>();
 }
 
 }  // namespace flotilla::aggregator

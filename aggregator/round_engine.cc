@@ -9,14 +9,6 @@
 #include "proto/codec.h"
 
 namespace flotilla::aggregator {
-namespace {
-
-RoundEngine::Clock::duration Seconds(double s) {
-  return std::chrono::duration_cast<RoundEngine::Clock::duration>(std::chrono::duration<double>(s));
-}
-
-}  // namespace
-
 RoundEngine::RoundEngine(const AggregatorConfig& config, Store* store, ClientRegistry* clients, EvalFn eval,
                          RoundFn on_round)
     : config_(config),
@@ -71,17 +63,18 @@ bool RoundEngine::AwaitsTask(const std::string& client_id) const {
 }
 
 // Synchronous rounds: the update answers the running round's task.
+std::optional<RoundEngine::Refusal> RoundEngine::Refuse(wire::ErrorCode code, std::string reason,
+                                                        std::string message, bool counted) {
+  return Refusal{code, std::move(reason), std::move(message), counted};
+}
+
 std::optional<RoundEngine::Refusal> RoundEngine::CheckSyncUpdate(const std::string& client_id,
                                                                  const wire::Update& update) const {
-  using R = std::optional<Refusal>;
-  auto refuse = [](wire::ErrorCode code, std::string reason, std::string message, bool counted = true) {
-    return R(Refusal{code, std::move(reason), std::move(message), counted});
-  };
   if (!active_ && update.round() == round_ &&
       std::binary_search(selected_.begin(), selected_.end(), client_id) && !received_.count(client_id) &&
       !declined_.count(client_id)) {
     // Over-selection: the round kept the first updates and closed.
-    return refuse(wire::ERROR_WRONG_ROUND, "round_closed",
+    return Refuse(wire::ERROR_WRONG_ROUND, "round_closed",
                   "round " + std::to_string(round_) + " closed with enough updates; this one is not needed",
                   false);
   }
@@ -93,51 +86,48 @@ std::optional<RoundEngine::Refusal> RoundEngine::CheckSyncUpdate(const std::stri
       if (past.ok() && past->has_value()) {
         const auto& got = past->value().received();
         if (std::find(got.begin(), got.end(), client_id) != got.end()) {
-          return refuse(
+          return Refuse(
               wire::ERROR_DUPLICATE, "duplicate",
               "the update for round " + std::to_string(update.round()) + " was recorded before it closed",
               false);
         }
       }
     }
-    return refuse(wire::ERROR_WRONG_ROUND, "wrong_round",
+    return Refuse(wire::ERROR_WRONG_ROUND, "wrong_round",
                   "round " + std::to_string(update.round()) + " is not open (current " +
                       std::to_string(round_) + (active_ ? ", open)" : ", closed)"));
   }
   if (!std::binary_search(selected_.begin(), selected_.end(), client_id)) {
-    return refuse(wire::ERROR_WRONG_ROUND, "not_selected",
+    return Refuse(wire::ERROR_WRONG_ROUND, "not_selected",
                   "client was not selected for round " + std::to_string(round_));
   }
   if (received_.count(client_id)) {
-    return refuse(wire::ERROR_DUPLICATE, "duplicate",
+    return Refuse(wire::ERROR_DUPLICATE, "duplicate",
                   "an update for round " + std::to_string(round_) + " is already recorded");
   }
   if (declined_.count(client_id)) {
-    return refuse(wire::ERROR_WRONG_ROUND, "out_of_round",
+    return Refuse(wire::ERROR_WRONG_ROUND, "out_of_round",
                   "this device declined round " + std::to_string(round_) + " or its update was refused");
   }
   if (update.model_version() != registry_->version()) {
-    return refuse(wire::ERROR_WRONG_ROUND, "wrong_model",
+    return Refuse(wire::ERROR_WRONG_ROUND, "wrong_model",
                   "update is against model version " + std::to_string(update.model_version()) +
                       ", current is " + std::to_string(registry_->version()));
   }
-  return R();
+  return std::nullopt;
 }
 
 StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const std::string& client_id,
                                                                         const wire::Update& update,
                                                                         Clock::time_point now) {
-  using R = std::optional<Refusal>;
-  auto refuse = [](wire::ErrorCode code, std::string reason, std::string message, bool counted = true) {
-    return R(Refusal{code, std::move(reason), std::move(message), counted});
-  };
   if (secure_) {
-    return refuse(wire::ERROR_UNEXPECTED, "plaintext_in_secure_round",
+    return Refuse(wire::ERROR_UNEXPECTED, "plaintext_in_secure_round",
                   "this round uses secure aggregation: plaintext updates are refused");
   }
   now_ = now;
   uint32_t staleness = 0;
   {
+    using R = std::optional<Refusal>;
     ASSIGN_OR_RETURN(R refused, async() ? CheckAsyncUpdate(client_id, update, &staleness)
                                         : StatusOr<R>(CheckSyncUpdate(client_id, update)));
     if (refused) return refused;
@@ -153,7 +143,7 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
     declined_.insert(client_id);
     in_flight_.erase(client_id);
     clients_->AddStrike(client_id, "sent a refused update (" + verdict.reason + ")", now, NowUnixMs());
-    return refuse(wire::ERROR_BAD_UPDATE, verdict.reason, verdict.message);
+    return Refuse(wire::ERROR_BAD_UPDATE, verdict.reason, verdict.message);
   }
 
   records::UpdateRecord record;
@@ -171,12 +161,12 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
   // Durable before acknowledged.
   if (Status st = store_->PutUpdate(record); !st.ok()) {
     if (st.code() == StatusCode::kAlreadyExists)
-      return refuse(wire::ERROR_DUPLICATE, "duplicate", st.message());
+      return Refuse(wire::ERROR_DUPLICATE, "duplicate", st.message());
     LOG_ERROR("aggregator", "could not store update: " << st.ToString());
     // A full disk or a passing I/O error is not fatal: the device keeps its
     // update and retries; everyone else is still served.
     if (!st.retryable() && st.code() != StatusCode::kResourceExhausted) return st;
-    return refuse(wire::ERROR_INTERNAL, "store", "aggregator could not store the update; retry", false);
+    return Refuse(wire::ERROR_INTERNAL, "store", "aggregator could not store the update; retry", false);
   }
   NoteRecorded(client_id, update.num_examples(), verdict.norm, update.metrics());
   if (async()) {
@@ -186,7 +176,7 @@ StatusOr<std::optional<RoundEngine::Refusal>> RoundEngine::RecordUpdate(const st
   clients_->NoteAccepted(client_id);
   LOG_DEBUG("aggregator", "round " << round_ << ": update " << received_.size() << "/" << selected_.size()
                                    << " from '" << client_id << "' (norm " << verdict.norm << ")");
-  return R();
+  return std::optional<Refusal>();
 }
 
 void RoundEngine::Decline(const std::string& client_id, uint32_t round, const std::string& reason,
@@ -327,7 +317,7 @@ StatusOr<bool> RoundEngine::BeginRound(std::vector<std::string> selected, double
                            : 0.0;
   active_ = true;
   started_ = now;
-  deadline_ = started_ + Seconds(config_.round_deadline_seconds);
+  deadline_ = started_ + SecondsOf(config_.round_deadline_seconds);
   records::RoundRecord record;
   record.set_round(round_);
   record.set_outcome(records::RoundRecord::OUTCOME_RUNNING);
@@ -430,28 +420,21 @@ RoundEngine::CheckInAnswer RoundEngine::ComeBack(const std::string& client_id, C
   // The round after the running one (or after the one being selected: the
   // device was not taken for it).
   const uint32_t next = round_ + 1 + (selecting_ ? 1 : 0);
-  const double period = round_period_seconds_ > 0
-                            ? round_period_seconds_
-                            : std::min(config_.round_deadline_seconds, config_.checkin.window_seconds);
+  // Async: slots free at any moment, so there is no round's remainder to
+  // wait out: the device tries again after a pause, or after the versions
+  // its place in the fleet's cycle puts it after (measured time per
+  // version; none yet: the shortest pause).
+  double period = round_period_seconds_;
+  if (!async() && period <= 0) period = std::min(config_.round_deadline_seconds, c.window_seconds);
   double left = 0.0;
-  if (async()) {
-    // Slots free at any moment: the device tries again after a pause (or
-    // the versions its place in the fleet's cycle puts it after).
-    const ComeBackPlan plan = PlanComeBack(
-        client_id, next, fleet_, static_cast<double>(config_.async.Concurrency()) * c.checkin_margin,
-        round_period_seconds_, 0.0, config_.seed);
-    return CheckInAnswer{false,
-                         static_cast<uint32_t>(1000.0 * std::clamp(plan.seconds, c.min_come_back_seconds,
-                                                                   c.max_come_back_seconds)),
-                         plan.round, std::move(reason)};
-  }
-  if (active_ || selecting_) {
+  if (!async() && (active_ || selecting_)) {
     left = std::max(
         0.0, period - std::chrono::duration<double>(now - (active_ ? started_ : selection_opened_)).count());
   }
-  const ComeBackPlan plan =
-      PlanComeBack(client_id, next, fleet_, static_cast<double>(SelectionTarget()) * c.checkin_margin, period,
-                   left, config_.seed);
+  const double wanted =
+      static_cast<double>(async() ? static_cast<size_t>(config_.async.Concurrency()) : SelectionTarget()) *
+      c.checkin_margin;
+  const ComeBackPlan plan = PlanComeBack(client_id, next, fleet_, wanted, period, left, config_.seed);
   CheckInAnswer answer;
   answer.round = plan.round;
   answer.after_ms = static_cast<uint32_t>(
@@ -463,8 +446,9 @@ RoundEngine::CheckInAnswer RoundEngine::ComeBack(const std::string& client_id, C
 StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vector<std::string>* released) {
   if (!selecting_) return false;  // (selection only opens with no round running)
   const size_t target = SelectionTarget();
-  const bool enough = held_.size() >= target && now - last_checkin_ >= Seconds(config_.checkin.quiet_seconds);
-  const bool window = now - selection_opened_ >= Seconds(config_.checkin.window_seconds) &&
+  const bool enough =
+      held_.size() >= target && now - last_checkin_ >= SecondsOf(config_.checkin.quiet_seconds);
+  const bool window = now - selection_opened_ >= SecondsOf(config_.checkin.window_seconds) &&
                       held_.size() >= static_cast<size_t>(config_.min_clients);
   if (!enough && !window) return false;
   if (federation_done()) {

@@ -312,6 +312,8 @@ class RoundEngine {
   // last restart (in-flight tasks are not stored): their updates count.
   uint32_t restart_round_ = 0;
   Clock::time_point now_{};  // the latest time a call brought
+  static std::optional<Refusal> Refuse(wire::ErrorCode code, std::string reason, std::string message,
+                                       bool counted = true);
   // Sync: refuses an update that does not answer the running round's task.
   std::optional<Refusal> CheckSyncUpdate(const std::string& client_id, const wire::Update& update) const;
   // Async: refuses what an update must not be (nullopt: record it), and

@@ -26,9 +26,13 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
     mean.emplace(global().layout);
   }
   // FedAvg's weights from the claimed example counts, capped against the
-  // round's median claim by default (docs/security.md).
+  // round's median claim by default (docs/security.md). Client-level DP
+  // averages with equal weights: example counts are private and would
+  // change the sensitivity (docs/privacy.md).
   std::map<std::string, double> weight;
-  {
+  if (dp.client_level()) {
+    for (const auto& kv : train_loss_) weight[kv.first] = 1.0;
+  } else {
     std::vector<int64_t> claimed;
     for (const auto& [id, el] : train_loss_) claimed.push_back(el.first);
     const std::vector<double> w = ExampleWeights(claimed, config_.validation.weighting);
@@ -42,7 +46,6 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
   if (async()) {
     double plain = 0.0, discounted = 0.0;
     for (auto& [id, w] : weight) {
-      if (dp.client_level()) w = 1.0;  // equal weights (below), then discounted
       auto b = buffered_.find(id);
       const double d = config_.async.Weight(b != buffered_.end() ? b->second.staleness : 0);
       plain += w;
@@ -90,7 +93,7 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
             return DataLoss("stored update from '" + meta.client_id() + "' was never recorded");
           ASSIGN_OR_RETURN(std::string_view payload,
                            proto::Float32Payload(meta.delta(), data, *global().layout));
-          return mean->AddFloat32(payload, dp.client_level() && !async() ? 1.0 : w->second);
+          return mean->AddFloat32(payload, w->second);
         }
         records::UpdateRecord u = meta;
         u.mutable_delta()->set_data(std::string(data));
@@ -101,12 +104,10 @@ StatusOr<Weights> RoundEngine::MergeStoredUpdates() {
           // The trusted aggregator enforces the bound itself as well.
           privacy::ClipL2(delta.data.data(), delta.data.size(), budget_->clip_norm());
         }
-        // Client-level DP averages with equal weights: example counts are
-        // private and would change the sensitivity (docs/privacy.md).
         auto w = weight.find(u.client_id());
         if (w == weight.end())
           return DataLoss("stored update from '" + u.client_id() + "' was never recorded");
-        return mean->Add(delta, dp.client_level() && !async() ? 1.0 : w->second);
+        return mean->Add(delta, w->second);
       }));
   const int merged = robust ? robust->count() : mean->count();
   if (merged != static_cast<int>(received_.size())) {
@@ -178,10 +179,12 @@ StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundR
                                         static_cast<double>(received_.size()) / fleet,
                                         &next_server_state_->control));
   }
+  // The fixed denominator m of client-level DP: the clients sampled (async:
+  // the buffer size).
+  const size_t cohort = async() ? target_updates_ : selected_.size();
   if (dp.client_level()) {
-    // sum / m with the fixed denominator m = clients sampled (async: the
-    // buffer size), plus central noise.
-    const double m = static_cast<double>(async() ? target_updates_ : selected_.size());
+    // sum / m, plus central noise.
+    const double m = static_cast<double>(cohort);
     const double sum_scale = static_cast<double>(received_.size()) / m;
     for (auto& v : mean_delta.data) v = static_cast<float>(v * sum_scale);
     if (dp.mode == DpConfig::Mode::kClientCentral) {
@@ -194,9 +197,7 @@ StatusOr<Weights> RoundEngine::FinalizeMerge(Weights mean_delta, records::RoundR
     ASSIGN_OR_RETURN(next, ServerStep(config_.strategy.optimizer, config_.ServerLearningRate(), global(),
                                       mean_delta, server_state_, &*next_server_state_));
   }
-  ASSIGN_OR_RETURN(*ledger,
-                   budget_->Account(round_, sampling_rate_, async() ? target_updates_ : selected_.size(),
-                                    received_, dp_steps_, record));
+  ASSIGN_OR_RETURN(*ledger, budget_->Account(round_, sampling_rate_, cohort, received_, dp_steps_, record));
   int64_t below = 0;
   for (const auto& kv : below_clip_) below += kv.second;
   RETURN_IF_ERROR(budget_->UpdateClip(below, static_cast<int64_t>(received_.size())));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/clock.h"
 #include "core/rng.h"
 
 namespace flotilla::aggregator {
@@ -55,7 +56,7 @@ double Backoff::Failed(Clock::time_point now) {
   ++failed_in_a_row_;
   const double wait =
       std::min(max_, base_ * std::ldexp(1.0, std::min<int>(30, static_cast<int>(failed_in_a_row_) - 1)));
-  until_ = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(wait));
+  until_ = now + SecondsOf(wait);
   return wait;
 }
 

@@ -108,9 +108,8 @@ Status RoundEngine::ResumeRound(const records::RoundRecord& running) {
   active_ = true;
   const auto now = Clock::now();
   const double elapsed = std::max(0.0, (NowUnixMs() - running.started_unix_ms()) / 1000.0);
-  started_ = now - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(elapsed));
-  const auto deadline_length = std::chrono::duration_cast<Clock::duration>(
-      std::chrono::duration<double>(config_.round_deadline_seconds));
+  started_ = now - SecondsOf(elapsed);
+  const auto deadline_length = SecondsOf(config_.round_deadline_seconds);
   // The devices that still owe an update were cut off while the aggregator
   // was down and must reconnect: under kExtend the outage does not eat
   // their time (a full deadline from the restart, or the original one when

@@ -15,7 +15,6 @@
 #include "cli/data_flags.h"
 #include "cli/flags.h"
 #include "cli/log_flags.h"
-#include "core/clock.h"
 #include "core/log.h"
 #include "core/subprocess.h"
 #include "sim/report.h"
@@ -111,8 +110,7 @@ flotilla::StatusOr<flotilla::sim::SimResult> RunWithRestarts(const flotilla::sim
   result.peak_active_devices = ran->peak_active;
   result.injected = ran->injected;
   result.injected.aggregator_restarts = killed;
-  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  result.started_unix_ms = flotilla::NowUnixMs() - static_cast<int64_t>(result.seconds * 1000.0);
+  result.SetElapsed(start);
   RETURN_IF_ERROR(flotilla::sim::WriteOutputs(config, result));
   return result;
 }

@@ -14,4 +14,9 @@ inline int64_t NowUnixMs() {
       .count();
 }
 
+// A duration of the steady clock from seconds (a config value).
+inline std::chrono::steady_clock::duration SecondsOf(double s) {
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
+}
+
 }  // namespace flotilla

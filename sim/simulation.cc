@@ -97,8 +97,7 @@ StatusOr<SimResult> RunCentral(const SimConfig& config, const FleetData& data) {
     result.final_auc = ev.auc;
     result.final_mae = ev.mae;
   }
-  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  result.started_unix_ms = NowUnixMs() - static_cast<int64_t>(result.seconds * 1000.0);
+  result.SetElapsed(start);
   return result;
 }
 
@@ -348,6 +347,7 @@ class CheckInFleet {
                               c.over_selection)) *
                           c.checkin_margin;
     wake_.assign(fleet, UINT32_MAX);
+    wake_at_.assign(fleet, Clock::time_point{});
     for (size_t i = static_cast<size_t>(slice_.index); i < fleet; i += static_cast<size_t>(slice_.count)) {
       wake_[i] = aggregator::PlanComeBack(DeviceName(i), 1, fleet, wanted, 0, 0, agg_config_.seed).round;
       ++devices_;
@@ -466,13 +466,13 @@ class CheckInFleet {
       if (agg_config_.async.enabled()) {
         // Asynchronous rounds: no selection; due devices that are online
         // check in whenever they like, and are given a task or told later.
-        RETURN_IF_ERROR(ReleaseAsync(std::max<uint32_t>(1, status_.round()), now));
+        RETURN_IF_ERROR(Release(std::max<uint32_t>(1, status_.round()), now));
       } else if (status_.selecting_round() > released_ ||
                  (TimeBasedAvailability(config_.model) && status_.selecting_round() == released_ &&
                   released_ > 0)) {
         // (With availability in time, devices that come online while
         // selection is open check in too.)
-        RETURN_IF_ERROR(Release(status_.selecting_round()));
+        RETURN_IF_ERROR(Release(status_.selecting_round(), now));
       }
     }
     // Ten status requests a second: well within a device's message limits.
@@ -603,8 +603,7 @@ class CheckInFleet {
   }
 
   void Later(Clock::time_point now, double seconds, std::function<Status(TrainerPool&)> action) {
-    due_.emplace(now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds)),
-                 std::move(action));
+    due_.emplace(now + SecondsOf(seconds), std::move(action));
   }
 
   Status RunDue(TrainerPool& pool, Clock::time_point now) {
@@ -638,27 +637,15 @@ class CheckInFleet {
     progress_->Update(line);
   }
 
-  // Asynchronous rounds: every device whose come-back time has passed and
-  // that is online checks in.
-  Status ReleaseAsync(uint32_t round, Clock::time_point now) {
+  // The devices due by `round` (and, in asynchronous rounds, by the time
+  // their ComeBack named) that are online check in.
+  Status Release(uint32_t round, Clock::time_point now) {
     released_ = round;
-    if (wake_at_.size() != wake_.size()) wake_at_.assign(wake_.size(), Clock::time_point{});
     const double seconds = SecondsSinceStart();
     for (size_t i = 0; i < wake_.size(); ++i) {
       if (wake_[i] > round || wake_at_[i] > now || active_.count(i)) continue;
-      if (!Available(config_.model, agg_config_.seed, i, round, seconds)) continue;
-      ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
-      active_.emplace(i, std::move(session));
-    }
-    return Status::Ok();
-  }
-
-  Status Release(uint32_t round) {
-    released_ = round;
-    for (size_t i = 0; i < wake_.size(); ++i) {
-      if (wake_[i] > round || active_.count(i)) continue;
       // Offline now: it checks in at the first round it is online.
-      if (!Available(config_.model, agg_config_.seed, i, round, SecondsSinceStart())) continue;
+      if (!Available(config_.model, agg_config_.seed, i, round, seconds)) continue;
       ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
       active_.emplace(i, std::move(session));
     }
@@ -791,8 +778,7 @@ class SimServer {
     SimResult result;
     ASSIGN_OR_RETURN(result.rounds, ReadRoundLog(log_path_));
     for (size_t i = 0; i < data_.size(); ++i) result.train_examples += data_.Examples(i);
-    result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    result.started_unix_ms = NowUnixMs() - static_cast<int64_t>(result.seconds * 1000.0);
+    result.SetElapsed(start);
     SetFinalFigures(&result);
     return result;
   }

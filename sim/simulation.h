@@ -5,6 +5,7 @@
 // client costs a socket and a data view, not a thread.
 #pragma once
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "aggregator/server.h"
+#include "core/clock.h"
 #include "core/status.h"
 #include "sim/fleet_model.h"
 #include "training/csv.h"
@@ -80,6 +82,11 @@ struct SimResult {
   double final_mae = NAN;  // mse models
   double seconds = 0.0;
   int64_t started_unix_ms = 0;  // the run's start (rounds' finished_unix_ms count from it)
+  // Sets seconds and started_unix_ms for a run that started at `start`.
+  void SetElapsed(std::chrono::steady_clock::time_point start) {
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    started_unix_ms = NowUnixMs() - static_cast<int64_t>(seconds * 1000.0);
+  }
   int64_t train_examples = 0;
   // Check-in fleets: check-ins made, and the most devices holding a
   // session at once.

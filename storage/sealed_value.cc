@@ -22,12 +22,8 @@ std::string Seal(std::string_view payload) {
   return out;
 }
 
-StatusOr<std::string_view> Unseal(std::string_view value, bool* legacy) {
-  if (value.size() < kHeader || value.substr(0, 4) != kMagic) {
-    if (legacy != nullptr) *legacy = true;
-    return value;
-  }
-  if (legacy != nullptr) *legacy = false;
+StatusOr<std::string_view> Unseal(std::string_view value) {
+  if (value.size() < kHeader || value.substr(0, 4) != kMagic) return value;
   uint64_t want = 0;
   for (int i = 0; i < 8; ++i)
     want |= static_cast<uint64_t>(static_cast<unsigned char>(value[4 + i])) << (8 * i);

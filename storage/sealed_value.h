@@ -20,7 +20,7 @@ std::string Seal(std::string_view payload);
 
 // The payload of a sealed value: DataLoss when its hash does not match (a
 // value corrupted on disk). A value without the magic (written before
-// sealing) is returned whole; `legacy` says so.
-StatusOr<std::string_view> Unseal(std::string_view value, bool* legacy = nullptr);
+// sealing) is returned whole.
+StatusOr<std::string_view> Unseal(std::string_view value);
 
 }  // namespace flotilla::storage
