@@ -133,6 +133,13 @@ std::string AggregatorMetrics::Render() const {
   // Storage.
   t.Gauge("flotilla_store_size_bytes", "Approximate size of the aggregator's store on disk.",
           static_cast<double>(g.store_bytes));
+  if (g.fd_limit > 0) {
+    t.Gauge("flotilla_open_fds",
+            "File descriptors the aggregator holds (a connection each, and the store's).",
+            static_cast<double>(g.open_fds));
+    t.Gauge("flotilla_fd_limit", "The aggregator's limit of open file descriptors (RLIMIT_NOFILE).",
+            static_cast<double>(g.fd_limit));
+  }
   return t.text();
 }
 

@@ -33,7 +33,8 @@ struct AggregatorGauges {
   uint64_t reporting_devices = 0;   // updates recorded in the running round
   uint64_t updates_rejected = 0;    // by validation since the start (the engine's count)
   uint64_t store_bytes = 0;
-  std::string secagg_stage;  // empty: no secure round running
+  uint64_t open_fds = 0, fd_limit = 0;  // 0: unknown (no /proc)
+  std::string secagg_stage;             // empty: no secure round running
   uint64_t secagg_remaining = 0;
   bool finished = false;
   double epsilon_budget = 0.0;  // 0: no DP

@@ -409,6 +409,12 @@ RoundEngine::CheckInAnswer RoundEngine::CheckIn(const std::string& client_id, Cl
   // check-ins near the target, so only a burst reaches it.
   if (held_.size() >= 4 * std::max<size_t>(SelectionTarget(), 1))
     return ComeBack(client_id, now, "selection for round " + std::to_string(round_ + 1) + " is full");
+  if (headroom_ == 0) {
+    return ComeBack(client_id, now,
+                    "the aggregator is at its limit of open connections; selection for round " +
+                        std::to_string(round_ + 1) + " holds " + std::to_string(held_.size()));
+  }
+  if (headroom_ != SIZE_MAX) --headroom_;
   held_.insert(client_id);
   last_checkin_ = now;
   return CheckInAnswer{true, 0, 0, {}};
@@ -450,7 +456,18 @@ StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vect
       held_.size() >= target && now - last_checkin_ >= SecondsOf(config_.checkin.quiet_seconds);
   const bool window = now - selection_opened_ >= SecondsOf(config_.checkin.window_seconds) &&
                       held_.size() >= static_cast<size_t>(config_.min_clients);
-  if (!enough && !window) return false;
+  // No room for more connections (and none freed for a quiet spell, as the
+  // last round's devices leave): waiting would only turn devices away.
+  const auto quiet = SecondsOf(config_.checkin.quiet_seconds);
+  const bool full = headroom_ == 0 && held_.size() >= static_cast<size_t>(std::max(config_.min_clients, 1)) &&
+                    now - last_checkin_ >= quiet && now - selection_opened_ >= quiet;
+  if (!enough && !window && !full) return false;
+  if (full && !enough && !federation_done()) {
+    LOG_WARN("aggregator", "round " << round_ + 1 << ": starting with the " << held_.size() << " of "
+                                    << target
+                                    << " wanted check-ins it could hold: the aggregator is at its limit of "
+                                    << "open connections (raise `ulimit -n`, or LimitNOFILE= under systemd)");
+  }
   if (federation_done()) {
     selecting_ = false;
     released->assign(held_.begin(), held_.end());

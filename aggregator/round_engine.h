@@ -120,6 +120,13 @@ class RoundEngine {
   // server keeps the fleet size current (registered devices, or the
   // allowlist when it is larger): it sets N and the pace.
   void SetFleetSize(size_t n) { fleet_ = n; }
+  // How many more connections the server can take (its file-descriptor
+  // headroom, sampled). Each device held for selection spends one; at zero,
+  // check-ins are told to come back and selection closes with what it
+  // holds (if at least min_clients) instead of waiting for its window.
+  // Unbounded (SIZE_MAX) unless set.
+  void SetConnectionHeadroom(size_t n) { headroom_ = n; }
+  bool at_connection_limit() const { return headroom_ == 0; }
   // Opens selection for the next round when one is due: no round running,
   // no back-off, rounds left. True when it opened.
   bool MaybeOpenSelection(Clock::time_point now);
@@ -286,6 +293,7 @@ class RoundEngine {
   size_t fleet_ = 0;
   bool selecting_ = false;
   std::set<std::string> held_;
+  size_t headroom_ = SIZE_MAX;  // SetConnectionHeadroom
   Clock::time_point selection_opened_{}, last_checkin_{}, last_round_start_{};
   double selection_seconds_ = 0.0;     // the running round's
   int refused_ = 0;                    // the running round's refused updates

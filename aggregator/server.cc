@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/clock.h"
+#include "core/fds.h"
 #include "core/log.h"
 #include "proto/codec.h"
 
@@ -215,7 +216,9 @@ Status Aggregator::AdvanceRounds() {
     // Check-in: selection for the next round opens once no round runs (at
     // once after one closes), and starts the round when it closes.
     engine_->SetFleetSize(FleetSize());
-    engine_->MaybeOpenSelection(now);
+    SampleConnectionHeadroom(now, false);
+    // A new selection starts from a fresh count.
+    if (engine_->MaybeOpenSelection(now)) SampleConnectionHeadroom(now, true);
     std::vector<std::string> released;
     ASSIGN_OR_RETURN(bool started, engine_->MaybeCloseSelection(now, &released));
     for (const auto& id : released) {
@@ -384,6 +387,10 @@ void Aggregator::PublishMetrics(bool now) {
   g.reporting_devices = engine.active() ? engine.received_count() : 0;
   g.updates_rejected = engine.rejected_updates();
   g.store_bytes = store_->ApproximateSize();
+  if (const std::optional<FdUsage> fds = ReadFdUsage()) {
+    g.open_fds = fds->open;
+    g.fd_limit = fds->limit;
+  }
   if (const SecureRound* secure = engine.secure()) {
     g.secagg_stage = secure->stage_name();
     g.secagg_remaining = secure->remaining();
@@ -491,6 +498,27 @@ Status Aggregator::HandleCheckIn(const net::Incoming& in, const wire::Envelope& 
   state.wants_final_model = check_in.final_model();
   HandleTaskRequest(client_id, env.request_id());
   return Status::Ok();
+}
+
+void Aggregator::SampleConnectionHeadroom(Clock::time_point now, bool force) {
+  if (!force && now - last_fd_sample_ < std::chrono::milliseconds(250)) return;
+  last_fd_sample_ = now;
+  const std::optional<FdUsage> fds = ReadFdUsage();
+  if (!fds) return;  // no /proc: no bound
+  engine_->SetConnectionHeadroom(fds->headroom());
+  const bool at = fds->headroom() == 0;
+  if (at == at_fd_limit_) return;
+  at_fd_limit_ = at;
+  if (at) {
+    LOG_WARN("aggregator",
+             fds->open << " of " << fds->limit << " file descriptors open: selection holds no more "
+                       << "check-ins (devices are told to come back later) and keeps " << fds->reserve
+                       << " for the store; raise `ulimit -n` (LimitNOFILE= under "
+                       << "systemd) to hold more devices at once");
+  } else {
+    LOG_INFO("aggregator",
+             "file descriptors below the limit again (" << fds->open << " of " << fds->limit << " open)");
+  }
 }
 
 size_t Aggregator::FleetSize() const {

@@ -180,6 +180,11 @@ class Aggregator {
   size_t known_clients_ = 0;
   size_t joined_since_log_ = 0;
   Clock::time_point last_flush_{}, last_join_log_{};
+  // File descriptors (core/fds.h): sampled every 250 ms and handed to the
+  // engine, which stops holding check-ins at the limit.
+  void SampleConnectionHeadroom(Clock::time_point now, bool force);
+  Clock::time_point last_fd_sample_{};
+  bool at_fd_limit_ = false;
 };
 
 }  // namespace flotilla::aggregator

@@ -175,5 +175,7 @@ TEST_CASE(
   CHECK(m.at("flotilla_federation_finished") == 1);
   CHECK(m.at("flotilla_round_duration_seconds_count") == 40);
   CHECK(m.at("flotilla_received_bytes_total") > 0);
+  CHECK(m.at("flotilla_open_fds") > 0);
+  CHECK(m.at("flotilla_open_fds") < m.at("flotilla_fd_limit"));
   fs::remove_all(dir);
 }

@@ -345,6 +345,33 @@ TEST_CASE("Check-in: with too few check-ins the window starts the round with wha
   CHECK(f.engine->target_updates() == 3);
 }
 
+TEST_CASE("Check-in: at its connection limit selection holds no more and starts with what it holds",
+          "[round_engine][checkin]") {
+  CheckInFixture f;
+  const auto t0 = RoundEngine::Clock::now();
+  REQUIRE(f.engine->MaybeOpenSelection(t0));
+  f.engine->SetConnectionHeadroom(1);
+  CHECK(f.CheckIns(0, 3, t0) == 1);  // one more fits; the others are told to come back
+  RoundEngine::CheckInAnswer away = f.engine->CheckIn("dev9", t0, kEveryone);
+  CHECK_FALSE(away.hold);
+  CHECK(away.reason.find("limit of open connections") != std::string::npos);
+  CHECK(away.after_ms > 0);
+  std::vector<std::string> released;
+  // At the limit, but below min_clients (2): selection stays open.
+  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 1s, &released));
+  // Connections freed: one more is held, then the limit again.
+  f.engine->SetConnectionHeadroom(1);
+  CHECK(f.CheckIns(3, 5, t0 + 1s) == 1);
+  CHECK(f.engine->at_connection_limit());
+  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 1s + 100ms, &released));  // not quiet yet
+  // Quiet (0.5 s) at the limit: the round starts with the 2 it holds (of 6 wanted),
+  // long before the 5 s window.
+  REQUIRE(*f.engine->MaybeCloseSelection(t0 + 1s + 600ms, &released));
+  CHECK(f.engine->selected_count() == 2);
+  CHECK(f.engine->target_updates() == 2);
+  CHECK(released.empty());
+}
+
 TEST_CASE("Pace steering spreads a fleet over the rounds it takes to cycle, reproducibly",
           "[round_engine][checkin]") {
   // 10,000 devices, 125 wanted per round: an 80-round cycle.

@@ -71,6 +71,18 @@ int RunSim(const std::vector<std::string>& scenario, const fs::path& log, const 
   return Run(args, log);
 }
 
+// Kills a spawned process when a REQUIRE leaves the test early.
+struct KillOnFailure {
+  pid_t pid;
+  bool done = false;
+  ~KillOnFailure() {
+    if (!done) {
+      ::kill(pid, SIGKILL);
+      WaitProcess(pid);
+    }
+  }
+};
+
 }  // namespace
 
 TEST_CASE("Two simulations with the same seed write identical metrics files, and another seed does not",
@@ -101,16 +113,7 @@ TEST_CASE("Three shards started by mpirun write the same metrics as one process"
   serve.insert(serve.end(), {"--endpoint-file", (dir / "endpoint").string()});
   pid_t server = SpawnProcess(serve, (dir / "serve.log").string());
   REQUIRE(server > 0);
-  struct KillOnFailure {
-    pid_t pid;
-    bool done = false;
-    ~KillOnFailure() {
-      if (!done) {
-        ::kill(pid, SIGKILL);
-        WaitProcess(pid);
-      }
-    }
-  } guard{server};
+  KillOnFailure guard{server};
   const std::string endpoint = WaitForEndpoint(dir / "endpoint");
   std::vector<std::string> shards = {
       mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "3", kBin, "sim", "shard", "--join", endpoint};
@@ -174,4 +177,62 @@ TEST_CASE(
   // The restart resumed the round with its recorded updates: the same run.
   CHECK(after_kill == calm);
   if (after_kill == calm) fs::remove_all(dir);  // else kept for a look
+}
+
+TEST_CASE("An aggregator at its file-descriptor limit starts rounds with the devices it can hold",
+          "[sim][process][faults]") {
+  const std::string prlimit = "/usr/bin/prlimit";
+  if (!fs::exists(prlimit)) FAIL("prlimit is missing (util-linux)");
+  const fs::path dir = TempDir("fdlimit");
+  // 300 devices wanted per round from an aggregator allowed 200 open files
+  // (a tenth kept for its store): selection holds what fits, tells the rest
+  // to come back, and starts each round with what it holds long before its
+  // 60 s window would close.
+  auto scenario = [&](const fs::path& out) {
+    return std::vector<std::string>{"--clients",   "1200",
+                                    "--partition", "windows:20",
+                                    "--arch",      "logreg",
+                                    "--rounds",    "3",
+                                    "--checkin",   "--clients-per-round",
+                                    "300",         "--over-selection",
+                                    "1",           "--selection-window",
+                                    "60",          "--deadline",
+                                    "60",          "--seed",
+                                    "5",           "--out",
+                                    out.string(),  "--quiet",
+                                    "--log",       "info"};
+  };
+  std::vector<std::string> serve = {prlimit, "--nofile=200:200", kBin, "sim", "serve"};
+  for (const auto& a : scenario(dir / "run")) serve.push_back(a);
+  serve.insert(serve.end(), {"--endpoint-file", (dir / "endpoint").string()});
+  const pid_t server = SpawnProcess(serve, (dir / "serve.log").string());
+  REQUIRE(server > 0);
+  KillOnFailure guard{server};
+  std::vector<std::string> shard = {
+      kBin, "sim", "shard", "--index", "0", "--of", "1", "--join", WaitForEndpoint(dir / "endpoint")};
+  for (const auto& a : scenario(dir / "shard")) shard.push_back(a);
+  const auto start = std::chrono::steady_clock::now();
+  const pid_t devices = SpawnProcess(shard, (dir / "shard.log").string());
+  REQUIRE(devices > 0);
+  const int devices_rc = WaitProcess(devices);
+  const int server_rc = WaitProcess(server);
+  guard.done = true;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string log = ReadFile(dir / "serve.log");
+  INFO(log.substr(log.size() > 6000 ? log.size() - 6000 : 0) << ReadFile(dir / "shard.log"));
+  REQUIRE(server_rc == 0);
+  REQUIRE(devices_rc == 0);
+  CHECK(log.find("file descriptors open: selection holds no more check-ins") != std::string::npos);
+  CHECK(log.find("check-ins it could hold") != std::string::npos);
+  CHECK(log.find("Too many open files") == std::string::npos);
+  CHECK(log.find("could not") == std::string::npos);
+  CHECK(seconds < 150);  // three 60 s windows would be 180 s
+  const std::string metrics = ReadFile(dir / "run" / "metrics.csv");
+  REQUIRE(std::count(metrics.begin(), metrics.end(), '\n') == 4);
+  std::istringstream rows(metrics);
+  std::string row;
+  std::getline(rows, row);
+  INFO(metrics);
+  while (std::getline(rows, row)) CHECK(row.compare(row.find(',') + 1, 2, "1,") == 0);  // completed
+  fs::remove_all(dir);
 }
