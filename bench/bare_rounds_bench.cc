@@ -1,17 +1,20 @@
 // The bare-LibTorch baseline of a simulated round (docs/results.md, "Fleets
-// of 100,000"): the same devices' examples (windows:60 of Fashion-MNIST,
-// as `flotilla sim --partition windows:60` deals them) trained for one
-// local epoch each from the global model on the same number of threads
-// (one model and one Torch thread per thread, as the simulator's trainer
-// pool), merged by an example-weighted mean. No sockets, no encryption, no
-// store, no selection: what a round would cost if it were only training.
-//   build/bench/bare_rounds_bench FLEET PER_ROUND ROUNDS [THREADS]
+// of 100,000"): the same devices' examples (Fashion-MNIST dealt as
+// `flotilla sim --partition PARTITION` deals them) trained for EPOCHS local
+// epochs each from the global model on the same number of threads (one
+// model and one Torch thread per thread, as the simulator's trainer pool),
+// merged by an example-weighted mean. No sockets, no encryption, no store,
+// no selection, no evaluation: what a round would cost if it were only
+// training.
+//   build/bench/bare_rounds_bench FLEET PER_ROUND ROUNDS [THREADS [ARCH [PARTITION [EPOCHS [BATCH [LR]]]]]]
+// (defaults: one thread per core, logreg, windows:60, 1, 32, 0.05).
 // Prints seconds per round (mean of rounds 2..ROUNDS) as JSON.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -23,15 +26,20 @@ using namespace flotilla;
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s FLEET PER_ROUND ROUNDS [THREADS]\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s FLEET PER_ROUND ROUNDS [THREADS [ARCH [PARTITION [EPOCHS [BATCH [LR]]]]]]\n"
+                 "  defaults: one thread per core, logreg, windows:60, 1 epoch, batch 32, lr 0.05\n",
+                 argv[0]);
     return 2;
   }
   const int fleet = std::atoi(argv[1]), k = std::atoi(argv[2]), rounds = std::atoi(argv[3]);
-  const int threads =
-      argc > 4 ? std::atoi(argv[4]) : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = argc > 4 && std::atoi(argv[4]) > 0
+                          ? std::atoi(argv[4])
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const std::string arch = argc > 5 ? argv[5] : "logreg";
   sim::SimConfig config;
   config.clients = fleet;
-  config.partition = "windows:60";
+  config.partition = argc > 6 ? argv[6] : "windows:60";
   auto data = sim::LoadFleetData(config);
   if (!data.ok()) {
     std::fprintf(stderr, "%s\n", data.status().ToString().c_str());
@@ -39,13 +47,19 @@ int main(int argc, char** argv) {
   }
   training::SetTorchThreads(1);
   std::vector<std::unique_ptr<training::ModelRunner>> runners;
-  for (int t = 0; t < threads; ++t)
-    runners.push_back(std::move(training::ModelRunner::Create("logreg", 1)).value());
+  for (int t = 0; t < threads; ++t) {
+    auto runner = training::ModelRunner::Create(arch, 1);
+    if (!runner.ok()) {
+      std::fprintf(stderr, "%s\n", runner.status().ToString().c_str());
+      return 1;
+    }
+    runners.push_back(std::move(runner).value());
+  }
   Weights global = runners[0]->GetWeights();
   training::TrainConfig tc;
-  tc.epochs = 1;
-  tc.batch_size = 32;
-  tc.learning_rate = 0.05;
+  tc.epochs = argc > 7 ? std::atoi(argv[7]) : 1;
+  tc.batch_size = argc > 8 ? std::atoi(argv[8]) : 32;
+  tc.learning_rate = argc > 9 ? std::atof(argv[9]) : 0.05;
   std::vector<double> seconds;
   for (int r = 1; r <= rounds; ++r) {
     std::vector<size_t> chosen(static_cast<size_t>(fleet));
@@ -87,7 +101,8 @@ int main(int argc, char** argv) {
   double later = 0;
   for (size_t i = 1; i < seconds.size(); ++i) later += seconds[i];
   const double per_round = seconds.size() > 1 ? later / static_cast<double>(seconds.size() - 1) : seconds[0];
-  std::printf("{\"fleet\": %d, \"per_round\": %d, \"threads\": %d, \"seconds_per_round\": %.4f}\n", fleet, k,
-              threads, per_round);
+  std::printf(
+      "{\"arch\": \"%s\", \"fleet\": %d, \"per_round\": %d, \"threads\": %d, \"seconds_per_round\": %.4f}\n",
+      arch.c_str(), fleet, k, threads, per_round);
   return 0;
 }

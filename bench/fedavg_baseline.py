@@ -9,11 +9,11 @@ slices, as Flotilla's "iid" partition does), --per-round of them sampled
 each round, each running --epochs local epochs of SGD (batch --batch, lr
 --lr) from the global model, the new global model the example-weighted mean
 of theirs. The model is logistic regression 784-10 (Flotilla's "logreg")
-unless --arch 2nn. Prints one line per round and a final JSON line with
+unless --arch 2nn or cnn. Prints one line per round and a final JSON line with
 seconds per round (training only, and total).
 
 Usage: /usr/bin/python3 bench/fedavg_baseline.py [--fleet N] [--per-round K] [--rounds R]
-       [--epochs E] [--batch B] [--lr LR] [--arch logreg|2nn] [--threads T] [--seed S]
+       [--epochs E] [--batch B] [--lr LR] [--arch logreg|2nn|cnn] [--threads T] [--seed S]
 """
 import argparse
 import gzip
@@ -51,6 +51,10 @@ def load(split, limit):
 
 
 def make_model(arch):
+    if arch == "cnn":  # the FedAvg paper's CNN, as Flotilla's "cnn" (1,663,370 parameters)
+        return nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(3136, 512), nn.ReLU(), nn.Linear(512, 10))
     if arch == "2nn":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
                              nn.Linear(200, 10))
@@ -66,7 +70,7 @@ def main(argv):
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--arch", choices=["logreg", "2nn"], default="logreg")
+    p.add_argument("--arch", choices=["logreg", "2nn", "cnn"], default="logreg")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     p.add_argument("--train-limit", type=int, default=0, help="use the first N training examples (0: all)")
     p.add_argument("--seed", type=int, default=1)

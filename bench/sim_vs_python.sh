@@ -2,30 +2,45 @@
 # Flotilla's simulator against the same FedAvg federation written as a plain
 # Python loop (bench/fedavg_baseline.py, python3-torch), and against bare
 # LibTorch training of the same examples (build/bench/bare_rounds_bench: the
-# same devices' windows, one local epoch each on the same threads, a
-# weighted mean; no sockets, no store, no selection), all in the same run:
-# logistic regression on Fashion-MNIST, a fleet of 1,000 devices of 60
-# examples, 10 / 100 / 1,000 devices per round, E=1, B=32, lr 0.05, ROUNDS
-# rounds. Flotilla runs a check-in fleet through the real aggregator,
+# same devices' examples, E local epochs each on the same threads, a
+# weighted mean; no sockets, no store, no selection, no evaluation), all in
+# the same run. Flotilla runs a check-in fleet through the real aggregator,
 # CURVE-encrypted ZeroMQ, signed models and the RocksDB store; a round is
-# selection (waiting for check-ins) + training and reporting + merging.
+# selection (waiting for check-ins) + training and reporting + merging
+# (with the evaluation on the 10,000 test images, as the Python loop's).
+#
+# WORKLOAD is one of:
+#   logreg  logistic regression, a fleet of 1,000 devices of 60 examples
+#           (windows:60), E=1, B=32, lr 0.05; 10 / 100 / 1,000 per round
+#   2nn     the FedAvg paper's 2NN (199,210 parameters), 100 devices of 600
+#           examples (iid), E=5, B=10, lr 0.05; 10 / 100 per round
+#   cnn     the FedAvg paper's CNN (1,663,370 parameters), 100 devices of 600
+#           examples (iid), E=5, B=10, lr 0.05; 10 per round
 # Prints seconds per round (mean of rounds 2..ROUNDS, after warm-up), the
 # ratio to the Python loop, the overhead over bare training (the part of a
 # round that is not training), and Flotilla's time to its first round.
-# Usage: bash bench/sim_vs_python.sh [ROUNDS=5]   (after a build)
+# Usage: bash bench/sim_vs_python.sh [ROUNDS=5] [WORKLOAD=logreg]   (after a build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
-fleet=1000
+workload=${2:-logreg}
+case "$workload" in
+  logreg) arch=logreg fleet=1000 partition=windows:60 epochs=1 batch=32 per_round="10 100 1000" ;;
+  2nn) arch=2nn fleet=100 partition=iid epochs=5 batch=10 per_round="10 100" ;;
+  cnn) arch=cnn fleet=100 partition=iid epochs=5 batch=10 per_round="10" ;;
+  *) echo "usage: bash bench/sim_vs_python.sh [ROUNDS=5] [logreg|2nn|cnn]" >&2; exit 2 ;;
+esac
+lr=0.05
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+echo "$workload: $fleet devices ($partition), E=$epochs, B=$batch, lr $lr, $rounds rounds"
 printf '%-10s %12s %12s %12s %8s %9s %12s\n' "per round" "python s" "bare s" "flotilla s" "vs py" "overhead" "to round 1"
-for k in 10 100 1000; do
-  py=$(/usr/bin/python3 bench/fedavg_baseline.py --fleet $fleet --per-round $k --rounds "$rounds" \
-        --epochs 1 --batch 32 --lr 0.05 | tail -1)
-  bare=$(build/bench/bare_rounds_bench $fleet $k "$rounds" | tail -1)
-  build/cli/flotilla sim --arch logreg --clients $fleet --partition windows:60 --checkin --clients-per-round $k \
-    --over-selection 1 --selection-window 5 --rounds "$rounds" --epochs 1 --batch 32 --lr 0.05 \
+for k in $per_round; do
+  py=$(/usr/bin/python3 bench/fedavg_baseline.py --arch $arch --fleet $fleet --per-round $k --rounds "$rounds" \
+        --epochs $epochs --batch $batch --lr $lr | tail -1)
+  bare=$(build/bench/bare_rounds_bench $fleet $k "$rounds" 0 $arch $partition $epochs $batch $lr | tail -1)
+  build/cli/flotilla sim --arch $arch --clients $fleet --partition $partition --checkin --clients-per-round $k \
+    --over-selection 1 --selection-window 5 --rounds "$rounds" --epochs $epochs --batch $batch --lr $lr \
     --out "$out/k$k" --log warning --quiet >/dev/null
   /usr/bin/python3 - "$py" "$bare" "$out/k$k" "$k" <<'PY'
 import csv, json, sys
@@ -39,5 +54,11 @@ startup = summary["seconds"] - sum(full)
 python, baseline = py["seconds_per_round"], bare["seconds_per_round"]
 print("%-10s %12.3f %12.3f %12.3f %7.2fx %8.1f%% %11.1fs" % (sys.argv[4], python, baseline, flotilla, flotilla / python,
       100 * (flotilla - baseline) / flotilla, startup))
+# Where Flotilla's round goes (rounds 2..): waiting for check-ins, training
+# and reporting, merging (with the evaluation).
+n = max(len(rows) - 1, 1)
+part = lambda key: sum(float(r[key]) for r in rows[1:] or rows) / n
+print("%-10s   flotilla's round: %.3f s waiting for check-ins, %.3f s training and reporting, %.3f s merging"
+      % ("", part("selection_seconds"), part("train_seconds"), part("merge_seconds")))
 PY
 done

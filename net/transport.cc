@@ -140,6 +140,8 @@ StatusOr<std::unique_ptr<ServerSocket>> ServerSocket::Bind(Context* context, con
   if (Status st = ApplyServerSecurity(socket, options); !st.ok()) return fail(st);
   // Report unroutable peers instead of dropping replies silently.
   if (Status st = SetInt(socket, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY"); !st.ok()) return fail(st);
+  if (Status st = SetInt(socket, ZMQ_BACKLOG, options.listen_backlog, "ZMQ_BACKLOG"); !st.ok())
+    return fail(st);
   if (zmq_bind(socket, endpoint.c_str()) != 0) return fail(ZmqError("binding " + endpoint));
   char actual[256] = {0};
   size_t len = sizeof(actual);

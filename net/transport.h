@@ -56,6 +56,11 @@ struct SocketOptions {
   std::string routing_id;
   // The ZAP domain the aggregator's socket enforces.
   std::string zap_domain = "flotilla";
+  // Server sockets: connections the kernel queues before ZeroMQ accepts
+  // them (ZMQ_BACKLOG; the kernel caps it at net.core.somaxconn). ZeroMQ's
+  // default of 100 drops the SYNs of a burst of check-ins, and each
+  // dropped device waits out TCP's retransmission (1, 3, 7, 15 s).
+  int listen_backlog = 4096;
 };
 
 // Owns a ZeroMQ context (I/O threads). Sockets must be closed before it.

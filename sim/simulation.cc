@@ -348,6 +348,7 @@ class CheckInFleet {
                           c.checkin_margin;
     wake_.assign(fleet, UINT32_MAX);
     wake_at_.assign(fleet, Clock::time_point{});
+    released_for_.assign(fleet, 0);
     for (size_t i = static_cast<size_t>(slice_.index); i < fleet; i += static_cast<size_t>(slice_.count)) {
       wake_[i] = aggregator::PlanComeBack(DeviceName(i), 1, fleet, wanted, 0, 0, agg_config_.seed).round;
       ++devices_;
@@ -385,6 +386,7 @@ class CheckInFleet {
         }
       }
       RETURN_IF_ERROR(RunDue(pool, now));
+      bool missed_release = false;
       for (auto it = active_.begin(); it != active_.end();) {
         client::Session& session = *it->second;
         RETURN_IF_ERROR(session.OnTick());
@@ -395,8 +397,16 @@ class CheckInFleet {
           }
         }
         if (session.state() == client::Session::State::kAway) {
-          // Back for the round it was told, and never for one already released.
-          wake_[it->first] = std::max(session.come_back_round(), released_ + 1);
+          // Back for the round it was told, and never twice for one round.
+          // A device told (while its round ran) to come back for the round
+          // whose selection opened before it left checks in at once.
+          if (session.come_back_round() <= released_ && released_for_[it->first] < released_ &&
+              status_.selecting_round() == released_ && !agg_config_.async.enabled()) {
+            wake_[it->first] = released_;
+            missed_release = true;
+          } else {
+            wake_[it->first] = std::max(session.come_back_round(), released_ + 1);
+          }
           // Asynchronous rounds: back when the ComeBack said, in time.
           if (agg_config_.async.enabled()) {
             wake_[it->first] = 0;
@@ -415,6 +425,7 @@ class CheckInFleet {
           ++it;
         }
       }
+      if (missed_release) RETURN_IF_ERROR(Release(released_, now));
       peak_active_ = std::max(peak_active_, active_.size());
       while (!zombies_.empty() && zombies_.front().first <= now) zombies_.erase(zombies_.begin());
     }
@@ -648,6 +659,7 @@ class CheckInFleet {
       if (!Available(config_.model, agg_config_.seed, i, round, seconds)) continue;
       ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
       active_.emplace(i, std::move(session));
+      released_for_[i] = round;
     }
     return Status::Ok();
   }
@@ -666,6 +678,7 @@ class CheckInFleet {
   std::function<void(std::function<void()>)> executor_;
   std::vector<uint32_t> wake_;              // per device: the round it checks in for
   std::vector<Clock::time_point> wake_at_;  // asynchronous rounds: and the time
+  std::vector<uint32_t> released_for_;      // per device: the last round it checked in for
   std::map<size_t, std::unique_ptr<client::Session>> active_;
   uint32_t released_ = 0;
   std::unique_ptr<net::ClientSocket> observer_;

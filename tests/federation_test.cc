@@ -348,3 +348,29 @@ TEST_CASE("Asynchronous rounds: a check-in fleet gets tasks while slots are free
   CHECK(result->final_accuracy > 0.6);
   std::filesystem::remove_all(out);
 }
+
+TEST_CASE("Check-in: a round that needs the whole fleet gets it every round, without waiting out the window",
+          "[integration][checkin]") {
+  // Every device is needed every round: a device that learns of the next
+  // round (its update's Ack, while the round runs) after that round's
+  // selection opened must still check in for it at once.
+  const auto out = TempPath("whole-fleet");
+  auto c = testing::SmallSimConfig(out.string(), 200, 4000, 1000, 4);
+  c.aggregator.model_arch = "logreg";
+  c.aggregator.rounds = 6;
+  c.aggregator.checkin.enabled = true;
+  c.aggregator.checkin.clients_per_round = 200;
+  c.aggregator.checkin.over_selection = 1;
+  c.aggregator.checkin.window_seconds = 20;
+  c.aggregator.round_deadline_seconds = 60;
+  auto result = sim::RunSimulation(c);
+  REQUIRE(result.ok());
+  REQUIRE(result->rounds.size() == 6);
+  for (const auto& r : result->rounds) {
+    INFO("round " << r.round << ": " << r.selected << " selected after " << r.selection_seconds << " s");
+    CHECK(r.completed);
+    CHECK(r.selected == 200);
+    CHECK(r.selection_seconds < 15);
+  }
+  std::filesystem::remove_all(out);
+}
