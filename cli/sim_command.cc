@@ -17,6 +17,7 @@
 #include "cli/log_flags.h"
 #include "core/log.h"
 #include "core/subprocess.h"
+#include "net/session_memory.h"
 #include "sim/report.h"
 #include "sim/simulation.h"
 
@@ -118,6 +119,9 @@ flotilla::StatusOr<flotilla::sim::SimResult> RunWithRestarts(const flotilla::sim
 }  // namespace
 
 int flotilla::cli::SimMain(int argc, char** argv, const FlagOrigins& origins) {
+  // Simulated devices' CURVE sessions in plain memory, not libsodium's
+  // guarded pages (net/session_memory.h): before any socket exists.
+  flotilla::net::UsePlainSessionMemory();
   // `flotilla sim serve ...` and `flotilla sim shard ...`: the same flags
   // (a scenario's), split across processes.
   enum class Mode { kOne, kServe, kShard } mode = Mode::kOne;
