@@ -410,9 +410,16 @@ RoundEngine::CheckInAnswer RoundEngine::CheckIn(const std::string& client_id, Cl
   if (held_.size() >= 4 * std::max<size_t>(SelectionTarget(), 1))
     return ComeBack(client_id, now, "selection for round " + std::to_string(round_ + 1) + " is full");
   if (headroom_ == 0) {
-    return ComeBack(client_id, now,
-                    "the aggregator is at its limit of open connections; selection for round " +
-                        std::to_string(round_ + 1) + " holds " + std::to_string(held_.size()));
+    // Back for this same selection once connections free: after one to two
+    // shortest waits (spread by device, so retries do not come as a burst).
+    CheckInAnswer answer;
+    answer.round = round_ + 1;
+    Rng rng(DeriveSeed(config_.seed, "connection-limit", round_ + 1, DeriveSeed(0, client_id)));
+    answer.after_ms =
+        static_cast<uint32_t>(1000.0 * config_.checkin.min_come_back_seconds * (1.0 + rng.UniformDouble()));
+    answer.reason = "the aggregator is at its limit of open connections; selection for round " +
+                    std::to_string(round_ + 1) + " holds " + std::to_string(held_.size());
+    return answer;
   }
   if (headroom_ != SIZE_MAX) --headroom_;
   held_.insert(client_id);

@@ -216,9 +216,10 @@ Status Aggregator::AdvanceRounds() {
     // Check-in: selection for the next round opens once no round runs (at
     // once after one closes), and starts the round when it closes.
     engine_->SetFleetSize(FleetSize());
-    SampleConnectionHeadroom(now, false);
+    SampleFds(now, false);
     // A new selection starts from a fresh count.
-    if (engine_->MaybeOpenSelection(now)) SampleConnectionHeadroom(now, true);
+    if (engine_->MaybeOpenSelection(now)) SampleFds(now, true);
+    LogConnectionLimit();
     std::vector<std::string> released;
     ASSIGN_OR_RETURN(bool started, engine_->MaybeCloseSelection(now, &released));
     for (const auto& id : released) {
@@ -387,7 +388,8 @@ void Aggregator::PublishMetrics(bool now) {
   g.reporting_devices = engine.active() ? engine.received_count() : 0;
   g.updates_rejected = engine.rejected_updates();
   g.store_bytes = store_->ApproximateSize();
-  if (const std::optional<FdUsage> fds = ReadFdUsage()) {
+  SampleFds(t, false);
+  if (const std::optional<FdUsage>& fds = fds_) {
     g.open_fds = fds->open;
     g.fd_limit = fds->limit;
   }
@@ -500,24 +502,34 @@ Status Aggregator::HandleCheckIn(const net::Incoming& in, const wire::Envelope& 
   return Status::Ok();
 }
 
-void Aggregator::SampleConnectionHeadroom(Clock::time_point now, bool force) {
-  if (!force && now - last_fd_sample_ < std::chrono::milliseconds(250)) return;
+void Aggregator::SampleFds(Clock::time_point now, bool force) {
+  // Listing /proc/self/fd costs about a microsecond per descriptor: every
+  // 250 ms near the limit, every second below half of it (the engine counts
+  // its headroom down per device held in between).
+  const bool near = fds_ && fds_->open * 2 >= fds_->limit;
+  if (!force && now - last_fd_sample_ < std::chrono::milliseconds(near ? 250 : 1000)) return;
   last_fd_sample_ = now;
-  const std::optional<FdUsage> fds = ReadFdUsage();
-  if (!fds) return;  // no /proc: no bound
-  engine_->SetConnectionHeadroom(fds->headroom());
-  const bool at = fds->headroom() == 0;
-  if (at == at_fd_limit_) return;
+  fds_ = ReadFdUsage();
+  const std::optional<FdUsage>& fds = fds_;
+  if (fds && config_.checkin.enabled) engine_->SetConnectionHeadroom(fds->headroom());
+}
+
+void Aggregator::LogConnectionLimit() {
+  // The engine reaches the limit by a sample, or by counting the devices it
+  // held since one.
+  const bool at = engine_->at_connection_limit();
+  if (at == at_fd_limit_ || !fds_) return;
   at_fd_limit_ = at;
   if (at) {
-    LOG_WARN("aggregator",
-             fds->open << " of " << fds->limit << " file descriptors open: selection holds no more "
-                       << "check-ins (devices are told to come back later) and keeps " << fds->reserve
-                       << " for the store; raise `ulimit -n` (LimitNOFILE= under "
-                       << "systemd) to hold more devices at once");
+    LOG_WARN("aggregator", "at the limit of open connections (" << fds_->limit << " file descriptors, "
+                                                                << fds_->reserve << " kept for the store): "
+                                                                << "selection holds no more check-ins and "
+                                                                << "devices are told to come back; raise "
+                                                                << "`ulimit -n` (LimitNOFILE= under systemd) "
+                                                                << "to hold more devices at once");
   } else {
-    LOG_INFO("aggregator",
-             "file descriptors below the limit again (" << fds->open << " of " << fds->limit << " open)");
+    LOG_INFO("aggregator", "below the limit of open connections again (" << fds_->open << " of "
+                                                                         << fds_->limit << " open)");
   }
 }
 

@@ -30,6 +30,7 @@
 #include "aggregator/round_engine.h"
 #include "aggregator/secure_round.h"
 #include "aggregator/store.h"
+#include "core/fds.h"
 #include "core/log.h"
 #include "core/status.h"
 #include "core/weights.h"
@@ -180,9 +181,12 @@ class Aggregator {
   size_t known_clients_ = 0;
   size_t joined_since_log_ = 0;
   Clock::time_point last_flush_{}, last_join_log_{};
-  // File descriptors (core/fds.h): sampled every 250 ms and handed to the
-  // engine, which stops holding check-ins at the limit.
-  void SampleConnectionHeadroom(Clock::time_point now, bool force);
+  // File descriptors (core/fds.h): sampled (more often near the limit) for
+  // the metrics and, with check-in, handed to the engine, which stops
+  // holding check-ins at the limit.
+  void SampleFds(Clock::time_point now, bool force);
+  void LogConnectionLimit();  // its transitions, once each
+  std::optional<FdUsage> fds_;
   Clock::time_point last_fd_sample_{};
   bool at_fd_limit_ = false;
 };

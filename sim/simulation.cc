@@ -400,10 +400,16 @@ class CheckInFleet {
           // Back for the round it was told, and never twice for one round.
           // A device told (while its round ran) to come back for the round
           // whose selection opened before it left checks in at once.
-          if (session.come_back_round() <= released_ && released_for_[it->first] < released_ &&
-              status_.selecting_round() == released_ && !agg_config_.async.enabled()) {
+          const bool open = status_.selecting_round() == released_ && !agg_config_.async.enabled();
+          if (session.come_back_round() <= released_ && released_for_[it->first] < released_ && open) {
             wake_[it->first] = released_;
             missed_release = true;
+          } else if (session.come_back_round() == released_ && open) {
+            // Sent away from the open selection (the aggregator at its
+            // connection limit): tries it again at the time it was told.
+            wake_[it->first] = released_;
+            wake_at_[it->first] = session.wake_at();
+            retry_pending_ = true;
           } else {
             wake_[it->first] = std::max(session.come_back_round(), released_ + 1);
           }
@@ -479,10 +485,11 @@ class CheckInFleet {
         // check in whenever they like, and are given a task or told later.
         RETURN_IF_ERROR(Release(std::max<uint32_t>(1, status_.round()), now));
       } else if (status_.selecting_round() > released_ ||
-                 (TimeBasedAvailability(config_.model) && status_.selecting_round() == released_ &&
-                  released_ > 0)) {
+                 ((TimeBasedAvailability(config_.model) || retry_pending_) &&
+                  status_.selecting_round() == released_ && released_ > 0)) {
         // (With availability in time, devices that come online while
-        // selection is open check in too.)
+        // selection is open check in too; so do devices told to try the
+        // open selection again later.)
         RETURN_IF_ERROR(Release(status_.selecting_round(), now));
       }
     }
@@ -651,10 +658,15 @@ class CheckInFleet {
   // The devices due by `round` (and, in asynchronous rounds, by the time
   // their ComeBack named) that are online check in.
   Status Release(uint32_t round, Clock::time_point now) {
+    if (round != released_) retry_pending_ = false;
     released_ = round;
     const double seconds = SecondsSinceStart();
+    const bool async = agg_config_.async.enabled();
     for (size_t i = 0; i < wake_.size(); ++i) {
-      if (wake_[i] > round || wake_at_[i] > now || active_.count(i)) continue;
+      // A time to wait counts in asynchronous rounds, and for a retry of the
+      // round it was sent away from; a later round's release frees it.
+      const bool waiting = wake_at_[i] > now && (async || wake_[i] == round);
+      if (wake_[i] > round || waiting || active_.count(i)) continue;
       // Offline now: it checks in at the first round it is online.
       if (!Available(config_.model, agg_config_.seed, i, round, seconds)) continue;
       ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
@@ -679,6 +691,7 @@ class CheckInFleet {
   std::vector<uint32_t> wake_;              // per device: the round it checks in for
   std::vector<Clock::time_point> wake_at_;  // asynchronous rounds: and the time
   std::vector<uint32_t> released_for_;      // per device: the last round it checked in for
+  bool retry_pending_ = false;              // devices wait to try the open selection again
   std::map<size_t, std::unique_ptr<client::Session>> active_;
   uint32_t released_ = 0;
   std::unique_ptr<net::ClientSocket> observer_;
