@@ -2,6 +2,7 @@
 // validation that names the first bad field. Plain structs; no I/O.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <set>
@@ -117,6 +118,13 @@ struct AggregatorConfig {
   uint32_t epochs = 1;
   uint32_t batch_size = 32;
   double learning_rate = 0.05;
+  // The local learning rate decays per round: round r's tasks carry
+  // learning_rate x lr_decay^(r-1) (1 = constant; asynchronous rounds count
+  // versions).
+  double lr_decay = 1.0;
+  double LearningRateFor(uint32_t round) const {
+    return learning_rate * std::pow(lr_decay, static_cast<double>(round > 0 ? round - 1 : 0));
+  }
   double momentum = 0.0;
   double weight_decay = 0.0;
   // How devices encode their updates: "none", "int8" or "topk:F"

@@ -211,7 +211,7 @@ wire::Envelope RoundEngine::MakeTask(const std::string& client_id, Clock::time_p
   wire::TrainConfig* tc = task->mutable_config();
   tc->set_epochs(config_.epochs);
   tc->set_batch_size(config_.batch_size);
-  tc->set_learning_rate(config_.learning_rate);
+  tc->set_learning_rate(config_.LearningRateFor(round_));
   tc->set_momentum(config_.momentum);
   tc->set_weight_decay(config_.weight_decay);
   if (config_.compression != "none") tc->set_compression(config_.compression);

@@ -143,6 +143,31 @@ TEST_CASE("A round starts with enough devices, takes each update once and commit
   CHECK(f.clients.at("dev0").updates_accepted == 1);
 }
 
+TEST_CASE("Tasks carry the local learning rate decayed per round", "[round_engine]") {
+  Fixture f(2);
+  f.config.learning_rate = 0.08;
+  f.config.lr_decay = 0.5;
+  f.config.min_updates = 1;
+  f.Start();
+  const auto now = RoundEngine::Clock::now();
+  for (uint32_t round = 1; round <= 3; ++round) {
+    REQUIRE(*f.engine->MaybeStart(now, kEveryone));
+    const wire::Envelope task = f.engine->MakeTask("dev0", now);
+    CHECK(task.train_task().round() == round);
+    CHECK(task.train_task().config().learning_rate() == Approx(0.08 * std::pow(0.5, round - 1)));
+    CHECK(f.Send("dev0", f.UpdateOf(0.1f)) == wire::ERROR_UNSPECIFIED);
+    CHECK(f.Send("dev1", f.UpdateOf(0.1f)) == wire::ERROR_UNSPECIFIED);
+    REQUIRE(f.Finish());
+  }
+  AggregatorConfig bad = f.config;
+  const std::string before(bad.Validate().message());  // (the fixture's test model need not validate)
+  CHECK(before.find("lr_decay") == std::string::npos);
+  bad.lr_decay = 0;
+  CHECK(std::string(bad.Validate().message()).find("lr_decay") != std::string::npos);
+  bad.lr_decay = 1.5;
+  CHECK(std::string(bad.Validate().message()).find("lr_decay") != std::string::npos);
+}
+
 TEST_CASE("The deadline closes a round with the updates it has, or fails it below min_updates",
           "[round_engine]") {
   Fixture f(2);
