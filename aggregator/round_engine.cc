@@ -9,6 +9,14 @@
 #include "proto/codec.h"
 
 namespace flotilla::aggregator {
+
+namespace {
+// A device sent away at the connection limit tries the same selection again
+// within this many shortest waits (min_come_back); selection closes at the
+// limit once none was held for as long.
+constexpr double kLimitRetrySpan = 5.0;
+}  // namespace
+
 RoundEngine::RoundEngine(const AggregatorConfig& config, Store* store, ClientRegistry* clients, EvalFn eval,
                          RoundFn on_round)
     : config_(config),
@@ -410,13 +418,14 @@ RoundEngine::CheckInAnswer RoundEngine::CheckIn(const std::string& client_id, Cl
   if (held_.size() >= 4 * std::max<size_t>(SelectionTarget(), 1))
     return ComeBack(client_id, now, "selection for round " + std::to_string(round_ + 1) + " is full");
   if (headroom_ == 0) {
-    // Back for this same selection once connections free: after one to two
-    // shortest waits (spread by device, so retries do not come as a burst).
+    // Back for this same selection once connections free: after one to
+    // kLimitRetrySpan shortest waits (spread by device, so that retries do
+    // not come back as one burst).
     CheckInAnswer answer;
     answer.round = round_ + 1;
     Rng rng(DeriveSeed(config_.seed, "connection-limit", round_ + 1, DeriveSeed(0, client_id)));
-    answer.after_ms =
-        static_cast<uint32_t>(1000.0 * config_.checkin.min_come_back_seconds * (1.0 + rng.UniformDouble()));
+    answer.after_ms = static_cast<uint32_t>(1000.0 * config_.checkin.min_come_back_seconds *
+                                            (1.0 + (kLimitRetrySpan - 1.0) * rng.UniformDouble()));
     answer.reason = "the aggregator is at its limit of open connections; selection for round " +
                     std::to_string(round_ + 1) + " holds " + std::to_string(held_.size());
     return answer;
@@ -463,11 +472,13 @@ StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vect
       held_.size() >= target && now - last_checkin_ >= SecondsOf(config_.checkin.quiet_seconds);
   const bool window = now - selection_opened_ >= SecondsOf(config_.checkin.window_seconds) &&
                       held_.size() >= static_cast<size_t>(config_.min_clients);
-  // No room for more connections (and none freed for a quiet spell, as the
-  // last round's devices leave): waiting would only turn devices away.
-  const auto quiet = SecondsOf(config_.checkin.quiet_seconds);
+  // No room for more connections, and none held since the devices sent
+  // away could all have tried again (the last round's connections may
+  // still have been closing): waiting would only turn devices away.
+  const auto settle = SecondsOf(
+      std::max(config_.checkin.quiet_seconds, kLimitRetrySpan * config_.checkin.min_come_back_seconds));
   const bool full = headroom_ == 0 && held_.size() >= static_cast<size_t>(std::max(config_.min_clients, 1)) &&
-                    now - last_checkin_ >= quiet && now - selection_opened_ >= quiet;
+                    now - last_checkin_ >= settle && now - selection_opened_ >= settle;
   if (!enough && !window && !full) return false;
   if (full && !enough && !federation_done()) {
     LOG_WARN("aggregator", "round " << round_ + 1 << ": starting with the " << held_.size() << " of "
