@@ -13,7 +13,7 @@
 #   logreg  logistic regression, a fleet of 1,000 devices of 60 examples
 #           (windows:60), E=1, B=32, lr 0.05; 10 / 100 / 1,000 per round
 #   2nn     the FedAvg paper's 2NN (199,210 parameters), 100 devices of 600
-#           examples (iid), E=5, B=10, lr 0.05; 10 / 100 per round
+#           examples (iid), E=5, B=10, lr 0.05; 10 / 50 per round
 #   cnn     the FedAvg paper's CNN (1,663,370 parameters), 100 devices of 600
 #           examples (iid), E=5, B=10, lr 0.05; 10 per round
 # Prints seconds per round (mean of rounds 2..ROUNDS, after warm-up), the
@@ -26,7 +26,7 @@ rounds=${1:-5}
 workload=${2:-logreg}
 case "$workload" in
   logreg) arch=logreg fleet=1000 partition=windows:60 epochs=1 batch=32 per_round="10 100 1000" ;;
-  2nn) arch=2nn fleet=100 partition=iid epochs=5 batch=10 per_round="10 100" ;;
+  2nn) arch=2nn fleet=100 partition=iid epochs=5 batch=10 per_round="10 50" ;;
   cnn) arch=cnn fleet=100 partition=iid epochs=5 batch=10 per_round="10" ;;
   *) echo "usage: bash bench/sim_vs_python.sh [ROUNDS=5] [logreg|2nn|cnn]" >&2; exit 2 ;;
 esac
@@ -40,7 +40,7 @@ for k in $per_round; do
         --epochs $epochs --batch $batch --lr $lr | tail -1)
   bare=$(build/bench/bare_rounds_bench $fleet $k "$rounds" 0 $arch $partition $epochs $batch $lr | tail -1)
   build/cli/flotilla sim --arch $arch --clients $fleet --partition $partition --checkin --clients-per-round $k \
-    --over-selection 1 --selection-window 5 --rounds "$rounds" --epochs $epochs --batch $batch --lr $lr \
+    --over-selection 1 --selection-window 5 --min-clients $k --rounds "$rounds" --epochs $epochs --batch $batch --lr $lr \
     --out "$out/k$k" --log warning --quiet >/dev/null
   /usr/bin/python3 - "$py" "$bare" "$out/k$k" "$k" <<'PY'
 import csv, json, sys

@@ -14,6 +14,7 @@
 
 #include "client/session.h"
 #include "core/clock.h"
+#include "core/fds.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "privacy/keys.h"
@@ -657,6 +658,20 @@ class CheckInFleet {
 
   // The devices due by `round` (and, in asynchronous rounds, by the time
   // their ComeBack named) that are online check in.
+  // How many more device sessions this process may open now: its open
+  // files (core/fds.h) sampled every 250 ms, three per session (ZeroMQ's
+  // mailbox and the connection here, and the connection at an aggregator
+  // in the same process), counted down in between.
+  size_t SessionRoom(Clock::time_point now) {
+    if (now - room_sampled_ >= std::chrono::milliseconds(250)) {
+      room_sampled_ = now;
+      const std::optional<FdUsage> fds = ReadFdUsage();
+      room_ = fds ? fds->headroom() / 3 : SIZE_MAX;
+      if (room_ > 0) at_fd_limit_ = false;
+    }
+    return room_;
+  }
+
   Status Release(uint32_t round, Clock::time_point now) {
     if (round != released_) retry_pending_ = false;
     released_ = round;
@@ -669,6 +684,19 @@ class CheckInFleet {
       if (wake_[i] > round || waiting || active_.count(i)) continue;
       // Offline now: it checks in at the first round it is online.
       if (!Available(config_.model, agg_config_.seed, i, round, seconds)) continue;
+      if (SessionRoom(now) == 0) {
+        // This process is out of file descriptors for now: the rest check
+        // in at a later status reply, as sessions close.
+        retry_pending_ = true;
+        if (!at_fd_limit_) {
+          at_fd_limit_ = true;
+          LOG_WARN("sim", "devices wait to check in: this process is near its limit of open files ("
+                              << active_.size() << " devices connected; raise `ulimit -n`, or run more "
+                              << "shards)");
+        }
+        break;
+      }
+      if (room_ != SIZE_MAX) --room_;
       ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
       active_.emplace(i, std::move(session));
       released_for_[i] = round;
@@ -692,6 +720,9 @@ class CheckInFleet {
   std::vector<Clock::time_point> wake_at_;  // asynchronous rounds: and the time
   std::vector<uint32_t> released_for_;      // per device: the last round it checked in for
   bool retry_pending_ = false;              // devices wait to try the open selection again
+  size_t room_ = SIZE_MAX;                  // SessionRoom
+  Clock::time_point room_sampled_{};
+  bool at_fd_limit_ = false;
   std::map<size_t, std::unique_ptr<client::Session>> active_;
   uint32_t released_ = 0;
   std::unique_ptr<net::ClientSocket> observer_;
