@@ -389,9 +389,9 @@ void Aggregator::PublishMetrics(bool now) {
   g.updates_rejected = engine.rejected_updates();
   g.store_bytes = store_->ApproximateSize();
   SampleFds(t, false);
-  if (const std::optional<FdUsage>& fds = fds_) {
-    g.open_fds = fds->open;
-    g.fd_limit = fds->limit;
+  if (fds_) {
+    g.open_fds = fds_->open;
+    g.fd_limit = fds_->limit;
   }
   if (const SecureRound* secure = engine.secure()) {
     g.secagg_stage = secure->stage_name();
@@ -510,8 +510,7 @@ void Aggregator::SampleFds(Clock::time_point now, bool force) {
   if (!force && now - last_fd_sample_ < std::chrono::milliseconds(near ? 250 : 1000)) return;
   last_fd_sample_ = now;
   fds_ = ReadFdUsage();
-  const std::optional<FdUsage>& fds = fds_;
-  if (fds && config_.checkin.enabled) engine_->SetConnectionHeadroom(fds->headroom());
+  if (fds_ && config_.checkin.enabled) engine_->SetConnectionHeadroom(fds_->headroom());
 }
 
 void Aggregator::LogConnectionLimit() {

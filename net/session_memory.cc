@@ -14,12 +14,12 @@ namespace {
 enum Mode : int { kUndecided = 0, kGuarded = 1, kPlain = 2 };
 std::atomic<int> g_mode{kUndecided};
 
+// The mode, fixed to kGuarded by the first allocation if still undecided.
 int Decide() {
   int mode = g_mode.load(std::memory_order_acquire);
-  if (mode != kUndecided) return mode;
-  int expected = kUndecided;
-  g_mode.compare_exchange_strong(expected, kGuarded, std::memory_order_acq_rel);
-  return g_mode.load(std::memory_order_acquire);
+  if (mode == kUndecided && g_mode.compare_exchange_strong(mode, kGuarded, std::memory_order_acq_rel))
+    return kGuarded;
+  return mode;  // (a failed exchange leaves the current mode here)
 }
 
 // libsodium's own functions, found past this executable's definitions.

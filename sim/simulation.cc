@@ -656,22 +656,24 @@ class CheckInFleet {
     progress_->Update(line);
   }
 
-  // The devices due by `round` (and, in asynchronous rounds, by the time
-  // their ComeBack named) that are online check in.
-  // How many more device sessions this process may open now: its open
-  // files (core/fds.h) sampled every 250 ms, three per session (ZeroMQ's
-  // mailbox and the connection here, and the connection at an aggregator
-  // in the same process), counted down in between.
-  size_t SessionRoom(Clock::time_point now) {
+  // Takes room for one more device session if this process has it: its
+  // open files (core/fds.h) sampled every 250 ms, three per session
+  // (ZeroMQ's mailbox and the connection here, and the connection at an
+  // aggregator in the same process), counted down in between.
+  bool TakeSessionRoom(Clock::time_point now) {
     if (now - room_sampled_ >= std::chrono::milliseconds(250)) {
       room_sampled_ = now;
       const std::optional<FdUsage> fds = ReadFdUsage();
       room_ = fds ? fds->headroom() / 3 : SIZE_MAX;
       if (room_ > 0) at_fd_limit_ = false;
     }
-    return room_;
+    if (room_ == 0) return false;
+    if (room_ != SIZE_MAX) --room_;
+    return true;
   }
 
+  // The devices due by `round` (and, in asynchronous rounds, by the time
+  // their ComeBack named) that are online check in.
   Status Release(uint32_t round, Clock::time_point now) {
     if (round != released_) retry_pending_ = false;
     released_ = round;
@@ -684,7 +686,7 @@ class CheckInFleet {
       if (wake_[i] > round || waiting || active_.count(i)) continue;
       // Offline now: it checks in at the first round it is online.
       if (!Available(config_.model, agg_config_.seed, i, round, seconds)) continue;
-      if (SessionRoom(now) == 0) {
+      if (!TakeSessionRoom(now)) {
         // This process is out of file descriptors for now: the rest check
         // in at a later status reply, as sessions close.
         retry_pending_ = true;
@@ -696,7 +698,6 @@ class CheckInFleet {
         }
         break;
       }
-      if (room_ != SIZE_MAX) --room_;
       ASSIGN_OR_RETURN(std::unique_ptr<client::Session> session, CheckIn(i));
       active_.emplace(i, std::move(session));
       released_for_[i] = round;
@@ -720,7 +721,7 @@ class CheckInFleet {
   std::vector<Clock::time_point> wake_at_;  // asynchronous rounds: and the time
   std::vector<uint32_t> released_for_;      // per device: the last round it checked in for
   bool retry_pending_ = false;              // devices wait to try the open selection again
-  size_t room_ = SIZE_MAX;                  // SessionRoom
+  size_t room_ = SIZE_MAX;                  // TakeSessionRoom
   Clock::time_point room_sampled_{};
   bool at_fd_limit_ = false;
   std::map<size_t, std::unique_ptr<client::Session>> active_;

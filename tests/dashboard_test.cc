@@ -3,7 +3,6 @@
 // the end), Debian's headless Chromium opening the page while rounds run. The chart must hold every finished
 // round, the round counter must advance between two looks, and a screenshot is saved
 // (test-output/dashboard.png beside the test binary).
-#include <signal.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "core/subprocess.h"
+#include "testing/kill_on_exit.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
@@ -79,13 +79,7 @@ TEST_CASE("The dashboard in headless Chromium charts the finished rounds and its
                     (dir / "run").string(), "--quiet", "--log", "warning"},
                    (dir / "sim.log").string());
   REQUIRE(sim > 0);
-  struct Stop {
-    pid_t pid;
-    ~Stop() {
-      ::kill(pid, SIGKILL);
-      WaitProcess(pid);
-    }
-  } stop{sim};
+  testing::KillOnExit stop{sim};  // the simulation runs on: always stopped
   const auto start = std::chrono::steady_clock::now();
   auto waited = [&start] { return std::chrono::steady_clock::now() - start; };
   while (!fs::exists(dir / "run" / "http.url") && waited() < std::chrono::seconds(120))

@@ -5,7 +5,6 @@
 #include <arpa/inet.h>
 #include <httplib.h>
 #include <netinet/in.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +20,7 @@
 #include <vector>
 
 #include "core/subprocess.h"
+#include "testing/kill_on_exit.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
@@ -85,16 +85,7 @@ TEST_CASE(
                     (dir / "run").string(), "--quiet", "--log", "warning"},
                    (dir / "sim.log").string());
   REQUIRE(sim > 0);
-  struct Reap {
-    pid_t pid;
-    bool done = false;
-    ~Reap() {
-      if (!done) {
-        ::kill(pid, SIGKILL);
-        WaitProcess(pid);
-      }
-    }
-  } reap{sim};
+  testing::KillOnExit reap{sim};
   const auto start = std::chrono::steady_clock::now();
   while (!fs::exists(dir / "run" / "http.url") &&
          std::chrono::steady_clock::now() - start < std::chrono::seconds(120))

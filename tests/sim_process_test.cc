@@ -1,6 +1,5 @@
 // The simulator as its users run it: whole `flotilla sim` processes, a
 // server with shards started by mpirun, and what they write.
-#include <signal.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "core/subprocess.h"
+#include "testing/kill_on_exit.h"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
@@ -71,18 +71,6 @@ int RunSim(const std::vector<std::string>& scenario, const fs::path& log, const 
   return Run(args, log);
 }
 
-// Kills a spawned process when a REQUIRE leaves the test early.
-struct KillOnFailure {
-  pid_t pid;
-  bool done = false;
-  ~KillOnFailure() {
-    if (!done) {
-      ::kill(pid, SIGKILL);
-      WaitProcess(pid);
-    }
-  }
-};
-
 }  // namespace
 
 TEST_CASE("Two simulations with the same seed write identical metrics files, and another seed does not",
@@ -113,7 +101,7 @@ TEST_CASE("Three shards started by mpirun write the same metrics as one process"
   serve.insert(serve.end(), {"--endpoint-file", (dir / "endpoint").string()});
   pid_t server = SpawnProcess(serve, (dir / "serve.log").string());
   REQUIRE(server > 0);
-  KillOnFailure guard{server};
+  testing::KillOnExit guard{server};
   const std::string endpoint = WaitForEndpoint(dir / "endpoint");
   std::vector<std::string> shards = {
       mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "3", kBin, "sim", "shard", "--join", endpoint};
@@ -207,7 +195,7 @@ TEST_CASE("An aggregator at its file-descriptor limit starts rounds with the dev
   serve.insert(serve.end(), {"--endpoint-file", (dir / "endpoint").string()});
   const pid_t server = SpawnProcess(serve, (dir / "serve.log").string());
   REQUIRE(server > 0);
-  KillOnFailure guard{server};
+  testing::KillOnExit guard{server};
   std::vector<std::string> shard = {
       kBin, "sim", "shard", "--index", "0", "--of", "1", "--join", WaitForEndpoint(dir / "endpoint")};
   for (const auto& a : scenario(dir / "shard")) shard.push_back(a);
