@@ -88,6 +88,7 @@ Status AggregatorConfig::Validate() const {
     return InvalidArgument("learning rate must be positive");
   if (!(lr_decay > 0 && lr_decay <= 1))
     return InvalidArgument("lr_decay must be in (0, 1] (1: a constant rate)");
+  if (eval_every < 1) return InvalidArgument("eval_every must be at least 1 (1: evaluate every round)");
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
   if (!(server_learning_rate >= 0) || !std::isfinite(server_learning_rate))
     return InvalidArgument("server learning rate must be positive (or 0 for the server optimizer's default)");

@@ -122,6 +122,13 @@ struct AggregatorConfig {
   // learning_rate x lr_decay^(r-1) (1 = constant; asynchronous rounds count
   // versions).
   double lr_decay = 1.0;
+  // The aggregator evaluates the global model every `eval_every` rounds
+  // (and after the last round); the rounds in between publish their model
+  // without test metrics. 1 = every round.
+  uint32_t eval_every = 1;
+  bool EvaluatesRound(uint32_t round) const {
+    return eval_every <= 1 || round % eval_every == 0 || round >= rounds;
+  }
   double LearningRateFor(uint32_t round) const {
     return learning_rate * std::pow(lr_decay, static_cast<double>(round > 0 ? round - 1 : 0));
   }
@@ -188,6 +195,9 @@ struct AggregatorConfig {
   net::SocketOptions socket = DefaultSocketOptions();
   std::string allowlist_path;
   std::set<std::string> allowed_clients;
+  // Allowlisted keys that are not devices (the simulator's observers): the
+  // fleet size that pace steering plans with leaves them out.
+  size_t non_device_keys = 0;
   DpConfig dp;
   CheckInConfig checkin;
   AsyncConfig async;

@@ -112,7 +112,8 @@ std::string AggregatorMetrics::Render() const {
   t.HistogramSamples(round_.data());
   // The model.
   if (test_accuracy_)
-    t.Gauge("flotilla_model_test_accuracy", "Test accuracy of the latest model.", *test_accuracy_);
+    t.Gauge("flotilla_model_test_accuracy", "Test accuracy of the latest evaluated model (--eval-every).",
+            *test_accuracy_);
   if (test_loss_) t.Gauge("flotilla_model_test_loss", "Test loss of the latest model.", *test_loss_);
   // Privacy.
   if (g.epsilon_budget > 0) {

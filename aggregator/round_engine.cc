@@ -710,7 +710,7 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
 
   ASSIGN_OR_RETURN(records::ModelRecord model, registry_->SignNext(next, round_, NowUnixMs()));
   (*model.mutable_metrics())["train_loss"] = summary.mean_train_loss;
-  if (eval_) {
+  if (eval_ && config_.EvaluatesRound(round_)) {
     StatusOr<EvalMetrics> metrics = eval_(next);
     if (metrics.ok()) {
       summary.test_loss = metrics->loss;

@@ -533,7 +533,9 @@ void Aggregator::LogConnectionLimit() {
 }
 
 size_t Aggregator::FleetSize() const {
-  return std::max(known_clients_, zap_ ? zap_->allowed_count() : size_t{0});
+  const size_t allowed = zap_ ? zap_->allowed_count() : size_t{0};
+  const size_t devices = allowed > config_.non_device_keys ? allowed - config_.non_device_keys : 0;
+  return std::max(known_clients_, devices);
 }
 
 void Aggregator::FlushRegistry(bool force) {

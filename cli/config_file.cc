@@ -37,6 +37,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "batch", "--batch");
     both("round", "lr", "--lr");
     both("round", "lr_decay", "--lr-decay");
+    both("round", "eval_every", "--eval-every");
     both("round", "momentum", "--momentum");
     both("round", "weight_decay", "--weight-decay");
     both("round", "server_lr", "--server-lr");

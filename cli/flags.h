@@ -231,6 +231,11 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
          "--lr-decay", c->lr_decay,
          "Per-round decay of the local learning rate: round r trains at lr x decay^(r-1) (1: constant)")
       ->capture_default_str();
+  app->add_option(
+         "--eval-every", c->eval_every,
+         "Evaluate the global model on the test set every N rounds and after the last (1: every round)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app->add_option("--momentum", c->momentum, "Local SGD momentum [0,1)")->capture_default_str();
   app->add_option("--weight-decay", c->weight_decay, "Local L2 weight decay")->capture_default_str();
   app->add_option(

@@ -127,10 +127,12 @@ int flotilla::cli::RegistryMain(int argc, char** argv, const FlagOrigins& /*orig
                             : r.outcome() == records::RoundRecord::OUTCOME_FAILED  ? "failed"
                                                                                    : "running";
       // fed_acc: the devices' held-out accuracy of the model the round started from.
+      // test_acc "-": a round the aggregator did not evaluate (--eval-every).
+      const bool evaluated = r.test_loss() != 0 || r.test_accuracy() != 0;
       std::printf(
-          "%6u %-10s %4d/%-3d %8llu %10.4f %10.4f %10s %8.1f %s\n", r.round(), outcome, r.received_size(),
+          "%6u %-10s %4d/%-3d %8llu %10.4f %10s %10s %8.1f %s\n", r.round(), outcome, r.received_size(),
           r.selected_size(), static_cast<unsigned long long>(r.result_model_version()), r.mean_train_loss(),
-          r.test_accuracy(),
+          evaluated ? std::to_string(r.test_accuracy()).substr(0, 6).c_str() : "-",
           r.federated_examples() > 0 ? std::to_string(r.federated_accuracy()).substr(0, 6).c_str() : "-",
           r.seconds(), r.note().c_str());
     }

@@ -74,10 +74,20 @@ std::string FormatRound(const aggregator::RoundSummary& r, uint32_t rounds) {
                   r.round, rounds, r.received, r.selected, r.seconds);
     return line;
   }
+  // A round the aggregator did not evaluate (--eval-every) shows "-".
+  auto metric = [](const std::optional<double>& v) {
+    char text[32];
+    if (v) {
+      std::snprintf(text, sizeof(text), "%.4f", *v);
+    } else {
+      std::snprintf(text, sizeof(text), "%-6s", "-");
+    }
+    return std::string(text);
+  };
   std::snprintf(line, sizeof(line),
-                "round %3u/%u  clients %3d/%-3d  train_loss %.4f  test_loss %.4f  test_acc %.4f  %6.1fs",
-                r.round, rounds, r.received, r.selected, r.mean_train_loss, r.test_loss.value_or(NAN),
-                r.test_accuracy.value_or(NAN), r.seconds);
+                "round %3u/%u  clients %3d/%-3d  train_loss %.4f  test_loss %s  test_acc %s  %6.1fs", r.round,
+                rounds, r.received, r.selected, r.mean_train_loss, metric(r.test_loss).c_str(),
+                metric(r.test_accuracy).c_str(), r.seconds);
   std::string out = line;
   if (r.bytes_in + r.bytes_out > 0) {
     std::snprintf(line, sizeof(line), "  MB in/out %.2f/%.2f", static_cast<double>(r.bytes_in) / 1e6,

@@ -161,6 +161,7 @@ StatusOr<FleetKeys> MakeKeys(const SimConfig& config, aggregator::AggregatorConf
       ASSIGN_OR_RETURN(privacy::CurveKeyPair observer, keys.Observer(shard));
       agg_config->allowed_clients.insert(observer.public_z85);
     }
+    agg_config->non_device_keys = FleetKeys::kMaxShards;
   }
   return keys;
 }

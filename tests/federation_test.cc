@@ -374,3 +374,32 @@ TEST_CASE("Check-in: a round that needs the whole fleet gets it every round, wit
   }
   std::filesystem::remove_all(out);
 }
+
+TEST_CASE("Check-in: pace steering plans with the devices only, not the simulator's observer keys",
+          "[integration][checkin]") {
+  // The simulator allowlists an observer key per possible shard beside its
+  // devices. Counted as devices, they made 100 look like 356, so pace
+  // steering asked each device to check in for only about one round in
+  // seven and a 50-of-100 round got about 25 check-ins: with min_clients 50
+  // its selection never closed.
+  const auto out = TempPath("pace-devices");
+  auto c = testing::SmallSimConfig(out.string(), 100, 4000, 1000, 4);
+  c.aggregator.model_arch = "logreg";
+  c.aggregator.rounds = 4;
+  c.aggregator.min_clients = 50;
+  c.aggregator.checkin.enabled = true;
+  c.aggregator.checkin.clients_per_round = 50;
+  c.aggregator.checkin.over_selection = 1;
+  c.aggregator.checkin.window_seconds = 20;
+  c.aggregator.round_deadline_seconds = 60;
+  auto result = sim::RunSimulation(c);
+  REQUIRE(result.ok());
+  REQUIRE(result->rounds.size() == 4);
+  for (const auto& r : result->rounds) {
+    INFO("round " << r.round << ": " << r.selected << " selected after " << r.selection_seconds << " s");
+    CHECK(r.completed);
+    CHECK(r.selected == 50);
+    CHECK(r.selection_seconds < 15);
+  }
+  std::filesystem::remove_all(out);
+}

@@ -31,6 +31,7 @@ struct Fixture {
   ClientRegistry clients{ClientRegistry::PausePolicy{}};
   AggregatorConfig config;
   std::vector<RoundSummary> seen;  // from the round callback
+  EvalFn eval;                     // the aggregator's evaluation (none by default)
   std::unique_ptr<RoundEngine> engine;
 
   explicit Fixture(int devices) {
@@ -57,7 +58,7 @@ struct Fixture {
     auto s = Store::OnKvStore(std::make_unique<testing::SharedKvStore>(memory));
     REQUIRE(s.ok());
     store = std::move(s).value();
-    auto e = RoundEngine::Recover(config, store.get(), &clients, Weights::Zeros(TinyLayout()), nullptr,
+    auto e = RoundEngine::Recover(config, store.get(), &clients, Weights::Zeros(TinyLayout()), eval,
                                   [this](const RoundSummary& r) { seen.push_back(r); });
     INFO(e.status().ToString());
     REQUIRE(e.ok());
@@ -166,6 +167,47 @@ TEST_CASE("Tasks carry the local learning rate decayed per round", "[round_engin
   CHECK(std::string(bad.Validate().message()).find("lr_decay") != std::string::npos);
   bad.lr_decay = 1.5;
   CHECK(std::string(bad.Validate().message()).find("lr_decay") != std::string::npos);
+}
+
+TEST_CASE("The global model is evaluated every eval_every rounds and after the last", "[round_engine]") {
+  Fixture f(2);
+  f.config.rounds = 5;
+  f.config.eval_every = 2;
+  f.config.min_updates = 1;
+  std::vector<float> evaluated;  // the first weight of each model evaluated
+  f.eval = [&evaluated](const Weights& w) -> StatusOr<EvalMetrics> {
+    evaluated.push_back(w.data.at(0));
+    EvalMetrics m;
+    m.loss = 1.0 / static_cast<double>(evaluated.size());
+    m.accuracy = 0.1 * static_cast<double>(evaluated.size());
+    return m;
+  };
+  f.Start();
+  const auto now = RoundEngine::Clock::now();
+  for (uint32_t round = 1; round <= 5; ++round) {
+    REQUIRE(*f.engine->MaybeStart(now, kEveryone));
+    CHECK(f.Send("dev0", f.UpdateOf(0.5f)) == wire::ERROR_UNSPECIFIED);
+    CHECK(f.Send("dev1", f.UpdateOf(0.5f)) == wire::ERROR_UNSPECIFIED);
+    REQUIRE(f.Finish());
+  }
+  REQUIRE(f.seen.size() == 5);
+  // Rounds 2 and 4, and round 5 (the last), each on that round's model.
+  CHECK(evaluated == std::vector<float>{1.0f, 2.0f, 2.5f});
+  CHECK_FALSE(f.seen[0].test_accuracy);
+  CHECK(f.seen[1].test_accuracy == Approx(0.1));
+  CHECK_FALSE(f.seen[2].test_accuracy);
+  CHECK(f.seen[3].test_accuracy == Approx(0.2));
+  CHECK(f.seen[4].test_accuracy == Approx(0.3));
+  CHECK(f.seen[4].test_loss == Approx(1.0 / 3));
+  auto rounds = f.store->ListRounds();
+  REQUIRE(rounds.ok());
+  REQUIRE(rounds->size() == 5);
+  CHECK(rounds->at(0).test_accuracy() == 0);  // not evaluated (proto3: absent reads 0)
+  CHECK(rounds->at(1).test_accuracy() == Approx(0.1));
+
+  AggregatorConfig bad = f.config;
+  bad.eval_every = 0;
+  CHECK(std::string(bad.Validate().message()).find("eval_every") != std::string::npos);
 }
 
 TEST_CASE("The deadline closes a round with the updates it has, or fails it below min_updates",
