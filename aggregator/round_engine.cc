@@ -477,8 +477,12 @@ StatusOr<bool> RoundEngine::MaybeCloseSelection(Clock::time_point now, std::vect
   // still have been closing): waiting would only turn devices away.
   const auto settle = SecondsOf(
       std::max(config_.checkin.quiet_seconds, kLimitRetrySpan * config_.checkin.min_come_back_seconds));
+  // (Holding under half of what the server could hold, the limit is the
+  // check-ins it has yet to answer: a burst at the selection's opening.)
+  const size_t fills = capacity_ == SIZE_MAX ? 0 : std::min(target, capacity_ / 2);
   const bool full = headroom_ == 0 && held_.size() >= static_cast<size_t>(std::max(config_.min_clients, 1)) &&
-                    now - last_checkin_ >= settle && now - selection_opened_ >= settle;
+                    held_.size() >= fills && now - last_checkin_ >= settle &&
+                    now - selection_opened_ >= settle;
   if (!enough && !window && !full) return false;
   if (full && !enough && !federation_done()) {
     LOG_WARN("aggregator", "round " << round_ + 1 << ": starting with the " << held_.size() << " of "

@@ -124,8 +124,15 @@ class RoundEngine {
   // headroom, sampled). Each device held for selection spends one; at zero,
   // check-ins are told to come back and selection closes with what it
   // holds (if at least min_clients) instead of waiting for its window.
-  // Unbounded (SIZE_MAX) unless set.
-  void SetConnectionHeadroom(size_t n) { headroom_ = n; }
+  // Unbounded (SIZE_MAX) unless set. `capacity`: the most connections the
+  // server could hold with none open (its limit less its reserve and its
+  // own files; SIZE_MAX: unknown). Selection closes at the limit only once
+  // it holds half of that (or its target): below it, most connections are
+  // check-ins still being answered, which free as the devices leave.
+  void SetConnectionHeadroom(size_t n, size_t capacity = SIZE_MAX) {
+    headroom_ = n;
+    capacity_ = capacity;
+  }
   bool at_connection_limit() const { return headroom_ == 0; }
   // Opens selection for the next round when one is due: no round running,
   // no back-off, rounds left. True when it opened.
@@ -294,6 +301,7 @@ class RoundEngine {
   bool selecting_ = false;
   std::set<std::string> held_;
   size_t headroom_ = SIZE_MAX;  // SetConnectionHeadroom
+  size_t capacity_ = SIZE_MAX;
   Clock::time_point selection_opened_{}, last_checkin_{}, last_round_start_{};
   double selection_seconds_ = 0.0;     // the running round's
   int refused_ = 0;                    // the running round's refused updates

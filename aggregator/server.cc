@@ -510,7 +510,12 @@ void Aggregator::SampleFds(Clock::time_point now, bool force) {
   if (!force && now - last_fd_sample_ < std::chrono::milliseconds(near ? 250 : 1000)) return;
   last_fd_sample_ = now;
   fds_ = ReadFdUsage();
-  if (fds_ && config_.checkin.enabled) engine_->SetConnectionHeadroom(fds_->headroom());
+  if (!fds_) return;
+  idle_fds_ = std::min(idle_fds_, fds_->open);
+  if (config_.checkin.enabled) {
+    const size_t own = idle_fds_ + fds_->reserve;
+    engine_->SetConnectionHeadroom(fds_->headroom(), fds_->limit > own ? fds_->limit - own : 0);
+  }
 }
 
 void Aggregator::LogConnectionLimit() {

@@ -187,6 +187,7 @@ class Aggregator {
   void SampleFds(Clock::time_point now, bool force);
   void LogConnectionLimit();  // its transitions, once each
   std::optional<FdUsage> fds_;
+  size_t idle_fds_ = SIZE_MAX;  // the fewest descriptors seen open: the server's own files
   Clock::time_point last_fd_sample_{};
   bool at_fd_limit_ = false;
 };

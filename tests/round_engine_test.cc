@@ -446,6 +446,50 @@ TEST_CASE("Check-in: at its connection limit selection holds no more and starts 
   CHECK(released.empty());
 }
 
+TEST_CASE("Check-in: a burst at the limit does not close selection while it holds under half its capacity",
+          "[round_engine][checkin]") {
+  // At a selection's opening every due device connects at once: the server
+  // is at its limit while most of its connections are check-ins it has yet
+  // to answer. Starting the round then would start it nearly empty.
+  CheckInFixture f;
+  f.config.checkin.min_come_back_seconds = 0.2;
+  f.config.checkin.window_seconds = 30;
+  f.Start();
+  f.engine->SetFleetSize(20);
+  const auto t0 = RoundEngine::Clock::now();
+  REQUIRE(f.engine->MaybeOpenSelection(t0));
+  // Room for 8 connections with none open; 3 fit now, the burst takes the rest.
+  f.engine->SetConnectionHeadroom(3, 8);
+  CHECK(f.CheckIns(0, 6, t0) == 3);
+  CHECK(f.engine->at_connection_limit());
+  std::vector<std::string> released;
+  // Held 3 of the 4 (half of 8) it could: past the settle time it waits on.
+  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 2s, &released));
+  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 10s, &released));
+  // The burst's connections close: one more held, then the limit again.
+  f.engine->SetConnectionHeadroom(1, 8);
+  CHECK(f.CheckIns(6, 8, t0 + 10s) == 1);
+  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 10s + 500ms, &released));  // settling
+  REQUIRE(*f.engine->MaybeCloseSelection(t0 + 11s + 100ms, &released));
+  CHECK(f.engine->selected_count() == 4);
+}
+
+TEST_CASE("Check-in: a burst that never clears starts the round at the window", "[round_engine][checkin]") {
+  CheckInFixture f;
+  f.config.checkin.min_come_back_seconds = 0.2;
+  f.config.checkin.window_seconds = 30;
+  f.Start();
+  f.engine->SetFleetSize(20);
+  const auto t0 = RoundEngine::Clock::now();
+  REQUIRE(f.engine->MaybeOpenSelection(t0));
+  f.engine->SetConnectionHeadroom(2, 100);
+  CHECK(f.CheckIns(0, 6, t0) == 2);
+  std::vector<std::string> released;
+  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 29s, &released));
+  REQUIRE(*f.engine->MaybeCloseSelection(t0 + 30s, &released));
+  CHECK(f.engine->selected_count() == 2);
+}
+
 TEST_CASE("Pace steering spreads a fleet over the rounds it takes to cycle, reproducibly",
           "[round_engine][checkin]") {
   // 10,000 devices, 125 wanted per round: an 80-round cycle.
