@@ -89,6 +89,16 @@ Status AggregatorConfig::Validate() const {
   if (!(lr_decay > 0 && lr_decay <= 1))
     return InvalidArgument("lr_decay must be in (0, 1] (1: a constant rate)");
   if (eval_every < 1) return InvalidArgument("eval_every must be at least 1 (1: evaluate every round)");
+  if (swa_from > rounds) {
+    return InvalidArgument(
+        "swa_from (" + std::to_string(swa_from) + ") must be at most rounds (" + std::to_string(rounds) +
+        "): the last round publishes the mean of rounds swa_from.." + std::to_string(rounds));
+  }
+  if (swa_from > 0 && retain_last > 0 && retain_last < rounds - swa_from + 1) {
+    return InvalidArgument("swa_from " + std::to_string(swa_from) + " averages the models of the last " +
+                           std::to_string(rounds - swa_from + 1) + " rounds, but retain_last keeps " +
+                           std::to_string(retain_last) + " versions: raise retain_last or swa_from");
+  }
   if (momentum < 0 || momentum >= 1) return InvalidArgument("momentum must be in [0, 1)");
   if (!(server_learning_rate >= 0) || !std::isfinite(server_learning_rate))
     return InvalidArgument("server learning rate must be positive (or 0 for the server optimizer's default)");
@@ -199,6 +209,10 @@ Status AggregatorConfig::Validate() const {
   }
   if (async.enabled()) {
     RETURN_IF_ERROR(async.Validate());
+    if (swa_from > 0)
+      return InvalidArgument(
+          "swa_from (tail averaging) is for synchronous rounds; asynchronous versions are not rounds of one "
+          "cohort: drop --swa-from or --async-buffer");
     if (secagg.enabled)
       return InvalidArgument(
           "asynchronous rounds take updates one at a time, but secure aggregation needs a fixed cohort "

@@ -126,8 +126,15 @@ struct AggregatorConfig {
   // (and after the last round); the rounds in between publish their model
   // without test metrics. 1 = every round.
   uint32_t eval_every = 1;
-  bool EvaluatesRound(uint32_t round) const {
-    return eval_every <= 1 || round % eval_every == 0 || round >= rounds;
+  // Tail averaging (stochastic weight averaging on the server: Izmailov et
+  // al. 2018; Caldarola et al. 2022 for federated learning): the last
+  // round publishes the mean of the global models of rounds swa_from..rounds
+  // (read back from the store) instead of its own merge. Training is
+  // unchanged: earlier rounds' tasks carry their own global models.
+  // 0 = off.
+  uint32_t swa_from = 0;
+  bool EvaluatesRound(uint32_t round, bool last) const {
+    return last || eval_every <= 1 || round % eval_every == 0;
   }
   double LearningRateFor(uint32_t round) const {
     return learning_rate * std::pow(lr_decay, static_cast<double>(round > 0 ? round - 1 : 0));

@@ -43,7 +43,8 @@ class ModelRegistry {
 
   const Weights& global() const { return global_; }
   uint64_t version() const { return version_; }
-  uint32_t round() const { return round_; }  // the round that produced version()
+  uint32_t round() const { return round_; }                        // the round that produced version()
+  const std::vector<uint64_t>& stored() const { return stored_; }  // the versions in the store, ascending
   const std::string& signature() const { return signature_; }
 
   // The signed record of the next version (`weights`, produced by `round`).

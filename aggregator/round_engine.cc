@@ -697,6 +697,22 @@ Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecor
   return Status::Ok();
 }
 
+StatusOr<Weights> RoundEngine::TailAverage(const Weights& own, size_t* count) const {
+  std::vector<double> sum(own.data.begin(), own.data.end());
+  size_t n = 1;
+  for (uint64_t v : registry_->stored()) {
+    ASSIGN_OR_RETURN(records::ModelRecord m, store_->GetModel(v));
+    if (m.round() < config_.swa_from || m.round() == 0) continue;
+    ASSIGN_OR_RETURN(Weights w, proto::WeightsFromProto(m.weights(), own.layout));
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += static_cast<double>(w.data[i]);
+    ++n;
+  }
+  Weights mean = own;
+  for (size_t i = 0; i < sum.size(); ++i) mean.data[i] = static_cast<float>(sum[i] / static_cast<double>(n));
+  *count = n;
+  return mean;
+}
+
 Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, RoundSummary summary,
                                     std::vector<records::LedgerEntry> ledger) {
   if (config_.dp.enabled()) summary.epsilon = budget_->epsilon();
@@ -712,9 +728,39 @@ Status RoundEngine::CommitCompleted(Weights next, records::RoundRecord record, R
                             : summary.secure ? NAN
                                              : 0.0;
 
+  // The federation's last round (failed rounds do not count).
+  const bool last = rounds_done_ + 1 >= config_.rounds;
+  size_t averaged = 0;
+  if (last && config_.swa_from > 0) {
+    // Publish the mean of the last rounds' models (tail averaging); the
+    // round's own merge is evaluated for the log line.
+    std::optional<EvalMetrics> own;
+    if (eval_) {
+      StatusOr<EvalMetrics> m = eval_(next);
+      if (m.ok()) own = *m;
+    }
+    StatusOr<Weights> mean = TailAverage(next, &averaged);
+    if (mean.ok()) {
+      next = std::move(mean).value();
+      record.set_note("the mean of the " + std::to_string(averaged) + " models of rounds " +
+                      std::to_string(config_.swa_from) + "-" + std::to_string(round_) + " (swa_from)");
+      if (own) {
+        LOG_INFO("aggregator", "round " << round_ << " publishes the mean of the " << averaged
+                                        << " models of rounds " << config_.swa_from << "-" << round_
+                                        << " (swa_from); the round's own model: test accuracy "
+                                        << own->accuracy << ", loss " << own->loss);
+      }
+    } else {
+      averaged = 0;
+      LOG_WARN("aggregator", "round " << round_ << " publishes its own model, not the mean of rounds "
+                                      << config_.swa_from << "-" << round_
+                                      << " (swa_from): " << mean.status().ToString());
+    }
+  }
   ASSIGN_OR_RETURN(records::ModelRecord model, registry_->SignNext(next, round_, NowUnixMs()));
   (*model.mutable_metrics())["train_loss"] = summary.mean_train_loss;
-  if (eval_ && config_.EvaluatesRound(round_)) {
+  if (averaged > 0) (*model.mutable_metrics())["swa_models"] = static_cast<double>(averaged);
+  if (eval_ && config_.EvaluatesRound(round_, last)) {
     StatusOr<EvalMetrics> metrics = eval_(next);
     if (metrics.ok()) {
       summary.test_loss = metrics->loss;

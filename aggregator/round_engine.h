@@ -254,6 +254,9 @@ class RoundEngine {
   Status StartSecureRound();
   Status FinishRound(bool deadline_passed);
   Status CommitFailed(const std::string& failure, records::RoundRecord record, RoundSummary summary);
+  // The mean of `own` (the last round's merge) and the stored models of
+  // rounds config.swa_from on; `count`: how many.
+  StatusOr<Weights> TailAverage(const Weights& own, size_t* count) const;
   Status CommitCompleted(Weights next, records::RoundRecord record, RoundSummary summary,
                          std::vector<records::LedgerEntry> ledger);
   UpdateExpectation ExpectationNow() const;

@@ -38,6 +38,7 @@ const std::vector<ConfigKey>& ConfigKeys() {
     both("round", "lr", "--lr");
     both("round", "lr_decay", "--lr-decay");
     both("round", "eval_every", "--eval-every");
+    both("round", "swa_from", "--swa-from");
     both("round", "momentum", "--momentum");
     both("round", "weight_decay", "--weight-decay");
     both("round", "server_lr", "--server-lr");

@@ -236,6 +236,10 @@ inline void AddRoundFlags(CLI::App* app, AggregatorConfig* c) {
          "Evaluate the global model on the test set every N rounds and after the last (1: every round)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app->add_option("--swa-from", c->swa_from,
+                  "Tail averaging: the last round publishes the mean of the global models of rounds R..last "
+                  "(0: off; docs/strategies.md)")
+      ->capture_default_str();
   app->add_option("--momentum", c->momentum, "Local SGD momentum [0,1)")->capture_default_str();
   app->add_option("--weight-decay", c->weight_decay, "Local L2 weight decay")->capture_default_str();
   app->add_option(

@@ -210,6 +210,46 @@ TEST_CASE("The global model is evaluated every eval_every rounds and after the l
   CHECK(std::string(bad.Validate().message()).find("eval_every") != std::string::npos);
 }
 
+TEST_CASE(
+    "Tail averaging: the last round publishes the mean of the models of rounds swa_from on, across a restart",
+    "[round_engine]") {
+  Fixture f(2);
+  f.config.rounds = 4;
+  f.config.swa_from = 2;
+  f.config.min_updates = 1;
+  std::vector<float> evaluated;
+  f.eval = [&evaluated](const Weights& w) -> StatusOr<EvalMetrics> {
+    evaluated.push_back(w.data.at(0));
+    return EvalMetrics{};
+  };
+  f.Start();
+  const auto now = RoundEngine::Clock::now();
+  for (uint32_t round = 1; round <= 4; ++round) {
+    if (round == 4) f.Start();  // a restart before the last round
+    REQUIRE(*f.engine->MaybeStart(now, kEveryone));
+    CHECK(f.Send("dev0", f.UpdateOf(0.5f)) == wire::ERROR_UNSPECIFIED);
+    CHECK(f.Send("dev1", f.UpdateOf(0.5f)) == wire::ERROR_UNSPECIFIED);
+    REQUIRE(f.Finish());
+  }
+  // Rounds' own models: 0.5, 1, 1.5, 2; the last publishes (1 + 1.5 + 2) / 3.
+  CHECK(evaluated == std::vector<float>{0.5f, 1.0f, 1.5f, 2.0f, 1.5f});
+  for (float x : f.engine->registry().global().data) REQUIRE(x == 1.5f);
+  auto rounds = f.store->ListRounds();
+  REQUIRE(rounds.ok());
+  CHECK(rounds->back().note() == "the mean of the 3 models of rounds 2-4 (swa_from)");
+  CHECK(rounds->at(2).note().empty());
+  auto model = f.store->GetModel(f.engine->registry().version());
+  REQUIRE(model.ok());
+  CHECK(model->metrics().at("swa_models") == 3);
+
+  AggregatorConfig bad = f.config;
+  bad.swa_from = 5;
+  CHECK(std::string(bad.Validate().message()).find("swa_from") != std::string::npos);
+  bad.swa_from = 2;
+  bad.retain_last = 2;
+  CHECK(std::string(bad.Validate().message()).find("retain_last") != std::string::npos);
+}
+
 TEST_CASE("The deadline closes a round with the updates it has, or fails it below min_updates",
           "[round_engine]") {
   Fixture f(2);
