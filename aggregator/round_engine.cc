@@ -700,9 +700,11 @@ Status RoundEngine::CommitFailed(const std::string& failure, records::RoundRecor
 StatusOr<Weights> RoundEngine::TailAverage(const Weights& own, size_t* count) const {
   std::vector<double> sum(own.data.begin(), own.data.end());
   size_t n = 1;
-  for (uint64_t v : registry_->stored()) {
-    ASSIGN_OR_RETURN(records::ModelRecord m, store_->GetModel(v));
-    if (m.round() < config_.swa_from || m.round() == 0) continue;
+  // Newest first: versions ascend with the rounds that produced them.
+  const std::vector<uint64_t>& stored = registry_->stored();
+  for (auto v = stored.rbegin(); v != stored.rend(); ++v) {
+    ASSIGN_OR_RETURN(records::ModelRecord m, store_->GetModel(*v));
+    if (m.round() < config_.swa_from || m.round() == 0) break;
     ASSIGN_OR_RETURN(Weights w, proto::WeightsFromProto(m.weights(), own.layout));
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += static_cast<double>(w.data[i]);
     ++n;
