@@ -498,36 +498,29 @@ TEST_CASE("Check-in: a burst at the limit does not close selection while it hold
   f.engine->SetFleetSize(20);
   const auto t0 = RoundEngine::Clock::now();
   REQUIRE(f.engine->MaybeOpenSelection(t0));
-  // Room for 8 connections with none open; 3 fit now, the burst takes the rest.
-  f.engine->SetConnectionHeadroom(3, 8);
-  CHECK(f.CheckIns(0, 6, t0) == 3);
-  CHECK(f.engine->at_connection_limit());
   std::vector<std::string> released;
-  // Held 3 of the 4 (half of 8) it could: past the settle time it waits on.
-  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 2s, &released));
-  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 10s, &released));
-  // The burst's connections close: one more held, then the limit again.
-  f.engine->SetConnectionHeadroom(1, 8);
-  CHECK(f.CheckIns(6, 8, t0 + 10s) == 1);
-  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 10s + 500ms, &released));  // settling
-  REQUIRE(*f.engine->MaybeCloseSelection(t0 + 11s + 100ms, &released));
-  CHECK(f.engine->selected_count() == 4);
-}
-
-TEST_CASE("Check-in: a burst that never clears starts the round at the window", "[round_engine][checkin]") {
-  CheckInFixture f;
-  f.config.checkin.min_come_back_seconds = 0.2;
-  f.config.checkin.window_seconds = 30;
-  f.Start();
-  f.engine->SetFleetSize(20);
-  const auto t0 = RoundEngine::Clock::now();
-  REQUIRE(f.engine->MaybeOpenSelection(t0));
-  f.engine->SetConnectionHeadroom(2, 100);
-  CHECK(f.CheckIns(0, 6, t0) == 2);
-  std::vector<std::string> released;
-  CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 29s, &released));
-  REQUIRE(*f.engine->MaybeCloseSelection(t0 + 30s, &released));
-  CHECK(f.engine->selected_count() == 2);
+  SECTION("it waits on until the burst clears") {
+    // Room for 8 connections with none open; 3 fit now, the burst takes the rest.
+    f.engine->SetConnectionHeadroom(3, 8);
+    CHECK(f.CheckIns(0, 6, t0) == 3);
+    CHECK(f.engine->at_connection_limit());
+    // Held 3 of the 4 (half of 8) it could: past the settle time it waits on.
+    CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 2s, &released));
+    CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 10s, &released));
+    // The burst's connections close: one more held, then the limit again.
+    f.engine->SetConnectionHeadroom(1, 8);
+    CHECK(f.CheckIns(6, 8, t0 + 10s) == 1);
+    CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 10s + 500ms, &released));  // settling
+    REQUIRE(*f.engine->MaybeCloseSelection(t0 + 11s + 100ms, &released));
+    CHECK(f.engine->selected_count() == 4);
+  }
+  SECTION("a burst that never clears starts the round at the window") {
+    f.engine->SetConnectionHeadroom(2, 100);
+    CHECK(f.CheckIns(0, 6, t0) == 2);
+    CHECK_FALSE(*f.engine->MaybeCloseSelection(t0 + 29s, &released));
+    REQUIRE(*f.engine->MaybeCloseSelection(t0 + 30s, &released));
+    CHECK(f.engine->selected_count() == 2);
+  }
 }
 
 TEST_CASE("Pace steering spreads a fleet over the rounds it takes to cycle, reproducibly",
