@@ -139,4 +139,12 @@ class Store {
   bool no_index_ = false;
 };
 
+// Whether the aggregator evaluated a completed round's model on its test
+// set (eval_every). proto3 keeps no presence: a round without an
+// evaluation has 0 for both its test loss and accuracy.
+inline bool RoundWasEvaluated(const records::RoundRecord& r) {
+  return r.outcome() == records::RoundRecord::OUTCOME_COMPLETED &&
+         (r.test_loss() != 0 || r.test_accuracy() != 0);
+}
+
 }  // namespace flotilla::aggregator

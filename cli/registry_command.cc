@@ -128,7 +128,7 @@ int flotilla::cli::RegistryMain(int argc, char** argv, const FlagOrigins& /*orig
                                                                                    : "running";
       // fed_acc: the devices' held-out accuracy of the model the round started from.
       // test_acc "-": a round the aggregator did not evaluate (--eval-every).
-      const bool evaluated = r.test_loss() != 0 || r.test_accuracy() != 0;
+      const bool evaluated = aggregator::RoundWasEvaluated(r);
       std::printf(
           "%6u %-10s %4d/%-3d %8llu %10.4f %10s %10s %8.1f %s\n", r.round(), outcome, r.received_size(),
           r.selected_size(), static_cast<unsigned long long>(r.result_model_version()), r.mean_train_loss(),

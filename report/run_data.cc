@@ -206,8 +206,7 @@ RunData RunFromRoundRecords(const std::vector<records::RoundRecord>& records) {
       continue;  // still running
     }
     const bool completed = r.outcome() == records::RoundRecord::OUTCOME_COMPLETED;
-    // proto3 keeps no presence: a round without a test evaluation has 0 for both.
-    const bool evaluated = completed && (r.test_loss() != 0 || r.test_accuracy() != 0);
+    const bool evaluated = aggregator::RoundWasEvaluated(r);
     const int selected = r.selected_size(), received = r.received_size();
     const int unreported =
         std::max(0, selected - received - static_cast<int>(r.declined()) - static_cast<int>(r.refused()));
